@@ -1,0 +1,7 @@
+//! hone: a terminal workbench for post-training language models.
+//!
+//! The library holds everything; `main.rs` only parses arguments. Module map and data flow are in
+//! `ARCHITECTURE.md`.
+
+pub mod model;
+pub mod train;

@@ -1,0 +1,269 @@
+//! The decoder shared by the Llama and Qwen2 families: embeddings, pre-norm blocks of grouped-query
+//! attention with RoPE and a SwiGLU MLP, a final RMSNorm and the (tied or untied) LM head.
+//! Module and tensor names follow transformers, so `VarBuilder` paths are the checkpoint keys.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use super::config::ModelConfig;
+use super::ops::{softmax_last_dim, Linear, RmsNorm, Rotary};
+
+/// Keys and values of the positions seen so far, one entry per layer.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// An empty cache for `layers` decoder layers.
+    pub fn new(layers: usize) -> Self {
+        Self { layers: vec![None; layers] }
+    }
+
+    /// Number of positions already cached.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(Option::as_ref)
+            .and_then(|(k, _)| k.dim(2).ok())
+            .unwrap_or(0)
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn init_for(fan_in: usize) -> Init {
+    #[allow(clippy::cast_precision_loss)]
+    let stdev = 1.0 / (fan_in as f64).sqrt();
+    Init::Randn { mean: 0.0, stdev }
+}
+
+fn linear(vb: &VarBuilder, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+    let weight = vb.get_with_hints((out, inp), "weight", init_for(inp))?;
+    let bias = if bias { Some(vb.get_with_hints(out, "bias", Init::Const(0.0))?) } else { None };
+    Ok(Linear::new(weight, bias))
+}
+
+fn rms_norm(vb: &VarBuilder, size: usize, eps: f64) -> Result<RmsNorm> {
+    Ok(RmsNorm::new(vb.get_with_hints(size, "weight", Init::Const(1.0))?, eps))
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    window: Option<usize>,
+}
+
+impl Attention {
+    fn new(cfg: &ModelConfig, window: Option<usize>, vb: &VarBuilder) -> Result<Self> {
+        let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        Ok(Self {
+            q_proj: linear(&vb.pp("q_proj"), cfg.num_attention_heads * d, h, cfg.qkv_bias)?,
+            k_proj: linear(&vb.pp("k_proj"), cfg.num_key_value_heads * d, h, cfg.qkv_bias)?,
+            v_proj: linear(&vb.pp("v_proj"), cfg.num_key_value_heads * d, h, cfg.qkv_bias)?,
+            o_proj: linear(&vb.pp("o_proj"), h, cfg.num_attention_heads * d, cfg.o_bias)?,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: d,
+            window,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, rotary: &Rotary, offset: usize, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+        let (b, s, _) = xs.dims3()?;
+        let d = self.head_dim;
+        let q = self.q_proj.forward(xs)?.reshape((b, s, self.heads, d))?.transpose(1, 2)?;
+        let k = self.k_proj.forward(xs)?.reshape((b, s, self.kv_heads, d))?.transpose(1, 2)?;
+        let v = self.v_proj.forward(xs)?.reshape((b, s, self.kv_heads, d))?.transpose(1, 2)?;
+        let q = rotary.apply(&q, offset)?;
+        let k = rotary.apply(&k, offset)?;
+        let (k, v) = match cache {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let kv_len = k.dim(2)?;
+        // Grouped-query attention without copying keys: the query heads that share a KV head
+        // are stacked along the sequence axis, so one batched matmul serves the whole group.
+        let groups = self.heads / self.kv_heads;
+        let q = q.contiguous()?.reshape((b, self.kv_heads, groups * s, d))?;
+        #[allow(clippy::cast_precision_loss)]
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
+        let scores = scores.reshape((b, self.kv_heads, groups, s, kv_len))?;
+        let scores = match attention_mask(s, kv_len, offset, self.window, scores.dtype(), scores.device())? {
+            Some(mask) => scores.broadcast_add(&mask)?,
+            None => scores,
+        };
+        let probs = softmax_last_dim(&scores)?.reshape((b, self.kv_heads, groups * s, kv_len))?;
+        let out = probs.matmul(&v.contiguous()?)?;
+        let out = out.reshape((b, self.heads, s, d))?.transpose(1, 2)?.reshape((b, s, self.heads * d))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+/// Additive causal (and optionally sliding-window) mask `[s, kv_len]` for queries at positions
+/// `offset..offset+s`; `None` when nothing needs masking (a single new token, no window).
+fn attention_mask(s: usize, kv_len: usize, offset: usize, window: Option<usize>, dtype: DType, device: &Device) -> Result<Option<Tensor>> {
+    let window = window.unwrap_or(usize::MAX);
+    if s == 1 && kv_len <= window {
+        return Ok(None);
+    }
+    let mask: Vec<f32> = (0..s)
+        .flat_map(|i| {
+            let qpos = offset + i;
+            (0..kv_len).map(move |j| if j > qpos || qpos - j >= window { f32::NEG_INFINITY } else { 0.0 })
+        })
+        .collect();
+    Ok(Some(Tensor::from_vec(mask, (s, kv_len), device)?.to_dtype(dtype)?))
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(cfg: &ModelConfig, vb: &VarBuilder) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: linear(&vb.pp("gate_proj"), i, h, cfg.mlp_bias)?,
+            up_proj: linear(&vb.pp("up_proj"), i, h, cfg.mlp_bias)?,
+            down_proj: linear(&vb.pp("down_proj"), h, i, cfg.mlp_bias)?,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(xs)?.silu()?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
+    }
+}
+
+struct Block {
+    self_attn: Attention,
+    mlp: Mlp,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+}
+
+impl Block {
+    fn new(cfg: &ModelConfig, layer: usize, vb: &VarBuilder) -> Result<Self> {
+        // Requested in transformers' named_parameters() order: attention, MLP, then the norms.
+        let self_attn = Attention::new(cfg, cfg.sliding_windows.get(layer).copied().flatten(), &vb.pp("self_attn"))?;
+        let mlp = Mlp::new(cfg, &vb.pp("mlp"))?;
+        Ok(Self {
+            self_attn,
+            mlp,
+            input_layernorm: rms_norm(&vb.pp("input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+            post_attention_layernorm: rms_norm(&vb.pp("post_attention_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, rotary: &Rotary, offset: usize, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+        let h = self.input_layernorm.forward(xs)?;
+        let xs = (xs + self.self_attn.forward(&h, rotary, offset, cache)?)?;
+        let h = self.post_attention_layernorm.forward(&xs)?;
+        xs + self.mlp.forward(&h)?
+    }
+}
+
+/// A causal language model of the Llama/Qwen2 families.
+pub struct Decoder {
+    embed_tokens: Tensor,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rotary: Rotary,
+    dtype: DType,
+    device: Device,
+}
+
+impl Decoder {
+    /// Builds the model, requesting every tensor from `vb` by its transformers name.
+    pub fn new(cfg: &ModelConfig, vb: &VarBuilder) -> Result<Self> {
+        let m = vb.pp("model");
+        let embed_tokens = m
+            .pp("embed_tokens")
+            .get_with_hints((cfg.vocab_size, cfg.hidden_size), "weight", Init::Randn { mean: 0.0, stdev: 0.02 })?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Block::new(cfg, i, &m.pp("layers").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = rms_norm(&m.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(embed_tokens.clone(), None)
+        } else {
+            linear(&vb.pp("lm_head"), cfg.vocab_size, cfg.hidden_size, false)?
+        };
+        let rotary = Rotary::new(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, &cfg.rope_scaling, vb.dtype(), vb.device())?;
+        Ok(Self { embed_tokens, layers, norm, lm_head, rotary, dtype: vb.dtype(), device: vb.device().clone() })
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The dtype of the weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Final-norm hidden states `[batch, seq, hidden]` for `ids` `[batch, seq]` (u32), placed at
+    /// positions `cache.len()..` when a cache is given. Right padding needs no mask: causal
+    /// attention keeps valid positions from seeing the padding after them.
+    pub fn hidden_states(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        let (b, s) = ids.dims2()?;
+        let hidden = self.embed_tokens.dim(1)?;
+        let mut xs = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, hidden))?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+            xs = layer.forward(&xs, &self.rotary, offset, slot)?;
+        }
+        self.norm.forward(&xs)
+    }
+
+    /// Logits for the given hidden states (any leading shape).
+    pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)
+    }
+
+    /// Logits `[batch, seq, vocab]` for every position.
+    pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        self.lm_head(&self.hidden_states(ids, cache)?)
+    }
+
+    /// Logits of the last position only `[batch, vocab]`, the cheap path for generation.
+    pub fn forward_last(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let h = self.hidden_states(ids, cache)?;
+        let s = h.dim(1)?;
+        self.lm_head(&h.narrow(1, s - 1, 1)?.squeeze(1)?)?.to_dtype(DType::F32)
+    }
+
+    /// Number of decoder layers (the size of a [`KvCache`]).
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Width of the logits.
+    pub fn vocab_size(&self) -> Result<usize> {
+        self.lm_head.weight().dim(0)
+    }
+}

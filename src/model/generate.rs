@@ -1,0 +1,96 @@
+//! Autoregressive generation with a KV cache: greedy, or temperature and nucleus (top-p)
+//! sampling from a seeded generator. Stops after emitting any of the model's EOS ids.
+
+use candle_core::{Tensor, D};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use super::{KvCache, Model, ModelError};
+
+/// How to pick each next token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    /// 0 means greedy (argmax); otherwise logits are divided by it before sampling.
+    pub temperature: f64,
+    /// Keep the smallest set of tokens whose probability reaches `top_p` (1.0 keeps all).
+    pub top_p: f64,
+    /// Seed of the sampling generator.
+    pub seed: u64,
+    /// Upper bound on new tokens.
+    pub max_new_tokens: usize,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self { temperature: 0.0, top_p: 1.0, seed: 0, max_new_tokens: 64 }
+    }
+}
+
+/// What one generation produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generated {
+    /// New ids, including the stop token when one was emitted.
+    pub new_token_ids: Vec<u32>,
+    /// Whether generation ended on an EOS id (rather than the token limit).
+    pub stopped_on_eos: bool,
+}
+
+/// Generates a continuation of `prompt_ids`, stopping on any id in `stop_ids`.
+pub fn generate(model: &Model, prompt_ids: &[u32], stop_ids: &[u32], sampling: &Sampling) -> Result<Generated, ModelError> {
+    if prompt_ids.is_empty() {
+        return Err(ModelError::Dtype("generate: the prompt has no tokens".into()));
+    }
+    let decoder = model.decoder();
+    let device = decoder.device();
+    let room = model.config.max_position_embeddings.saturating_sub(prompt_ids.len());
+    let limit = sampling.max_new_tokens.min(room);
+    let mut rng = StdRng::seed_from_u64(sampling.seed);
+    let mut cache = KvCache::new(decoder.num_layers());
+    let mut out = Vec::new();
+    let mut input = Tensor::new(prompt_ids, device)?.unsqueeze(0)?;
+    for _ in 0..limit {
+        let logits = decoder.forward_last(&input, Some(&mut cache))?.squeeze(0)?;
+        let next = pick(&logits, sampling, &mut rng)?;
+        out.push(next);
+        if stop_ids.contains(&next) {
+            return Ok(Generated { new_token_ids: out, stopped_on_eos: true });
+        }
+        input = Tensor::new(&[next], device)?.unsqueeze(0)?;
+    }
+    Ok(Generated { new_token_ids: out, stopped_on_eos: false })
+}
+
+fn pick(logits: &Tensor, sampling: &Sampling, rng: &mut StdRng) -> Result<u32, ModelError> {
+    if sampling.temperature <= 0.0 {
+        return Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?);
+    }
+    let scaled = (logits / sampling.temperature)?;
+    let probs = super::ops::softmax_last_dim(&scaled)?.to_vec1::<f32>()?;
+    Ok(sample_top_p(&probs, sampling.top_p, rng.random::<f32>()))
+}
+
+/// Nucleus sampling over `probs` with a uniform draw `u` in `[0, 1)`: sort by probability, keep
+/// the smallest prefix whose mass reaches `top_p` (always at least one token), renormalise, and
+/// walk the cumulative mass to `u`.
+pub fn sample_top_p(probs: &[f32], top_p: f64, u: f32) -> u32 {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    let mut kept = 0;
+    let mut mass = 0.0f64;
+    for &i in &order {
+        kept += 1;
+        mass += f64::from(probs[i]);
+        if mass >= top_p {
+            break;
+        }
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    let target = f64::from(u) * mass;
+    let mut acc = 0.0f64;
+    for &i in &order[..kept] {
+        acc += f64::from(probs[i]);
+        if acc > target {
+            return u32::try_from(i).unwrap_or(u32::MAX);
+        }
+    }
+    u32::try_from(order[kept - 1]).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,192 @@
+//! Decoder-only language models in candle: the Llama and Qwen2 families, loaded from and saved to
+//! Hugging Face model directories, with generation through a KV cache.
+//!
+//! Owns tensors and model directories; never touches run directories or the terminal.
+
+pub mod config;
+pub mod decoder;
+pub mod device;
+pub mod generate;
+pub mod ops;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+pub use config::{Family, GenerationConfig, ModelConfig};
+pub use decoder::{Decoder, KvCache};
+pub use device::{parse_device, parse_dtype};
+use weights::ParamStore;
+
+/// Everything that can go wrong loading, running or saving a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}", path = path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A JSON file did not parse.
+    #[error("{path}:{line}:{column}: {message}", path = path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What the parser said.
+        message: String,
+    },
+    /// A required file is absent.
+    #[error("{path}: missing: {what}", path = path.display())]
+    MissingFile {
+        /// Where it was expected.
+        path: PathBuf,
+        /// What it should have held.
+        what: &'static str,
+    },
+    /// A config field is missing or invalid.
+    #[error("{path}: {field}: {message}", path = path.display())]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// The field.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// `architectures` names a model hone does not implement.
+    #[error("{path}: architectures: {found} is not supported (supported: {supported})", path = path.display())]
+    UnsupportedArchitecture {
+        /// The config file.
+        path: PathBuf,
+        /// The architecture found.
+        found: String,
+        /// The supported ones, comma-separated.
+        supported: String,
+    },
+    /// A weights file is malformed.
+    #[error("{path}: {message}", path = path.display())]
+    Weights {
+        /// The weights file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The tokenizer has ids the embedding matrix cannot hold.
+    #[error("{path}: the tokenizer has {tokenizer} tokens but the model's embedding matrix has only {vocab} rows", path = path.display())]
+    TokenizerTooLarge {
+        /// The model directory.
+        path: PathBuf,
+        /// Tokens in the tokenizer.
+        tokenizer: usize,
+        /// Rows of the embedding.
+        vocab: usize,
+    },
+    /// A device or dtype request that cannot be met.
+    #[error("{0}")]
+    Dtype(String),
+    /// A device request that cannot be met.
+    #[error("device: {0}")]
+    Device(String),
+    /// A tensor operation failed (shape errors name the tensor).
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// A loaded model: its config, its trainable parameters and the decoder that uses them.
+pub struct Model {
+    /// The resolved `config.json`.
+    pub config: ModelConfig,
+    /// Stop ids and special ids from `generation_config.json`.
+    pub generation: GenerationConfig,
+    store: Arc<ParamStore>,
+    decoder: Decoder,
+    source_dir: Option<PathBuf>,
+}
+
+impl Model {
+    /// Loads a Hugging Face model directory onto `device`, converting weights to `dtype`.
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        let config = ModelConfig::from_dir(dir)?;
+        let generation = GenerationConfig::from_dir(dir, &config)?;
+        let store = Arc::new(ParamStore::open(dir)?);
+        let decoder = Decoder::new(&config, &store.var_builder(dtype, device))?;
+        Ok(Self { config, generation, store, decoder, source_dir: Some(dir.to_path_buf()) })
+    }
+
+    /// A freshly initialised model (for tests and benchmarks), reproducible from `seed`.
+    pub fn fresh(config: ModelConfig, device: &Device, dtype: DType, seed: u64) -> Result<Self, ModelError> {
+        let store = Arc::new(ParamStore::fresh(seed));
+        let decoder = Decoder::new(&config, &store.var_builder(dtype, device))?;
+        Ok(Self { config, generation: GenerationConfig::default(), store, decoder, source_dir: None })
+    }
+
+    /// The network.
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// Trainable parameters with their transformers names, in `named_parameters()` order. A tied
+    /// LM head is the embedding: it appears once.
+    pub fn parameters(&self) -> Vec<(String, Var)> {
+        self.store.vars()
+    }
+
+    /// Fails when the tokenizer has more ids than the embedding matrix has rows.
+    pub fn check_tokenizer_len(&self, tokenizer_len: usize) -> Result<(), ModelError> {
+        if tokenizer_len > self.config.vocab_size {
+            return Err(ModelError::TokenizerTooLarge {
+                path: self.source_dir.clone().unwrap_or_default(),
+                tokenizer: tokenizer_len,
+                vocab: self.config.vocab_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Saves the weights (in `dtype`) and the config files as a model directory transformers can
+    /// load; tokenizer files are copied from the directory the model came from.
+    pub fn save(&self, dir: &Path, dtype: DType) -> Result<(), ModelError> {
+        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
+        let tensors: Vec<(String, Tensor)> = self
+            .parameters()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect();
+        weights::save_safetensors(&dir.join("model.safetensors"), &tensors, dtype)?;
+        let mut config = self.config.raw.clone();
+        if let Some(obj) = config.as_object_mut() {
+            let name = match dtype {
+                DType::BF16 => "bfloat16",
+                DType::F16 => "float16",
+                _ => "float32",
+            };
+            obj.insert("dtype".into(), name.into());
+            if obj.contains_key("torch_dtype") {
+                obj.insert("torch_dtype".into(), name.into());
+            }
+        }
+        let text = serde_json::to_string_pretty(&config).map_err(|e| ModelError::Dtype(e.to_string()))?;
+        write_file(&dir.join("config.json"), text.as_bytes())?;
+        if let Some(src) = &self.source_dir {
+            for name in ["generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"] {
+                let from = src.join(name);
+                if from.exists() && src != dir {
+                    std::fs::copy(&from, dir.join(name)).map_err(|source| ModelError::Io { path: from.clone(), source })?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    std::fs::write(path, bytes).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })
+}

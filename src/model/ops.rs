@@ -1,0 +1,178 @@
+//! Differentiable building blocks composed from candle's primitive ops.
+//!
+//! candle's fused `softmax_last_dim`, `rms_norm` and `rope` kernels have no backward pass, so a
+//! model built on them trains silently wrong. Everything here is written with ops that carry
+//! gradients, and `tests/gradients.rs` checks each block against finite differences.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+
+use super::config::RopeScaling;
+
+/// Softmax over the last dimension. The row maximum is subtracted for stability and detached:
+/// softmax is invariant to that shift, so its gradient contribution is exactly zero.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    let max = xs.max_keepdim(D::Minus1)?.detach();
+    let exp = xs.broadcast_sub(&max)?.exp()?;
+    let sum = exp.sum_keepdim(D::Minus1)?;
+    exp.broadcast_div(&sum)
+}
+
+/// Log-softmax over the last dimension, `x - max - log Σ exp(x - max)`.
+pub fn log_softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    let max = xs.max_keepdim(D::Minus1)?.detach();
+    let shifted = xs.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// Root-mean-square layer norm as Llama/Qwen2 define it: statistics in f32, the weight applied
+/// after casting back to the input dtype.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// Wraps a `[hidden]` weight.
+    pub fn new(weight: Tensor, eps: f64) -> Self {
+        Self { weight, eps }
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let dtype = xs.dtype();
+        let x = xs.to_dtype(DType::F32)?;
+        let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+        x.broadcast_mul(&inv_rms)?.to_dtype(dtype)?.broadcast_mul(&self.weight)
+    }
+}
+
+/// A linear layer `x Wᵀ + b` over the last dimension, flattening leading dimensions so the
+/// product is one matrix multiplication.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// `weight` is `[out, in]` as Hugging Face stores it.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    /// The `[out, in]` weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let dims = xs.dims();
+        let (last, lead) = dims.split_last().ok_or_else(|| candle_core::Error::Msg("linear on a scalar".into()))?;
+        let rows: usize = lead.iter().product();
+        let out = self.weight.dim(0)?;
+        let flat = xs.reshape((rows, *last))?.matmul(&self.weight.t()?)?;
+        let flat = match &self.bias {
+            Some(b) => flat.broadcast_add(b)?,
+            None => flat,
+        };
+        let mut shape = lead.to_vec();
+        shape.push(out);
+        flat.reshape(shape)
+    }
+}
+
+/// Precomputed rotary tables in the Hugging Face "rotate half" layout: dimension `i` pairs with
+/// `i + head_dim/2`.
+#[derive(Debug, Clone)]
+pub struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// The inverse frequencies `1 / θ^(2i/d)`, computed in f32 as transformers does, then scaled.
+pub fn inverse_frequencies(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f32> {
+    #[allow(clippy::cast_precision_loss)]
+    let base: Vec<f32> = (0..head_dim / 2)
+        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+        .collect();
+    match scaling {
+        RopeScaling::Default => base,
+        #[allow(clippy::cast_possible_truncation)]
+        RopeScaling::Linear { factor } => base.iter().map(|f| f / *factor as f32).collect(),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: old,
+        } => {
+            let low_wavelen = old / low_freq_factor;
+            let high_wavelen = old / high_freq_factor;
+            #[allow(clippy::cast_possible_truncation)]
+            base.iter()
+                .map(|&f| {
+                    let f = f64::from(f);
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    let out = if medium {
+                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    } else {
+                        scaled
+                    };
+                    out as f32
+                })
+                .collect()
+        }
+    }
+}
+
+impl Rotary {
+    /// Builds `cos`/`sin` tables of shape `[max_positions, head_dim]` in `dtype`.
+    pub fn new(
+        head_dim: usize,
+        max_positions: usize,
+        theta: f64,
+        scaling: &RopeScaling,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let inv = inverse_frequencies(head_dim, theta, scaling);
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(max_positions * head_dim);
+        let mut sin = Vec::with_capacity(max_positions * head_dim);
+        for p in 0..max_positions {
+            #[allow(clippy::cast_precision_loss)]
+            let pos = p as f32;
+            for k in 0..head_dim {
+                let angle = pos * inv[k % half];
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (max_positions, head_dim), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (max_positions, head_dim), device)?.to_dtype(dtype)?;
+        Ok(Self { cos, sin })
+    }
+
+    /// Rotates `xs` of shape `[batch, heads, seq, head_dim]` for positions `offset..offset+seq`.
+    pub fn apply(&self, xs: &Tensor, offset: usize) -> Result<Tensor> {
+        let (_, _, seq, dim) = xs.dims4()?;
+        let max = self.cos.dim(0)?;
+        if offset + seq > max {
+            candle_core::bail!("position {} is past the rotary table's {max} positions (max_position_embeddings)", offset + seq);
+        }
+        let cos = self.cos.narrow(0, offset, seq)?;
+        let sin = self.sin.narrow(0, offset, seq)?;
+        let half = dim / 2;
+        let x1 = xs.narrow(D::Minus1, 0, half)?;
+        let x2 = xs.narrow(D::Minus1, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        xs.broadcast_mul(&cos)?.add(&rotated.broadcast_mul(&sin)?)
+    }
+}

@@ -1,0 +1,263 @@
+//! The parameter store: Hugging Face safetensors in, trainable [`Var`]s out, and back to a model
+//! directory transformers can load. Single files and sharded `*.safetensors.index.json` layouts.
+//!
+//! The store is a `VarBuilder` backend: the model asks for each tensor by its HF name, in module
+//! order, and the store checks the shape, converts the dtype, and remembers the `Var`. That order
+//! is the one the optimizer and checkpoints use.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{safetensors::Load, DType, Device, Shape, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use super::ModelError;
+
+/// Where parameters come from when the store is asked for one it has not seen.
+enum Source {
+    /// Raw safetensors files, read into memory; each name maps to its file index.
+    Files { buffers: Vec<(PathBuf, Vec<u8>)>, index: HashMap<String, usize> },
+    /// A fresh model, initialised from each tensor's hint and a seeded generator (candle's CPU
+    /// generator cannot be seeded, so hone draws its own).
+    Init(Mutex<StdRng>),
+}
+
+/// Trainable parameters in the order the model first requested them.
+pub struct ParamStore {
+    source: Source,
+    params: Mutex<Vec<(String, Var)>>,
+    by_name: Mutex<HashMap<String, usize>>,
+}
+
+/// A named trainable tensor.
+pub type NamedVar = (String, Var);
+
+impl ParamStore {
+    /// Opens the safetensors of a model directory: `model.safetensors`, or the shards listed in
+    /// `model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Self, ModelError> {
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if single.exists() {
+            vec![single]
+        } else if index_path.exists() {
+            let index = super::config::read_json(&index_path)?;
+            let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Config {
+                path: index_path.clone(),
+                field: "weight_map".into(),
+                message: "missing or not an object".into(),
+            })?;
+            let mut shards: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
+            shards.sort();
+            shards.dedup();
+            shards.into_iter().map(|s| dir.join(s)).collect()
+        } else {
+            return Err(ModelError::MissingFile {
+                path: single,
+                what: "model weights (model.safetensors or model.safetensors.index.json)",
+            });
+        };
+        let mut buffers = Vec::with_capacity(files.len());
+        let mut index = HashMap::new();
+        for (i, path) in files.into_iter().enumerate() {
+            let bytes = std::fs::read(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+            let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Weights {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            for name in st.names() {
+                index.insert(name.to_string(), i);
+            }
+            buffers.push((path, bytes));
+        }
+        Ok(Self::with_source(Source::Files { buffers, index }))
+    }
+
+    /// A store that initialises every requested tensor from its hint (for fresh models and
+    /// benchmarks), reproducibly from `seed`.
+    pub fn fresh(seed: u64) -> Self {
+        Self::with_source(Source::Init(Mutex::new(StdRng::seed_from_u64(seed))))
+    }
+
+    fn with_source(source: Source) -> Self {
+        Self { source, params: Mutex::new(Vec::new()), by_name: Mutex::new(HashMap::new()) }
+    }
+
+    /// Whether the underlying files hold a tensor of this name.
+    pub fn has_tensor(&self, name: &str) -> bool {
+        match &self.source {
+            Source::Files { index, .. } => index.contains_key(name),
+            Source::Init(_) => false,
+        }
+    }
+
+    /// A `VarBuilder` over this store.
+    pub fn var_builder(self: &Arc<Self>, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(Backend(Arc::clone(self))), dtype, device.clone())
+    }
+
+    /// All parameters, in request order.
+    pub fn vars(&self) -> Vec<NamedVar> {
+        self.params.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    fn fetch(&self, shape: &Shape, name: &str, init: Init, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        let by_name = self.by_name.lock().map_err(|_| candle_core::Error::Msg("parameter store poisoned".into()))?;
+        if let Some(&i) = by_name.get(name) {
+            let params = self.params.lock().map_err(|_| candle_core::Error::Msg("parameter store poisoned".into()))?;
+            let t = params[i].1.as_tensor().clone();
+            if t.shape() != shape {
+                candle_core::bail!("tensor {name}: expected shape {shape:?}, found {:?}", t.shape());
+            }
+            return Ok(t);
+        }
+        drop(by_name);
+        let var = match &self.source {
+            Source::Files { buffers, index } => {
+                let Some(&file) = index.get(name) else {
+                    let files: Vec<String> = buffers.iter().map(|(p, _)| p.display().to_string()).collect();
+                    candle_core::bail!("tensor {name} is missing from {}", files.join(", "));
+                };
+                let (path, bytes) = &buffers[file];
+                let st = safetensors::SafeTensors::deserialize(bytes)
+                    .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
+                let view = st.tensor(name).map_err(|e| candle_core::Error::Msg(format!("{}: {name}: {e}", path.display())))?;
+                if view.shape() != shape.dims() {
+                    candle_core::bail!(
+                        "tensor {name} in {}: expected shape {:?} from config.json, found {:?}",
+                        path.display(),
+                        shape.dims(),
+                        view.shape()
+                    );
+                }
+                let t = view.load(device).map_err(|e| candle_core::Error::Msg(format!("tensor {name} in {}: {e}", path.display())))?;
+                if !t.dtype().is_float() {
+                    candle_core::bail!("tensor {name} in {} has dtype {:?}; hone loads float weights only", path.display(), t.dtype());
+                }
+                Var::from_tensor(&t.to_dtype(dtype)?)?
+            }
+            Source::Init(rng) => {
+                let mut rng = rng.lock().map_err(|_| candle_core::Error::Msg("parameter store poisoned".into()))?;
+                Var::from_tensor(&init_tensor(shape, init, &mut rng, device)?.to_dtype(dtype)?)?
+            }
+        };
+        let tensor = var.as_tensor().clone();
+        let mut params = self.params.lock().map_err(|_| candle_core::Error::Msg("parameter store poisoned".into()))?;
+        let mut by_name = self.by_name.lock().map_err(|_| candle_core::Error::Msg("parameter store poisoned".into()))?;
+        by_name.insert(name.to_string(), params.len());
+        params.push((name.to_string(), var));
+        Ok(tensor)
+    }
+}
+
+/// Draws a tensor for an `Init` hint from `rng` (normal draws by Box-Muller).
+fn init_tensor(shape: &Shape, init: Init, rng: &mut StdRng, device: &Device) -> candle_core::Result<Tensor> {
+    let n = shape.elem_count();
+    let values: Vec<f32> = match init {
+        Init::Const(c) => {
+            #[allow(clippy::cast_possible_truncation)]
+            let c = c as f32;
+            vec![c; n]
+        }
+        Init::Randn { mean, stdev } => (0..n)
+            .map(|_| {
+                let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+                let u2: f64 = rng.random::<f64>();
+                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                #[allow(clippy::cast_possible_truncation)]
+                let v = (mean + stdev * z) as f32;
+                v
+            })
+            .collect(),
+        Init::Uniform { lo, up } => (0..n)
+            .map(|_| {
+                #[allow(clippy::cast_possible_truncation)]
+                let v = (lo + (up - lo) * rng.random::<f64>()) as f32;
+                v
+            })
+            .collect(),
+        Init::Kaiming { .. } => candle_core::bail!("hone's models do not request Kaiming init"),
+    };
+    Tensor::from_vec(values, shape.clone(), device)
+}
+
+struct Backend(Arc<ParamStore>);
+
+impl candle_nn::var_builder::SimpleBackend for Backend {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.0.fetch(&s, name, h, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("tensor {name}: hone always requests tensors with a shape")
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.has_tensor(name)
+    }
+}
+
+/// Writes `tensors` as one `model.safetensors` in `dtype`, names sorted, with the `format: pt`
+/// metadata transformers expects.
+pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], dtype: DType) -> Result<(), ModelError> {
+    let mut map: BTreeMap<String, Tensor> = BTreeMap::new();
+    for (name, t) in tensors {
+        map.insert(name.clone(), t.to_dtype(dtype)?.to_device(&Device::Cpu)?.contiguous()?);
+    }
+    let views: Vec<(String, Tensor)> = map.into_iter().collect();
+    let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let data: Vec<(&str, TensorBytes)> = views
+        .iter()
+        .map(|(n, t)| Ok((n.as_str(), TensorBytes::new(t)?)))
+        .collect::<Result<_, ModelError>>()?;
+    let tmp = path.with_extension("safetensors.tmp");
+    safetensors::serialize_to_file(data, Some(metadata), &tmp).map_err(|e| ModelError::Weights {
+        path: tmp.clone(),
+        message: e.to_string(),
+    })?;
+    std::fs::rename(&tmp, path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })
+}
+
+/// A tensor flattened to little-endian bytes for `safetensors::serialize`.
+struct TensorBytes {
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl TensorBytes {
+    fn new(t: &Tensor) -> Result<Self, ModelError> {
+        let flat = t.flatten_all()?;
+        let (dtype, bytes) = match t.dtype() {
+            DType::F32 => (safetensors::Dtype::F32, flat.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            DType::BF16 => (
+                safetensors::Dtype::BF16,
+                flat.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+            DType::F16 => (
+                safetensors::Dtype::F16,
+                flat.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+            DType::F64 => (safetensors::Dtype::F64, flat.to_vec1::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            other => return Err(ModelError::Dtype(format!("cannot save dtype {other:?}"))),
+        };
+        Ok(Self { dtype, shape: t.dims().to_vec(), bytes })
+    }
+}
+
+impl safetensors::View for TensorBytes {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
