@@ -25,6 +25,15 @@ pub fn log_softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     shifted.broadcast_sub(&lse)
 }
 
+/// The dtype reductions run in: f32 for f32/bf16/f16 activations, f64 stays f64.
+pub fn accumulation_dtype(dtype: DType) -> DType {
+    if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
 /// Root-mean-square layer norm as Llama/Qwen2 define it: statistics in f32, the weight applied
 /// after casting back to the input dtype.
 #[derive(Debug, Clone)]
@@ -43,7 +52,7 @@ impl RmsNorm {
 impl Module for RmsNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let dtype = xs.dtype();
-        let x = xs.to_dtype(DType::F32)?;
+        let x = xs.to_dtype(accumulation_dtype(dtype))?;
         let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
         x.broadcast_mul(&inv_rms)?.to_dtype(dtype)?.broadcast_mul(&self.weight)
     }

@@ -2,9 +2,10 @@
 //! token-weighted SFT cross-entropy over response tokens, summed sequence log-probs, sigmoid DPO
 //! and TRL's length-normalised IPO.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{Result, Tensor, D};
 
 use super::batch::TokenBatch;
+use crate::model::ops::accumulation_dtype;
 use crate::model::Decoder;
 
 /// Log-probability `[n]` (f32) of every target token in `batch` under `decoder`. Only the rows
@@ -13,7 +14,8 @@ pub fn target_logps(decoder: &Decoder, batch: &TokenBatch) -> Result<Tensor> {
     let hidden = decoder.hidden_states(&batch.ids, None)?;
     let (b, s, h) = hidden.dims3()?;
     let rows = hidden.reshape((b * s, h))?.index_select(&batch.predictor_rows, 0)?;
-    let logits = decoder.lm_head(&rows)?.to_dtype(DType::F32)?;
+    let logits = decoder.lm_head(&rows)?;
+    let logits = logits.to_dtype(accumulation_dtype(logits.dtype()))?;
     let picked = logits.gather(&batch.target_ids, 1)?.squeeze(1)?;
     picked.sub(&logsumexp_last(&logits)?)
 }
