@@ -3,5 +3,7 @@
 //! The library holds everything; `main.rs` only parses arguments. Module map and data flow are in
 //! `ARCHITECTURE.md`.
 
+pub mod cli;
+pub mod data;
 pub mod model;
 pub mod train;

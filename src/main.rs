@@ -1,1 +1,5 @@
-fn main() {}
+//! The `hone` binary: everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    hone::cli::main()
+}

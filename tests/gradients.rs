@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Finite-difference gradient checks for every trainable building block, in f64.
 //!
 //! candle's fused softmax, RMSNorm and RoPE kernels return no gradient at all; a model built on
@@ -15,11 +16,11 @@ const H: f64 = 1e-5;
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
     // A small deterministic generator keeps the test free of global RNG state.
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
     let n: usize = shape.iter().product();
     let values: Vec<f64> = (0..n)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             ((state >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
         })
         .collect();
@@ -56,7 +57,11 @@ fn check(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) {
             };
             let numeric = (eval(H) - eval(-H)) / (2.0 * H);
             let err = (numeric - analytic[i]).abs();
-            assert!(err <= 1e-6 * (1.0 + numeric.abs()), "{name}: input {k} element {i}: autograd {} vs finite difference {numeric}", analytic[i]);
+            assert!(
+                err <= 1e-6 * (1.0 + numeric.abs()),
+                "{name}: input {k} element {i}: autograd {} vs finite difference {numeric}",
+                analytic[i]
+            );
         }
     }
 }
@@ -64,9 +69,9 @@ fn check(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) {
 #[test]
 fn softmax_and_log_softmax_have_true_gradients() {
     let x = random(&[3, 7], 1);
-    check("softmax", &[x.clone()], |xs| weighted_sum(&softmax_last_dim(&xs[0]).unwrap()));
-    check("log_softmax", &[x.clone()], |xs| weighted_sum(&log_softmax_last_dim(&xs[0]).unwrap()));
-    check("logsumexp", &[x.clone()], |xs| weighted_sum(&logsumexp_last(&xs[0]).unwrap()));
+    check("softmax", std::slice::from_ref(&x), |xs| weighted_sum(&softmax_last_dim(&xs[0]).unwrap()));
+    check("log_softmax", std::slice::from_ref(&x), |xs| weighted_sum(&log_softmax_last_dim(&xs[0]).unwrap()));
+    check("logsumexp", std::slice::from_ref(&x), |xs| weighted_sum(&logsumexp_last(&xs[0]).unwrap()));
     check("softplus", &[(x * 5.0).unwrap()], |xs| weighted_sum(&softplus(&xs[0]).unwrap()));
 }
 
@@ -118,7 +123,13 @@ fn whole_decoder_gradients_match_finite_differences() {
         let loss = || sft_loss(&target_logps(model.decoder(), &batch).unwrap()).unwrap();
         let grads = loss().backward().unwrap();
         for (name, var) in model.parameters() {
-            let g: Vec<f64> = grads.get(&var).unwrap_or_else(|| panic!("{arch}: {name} got no gradient")).flatten_all().unwrap().to_vec1().unwrap();
+            let g: Vec<f64> = grads
+                .get(&var)
+                .unwrap_or_else(|| panic!("{arch}: {name} got no gradient"))
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let base = var.as_tensor().copy().unwrap();
             let flat: Vec<f64> = base.flatten_all().unwrap().to_vec1().unwrap();
             // Up to 6 elements per tensor, spread across it.
@@ -133,7 +144,11 @@ fn whole_decoder_gradients_match_finite_differences() {
                     l
                 };
                 let numeric = (eval(H) - eval(-H)) / (2.0 * H);
-                assert!((numeric - g[i]).abs() <= 1e-6 * (1.0 + numeric.abs()), "{arch} {name}[{i}]: autograd {} vs finite difference {numeric}", g[i]);
+                assert!(
+                    (numeric - g[i]).abs() <= 1e-6 * (1.0 + numeric.abs()),
+                    "{arch} {name}[{i}]: autograd {} vs finite difference {numeric}",
+                    g[i]
+                );
             }
         }
     }

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! The Llama port against transformers: activations, logits and greedy ids of the public oracle
 //! (`tests/fixtures/llama`, a tiny random Llama scored by transformers 5.24; see its README).
 
@@ -34,7 +35,12 @@ fn logits_and_final_norm_match_transformers_within_1e_4() {
     let sum: f64 = flat.iter().map(|&x| f64::from(x)).sum();
     let sum_sq: f64 = flat.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
     assert_close("sum of logits", sum, num(&l["sum_all_logits"]), 1e-4 * flat.len() as f64);
-    assert_close("sum of squared logits", sum_sq, num(&l["sum_sq_all_logits"]), 1e-5 * num(&l["sum_sq_all_logits"]).abs());
+    assert_close(
+        "sum of squared logits",
+        sum_sq,
+        num(&l["sum_sq_all_logits"]),
+        1e-5 * num(&l["sum_sq_all_logits"]).abs(),
+    );
     let argmax: Vec<u32> = logits.argmax(1).unwrap().to_vec1().unwrap();
     assert_eq!(argmax, ids(&l["per_position_argmax"]));
     let last: Vec<f32> = logits.get(58).unwrap().to_vec1().unwrap();
@@ -69,7 +75,9 @@ fn kv_cache_gives_the_same_logits_as_a_full_forward() {
         .forward(&Tensor::new(&prompt[..split], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), Some(&mut cache))
         .unwrap()];
     for &t in &prompt[split..] {
-        parts.push(d.forward(&Tensor::new(&[t], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), Some(&mut cache)).unwrap());
+        parts.push(
+            d.forward(&Tensor::new(&[t], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), Some(&mut cache)).unwrap(),
+        );
     }
     let cached = Tensor::cat(&parts, 1).unwrap();
     let diff = max_abs_diff(&full, &cached);

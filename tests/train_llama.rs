@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Losses, log-probs and one AdamW step against transformers and TRL on the public oracle
 //! (`tests/fixtures/llama/expected.json`; formulas in its README).
 
@@ -89,12 +90,24 @@ fn dpo_and_ipo_match_trl_on_conversational_and_plain_rows() {
         let (pc, pr, nc, nr) = pair_logps(&policy, examples);
         let (rc, rr, _, _) = pair_logps(&reference, examples);
         for (i, e) in examples.iter().enumerate() {
-            for (field, t) in [("policy_chosen_logps", &pc), ("policy_rejected_logps", &pr), ("ref_chosen_logps", &rc), ("ref_rejected_logps", &rr)] {
+            for (field, t) in [
+                ("policy_chosen_logps", &pc),
+                ("policy_rejected_logps", &pr),
+                ("ref_chosen_logps", &rc),
+                ("ref_rejected_logps", &rr),
+            ] {
                 assert_close(&format!("{set} row {i} {field}"), vec_f64(t)[i], num(&e[field]), 1e-3);
             }
             assert_eq!(vec_f64(&nc)[i] as u64, e["num_chosen_tokens"].as_u64().unwrap());
         }
-        let lp = PreferenceLogps { policy_chosen: &pc, policy_rejected: &pr, ref_chosen: &rc, ref_rejected: &rr, chosen_tokens: &nc, rejected_tokens: &nr };
+        let lp = PreferenceLogps {
+            policy_chosen: &pc,
+            policy_rejected: &pr,
+            ref_chosen: &rc,
+            ref_rejected: &rr,
+            chosen_tokens: &nc,
+            rejected_tokens: &nr,
+        };
         let sig = preference_losses(PreferenceLoss::Sigmoid, beta, &lp).unwrap();
         let ipo = preference_losses(PreferenceLoss::Ipo, beta, &lp).unwrap();
         for (i, e) in examples.iter().enumerate() {
@@ -109,7 +122,12 @@ fn dpo_and_ipo_match_trl_on_conversational_and_plain_rows() {
         let rewards_r = ((&pr - &rr).unwrap() * beta).unwrap();
         assert_close(&format!("{set} rewards/chosen"), mean(&rewards_c), num(&b["rewards/chosen"]), 1e-4);
         assert_close(&format!("{set} rewards/rejected"), mean(&rewards_r), num(&b["rewards/rejected"]), 1e-4);
-        assert_close(&format!("{set} rewards/margins"), mean(&(&rewards_c - &rewards_r).unwrap()), num(&b["rewards/margins"]), 1e-4);
+        assert_close(
+            &format!("{set} rewards/margins"),
+            mean(&(&rewards_c - &rewards_r).unwrap()),
+            num(&b["rewards/margins"]),
+            1e-4,
+        );
         let acc = rewards_c.gt(&rewards_r).unwrap().to_dtype(DType::F32).unwrap();
         assert_close(&format!("{set} rewards/accuracies"), mean(&acc), num(&b["rewards/accuracies"]), 1e-9);
         assert_close(&format!("{set} logps/chosen"), mean(&pc), num(&b["logps/chosen"]), 1e-3);
@@ -127,7 +145,8 @@ fn one_adamw_step_matches_torch_grad_norm_and_post_step_loss() {
     let grads = loss.backward().unwrap();
     let params = model.parameters();
     let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
-    let want_names: Vec<String> = opt["trainable_parameter_names"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let want_names: Vec<String> =
+        opt["trainable_parameter_names"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     assert_eq!(names, want_names, "parameters in transformers' named_parameters() order");
     let norm = grad_norm(&params, &grads).unwrap();
     let want = num(&opt["grad_norm_before_step"]);
@@ -135,5 +154,10 @@ fn one_adamw_step_matches_torch_grad_norm_and_post_step_loss() {
     let mut adamw = AdamW::new(params, AdamWConfig { lr: 1e-3, ..AdamWConfig::default() }).unwrap();
     adamw.step(&grads, 1.0).unwrap();
     let after = sft_loss(&target_logps(model.decoder(), &batch).unwrap()).unwrap();
-    assert_close("loss after one step", f64::from(after.to_scalar::<f32>().unwrap()), num(&opt["loss_after_one_step"]), 1e-4);
+    assert_close(
+        "loss after one step",
+        f64::from(after.to_scalar::<f32>().unwrap()),
+        num(&opt["loss_after_one_step"]),
+        1e-4,
+    );
 }

@@ -27,12 +27,19 @@ pub enum RopeScaling {
     /// Plain RoPE.
     Default,
     /// Positions divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        /// The position divisor.
+        factor: f64,
+    },
     /// Llama 3.1's frequency-dependent scaling.
     Llama3 {
+        /// Divisor of the low frequencies.
         factor: f64,
+        /// Wavelengths above `original / low_freq_factor` are fully scaled.
         low_freq_factor: f64,
+        /// Wavelengths below `original / high_freq_factor` are left alone.
         high_freq_factor: f64,
+        /// The context length the model was pre-trained with.
         original_max_position_embeddings: f64,
     },
 }
@@ -122,11 +129,7 @@ struct RawConfig {
 }
 
 fn field_error(path: &Path, field: &str, message: impl Into<String>) -> ModelError {
-    ModelError::Config {
-        path: path.to_path_buf(),
-        field: field.to_string(),
-        message: message.into(),
-    }
+    ModelError::Config { path: path.to_path_buf(), field: field.to_string(), message: message.into() }
 }
 
 fn require<T>(path: &Path, field: &str, value: Option<T>) -> Result<T, ModelError> {
@@ -134,10 +137,7 @@ fn require<T>(path: &Path, field: &str, value: Option<T>) -> Result<T, ModelErro
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<Value, ModelError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
     serde_json::from_str(&text).map_err(|e| ModelError::Json {
         path: path.to_path_buf(),
         line: e.line(),
@@ -161,8 +161,8 @@ impl ModelConfig {
 
     /// Builds the config from parsed JSON; `path` is only used in error messages.
     pub fn from_value(raw: Value, path: &Path) -> Result<Self, ModelError> {
-        let c: RawConfig = serde_json::from_value(raw.clone())
-            .map_err(|e| field_error(path, "config", e.to_string()))?;
+        let c: RawConfig =
+            serde_json::from_value(raw.clone()).map_err(|e| field_error(path, "config", e.to_string()))?;
         let architecture = c
             .architectures
             .as_ref()
@@ -196,7 +196,9 @@ impl ModelConfig {
             return Err(field_error(
                 path,
                 "num_key_value_heads",
-                format!("{num_key_value_heads} must be positive and divide num_attention_heads ({num_attention_heads})"),
+                format!(
+                    "{num_key_value_heads} must be positive and divide num_attention_heads ({num_attention_heads})"
+                ),
             ));
         }
         let head_dim = c.head_dim.unwrap_or(hidden_size / num_attention_heads);
@@ -241,25 +243,16 @@ impl ModelConfig {
 /// and an optional `rope_scaling`. The 5.x form wins where both are present.
 fn rope_settings(path: &Path, c: &RawConfig) -> Result<(f64, RopeScaling), ModelError> {
     let params = c.rope_parameters.as_ref().filter(|v| !v.is_null());
-    let theta = params
-        .and_then(|p| p.get("rope_theta"))
-        .and_then(Value::as_f64)
-        .or(c.rope_theta)
-        .unwrap_or(10_000.0);
+    let theta = params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64).or(c.rope_theta).unwrap_or(10_000.0);
     let scaling = params.or(c.rope_scaling.as_ref().filter(|v| !v.is_null()));
     let Some(scaling) = scaling else {
         return Ok((theta, RopeScaling::Default));
     };
-    let kind = scaling
-        .get("rope_type")
-        .or_else(|| scaling.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let kind = scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(Value::as_str).unwrap_or("default");
     let num = |key: &str| -> Result<f64, ModelError> {
-        scaling
-            .get(key)
-            .and_then(Value::as_f64)
-            .ok_or_else(|| field_error(path, &format!("rope_parameters.{key}"), format!("missing for rope_type {kind:?}")))
+        scaling.get(key).and_then(Value::as_f64).ok_or_else(|| {
+            field_error(path, &format!("rope_parameters.{key}"), format!("missing for rope_type {kind:?}"))
+        })
     };
     let rope = match kind {
         "default" => RopeScaling::Default,
@@ -283,7 +276,12 @@ fn rope_settings(path: &Path, c: &RawConfig) -> Result<(f64, RopeScaling), Model
 
 /// Which layers use sliding-window attention. transformers 5 lists `layer_types`; 4.x Qwen2
 /// derives it from `use_sliding_window` and `max_window_layers`. `sliding_window: null` means none.
-fn sliding_windows(path: &Path, c: &RawConfig, family: Family, layers: usize) -> Result<Vec<Option<usize>>, ModelError> {
+fn sliding_windows(
+    path: &Path,
+    c: &RawConfig,
+    family: Family,
+    layers: usize,
+) -> Result<Vec<Option<usize>>, ModelError> {
     let Some(window) = c.sliding_window else {
         return Ok(vec![None; layers]);
     };
@@ -291,10 +289,7 @@ fn sliding_windows(path: &Path, c: &RawConfig, family: Family, layers: usize) ->
         if types.len() != layers {
             return Err(field_error(path, "layer_types", format!("has {} entries for {layers} layers", types.len())));
         }
-        return Ok(types
-            .iter()
-            .map(|t| (t == "sliding_attention").then_some(window))
-            .collect());
+        return Ok(types.iter().map(|t| (t == "sliding_attention").then_some(window)).collect());
     }
     let uses = match family {
         Family::Qwen2 => c.use_sliding_window.unwrap_or(false),
@@ -307,10 +302,7 @@ fn sliding_windows(path: &Path, c: &RawConfig, family: Family, layers: usize) ->
 fn ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().and_then(|x| u32::try_from(x).ok()).into_iter().collect(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
-            .collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok())).collect(),
         _ => Vec::new(),
     }
 }

@@ -22,11 +22,7 @@ impl KvCache {
 
     /// Number of positions already cached.
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(Option::as_ref)
-            .and_then(|(k, _)| k.dim(2).ok())
-            .unwrap_or(0)
+        self.layers.first().and_then(Option::as_ref).and_then(|(k, _)| k.dim(2).ok()).unwrap_or(0)
     }
 
     /// Whether nothing is cached yet.
@@ -77,7 +73,13 @@ impl Attention {
         })
     }
 
-    fn forward(&self, xs: &Tensor, rotary: &Rotary, offset: usize, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        rotary: &Rotary,
+        offset: usize,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
         let (b, s, _) = xs.dims3()?;
         let d = self.head_dim;
         let q = self.q_proj.forward(xs)?.reshape((b, s, self.heads, d))?.transpose(1, 2)?;
@@ -118,7 +120,14 @@ impl Attention {
 
 /// Additive causal (and optionally sliding-window) mask `[s, kv_len]` for queries at positions
 /// `offset..offset+s`; `None` when nothing needs masking (a single new token, no window).
-fn attention_mask(s: usize, kv_len: usize, offset: usize, window: Option<usize>, dtype: DType, device: &Device) -> Result<Option<Tensor>> {
+fn attention_mask(
+    s: usize,
+    kv_len: usize,
+    offset: usize,
+    window: Option<usize>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Option<Tensor>> {
     let window = window.unwrap_or(usize::MAX);
     if s == 1 && kv_len <= window {
         return Ok(None);
@@ -176,7 +185,13 @@ impl Block {
         })
     }
 
-    fn forward(&self, xs: &Tensor, rotary: &Rotary, offset: usize, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        rotary: &Rotary,
+        offset: usize,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(xs)?;
         let xs = (xs + self.self_attn.forward(&h, rotary, offset, cache)?)?;
         let h = self.post_attention_layernorm.forward(&xs)?;
@@ -199,9 +214,11 @@ impl Decoder {
     /// Builds the model, requesting every tensor from `vb` by its transformers name.
     pub fn new(cfg: &ModelConfig, vb: &VarBuilder) -> Result<Self> {
         let m = vb.pp("model");
-        let embed_tokens = m
-            .pp("embed_tokens")
-            .get_with_hints((cfg.vocab_size, cfg.hidden_size), "weight", Init::Randn { mean: 0.0, stdev: 0.02 })?;
+        let embed_tokens = m.pp("embed_tokens").get_with_hints(
+            (cfg.vocab_size, cfg.hidden_size),
+            "weight",
+            Init::Randn { mean: 0.0, stdev: 0.02 },
+        )?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Block::new(cfg, i, &m.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
@@ -211,7 +228,14 @@ impl Decoder {
         } else {
             linear(&vb.pp("lm_head"), cfg.vocab_size, cfg.hidden_size, false)?
         };
-        let rotary = Rotary::new(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, &cfg.rope_scaling, vb.dtype(), vb.device())?;
+        let rotary = Rotary::new(
+            cfg.head_dim,
+            cfg.max_position_embeddings,
+            cfg.rope_theta,
+            &cfg.rope_scaling,
+            vb.dtype(),
+            vb.device(),
+        )?;
         Ok(Self { embed_tokens, layers, norm, lm_head, rotary, dtype: vb.dtype(), device: vb.device().clone() })
     }
 

@@ -35,7 +35,12 @@ pub struct Generated {
 }
 
 /// Generates a continuation of `prompt_ids`, stopping on any id in `stop_ids`.
-pub fn generate(model: &Model, prompt_ids: &[u32], stop_ids: &[u32], sampling: &Sampling) -> Result<Generated, ModelError> {
+pub fn generate(
+    model: &Model,
+    prompt_ids: &[u32],
+    stop_ids: &[u32],
+    sampling: &Sampling,
+) -> Result<Generated, ModelError> {
     if prompt_ids.is_empty() {
         return Err(ModelError::Dtype("generate: the prompt has no tokens".into()));
     }

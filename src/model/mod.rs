@@ -155,11 +155,8 @@ impl Model {
     /// load; tokenizer files are copied from the directory the model came from.
     pub fn save(&self, dir: &Path, dtype: DType) -> Result<(), ModelError> {
         std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
-        let tensors: Vec<(String, Tensor)> = self
-            .parameters()
-            .into_iter()
-            .map(|(n, v)| (n, v.as_tensor().clone()))
-            .collect();
+        let tensors: Vec<(String, Tensor)> =
+            self.parameters().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
         weights::save_safetensors(&dir.join("model.safetensors"), &tensors, dtype)?;
         let mut config = self.config.raw.clone();
         if let Some(obj) = config.as_object_mut() {
@@ -176,10 +173,17 @@ impl Model {
         let text = serde_json::to_string_pretty(&config).map_err(|e| ModelError::Dtype(e.to_string()))?;
         write_file(&dir.join("config.json"), text.as_bytes())?;
         if let Some(src) = &self.source_dir {
-            for name in ["generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"] {
+            for name in [
+                "generation_config.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+                "chat_template.jinja",
+            ] {
                 let from = src.join(name);
                 if from.exists() && src != dir {
-                    std::fs::copy(&from, dir.join(name)).map_err(|source| ModelError::Io { path: from.clone(), source })?;
+                    std::fs::copy(&from, dir.join(name))
+                        .map_err(|source| ModelError::Io { path: from.clone(), source })?;
                 }
             }
         }

@@ -106,19 +106,13 @@ pub struct Rotary {
 /// The inverse frequencies `1 / θ^(2i/d)`, computed in f32 as transformers does, then scaled.
 pub fn inverse_frequencies(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f32> {
     #[allow(clippy::cast_precision_loss)]
-    let base: Vec<f32> = (0..head_dim / 2)
-        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-        .collect();
+    let base: Vec<f32> =
+        (0..head_dim / 2).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
     match scaling {
         RopeScaling::Default => base,
         #[allow(clippy::cast_possible_truncation)]
         RopeScaling::Linear { factor } => base.iter().map(|f| f / *factor as f32).collect(),
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings: old,
-        } => {
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
             let low_wavelen = old / low_freq_factor;
             let high_wavelen = old / high_freq_factor;
             #[allow(clippy::cast_possible_truncation)]
@@ -127,7 +121,7 @@ pub fn inverse_frequencies(head_dim: usize, theta: f64, scaling: &RopeScaling) -
                     let f = f64::from(f);
                     let wavelen = 2.0 * std::f64::consts::PI / f;
                     let scaled = if wavelen > low_wavelen { f / factor } else { f };
-                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                     let out = if medium {
                         let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * scaled / factor + smooth * scaled
@@ -174,7 +168,10 @@ impl Rotary {
         let (_, _, seq, dim) = xs.dims4()?;
         let max = self.cos.dim(0)?;
         if offset + seq > max {
-            candle_core::bail!("position {} is past the rotary table's {max} positions (max_position_embeddings)", offset + seq);
+            candle_core::bail!(
+                "position {} is past the rotary table's {max} positions (max_position_embeddings)",
+                offset + seq
+            );
         }
         let cos = self.cos.narrow(0, offset, seq)?;
         let sin = self.sin.narrow(0, offset, seq)?;

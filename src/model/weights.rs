@@ -21,7 +21,7 @@ enum Source {
     Files { buffers: Vec<(PathBuf, Vec<u8>)>, index: HashMap<String, usize> },
     /// A fresh model, initialised from each tensor's hint and a seeded generator (candle's CPU
     /// generator cannot be seeded, so hone draws its own).
-    Init(Mutex<StdRng>),
+    Init(Box<Mutex<StdRng>>),
 }
 
 /// Trainable parameters in the order the model first requested them.
@@ -63,10 +63,8 @@ impl ParamStore {
         let mut index = HashMap::new();
         for (i, path) in files.into_iter().enumerate() {
             let bytes = std::fs::read(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
-            let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Weights {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+            let st = safetensors::SafeTensors::deserialize(&bytes)
+                .map_err(|e| ModelError::Weights { path: path.clone(), message: e.to_string() })?;
             for name in st.names() {
                 index.insert(name.to_string(), i);
             }
@@ -78,7 +76,7 @@ impl ParamStore {
     /// A store that initialises every requested tensor from its hint (for fresh models and
     /// benchmarks), reproducibly from `seed`.
     pub fn fresh(seed: u64) -> Self {
-        Self::with_source(Source::Init(Mutex::new(StdRng::seed_from_u64(seed))))
+        Self::with_source(Source::Init(Box::new(Mutex::new(StdRng::seed_from_u64(seed)))))
     }
 
     fn with_source(source: Source) -> Self {
@@ -103,7 +101,14 @@ impl ParamStore {
         self.params.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
-    fn fetch(&self, shape: &Shape, name: &str, init: Init, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    fn fetch(
+        &self,
+        shape: &Shape,
+        name: &str,
+        init: Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         let by_name = self.by_name.lock().map_err(|_| candle_core::Error::Msg("parameter store poisoned".into()))?;
         if let Some(&i) = by_name.get(name) {
             let params = self.params.lock().map_err(|_| candle_core::Error::Msg("parameter store poisoned".into()))?;
@@ -123,7 +128,8 @@ impl ParamStore {
                 let (path, bytes) = &buffers[file];
                 let st = safetensors::SafeTensors::deserialize(bytes)
                     .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
-                let view = st.tensor(name).map_err(|e| candle_core::Error::Msg(format!("{}: {name}: {e}", path.display())))?;
+                let view =
+                    st.tensor(name).map_err(|e| candle_core::Error::Msg(format!("{}: {name}: {e}", path.display())))?;
                 if view.shape() != shape.dims() {
                     candle_core::bail!(
                         "tensor {name} in {}: expected shape {:?} from config.json, found {:?}",
@@ -132,9 +138,15 @@ impl ParamStore {
                         view.shape()
                     );
                 }
-                let t = view.load(device).map_err(|e| candle_core::Error::Msg(format!("tensor {name} in {}: {e}", path.display())))?;
+                let t = view
+                    .load(device)
+                    .map_err(|e| candle_core::Error::Msg(format!("tensor {name} in {}: {e}", path.display())))?;
                 if !t.dtype().is_float() {
-                    candle_core::bail!("tensor {name} in {} has dtype {:?}; hone loads float weights only", path.display(), t.dtype());
+                    candle_core::bail!(
+                        "tensor {name} in {} has dtype {:?}; hone loads float weights only",
+                        path.display(),
+                        t.dtype()
+                    );
                 }
                 Var::from_tensor(&t.to_dtype(dtype)?)?
             }
@@ -145,7 +157,8 @@ impl ParamStore {
         };
         let tensor = var.as_tensor().clone();
         let mut params = self.params.lock().map_err(|_| candle_core::Error::Msg("parameter store poisoned".into()))?;
-        let mut by_name = self.by_name.lock().map_err(|_| candle_core::Error::Msg("parameter store poisoned".into()))?;
+        let mut by_name =
+            self.by_name.lock().map_err(|_| candle_core::Error::Msg("parameter store poisoned".into()))?;
         by_name.insert(name.to_string(), params.len());
         params.push((name.to_string(), var));
         Ok(tensor)
@@ -208,15 +221,11 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], dtype: DType)
     }
     let views: Vec<(String, Tensor)> = map.into_iter().collect();
     let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    let data: Vec<(&str, TensorBytes)> = views
-        .iter()
-        .map(|(n, t)| Ok((n.as_str(), TensorBytes::new(t)?)))
-        .collect::<Result<_, ModelError>>()?;
+    let data: Vec<(&str, TensorBytes)> =
+        views.iter().map(|(n, t)| Ok((n.as_str(), TensorBytes::new(t)?))).collect::<Result<_, ModelError>>()?;
     let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(data, Some(metadata), &tmp).map_err(|e| ModelError::Weights {
-        path: tmp.clone(),
-        message: e.to_string(),
-    })?;
+    safetensors::serialize_to_file(data, Some(metadata), &tmp)
+        .map_err(|e| ModelError::Weights { path: tmp.clone(), message: e.to_string() })?;
     std::fs::rename(&tmp, path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })
 }
 
@@ -231,16 +240,18 @@ impl TensorBytes {
     fn new(t: &Tensor) -> Result<Self, ModelError> {
         let flat = t.flatten_all()?;
         let (dtype, bytes) = match t.dtype() {
-            DType::F32 => (safetensors::Dtype::F32, flat.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            DType::BF16 => (
-                safetensors::Dtype::BF16,
-                flat.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ),
-            DType::F16 => (
-                safetensors::Dtype::F16,
-                flat.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ),
-            DType::F64 => (safetensors::Dtype::F64, flat.to_vec1::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            DType::F32 => {
+                (safetensors::Dtype::F32, flat.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect())
+            }
+            DType::BF16 => {
+                (safetensors::Dtype::BF16, flat.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect())
+            }
+            DType::F16 => {
+                (safetensors::Dtype::F16, flat.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect())
+            }
+            DType::F64 => {
+                (safetensors::Dtype::F64, flat.to_vec1::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect())
+            }
             other => return Err(ModelError::Dtype(format!("cannot save dtype {other:?}"))),
         };
         Ok(Self { dtype, shape: t.dims().to_vec(), bytes })

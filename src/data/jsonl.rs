@@ -1,0 +1,201 @@
+//! Reading JSON Lines files with precise error positions: every non-blank line is parsed,
+//! syntax errors are reported at the file line and the column within it, and field errors
+//! found later can be pinned to the column of the offending value via [`locate`].
+
+use std::path::Path;
+
+use serde_json::Value as Json;
+
+use crate::data::error::DataError;
+
+/// One non-blank line of a JSONL file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    /// 1-based line number in the file.
+    pub number: usize,
+    /// The raw text of the line (without the line terminator).
+    pub text: String,
+    /// The parsed JSON value.
+    pub value: Json,
+}
+
+/// One step of a path into a JSON value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seg {
+    /// An object key.
+    Key(String),
+    /// An array index.
+    Index(usize),
+}
+
+/// Renders a path as `messages[1].role`.
+pub fn field_path(path: &[Seg]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Seg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// Removes serde_json's trailing " at line L column C" from an error message.
+pub(crate) fn strip_serde_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// 1-based character column of byte offset `byte` in `line` (clamped to the line).
+pub fn byte_to_column(line: &str, byte: usize) -> usize {
+    let mut b = byte.min(line.len());
+    while !line.is_char_boundary(b) {
+        b -= 1;
+    }
+    line[..b].chars().count() + 1
+}
+
+/// Reads a JSONL file: blank (whitespace-only) lines are skipped, a UTF-8 BOM at the start
+/// is ignored, and every other line must be one JSON value. The first bad line is reported
+/// as `path:line:column: message`.
+pub fn read_jsonl(path: &Path) -> Result<Vec<Line>, DataError> {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let mut lines = Vec::new();
+    for (idx, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+        let number = idx + 1;
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let text = std::str::from_utf8(raw).map_err(|e| {
+            let valid = std::str::from_utf8(&raw[..e.valid_up_to()]).unwrap_or_default();
+            DataError::Json {
+                path: path.to_path_buf(),
+                line: number,
+                column: valid.chars().count() + 1,
+                message: "invalid UTF-8".to_string(),
+            }
+        })?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let value: Json = serde_json::from_str(text).map_err(|e| DataError::Json {
+            path: path.to_path_buf(),
+            line: number,
+            column: byte_to_column(text, e.column().saturating_sub(1)),
+            message: strip_serde_position(&e.to_string()),
+        })?;
+        lines.push(Line { number, text: text.to_string(), value });
+    }
+    Ok(lines)
+}
+
+/// Byte offset in `raw` (one valid JSON document) of the value at `path`, if it exists.
+pub fn locate(raw: &str, path: &[Seg]) -> Option<usize> {
+    let mut sc = Scanner { s: raw.as_bytes(), i: 0 };
+    sc.ws();
+    for seg in path {
+        match seg {
+            Seg::Key(want) => {
+                sc.eat(b'{')?;
+                loop {
+                    sc.ws();
+                    let start = sc.i;
+                    sc.string()?;
+                    let key: String = serde_json::from_str(raw.get(start..sc.i)?).ok()?;
+                    sc.ws();
+                    sc.eat(b':')?;
+                    sc.ws();
+                    if &key == want {
+                        break;
+                    }
+                    sc.value()?;
+                    sc.ws();
+                    sc.eat(b',')?;
+                }
+            }
+            Seg::Index(n) => {
+                sc.eat(b'[')?;
+                for _ in 0..*n {
+                    sc.ws();
+                    sc.value()?;
+                    sc.ws();
+                    sc.eat(b',')?;
+                }
+                sc.ws();
+            }
+        }
+    }
+    (sc.i < raw.len()).then_some(sc.i)
+}
+
+struct Scanner<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl Scanner<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+    fn eat(&mut self, b: u8) -> Option<()> {
+        (self.peek()? == b).then(|| self.i += 1)
+    }
+    fn string(&mut self) -> Option<()> {
+        self.eat(b'"')?;
+        loop {
+            match self.peek()? {
+                b'\\' => self.i += 2,
+                b'"' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => self.i += 1,
+            }
+        }
+    }
+    fn value(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string(),
+            open @ (b'{' | b'[') => {
+                let close = if open == b'{' { b'}' } else { b']' };
+                self.i += 1;
+                self.ws();
+                if self.eat(close).is_some() {
+                    return Some(());
+                }
+                loop {
+                    self.ws();
+                    if open == b'{' {
+                        self.string()?;
+                        self.ws();
+                        self.eat(b':')?;
+                        self.ws();
+                    }
+                    self.value()?;
+                    self.ws();
+                    if self.eat(close).is_some() {
+                        return Some(());
+                    }
+                    self.eat(b',')?;
+                }
+            }
+            _ => {
+                while !matches!(self.peek(), None | Some(b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r')) {
+                    self.i += 1;
+                }
+                Some(())
+            }
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Data pipeline for post-training: tokenizer loading, HF-compatible chat templates,
+//! JSONL dataset records in TRL's formats, and TRL's tokenization conventions for SFT,
+//! preference (DPO/IPO) and generation. Independent of the tensor backend and the UI.
+
+pub mod date;
+pub mod encode;
+pub mod error;
+pub mod jinja;
+pub mod jsonl;
+pub mod records;
+pub mod template;
+pub mod tokenizer;
+
+pub use encode::{encode_generation_prompt, encode_preference, encode_sft, PreferenceExample, SftExample};
+pub use error::DataError;
+pub use jsonl::{read_jsonl, Line};
+pub use records::{
+    detect_kind, read_preferences, read_records, read_safety, read_sft, PreferenceRecord, RecordKind, Records,
+    SafetyRecord, SftRecord, Text,
+};
+pub use template::{ChatTemplate, Message, Rendered};
+pub use tokenizer::{Encoding, SpecialTokens, TextTokenizer};
