@@ -2,13 +2,19 @@
 //! The only place besides the TUI allowed to print; errors are `anyhow` here and nowhere below.
 
 pub mod bench;
+pub mod generate;
+pub mod score;
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use std::path::PathBuf;
+
+use crate::model::generate::Sampling;
 use crate::model::parse_device;
+use crate::train::loss::PreferenceLoss;
 
 /// hone: a terminal workbench for post-training language models.
 #[derive(Debug, Parser)]
@@ -22,6 +28,55 @@ pub struct Cli {
 /// hone's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Score a JSONL file with a model: SFT losses, or DPO/IPO log-probs, rewards and losses
+    /// (with --ref), as TRL computes them. One JSON line per record, then a summary line.
+    Score {
+        /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// Reference model directory for preference data (DPO's frozen policy).
+        #[arg(long = "ref")]
+        reference: Option<PathBuf>,
+        /// JSONL in TRL's formats: {"messages"}, {"prompt","completion"} or {"prompt","chosen","rejected"}.
+        #[arg(long)]
+        data: PathBuf,
+        /// DPO β.
+        #[arg(long, default_value_t = 0.1)]
+        beta: f64,
+        /// Preference loss: sigmoid (DPO) or ipo.
+        #[arg(long, default_value = "sigmoid")]
+        loss: PreferenceLoss,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Generate continuations with the KV cache; one JSON line per prompt.
+    Generate {
+        /// Hugging Face model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// JSONL of {"messages": [...]} (chat-templated) or {"prompt": "..."} records.
+        #[arg(long, conflicts_with = "prompt", required_unless_present = "prompt")]
+        data: Option<PathBuf>,
+        /// One plain-text prompt.
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Upper bound on new tokens.
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// Sampling temperature; 0 is greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        /// Nucleus sampling mass.
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        /// Seed of the sampler.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Time one full training step (or greedy generation) on a fixed preset, as one JSON line.
     Bench {
         /// The model and batch shape: `cpu-small` (Llama, vocab 4096, hidden 256, 4 layers,
@@ -51,6 +106,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -59,7 +115,27 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    let stdout = std::io::stdout();
     match cli.command {
+        Command::Score { model, reference, data, beta, loss, device } => {
+            if !(beta > 0.0 && beta.is_finite()) {
+                anyhow::bail!("--beta must be a positive number, got {beta}");
+            }
+            let args = score::ScoreArgs { model, reference, data, beta, loss };
+            score::run(&args, &parse_device(&device)?, &mut stdout.lock())?;
+        }
+        Command::Generate { model, data, prompt, max_new_tokens, temperature, top_p, seed, device } => {
+            if !(temperature >= 0.0 && temperature.is_finite()) || !(top_p > 0.0 && top_p <= 1.0) {
+                anyhow::bail!("--temperature must be >= 0 and --top-p in (0, 1]");
+            }
+            let prompts = match (data, prompt) {
+                (Some(d), _) => generate::Prompts::File(d),
+                (None, Some(p)) => generate::Prompts::Text(p),
+                (None, None) => anyhow::bail!("give --data FILE or --prompt TEXT"),
+            };
+            let sampling = Sampling { temperature, top_p, seed, max_new_tokens };
+            generate::run(&model, &prompts, &sampling, &parse_device(&device)?, &mut stdout.lock())?;
+        }
         Command::Bench { preset, mode, steps, warmup, threads, device } => {
             if preset != "cpu-small" {
                 anyhow::bail!("--preset {preset:?}: the only preset is cpu-small");
@@ -70,6 +146,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A closed stdout (`hone score ... | head`) ends the command quietly, as for any Unix filter.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 /// candle's CPU kernels size their thread pool from `RAYON_NUM_THREADS` on first use.

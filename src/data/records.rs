@@ -315,7 +315,14 @@ fn parse_safety(v: &Json) -> Result<SafetyRecord, Issue> {
 }
 
 fn read_with<T>(path: &Path, parse: fn(&Json) -> Result<T, Issue>) -> Result<Vec<T>, DataError> {
-    read_jsonl(path)?.iter().map(|line| parse(&line.value).map_err(|issue| to_error(path, line, issue))).collect()
+    Ok(read_with_lines(path, parse)?.into_iter().map(|(_, record)| record).collect())
+}
+
+fn read_with_lines<T>(path: &Path, parse: fn(&Json) -> Result<T, Issue>) -> Result<Vec<(usize, T)>, DataError> {
+    read_jsonl(path)?
+        .iter()
+        .map(|line| parse(&line.value).map(|r| (line.number, r)).map_err(|issue| to_error(path, line, issue)))
+        .collect()
 }
 
 /// Reads SFT records. `messages` must be a non-empty list of `{role: str, content: str, ...}`
@@ -353,6 +360,29 @@ pub fn detect_kind(path: &Path) -> Result<RecordKind, DataError> {
         message: "unknown record format: expected `messages`, `prompt` + `completion`, \
                   `chosen` + `rejected`, or `prompt` + `unsafe`"
             .into(),
+    })
+}
+
+/// Like [`read_records`], also returning each record's 1-based line number, so later errors
+/// (tokenization, templates) can still point at `path:line`.
+pub fn read_records_with_lines(path: &Path) -> Result<(Records, Vec<usize>), DataError> {
+    fn split<T>(v: Vec<(usize, T)>) -> (Vec<T>, Vec<usize>) {
+        let lines = v.iter().map(|(n, _)| *n).collect();
+        (v.into_iter().map(|(_, r)| r).collect(), lines)
+    }
+    Ok(match detect_kind(path)? {
+        RecordKind::Sft => {
+            let (r, l) = split(read_with_lines(path, parse_sft)?);
+            (Records::Sft(r), l)
+        }
+        RecordKind::Preference => {
+            let (r, l) = split(read_with_lines(path, parse_preference)?);
+            (Records::Preference(r), l)
+        }
+        RecordKind::Safety => {
+            let (r, l) = split(read_with_lines(path, parse_safety)?);
+            (Records::Safety(r), l)
+        }
     })
 }
 

@@ -5,3 +5,4 @@
 pub mod batch;
 pub mod loss;
 pub mod optim;
+pub mod score;

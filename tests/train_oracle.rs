@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)]
-//! Losses, log-probs and one AdamW step against transformers and TRL on the public oracle
-//! (`tests/fixtures/llama/expected.json`; formulas in its README).
+//! Losses, log-probs and one AdamW step against transformers and TRL on both oracle sets
+//! (`tests/fixtures/{llama,qwen2}/expected.json`; formulas in their READMEs).
 
 mod common;
 
@@ -15,7 +15,11 @@ use serde_json::Value;
 const PAD: u32 = 1;
 
 fn load(name: &str) -> Model {
-    Model::load(&fixture(&format!("llama/{name}")), &Device::Cpu, DType::F32).expect("fixture model loads")
+    load_from("llama", name)
+}
+
+fn load_from(set: &str, name: &str) -> Model {
+    Model::load(&fixture(&format!("{set}/{name}")), &Device::Cpu, DType::F32).expect("fixture model loads")
 }
 
 fn sft_sequences(exp: &Value) -> Vec<Sequence> {
@@ -136,8 +140,14 @@ fn dpo_and_ipo_match_trl_on_conversational_and_plain_rows() {
 
 #[test]
 fn one_adamw_step_matches_torch_grad_norm_and_post_step_loss() {
-    let model = load("model");
-    let exp = expected("llama");
+    for set in ["llama", "qwen2"] {
+        adamw_step(set);
+    }
+}
+
+fn adamw_step(set: &str) {
+    let model = load_from(set, "model");
+    let exp = expected(set);
     let opt = &exp["optimizer_step"];
     let batch = TokenBatch::new(&sft_sequences(&exp), PAD, &Device::Cpu).unwrap();
     let loss = sft_loss(&target_logps(model.decoder(), &batch).unwrap()).unwrap();
