@@ -125,7 +125,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             score::run(&args, &parse_device(&device)?, &mut stdout.lock())?;
         }
         Command::Generate { model, data, prompt, max_new_tokens, temperature, top_p, seed, device } => {
-            if !(temperature >= 0.0 && temperature.is_finite()) || !(top_p > 0.0 && top_p <= 1.0) {
+            let temperature_ok = temperature >= 0.0 && temperature.is_finite();
+            if !temperature_ok || !(top_p > 0.0 && top_p <= 1.0) {
                 anyhow::bail!("--temperature must be >= 0 and --top-p in (0, 1]");
             }
             let prompts = match (data, prompt) {
