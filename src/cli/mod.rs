@@ -126,7 +126,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Generate { model, data, prompt, max_new_tokens, temperature, top_p, seed, device } => {
             let temperature_ok = temperature >= 0.0 && temperature.is_finite();
-            if !temperature_ok || !(top_p > 0.0 && top_p <= 1.0) {
+            let top_p_ok = top_p > 0.0 && top_p <= 1.0;
+            if !(temperature_ok && top_p_ok) {
                 anyhow::bail!("--temperature must be >= 0 and --top-p in (0, 1]");
             }
             let prompts = match (data, prompt) {
