@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""PyTorch eager baseline for `hone bench --preset cpu-small --mode sft|dpo`.
+
+What it measures
+----------------
+The wall-clock time of one full training step, in plain PyTorch eager mode with a
+transformers `LlamaForCausalLM`, on the same fixed shape as hone's `cpu-small` preset:
+
+* model: vocab 4096, hidden 256, 4 layers, 4 heads / 2 KV heads (head_dim 64), MLP 688,
+  tied embeddings, rms_norm_eps 1e-6, rope_theta 10000, max_position_embeddings 1024,
+  float32, attention implementation "sdpa";
+* batch: 8 sequences x 256 token ids (the same LCG-generated ids as hone, seed 42), the
+  first 64 tokens of each sequence masked as prompt (labels -100), i.e. 192 scored
+  completion tokens per sequence;
+* one step = optimizer.zero_grad, forward, loss, backward, clip_grad_norm_(1.0),
+  AdamW(lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight_decay 0).step.
+
+Modes:
+
+* `--mode sft`: the transformers causal-LM loss (`labels=`), the token-weighted mean NLL over
+  the unmasked labels.
+* `--mode dpo`: 4 chosen/rejected pairs (rows 0-3 chosen, 4-7 rejected) in one concatenated
+  forward; policy sequence log-probs summed over completion tokens (positions >= 64);
+  sigmoid DPO loss, beta 0.1:  -logsigmoid(beta * ((pc - rc) - (pr - rr))), mean over pairs.
+  Reference log-probs come either from
+    `--ref cached`:  computed once up front from the initial model (what hone does), or
+    `--ref forward`: a frozen copy of the initial model run under torch.no_grad every step
+                     (TRL's default when no precomputed reference log-probs are given).
+    `--ref forward` step times include that reference forward.
+
+Each step is timed with time.perf_counter; the first --warmup steps are discarded and the
+reported number is tokens_per_step (2048) / the median of the timed steps, printed as one JSON
+line shaped like hone's:
+
+    {"impl": "pytorch-eager", "torch": ..., "mode": ..., "ref": ..., "threads": ..., "steps": ...,
+     "warmup": ..., "tokens_per_step": 2048, "median_step_s": ..., "tokens_per_second": ...,
+     "final_loss": ...}
+
+Note that the HF model computes LM-head logits for all 256 positions (as a normal HF / TRL
+training step does), whereas hone only projects the rows that predict a target.
+
+This is a manual comparison tool, NOT part of CI or of `cargo test` / `cargo bench` (CI has no
+Python). Run it by hand with a Python that has torch and transformers, e.g.
+
+    python benches/pytorch_baseline.py --mode sft --threads 2
+    python benches/pytorch_baseline.py --mode dpo --ref cached --threads 2
+    python benches/pytorch_baseline.py --mode dpo --ref forward --threads 2
+
+and compare with `target/release/hone bench --preset cpu-small --mode sft|dpo --threads 2`
+on the same machine, with nothing else running.
+"""
+
+import argparse
+import copy
+import json
+import os
+import random
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
+
+VOCAB = 4096
+BATCH = 8
+SEQ = 256
+PROMPT = 64
+PAIRS = BATCH // 2
+BETA = 0.1
+SEED = 0
+
+
+def default_threads():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def token_ids(vocab=VOCAB, seed=42):
+    """The same pseudo-random ids as hone's bench (64-bit LCG, `(state >> 33) % vocab`)."""
+    mask = (1 << 64) - 1
+    state = seed
+    rows = []
+    for _ in range(BATCH):
+        row = []
+        for _ in range(SEQ):
+            state = (state * 6364136223846793005 + 1442695040888963407) & mask
+            row.append((state >> 33) % vocab)
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def build_model():
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
+    model = LlamaForCausalLM(config).to(torch.float32)
+    model.config.use_cache = False
+    return model
+
+
+def sequence_logps(model, input_ids, labels):
+    """Per-sequence sum of log p(label) over the unmasked (completion) targets, TRL-style."""
+    logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1, :]
+    targets = labels[:, 1:]
+    mask = targets != -100
+    safe = targets.masked_fill(~mask, 0)
+    token_logps = torch.gather(logits.log_softmax(-1), 2, safe.unsqueeze(-1)).squeeze(-1)
+    return (token_logps * mask).sum(-1)
+
+
+def dpo_loss(policy, ref):
+    logits = (policy[:PAIRS] - ref[:PAIRS]) - (policy[PAIRS:] - ref[PAIRS:])
+    return -F.logsigmoid(BETA * logits).mean()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--mode", choices=["sft", "dpo"], default="sft")
+    parser.add_argument("--ref", choices=["cached", "forward"], default="cached",
+                        help="DPO reference log-probs: cached once up front, or a frozen "
+                             "reference forward under no_grad every step (ignored for sft)")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=default_threads())
+    args = parser.parse_args()
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
+
+    torch.set_num_threads(args.threads)
+    random.seed(SEED)
+    np.random.seed(SEED)
+    torch.manual_seed(SEED)
+
+    model = build_model()
+    model.train()
+    input_ids = token_ids()
+    labels = input_ids.clone()
+    labels[:, :PROMPT] = -100
+
+    ref_model = None
+    ref_logps = None
+    if args.mode == "dpo":
+        if args.ref == "forward":
+            ref_model = copy.deepcopy(model)
+            ref_model.eval()
+            ref_model.requires_grad_(False)
+        else:
+            with torch.no_grad():
+                ref_logps = sequence_logps(model, input_ids, labels)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=0.0)
+
+    times = []
+    loss_value = float("nan")
+    for i in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        if args.mode == "sft":
+            loss = model(input_ids=input_ids, labels=labels, use_cache=False).loss
+        else:
+            policy = sequence_logps(model, input_ids, labels)
+            if ref_model is not None:
+                with torch.no_grad():
+                    ref = sequence_logps(ref_model, input_ids, labels)
+            else:
+                ref = ref_logps
+            loss = dpo_loss(policy, ref)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss_value = loss.item()
+        elapsed = time.perf_counter() - start
+        if i >= args.warmup:
+            times.append(elapsed)
+
+    med = statistics.median(times)
+    tokens = BATCH * SEQ
+    print(json.dumps({
+        "impl": "pytorch-eager",
+        "torch": torch.__version__,
+        "mode": args.mode,
+        "ref": args.ref if args.mode == "dpo" else None,
+        "threads": torch.get_num_threads(),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "tokens_per_step": tokens,
+        "median_step_s": med,
+        "tokens_per_second": tokens / med,
+        "final_loss": loss_value,
+    }))
+
+
+if __name__ == "__main__":
+    main()
