@@ -54,7 +54,8 @@ fn bf16_weights_load_and_convert() {
     let model = Model::load(&fixture("llama/model"), &Device::Cpu, DType::F32).unwrap();
     let out = tempfile::tempdir().unwrap();
     model.save(out.path(), DType::BF16).unwrap();
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap()).unwrap();
     assert_eq!(config["dtype"], "bfloat16");
     let as_f32 = Model::load(out.path(), &Device::Cpu, DType::F32).unwrap();
     let diff = max_diff(&logits(&model), &logits(&as_f32));
@@ -95,7 +96,8 @@ fn broken_directories_fail_with_a_message_naming_the_problem() {
     assert!(err.contains("model.layers.0.mlp.gate_proj.weight") && err.contains("170") && err.contains("172"), "{err}");
 
     // Untied config without lm_head.weight: the missing tensor is named.
-    std::fs::write(&config_path, config.replace("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false")).unwrap();
+    std::fs::write(&config_path, config.replace("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false"))
+        .unwrap();
     let err = load_err(&dir);
     assert!(err.contains("lm_head.weight") && err.contains("missing"), "{err}");
 
@@ -135,7 +137,8 @@ fn integer_weights_are_refused_with_the_tensor_name() {
     let dir = tmp.path().join("m");
     copy_dir(&fixture("llama/model"), &dir);
     let model = Model::load(&dir, &Device::Cpu, DType::F32).unwrap();
-    let mut tensors: Vec<(String, Tensor)> = model.parameters().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    let mut tensors: Vec<(String, Tensor)> =
+        model.parameters().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
     tensors[0].1 = tensors[0].1.to_dtype(DType::I64).unwrap();
     let map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
     candle_core::safetensors::save(&map, dir.join("model.safetensors")).unwrap();
