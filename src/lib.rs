@@ -4,6 +4,7 @@
 //! `ARCHITECTURE.md`.
 
 pub mod cli;
+pub mod config;
 pub mod data;
 pub mod model;
 pub mod train;

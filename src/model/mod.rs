@@ -152,12 +152,26 @@ impl Model {
     }
 
     /// Saves the weights (in `dtype`) and the config files as a model directory transformers can
-    /// load; tokenizer files are copied from the directory the model came from.
+    /// load; tokenizer files are copied from the directory the model came from. Each file is
+    /// written to a temporary name and renamed, so a reader never sees half a file.
     pub fn save(&self, dir: &Path, dtype: DType) -> Result<(), ModelError> {
         std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
+        for (name, bytes) in self.files(dtype)? {
+            let path = dir.join(&name);
+            let tmp = dir.join(format!(".{name}.tmp"));
+            write_file(&tmp, &bytes)?;
+            std::fs::rename(&tmp, &path).map_err(|source| ModelError::Io { path, source })?;
+        }
+        Ok(())
+    }
+
+    /// The files of a Hugging Face model directory holding this model's current weights (in
+    /// `dtype`): `model.safetensors`, `config.json` and the tokenizer/generation files of the
+    /// source directory.
+    pub fn files(&self, dtype: DType) -> Result<Vec<(String, Vec<u8>)>, ModelError> {
         let tensors: Vec<(String, Tensor)> =
             self.parameters().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
-        weights::save_safetensors(&dir.join("model.safetensors"), &tensors, dtype)?;
+        let mut files = vec![("model.safetensors".to_string(), weights::safetensors_bytes(&tensors, dtype)?)];
         let mut config = self.config.raw.clone();
         if let Some(obj) = config.as_object_mut() {
             let name = match dtype {
@@ -171,25 +185,28 @@ impl Model {
             }
         }
         let text = serde_json::to_string_pretty(&config).map_err(|e| ModelError::Dtype(e.to_string()))?;
-        write_file(&dir.join("config.json"), text.as_bytes())?;
+        files.push(("config.json".into(), text.into_bytes()));
         if let Some(src) = &self.source_dir {
-            for name in [
-                "generation_config.json",
-                "tokenizer.json",
-                "tokenizer_config.json",
-                "special_tokens_map.json",
-                "chat_template.jinja",
-            ] {
+            for name in COMPANION_FILES {
                 let from = src.join(name);
-                if from.exists() && src != dir {
-                    std::fs::copy(&from, dir.join(name))
-                        .map_err(|source| ModelError::Io { path: from.clone(), source })?;
+                if from.exists() {
+                    let bytes = std::fs::read(&from).map_err(|source| ModelError::Io { path: from.clone(), source })?;
+                    files.push(((*name).to_string(), bytes));
                 }
             }
         }
-        Ok(())
+        Ok(files)
     }
 }
+
+/// Files of a model directory that travel with the weights unchanged.
+const COMPANION_FILES: &[&str] = &[
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+];
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     std::fs::write(path, bytes).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })

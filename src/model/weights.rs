@@ -212,9 +212,9 @@ impl candle_nn::var_builder::SimpleBackend for Backend {
     }
 }
 
-/// Writes `tensors` as one `model.safetensors` in `dtype`, names sorted, with the `format: pt`
-/// metadata transformers expects.
-pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], dtype: DType) -> Result<(), ModelError> {
+/// `tensors` as the bytes of one safetensors file in `dtype`, names sorted, with the
+/// `format: pt` metadata transformers expects.
+pub fn safetensors_bytes(tensors: &[(String, Tensor)], dtype: DType) -> Result<Vec<u8>, ModelError> {
     let mut map: BTreeMap<String, Tensor> = BTreeMap::new();
     for (name, t) in tensors {
         map.insert(name.clone(), t.to_dtype(dtype)?.to_device(&Device::Cpu)?.contiguous()?);
@@ -223,10 +223,8 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], dtype: DType)
     let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     let data: Vec<(&str, TensorBytes)> =
         views.iter().map(|(n, t)| Ok((n.as_str(), TensorBytes::new(t)?))).collect::<Result<_, ModelError>>()?;
-    let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(data, Some(metadata), &tmp)
-        .map_err(|e| ModelError::Weights { path: tmp.clone(), message: e.to_string() })?;
-    std::fs::rename(&tmp, path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })
+    safetensors::serialize(data, Some(metadata))
+        .map_err(|e| ModelError::Weights { path: PathBuf::from("<safetensors>"), message: e.to_string() })
 }
 
 /// A tensor flattened to little-endian bytes for `safetensors::serialize`.

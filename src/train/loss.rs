@@ -97,3 +97,9 @@ pub fn preference_losses(kind: PreferenceLoss, beta: f64, lp: &PreferenceLogps) 
 pub fn softplus(xs: &Tensor) -> Result<Tensor> {
     xs.relu()?.add(&(xs.abs()?.neg()?.exp()? + 1.0)?.log()?)
 }
+
+/// Unlikelihood `−log(1 − p)` per token from log-probs `log p`, with `1 − p` floored at 1e-6 so a
+/// token the model is certain of gives a large, finite penalty.
+pub fn unlikelihood(token_logps: &Tensor) -> Result<Tensor> {
+    (token_logps.exp()?.neg()? + 1.0)?.maximum(1e-6)?.log()?.neg()
+}

@@ -78,9 +78,24 @@ impl AdamW {
         Ok(())
     }
 
-    /// One update from `grads`, scaled by `grad_scale` (the clipping coefficient). Parameters
-    /// without a gradient are left alone, as torch skips them.
+    /// The parameters this optimizer updates, in order.
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// One update from the gradients in a `GradStore` (see [`AdamW::step_with`]).
     pub fn step(&mut self, grads: &GradStore, grad_scale: f64) -> Result<()> {
+        let grads = gradients_of(&self.params, grads);
+        self.step_with(&grads, grad_scale)
+    }
+
+    /// One update from per-parameter gradients (aligned with the parameters), scaled by
+    /// `grad_scale` (the clipping coefficient). Parameters without a gradient are left alone, as
+    /// torch skips them.
+    pub fn step_with(&mut self, grads: &[Option<Tensor>], grad_scale: f64) -> Result<()> {
+        if grads.len() != self.params.len() {
+            candle_core::bail!("{} gradients for {} parameters", grads.len(), self.params.len());
+        }
         self.step += 1;
         let c = self.config;
         #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
@@ -89,8 +104,8 @@ impl AdamW {
         let bias2 = 1.0 - c.beta2.powi(t);
         let step_size = c.lr / bias1;
         let bias2_sqrt = bias2.sqrt();
-        for ((_, var), mom) in self.params.iter().zip(self.moments.iter_mut()) {
-            let Some(g) = grads.get(var) else { continue };
+        for (((_, var), mom), g) in self.params.iter().zip(self.moments.iter_mut()).zip(grads) {
+            let Some(g) = g else { continue };
             let g = if (grad_scale - 1.0).abs() > 0.0 { (g * grad_scale)? } else { g.clone() };
             let m = ((&mom.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             let v = ((&mom.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
@@ -108,13 +123,21 @@ impl AdamW {
     }
 }
 
+/// The gradients of `params` in a `GradStore`, in parameter order.
+pub fn gradients_of(params: &[(String, Var)], grads: &GradStore) -> Vec<Option<Tensor>> {
+    params.iter().map(|(_, v)| grads.get(v).cloned()).collect()
+}
+
 /// The global L2 norm of all gradients of `params` (`torch.nn.utils.clip_grad_norm_`'s total).
 pub fn grad_norm(params: &[(String, Var)], grads: &GradStore) -> Result<f64> {
+    global_norm(&gradients_of(params, grads))
+}
+
+/// The global L2 norm of a list of gradients (NaN or infinite when any element is).
+pub fn global_norm(grads: &[Option<Tensor>]) -> Result<f64> {
     let mut total = 0f64;
-    for (_, var) in params {
-        if let Some(g) = grads.get(var) {
-            total += f64::from(g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
-        }
+    for g in grads.iter().flatten() {
+        total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
     }
     Ok(total.sqrt())
 }

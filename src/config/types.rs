@@ -1,0 +1,269 @@
+//! The pipeline file's types, exactly as a user writes them in TOML. Unknown keys are errors;
+//! every optional field has the default a user of TRL would expect.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A whole pipeline: the run settings, the base model and the stages in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// Run-wide settings.
+    #[serde(default)]
+    pub run: RunSettings,
+    /// The base model.
+    pub model: ModelSettings,
+    /// Stages, run in order; each starts from the previous one's final weights.
+    #[serde(rename = "stage")]
+    pub stages: Vec<Stage>,
+}
+
+/// Run-wide settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSettings {
+    /// A short name; the run id is `<UTC timestamp>-<name>`.
+    pub name: String,
+    /// Seed of shuffling, sampling and any fresh initialisation.
+    pub seed: u64,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    pub device: String,
+    /// Compute dtype: `f32`, `bf16` or `f16`.
+    pub dtype: String,
+    /// Save a checkpoint every this many optimizer steps (0: only at stage ends).
+    pub checkpoint_every: u64,
+    /// Keep this many most recent checkpoints (plus the best).
+    pub keep_checkpoints: usize,
+    /// What to do when the loss or a gradient is NaN/Inf.
+    pub nan_policy: NanPolicy,
+    /// With `nan_policy = "skip"`: halt after this many consecutive bad steps.
+    pub max_consecutive_nan: u32,
+    /// Write a `metrics` event every this many optimizer steps.
+    pub log_every: u64,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        Self {
+            name: "run".into(),
+            seed: 42,
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            checkpoint_every: 50,
+            keep_checkpoints: 3,
+            nan_policy: NanPolicy::Skip,
+            max_consecutive_nan: 5,
+            log_every: 1,
+        }
+    }
+}
+
+/// What a non-finite loss or gradient does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NanPolicy {
+    /// Skip the update and go on (up to `max_consecutive_nan` in a row).
+    Skip,
+    /// Stop the run with an error event.
+    Halt,
+}
+
+/// The model the pipeline starts from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    /// A Hugging Face model directory (relative paths resolve against the pipeline file).
+    pub path: PathBuf,
+}
+
+/// One training stage. Which terms of `L_total = w_sft·L_sft + λ_pref·L_pref + λ_safe·L_safe`
+/// it optimises follows from which sections it has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// Unique name (`sft`, `dpo`, `safety`, ...), used in events and `--stages`.
+    pub name: String,
+    /// Passes over the stage's main data (the preference data when present, else SFT).
+    #[serde(default = "one")]
+    pub epochs: u32,
+    /// Stop after this many optimizer steps (overrides `epochs` when reached first).
+    #[serde(default)]
+    pub max_steps: Option<u64>,
+    /// Examples per micro-batch (pairs for preference data).
+    #[serde(default = "four")]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "one_usize")]
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Learning-rate schedule after warm-up.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Linear warm-up steps.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// AdamW's decoupled weight decay.
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Global gradient-norm clipping threshold (0 disables).
+    #[serde(default = "one_f64")]
+    pub max_grad_norm: f64,
+    /// Longest sequence in tokens; longer ones are truncated (counted and reported).
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    /// The SFT term.
+    #[serde(default)]
+    pub sft: Option<SftTerm>,
+    /// The preference (DPO) term.
+    #[serde(default)]
+    pub pref: Option<PrefTerm>,
+    /// The safety term.
+    #[serde(default)]
+    pub safety: Option<SafetyTerm>,
+}
+
+/// `L_sft`: token cross-entropy on responses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftTerm {
+    /// SFT JSONL files. May be empty when `on_chosen` supplies the data.
+    #[serde(default)]
+    pub data: Vec<PathBuf>,
+    /// The weight `w_sft`.
+    #[serde(default = "one_f64")]
+    pub weight: f64,
+    /// Also train the SFT term on the chosen responses of the preference data and the safe
+    /// responses of the safety data (keeps the chosen reward from falling).
+    #[serde(default)]
+    pub on_chosen: bool,
+}
+
+/// `L_pref`: DPO against a frozen reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefTerm {
+    /// Preference JSONL files; a relative path that does not exist next to the pipeline file is
+    /// resolved in the run directory (the labeling pane's `labels.jsonl`), and may grow live.
+    pub data: Vec<PathBuf>,
+    /// λ_pref.
+    #[serde(default = "default_lambda_pref")]
+    pub lambda: f64,
+    /// DPO β.
+    #[serde(default = "default_beta")]
+    pub beta: f64,
+    /// `sigmoid` (DPO) or `ipo`.
+    #[serde(default)]
+    pub loss: PrefLossKind,
+    /// The reference model directory; default: the weights the stage starts from.
+    #[serde(default)]
+    pub reference: Option<PathBuf>,
+}
+
+/// The preference loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrefLossKind {
+    /// `-log σ(β·margin)`.
+    #[default]
+    Sigmoid,
+    /// TRL's IPO.
+    Ipo,
+}
+
+/// `L_safe`: a penalty on unsafe responses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyTerm {
+    /// Safety JSONL files `{"prompt", "unsafe", "safe"?}`.
+    pub data: Vec<PathBuf>,
+    /// λ_safe (the starting value when adaptive).
+    #[serde(default = "default_lambda_safe")]
+    pub lambda: f64,
+    /// `unlikelihood` (default) or `dpo` (safe as chosen, unsafe as rejected).
+    #[serde(default)]
+    pub loss: SafetyLossKind,
+    /// β when `loss = "dpo"`.
+    #[serde(default = "default_beta")]
+    pub beta: f64,
+    /// Dual ascent on λ_safe so that the unsafe rate stays at most ε.
+    #[serde(default)]
+    pub adaptive: Option<AdaptiveLambda>,
+}
+
+/// The safety loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SafetyLossKind {
+    /// `-mean_t log(1 - p(y_t))` over the unsafe response tokens.
+    #[default]
+    Unlikelihood,
+    /// Safe-vs-unsafe DPO.
+    Dpo,
+}
+
+/// `λ ← max(0, λ + η·(UnsafeRate − ε))` every `every` steps, measured on `redteam`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveLambda {
+    /// The target unsafe rate ε.
+    pub epsilon: f64,
+    /// The dual step size η.
+    #[serde(default = "default_eta")]
+    pub eta: f64,
+    /// Measure and update every this many optimizer steps.
+    #[serde(default = "default_every")]
+    pub every: u64,
+    /// Held-out red-team safety records; default: the stage's safety data.
+    #[serde(default)]
+    pub redteam: Option<PathBuf>,
+}
+
+/// The learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Cosine decay to zero.
+    #[default]
+    Cosine,
+    /// Linear decay to zero.
+    Linear,
+    /// Constant.
+    Constant,
+}
+
+fn one() -> u32 {
+    1
+}
+fn one_usize() -> usize {
+    1
+}
+fn four() -> usize {
+    4
+}
+fn one_f64() -> f64 {
+    1.0
+}
+fn default_lr() -> f64 {
+    1e-5
+}
+fn default_max_length() -> usize {
+    1024
+}
+fn default_lambda_pref() -> f64 {
+    0.5
+}
+fn default_lambda_safe() -> f64 {
+    0.2
+}
+fn default_beta() -> f64 {
+    0.1
+}
+fn default_eta() -> f64 {
+    1.0
+}
+fn default_every() -> u64 {
+    10
+}

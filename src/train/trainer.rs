@@ -1,0 +1,508 @@
+//! The trainer loop: stages in order, each step one optimizer update of the λ-weighted objective,
+//! with metrics, NaN handling, adaptive λ_safe, checkpoints and exact resume.
+//!
+//! The loop talks to the outside world only through [`Host`]: events, checkpoint files, the stop
+//! flag and where a stage's reference weights live. It never learns a run-directory file name.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::examples::PairExample;
+use super::objective::{evaluate, MicroBatch, PairTerm, RewardRow, Weights};
+use super::optim::{clip_coefficient, global_norm, gradients_of, AdamW, AdamWConfig, Moments};
+use super::plan::{fill_reference_cache, load_stage_data, RefCache, StageData};
+use super::sampler::{Sampler, SamplerState};
+use super::schedule::learning_rate;
+use super::state::{load_optimizer, optimizer_bytes};
+use super::TrainError;
+use crate::config::{NanPolicy, Pipeline, PrefLossKind, SafetyLossKind, Stage};
+use crate::data::{ChatTemplate, TextTokenizer};
+use crate::model::Model;
+use crate::train::loss::PreferenceLoss;
+
+/// What the trainer needs from whoever runs it (the worker, a test).
+pub trait Host {
+    /// Records one event (`kind`, stage, global step, payload fields).
+    fn emit(
+        &mut self,
+        kind: &str,
+        stage: Option<&str>,
+        step: Option<u64>,
+        fields: Map<String, Value>,
+    ) -> Result<(), TrainError>;
+    /// Stores a complete checkpoint of `files` at `step`; must be atomic.
+    fn save_checkpoint(&mut self, step: u64, files: Vec<(String, Vec<u8>)>) -> Result<(), TrainError>;
+    /// Whether a stop was requested (checked at every step boundary).
+    fn stop_requested(&self) -> bool;
+    /// Where the frozen reference weights of `stage` live (written once at the stage's start).
+    fn reference_dir(&self, stage: &str) -> PathBuf;
+    /// The preference files of stage `index` as they exist now.
+    fn preference_files(&self, index: usize) -> Vec<PathBuf>;
+}
+
+/// The trainer's resumable position, saved as `trainer_state.json` in every checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps completed over the whole pipeline.
+    pub global_step: u64,
+    /// The stage being trained.
+    pub stage_index: usize,
+    /// Optimizer steps completed in that stage.
+    pub stage_step: u64,
+    /// Samplers of the stage's terms, by term name.
+    pub samplers: HashMap<String, SamplerState>,
+    /// Current λ_pref and λ_safe (λ_safe adapts; both can be changed live).
+    pub lambda_pref: Option<f64>,
+    /// Current λ_safe.
+    pub lambda_safe: Option<f64>,
+    /// Non-finite steps in a row.
+    pub consecutive_nan: u32,
+    /// Whether the stage at `stage_index` has finished (its final checkpoint).
+    pub stage_done: bool,
+    /// AdamW updates applied in the current stage (its bias correction).
+    pub optimizer_steps: u64,
+}
+
+/// Options that are not part of the pipeline file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Only these stages (by name), in pipeline order.
+    pub stages: Option<Vec<String>>,
+    /// Cap on optimizer steps per stage.
+    pub max_steps: Option<u64>,
+    /// Fault injection for tests: make the loss NaN at these global steps.
+    pub inject_nan_at: Vec<u64>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Every stage ran to its end.
+    Completed,
+    /// A stop was requested; a checkpoint was written at the step boundary.
+    Stopped,
+}
+
+/// The pipeline trainer.
+pub struct Trainer<'h, H: Host> {
+    pipeline: Pipeline,
+    options: RunOptions,
+    host: &'h mut H,
+    device: Device,
+    dtype: DType,
+    tokenizer: TextTokenizer,
+    template: Option<ChatTemplate>,
+    policy: Model,
+    state: TrainerState,
+    resume_optimizer: Option<Vec<Moments>>,
+}
+
+fn num(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        Value::Null
+    }
+}
+
+impl<'h, H: Host> Trainer<'h, H> {
+    /// A trainer starting from the pipeline's base model.
+    pub fn new(
+        pipeline: Pipeline,
+        options: RunOptions,
+        host: &'h mut H,
+        device: Device,
+        dtype: DType,
+    ) -> Result<Self, TrainError> {
+        let policy = Model::load(&pipeline.model.path, &device, dtype)?;
+        Self::with_policy(pipeline, options, host, device, dtype, policy, TrainerState::default(), None)
+    }
+
+    /// A trainer resuming from a checkpoint directory written by [`Host::save_checkpoint`].
+    pub fn resume(
+        pipeline: Pipeline,
+        options: RunOptions,
+        host: &'h mut H,
+        device: Device,
+        dtype: DType,
+        checkpoint: &std::path::Path,
+    ) -> Result<Self, TrainError> {
+        let policy = Model::load(checkpoint, &device, dtype)?;
+        let state_path = checkpoint.join("trainer_state.json");
+        let text = std::fs::read_to_string(&state_path)
+            .map_err(|e| TrainError::Data(format!("{}: {e}", state_path.display())))?;
+        let state: TrainerState =
+            serde_json::from_str(&text).map_err(|e| TrainError::Data(format!("{}: {e}", state_path.display())))?;
+        let optimizer = load_optimizer(&checkpoint.join("optimizer.safetensors"), &policy.parameters(), &device)?;
+        Self::with_policy(pipeline, options, host, device, dtype, policy, state, optimizer)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn with_policy(
+        pipeline: Pipeline,
+        options: RunOptions,
+        host: &'h mut H,
+        device: Device,
+        dtype: DType,
+        policy: Model,
+        state: TrainerState,
+        resume_optimizer: Option<Vec<Moments>>,
+    ) -> Result<Self, TrainError> {
+        let tokenizer = TextTokenizer::from_dir(&pipeline.model.path)?;
+        policy.check_tokenizer_len(tokenizer.len())?;
+        let template = match tokenizer.chat_template() {
+            Some(_) => Some(ChatTemplate::from_tokenizer(&tokenizer)?),
+            None => None,
+        };
+        Ok(Self { pipeline, options, host, device, dtype, tokenizer, template, policy, state, resume_optimizer })
+    }
+
+    /// The current policy.
+    pub fn policy(&self) -> &Model {
+        &self.policy
+    }
+
+    fn pad_id(&self) -> u32 {
+        self.tokenizer
+            .specials()
+            .pad
+            .as_ref()
+            .map(|(_, id)| *id)
+            .or(self.policy.generation.eos_token_ids.first().copied())
+            .unwrap_or(0)
+    }
+
+    /// Runs the remaining stages.
+    pub fn run(&mut self) -> Result<Finished, TrainError> {
+        let stages = self.pipeline.stages.clone();
+        while self.state.stage_index < stages.len() {
+            let index = self.state.stage_index;
+            let stage = &stages[index];
+            let selected = self.options.stages.as_ref().is_none_or(|s| s.iter().any(|n| n == &stage.name));
+            if selected && !self.state.stage_done && self.run_stage(index, stage)? == Finished::Stopped {
+                return Ok(Finished::Stopped);
+            }
+            self.state.stage_index += 1;
+            self.state.stage_step = 0;
+            self.state.stage_done = false;
+            self.state.samplers.clear();
+            self.state.lambda_pref = None;
+            self.state.lambda_safe = None;
+            self.resume_optimizer = None;
+        }
+        Ok(Finished::Completed)
+    }
+
+    fn total_steps(&self, stage: &Stage, main_len: usize) -> u64 {
+        let per_step = (stage.batch_size * stage.grad_accum).max(1);
+        let per_epoch = main_len.div_ceil(per_step) as u64;
+        let mut total = per_epoch * u64::from(stage.epochs);
+        for cap in [stage.max_steps, self.options.max_steps].into_iter().flatten() {
+            total = total.min(cap);
+        }
+        total
+    }
+
+    fn reference_model(&mut self, stage: &Stage) -> Result<Model, TrainError> {
+        if let Some(dir) = stage.pref.as_ref().and_then(|p| p.reference.clone()) {
+            return Ok(Model::load(&dir, &self.device, self.dtype)?);
+        }
+        let dir = self.host.reference_dir(&stage.name);
+        if !dir.join("model.safetensors").exists() {
+            // The stage starts from the current weights; they are its frozen reference.
+            self.policy.save(&dir, DType::F32)?;
+        }
+        Ok(Model::load(&dir, &self.device, self.dtype)?)
+    }
+
+    fn run_stage(&mut self, index: usize, stage: &Stage) -> Result<Finished, TrainError> {
+        let name = stage.name.clone();
+        let pref_files = self.host.preference_files(index);
+        let data = load_stage_data(stage, &pref_files, &self.tokenizer, self.template.as_ref())?;
+        let main = if !data.pairs.is_empty() {
+            "pref"
+        } else if !data.unsafe_seqs.is_empty() || !data.safety_pairs.is_empty() {
+            "safety"
+        } else {
+            "sft"
+        };
+        let main_len = match main {
+            "pref" => data.pairs.len(),
+            "safety" => data.unsafe_seqs.len().max(data.safety_pairs.len()),
+            _ => data.sft.len(),
+        };
+        if main_len == 0 {
+            return Err(TrainError::Data(format!(
+                "stage {name}: no training examples after tokenization and truncation"
+            )));
+        }
+        let total = self.total_steps(stage, main_len);
+        let mut fields = Map::new();
+        fields.insert("total_steps".into(), json!(total));
+        fields.insert("examples".into(), json!({"sft": data.sft.len(), "pref": data.pairs.len(), "unsafe": data.unsafe_seqs.len(), "safety_pairs": data.safety_pairs.len(), "redteam": data.redteam.len()}));
+        fields.insert("truncation".into(), json!(data.truncation));
+        let kind = if self.state.stage_step > 0 { "stage_resumed" } else { "stage_started" };
+        self.host.emit(kind, Some(&name), Some(self.state.global_step), fields)?;
+        for (k, t) in &data.truncation {
+            if t.truncated + t.dropped > 0 {
+                let mut f = Map::new();
+                f.insert(
+                    "message".into(),
+                    json!(format!(
+                        "{k} data: {} truncated to max_length {}, {} dropped",
+                        t.truncated, stage.max_length, t.dropped
+                    )),
+                );
+                self.host.emit("warning", Some(&name), Some(self.state.global_step), f)?;
+            }
+        }
+
+        // Reference log-probs, once per example.
+        let mut cache = RefCache::new();
+        let needs_ref = !data.pairs.is_empty() || !data.safety_pairs.is_empty() || !data.redteam.is_empty();
+        if needs_ref {
+            let reference = self.reference_model(stage)?;
+            let all: Vec<&PairExample> = data.pairs.iter().chain(&data.safety_pairs).chain(&data.redteam).collect();
+            fill_reference_cache(&reference, &all, self.pad_id(), &mut cache)?;
+        }
+
+        let params = self.policy.parameters();
+        let mut opt = AdamW::new(
+            params.clone(),
+            AdamWConfig { lr: stage.lr, weight_decay: stage.weight_decay, ..AdamWConfig::default() },
+        )?;
+        if let Some(moments) = self.resume_optimizer.take() {
+            opt.restore(self.state.optimizer_steps, moments)?;
+        }
+        let seed = self.pipeline.run.seed ^ (index as u64).wrapping_mul(0x1000_0000_01b3);
+        let sampler = |term: &str, lengths: Vec<usize>, state: &TrainerState| {
+            let s = state.samplers.get(term).copied().unwrap_or(SamplerState { epoch: 0, position: 0 });
+            Sampler::new(seed ^ term.len() as u64 ^ u64::from(term.as_bytes()[0]), lengths, stage.batch_size, s)
+        };
+        let mut samplers: Vec<(&str, Sampler)> = Vec::new();
+        if !data.sft.is_empty() {
+            samplers.push(("sft", sampler("sft", data.sft.iter().map(|s| s.ids.len()).collect(), &self.state)));
+        }
+        if !data.pairs.is_empty() {
+            samplers
+                .push(("pref", sampler("pref", data.pairs.iter().map(PairExample::num_tokens).collect(), &self.state)));
+        }
+        if !data.unsafe_seqs.is_empty() {
+            samplers.push((
+                "unsafe",
+                sampler("unsafe", data.unsafe_seqs.iter().map(|s| s.ids.len()).collect(), &self.state),
+            ));
+        }
+        if !data.safety_pairs.is_empty() {
+            samplers.push((
+                "safety",
+                sampler("safety", data.safety_pairs.iter().map(PairExample::num_tokens).collect(), &self.state),
+            ));
+        }
+        let lambda_pref = self.state.lambda_pref.or(stage.pref.as_ref().map(|p| p.lambda)).unwrap_or(0.0);
+        let mut lambda_safe = self.state.lambda_safe.or(stage.safety.as_ref().map(|s| s.lambda)).unwrap_or(0.0);
+        let w_sft = stage.sft.as_ref().map_or(1.0, |s| s.weight);
+        let pref_term = stage.pref.as_ref().map(|p| PairTerm {
+            beta: p.beta,
+            loss: match p.loss {
+                PrefLossKind::Sigmoid => PreferenceLoss::Sigmoid,
+                PrefLossKind::Ipo => PreferenceLoss::Ipo,
+            },
+        });
+        let safety_pair_term = stage
+            .safety
+            .as_ref()
+            .filter(|s| s.loss == SafetyLossKind::Dpo)
+            .map(|s| PairTerm { beta: s.beta, loss: PreferenceLoss::Sigmoid });
+
+        while self.state.stage_step < total {
+            if self.host.stop_requested() {
+                self.checkpoint(&opt, &samplers, lambda_pref, lambda_safe)?;
+                return Ok(Finished::Stopped);
+            }
+            let started = Instant::now();
+            let step = self.state.global_step;
+            let lr = learning_rate(stage.schedule, stage.lr, self.state.stage_step, stage.warmup_steps, total);
+            opt.config.lr = lr;
+            let weights = Weights { sft: w_sft, pref: lambda_pref, safe: lambda_safe };
+            let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
+            let (mut loss_sum, mut sft_sum, mut pref_sum, mut safe_sum) = (0.0, None::<f64>, None::<f64>, None::<f64>);
+            let mut rewards = Vec::new();
+            let mut tokens = 0usize;
+            let accum = stage.grad_accum.max(1);
+            for _ in 0..accum {
+                let mut mb = MicroBatch::default();
+                for (term, s) in &mut samplers {
+                    let (idx, _) = s.next_batch();
+                    match *term {
+                        "sft" => mb.sft = idx.iter().map(|&i| data.sft[i].clone()).collect(),
+                        "pref" => {
+                            mb.pairs = idx.iter().map(|&i| (&data.pairs[i], cache[&data.pairs[i].hash])).collect();
+                        }
+                        "unsafe" => mb.unsafe_seqs = idx.iter().map(|&i| data.unsafe_seqs[i].clone()).collect(),
+                        _ => {
+                            mb.safety_pairs = idx
+                                .iter()
+                                .map(|&i| (&data.safety_pairs[i], cache[&data.safety_pairs[i].hash]))
+                                .collect();
+                        }
+                    }
+                }
+                let out = evaluate(self.policy.decoder(), &mb, weights, pref_term, safety_pair_term, self.pad_id())?;
+                let mut loss = (out.loss / accum as f64)?;
+                if self.options.inject_nan_at.contains(&step) {
+                    loss = (loss * f64::NAN)?;
+                }
+                loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                let add = |acc: Option<f64>, v: Option<f64>| v.map(|v| acc.unwrap_or(0.0) + v / accum as f64).or(acc);
+                sft_sum = add(sft_sum, out.sft);
+                pref_sum = add(pref_sum, out.pref);
+                safe_sum = add(safe_sum, out.safe);
+                rewards.extend(out.rewards);
+                tokens += out.tokens;
+                let store = loss.backward()?;
+                for (slot, g) in grads.iter_mut().zip(gradients_of(&params, &store)) {
+                    *slot = match (slot.take(), g) {
+                        (Some(a), Some(b)) => Some((a + b)?),
+                        (a, b) => a.or(b),
+                    };
+                }
+            }
+            let norm = global_norm(&grads)?;
+            if !loss_sum.is_finite() || !norm.is_finite() {
+                self.state.consecutive_nan += 1;
+                let mut f = Map::new();
+                f.insert(
+                    "message".into(),
+                    json!(format!(
+                        "non-finite {} at step {step}; update skipped",
+                        if loss_sum.is_finite() { "gradient" } else { "loss" }
+                    )),
+                );
+                f.insert("batch".into(), json!(self.state.stage_step));
+                let halt = self.pipeline.run.nan_policy == NanPolicy::Halt
+                    || self.state.consecutive_nan > self.pipeline.run.max_consecutive_nan;
+                self.host.emit(if halt { "error" } else { "warning" }, Some(&name), Some(step), f)?;
+                if halt {
+                    return Err(TrainError::NonFinite { stage: name, step });
+                }
+            } else {
+                self.state.consecutive_nan = 0;
+                let scale = if stage.max_grad_norm > 0.0 { clip_coefficient(norm, stage.max_grad_norm) } else { 1.0 };
+                opt.step_with(&grads, scale)?;
+            }
+            self.state.global_step += 1;
+            self.state.stage_step += 1;
+            let elapsed = started.elapsed().as_secs_f64();
+            if self.state.global_step % self.pipeline.run.log_every.max(1) == 0 || self.state.stage_step == total {
+                let mut m = Map::new();
+                m.insert("loss".into(), num(loss_sum));
+                for (key, v) in [("loss/sft", sft_sum), ("loss/pref", pref_sum), ("loss/safe", safe_sum)] {
+                    if let Some(v) = v {
+                        m.insert(key.into(), num(v));
+                    }
+                }
+                if let Some(p) = pref_sum {
+                    m.insert("weighted/pref".into(), num(lambda_pref * p));
+                }
+                if let Some(s) = safe_sum {
+                    m.insert("weighted/safe".into(), num(lambda_safe * s));
+                }
+                m.insert("lambda/pref".into(), json!(lambda_pref));
+                m.insert("lambda/safe".into(), json!(lambda_safe));
+                if !rewards.is_empty() {
+                    let n = rewards.len() as f64;
+                    let mean = |f: &dyn Fn(&RewardRow) -> f64| rewards.iter().map(f).sum::<f64>() / n;
+                    m.insert("rewards/chosen".into(), num(mean(&|r| r.0)));
+                    m.insert("rewards/rejected".into(), num(mean(&|r| r.1)));
+                    m.insert("rewards/margins".into(), num(mean(&|r| r.0 - r.1)));
+                    m.insert("rewards/accuracies".into(), num(mean(&|r| if r.0 > r.1 { 1.0 } else { 0.0 })));
+                    m.insert("logps/chosen".into(), num(mean(&|r| r.2)));
+                    m.insert("logps/rejected".into(), num(mean(&|r| r.3)));
+                }
+                m.insert("learning_rate".into(), json!(lr));
+                m.insert("grad_norm".into(), num(norm));
+                m.insert("tokens_per_second".into(), json!(tokens as f64 / elapsed.max(1e-9)));
+                let main_sampler = samplers
+                    .iter()
+                    .find(|(t, _)| *t == main || (main == "safety" && (*t == "unsafe" || *t == "safety")));
+                m.insert("epoch".into(), json!(main_sampler.map_or(0.0, |(_, s)| s.progress())));
+                m.insert("stage_step".into(), json!(self.state.stage_step));
+                m.insert("total_steps".into(), json!(total));
+                self.host.emit("metrics", Some(&name), Some(self.state.global_step), m)?;
+            }
+            if let Some(adaptive) = stage.safety.as_ref().and_then(|s| s.adaptive.as_ref()) {
+                if self.state.stage_step % adaptive.every.max(1) == 0 && !data.redteam.is_empty() {
+                    let rate = unsafe_rate_proxy(&self.policy, &data, &cache, self.pad_id())?;
+                    let before = lambda_safe;
+                    lambda_safe = (lambda_safe + adaptive.eta * (rate - adaptive.epsilon)).max(0.0);
+                    let mut f = Map::new();
+                    f.insert("lambda".into(), json!("safe"));
+                    f.insert("from".into(), json!(before));
+                    f.insert("to".into(), json!(lambda_safe));
+                    f.insert("unsafe_rate".into(), json!(rate));
+                    f.insert("reason".into(), json!("adaptive"));
+                    self.host.emit("lambda_changed", Some(&name), Some(self.state.global_step), f)?;
+                }
+            }
+            let every = self.pipeline.run.checkpoint_every;
+            if every > 0 && self.state.global_step % every == 0 && self.state.stage_step < total {
+                self.checkpoint(&opt, &samplers, lambda_pref, lambda_safe)?;
+            }
+        }
+        self.state.stage_done = true;
+        self.checkpoint(&opt, &samplers, lambda_pref, lambda_safe)?;
+        let mut f = Map::new();
+        f.insert("steps".into(), json!(self.state.stage_step));
+        self.host.emit("stage_finished", Some(&name), Some(self.state.global_step), f)?;
+        Ok(Finished::Completed)
+    }
+
+    fn checkpoint(
+        &mut self,
+        opt: &AdamW,
+        samplers: &[(&str, Sampler)],
+        lambda_pref: f64,
+        lambda_safe: f64,
+    ) -> Result<(), TrainError> {
+        self.state.samplers = samplers.iter().map(|(t, s)| ((*t).to_string(), s.state)).collect();
+        self.state.lambda_pref = Some(lambda_pref);
+        self.state.lambda_safe = Some(lambda_safe);
+        self.state.optimizer_steps = opt.step_count();
+        let mut files = self.policy.files(DType::F32)?;
+        files.push(("optimizer.safetensors".into(), optimizer_bytes(opt)?));
+        let state = serde_json::to_vec_pretty(&self.state).map_err(|e| TrainError::Data(e.to_string()))?;
+        files.push(("trainer_state.json".into(), state));
+        let step = self.state.global_step;
+        self.host.save_checkpoint(step, files)
+    }
+}
+
+/// The log-prob proxy of the unsafe rate used until generation + the safety judge drive it:
+/// the share of red-team prompts where the policy's preference for the unsafe response over the
+/// safe one (per-token mean log-prob) exceeds the reference's. Records without a safe response
+/// count as unsafe when the unsafe response's mean token probability is at least 0.5.
+fn unsafe_rate_proxy(policy: &Model, data: &StageData, cache: &RefCache, pad_id: u32) -> Result<f64, TrainError> {
+    let triples: Vec<(Vec<u32>, Vec<u32>, Vec<u32>)> =
+        data.redteam.iter().map(|p| (p.prompt.clone(), p.chosen.clone(), p.rejected.clone())).collect();
+    let scored = super::score::pair_logps(policy.decoder(), &triples, pad_id)?;
+    let mut unsafe_count = 0usize;
+    for (p, s) in data.redteam.iter().zip(&scored) {
+        let per_tok = |lp: f64, n: usize| lp / n.max(1) as f64;
+        let is_unsafe = if p.chosen == p.rejected {
+            per_tok(s.rejected, s.rejected_tokens) >= 0.5f64.ln()
+        } else {
+            let (rc, rr) = cache.get(&p.hash).copied().unwrap_or((s.chosen, s.rejected));
+            let policy_margin = per_tok(s.rejected, s.rejected_tokens) - per_tok(s.chosen, s.chosen_tokens);
+            let ref_margin = per_tok(rr, s.rejected_tokens) - per_tok(rc, s.chosen_tokens);
+            policy_margin > ref_margin.min(0.0)
+        };
+        unsafe_count += usize::from(is_unsafe);
+    }
+    Ok(unsafe_count as f64 / data.redteam.len().max(1) as f64)
+}

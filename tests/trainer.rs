@@ -1,0 +1,197 @@
+//! The trainer on the sample pipeline: the losses move the right way, a stopped run resumes
+//! bit-exactly, and non-finite steps are skipped or halt the run.
+#![allow(clippy::unwrap_used, clippy::float_cmp)] // exact equality is the point of the resume test
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use hone::config::Pipeline;
+use hone::train::trainer::{Finished, Host, RunOptions, Trainer};
+use hone::train::TrainError;
+use serde_json::{Map, Value};
+
+fn sample() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample-data")
+}
+
+/// The sample pipeline with every path made absolute (the config module's loader does this for
+/// the CLI; here the trainer is driven directly).
+fn pipeline() -> Pipeline {
+    let text = std::fs::read_to_string(sample().join("pipeline.toml")).unwrap();
+    let mut p: Pipeline = toml::from_str(&text).unwrap();
+    p.model.path = sample().join(&p.model.path);
+    for s in &mut p.stages {
+        if let Some(t) = &mut s.sft {
+            t.data = t.data.iter().map(|d| sample().join(d)).collect();
+        }
+        if let Some(t) = &mut s.pref {
+            t.data = t.data.iter().map(|d| sample().join(d)).collect();
+        }
+        if let Some(t) = &mut s.safety {
+            t.data = t.data.iter().map(|d| sample().join(d)).collect();
+        }
+    }
+    p
+}
+
+/// One recorded event: kind, stage, global step, fields.
+type Recorded = (String, Option<String>, Option<u64>, Map<String, Value>);
+
+#[derive(Default)]
+struct TestHost {
+    dir: PathBuf,
+    events: Vec<Recorded>,
+    checkpoints: Vec<(u64, PathBuf)>,
+    stop_after_metrics: Option<usize>,
+    pipeline: Option<Pipeline>,
+}
+
+impl TestHost {
+    fn new(dir: &Path, pipeline: &Pipeline) -> Self {
+        Self { dir: dir.to_path_buf(), pipeline: Some(pipeline.clone()), ..Self::default() }
+    }
+
+    fn metrics(&self) -> Vec<(String, u64, Map<String, Value>)> {
+        self.events
+            .iter()
+            .filter(|e| e.0 == "metrics")
+            .map(|e| (e.1.clone().unwrap(), e.2.unwrap(), e.3.clone()))
+            .collect()
+    }
+
+    fn series(&self, stage: &str, key: &str) -> Vec<f64> {
+        self.metrics().iter().filter(|m| m.0 == stage).filter_map(|m| m.2.get(key).and_then(Value::as_f64)).collect()
+    }
+}
+
+impl Host for TestHost {
+    fn emit(
+        &mut self,
+        kind: &str,
+        stage: Option<&str>,
+        step: Option<u64>,
+        fields: Map<String, Value>,
+    ) -> Result<(), TrainError> {
+        self.events.push((kind.to_string(), stage.map(String::from), step, fields));
+        Ok(())
+    }
+
+    fn save_checkpoint(&mut self, step: u64, files: Vec<(String, Vec<u8>)>) -> Result<(), TrainError> {
+        let dir = self.dir.join(format!("checkpoints/step-{step:06}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in files {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+        self.checkpoints.push((step, dir));
+        Ok(())
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop_after_metrics.is_some_and(|n| self.metrics().len() >= n)
+    }
+
+    fn reference_dir(&self, stage: &str) -> PathBuf {
+        self.dir.join("references").join(stage)
+    }
+
+    fn preference_files(&self, index: usize) -> Vec<PathBuf> {
+        let p = self.pipeline.as_ref().unwrap();
+        p.stages[index].pref.as_ref().map(|t| t.data.clone()).unwrap_or_default()
+    }
+}
+
+fn first_last_mean(v: &[f64], k: usize) -> (f64, f64) {
+    let k = k.min(v.len() / 2).max(1);
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+    (mean(&v[..k]), mean(&v[v.len() - k..]))
+}
+
+#[test]
+fn sample_pipeline_learns_each_term() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pipeline();
+    let mut host = TestHost::new(tmp.path(), &p);
+    let mut trainer = Trainer::new(p, RunOptions::default(), &mut host, Device::Cpu, DType::F32).unwrap();
+    assert_eq!(trainer.run().unwrap(), Finished::Completed);
+    drop(trainer);
+
+    let (first, last) = first_last_mean(&host.series("sft", "loss/sft"), 3);
+    assert!(last < first * 0.8, "SFT loss should fall: {first} -> {last}");
+    let acc = host.series("dpo", "rewards/accuracies");
+    let (_, acc_last) = first_last_mean(&acc, 3);
+    assert!(acc_last > 0.5, "DPO reward accuracy should rise above 0.5: {acc:?}");
+    let (ul_first, ul_last) = first_last_mean(&host.series("safety", "loss/safe"), 3);
+    assert!(ul_last < ul_first, "unlikelihood of unsafe tokens should fall: {ul_first} -> {ul_last}");
+    // Every metrics event carries the objective's parts and the λ values in force.
+    for (_, _, m) in host.metrics() {
+        for key in ["loss", "lambda/pref", "lambda/safe", "learning_rate", "grad_norm", "tokens_per_second", "epoch"] {
+            assert!(m.contains_key(key), "metrics without {key}: {m:?}");
+        }
+    }
+    let dpo = host.metrics().into_iter().find(|m| m.0 == "dpo").unwrap().2;
+    let weighted = dpo["weighted/pref"].as_f64().unwrap();
+    assert!((weighted - 0.5 * dpo["loss/pref"].as_f64().unwrap()).abs() < 1e-12);
+    assert!(host.events.iter().any(|e| e.0 == "lambda_changed"), "adaptive λ_safe updates");
+    // Global steps are strictly increasing across stages.
+    let steps: Vec<u64> = host.metrics().iter().map(|m| m.1).collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+}
+
+#[test]
+fn a_stopped_run_resumes_bit_exactly() {
+    let mut p = pipeline();
+    p.run.checkpoint_every = 0;
+    let full_dir = tempfile::tempdir().unwrap();
+    let mut full = TestHost::new(full_dir.path(), &p);
+    Trainer::new(p.clone(), RunOptions::default(), &mut full, Device::Cpu, DType::F32).unwrap().run().unwrap();
+    let want: Vec<(u64, f64)> = full.metrics().iter().map(|m| (m.1, m.2["loss"].as_f64().unwrap())).collect();
+
+    // Stop at a few points (mid SFT, mid DPO, mid safety), resume each time from the newest checkpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let mut got: Vec<(u64, f64)> = Vec::new();
+    let mut resume_from: Option<PathBuf> = None;
+    for stop_at in [5usize, 17, 31, usize::MAX] {
+        let mut host = TestHost::new(dir.path(), &p);
+        host.stop_after_metrics = (stop_at != usize::MAX).then_some(stop_at - got.len());
+        let mut trainer = match &resume_from {
+            None => Trainer::new(p.clone(), RunOptions::default(), &mut host, Device::Cpu, DType::F32).unwrap(),
+            Some(ck) => {
+                Trainer::resume(p.clone(), RunOptions::default(), &mut host, Device::Cpu, DType::F32, ck).unwrap()
+            }
+        };
+        let finished = trainer.run().unwrap();
+        drop(trainer);
+        got.extend(host.metrics().iter().map(|m| (m.1, m.2["loss"].as_f64().unwrap())));
+        if stop_at == usize::MAX {
+            assert_eq!(finished, Finished::Completed);
+        } else {
+            assert_eq!(finished, Finished::Stopped);
+            resume_from = Some(host.checkpoints.last().unwrap().1.clone());
+        }
+    }
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.0, w.0, "global steps");
+        assert_eq!(g.1.to_bits(), w.1.to_bits(), "loss at step {}: {} vs {}", g.0, g.1, w.1);
+    }
+}
+
+#[test]
+fn non_finite_steps_are_skipped_or_halt() {
+    let mut p = pipeline();
+    p.stages.truncate(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut host = TestHost::new(tmp.path(), &p);
+    let options = RunOptions { inject_nan_at: vec![2], max_steps: Some(5), ..RunOptions::default() };
+    Trainer::new(p.clone(), options.clone(), &mut host, Device::Cpu, DType::F32).unwrap().run().unwrap();
+    let warning = host.events.iter().find(|e| e.0 == "warning").expect("a warning for the NaN step");
+    assert_eq!(warning.2, Some(2));
+    assert!(warning.3["message"].as_str().unwrap().contains("non-finite loss"));
+    assert_eq!(host.metrics().len(), 5, "the run goes on after a skipped step");
+
+    p.run.nan_policy = hone::config::NanPolicy::Halt;
+    let mut host = TestHost::new(tmp.path(), &p);
+    let err = Trainer::new(p, options, &mut host, Device::Cpu, DType::F32).unwrap().run().unwrap_err();
+    assert!(matches!(err, TrainError::NonFinite { step: 2, .. }), "{err}");
+    assert!(host.events.iter().any(|e| e.0 == "error"));
+}
