@@ -7,4 +7,6 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod model;
+pub mod run;
+pub mod sanitize;
 pub mod train;

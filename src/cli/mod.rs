@@ -2,7 +2,9 @@
 //! The only place besides the TUI allowed to print; errors are `anyhow` here and nowhere below.
 
 pub mod bench;
+pub mod check;
 pub mod generate;
+pub mod run;
 pub mod score;
 
 use std::process::ExitCode;
@@ -28,6 +30,61 @@ pub struct Cli {
 /// hone's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a pipeline (SFT → DPO → safety ...) described by a TOML file.
+    ///
+    /// With --headless the worker runs in the foreground: one progress line per stage on
+    /// stderr, the run directory on stdout when done. SIGINT/SIGTERM checkpoint at the next step
+    /// boundary and exit 0; a second signal exits at once. The run directory holds everything
+    /// (config, events, checkpoints); `hone resume` continues it.
+    Run {
+        /// The pipeline file (see sample-data/pipeline.toml).
+        pipeline: PathBuf,
+        /// Run in the foreground (the TUI is not built yet; this flag is required for now).
+        #[arg(long)]
+        headless: bool,
+        /// Where run directories are created.
+        #[arg(long, default_value = "runs")]
+        runs_dir: PathBuf,
+        /// Only these stages, comma-separated (others are skipped).
+        #[arg(long, value_delimiter = ',')]
+        stages: Option<Vec<String>>,
+        /// Cap optimizer steps per stage.
+        #[arg(long)]
+        max_steps: Option<u64>,
+        /// Checkpoint every N steps (overrides the pipeline file).
+        #[arg(long)]
+        checkpoint_every: Option<u64>,
+        /// Seed (overrides the pipeline file).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Fault injection for tests: a NaN loss at these global steps.
+        #[arg(long, hide = true, value_delimiter = ',')]
+        inject_nan_at: Vec<u64>,
+    },
+    /// Continue a run from its newest complete checkpoint.
+    ///
+    /// Refused when the pipeline file, a data file or the tokenizer changed since the run
+    /// started (the changes are listed), unless --force.
+    Resume {
+        /// The run directory (runs/<run-id>).
+        run_dir: PathBuf,
+        /// Run in the foreground (required for now).
+        #[arg(long)]
+        headless: bool,
+        /// Resume even though inputs changed.
+        #[arg(long)]
+        force: bool,
+        /// Fault injection for tests.
+        #[arg(long, hide = true, value_delimiter = ',')]
+        inject_nan_at: Vec<u64>,
+    },
+    /// Validate a pipeline and its data before training: per dataset, record counts, a
+    /// token-length histogram, truncation, and one example with its trained tokens marked.
+    /// Exit 1 on any error.
+    Check {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
     /// Score a JSONL file with a model: SFT losses, or DPO/IPO log-probs, rewards and losses
     /// (with --ref), as TRL computes them. One JSON line per record, then a summary line.
     Score {
@@ -108,7 +165,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::sanitize::sanitize(&format!("{e:#}"), true));
             ExitCode::from(2)
         }
     }
@@ -117,6 +174,21 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     match cli.command {
+        Command::Run { pipeline, headless, runs_dir, stages, max_steps, checkpoint_every, seed, inject_nan_at } => {
+            require_headless(headless)?;
+            let overrides = run::Overrides { stages, max_steps, checkpoint_every, seed, inject_nan_at };
+            let dir = run::run(&pipeline, &runs_dir, &overrides)?;
+            println!("{}", dir.display());
+        }
+        Command::Resume { run_dir, headless, force, inject_nan_at } => {
+            require_headless(headless)?;
+            let overrides = run::Overrides { inject_nan_at, ..run::Overrides::default() };
+            let dir = run::resume(&run_dir, force, &overrides)?;
+            println!("{}", dir.display());
+        }
+        Command::Check { pipeline } => {
+            return Ok(if check::run(&pipeline, &mut stdout.lock())? { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        }
         Command::Score { model, reference, data, beta, loss, device } => {
             if !(beta > 0.0 && beta.is_finite()) {
                 anyhow::bail!("--beta must be a positive number, got {beta}");
@@ -148,6 +220,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn require_headless(headless: bool) -> Result<()> {
+    if !headless {
+        anyhow::bail!("the terminal UI is not built yet: pass --headless to run in the foreground");
+    }
+    Ok(())
 }
 
 /// A closed stdout (`hone score ... | head`) ends the command quietly, as for any Unix filter.

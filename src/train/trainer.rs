@@ -213,9 +213,15 @@ impl<'h, H: Host> Trainer<'h, H> {
             return Ok(Model::load(&dir, &self.device, self.dtype)?);
         }
         let dir = self.host.reference_dir(&stage.name);
-        if !dir.join("model.safetensors").exists() {
-            // The stage starts from the current weights; they are its frozen reference.
-            self.policy.save(&dir, DType::F32)?;
+        if !dir.exists() {
+            // The stage starts from the current weights; they are its frozen reference. Written
+            // beside and renamed, so a crash never leaves a half reference that looks complete.
+            let tmp = dir.with_extension("partial");
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::Host(format!("{}: {e}", tmp.display())))?;
+            }
+            self.policy.save(&tmp, DType::F32)?;
+            std::fs::rename(&tmp, &dir).map_err(|e| TrainError::Host(format!("{}: {e}", dir.display())))?;
         }
         Ok(Model::load(&dir, &self.device, self.dtype)?)
     }

@@ -1,0 +1,249 @@
+//! `hone run --headless` and `hone resume --headless`: the worker in the foreground, with one
+//! progress line per stage on stderr and the run directory on stdout when done.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use serde_json::json;
+
+use crate::config::{diff_frozen, freeze, frozen_toml, load_frozen, load_pipeline, FrozenExtras, LoadedPipeline};
+use crate::model::{parse_device, parse_dtype};
+use crate::run::worker::RunHost;
+use crate::run::{latest_checkpoint, Event, RunDir, RunError, Shutdown, WorkerLock};
+use crate::sanitize::sanitize;
+use crate::train::trainer::{Finished, RunOptions, Trainer};
+
+/// Overrides of the pipeline file from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--stages a,b`.
+    pub stages: Option<Vec<String>>,
+    /// `--max-steps N`.
+    pub max_steps: Option<u64>,
+    /// `--checkpoint-every N`.
+    pub checkpoint_every: Option<u64>,
+    /// `--seed S`.
+    pub seed: Option<u64>,
+    /// Hidden fault injection for tests.
+    pub inject_nan_at: Vec<u64>,
+}
+
+impl Overrides {
+    fn apply(&self, loaded: &mut LoadedPipeline) -> Result<Vec<String>> {
+        let mut applied = Vec::new();
+        if let Some(seed) = self.seed {
+            loaded.pipeline.run.seed = seed;
+            applied.push(format!("--seed {seed}"));
+        }
+        if let Some(every) = self.checkpoint_every {
+            loaded.pipeline.run.checkpoint_every = every;
+            applied.push(format!("--checkpoint-every {every}"));
+        }
+        if let Some(n) = self.max_steps {
+            applied.push(format!("--max-steps {n}"));
+        }
+        if let Some(stages) = &self.stages {
+            for s in stages {
+                if !loaded.pipeline.stages.iter().any(|st| &st.name == s) {
+                    let names: Vec<&str> = loaded.pipeline.stages.iter().map(|st| st.name.as_str()).collect();
+                    bail!("--stages: no stage named {s:?} (stages: {})", names.join(", "));
+                }
+            }
+            applied.push(format!("--stages {}", stages.join(",")));
+        }
+        Ok(applied)
+    }
+
+    fn options(&self) -> RunOptions {
+        RunOptions { stages: self.stages.clone(), max_steps: self.max_steps, inject_nan_at: self.inject_nan_at.clone() }
+    }
+}
+
+/// The progress line: one per stage, redrawn in place on a terminal, printed every 10% otherwise.
+struct Progress {
+    tty: bool,
+    stage: String,
+    started: Instant,
+    last_decile: u64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self { tty: std::io::stderr().is_terminal(), stage: String::new(), started: Instant::now(), last_decile: 0 }
+    }
+
+    fn show(&mut self, event: &Event) {
+        let mut err = std::io::stderr().lock();
+        let stage = sanitize(event.stage.as_deref().unwrap_or("-"), false);
+        let field = |k: &str| event.fields.get(k).and_then(serde_json::Value::as_f64);
+        match event.event.as_str() {
+            "stage_started" | "stage_resumed" => {
+                self.stage = stage;
+                self.started = Instant::now();
+                self.last_decile = 0;
+            }
+            "metrics" => {
+                let (Some(done), Some(total)) = (field("stage_step"), field("total_steps")) else { return };
+                let frac = if total > 0.0 { done / total } else { 1.0 };
+                let width = 24usize;
+                let filled = ((frac * width as f64).round() as usize).min(width);
+                let elapsed = self.started.elapsed().as_secs_f64();
+                let eta = if done > 0.0 { elapsed / done * (total - done) } else { 0.0 };
+                let line = format!(
+                    "[{:<8}] {}{} {:>5}/{:<5} loss {:>8.4}  ETA {:>4.0}s",
+                    self.stage,
+                    "█".repeat(filled),
+                    "░".repeat(width - filled),
+                    done,
+                    total,
+                    field("loss").unwrap_or(f64::NAN),
+                    eta
+                );
+                let decile = (frac * 10.0).floor() as u64;
+                if self.tty {
+                    let _ = write!(err, "\r{line}");
+                    if done >= total {
+                        let _ = writeln!(err);
+                    }
+                } else if decile > self.last_decile || done >= total {
+                    self.last_decile = decile;
+                    let _ = writeln!(err, "{line}");
+                }
+            }
+            "warning" | "error" => {
+                let msg = event.fields.get("message").and_then(serde_json::Value::as_str).unwrap_or("");
+                let _ = writeln!(err, "{}{}: [{stage}] {}", if self.tty { "\r" } else { "" }, event.event, sanitize(msg, false));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn hone_version() -> String {
+    env!("CARGO_PKG_VERSION").to_string()
+}
+
+fn resolve_prefs(loaded: &LoadedPipeline, run: &RunDir) -> Vec<Vec<PathBuf>> {
+    loaded.pref_sources.iter().map(|stage| stage.iter().map(|s| s.resolve(run.path())).collect()).collect()
+}
+
+fn lock(run: &RunDir) -> Result<WorkerLock> {
+    WorkerLock::acquire(run).map_err(|e| match e {
+        RunError::Busy { pid, .. } => anyhow::anyhow!(
+            "{}: a worker is already running this run (pid {}); attach to it or stop it first",
+            run.path().display(),
+            pid.map_or_else(|| "unknown".to_string(), |p| p.to_string())
+        ),
+        other => other.into(),
+    })
+}
+
+/// `hone run PIPELINE --headless`.
+pub fn run(pipeline: &Path, runs_dir: &Path, overrides: &Overrides) -> Result<PathBuf> {
+    let mut loaded = load_pipeline(pipeline)?;
+    let applied = overrides.apply(&mut loaded)?;
+    let run = RunDir::create(runs_dir, &loaded.pipeline.run.name)?;
+    let lock = lock(&run)?;
+    let frozen = freeze(&loaded, &FrozenExtras { hone_version: hone_version(), overrides: applied })?;
+    run.write_frozen_config(&frozen_toml(&frozen)?)?;
+    let prefs = resolve_prefs(&loaded, &run);
+    let mut host = RunHost::new(lock, Some(Shutdown::install()?), loaded.pipeline.run.keep_checkpoints, prefs)?;
+    let mut progress = Progress::new();
+    host.set_observer(Box::new(move |e| progress.show(e)));
+    let stages: Vec<&str> = loaded.pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+    host.append(
+        Event::new("run_started", None, Some(0))
+            .with("run_id", run.id())
+            .with("pid", std::process::id())
+            .with("pipeline", loaded.source_path.display().to_string())
+            .with("stages", json!(stages)),
+    )?;
+    train(&loaded, &mut host, overrides, None)?;
+    Ok(run.path().to_path_buf())
+}
+
+/// `hone resume RUN_DIR --headless`.
+pub fn resume(run_path: &Path, force: bool, overrides: &Overrides) -> Result<PathBuf> {
+    let run = RunDir::open(run_path)?;
+    let lock = lock(&run)?;
+    let frozen = load_frozen(&run.config_path())?;
+    // What would be frozen now, from the same pipeline file (or the frozen copy if it is gone).
+    let current = if frozen.info.source.exists() {
+        let mut now = load_pipeline(&frozen.info.source)?;
+        // Overrides given when the run started are part of its config, not a change.
+        now.pipeline.run.seed = frozen.loaded.pipeline.run.seed;
+        now.pipeline.run.checkpoint_every = frozen.loaded.pipeline.run.checkpoint_every;
+        now
+    } else {
+        frozen.loaded.clone()
+    };
+    let refrozen = freeze(&current, &FrozenExtras { hone_version: hone_version(), overrides: frozen.info.overrides.clone() })?;
+    let changes = diff_frozen(&frozen, &refrozen);
+    if !changes.is_empty() && !force {
+        bail!(
+            "{}: refusing to resume, the inputs changed since the run started:\n  {}\n(resume with --force to continue anyway)",
+            run.path().display(),
+            changes.iter().map(|c| sanitize(c, false)).collect::<Vec<_>>().join("\n  ")
+        );
+    }
+    let loaded = frozen.loaded;
+    let prefs = resolve_prefs(&loaded, &run);
+    let mut host = RunHost::new(lock, Some(Shutdown::install()?), loaded.pipeline.run.keep_checkpoints, prefs)?;
+    let mut progress = Progress::new();
+    host.set_observer(Box::new(move |e| progress.show(e)));
+    let checkpoint = latest_checkpoint(host.lock().run())?;
+    if !changes.is_empty() {
+        host.append(Event::new("warning", None, None).with("message", format!("resumed with --force despite: {}", changes.join("; "))))?;
+    }
+    let from = checkpoint.as_ref().map_or(0, |c| c.step);
+    host.append(Event::new("resumed", None, Some(from)).with("from_step", from).with("pid", std::process::id()))?;
+    let mut options = overrides.clone();
+    if options.stages.is_none() {
+        options.stages = stages_override(&frozen.info.overrides);
+    }
+    if options.max_steps.is_none() {
+        options.max_steps = frozen.info.overrides.iter().find_map(|o| o.strip_prefix("--max-steps ").and_then(|n| n.parse().ok()));
+    }
+    train(&loaded, &mut host, &options, checkpoint.map(|c| c.dir))?;
+    Ok(run.path().to_path_buf())
+}
+
+fn stages_override(overrides: &[String]) -> Option<Vec<String>> {
+    overrides.iter().find_map(|o| o.strip_prefix("--stages ").map(|s| s.split(',').map(String::from).collect()))
+}
+
+fn train(loaded: &LoadedPipeline, host: &mut RunHost, overrides: &Overrides, checkpoint: Option<PathBuf>) -> Result<()> {
+    let settings = &loaded.pipeline.run;
+    let device = parse_device(&settings.device)?;
+    let dtype: DType = parse_dtype(&settings.dtype)?;
+    let started = Instant::now();
+    let outcome = {
+        let pipeline = loaded.pipeline.clone();
+        let trainer = match &checkpoint {
+            Some(dir) => Trainer::resume(pipeline, overrides.options(), host, device, dtype, dir),
+            None => Trainer::new(pipeline, overrides.options(), host, device, dtype),
+        };
+        trainer.and_then(|mut t| t.run())
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    match outcome {
+        Ok(Finished::Completed) => {
+            host.append(Event::new("run_finished", None, None).with("status", "completed").with("seconds", seconds))?;
+        }
+        Ok(Finished::Stopped) => {
+            host.append(Event::new("run_finished", None, None).with("status", "stopped").with("seconds", seconds))?;
+        }
+        Err(e) => {
+            let message = e.to_string();
+            host.append(Event::new("error", None, None).with("message", message.clone()))?;
+            host.append(Event::new("run_finished", None, None).with("status", "failed").with("seconds", seconds))?;
+            host.sync()?;
+            return Err(e).context(format!("run {}", host.lock().run().path().display()));
+        }
+    }
+    host.sync()?;
+    Ok(())
+}

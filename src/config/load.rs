@@ -1,0 +1,229 @@
+//! Reading a pipeline file: TOML → typed [`Pipeline`] with located errors, validation, and
+//! resolution of every relative path against the pipeline file's directory.
+
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+use super::error::ConfigError;
+use super::locate::{line_column, FieldPath, Node};
+use super::types::Pipeline;
+use super::validate::validate;
+
+/// Where one preference file of a stage is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataSource {
+    /// An existing file, by absolute path.
+    File(PathBuf),
+    /// A file of the run directory, relative to it (e.g. the labeling pane's `labels.jsonl`); it
+    /// may not exist yet and may grow while the run goes on.
+    RunRelative(PathBuf),
+}
+
+impl DataSource {
+    /// The path as stored: absolute for [`DataSource::File`], relative to the run directory for
+    /// [`DataSource::RunRelative`].
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::File(path) | Self::RunRelative(path) => path,
+        }
+    }
+
+    /// Whether the file lives in the run directory.
+    pub fn is_run_relative(&self) -> bool {
+        matches!(self, Self::RunRelative(_))
+    }
+
+    /// The file's path for a run whose directory is `run_dir`.
+    pub fn resolve(&self, run_dir: &Path) -> PathBuf {
+        match self {
+            Self::File(path) => path.clone(),
+            Self::RunRelative(path) => run_dir.join(path),
+        }
+    }
+}
+
+/// A validated pipeline whose paths are resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedPipeline {
+    /// The pipeline. Every path is absolute, except run-relative preference files, which stay
+    /// as written (see `pref_sources`).
+    pub pipeline: Pipeline,
+    /// The absolute path of the pipeline file it was read from.
+    pub source_path: PathBuf,
+    /// For each stage, in order, where each of its `pref.data` files is (empty for a stage
+    /// without a preference term).
+    pub pref_sources: Vec<Vec<DataSource>>,
+}
+
+/// Reads, validates and resolves the pipeline file at `path`.
+///
+/// Relative paths (`model.path`, data files, `pref.reference`, `adaptive.redteam`) resolve
+/// against the directory of the pipeline file. A `pref.data` entry that is a bare file name
+/// (`labels.jsonl`) and does not exist there is a [`DataSource::RunRelative`] file, created or
+/// appended in the run directory; any other path that does not exist is an error (so that a
+/// mistyped `data/prefs.jsonl` is not silently taken for an empty label file).
+pub fn load_pipeline(path: &Path) -> Result<LoadedPipeline, ConfigError> {
+    let source = read_source(path)?;
+    let (pipeline, locator) = parse_located::<Pipeline>(path, &source)?;
+    validate(&pipeline, &locator)?;
+    let source_path = fs::canonicalize(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let base = source_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    if base.to_str().is_none() {
+        return Err(ConfigError::File {
+            path: path.to_owned(),
+            message: "the pipeline file's directory is not valid UTF-8 (paths are recorded in TOML)".into(),
+        });
+    }
+    resolve(pipeline, &base, source_path, &locator)
+}
+
+/// Reads a whole file as UTF-8.
+pub(crate) fn read_source(path: &Path) -> Result<String, ConfigError> {
+    fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })
+}
+
+/// Locates errors in one source file.
+pub(crate) struct Locator<'a> {
+    path: &'a Path,
+    source: &'a str,
+    tree: Option<Node>,
+}
+
+impl Locator<'_> {
+    /// An error about `field`, located at its value (or its key, or the nearest enclosing
+    /// table the file has).
+    pub(crate) fn error(&self, field: &FieldPath, message: impl Into<String>) -> ConfigError {
+        let offset = self.tree.as_ref().and_then(|tree| tree.offset_of(field)).unwrap_or(0);
+        let (line, column) = line_column(self.source, offset);
+        ConfigError::Field {
+            path: self.path.to_owned(),
+            line,
+            column,
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn toml_error(&self, error: &toml::de::Error) -> ConfigError {
+        let span = error.span().unwrap_or(0..0);
+        let (line, column) = line_column(self.source, span.start);
+        // toml's messages may span lines ("invalid string\nexpected `\"`"); keep one line.
+        let message = error.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+        let field = self.tree.as_ref().and_then(|tree| tree.path_within(&span)).filter(|f| !f.0.is_empty());
+        match field {
+            Some(field) => {
+                ConfigError::Field { path: self.path.to_owned(), line, column, field: field.to_string(), message }
+            }
+            None => ConfigError::Syntax { path: self.path.to_owned(), line, column, message },
+        }
+    }
+}
+
+/// Deserializes `source` into `T`, locating any error, and returns a locator for later ones.
+pub(crate) fn parse_located<'a, T: DeserializeOwned>(
+    path: &'a Path,
+    source: &'a str,
+) -> Result<(T, Locator<'a>), ConfigError> {
+    let mut locator = Locator { path, source, tree: None };
+    let parsed = toml::from_str::<T>(source);
+    // The span tree exists whenever the file is valid TOML; without it (a syntax error) errors
+    // still carry a line and column.
+    locator.tree = Node::parse(source);
+    match parsed {
+        Ok(value) => Ok((value, locator)),
+        Err(error) => Err(locator.toml_error(&error)),
+    }
+}
+
+/// `base/relative` (or `relative` when absolute) without `.` components, and with the leading
+/// `..` components of `relative` applied to `base` (exact, since `base` is canonical).
+fn absolute(base: &Path, relative: &Path) -> PathBuf {
+    let mut out = base.to_path_buf();
+    let mut rest = relative.components().peekable();
+    while rest.peek() == Some(&Component::ParentDir) && out.parent().is_some() {
+        rest.next();
+        out.pop();
+    }
+    out.join(rest.collect::<PathBuf>()).components().collect()
+}
+
+/// Resolves `relative` to an existing file or directory, or says which field names a missing one.
+fn existing(
+    locator: &Locator<'_>,
+    field: &FieldPath,
+    base: &Path,
+    relative: &Path,
+    want_dir: bool,
+) -> Result<PathBuf, ConfigError> {
+    if relative.as_os_str().is_empty() {
+        return Err(locator.error(field, "empty path"));
+    }
+    let path = absolute(base, relative);
+    match (path.exists(), want_dir, path.is_dir()) {
+        (false, true, _) => Err(locator.error(field, format!("no such directory: {}", path.display()))),
+        (false, false, _) => Err(locator.error(field, format!("no such file: {}", path.display()))),
+        (true, true, false) => Err(locator.error(field, format!("not a directory: {}", path.display()))),
+        (true, false, true) => Err(locator.error(field, format!("is a directory, not a file: {}", path.display()))),
+        _ => Ok(path),
+    }
+}
+
+fn resolve(
+    mut pipeline: Pipeline,
+    base: &Path,
+    source_path: PathBuf,
+    locator: &Locator<'_>,
+) -> Result<LoadedPipeline, ConfigError> {
+    let root = FieldPath::default();
+    pipeline.model.path = existing(locator, &root.key("model").key("path"), base, &pipeline.model.path, true)?;
+    let mut pref_sources = Vec::with_capacity(pipeline.stages.len());
+    for (i, stage) in pipeline.stages.iter_mut().enumerate() {
+        let at = root.key("stage").index(i);
+        if let Some(sft) = &mut stage.sft {
+            let at = at.key("sft").key("data");
+            for (j, file) in sft.data.iter_mut().enumerate() {
+                *file = existing(locator, &at.index(j), base, file, false)?;
+            }
+        }
+        let mut sources = Vec::new();
+        if let Some(pref) = &mut stage.pref {
+            let at = at.key("pref");
+            for (j, file) in pref.data.iter_mut().enumerate() {
+                let field = at.key("data").index(j);
+                let parts: Vec<_> = file.components().filter(|c| *c != Component::CurDir).collect();
+                let source = if let ([Component::Normal(name)], false) = (parts.as_slice(), base.join(&*file).exists())
+                {
+                    DataSource::RunRelative(PathBuf::from(name))
+                } else if file.is_relative() && !absolute(base, file).exists() {
+                    return Err(locator.error(
+                        &field,
+                        format!(
+                            "no such file: {} (only a bare file name is looked up in the run directory)",
+                            absolute(base, file).display()
+                        ),
+                    ));
+                } else {
+                    DataSource::File(existing(locator, &field, base, file, false)?)
+                };
+                *file = source.path().to_path_buf();
+                sources.push(source);
+            }
+            if let Some(reference) = &mut pref.reference {
+                *reference = existing(locator, &at.key("reference"), base, reference, true)?;
+            }
+        }
+        pref_sources.push(sources);
+        if let Some(safety) = &mut stage.safety {
+            let at = at.key("safety");
+            for (j, file) in safety.data.iter_mut().enumerate() {
+                *file = existing(locator, &at.key("data").index(j), base, file, false)?;
+            }
+            if let Some(redteam) = safety.adaptive.as_mut().and_then(|a| a.redteam.as_mut()) {
+                *redteam = existing(locator, &at.key("adaptive").key("redteam"), base, redteam, false)?;
+            }
+        }
+    }
+    Ok(LoadedPipeline { pipeline, source_path, pref_sources })
+}

@@ -1,0 +1,197 @@
+//! The checks a pipeline must pass beyond its TOML types: ranges of numbers, names, device and
+//! dtype syntax, and which terms a stage has. Each error names the offending field.
+
+use std::collections::HashMap;
+
+use super::error::ConfigError;
+use super::load::Locator;
+use super::locate::FieldPath;
+use super::types::{AdaptiveLambda, Pipeline, RunSettings, Stage};
+
+/// The shortest of `{}` and `{:e}` (`0.5`, `1e-4`), for messages and diffs.
+pub(crate) fn show_f64(x: f64) -> String {
+    let plain = x.to_string();
+    let exp = format!("{x:e}");
+    if exp.len() < plain.len() {
+        exp
+    } else {
+        plain
+    }
+}
+
+/// Whether `device` is `cpu`, `cuda`, `cuda:N` or `auto` (syntax only; nothing is opened).
+pub(crate) fn is_device(device: &str) -> bool {
+    match device {
+        "cpu" | "cuda" | "auto" => true,
+        _ => device
+            .strip_prefix("cuda:")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && n.parse::<usize>().is_ok()),
+    }
+}
+
+/// Checks everything that does not need the file system.
+pub(crate) fn validate(pipeline: &Pipeline, locator: &Locator<'_>) -> Result<(), ConfigError> {
+    let root = FieldPath::default();
+    check_run(&pipeline.run, &root.key("run"), locator)?;
+    let stages = root.key("stage");
+    if pipeline.stages.is_empty() {
+        return Err(locator.error(&stages, "a pipeline needs at least one [[stage]]"));
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, stage) in pipeline.stages.iter().enumerate() {
+        let at = stages.index(i);
+        if let Some(first) = seen.insert(stage.name.as_str(), i) {
+            return Err(
+                locator.error(&at.key("name"), format!("duplicate stage name `{}` (also stage[{first}])", stage.name))
+            );
+        }
+        check_stage(stage, &at, locator)?;
+    }
+    Ok(())
+}
+
+fn check_run(run: &RunSettings, at: &FieldPath, locator: &Locator<'_>) -> Result<(), ConfigError> {
+    let name_ok = (1..=64).contains(&run.name.len())
+        && run.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !name_ok {
+        return Err(
+            locator.error(&at.key("name"), format!("`{}` is not a run name (1 to 64 of A-Z a-z 0-9 _ . -)", run.name))
+        );
+    }
+    if !is_device(&run.device) {
+        return Err(
+            locator.error(&at.key("device"), format!("`{}` is not a device (cpu, cuda, cuda:N or auto)", run.device))
+        );
+    }
+    if !matches!(run.dtype.as_str(), "f32" | "bf16" | "f16") {
+        return Err(locator.error(&at.key("dtype"), format!("`{}` is not a dtype (f32, bf16 or f16)", run.dtype)));
+    }
+    if run.keep_checkpoints < 1 {
+        return Err(locator.error(&at.key("keep_checkpoints"), "must be at least 1"));
+    }
+    if run.max_consecutive_nan < 1 {
+        return Err(locator.error(&at.key("max_consecutive_nan"), "must be at least 1"));
+    }
+    if run.log_every < 1 {
+        return Err(locator.error(&at.key("log_every"), "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// `x > 0` and finite.
+fn positive(locator: &Locator<'_>, at: &FieldPath, x: f64) -> Result<(), ConfigError> {
+    if x.is_finite() && x > 0.0 {
+        Ok(())
+    } else {
+        Err(locator.error(at, format!("must be a finite number > 0 (got {})", show_f64(x))))
+    }
+}
+
+/// `x ≥ 0` and finite.
+fn non_negative(locator: &Locator<'_>, at: &FieldPath, x: f64) -> Result<(), ConfigError> {
+    if x.is_finite() && x >= 0.0 {
+        Ok(())
+    } else {
+        Err(locator.error(at, format!("must be a finite number ≥ 0 (got {})", show_f64(x))))
+    }
+}
+
+/// `n ≥ min`.
+fn at_least(locator: &Locator<'_>, at: &FieldPath, n: u64, min: u64) -> Result<(), ConfigError> {
+    if n >= min {
+        Ok(())
+    } else {
+        Err(locator.error(at, format!("must be at least {min} (got {n})")))
+    }
+}
+
+fn check_stage(stage: &Stage, at: &FieldPath, locator: &Locator<'_>) -> Result<(), ConfigError> {
+    let name_ok =
+        !stage.name.is_empty() && stage.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+    if !name_ok {
+        return Err(locator
+            .error(&at.key("name"), format!("`{}` is not a stage name (one or more of A-Z a-z 0-9 _ -)", stage.name)));
+    }
+    if stage.max_steps.is_none() && stage.epochs < 1 {
+        return Err(locator.error(&at.key("epochs"), "must be at least 1 (or set max_steps)"));
+    }
+    if let Some(max_steps) = stage.max_steps {
+        at_least(locator, &at.key("max_steps"), max_steps, 1)?;
+    }
+    at_least(locator, &at.key("batch_size"), stage.batch_size as u64, 1)?;
+    at_least(locator, &at.key("grad_accum"), stage.grad_accum as u64, 1)?;
+    positive(locator, &at.key("lr"), stage.lr)?;
+    non_negative(locator, &at.key("weight_decay"), stage.weight_decay)?;
+    non_negative(locator, &at.key("max_grad_norm"), stage.max_grad_norm)?;
+    at_least(locator, &at.key("max_length"), stage.max_length as u64, 8)?;
+
+    if stage.sft.is_none() && stage.pref.is_none() && stage.safety.is_none() {
+        return Err(locator.error(at, "a stage needs at least one term: [stage.sft], [stage.pref] or [stage.safety]"));
+    }
+    let has_pref_data = stage.pref.as_ref().is_some_and(|p| !p.data.is_empty());
+    let has_safety_data = stage.safety.as_ref().is_some_and(|s| !s.data.is_empty());
+    if let Some(sft) = &stage.sft {
+        let at = at.key("sft");
+        if sft.data.is_empty() && !(sft.on_chosen && (has_pref_data || has_safety_data)) {
+            return Err(locator.error(
+                &at.key("data"),
+                "no SFT data: list files, or set on_chosen = true in a stage with preference or safety data",
+            ));
+        }
+        non_negative(locator, &at.key("weight"), sft.weight)?;
+    }
+    if let Some(pref) = &stage.pref {
+        let at = at.key("pref");
+        if pref.data.is_empty() {
+            return Err(locator.error(&at.key("data"), "no preference data files"));
+        }
+        non_negative(locator, &at.key("lambda"), pref.lambda)?;
+        positive(locator, &at.key("beta"), pref.beta)?;
+    }
+    if let Some(safety) = &stage.safety {
+        let at = at.key("safety");
+        if safety.data.is_empty() {
+            return Err(locator.error(&at.key("data"), "no safety data files"));
+        }
+        non_negative(locator, &at.key("lambda"), safety.lambda)?;
+        positive(locator, &at.key("beta"), safety.beta)?;
+        if let Some(adaptive) = &safety.adaptive {
+            check_adaptive(adaptive, &at.key("adaptive"), locator)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_adaptive(adaptive: &AdaptiveLambda, at: &FieldPath, locator: &Locator<'_>) -> Result<(), ConfigError> {
+    if !(0.0..=1.0).contains(&adaptive.epsilon) {
+        return Err(
+            locator.error(&at.key("epsilon"), format!("must be between 0 and 1 (got {})", show_f64(adaptive.epsilon)))
+        );
+    }
+    positive(locator, &at.key("eta"), adaptive.eta)?;
+    at_least(locator, &at.key("every"), adaptive.every, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices() {
+        for ok in ["cpu", "cuda", "cuda:0", "cuda:12", "auto"] {
+            assert!(is_device(ok), "{ok}");
+        }
+        for bad in ["", "gpu", "cuda:", "cuda:x", "cuda:-1", "cuda:+1", "CPU", "metal"] {
+            assert!(!is_device(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn numbers_read_short() {
+        assert_eq!(show_f64(1e-4), "1e-4");
+        assert_eq!(show_f64(0.5), "0.5");
+        assert_eq!(show_f64(2.0), "2");
+        assert_eq!(show_f64(-0.1), "-0.1");
+        assert_eq!(show_f64(3e-5), "3e-5");
+    }
+}

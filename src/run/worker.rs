@@ -1,0 +1,124 @@
+//! The trainer's host inside a worker process: events go to `events.jsonl`, checkpoints into
+//! `checkpoints/` (atomically, then pruned), the stop flag comes from SIGINT/SIGTERM, and a
+//! stage's frozen reference lives in `references/<stage>/`.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Map, Value};
+
+use super::{clean_incomplete, prune, CheckpointWriter, Event, EventWriter, RunError, Shutdown, WorkerLock};
+use crate::train::trainer::Host;
+use crate::train::TrainError;
+
+/// Called with every event the worker writes (the headless progress line, tests).
+pub type Observer = Box<dyn FnMut(&Event)>;
+
+/// A [`Host`] backed by a locked run directory.
+pub struct RunHost {
+    lock: WorkerLock,
+    writer: EventWriter,
+    shutdown: Option<Shutdown>,
+    keep_last: usize,
+    preference_files: Vec<Vec<PathBuf>>,
+    observer: Option<Observer>,
+}
+
+fn host_err(e: RunError) -> TrainError {
+    TrainError::Host(e.to_string())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl RunHost {
+    /// Takes over a locked run directory: cleans temporaries a crash left, opens the event log
+    /// (cutting a torn last line, which is reported as a warning event).
+    pub fn new(
+        lock: WorkerLock,
+        shutdown: Option<Shutdown>,
+        keep_last: usize,
+        preference_files: Vec<Vec<PathBuf>>,
+    ) -> Result<Self, RunError> {
+        let cleaned = clean_incomplete(&lock)?;
+        let writer = EventWriter::open(&lock)?;
+        let mut host = Self { lock, writer, shutdown, keep_last, preference_files, observer: None };
+        let torn = host.writer.discarded_tail_bytes();
+        if torn > 0 {
+            host.append(Event::new("warning", None, None).with(
+                "message",
+                format!("events.jsonl ended with a torn line ({torn} bytes, from a crash); it was cut off"),
+            ))?;
+        }
+        if !cleaned.is_empty() {
+            host.append(
+                Event::new("warning", None, None)
+                    .with("message", format!("removed {} incomplete checkpoint(s) left by a crash", cleaned.len())),
+            )?;
+        }
+        Ok(host)
+    }
+
+    /// Sets the function that sees every event.
+    pub fn set_observer(&mut self, observer: Observer) {
+        self.observer = Some(observer);
+    }
+
+    /// The locked run directory.
+    pub fn lock(&self) -> &WorkerLock {
+        &self.lock
+    }
+
+    /// Appends one event (stamped with the current time) and shows it to the observer.
+    pub fn append(&mut self, mut event: Event) -> Result<(), RunError> {
+        event.ts = now_ms();
+        self.writer.append(&event)?;
+        if let Some(observer) = &mut self.observer {
+            observer(&event);
+        }
+        Ok(())
+    }
+
+    /// Flushes the event log to disk.
+    pub fn sync(&self) -> Result<(), RunError> {
+        self.writer.sync()
+    }
+}
+
+impl Host for RunHost {
+    fn emit(&mut self, kind: &str, stage: Option<&str>, step: Option<u64>, fields: Map<String, Value>) -> Result<(), TrainError> {
+        let mut event = Event::new(kind, stage, step);
+        event.fields = fields;
+        self.append(event).map_err(host_err)
+    }
+
+    fn save_checkpoint(&mut self, step: u64, files: Vec<(String, Vec<u8>)>) -> Result<(), TrainError> {
+        let mut pending = CheckpointWriter::begin(self.lock.run(), step).map_err(host_err)?;
+        let bytes: usize = files.iter().map(|(_, b)| b.len()).sum();
+        for (name, data) in &files {
+            pending.write_file(name, data).map_err(host_err)?;
+        }
+        let checkpoint = pending.finish(json!({"step": step})).map_err(host_err)?;
+        let pruned = prune(&self.lock, self.keep_last.max(1), None).map_err(host_err)?;
+        let event = Event::new("checkpoint_saved", None, Some(step))
+            .with("path", checkpoint.dir.display().to_string())
+            .with("bytes", bytes)
+            .with("pruned", json!(pruned));
+        self.append(event).map_err(host_err)?;
+        self.writer.sync().map_err(host_err)
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.shutdown.as_ref().is_some_and(Shutdown::requested)
+    }
+
+    fn reference_dir(&self, stage: &str) -> PathBuf {
+        self.lock.run().reference_dir(stage)
+    }
+
+    fn preference_files(&self, index: usize) -> Vec<PathBuf> {
+        self.preference_files.get(index).cloned().unwrap_or_default()
+    }
+}
