@@ -39,7 +39,7 @@ mod tests {
         #[test]
         fn output_never_contains_control_characters(s in any::<String>()) {
             let out = sanitize(&s, false);
-            prop_assert!(!out.chars().any(|c| c.is_control()));
+            prop_assert!(!out.chars().any(char::is_control));
             let out = sanitize(&s, true);
             prop_assert!(!out.chars().any(|c| c.is_control() && c != '\n' && c != '\t'));
         }

@@ -96,9 +96,14 @@ pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
     }
     for (i, stage) in loaded.pipeline.stages.iter().enumerate() {
         writeln!(out, "\nstage {} (max_length {})", sanitize(&stage.name, false), stage.max_length)?;
-        let prefs: Vec<_> = loaded.pref_sources[i].iter().filter(|s| !s.is_run_relative()).map(|s| s.path().to_path_buf()).collect();
+        let prefs: Vec<_> =
+            loaded.pref_sources[i].iter().filter(|s| !s.is_run_relative()).map(|s| s.path().to_path_buf()).collect();
         for s in loaded.pref_sources[i].iter().filter(|s| s.is_run_relative()) {
-            writeln!(out, "  live labels: <run dir>/{} (read while the stage runs)", sanitize(&s.path().display().to_string(), false))?;
+            writeln!(
+                out,
+                "  live labels: <run dir>/{} (read while the stage runs)",
+                sanitize(&s.path().display().to_string(), false)
+            )?;
         }
         let data = match load_stage_data(stage, &prefs, &tok, template.as_ref()) {
             Ok(d) => d,
@@ -112,7 +117,10 @@ pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
             ("sft", data.sft.iter().map(|s| s.ids.len()).collect()),
             ("pref", data.pairs.iter().map(|p| p.prompt.len() + p.chosen.len().max(p.rejected.len())).collect()),
             ("safety (unlikelihood)", data.unsafe_seqs.iter().map(|s| s.ids.len()).collect()),
-            ("safety (dpo)", data.safety_pairs.iter().map(|p| p.prompt.len() + p.chosen.len().max(p.rejected.len())).collect()),
+            (
+                "safety (dpo)",
+                data.safety_pairs.iter().map(|p| p.prompt.len() + p.chosen.len().max(p.rejected.len())).collect(),
+            ),
         ];
         for (name, lengths) in &sets {
             if lengths.is_empty() {
@@ -124,7 +132,11 @@ pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
         for (kind, t) in &data.truncation {
             writeln!(out, "  {kind}: {} truncated, {} dropped", t.truncated, t.dropped)?;
         }
-        let example = data.sft.first().cloned().or_else(|| data.pairs.first().map(|p| p.chosen_sequence()));
+        let example = data
+            .sft
+            .first()
+            .cloned()
+            .or_else(|| data.pairs.first().map(crate::train::examples::PairExample::chosen_sequence));
         if let Some(seq) = example {
             let marks = if tty { "highlighted" } else { "between ⟦ ⟧" };
             writeln!(out, "  example (trained tokens {marks}):")?;

@@ -115,7 +115,13 @@ impl Progress {
             }
             "warning" | "error" => {
                 let msg = event.fields.get("message").and_then(serde_json::Value::as_str).unwrap_or("");
-                let _ = writeln!(err, "{}{}: [{stage}] {}", if self.tty { "\r" } else { "" }, event.event, sanitize(msg, false));
+                let _ = writeln!(
+                    err,
+                    "{}{}: [{stage}] {}",
+                    if self.tty { "\r" } else { "" },
+                    event.event,
+                    sanitize(msg, false)
+                );
             }
             _ => {}
         }
@@ -180,7 +186,8 @@ pub fn resume(run_path: &Path, force: bool, overrides: &Overrides) -> Result<Pat
     } else {
         frozen.loaded.clone()
     };
-    let refrozen = freeze(&current, &FrozenExtras { hone_version: hone_version(), overrides: frozen.info.overrides.clone() })?;
+    let refrozen =
+        freeze(&current, &FrozenExtras { hone_version: hone_version(), overrides: frozen.info.overrides.clone() })?;
     let changes = diff_frozen(&frozen, &refrozen);
     if !changes.is_empty() && !force {
         bail!(
@@ -196,7 +203,10 @@ pub fn resume(run_path: &Path, force: bool, overrides: &Overrides) -> Result<Pat
     host.set_observer(Box::new(move |e| progress.show(e)));
     let checkpoint = latest_checkpoint(host.lock().run())?;
     if !changes.is_empty() {
-        host.append(Event::new("warning", None, None).with("message", format!("resumed with --force despite: {}", changes.join("; "))))?;
+        host.append(
+            Event::new("warning", None, None)
+                .with("message", format!("resumed with --force despite: {}", changes.join("; "))),
+        )?;
     }
     let from = checkpoint.as_ref().map_or(0, |c| c.step);
     host.append(Event::new("resumed", None, Some(from)).with("from_step", from).with("pid", std::process::id()))?;
@@ -205,7 +215,8 @@ pub fn resume(run_path: &Path, force: bool, overrides: &Overrides) -> Result<Pat
         options.stages = stages_override(&frozen.info.overrides);
     }
     if options.max_steps.is_none() {
-        options.max_steps = frozen.info.overrides.iter().find_map(|o| o.strip_prefix("--max-steps ").and_then(|n| n.parse().ok()));
+        options.max_steps =
+            frozen.info.overrides.iter().find_map(|o| o.strip_prefix("--max-steps ").and_then(|n| n.parse().ok()));
     }
     train(&loaded, &mut host, &options, checkpoint.map(|c| c.dir))?;
     Ok(run.path().to_path_buf())
@@ -215,7 +226,12 @@ fn stages_override(overrides: &[String]) -> Option<Vec<String>> {
     overrides.iter().find_map(|o| o.strip_prefix("--stages ").map(|s| s.split(',').map(String::from).collect()))
 }
 
-fn train(loaded: &LoadedPipeline, host: &mut RunHost, overrides: &Overrides, checkpoint: Option<PathBuf>) -> Result<()> {
+fn train(
+    loaded: &LoadedPipeline,
+    host: &mut RunHost,
+    overrides: &Overrides,
+    checkpoint: Option<PathBuf>,
+) -> Result<()> {
     let settings = &loaded.pipeline.run;
     let device = parse_device(&settings.device)?;
     let dtype: DType = parse_dtype(&settings.dtype)?;

@@ -234,6 +234,17 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (y, m, d)
 }
 
+/// A stage name as one path component: characters other than ASCII letters, digits, '-', '_' and
+/// '.' become '_', as does a leading '.', so it cannot escape its parent directory.
+fn safe_component(stage: &str) -> String {
+    let mut safe: String =
+        stage.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+    if safe.is_empty() || safe.starts_with('.') {
+        safe.insert(0, '_');
+    }
+    safe
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,15 +267,4 @@ mod tests {
         assert_eq!(parse_step_dir_name("step-0000120"), None);
         assert_eq!(parse_step_dir_name(".tmp-step-000120-7"), None);
     }
-}
-
-/// A stage name as one path component: characters other than ASCII letters, digits, '-', '_' and
-/// '.' become '_', as does a leading '.', so it cannot escape its parent directory.
-fn safe_component(stage: &str) -> String {
-    let mut safe: String =
-        stage.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
-    if safe.is_empty() || safe.starts_with('.') {
-        safe.insert(0, '_');
-    }
-    safe
 }

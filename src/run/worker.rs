@@ -88,7 +88,13 @@ impl RunHost {
 }
 
 impl Host for RunHost {
-    fn emit(&mut self, kind: &str, stage: Option<&str>, step: Option<u64>, fields: Map<String, Value>) -> Result<(), TrainError> {
+    fn emit(
+        &mut self,
+        kind: &str,
+        stage: Option<&str>,
+        step: Option<u64>,
+        fields: Map<String, Value>,
+    ) -> Result<(), TrainError> {
         let mut event = Event::new(kind, stage, step);
         event.fields = fields;
         self.append(event).map_err(host_err)
