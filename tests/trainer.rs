@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use hone::config::Pipeline;
-use hone::train::trainer::{Finished, Host, RunOptions, Trainer};
+use hone::train::trainer::{Finished, Host, PrefFile, RunOptions, Trainer};
 use hone::train::TrainError;
 use serde_json::{Map, Value};
 
@@ -44,6 +44,9 @@ struct TestHost {
     checkpoints: Vec<(u64, PathBuf)>,
     stop_after_metrics: Option<usize>,
     pipeline: Option<Pipeline>,
+    /// Simulated labeler: after the metrics event of this global step, append these lines to
+    /// the live labels file (once: a resumed run that logs the step again does not re-append).
+    label_at: Option<(u64, String)>,
 }
 
 impl TestHost {
@@ -72,6 +75,12 @@ impl Host for TestHost {
         step: Option<u64>,
         fields: Map<String, Value>,
     ) -> Result<(), TrainError> {
+        if let Some((at, lines)) = &self.label_at {
+            let path = self.dir.join("labels.jsonl");
+            if kind == "metrics" && step == Some(*at) && !path.exists() {
+                std::fs::write(&path, lines).unwrap();
+            }
+        }
         self.events.push((kind.to_string(), stage.map(String::from), step, fields));
         Ok(())
     }
@@ -94,9 +103,20 @@ impl Host for TestHost {
         self.dir.join("references").join(stage)
     }
 
-    fn preference_files(&self, index: usize) -> Vec<PathBuf> {
+    fn preference_files(&self, index: usize) -> Vec<PrefFile> {
         let p = self.pipeline.as_ref().unwrap();
-        p.stages[index].pref.as_ref().map(|t| t.data.clone()).unwrap_or_default()
+        let files = p.stages[index].pref.as_ref().map(|t| t.data.clone()).unwrap_or_default();
+        // labels.jsonl is the run's live file; here it lives in the test's directory.
+        files
+            .into_iter()
+            .map(|f| {
+                if f.file_name().is_some_and(|n| n == "labels.jsonl") {
+                    PrefFile { path: self.dir.join("labels.jsonl"), live: true }
+                } else {
+                    PrefFile { path: f, live: false }
+                }
+            })
+            .collect()
     }
 }
 
@@ -194,4 +214,55 @@ fn non_finite_steps_are_skipped_or_halt() {
     let err = Trainer::new(p, options, &mut host, Device::Cpu, DType::F32).unwrap().run().unwrap_err();
     assert!(matches!(err, TrainError::NonFinite { step: 2, .. }), "{err}");
     assert!(host.events.iter().any(|e| e.0 == "error"));
+}
+
+fn labels(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("l{i}"),
+                "prompt": [{"role": "user", "content": format!("Is {i} even?")}],
+                "chosen": [{"role": "assistant", "content": if i % 2 == 0 { "Yes, it is even." } else { "No, it is odd." }}],
+                "rejected": [{"role": "assistant", "content": "I am not sure."}],
+                "labeler": "test",
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+#[test]
+fn labels_appended_during_dpo_join_training_at_the_next_step_and_resume_exactly() {
+    let p = pipeline();
+    let dpo_first_step = 12; // after the 12 SFT steps
+    let label_step = dpo_first_step + 3;
+    let full_dir = tempfile::tempdir().unwrap();
+    let mut full = TestHost::new(full_dir.path(), &p);
+    full.label_at = Some((label_step, labels(3)));
+    Trainer::new(p.clone(), RunOptions::default(), &mut full, Device::Cpu, DType::F32).unwrap().run().unwrap();
+    let admitted: Vec<&Recorded> = full.events.iter().filter(|e| e.0 == "labels_admitted").collect();
+    assert_eq!(admitted.len(), 1, "{:?}", full.events.iter().map(|e| (&e.0, e.2)).collect::<Vec<_>>());
+    assert_eq!(admitted[0].2, Some(label_step), "admitted at the next step boundary");
+    assert_eq!(admitted[0].3["count"], 3);
+    assert_eq!(admitted[0].3["byte_offset"].as_u64().unwrap(), labels(3).len() as u64);
+    let want: Vec<(u64, f64)> = full.metrics().iter().map(|m| (m.1, m.2["loss"].as_f64().unwrap())).collect();
+
+    // Stop after the admission, resume: the pool is rebuilt identically.
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = TestHost::new(dir.path(), &p);
+    first.label_at = Some((label_step, labels(3)));
+    first.stop_after_metrics = Some(label_step as usize + 4);
+    let finished =
+        Trainer::new(p.clone(), RunOptions::default(), &mut first, Device::Cpu, DType::F32).unwrap().run().unwrap();
+    assert_eq!(finished, Finished::Stopped);
+    let mut got: Vec<(u64, f64)> = first.metrics().iter().map(|m| (m.1, m.2["loss"].as_f64().unwrap())).collect();
+    let ck = first.checkpoints.last().unwrap().1.clone();
+    let mut second = TestHost::new(dir.path(), &p);
+    Trainer::resume(p, RunOptions::default(), &mut second, Device::Cpu, DType::F32, &ck).unwrap().run().unwrap();
+    got.extend(second.metrics().iter().map(|m| (m.1, m.2["loss"].as_f64().unwrap())));
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!((g.0, g.1.to_bits()), (w.0, w.1.to_bits()), "step {}", g.0);
+    }
 }

@@ -14,7 +14,7 @@ use crate::model::{parse_device, parse_dtype};
 use crate::run::worker::RunHost;
 use crate::run::{latest_checkpoint, Event, RunDir, RunError, Shutdown, WorkerLock};
 use crate::sanitize::sanitize;
-use crate::train::trainer::{Finished, RunOptions, Trainer};
+use crate::train::trainer::{Finished, PrefFile, RunOptions, Trainer};
 
 /// Overrides of the pipeline file from the command line.
 #[derive(Debug, Clone, Default)]
@@ -132,8 +132,14 @@ fn hone_version() -> String {
     env!("CARGO_PKG_VERSION").to_string()
 }
 
-fn resolve_prefs(loaded: &LoadedPipeline, run: &RunDir) -> Vec<Vec<PathBuf>> {
-    loaded.pref_sources.iter().map(|stage| stage.iter().map(|s| s.resolve(run.path())).collect()).collect()
+fn resolve_prefs(loaded: &LoadedPipeline, run: &RunDir) -> Vec<Vec<PrefFile>> {
+    loaded
+        .pref_sources
+        .iter()
+        .map(|stage| {
+            stage.iter().map(|s| PrefFile { path: s.resolve(run.path()), live: s.is_run_relative() }).collect()
+        })
+        .collect()
 }
 
 fn lock(run: &RunDir) -> Result<WorkerLock> {
@@ -209,6 +215,7 @@ pub fn resume(run_path: &Path, force: bool, overrides: &Overrides) -> Result<Pat
         )?;
     }
     let from = checkpoint.as_ref().map_or(0, |c| c.step);
+    host.plan_admissions_after(from)?;
     host.append(Event::new("resumed", None, Some(from)).with("from_step", from).with("pid", std::process::id()))?;
     let mut options = overrides.clone();
     if options.stages.is_none() {

@@ -7,6 +7,7 @@ pub mod encode;
 pub mod error;
 pub mod jinja;
 pub mod jsonl;
+pub mod labels;
 pub mod records;
 pub mod template;
 pub mod tokenizer;
@@ -15,8 +16,8 @@ pub use encode::{encode_generation_prompt, encode_preference, encode_sft, Prefer
 pub use error::DataError;
 pub use jsonl::{read_jsonl, Line};
 pub use records::{
-    detect_kind, read_preferences, read_records, read_records_with_lines, read_safety, read_sft, PreferenceRecord,
-    RecordKind, Records, SafetyRecord, SftRecord, Text,
+    detect_kind, parse_preference_line, read_preferences, read_records, read_records_with_lines, read_safety, read_sft,
+    PreferenceRecord, RecordKind, Records, SafetyRecord, SftRecord, Text,
 };
 pub use template::{ChatTemplate, Message, Rendered};
 pub use tokenizer::{Encoding, SpecialTokens, TextTokenizer};

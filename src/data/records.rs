@@ -325,6 +325,12 @@ fn read_with_lines<T>(path: &Path, parse: fn(&Json) -> Result<T, Issue>) -> Resu
         .collect()
 }
 
+/// Parses one already-read JSONL line as a preference record (for readers that tail a growing
+/// file, like the trainer's labels reader); errors are located at `path:line:col`.
+pub fn parse_preference_line(path: &Path, line: &Line) -> Result<PreferenceRecord, DataError> {
+    parse_preference(&line.value).map_err(|issue| to_error(path, line, issue))
+}
+
 /// Reads SFT records. `messages` must be a non-empty list of `{role: str, content: str, ...}`
 /// (content may be null/absent only when the message has `tool_calls`) with at least one
 /// `assistant` turn; `prompt`/`completion` must both be strings or both message lists.

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 
 use super::{clean_incomplete, prune, CheckpointWriter, Event, EventWriter, RunError, Shutdown, WorkerLock};
-use crate::train::trainer::Host;
+use crate::train::trainer::{Admission, Host, PrefFile};
 use crate::train::TrainError;
 
 /// Called with every event the worker writes (the headless progress line, tests).
@@ -20,7 +20,8 @@ pub struct RunHost {
     writer: EventWriter,
     shutdown: Option<Shutdown>,
     keep_last: usize,
-    preference_files: Vec<Vec<PathBuf>>,
+    preference_files: Vec<Vec<PrefFile>>,
+    plan: Vec<Admission>,
     observer: Option<Observer>,
 }
 
@@ -40,11 +41,11 @@ impl RunHost {
         lock: WorkerLock,
         shutdown: Option<Shutdown>,
         keep_last: usize,
-        preference_files: Vec<Vec<PathBuf>>,
+        preference_files: Vec<Vec<PrefFile>>,
     ) -> Result<Self, RunError> {
         let cleaned = clean_incomplete(&lock)?;
         let writer = EventWriter::open(&lock)?;
-        let mut host = Self { lock, writer, shutdown, keep_last, preference_files, observer: None };
+        let mut host = Self { lock, writer, shutdown, keep_last, preference_files, plan: Vec::new(), observer: None };
         let torn = host.writer.discarded_tail_bytes();
         if torn > 0 {
             host.append(Event::new("warning", None, None).with(
@@ -59,6 +60,24 @@ impl RunHost {
             )?;
         }
         Ok(host)
+    }
+
+    /// Replays, on resume, the label admissions the previous worker logged after `from_step`:
+    /// the same lines join training at the same steps as in the run that was interrupted.
+    pub fn plan_admissions_after(&mut self, from_step: u64) -> Result<(), RunError> {
+        let events = super::EventReader::read_all(&self.lock.run().events_path())?.events;
+        self.plan = events
+            .iter()
+            .filter(|e| e.event == "labels_admitted" && e.step.is_some_and(|s| s > from_step))
+            .filter_map(|e| {
+                Some(Admission {
+                    step: e.step?,
+                    file: e.fields.get("file")?.as_str()?.to_string(),
+                    offset: e.fields.get("byte_offset")?.as_u64()?,
+                })
+            })
+            .collect();
+        Ok(())
     }
 
     /// Sets the function that sees every event.
@@ -124,7 +143,11 @@ impl Host for RunHost {
         self.lock.run().reference_dir(stage)
     }
 
-    fn preference_files(&self, index: usize) -> Vec<PathBuf> {
+    fn preference_files(&self, index: usize) -> Vec<PrefFile> {
         self.preference_files.get(index).cloned().unwrap_or_default()
+    }
+
+    fn planned_admissions(&self) -> Vec<Admission> {
+        self.plan.clone()
     }
 }

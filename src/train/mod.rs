@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod examples;
+pub mod live;
 pub mod loss;
 pub mod objective;
 pub mod optim;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::examples::PairExample;
+use super::live::{LiveLabels, LiveUpdate};
 use super::objective::{evaluate, MicroBatch, PairTerm, RewardRow, Weights};
 use super::optim::{clip_coefficient, global_norm, gradients_of, AdamW, AdamWConfig, Moments};
 use super::plan::{fill_reference_cache, load_stage_data, RefCache, StageData};
@@ -41,8 +42,33 @@ pub trait Host {
     fn stop_requested(&self) -> bool;
     /// Where the frozen reference weights of `stage` live (written once at the stage's start).
     fn reference_dir(&self, stage: &str) -> PathBuf;
-    /// The preference files of stage `index` as they exist now.
-    fn preference_files(&self, index: usize) -> Vec<PathBuf>;
+    /// The preference files of stage `index`; `live` ones (the labeling pane's) may grow.
+    fn preference_files(&self, index: usize) -> Vec<PrefFile>;
+    /// Label admissions a previous worker made after the checkpoint being resumed (from the
+    /// event log), so a resume admits the same lines at the same steps.
+    fn planned_admissions(&self) -> Vec<Admission> {
+        Vec::new()
+    }
+}
+
+/// A preference source of a stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Whether it may grow while the stage runs (read at every step boundary).
+    pub live: bool,
+}
+
+/// One admission of live labels: at global step `step`, `file` had been read up to `offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    /// Global step (the admission happened before this step's update).
+    pub step: u64,
+    /// The labels file, as displayed in the event.
+    pub file: String,
+    /// Byte offset reached.
+    pub offset: u64,
 }
 
 /// The trainer's resumable position, saved as `trainer_state.json` in every checkpoint.
@@ -66,6 +92,14 @@ pub struct TrainerState {
     pub stage_done: bool,
     /// AdamW updates applied in the current stage (its bias correction).
     pub optimizer_steps: u64,
+    /// Every read of a live labels file in the current stage (file, offset reached), in order:
+    /// a resume replays them to rebuild the same pool.
+    #[serde(default)]
+    pub label_reads: Vec<(String, u64)>,
+    /// The current stage's step count, fixed when it starts (labels admitted later do not
+    /// lengthen it; a resume keeps it).
+    #[serde(default)]
+    pub stage_total: Option<u64>,
 }
 
 /// Options that are not part of the pipeline file.
@@ -191,6 +225,8 @@ impl<'h, H: Host> Trainer<'h, H> {
             self.state.stage_step = 0;
             self.state.stage_done = false;
             self.state.samplers.clear();
+            self.state.label_reads.clear();
+            self.state.stage_total = None;
             self.state.lambda_pref = None;
             self.state.lambda_safe = None;
             self.resume_optimizer = None;
@@ -228,8 +264,28 @@ impl<'h, H: Host> Trainer<'h, H> {
 
     fn run_stage(&mut self, index: usize, stage: &Stage) -> Result<Finished, TrainError> {
         let name = stage.name.clone();
-        let pref_files = self.host.preference_files(index);
-        let data = load_stage_data(stage, &pref_files, &self.tokenizer, self.template.as_ref())?;
+        let sources = self.host.preference_files(index);
+        let static_files: Vec<PathBuf> = sources.iter().filter(|f| !f.live).map(|f| f.path.clone()).collect();
+        let mut data = load_stage_data(stage, &static_files, &self.tokenizer, self.template.as_ref())?;
+        let mut live = LiveLabels::new(sources.iter().filter(|f| f.live).map(|f| f.path.clone()).collect());
+        // Labels already there when the stage starts (or, on resume, up to where it had read).
+        let on_chosen = stage.sft.as_ref().is_some_and(|t| t.on_chosen);
+        let history = self.state.label_reads.clone();
+        let mut retracted_at_start = Vec::new();
+        for update in
+            live.read_initial(&history, data.pairs.len(), stage.max_length, &self.tokenizer, self.template.as_ref())?
+        {
+            if history.is_empty() {
+                self.state.label_reads.extend(update.offsets.iter().cloned());
+            }
+            retracted_at_start.extend(update.retracted);
+            for p in update.added {
+                if on_chosen {
+                    data.sft.push(p.chosen_sequence());
+                }
+                data.pairs.push(p);
+            }
+        }
         let main = if !data.pairs.is_empty() {
             "pref"
         } else if !data.unsafe_seqs.is_empty() || !data.safety_pairs.is_empty() {
@@ -247,7 +303,11 @@ impl<'h, H: Host> Trainer<'h, H> {
                 "stage {name}: no training examples after tokenization and truncation"
             )));
         }
-        let total = self.total_steps(stage, main_len);
+        let total = match self.state.stage_total {
+            Some(t) => t,
+            None => self.total_steps(stage, main_len),
+        };
+        self.state.stage_total = Some(total);
         let mut fields = Map::new();
         fields.insert("total_steps".into(), json!(total));
         fields.insert("examples".into(), json!({"sft": data.sft.len(), "pref": data.pairs.len(), "unsafe": data.unsafe_seqs.len(), "safety_pairs": data.safety_pairs.len(), "redteam": data.redteam.len()}));
@@ -270,12 +330,17 @@ impl<'h, H: Host> Trainer<'h, H> {
 
         // Reference log-probs, once per example.
         let mut cache = RefCache::new();
-        let needs_ref = !data.pairs.is_empty() || !data.safety_pairs.is_empty() || !data.redteam.is_empty();
+        let needs_ref =
+            !data.pairs.is_empty() || !data.safety_pairs.is_empty() || !data.redteam.is_empty() || !live.is_empty();
+        let mut reference = None;
         if needs_ref {
-            let reference = self.reference_model(stage)?;
+            let model = self.reference_model(stage)?;
             let all: Vec<&PairExample> = data.pairs.iter().chain(&data.safety_pairs).chain(&data.redteam).collect();
-            fill_reference_cache(&reference, &all, self.pad_id(), &mut cache)?;
+            fill_reference_cache(&model, &all, self.pad_id(), &mut cache)?;
+            // Kept while labels may arrive: new pairs need their reference log-probs.
+            reference = (!live.is_empty()).then_some(model);
         }
+        let plan = self.host.planned_admissions();
 
         let params = self.policy.parameters();
         let mut opt = AdamW::new(
@@ -287,14 +352,14 @@ impl<'h, H: Host> Trainer<'h, H> {
         }
         let seed = self.pipeline.run.seed ^ (index as u64).wrapping_mul(0x1000_0000_01b3);
         let sampler = |term: &str, lengths: Vec<usize>, state: &TrainerState| {
-            let s = state.samplers.get(term).copied().unwrap_or(SamplerState { epoch: 0, position: 0 });
+            let s: Option<SamplerState> = state.samplers.get(term).cloned();
             Sampler::new(seed ^ term.len() as u64 ^ u64::from(term.as_bytes()[0]), lengths, stage.batch_size, s)
         };
         let mut samplers: Vec<(&str, Sampler)> = Vec::new();
         if !data.sft.is_empty() {
             samplers.push(("sft", sampler("sft", data.sft.iter().map(|s| s.ids.len()).collect(), &self.state)));
         }
-        if !data.pairs.is_empty() {
+        if !data.pairs.is_empty() || !live.is_empty() {
             samplers
                 .push(("pref", sampler("pref", data.pairs.iter().map(PairExample::num_tokens).collect(), &self.state)));
         }
@@ -309,6 +374,11 @@ impl<'h, H: Host> Trainer<'h, H> {
                 "safety",
                 sampler("safety", data.safety_pairs.iter().map(PairExample::num_tokens).collect(), &self.state),
             ));
+        }
+        if let Some((_, pref)) = samplers.iter_mut().find(|(t, _)| *t == "pref") {
+            for &i in &retracted_at_start {
+                pref.set_active(i, false);
+            }
         }
         let lambda_pref = self.state.lambda_pref.or(stage.pref.as_ref().map(|p| p.lambda)).unwrap_or(0.0);
         let mut lambda_safe = self.state.lambda_safe.or(stage.safety.as_ref().map(|s| s.lambda)).unwrap_or(0.0);
@@ -331,8 +401,19 @@ impl<'h, H: Host> Trainer<'h, H> {
                 self.checkpoint(&opt, &samplers, lambda_pref, lambda_safe)?;
                 return Ok(Finished::Stopped);
             }
-            let started = Instant::now();
             let step = self.state.global_step;
+            if !live.is_empty() {
+                let update = live.read_at_step(
+                    step,
+                    &plan,
+                    data.pairs.len(),
+                    stage.max_length,
+                    &self.tokenizer,
+                    self.template.as_ref(),
+                )?;
+                self.admit(&name, step, update, &mut data, &mut samplers, reference.as_ref(), &mut cache, on_chosen)?;
+            }
+            let started = Instant::now();
             let lr = learning_rate(stage.schedule, stage.lr, self.state.stage_step, stage.warmup_steps, total);
             opt.config.lr = lr;
             let weights = Weights { sft: w_sft, pref: lambda_pref, safe: lambda_safe };
@@ -469,6 +550,66 @@ impl<'h, H: Host> Trainer<'h, H> {
         Ok(Finished::Completed)
     }
 
+    /// Applies newly read labels: new agreeing pairs join the pool (with reference log-probs),
+    /// retracted or now-disputed ones leave it; one `labels_admitted` event says what happened.
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &mut self,
+        stage: &str,
+        step: u64,
+        update: LiveUpdate,
+        data: &mut StageData,
+        samplers: &mut [(&str, Sampler)],
+        reference: Option<&Model>,
+        cache: &mut RefCache,
+        on_chosen: bool,
+    ) -> Result<(), TrainError> {
+        self.state.label_reads.extend(update.offsets.iter().cloned());
+        for message in &update.problems {
+            let mut f = Map::new();
+            f.insert("message".into(), json!(message));
+            self.host.emit("warning", Some(stage), Some(step), f)?;
+        }
+        if update.lines == 0 {
+            return Ok(());
+        }
+        if let Some(reference) = reference {
+            let refs: Vec<&PairExample> = update.added.iter().collect();
+            fill_reference_cache(reference, &refs, self.pad_id(), cache)?;
+        }
+        let count = update.added.len();
+        let first_new = data.pairs.len();
+        if let Some((_, pref)) = samplers.iter_mut().find(|(t, _)| *t == "pref") {
+            for p in update.added {
+                pref.add(p.num_tokens());
+                data.pairs.push(p);
+            }
+            for &i in &update.retracted {
+                pref.set_active(i, false);
+            }
+        }
+        if on_chosen {
+            // The chosen answers of new pairs also feed the SFT term.
+            let new: Vec<_> = data.pairs[first_new..].iter().map(PairExample::chosen_sequence).collect();
+            if let Some((_, sft)) = samplers.iter_mut().find(|(t, _)| *t == "sft") {
+                for seq in new {
+                    sft.add(seq.ids.len());
+                    data.sft.push(seq);
+                }
+            }
+        }
+        let mut f = Map::new();
+        f.insert("count".into(), json!(count));
+        f.insert("retracted".into(), json!(update.retracted.len()));
+        f.insert("held_back".into(), json!(update.held_back));
+        f.insert("lines".into(), json!(update.lines));
+        if let Some((file, offset)) = update.offsets.last() {
+            f.insert("file".into(), json!(file));
+            f.insert("byte_offset".into(), json!(offset));
+        }
+        self.host.emit("labels_admitted", Some(stage), Some(step), f)
+    }
+
     fn checkpoint(
         &mut self,
         opt: &AdamW,
@@ -476,7 +617,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         lambda_pref: f64,
         lambda_safe: f64,
     ) -> Result<(), TrainError> {
-        self.state.samplers = samplers.iter().map(|(t, s)| ((*t).to_string(), s.state)).collect();
+        self.state.samplers = samplers.iter().map(|(t, s)| ((*t).to_string(), s.state.clone())).collect();
         self.state.lambda_pref = Some(lambda_pref);
         self.state.lambda_safe = Some(lambda_safe);
         self.state.optimizer_steps = opt.step_count();

@@ -1,0 +1,189 @@
+//! Live preference labels: the labeling pane appends to a labels file while a DPO stage runs;
+//! at every step boundary the trainer reads what is new, resolves it (supersedes, ties, skips,
+//! held-back disagreements) and admits the difference into the sampling pool.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use super::examples::{pair_example, PairExample, TruncationStats};
+use super::trainer::Admission;
+use super::TrainError;
+use crate::data::labels::LabelLog;
+use crate::data::{ChatTemplate, TextTokenizer};
+
+/// What one read changed.
+#[derive(Debug, Default)]
+pub struct LiveUpdate {
+    /// Newly admitted pairs, to be appended to the pool in this order.
+    pub added: Vec<PairExample>,
+    /// Pool indices of pairs that left training (retracted, or now disputed).
+    pub retracted: Vec<usize>,
+    /// Items currently held back because their labels disagree.
+    pub held_back: usize,
+    /// Complete lines read.
+    pub lines: usize,
+    /// Unusable lines, located (`path:line:col: field: message`).
+    pub problems: Vec<String>,
+    /// Byte offset reached in each file (file name as displayed → offset).
+    pub offsets: Vec<(String, u64)>,
+}
+
+/// How far to read one source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    /// Not now.
+    Skip,
+    /// To the end of what is complete.
+    ToEnd,
+    /// Up to this byte offset (replaying an earlier read).
+    UpTo(u64),
+}
+
+struct Source {
+    name: String,
+    log: LabelLog,
+    /// Admitted item → (what was admitted, its pool index).
+    admitted: HashMap<String, (String, usize)>,
+}
+
+/// All live label files of a stage.
+pub struct LiveLabels {
+    sources: Vec<Source>,
+}
+
+impl LiveLabels {
+    /// Live sources at these paths (they may not exist yet).
+    pub fn new(paths: Vec<PathBuf>) -> Self {
+        let sources = paths
+            .into_iter()
+            .map(|p| Source { name: p.display().to_string(), log: LabelLog::new(&p), admitted: HashMap::new() })
+            .collect();
+        Self { sources }
+    }
+
+    /// Whether the stage has no live source.
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+
+    /// Replays the reads a checkpointed stage had made (`history`: file and offset of each
+    /// read, in order), so the pool is rebuilt with the same indices; then, for a fresh stage
+    /// (empty history), reads each file to its end.
+    pub fn read_initial(
+        &mut self,
+        history: &[(String, u64)],
+        pool_len: usize,
+        max_len: usize,
+        tok: &TextTokenizer,
+        template: Option<&ChatTemplate>,
+    ) -> Result<Vec<LiveUpdate>, TrainError> {
+        let mut updates = Vec::new();
+        let mut pool = pool_len;
+        if history.is_empty() {
+            let limits = vec![Limit::ToEnd; self.sources.len()];
+            updates.push(self.read(&limits, pool, max_len, tok, template)?);
+            return Ok(updates);
+        }
+        for (file, offset) in history {
+            let limits: Vec<Limit> =
+                self.sources.iter().map(|s| if &s.name == file { Limit::UpTo(*offset) } else { Limit::Skip }).collect();
+            let update = self.read(&limits, pool, max_len, tok, template)?;
+            pool += update.added.len();
+            updates.push(update);
+        }
+        Ok(updates)
+    }
+
+    /// The read before global step `step`: replays a previous worker's admission at this step
+    /// when the plan has one, reads nothing at planned-over steps without one, and reads to the
+    /// end of each file beyond the plan.
+    pub fn read_at_step(
+        &mut self,
+        step: u64,
+        plan: &[Admission],
+        pool_len: usize,
+        max_len: usize,
+        tok: &TextTokenizer,
+        template: Option<&ChatTemplate>,
+    ) -> Result<LiveUpdate, TrainError> {
+        let limits: Vec<Limit> = self
+            .sources
+            .iter()
+            .map(|s| {
+                let mine: Vec<&Admission> = plan.iter().filter(|a| a.file == s.name).collect();
+                match mine.iter().map(|a| a.step).max() {
+                    Some(last) if step <= last => {
+                        mine.iter().find(|a| a.step == step).map_or(Limit::Skip, |a| Limit::UpTo(a.offset))
+                    }
+                    _ => Limit::ToEnd,
+                }
+            })
+            .collect();
+        self.read(&limits, pool_len, max_len, tok, template)
+    }
+
+    /// Reads each source as far as its limit says.
+    fn read(
+        &mut self,
+        limits: &[Limit],
+        mut pool_len: usize,
+        max_len: usize,
+        tok: &TextTokenizer,
+        template: Option<&ChatTemplate>,
+    ) -> Result<LiveUpdate, TrainError> {
+        let mut update = LiveUpdate::default();
+        for (source, limit) in self.sources.iter_mut().zip(limits) {
+            let read = match limit {
+                Limit::Skip => continue,
+                Limit::ToEnd => source.log.read_new(None)?,
+                Limit::UpTo(offset) => source.log.read_new(Some(*offset))?,
+            };
+            update.problems.extend(read.problems.into_iter().map(|p| p.message));
+            if read.lines == 0 {
+                continue;
+            }
+            update.lines += read.lines;
+            update.offsets.push((source.name.clone(), read.offset));
+            let (admitted, held) = source.log.resolve();
+            update.held_back += held.len();
+            let now: HashMap<&str, String> = admitted
+                .iter()
+                .map(|(item, rec)| (item.as_str(), serde_json::to_string(&rec_key(rec)).unwrap_or_default()))
+                .collect();
+            // Items that left, or whose admitted answer changed, leave the pool.
+            let mut gone: Vec<String> = Vec::new();
+            for (item, (key, idx)) in &source.admitted {
+                if now.get(item.as_str()) != Some(key) {
+                    update.retracted.push(*idx);
+                    gone.push(item.clone());
+                }
+            }
+            for item in gone {
+                source.admitted.remove(&item);
+            }
+            let mut stats = TruncationStats::default();
+            for (item, rec) in &admitted {
+                if source.admitted.contains_key(item) {
+                    continue;
+                }
+                let pair = pair_example(tok, template, rec, max_len, &mut stats)
+                    .map_err(|e| TrainError::Data(format!("{}: item {item}: {e}", source.name)))?;
+                if let Some(pair) = pair {
+                    source.admitted.insert(item.clone(), (now[item.as_str()].clone(), pool_len));
+                    pool_len += 1;
+                    update.added.push(pair);
+                } else {
+                    update
+                        .problems
+                        .push(format!("{}: item {item}: dropped by truncation to max_length {max_len}", source.name));
+                }
+            }
+        }
+        Ok(update)
+    }
+}
+
+fn rec_key(rec: &crate::data::PreferenceRecord) -> (String, String, String) {
+    let s = |t: &crate::data::Text| format!("{t:?}");
+    (s(&rec.prompt), s(&rec.chosen), s(&rec.rejected))
+}

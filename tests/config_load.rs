@@ -1,0 +1,242 @@
+//! Loading pipeline files: defaults, path resolution, and the exact located error of every file
+//! under `tests/fixtures/config/invalid` (each paired with a `.err` file holding the message,
+//! `{path}` standing for the file as passed and `{dir}` for the canonical fixtures directory).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use hone::config::{
+    default_runs_dir, load_pipeline, user_config_dir, ConfigError, DataSource, NanPolicy, PrefLossKind, RunSettings,
+    SafetyLossKind, Schedule,
+};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/config");
+
+fn fixture(relative: &str) -> PathBuf {
+    Path::new(FIXTURES).join(relative)
+}
+
+fn canonical_fixtures() -> PathBuf {
+    fs::canonicalize(FIXTURES).expect("the fixtures directory exists")
+}
+
+fn load_error(name: &str) -> ConfigError {
+    load_pipeline(&fixture(&format!("invalid/{name}.toml"))).expect_err("an invalid fixture must not load")
+}
+
+/// The located parts of an error inside a file.
+fn located(error: &ConfigError) -> (usize, usize, Option<&str>) {
+    match error {
+        ConfigError::Field { line, column, field, .. } => (*line, *column, Some(field.as_str())),
+        ConfigError::Syntax { line, column, .. } => (*line, *column, None),
+        other => panic!("not located: {other}"),
+    }
+}
+
+#[test]
+fn every_invalid_fixture_fails_with_its_expected_message() {
+    let dir = canonical_fixtures();
+    let mut checked = 0;
+    let mut entries: Vec<PathBuf> =
+        fs::read_dir(fixture("invalid")).unwrap().map(|entry| entry.unwrap().path()).collect();
+    entries.sort();
+    for path in entries.iter().filter(|p| p.extension().is_some_and(|e| e == "toml")) {
+        let expected_path = path.with_extension("err");
+        let expected = fs::read_to_string(&expected_path)
+            .unwrap_or_else(|e| panic!("{}: every invalid fixture needs a .err file: {e}", path.display()));
+        let expected = expected
+            .trim_end()
+            .replace("{path}", &path.display().to_string())
+            .replace("{dir}", &dir.display().to_string());
+        let error = load_pipeline(path).expect_err("an invalid fixture must not load");
+        assert_eq!(error.to_string(), expected, "{}", path.display());
+        checked += 1;
+    }
+    for path in entries.iter().filter(|p| p.extension().is_some_and(|e| e == "err")) {
+        assert!(path.with_extension("toml").exists(), "{}: .err without .toml", path.display());
+    }
+    assert!(checked >= 8, "only {checked} invalid fixtures");
+}
+
+#[test]
+fn unknown_key_at_top_level_is_located_at_the_key() {
+    let error = load_error("unknown_top_level_key");
+    assert_eq!(located(&error), (2, 1, Some("colour")));
+    assert!(error.to_string().ends_with("colour: unknown field `colour`, expected one of `run`, `model`, `stage`"));
+}
+
+#[test]
+fn unknown_key_in_a_stage_is_located_at_the_key() {
+    let error = load_error("unknown_stage_key");
+    assert_eq!(located(&error), (10, 3, Some("stage[1].learning_rate")));
+    assert!(error.to_string().contains(": stage[1].learning_rate: unknown field `learning_rate`, expected one of"));
+    assert_eq!(located(&load_error("unknown_dotted_key")), (7, 6, Some("stage[0].pref.betta")));
+}
+
+#[test]
+fn wrong_type_is_located_at_the_value() {
+    let error = load_error("wrong_type");
+    assert_eq!(located(&error), (6, 6, Some("stage[0].lr")));
+    assert!(error.to_string().ends_with("stage[0].lr: invalid type: string \"fast\", expected f64"));
+}
+
+#[test]
+fn negative_beta_is_rejected() {
+    let error = load_error("negative_beta");
+    assert_eq!(located(&error), (13, 8, Some("stage[1].pref.beta")));
+    assert!(error.to_string().ends_with("must be a finite number > 0 (got -0.1)"));
+}
+
+#[test]
+fn duplicate_stage_names_are_rejected_at_the_second() {
+    let error = load_error("duplicate_stage");
+    assert_eq!(located(&error), (9, 8, Some("stage[1].name")));
+    assert!(error.to_string().ends_with("duplicate stage name `sft` (also stage[0])"));
+}
+
+#[test]
+fn a_missing_data_file_names_the_list_entry() {
+    let error = load_error("missing_data_file");
+    assert_eq!(located(&error), (6, 34, Some("stage[0].sft.data[1]")));
+    let missing = canonical_fixtures().join("data/missing.jsonl");
+    assert!(error.to_string().ends_with(&format!("no such file: {}", missing.display())));
+}
+
+#[test]
+fn a_stage_without_terms_is_located_at_its_header() {
+    let error = load_error("no_terms");
+    assert_eq!(located(&error), (8, 1, Some("stage[1]")));
+}
+
+#[test]
+fn syntax_errors_have_a_location_but_no_field() {
+    let error = load_error("syntax");
+    assert!(matches!(error, ConfigError::Syntax { .. }), "{error:?}");
+    assert_eq!(located(&error), (5, 12, None));
+}
+
+#[test]
+fn a_missing_pipeline_file_cannot_be_read() {
+    let path = fixture("valid/no-such-pipeline.toml");
+    let error = load_pipeline(&path).expect_err("the file does not exist");
+    let text = error.to_string();
+    assert!(text.starts_with(&format!("{}: cannot read: ", path.display())), "{text}");
+    assert!(matches!(error, ConfigError::Read { .. }));
+}
+
+#[test]
+fn minimal_pipeline_gets_every_default() {
+    let dir = canonical_fixtures();
+    let loaded = load_pipeline(&fixture("valid/minimal.toml")).unwrap();
+    assert_eq!(loaded.source_path, dir.join("valid/minimal.toml"));
+    let pipeline = &loaded.pipeline;
+    assert_eq!(pipeline.run, RunSettings::default());
+    assert_eq!(pipeline.run.name, "run");
+    assert_eq!(pipeline.run.nan_policy, NanPolicy::Skip);
+    assert_eq!(pipeline.model.path, dir.join("model"));
+    assert_eq!(pipeline.stages.len(), 1);
+    let stage = &pipeline.stages[0];
+    assert_eq!(stage.name, "sft");
+    assert_eq!((stage.epochs, stage.max_steps, stage.batch_size, stage.grad_accum), (1, None, 4, 1));
+    assert_eq!((stage.lr, stage.schedule, stage.warmup_steps), (1e-5, Schedule::Cosine, 0));
+    assert_eq!((stage.weight_decay, stage.max_grad_norm, stage.max_length), (0.0, 1.0, 1024));
+    let sft = stage.sft.as_ref().unwrap();
+    assert_eq!(sft.data, vec![dir.join("data/sft.jsonl")]);
+    assert_eq!((sft.weight, sft.on_chosen), (1.0, false));
+    assert!(stage.pref.is_none() && stage.safety.is_none());
+    assert_eq!(loaded.pref_sources, vec![Vec::<DataSource>::new()]);
+}
+
+#[test]
+fn full_pipeline_resolves_every_path() {
+    let dir = canonical_fixtures();
+    let loaded = load_pipeline(&fixture("valid/full.toml")).unwrap();
+    let p = &loaded.pipeline;
+    assert_eq!(
+        (p.run.name.as_str(), p.run.seed, p.run.device.as_str(), p.run.dtype.as_str()),
+        ("full-run.v1", 7, "cuda:0", "bf16")
+    );
+    assert_eq!((p.run.checkpoint_every, p.run.keep_checkpoints, p.run.nan_policy), (20, 2, NanPolicy::Halt));
+    assert_eq!(p.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["sft", "dpo", "safety"]);
+
+    let dpo = &p.stages[1];
+    assert_eq!((dpo.epochs, dpo.max_steps, dpo.schedule), (0, Some(100), Schedule::Constant));
+    let sft = dpo.sft.as_ref().unwrap();
+    assert!(sft.data.is_empty() && sft.on_chosen);
+    let pref = dpo.pref.as_ref().unwrap();
+    assert_eq!((pref.lambda, pref.beta, pref.loss), (1.0, 0.2, PrefLossKind::Ipo));
+    assert_eq!(pref.reference.as_deref(), Some(dir.join("ref").as_path()));
+    assert_eq!(pref.data, vec![dir.join("data/prefs.jsonl"), PathBuf::from("labels.jsonl")]);
+    assert_eq!(
+        loaded.pref_sources[1],
+        vec![DataSource::File(dir.join("data/prefs.jsonl")), DataSource::RunRelative("labels.jsonl".into())]
+    );
+    assert_eq!(loaded.pref_sources[1][1].resolve(Path::new("/runs/r1")), Path::new("/runs/r1/labels.jsonl"));
+
+    let safety = p.stages[2].safety.as_ref().unwrap();
+    assert_eq!((safety.lambda, safety.loss, safety.beta), (0.3, SafetyLossKind::Dpo, 0.05));
+    assert_eq!(safety.data, vec![dir.join("data/safety.jsonl")]);
+    let adaptive = safety.adaptive.as_ref().unwrap();
+    assert_eq!((adaptive.epsilon, adaptive.eta, adaptive.every), (0.05, 0.5, 20));
+    assert_eq!(adaptive.redteam.as_deref(), Some(dir.join("data/redteam.jsonl").as_path()));
+    assert_eq!(p.stages[2].pref.as_ref().unwrap().reference, None);
+}
+
+#[test]
+fn a_label_file_next_to_the_pipeline_is_a_plain_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = canonical_fixtures().join("model");
+    let pipeline = tmp.path().join("p.toml");
+    let text = format!(
+        "[model]\npath = {model:?}\n\n[[stage]]\nname = \"dpo\"\npref.data = [\"labels.jsonl\", \"./more.jsonl\"]\n",
+        model = model.display().to_string()
+    );
+    fs::write(&pipeline, text).unwrap();
+    let loaded = load_pipeline(&pipeline).unwrap();
+    assert_eq!(
+        loaded.pref_sources[0],
+        vec![DataSource::RunRelative("labels.jsonl".into()), DataSource::RunRelative("more.jsonl".into())]
+    );
+
+    fs::write(tmp.path().join("labels.jsonl"), "").unwrap();
+    let loaded = load_pipeline(&pipeline).unwrap();
+    let dir = fs::canonicalize(tmp.path()).unwrap();
+    assert_eq!(loaded.pref_sources[0][0], DataSource::File(dir.join("labels.jsonl")));
+    assert_eq!(loaded.pipeline.stages[0].pref.as_ref().unwrap().data[0], dir.join("labels.jsonl"));
+}
+
+#[test]
+fn the_model_path_must_be_a_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = tmp.path().join("p.toml");
+    fs::write(tmp.path().join("sft.jsonl"), "{}\n").unwrap();
+    fs::write(&pipeline, "[model]\npath = \"sft.jsonl\"\n\n[[stage]]\nname = \"s\"\nsft.data = [\"sft.jsonl\"]\n")
+        .unwrap();
+    let error = load_pipeline(&pipeline).unwrap_err();
+    assert_eq!(located(&error), (2, 8, Some("model.path")));
+    assert!(error.to_string().contains("not a directory"), "{error}");
+}
+
+#[test]
+fn default_directories() {
+    assert_eq!(default_runs_dir(), Path::new("./runs"));
+    if let Some(dir) = user_config_dir() {
+        assert!(dir.to_string_lossy().contains("hone"), "{}", dir.display());
+    }
+}
+
+#[test]
+fn the_sample_pipeline_loads() {
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/sample-data/pipeline.toml"));
+    let loaded = load_pipeline(path).unwrap();
+    let dir = fs::canonicalize(path.parent().unwrap()).unwrap();
+    assert_eq!(loaded.pipeline.model.path, dir.join("model"));
+    assert_eq!(loaded.pipeline.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["sft", "dpo", "safety"]);
+    let labels_next_to_pipeline = dir.join("labels.jsonl").exists();
+    let labels = if labels_next_to_pipeline {
+        DataSource::File(dir.join("labels.jsonl"))
+    } else {
+        DataSource::RunRelative("labels.jsonl".into())
+    };
+    assert_eq!(loaded.pref_sources[1], vec![DataSource::File(dir.join("prefs.jsonl")), labels]);
+}
