@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod model;
 pub mod run;
 pub mod sanitize;

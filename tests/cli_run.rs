@@ -254,3 +254,41 @@ fn check_reports_a_bad_config_with_line_and_column() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("⟦") && out.trim_end().ends_with("ok"), "{out}");
 }
+
+#[test]
+fn retention_keeps_the_last_n_plus_the_best_and_any_kept_checkpoint_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let p = sample().join("pipeline.toml");
+    let (code, _, err) = finish(spawn(&[
+        "run",
+        p.to_str().unwrap(),
+        "--headless",
+        "--runs-dir",
+        runs.to_str().unwrap(),
+        "--checkpoint-every",
+        "1",
+        "--stages",
+        "sft",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let run = only_run(&runs);
+    let kept: Vec<u64> = list_checkpoints(&run).unwrap().iter().map(|c| c.step).collect();
+    // keep_checkpoints = 3 in the sample pipeline, plus the best of the stage.
+    assert!(kept.len() <= 4 && kept.len() >= 3, "{kept:?}");
+    let batch = EventReader::read_all(&run.events_path()).unwrap();
+    let best = batch.events.iter().rev().find(|e| e.event == "checkpoint_saved").unwrap().fields["best_step"]
+        .as_u64()
+        .unwrap();
+    assert!(kept.contains(&best), "best {best} kept in {kept:?}");
+    let oldest = kept[0];
+    let (code, _, err) =
+        finish(spawn(&["resume", run.path().to_str().unwrap(), "--headless", "--from-step", &oldest.to_string()]));
+    assert_eq!(code, 0, "{err}");
+    let batch = EventReader::read_all(&run.events_path()).unwrap();
+    let resumed = batch.events.iter().rev().find(|e| e.event == "resumed").unwrap();
+    assert_eq!(resumed.fields["from_step"].as_u64(), Some(oldest));
+    let (code, _, err) = finish(spawn(&["resume", run.path().to_str().unwrap(), "--headless", "--from-step", "99999"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("no complete checkpoint"), "{err}");
+}

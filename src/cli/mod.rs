@@ -74,6 +74,9 @@ pub enum Command {
         /// Resume even though inputs changed.
         #[arg(long)]
         force: bool,
+        /// Resume from the checkpoint of this global step instead of the newest.
+        #[arg(long)]
+        from_step: Option<u64>,
         /// Fault injection for tests.
         #[arg(long, hide = true, value_delimiter = ',')]
         inject_nan_at: Vec<u64>,
@@ -180,10 +183,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let dir = run::run(&pipeline, &runs_dir, &overrides)?;
             println!("{}", dir.display());
         }
-        Command::Resume { run_dir, headless, force, inject_nan_at } => {
+        Command::Resume { run_dir, headless, force, from_step, inject_nan_at } => {
             require_headless(headless)?;
             let overrides = run::Overrides { inject_nan_at, ..run::Overrides::default() };
-            let dir = run::resume(&run_dir, force, &overrides)?;
+            let dir = run::resume(&run_dir, force, from_step, &overrides)?;
             println!("{}", dir.display());
         }
         Command::Check { pipeline } => {

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::config::{diff_frozen, freeze, frozen_toml, load_frozen, load_pipeline, FrozenExtras, LoadedPipeline};
 use crate::model::{parse_device, parse_dtype};
 use crate::run::worker::RunHost;
-use crate::run::{latest_checkpoint, Event, RunDir, RunError, Shutdown, WorkerLock};
+use crate::run::{discard_after, latest_checkpoint, list_checkpoints, Event, RunDir, RunError, Shutdown, WorkerLock};
 use crate::sanitize::sanitize;
 use crate::train::trainer::{Finished, PrefFile, RunOptions, Trainer};
 
@@ -178,7 +178,7 @@ pub fn run(pipeline: &Path, runs_dir: &Path, overrides: &Overrides) -> Result<Pa
 }
 
 /// `hone resume RUN_DIR --headless`.
-pub fn resume(run_path: &Path, force: bool, overrides: &Overrides) -> Result<PathBuf> {
+pub fn resume(run_path: &Path, force: bool, from_step: Option<u64>, overrides: &Overrides) -> Result<PathBuf> {
     let run = RunDir::open(run_path)?;
     let lock = lock(&run)?;
     let frozen = load_frozen(&run.config_path())?;
@@ -207,7 +207,28 @@ pub fn resume(run_path: &Path, force: bool, overrides: &Overrides) -> Result<Pat
     let mut host = RunHost::new(lock, Some(Shutdown::install()?), loaded.pipeline.run.keep_checkpoints, prefs)?;
     let mut progress = Progress::new();
     host.set_observer(Box::new(move |e| progress.show(e)));
-    let checkpoint = latest_checkpoint(host.lock().run())?;
+    let checkpoint = match from_step {
+        None => latest_checkpoint(host.lock().run())?,
+        Some(step) => {
+            let all = list_checkpoints(host.lock().run())?;
+            let steps: Vec<String> = all.iter().map(|c| c.step.to_string()).collect();
+            let found = all.into_iter().find(|c| c.step == step);
+            if found.is_none() {
+                bail!("--from-step {step}: no complete checkpoint at that step (have: {})", steps.join(", "));
+            }
+            found
+        }
+    };
+    if let Some(c) = &checkpoint {
+        c.verify().with_context(|| format!("checkpoint {}", c.dir.display()))?;
+        let discarded = discard_after(host.lock(), c.step)?;
+        if !discarded.is_empty() {
+            host.append(Event::new("warning", None, Some(c.step)).with(
+                "message",
+                format!("resuming from step {}: discarded the later checkpoints {discarded:?}", c.step),
+            ))?;
+        }
+    }
     if !changes.is_empty() {
         host.append(
             Event::new("warning", None, None)

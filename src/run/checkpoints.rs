@@ -166,10 +166,23 @@ pub fn clean_incomplete(lock: &WorkerLock) -> Result<Vec<String>, RunError> {
 /// then removed, so a crash mid-delete never leaves something that looks like a complete
 /// checkpoint. Returns the deleted steps, ascending.
 pub fn prune(lock: &WorkerLock, keep_last: usize, best: Option<u64>) -> Result<Vec<u64>, RunError> {
-    let dir = lock.run().checkpoints_dir();
     let all = list_checkpoints(lock.run())?;
     let cut = all.len().saturating_sub(keep_last);
     let doomed: Vec<&Checkpoint> = all[..cut].iter().filter(|c| Some(c.step) != best).collect();
+    delete(lock, &doomed)
+}
+
+/// Deletes the complete checkpoints after `step`: resuming from an older checkpoint abandons
+/// the future they recorded, and the resumed run will write its own. Same trash-first deletion
+/// as [`prune`]. Returns the deleted steps.
+pub fn discard_after(lock: &WorkerLock, step: u64) -> Result<Vec<u64>, RunError> {
+    let all = list_checkpoints(lock.run())?;
+    let doomed: Vec<&Checkpoint> = all.iter().filter(|c| c.step > step).collect();
+    delete(lock, &doomed)
+}
+
+fn delete(lock: &WorkerLock, doomed: &[&Checkpoint]) -> Result<Vec<u64>, RunError> {
+    let dir = lock.run().checkpoints_dir();
     let mut deleted = Vec::new();
     for ckpt in doomed {
         let trash = dir.join(format!("{TRASH_PREFIX}{}-{}", step_dir_name(ckpt.step), std::process::id()));

@@ -35,7 +35,7 @@ pub mod worker;
 
 pub use checkpoint::{CheckpointFile, CheckpointWriter, PendingCheckpoint};
 pub use checkpoints::{
-    clean_incomplete, latest_checkpoint, list_checkpoints, prune, Checkpoint, Manifest, ManifestFile,
+    clean_incomplete, discard_after, latest_checkpoint, list_checkpoints, prune, Checkpoint, Manifest, ManifestFile,
 };
 pub use dir::RunDir;
 pub use error::RunError;

@@ -23,6 +23,46 @@ pub struct RunHost {
     preference_files: Vec<Vec<PrefFile>>,
     plan: Vec<Admission>,
     observer: Option<Observer>,
+    best: BestTracker,
+}
+
+/// The "best" checkpoint kept by pruning: within the current stage, the one whose preceding
+/// window of steps had the lowest mean loss (losses of different stages measure different
+/// objectives, so the best is reset at each stage).
+#[derive(Debug, Default)]
+struct BestTracker {
+    stage: Option<String>,
+    window_sum: f64,
+    window_len: u32,
+    best: Option<(u64, f64)>,
+}
+
+impl BestTracker {
+    fn observe(&mut self, event: &Event) {
+        if event.event != "metrics" {
+            return;
+        }
+        if event.stage != self.stage {
+            *self = Self { stage: event.stage.clone(), ..Self::default() };
+        }
+        if let Some(loss) = event.fields.get("loss").and_then(Value::as_f64).filter(|l| l.is_finite()) {
+            self.window_sum += loss;
+            self.window_len += 1;
+        }
+    }
+
+    /// Scores the checkpoint at `step` and returns the best step of the stage so far.
+    fn checkpoint(&mut self, step: u64) -> Option<u64> {
+        if self.window_len > 0 {
+            let score = self.window_sum / f64::from(self.window_len);
+            if self.best.is_none_or(|(_, b)| score < b) {
+                self.best = Some((step, score));
+            }
+        }
+        self.window_sum = 0.0;
+        self.window_len = 0;
+        self.best.map(|(s, _)| s)
+    }
 }
 
 fn host_err(e: RunError) -> TrainError {
@@ -45,7 +85,16 @@ impl RunHost {
     ) -> Result<Self, RunError> {
         let cleaned = clean_incomplete(&lock)?;
         let writer = EventWriter::open(&lock)?;
-        let mut host = Self { lock, writer, shutdown, keep_last, preference_files, plan: Vec::new(), observer: None };
+        let mut host = Self {
+            lock,
+            writer,
+            shutdown,
+            keep_last,
+            preference_files,
+            plan: Vec::new(),
+            observer: None,
+            best: BestTracker::default(),
+        };
         let torn = host.writer.discarded_tail_bytes();
         if torn > 0 {
             host.append(Event::new("warning", None, None).with(
@@ -94,6 +143,7 @@ impl RunHost {
     pub fn append(&mut self, mut event: Event) -> Result<(), RunError> {
         event.ts = now_ms();
         self.writer.append(&event)?;
+        self.best.observe(&event);
         if let Some(observer) = &mut self.observer {
             observer(&event);
         }
@@ -126,10 +176,12 @@ impl Host for RunHost {
             pending.write_file(name, data).map_err(host_err)?;
         }
         let checkpoint = pending.finish(json!({"step": step})).map_err(host_err)?;
-        let pruned = prune(&self.lock, self.keep_last.max(1), None).map_err(host_err)?;
+        let best = self.best.checkpoint(step);
+        let pruned = prune(&self.lock, self.keep_last.max(1), best).map_err(host_err)?;
         let event = Event::new("checkpoint_saved", None, Some(step))
             .with("path", checkpoint.dir.display().to_string())
             .with("bytes", bytes)
+            .with("best_step", json!(best))
             .with("pruned", json!(pruned));
         self.append(event).map_err(host_err)?;
         self.writer.sync().map_err(host_err)

@@ -134,6 +134,7 @@ pub struct Trainer<'h, H: Host> {
     policy: Model,
     state: TrainerState,
     resume_optimizer: Option<Vec<Moments>>,
+    last_checkpoint: Option<u64>,
 }
 
 fn num(v: f64) -> Value {
@@ -173,7 +174,10 @@ impl<'h, H: Host> Trainer<'h, H> {
         let state: TrainerState =
             serde_json::from_str(&text).map_err(|e| TrainError::Data(format!("{}: {e}", state_path.display())))?;
         let optimizer = load_optimizer(&checkpoint.join("optimizer.safetensors"), &policy.parameters(), &device)?;
-        Self::with_policy(pipeline, options, host, device, dtype, policy, state, optimizer)
+        let step = state.global_step;
+        let mut trainer = Self::with_policy(pipeline, options, host, device, dtype, policy, state, optimizer)?;
+        trainer.last_checkpoint = Some(step);
+        Ok(trainer)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -193,7 +197,19 @@ impl<'h, H: Host> Trainer<'h, H> {
             Some(_) => Some(ChatTemplate::from_tokenizer(&tokenizer)?),
             None => None,
         };
-        Ok(Self { pipeline, options, host, device, dtype, tokenizer, template, policy, state, resume_optimizer })
+        Ok(Self {
+            pipeline,
+            options,
+            host,
+            device,
+            dtype,
+            tokenizer,
+            template,
+            policy,
+            state,
+            resume_optimizer,
+            last_checkpoint: None,
+        })
     }
 
     /// The current policy.
@@ -617,6 +633,11 @@ impl<'h, H: Host> Trainer<'h, H> {
         lambda_pref: f64,
         lambda_safe: f64,
     ) -> Result<(), TrainError> {
+        if self.last_checkpoint == Some(self.state.global_step) && !self.state.stage_done {
+            // Already saved at this step boundary (a periodic checkpoint just before a stop, or
+            // the checkpoint this trainer resumed from).
+            return Ok(());
+        }
         self.state.samplers = samplers.iter().map(|(t, s)| ((*t).to_string(), s.state.clone())).collect();
         self.state.lambda_pref = Some(lambda_pref);
         self.state.lambda_safe = Some(lambda_safe);
@@ -626,6 +647,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         let state = serde_json::to_vec_pretty(&self.state).map_err(|e| TrainError::Data(e.to_string()))?;
         files.push(("trainer_state.json".into(), state));
         let step = self.state.global_step;
+        self.last_checkpoint = Some(step);
         self.host.save_checkpoint(step, files)
     }
 }

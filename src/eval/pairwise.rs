@@ -1,0 +1,124 @@
+//! The pairwise judge: candidate vs baseline on the same item ([`compare`]), human blind labels
+//! ([`HumanLabel`], [`read_human_labels`]) and the [`WinTieLoss`] tally. Owns the win/tie/loss
+//! rules; never judges a single response on its own.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::eval::error::EvalError;
+use crate::eval::jsonl::{located, read_lines, Issue, Obj};
+use crate::eval::judge::{Judge, Verdict};
+use crate::eval::text::word_count;
+
+/// Who won one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Winner {
+    /// The checkpoint under evaluation.
+    Candidate,
+    /// The baseline checkpoint.
+    Baseline,
+    /// Neither.
+    Tie,
+}
+
+/// A human's blind pairwise label for one item. When present it replaces the rule outcome for
+/// that item (the last label for an id wins).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HumanLabel {
+    /// The item id.
+    pub id: String,
+    /// The preferred side.
+    pub winner: Winner,
+}
+
+/// Counts of pairwise outcomes, from the candidate's side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WinTieLoss {
+    /// Candidate better.
+    pub win: usize,
+    /// Equal.
+    pub tie: usize,
+    /// Baseline better.
+    pub loss: usize,
+}
+
+impl WinTieLoss {
+    /// Adds one outcome.
+    pub fn add(&mut self, winner: Winner) {
+        match winner {
+            Winner::Candidate => self.win += 1,
+            Winner::Tie => self.tie += 1,
+            Winner::Baseline => self.loss += 1,
+        }
+    }
+
+    /// Number of compared items.
+    pub fn total(&self) -> usize {
+        self.win + self.tie + self.loss
+    }
+
+    /// `(win + 0.5·tie) / n`; `None` when nothing was compared.
+    pub fn win_rate(&self) -> Option<f64> {
+        let n = self.total();
+        (n > 0).then(|| (self.win as f64 + 0.5 * self.tie as f64) / n as f64)
+    }
+}
+
+/// The rule outcome of one item: the side whose verdict passed wins; equal verdicts tie.
+///
+/// Optional tie-break ([`crate::eval::JudgeConfig::prefer_shorter_on_tie`], off by default):
+/// when both pass, the response with fewer words wins if it is shorter by at least the margin
+/// (20 % by default), i.e. `shorter ≤ (1 − margin) · longer`.
+pub fn compare(
+    judge: &Judge,
+    candidate: &Verdict,
+    baseline: &Verdict,
+    candidate_text: &str,
+    baseline_text: &str,
+) -> Winner {
+    match (candidate.passed, baseline.passed) {
+        (true, false) => Winner::Candidate,
+        (false, true) => Winner::Baseline,
+        (false, false) => Winner::Tie,
+        (true, true) => {
+            let Some(margin) = judge.shorter_margin() else { return Winner::Tie };
+            let (c, b) = (word_count(candidate_text) as f64, word_count(baseline_text) as f64);
+            if c < b && c <= (1.0 - margin) * b {
+                Winner::Candidate
+            } else if b < c && b <= (1.0 - margin) * c {
+                Winner::Baseline
+            } else {
+                Winner::Tie
+            }
+        }
+    }
+}
+
+/// Reads human labels, one `{"id", "winner": "candidate" | "baseline" | "tie"}` per line. A file
+/// that does not exist means no labels.
+pub fn read_human_labels(path: &Path) -> Result<Vec<HumanLabel>, EvalError> {
+    read_lines(path, true)?
+        .iter()
+        .map(|line| parse_label(&line.value).map_err(|issue| located(path, line, issue)))
+        .collect()
+}
+
+fn parse_label(v: &serde_json::Value) -> Result<HumanLabel, Issue> {
+    let obj = Obj::new(v, Vec::new(), "a label object")?;
+    obj.deny_unknown(&["id", "winner"])?;
+    let id = obj.req_str("id")?;
+    let winner = match obj.req_str("winner")?.as_str() {
+        "candidate" => Winner::Candidate,
+        "baseline" => Winner::Baseline,
+        "tie" => Winner::Tie,
+        other => {
+            return Err(Issue::bad(
+                obj.path_of("winner"),
+                format!("unknown winner \"{other}\" (expected one of: candidate, baseline, tie)"),
+            ))
+        }
+    };
+    Ok(HumanLabel { id, winner })
+}
