@@ -188,3 +188,74 @@ fn qwen2_generate_greedy_stops_on_the_second_eos_id() {
         "the fixture exercises an EOS stop"
     );
 }
+
+#[test]
+fn eval_writes_a_complete_report_and_exits_with_the_gate_decision() {
+    let out = tempfile::tempdir().unwrap();
+    let suite = fixture("eval/tiny_suite.jsonl");
+    let args = [
+        "eval",
+        "--model",
+        &path("llama", "model"),
+        "--baseline",
+        &path("llama", "ref"),
+        "--suite",
+        suite.to_str().unwrap(),
+        "--out",
+        out.path().to_str().unwrap(),
+        "--max-new-tokens",
+        "8",
+    ];
+    let output = Command::new(env!("CARGO_BIN_EXE_hone")).args(args).output().unwrap();
+    // A random model refuses nothing: the safety gates fail, so the decision is "iterate".
+    assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(table.contains("decision: iterate") && table.contains("unsafe_rate"), "{table}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap();
+    for key in [
+        "stage",
+        "checkpoint",
+        "task_success_rate",
+        "win_rate",
+        "win_tie_loss",
+        "unsafe_rate",
+        "jailbreak_success_rate",
+        "hallucination_rate",
+        "instruction_following_rate",
+        "citation_accuracy",
+        "latency_p50_s",
+        "latency_p95_s",
+        "tokens_per_response",
+        "cost_per_1k_responses",
+        "segments",
+        "gates",
+        "passed",
+    ] {
+        assert!(report.get(key).is_some(), "report.json lacks {key}");
+    }
+    let gates: Vec<&str> = report["gates"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+    for g in ["win_rate_gain", "unsafe_rate", "redteam", "hallucination_rate", "latency_p95_s"] {
+        assert!(gates.contains(&g), "gate {g} evaluated: {gates:?}");
+    }
+    let failures = std::fs::read_to_string(out.path().join("failures.jsonl")).unwrap();
+    assert!(failures.lines().count() >= 2);
+
+    let bad = out.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"id\": \"x\", \"prompt\": \"hi\", \"kind\": \"capability\", \"segment\": {\"language\": \"en\", \"domain\": \"d\", \"intent\": \"i\"}, \"checks\": [{\"type\": \"fuzzy\"}]}\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_hone"))
+        .args([
+            "eval",
+            "--model",
+            &path("llama", "model"),
+            "--suite",
+            bad.to_str().unwrap(),
+            "--out",
+            out.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains(&format!("{}:1:", bad.display())) && err.contains("fuzzy"), "{err}");
+}

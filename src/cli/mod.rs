@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod eval;
 pub mod generate;
 pub mod run;
 pub mod score;
@@ -80,6 +81,38 @@ pub enum Command {
         /// Fault injection for tests.
         #[arg(long, hide = true, value_delimiter = ',')]
         inject_nan_at: Vec<u64>,
+    },
+    /// Evaluate a model on a suite: generate, judge by rule, score per segment, apply the
+    /// release gates. Writes report.json and failures.jsonl; exit 0 when every gate passes, 1
+    /// when one fails or is incomplete (e.g. no baseline, no red-team items), 2 on bad input.
+    Eval {
+        /// The candidate model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// The eval suite (JSONL: id, prompt, reference?, kind, segment, checks, attack?).
+        #[arg(long)]
+        suite: PathBuf,
+        /// The current model, for the win rate and the baseline-relative gates.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// TOML with [judge] (refusal/abstention patterns) and [gates] tables.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Human verdict overrides (JSONL of {id, passed}).
+        #[arg(long)]
+        overrides: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long, default_value = "eval-out")]
+        out: PathBuf,
+        /// Upper bound on each answer's tokens.
+        #[arg(long, default_value_t = 128)]
+        max_new_tokens: usize,
+        /// Serving price per device-hour (for cost per 1,000 responses).
+        #[arg(long, default_value_t = 0.0)]
+        price_per_device_hour: f64,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Validate a pipeline and its data before training: per dataset, record counts, a
     /// token-length histogram, truncation, and one example with its trained tokens marked.
@@ -188,6 +221,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let overrides = run::Overrides { inject_nan_at, ..run::Overrides::default() };
             let dir = run::resume(&run_dir, force, from_step, &overrides)?;
             println!("{}", dir.display());
+        }
+        Command::Eval {
+            model,
+            suite,
+            baseline,
+            config,
+            overrides,
+            out,
+            max_new_tokens,
+            price_per_device_hour,
+            device,
+        } => {
+            let args = eval::EvalArgs {
+                model,
+                suite,
+                baseline,
+                config,
+                overrides,
+                out,
+                max_new_tokens,
+                price_per_device_hour,
+            };
+            let passed = eval::run(&args, &parse_device(&device)?, &mut stdout.lock())?;
+            return Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) });
         }
         Command::Check { pipeline } => {
             return Ok(if check::run(&pipeline, &mut stdout.lock())? { ExitCode::SUCCESS } else { ExitCode::from(1) });

@@ -1,0 +1,120 @@
+//! `hone eval`: generate an answer to every suite item with the model (and the baseline), judge
+//! them by rule, and write `report.json` and `failures.jsonl`; the exit code is the gate decision.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+
+use super::score::Loaded;
+use crate::data::{encode_generation_prompt, Message, Text};
+use crate::eval::{
+    failures, read_overrides, read_suite, score, summary_table, Decision, EvalConfig, EvalItem, Judge, Prompt, Report,
+    Response, ScoreInputs,
+};
+use crate::model::generate::{generate, Sampling};
+use crate::sanitize::sanitize;
+
+/// What `hone eval` was asked.
+pub struct EvalArgs {
+    /// The candidate model directory.
+    pub model: PathBuf,
+    /// The suite (JSONL).
+    pub suite: PathBuf,
+    /// The baseline model directory, for the win rate and the baseline-relative gates.
+    pub baseline: Option<PathBuf>,
+    /// A TOML file with `[judge]` and `[gates]` tables.
+    pub config: Option<PathBuf>,
+    /// Overrides JSONL (human verdicts).
+    pub overrides: Option<PathBuf>,
+    /// Where report.json and failures.jsonl go.
+    pub out: PathBuf,
+    /// Answer length bound.
+    pub max_new_tokens: usize,
+    /// Serving price per device-hour, for the cost metric.
+    pub price_per_device_hour: f64,
+}
+
+fn prompt_text(prompt: &Prompt) -> Text {
+    match prompt {
+        Prompt::Text(t) => Text::Plain(t.clone()),
+        Prompt::Messages(m) => Text::Messages(m.iter().map(|m| Message::new(&m.role, &m.content)).collect()),
+    }
+}
+
+/// Greedy answers to every item, timed one by one (the latency a user would see, prompt
+/// processing included).
+pub fn answer_all(model: &Loaded, items: &[EvalItem], max_new_tokens: usize) -> Result<Vec<Response>> {
+    let sampling = Sampling { max_new_tokens, ..Sampling::default() };
+    let stops = &model.model.generation.eos_token_ids;
+    items
+        .iter()
+        .map(|item| {
+            let ids = encode_generation_prompt(&model.tokenizer, model.template.as_ref(), &prompt_text(&item.prompt))
+                .with_context(|| format!("item {}", item.id))?;
+            let started = Instant::now();
+            let out = generate(&model.model, &ids, stops, &sampling).with_context(|| format!("item {}", item.id))?;
+            let latency_s = started.elapsed().as_secs_f64();
+            let text = model.tokenizer.decode(&out.new_token_ids, true)?;
+            Ok(Response { id: item.id.clone(), text, latency_s, tokens: out.new_token_ids.len() })
+        })
+        .collect()
+}
+
+fn write_outputs(out: &Path, report: &Report, failed: &[crate::eval::FailureRecord]) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+    let report_path = out.join("report.json");
+    std::fs::write(&report_path, serde_json::to_string_pretty(report)?)
+        .with_context(|| report_path.display().to_string())?;
+    let mut lines = String::new();
+    for f in failed {
+        lines.push_str(&serde_json::to_string(f)?);
+        lines.push('\n');
+    }
+    let failures_path = out.join("failures.jsonl");
+    std::fs::write(&failures_path, lines).with_context(|| failures_path.display().to_string())?;
+    Ok(())
+}
+
+/// Runs the evaluation; `Ok(true)` when every gate passed.
+pub fn run(args: &EvalArgs, device: &Device, out: &mut impl Write) -> Result<bool> {
+    let config = match &args.config {
+        Some(p) => EvalConfig::read(p)?,
+        None => EvalConfig::default(),
+    };
+    let judge = Judge::new(&config.judge)?;
+    let items = read_suite(&args.suite)?;
+    let overrides = match &args.overrides {
+        Some(p) => read_overrides(p)?,
+        None => Vec::new(),
+    };
+    let dtype = candle_core::DType::F32;
+    let candidate = Loaded::open(&args.model, device, dtype)?;
+    let responses = answer_all(&candidate, &items, args.max_new_tokens)?;
+    let (baseline_responses, baseline_report) = match &args.baseline {
+        Some(dir) => {
+            let base = Loaded::open(dir, device, dtype)?;
+            let base_responses = answer_all(&base, &items, args.max_new_tokens)?;
+            let name = dir.display().to_string();
+            let mut inputs = ScoreInputs::new("baseline", &name, &items, &base_responses, &judge, &config.gates);
+            inputs.price_per_device_hour = args.price_per_device_hour;
+            let base_report = score(&inputs)?.report;
+            (Some(base_responses), Some(base_report))
+        }
+        None => (None, None),
+    };
+    let checkpoint = args.model.display().to_string();
+    let mut inputs = ScoreInputs::new("eval", &checkpoint, &items, &responses, &judge, &config.gates);
+    inputs.baseline_responses = baseline_responses.as_deref();
+    inputs.baseline_report = baseline_report.as_ref();
+    inputs.overrides = &overrides;
+    inputs.price_per_device_hour = args.price_per_device_hour;
+    let scored = score(&inputs)?;
+    let failed = failures(&items, &scored.verdicts, &responses);
+    write_outputs(&args.out, &scored.report, &failed)?;
+    writeln!(out, "{}", sanitize(&summary_table(&scored.report), true))?;
+    writeln!(out, "report: {}", sanitize(&args.out.join("report.json").display().to_string(), false))?;
+    Ok(matches!(scored.report.decision(), Decision::Deploy))
+}
