@@ -258,6 +258,17 @@ fn labels_appended_during_dpo_join_training_at_the_next_step_and_resume_exactly(
     assert_eq!(finished, Finished::Stopped);
     let mut got: Vec<(u64, f64)> = first.metrics().iter().map(|m| (m.1, m.2["loss"].as_f64().unwrap())).collect();
     let ck = first.checkpoints.last().unwrap().1.clone();
+    // Editing labels the run already trained on makes the resume refuse.
+    let labels_path = dir.path().join("labels.jsonl");
+    let original = std::fs::read_to_string(&labels_path).unwrap();
+    std::fs::write(&labels_path, original.replacen("even", "EVEN", 1)).unwrap();
+    let mut refused = TestHost::new(dir.path(), &p);
+    let err = Trainer::resume(p.clone(), RunOptions::default(), &mut refused, Device::Cpu, DType::F32, &ck)
+        .unwrap()
+        .run()
+        .unwrap_err();
+    assert!(err.to_string().contains("refusing to resume"), "{err}");
+    std::fs::write(&labels_path, original).unwrap();
     let mut second = TestHost::new(dir.path(), &p);
     Trainer::resume(p, RunOptions::default(), &mut second, Device::Cpu, DType::F32, &ck).unwrap().run().unwrap();
     got.extend(second.metrics().iter().map(|m| (m.1, m.2["loss"].as_f64().unwrap())));

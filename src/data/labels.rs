@@ -217,3 +217,24 @@ impl LabelLog {
         (admitted, held)
     }
 }
+
+/// The lower-case hex SHA-256 of the first `len` bytes of a file (a missing file hashes as empty
+/// when `len` is 0). A resume compares it with the hash saved when those bytes were consumed, so
+/// an edited label prefix is refused instead of silently changing what was trained.
+pub fn prefix_sha256(path: &Path, len: u64) -> Result<String, DataError> {
+    let mut h = Sha256::new();
+    if len > 0 {
+        let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+        let mut prefix = Vec::new();
+        file.take(len).read_to_end(&mut prefix).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+        if (prefix.len() as u64) < len {
+            return Ok(format!("short:{}", prefix.len()));
+        }
+        h.update(&prefix);
+    }
+    Ok(h.finalize().iter().fold(String::new(), |mut out, b| {
+        use std::fmt::Write;
+        let _ = write!(out, "{b:02x}");
+        out
+    }))
+}

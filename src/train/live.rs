@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use super::examples::{pair_example, PairExample, TruncationStats};
 use super::trainer::Admission;
 use super::TrainError;
-use crate::data::labels::LabelLog;
+use crate::data::labels::{prefix_sha256, LabelLog};
 use crate::data::{ChatTemplate, TextTokenizer};
 
 /// What one read changed.
@@ -59,6 +59,31 @@ impl LiveLabels {
             .map(|p| Source { name: p.display().to_string(), log: LabelLog::new(&p), admitted: HashMap::new() })
             .collect();
         Self { sources }
+    }
+
+    /// SHA-256 of the consumed prefix of every source (file name → (offset, hash)).
+    pub fn consumed_prefixes(&self) -> Result<Vec<(String, u64, String)>, TrainError> {
+        self.sources
+            .iter()
+            .map(|s| {
+                Ok((s.name.clone(), s.log.offset(), prefix_sha256(std::path::Path::new(&s.name), s.log.offset())?))
+            })
+            .collect()
+    }
+
+    /// Refuses a resume whose labels files changed in the part the checkpointed run had read.
+    pub fn verify_prefixes(&self, saved: &[(String, u64, String)]) -> Result<(), TrainError> {
+        let mut changed = Vec::new();
+        for (name, offset, hash) in saved {
+            if prefix_sha256(std::path::Path::new(name), *offset)? != *hash {
+                changed.push(format!("{name}: the first {offset} bytes (already trained on) changed"));
+            }
+        }
+        if changed.is_empty() {
+            Ok(())
+        } else {
+            Err(TrainError::Data(format!("refusing to resume: {}", changed.join("; "))))
+        }
     }
 
     /// Whether the stage has no live source.

@@ -96,6 +96,9 @@ pub struct TrainerState {
     /// a resume replays them to rebuild the same pool.
     #[serde(default)]
     pub label_reads: Vec<(String, u64)>,
+    /// Per live labels file at the checkpoint: (file, bytes consumed, their sha256).
+    #[serde(default)]
+    pub label_prefixes: Vec<(String, u64, String)>,
     /// The current stage's step count, fixed when it starts (labels admitted later do not
     /// lengthen it; a resume keeps it).
     #[serde(default)]
@@ -242,6 +245,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             self.state.stage_done = false;
             self.state.samplers.clear();
             self.state.label_reads.clear();
+            self.state.label_prefixes.clear();
             self.state.stage_total = None;
             self.state.lambda_pref = None;
             self.state.lambda_safe = None;
@@ -286,6 +290,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         let mut live = LiveLabels::new(sources.iter().filter(|f| f.live).map(|f| f.path.clone()).collect());
         // Labels already there when the stage starts (or, on resume, up to where it had read).
         let on_chosen = stage.sft.as_ref().is_some_and(|t| t.on_chosen);
+        live.verify_prefixes(&self.state.label_prefixes)?;
         let history = self.state.label_reads.clone();
         let mut retracted_at_start = Vec::new();
         for update in
@@ -414,6 +419,7 @@ impl<'h, H: Host> Trainer<'h, H> {
 
         while self.state.stage_step < total {
             if self.host.stop_requested() {
+                self.state.label_prefixes = live.consumed_prefixes()?;
                 self.checkpoint(&opt, &samplers, lambda_pref, lambda_safe)?;
                 return Ok(Finished::Stopped);
             }
@@ -555,10 +561,12 @@ impl<'h, H: Host> Trainer<'h, H> {
             }
             let every = self.pipeline.run.checkpoint_every;
             if every > 0 && self.state.global_step % every == 0 && self.state.stage_step < total {
+                self.state.label_prefixes = live.consumed_prefixes()?;
                 self.checkpoint(&opt, &samplers, lambda_pref, lambda_safe)?;
             }
         }
         self.state.stage_done = true;
+        self.state.label_prefixes = live.consumed_prefixes()?;
         self.checkpoint(&opt, &samplers, lambda_pref, lambda_safe)?;
         let mut f = Map::new();
         f.insert("steps".into(), json!(self.state.stage_step));
