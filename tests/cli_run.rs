@@ -288,6 +288,9 @@ fn retention_keeps_the_last_n_plus_the_best_and_any_kept_checkpoint_resumes() {
     let batch = EventReader::read_all(&run.events_path()).unwrap();
     let resumed = batch.events.iter().rev().find(|e| e.event == "resumed").unwrap();
     assert_eq!(resumed.fields["from_step"].as_u64(), Some(oldest));
+    let (code, listing, _) = finish(spawn(&["runs", "--runs-dir", runs.to_str().unwrap()]));
+    assert_eq!(code, 0);
+    assert!(listing.contains(run.id()) && listing.contains("completed"), "{listing}");
     let (code, _, err) = finish(spawn(&["resume", run.path().to_str().unwrap(), "--headless", "--from-step", "99999"]));
     assert_eq!(code, 2);
     assert!(err.contains("no complete checkpoint"), "{err}");

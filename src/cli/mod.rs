@@ -6,6 +6,7 @@ pub mod check;
 pub mod eval;
 pub mod generate;
 pub mod run;
+pub mod runs;
 pub mod score;
 
 use std::process::ExitCode;
@@ -81,6 +82,13 @@ pub enum Command {
         /// Fault injection for tests.
         #[arg(long, hide = true, value_delimiter = ',')]
         inject_nan_at: Vec<u64>,
+    },
+    /// List the runs of a runs directory with their state (running, completed, stopped, failed,
+    /// interrupted), last step and newest checkpoint.
+    Runs {
+        /// Where the runs are.
+        #[arg(long, default_value = "runs")]
+        runs_dir: PathBuf,
     },
     /// Evaluate a model on a suite: generate, judge by rule, score per segment, apply the
     /// release gates. Writes report.json and failures.jsonl; exit 0 when every gate passes, 1
@@ -246,6 +254,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let passed = eval::run(&args, &parse_device(&device)?, &mut stdout.lock())?;
             return Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) });
         }
+        Command::Runs { runs_dir } => runs::run(&runs_dir, &mut stdout.lock())?,
         Command::Check { pipeline } => {
             return Ok(if check::run(&pipeline, &mut stdout.lock())? { ExitCode::SUCCESS } else { ExitCode::from(1) });
         }

@@ -1,0 +1,36 @@
+//! `hone runs`: the runs of a runs directory with their state, newest last.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::run::{latest_checkpoint, EventReader, RunDir, WorkerLock};
+use crate::sanitize::sanitize;
+
+/// One line per run: id, state (running with pid / completed / stopped / failed / interrupted),
+/// last step, newest checkpoint.
+pub fn run(runs_dir: &Path, out: &mut impl Write) -> Result<()> {
+    let runs = RunDir::list(runs_dir)?;
+    if runs.is_empty() {
+        writeln!(out, "no runs in {}", sanitize(&runs_dir.display().to_string(), false))?;
+        return Ok(());
+    }
+    writeln!(out, "{:<36} {:<22} {:>8} {:>11}", "run", "state", "step", "checkpoint")?;
+    for run in runs {
+        let events = EventReader::read_all(&run.events_path()).map(|b| b.events).unwrap_or_default();
+        let last_step = events.iter().filter_map(|e| e.step).max().unwrap_or(0);
+        let finished = events.iter().rev().find(|e| e.event == "run_finished");
+        let state = match WorkerLock::is_live(&run)? {
+            Some(live) => format!("running (pid {})", live.pid.map_or_else(|| "?".into(), |p| p.to_string())),
+            None => match finished.and_then(|e| e.fields.get("status")).and_then(|s| s.as_str()) {
+                Some(status) => status.to_string(),
+                None if events.is_empty() => "empty".to_string(),
+                None => "interrupted (resume it)".to_string(),
+            },
+        };
+        let checkpoint = latest_checkpoint(&run)?.map_or_else(|| "-".to_string(), |c| c.step.to_string());
+        writeln!(out, "{:<36} {:<22} {:>8} {:>11}", sanitize(run.id(), false), state, last_step, checkpoint)?;
+    }
+    Ok(())
+}
