@@ -11,3 +11,4 @@ pub mod model;
 pub mod run;
 pub mod sanitize;
 pub mod train;
+pub mod tui;

@@ -17,9 +17,18 @@ fn sample() -> PathBuf {
 /// The sample pipeline with every path made absolute (the config module's loader does this for
 /// the CLI; here the trainer is driven directly).
 fn pipeline() -> Pipeline {
+    pipeline_with_eval(false)
+}
+
+fn pipeline_with_eval(with_eval: bool) -> Pipeline {
     let text = std::fs::read_to_string(sample().join("pipeline.toml")).unwrap();
     let mut p: Pipeline = toml::from_str(&text).unwrap();
     p.model.path = sample().join(&p.model.path);
+    // Evaluation is exercised by its own test (and the CLI tests); the others train only.
+    match (&mut p.eval, with_eval) {
+        (Some(e), true) => e.suite = sample().join(&e.suite),
+        _ => p.eval = None,
+    }
     for s in &mut p.stages {
         if let Some(t) = &mut s.sft {
             t.data = t.data.iter().map(|d| sample().join(d)).collect();
@@ -276,4 +285,30 @@ fn labels_appended_during_dpo_join_training_at_the_next_step_and_resume_exactly(
     for (g, w) in got.iter().zip(&want) {
         assert_eq!((g.0, g.1.to_bits()), (w.0, w.1.to_bits()), "step {}", g.0);
     }
+}
+
+#[test]
+fn the_base_model_and_every_stage_are_evaluated_and_gated_against_the_baseline() {
+    let p = pipeline_with_eval(true);
+    assert!(p.eval.is_some(), "the sample pipeline has an [eval] table");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut host = TestHost::new(tmp.path(), &p);
+    let options = RunOptions { max_steps: Some(2), ..RunOptions::default() };
+    Trainer::new(p, options, &mut host, Device::Cpu, DType::F32).unwrap().run().unwrap();
+    let evaluated: Vec<String> =
+        host.events.iter().filter(|e| e.0 == "eval_finished").map(|e| e.1.clone().unwrap()).collect();
+    assert_eq!(evaluated, ["base", "sft", "dpo", "safety"]);
+    // The baseline (sft) and the base model are not gated; later stages are, against sft.
+    let gated: Vec<(String, String)> = host
+        .events
+        .iter()
+        .filter(|e| e.0 == "gate_decided")
+        .map(|e| (e.1.clone().unwrap(), e.3["decision"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(gated.len(), 2, "{gated:?}");
+    assert_eq!(gated[0].0, "dpo");
+    // A tiny random model refuses nothing: the safety gates fail, the loop goes back to iterate.
+    assert!(gated.iter().all(|(_, d)| d == "iterate"), "{gated:?}");
+    let first = host.events.iter().find(|e| e.0 == "eval_finished").unwrap();
+    assert!(first.3["win_rate"].is_null(), "no baseline for the base model");
 }

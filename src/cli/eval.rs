@@ -3,18 +3,15 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
 
 use super::score::Loaded;
-use crate::data::{encode_generation_prompt, Message, Text};
 use crate::eval::{
-    failures, read_overrides, read_suite, score, summary_table, Decision, EvalConfig, EvalItem, Judge, Prompt, Report,
+    failures, read_overrides, read_suite, score, summary_table, Decision, EvalConfig, EvalItem, Judge, Report,
     Response, ScoreInputs,
 };
-use crate::model::generate::{generate, Sampling};
 use crate::sanitize::sanitize;
 
 /// What `hone eval` was asked.
@@ -37,30 +34,15 @@ pub struct EvalArgs {
     pub price_per_device_hour: f64,
 }
 
-fn prompt_text(prompt: &Prompt) -> Text {
-    match prompt {
-        Prompt::Text(t) => Text::Plain(t.clone()),
-        Prompt::Messages(m) => Text::Messages(m.iter().map(|m| Message::new(&m.role, &m.content)).collect()),
-    }
-}
-
-/// Greedy answers to every item, timed one by one (the latency a user would see, prompt
-/// processing included).
-pub fn answer_all(model: &Loaded, items: &[EvalItem], max_new_tokens: usize) -> Result<Vec<Response>> {
-    let sampling = Sampling { max_new_tokens, ..Sampling::default() };
-    let stops = &model.model.generation.eos_token_ids;
-    items
-        .iter()
-        .map(|item| {
-            let ids = encode_generation_prompt(&model.tokenizer, model.template.as_ref(), &prompt_text(&item.prompt))
-                .with_context(|| format!("item {}", item.id))?;
-            let started = Instant::now();
-            let out = generate(&model.model, &ids, stops, &sampling).with_context(|| format!("item {}", item.id))?;
-            let latency_s = started.elapsed().as_secs_f64();
-            let text = model.tokenizer.decode(&out.new_token_ids, true)?;
-            Ok(Response { id: item.id.clone(), text, latency_s, tokens: out.new_token_ids.len() })
-        })
-        .collect()
+/// Greedy answers to every item with a loaded model.
+fn answer_all(model: &Loaded, items: &[EvalItem], max_new_tokens: usize) -> Result<Vec<Response>> {
+    Ok(crate::train::evaluate::answer_all(
+        &model.model,
+        &model.tokenizer,
+        model.template.as_ref(),
+        items,
+        max_new_tokens,
+    )?)
 }
 
 fn write_outputs(out: &Path, report: &Report, failed: &[crate::eval::FailureRecord]) -> Result<()> {

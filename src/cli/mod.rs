@@ -83,6 +83,18 @@ pub enum Command {
         #[arg(long, hide = true, value_delimiter = ',')]
         inject_nan_at: Vec<u64>,
     },
+    /// Open the dashboard on a run (live or finished): the loss and every λ-weighted term,
+    /// DPO rewards, progress, warnings. `q` detaches; training is never stopped by the screen.
+    Attach {
+        /// The run directory; default: the newest run in --runs-dir.
+        run_dir: Option<PathBuf>,
+        /// Where the runs are.
+        #[arg(long, default_value = "runs")]
+        runs_dir: PathBuf,
+        /// A theme file patching the default roles (see themes/default.toml).
+        #[arg(long)]
+        theme: Option<PathBuf>,
+    },
     /// List the runs of a runs directory with their state (running, completed, stopped, failed,
     /// interrupted), last step and newest checkpoint.
     Runs {
@@ -253,6 +265,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let passed = eval::run(&args, &parse_device(&device)?, &mut stdout.lock())?;
             return Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        }
+        Command::Attach { run_dir, runs_dir, theme } => {
+            let dir = match run_dir {
+                Some(d) => d,
+                None => crate::run::RunDir::newest(&runs_dir)?.map(|r| r.path().to_path_buf()).ok_or_else(|| {
+                    anyhow::anyhow!("no runs in {}; start one with `hone run PIPELINE --headless`", runs_dir.display())
+                })?,
+            };
+            crate::tui::attach(&dir, theme.as_deref())?;
         }
         Command::Runs { runs_dir } => runs::run(&runs_dir, &mut stdout.lock())?,
         Command::Check { pipeline } => {

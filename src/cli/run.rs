@@ -113,6 +113,27 @@ impl Progress {
                     let _ = writeln!(err, "{line}");
                 }
             }
+            "eval_finished" => {
+                let rate = |k: &str| field(k).map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+                let _ = writeln!(
+                    err,
+                    "[eval {stage}] task success {}  win rate {}  unsafe {}  jailbreak {}  hallucination {}  p95 {}s",
+                    rate("task_success_rate"),
+                    rate("win_rate"),
+                    rate("unsafe_rate"),
+                    rate("jailbreak_success_rate"),
+                    rate("hallucination_rate"),
+                    rate("latency_p95_s"),
+                );
+            }
+            "gate_decided" => {
+                let decision = event.fields.get("decision").and_then(serde_json::Value::as_str).unwrap_or("?");
+                let detail = ["failing", "missing", "export"]
+                    .iter()
+                    .find_map(|k| event.fields.get(*k).map(|v| format!(" ({k}: {})", sanitize(&v.to_string(), false))))
+                    .unwrap_or_default();
+                let _ = writeln!(err, "[gates {stage}] {decision}{detail}");
+            }
             "warning" | "error" => {
                 let msg = event.fields.get("message").and_then(serde_json::Value::as_str).unwrap_or("");
                 let _ = writeln!(

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::ConfigError;
 use super::load::{parse_located, read_source, DataSource, LoadedPipeline};
-use super::types::{ModelSettings, Pipeline, RunSettings, Stage};
+use super::types::{EvalSettings, ModelSettings, Pipeline, RunSettings, Stage};
 use super::validate::{show_f64, validate};
 
 /// What a run adds to its pipeline when freezing it.
@@ -84,6 +84,8 @@ struct RunToml {
     model: ModelSettings,
     #[serde(rename = "stage")]
     stages: Vec<Stage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    eval: Option<EvalSettings>,
     frozen: FrozenInfo,
 }
 
@@ -149,6 +151,10 @@ pub fn freeze(loaded: &LoadedPipeline, extras: &FrozenExtras) -> Result<Frozen, 
             }
         }
     }
+    if let Some(eval) = &loaded.pipeline.eval {
+        let sha256 = Some(hash(&eval.suite)?);
+        files.push(FrozenFile { field: "eval.suite".into(), path: eval.suite.clone(), sha256, run_relative: false });
+    }
     let info = FrozenInfo {
         hone_version: extras.hone_version.clone(),
         source: loaded.source_path.clone(),
@@ -166,6 +172,7 @@ pub fn frozen_toml(frozen: &Frozen) -> Result<String, ConfigError> {
         run: pipeline.run.clone(),
         model: pipeline.model.clone(),
         stages: pipeline.stages.clone(),
+        eval: pipeline.eval.clone(),
         frozen: frozen.info.clone(),
     };
     let body = toml::to_string(&document)
@@ -184,7 +191,7 @@ pub fn frozen_toml(frozen: &Frozen) -> Result<String, ConfigError> {
 pub fn load_frozen(path: &Path) -> Result<Frozen, ConfigError> {
     let source = read_source(path)?;
     let (document, locator) = parse_located::<RunToml>(path, &source)?;
-    let pipeline = Pipeline { run: document.run, model: document.model, stages: document.stages };
+    let pipeline = Pipeline { run: document.run, model: document.model, stages: document.stages, eval: document.eval };
     validate(&pipeline, &locator)?;
     let pref_sources = pipeline
         .stages

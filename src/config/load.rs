@@ -225,5 +225,8 @@ fn resolve(
             }
         }
     }
+    if let Some(eval) = &mut pipeline.eval {
+        eval.suite = existing(locator, &root.key("eval").key("suite"), base, &eval.suite, false)?;
+    }
     Ok(LoadedPipeline { pipeline, source_path, pref_sources })
 }

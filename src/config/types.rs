@@ -17,6 +17,36 @@ pub struct Pipeline {
     /// Stages, run in order; each starts from the previous one's final weights.
     #[serde(rename = "stage")]
     pub stages: Vec<Stage>,
+    /// Evaluation after each stage (and of the base model) with the release gates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalSettings>,
+}
+
+/// The `[eval]` table: which suite, against which baseline, with which judge and gates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSettings {
+    /// The eval suite (JSONL), held out from training.
+    pub suite: PathBuf,
+    /// The stage whose evaluation is the baseline of the gates (`base` for the base model).
+    #[serde(default = "default_baseline")]
+    pub baseline: String,
+    /// Evaluate the base model before the first stage.
+    #[serde(default = "yes")]
+    pub base: bool,
+    /// Upper bound on each answer's tokens.
+    #[serde(default = "default_eval_tokens")]
+    pub max_new_tokens: usize,
+    /// Serving price per device-hour for the cost metric.
+    #[serde(default)]
+    pub price_per_device_hour: f64,
+    /// Refusal and abstention patterns, tie-break.
+    #[serde(default)]
+    pub judge: crate::eval::JudgeConfig,
+    /// The release gates (defaults: +4 points of win rate, unsafe ≤ 0.5%, hallucination no worse
+    /// than the baseline, p95 latency ≤ 2 s, a red-team evaluation present).
+    #[serde(default)]
+    pub gates: crate::eval::GateConfig,
 }
 
 /// Run-wide settings.
@@ -234,6 +264,15 @@ pub enum Schedule {
     Constant,
 }
 
+fn default_baseline() -> String {
+    "sft".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_eval_tokens() -> usize {
+    64
+}
 fn one() -> u32 {
     1
 }

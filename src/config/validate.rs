@@ -33,6 +33,25 @@ pub(crate) fn is_device(device: &str) -> bool {
 pub(crate) fn validate(pipeline: &Pipeline, locator: &Locator<'_>) -> Result<(), ConfigError> {
     let root = FieldPath::default();
     check_run(&pipeline.run, &root.key("run"), locator)?;
+    if let Some(eval) = &pipeline.eval {
+        let at = root.key("eval");
+        if eval.baseline != "base" && !pipeline.stages.iter().any(|s| s.name == eval.baseline) {
+            let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+            return Err(locator.error(
+                &at.key("baseline"),
+                format!("`{}` is neither `base` nor a stage ({})", eval.baseline, names.join(", ")),
+            ));
+        }
+        if eval.baseline == "base" && !eval.base {
+            return Err(locator.error(&at.key("base"), "the baseline is `base`, so the base model must be evaluated"));
+        }
+        if eval.max_new_tokens == 0 {
+            return Err(locator.error(&at.key("max_new_tokens"), "must be at least 1"));
+        }
+        if !(eval.price_per_device_hour >= 0.0 && eval.price_per_device_hour.is_finite()) {
+            return Err(locator.error(&at.key("price_per_device_hour"), "must be a non-negative number"));
+        }
+    }
     let stages = root.key("stage");
     if pipeline.stages.is_empty() {
         return Err(locator.error(&stages, "a pipeline needs at least one [[stage]]"));

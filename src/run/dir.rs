@@ -236,7 +236,7 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 
 /// A stage name as one path component: characters other than ASCII letters, digits, '-', '_' and
 /// '.' become '_', as does a leading '.', so it cannot escape its parent directory.
-fn safe_component(stage: &str) -> String {
+pub fn safe_component(stage: &str) -> String {
     let mut safe: String =
         stage.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
     if safe.is_empty() || safe.starts_with('.') {

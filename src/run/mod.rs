@@ -37,7 +37,7 @@ pub use checkpoint::{CheckpointFile, CheckpointWriter, PendingCheckpoint};
 pub use checkpoints::{
     clean_incomplete, discard_after, latest_checkpoint, list_checkpoints, prune, Checkpoint, Manifest, ManifestFile,
 };
-pub use dir::RunDir;
+pub use dir::{safe_component as dir_component, RunDir};
 pub use error::RunError;
 pub use events::{BadLine, Event, EventReader, EventWriter, ReadBatch};
 pub use lock::{LiveWorker, WorkerLock};

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 
 use super::{clean_incomplete, prune, CheckpointWriter, Event, EventWriter, RunError, Shutdown, WorkerLock};
+use crate::train::evaluate::StageEval;
 use crate::train::trainer::{Admission, Host, PrefFile};
 use crate::train::TrainError;
 
@@ -201,5 +202,58 @@ impl Host for RunHost {
 
     fn planned_admissions(&self) -> Vec<Admission> {
         self.plan.clone()
+    }
+
+    fn save_eval(&mut self, stage: &str, eval: &StageEval) -> Result<(), TrainError> {
+        let dir = self.lock.run().eval_dir(stage);
+        let io = |e: std::io::Error| TrainError::Host(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let ser = |e: serde_json::Error| TrainError::Host(e.to_string());
+        let lines = |rows: Vec<String>| rows.into_iter().map(|r| r + "\n").collect::<String>();
+        let failures = lines(eval.failures.iter().map(serde_json::to_string).collect::<Result<_, _>>().map_err(ser)?);
+        let responses = lines(eval.responses.iter().map(serde_json::to_string).collect::<Result<_, _>>().map_err(ser)?);
+        // report.json last: its presence marks a complete evaluation.
+        for (name, text) in [
+            ("failures.jsonl", failures),
+            ("responses.jsonl", responses),
+            ("report.json", serde_json::to_string_pretty(&eval.report).map_err(ser)?),
+        ] {
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, text).map_err(io)?;
+            std::fs::rename(&tmp, dir.join(name)).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    fn load_eval(&self, stage: &str) -> Option<StageEval> {
+        let dir = self.lock.run().eval_dir(stage);
+        let report = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).ok()?).ok()?;
+        let parse_lines = |name: &str| -> Option<Vec<String>> {
+            Some(std::fs::read_to_string(dir.join(name)).ok()?.lines().map(String::from).collect())
+        };
+        let responses =
+            parse_lines("responses.jsonl")?.iter().map(|l| serde_json::from_str(l).ok()).collect::<Option<Vec<_>>>()?;
+        let failures =
+            parse_lines("failures.jsonl")?.iter().map(|l| serde_json::from_str(l).ok()).collect::<Option<Vec<_>>>()?;
+        Some(StageEval { report, responses, failures })
+    }
+
+    fn export(&mut self, stage: &str, files: Vec<(String, Vec<u8>)>) -> Result<Option<PathBuf>, TrainError> {
+        let exports = self.lock.run().exports_dir();
+        let target = exports.join(crate::run::dir_component(stage));
+        let tmp = exports.join(format!(".tmp-{}", crate::run::dir_component(stage)));
+        let io = |e: std::io::Error| TrainError::Host(format!("{}: {e}", target.display()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io)?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(io)?;
+        for (name, bytes) in files {
+            std::fs::write(tmp.join(name), bytes).map_err(io)?;
+        }
+        if target.exists() {
+            std::fs::remove_dir_all(&target).map_err(io)?;
+        }
+        std::fs::rename(&tmp, &target).map_err(io)?;
+        Ok(Some(target))
     }
 }

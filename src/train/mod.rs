@@ -5,6 +5,7 @@
 //! trainer reaches the outside world through `trainer::Host`).
 
 pub mod batch;
+pub mod evaluate;
 pub mod examples;
 pub mod live;
 pub mod loss;

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use super::evaluate::{evaluate_stage, training_prompts, EvalContext, StageEval};
 use super::examples::PairExample;
 use super::live::{LiveLabels, LiveUpdate};
 use super::objective::{evaluate, MicroBatch, PairTerm, RewardRow, Weights};
@@ -21,8 +22,9 @@ use super::sampler::{Sampler, SamplerState};
 use super::schedule::learning_rate;
 use super::state::{load_optimizer, optimizer_bytes};
 use super::TrainError;
-use crate::config::{NanPolicy, Pipeline, PrefLossKind, SafetyLossKind, Stage};
+use crate::config::{EvalSettings, NanPolicy, Pipeline, PrefLossKind, SafetyLossKind, Stage};
 use crate::data::{ChatTemplate, TextTokenizer};
+use crate::eval::{read_suite, Contamination, Decision, EvalItem, Judge};
 use crate::model::Model;
 use crate::train::loss::PreferenceLoss;
 
@@ -49,6 +51,28 @@ pub trait Host {
     fn planned_admissions(&self) -> Vec<Admission> {
         Vec::new()
     }
+    /// Stores a stage's evaluation (report, failures, answers).
+    fn save_eval(&mut self, _stage: &str, _eval: &StageEval) -> Result<(), TrainError> {
+        Ok(())
+    }
+    /// A stage's evaluation stored by an earlier worker of this run, if any.
+    fn load_eval(&self, _stage: &str) -> Option<StageEval> {
+        None
+    }
+    /// Exports a model directory that passed the gates ("deploy"); returns where it went.
+    fn export(&mut self, _stage: &str, _files: Vec<(String, Vec<u8>)>) -> Result<Option<PathBuf>, TrainError> {
+        Ok(None)
+    }
+}
+
+/// The suite, judge and contamination set of a pipeline with an `[eval]` table, and the
+/// evaluations made so far (the baseline among them).
+struct EvalSetup {
+    settings: EvalSettings,
+    items: Vec<EvalItem>,
+    judge: Judge,
+    contamination: Contamination,
+    done: HashMap<String, StageEval>,
 }
 
 /// A preference source of a stage.
@@ -138,6 +162,7 @@ pub struct Trainer<'h, H: Host> {
     state: TrainerState,
     resume_optimizer: Option<Vec<Moments>>,
     last_checkpoint: Option<u64>,
+    eval: Option<EvalSetup>,
 }
 
 fn num(v: f64) -> Value {
@@ -200,6 +225,10 @@ impl<'h, H: Host> Trainer<'h, H> {
             Some(_) => Some(ChatTemplate::from_tokenizer(&tokenizer)?),
             None => None,
         };
+        let eval = match &pipeline.eval {
+            Some(settings) => Some(Self::eval_setup(&pipeline, settings, host)?),
+            None => None,
+        };
         Ok(Self {
             pipeline,
             options,
@@ -212,7 +241,95 @@ impl<'h, H: Host> Trainer<'h, H> {
             state,
             resume_optimizer,
             last_checkpoint: None,
+            eval,
         })
+    }
+
+    fn eval_setup(pipeline: &Pipeline, settings: &EvalSettings, host: &H) -> Result<EvalSetup, TrainError> {
+        let items = read_suite(&settings.suite).map_err(|e| TrainError::Data(e.to_string()))?;
+        let judge = Judge::new(&settings.judge).map_err(|e| TrainError::Data(e.to_string()))?;
+        let mut files: Vec<PathBuf> = Vec::new();
+        for (i, stage) in pipeline.stages.iter().enumerate() {
+            files.extend(stage.sft.iter().flat_map(|t| t.data.clone()));
+            files.extend(host.preference_files(i).into_iter().map(|f| f.path));
+            files.extend(stage.safety.iter().flat_map(|t| t.data.clone()));
+        }
+        let refs: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
+        let contamination = Contamination::from_prompts(training_prompts(&refs)?);
+        Ok(EvalSetup { settings: settings.clone(), items, judge, contamination, done: HashMap::new() })
+    }
+
+    /// Evaluates the current policy as `stage` (unless an earlier worker did), then applies the
+    /// gates against the baseline: deploy exports the model, iterate names the failing gates.
+    fn evaluate(&mut self, stage: &str) -> Result<(), TrainError> {
+        let Some(setup) = self.eval.as_mut() else { return Ok(()) };
+        if setup.done.contains_key(stage) {
+            return Ok(());
+        }
+        if let Some(previous) = self.host.load_eval(stage) {
+            setup.done.insert(stage.to_string(), previous);
+            return Ok(());
+        }
+        let step = self.state.global_step;
+        let started = Instant::now();
+        let baseline_name = setup.settings.baseline.clone();
+        let baseline = if stage == baseline_name { None } else { setup.done.get(&baseline_name) };
+        let ctx = EvalContext {
+            settings: &setup.settings,
+            items: &setup.items,
+            judge: &setup.judge,
+            contamination: &setup.contamination,
+        };
+        let checkpoint = format!("step {step}");
+        let result =
+            evaluate_stage(&ctx, &self.policy, &self.tokenizer, self.template.as_ref(), stage, &checkpoint, baseline)?;
+        let r = &result.report;
+        let mut f = Map::new();
+        for (k, v) in [
+            ("task_success_rate", r.task_success_rate),
+            ("instruction_following_rate", r.instruction_following_rate),
+            ("win_rate", r.win_rate),
+            ("unsafe_rate", r.unsafe_rate),
+            ("jailbreak_success_rate", r.jailbreak_success_rate),
+            ("hallucination_rate", r.hallucination_rate),
+            ("latency_p50_s", r.latency_p50_s),
+            ("latency_p95_s", r.latency_p95_s),
+        ] {
+            f.insert(k.into(), v.map_or(Value::Null, num));
+        }
+        f.insert("items".into(), json!(r.n_items));
+        f.insert("failures".into(), json!(result.failures.len()));
+        f.insert("seconds".into(), json!(started.elapsed().as_secs_f64()));
+        self.host.save_eval(stage, &result)?;
+        self.host.emit("eval_finished", Some(stage), Some(step), f)?;
+        let gated = stage != "base" && stage != baseline_name;
+        let decision = result.report.decision();
+        setup.done.insert(stage.to_string(), result);
+        if !gated {
+            return Ok(());
+        }
+        let mut g = Map::new();
+        match decision {
+            Decision::Deploy => {
+                g.insert("decision".into(), json!("deploy"));
+                let files = self.policy.files(DType::F32)?;
+                if let Some(path) = self.host.export(stage, files)? {
+                    g.insert("export".into(), json!(path.display().to_string()));
+                }
+                self.host.emit("gate_decided", Some(stage), Some(step), g)
+            }
+            Decision::Iterate { failing } => {
+                g.insert("decision".into(), json!("iterate"));
+                g.insert("failing".into(), json!(failing));
+                self.host.emit("gate_decided", Some(stage), Some(step), g.clone())?;
+                self.host.emit("iterate", Some(stage), Some(step), g)
+            }
+            Decision::Incomplete { missing } => {
+                g.insert("decision".into(), json!("incomplete"));
+                g.insert("missing".into(), json!(missing));
+                self.host.emit("gate_decided", Some(stage), Some(step), g)
+            }
+        }
     }
 
     /// The current policy.
@@ -233,12 +350,29 @@ impl<'h, H: Host> Trainer<'h, H> {
     /// Runs the remaining stages.
     pub fn run(&mut self) -> Result<Finished, TrainError> {
         let stages = self.pipeline.stages.clone();
+        if let Some(setup) = self.eval.as_mut() {
+            // Evaluations an earlier worker of this run made (a resumed run needs its baseline).
+            let earlier = std::iter::once("base".to_string())
+                .chain(stages[..self.state.stage_index.min(stages.len())].iter().map(|s| s.name.clone()));
+            for name in earlier {
+                if let Some(previous) = self.host.load_eval(&name) {
+                    setup.done.insert(name, previous);
+                }
+            }
+        }
+        let at_start = self.state.stage_index == 0 && self.state.stage_step == 0 && !self.state.stage_done;
+        if at_start && self.eval.as_ref().is_some_and(|e| e.settings.base) {
+            self.evaluate("base")?;
+        }
         while self.state.stage_index < stages.len() {
             let index = self.state.stage_index;
             let stage = &stages[index];
             let selected = self.options.stages.as_ref().is_none_or(|s| s.iter().any(|n| n == &stage.name));
             if selected && !self.state.stage_done && self.run_stage(index, stage)? == Finished::Stopped {
                 return Ok(Finished::Stopped);
+            }
+            if selected {
+                self.evaluate(&stage.name)?;
             }
             self.state.stage_index += 1;
             self.state.stage_step = 0;

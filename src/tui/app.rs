@@ -1,0 +1,386 @@
+//! `App`: everything the screen shows, built only from run events and user actions.
+//!
+//! [`App::apply`] folds one event of events.jsonl into the state; [`crate::tui::update`] applies
+//! an [`crate::tui::Action`]. Nothing here reads files, talks to the terminal or looks at the
+//! clock: times come from the events' own `ts`, so the same events always give the same screen.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde_json::{Map, Value};
+
+use super::layout;
+use super::model::{
+    CheckpointInfo, LambdaChange, Level, Notice, Pane, Progress, RunStatus, StageInfo, StageState, Worker,
+};
+use super::runs::RunSummary;
+use super::series::{recent_slope, Series, Window};
+use super::theme::Theme;
+use crate::run::Event;
+
+/// How many warnings and errors are kept.
+pub const NOTICES_KEPT: usize = 50;
+/// How many recent metrics events the step rate (and so the ETA) is measured over.
+const RATE_SAMPLES: usize = 20;
+/// How many recent points the "chosen falls while the margin grows" hint looks at.
+const HINT_POINTS: usize = 20;
+
+/// The hint shown when the chosen reward falls while the margin grows.
+pub const SFT_HINT: &str = "chosen reward falling while the margin grows: consider an SFT term (sft.on_chosen)";
+
+/// The whole UI state.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// Styles by role.
+    pub theme: Theme,
+    /// The pane shown.
+    pub pane: Pane,
+    /// Whether the help overlay is shown.
+    pub show_help: bool,
+    /// Whether charts draw the EMA instead of raw values.
+    pub smoothing: bool,
+    /// Whether the loss chart uses a log scale.
+    pub log_scale: bool,
+    /// Which steps the charts show.
+    pub window: Window,
+    /// Set by `Quit`: the loop ends (training goes on).
+    pub quit: bool,
+    /// Terminal size (columns, rows), from the last resize.
+    pub size: (u16, u16),
+    /// The run id from `run_started`.
+    pub run_id: Option<String>,
+    /// The stages in pipeline order.
+    pub stages: Vec<StageInfo>,
+    /// Every numeric metric by key (`loss`, `weighted/pref`, ...), over the global step.
+    pub series: BTreeMap<String, Series>,
+    /// Current λ per term (`pref`, `safe`), from metrics and `lambda_changed`.
+    pub lambdas: BTreeMap<String, f64>,
+    /// Every λ change, oldest first.
+    pub lambda_changes: Vec<LambdaChange>,
+    /// The last [`NOTICES_KEPT`] warnings, errors and resumes, oldest first.
+    pub notices: VecDeque<Notice>,
+    /// Progress of the running stage.
+    pub progress: Progress,
+    /// The run's status from its events.
+    pub status: RunStatus,
+    /// Labels admitted into training so far.
+    pub labels_admitted: u64,
+    /// Labels retracted so far.
+    pub labels_retracted: u64,
+    /// The newest checkpoint.
+    pub last_checkpoint: Option<CheckpointInfo>,
+    /// Whether the worker is alive.
+    pub worker: Worker,
+    /// Runs in the same runs directory.
+    pub runs: Vec<RunSummary>,
+    /// (ts, global step) of recent metrics in the running stage.
+    rate_samples: VecDeque<(u64, u64)>,
+    /// Whether something changed since the last frame.
+    dirty: bool,
+}
+
+impl Default for App {
+    fn default() -> App {
+        App::new(Theme::default())
+    }
+}
+
+impl App {
+    /// An empty state with `theme`, showing the dashboard at 80x24.
+    pub fn new(theme: Theme) -> App {
+        App {
+            theme,
+            pane: Pane::Dashboard,
+            show_help: false,
+            smoothing: false,
+            log_scale: false,
+            window: Window::Recent,
+            quit: false,
+            size: (80, 24),
+            run_id: None,
+            stages: Vec::new(),
+            series: BTreeMap::new(),
+            lambdas: BTreeMap::new(),
+            lambda_changes: Vec::new(),
+            notices: VecDeque::new(),
+            progress: Progress::default(),
+            status: RunStatus::Waiting,
+            labels_admitted: 0,
+            labels_retracted: 0,
+            last_checkpoint: None,
+            worker: Worker::Unknown,
+            runs: Vec::new(),
+            rate_samples: VecDeque::new(),
+            dirty: true,
+        }
+    }
+
+    /// Forgets everything learned from events (the log was replaced), keeping the view settings.
+    pub fn clear_run(&mut self) {
+        let fresh = App { runs: std::mem::take(&mut self.runs), worker: self.worker, ..App::new(self.theme.clone()) };
+        let view = (self.pane, self.show_help, self.smoothing, self.log_scale, self.window, self.size);
+        *self = fresh;
+        (self.pane, self.show_help, self.smoothing, self.log_scale, self.window, self.size) = view;
+    }
+
+    /// Marks the screen as needing a redraw.
+    pub fn touch(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Whether a redraw is due; clears the flag.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Adds a notice, dropping the oldest past [`NOTICES_KEPT`].
+    pub fn push_notice(&mut self, notice: Notice) {
+        if self.notices.len() == NOTICES_KEPT {
+            self.notices.pop_front();
+        }
+        self.notices.push_back(notice);
+        self.dirty = true;
+    }
+
+    /// Folds one event into the state. Unknown kinds and missing fields are ignored, so older
+    /// TUIs read newer logs.
+    pub fn apply(&mut self, event: &Event) {
+        self.dirty = true;
+        let f = &event.fields;
+        match event.event.as_str() {
+            "run_started" => {
+                self.run_id = str_field(f, "run_id").or(self.run_id.take());
+                self.status = RunStatus::Running;
+                if let Some(Value::Array(names)) = f.get("stages") {
+                    let names: Vec<&str> = names.iter().filter_map(Value::as_str).collect();
+                    if names.iter().copied().ne(self.stages.iter().map(|s| s.name.as_str())) {
+                        self.stages = names.into_iter().map(StageInfo::new).collect();
+                    }
+                }
+            }
+            "stage_started" | "stage_resumed" => self.stage_started(event),
+            "metrics" => self.metrics(event),
+            "lambda_changed" => {
+                let lambda = str_field(f, "lambda").unwrap_or_default();
+                let to = num(f, "to");
+                if let Some(to) = to {
+                    self.lambdas.insert(lambda.clone(), to);
+                }
+                self.lambda_changes.push(LambdaChange {
+                    lambda,
+                    step: event.step.unwrap_or(self.progress.global_step),
+                    from: num(f, "from").unwrap_or(f64::NAN),
+                    to: to.unwrap_or(f64::NAN),
+                    unsafe_rate: num(f, "unsafe_rate"),
+                    reason: str_field(f, "reason").unwrap_or_default(),
+                });
+            }
+            "labels_admitted" => {
+                self.labels_admitted += uint(f, "count").unwrap_or(0);
+                self.labels_retracted += uint(f, "retracted").unwrap_or(0);
+            }
+            "checkpoint_saved" => {
+                self.last_checkpoint = Some(CheckpointInfo {
+                    step: event.step.unwrap_or(0),
+                    path: str_field(f, "path").unwrap_or_default(),
+                    bytes: uint(f, "bytes").unwrap_or(0),
+                    best_step: uint(f, "best_step"),
+                });
+            }
+            "resumed" => self.resumed(event),
+            "warning" | "error" => {
+                let level = if event.event == "error" { Level::Error } else { Level::Warning };
+                let message = str_field(f, "message").unwrap_or_else(|| Value::Object(f.clone()).to_string());
+                self.push_notice(Notice { level, stage: event.stage.clone(), step: event.step, message });
+            }
+            "stage_finished" => {
+                let stage = self.stage_mut(event.stage.as_deref());
+                stage.state = StageState::Done;
+                if let Some(steps) = uint(f, "steps") {
+                    stage.stage_step = steps;
+                    stage.total_steps.get_or_insert(steps);
+                }
+                self.progress.eta_seconds = None;
+            }
+            "run_finished" => {
+                let seconds = num(f, "seconds").unwrap_or(0.0);
+                let (status, stage_state) = match str_field(f, "status").as_deref() {
+                    Some("completed") => (RunStatus::Completed(seconds), StageState::Done),
+                    Some("stopped") => (RunStatus::Stopped(seconds), StageState::Stopped),
+                    _ => (RunStatus::Failed(seconds), StageState::Failed),
+                };
+                self.status = status;
+                for stage in &mut self.stages {
+                    if stage.state == StageState::Running {
+                        stage.state = stage_state;
+                    }
+                }
+                self.progress.eta_seconds = None;
+            }
+            _ => {}
+        }
+    }
+
+    fn stage_started(&mut self, event: &Event) {
+        let f = &event.fields;
+        let total = uint(f, "total_steps");
+        let stage = self.stage_mut(event.stage.as_deref());
+        stage.state = StageState::Running;
+        stage.total_steps = total.or(stage.total_steps);
+        if let Some(Value::Object(examples)) = f.get("examples") {
+            stage.examples =
+                examples.iter().filter_map(|(k, v)| Some((k.clone(), v.as_u64()?))).filter(|(_, n)| *n > 0).collect();
+        }
+        if let Some(Value::Object(kinds)) = f.get("truncation") {
+            let sum = |key| kinds.values().filter_map(|v| v.get(key)?.as_u64()).sum();
+            (stage.truncated, stage.dropped) = (sum("truncated"), sum("dropped"));
+        }
+        let stage_step = stage.stage_step;
+        self.status = RunStatus::Running;
+        self.progress.stage.clone_from(&event.stage);
+        self.progress.stage_step = if event.event == "stage_resumed" { stage_step } else { 0 };
+        self.progress.total_steps = total.unwrap_or(0);
+        self.progress.eta_seconds = None;
+        self.rate_samples.clear();
+    }
+
+    fn metrics(&mut self, event: &Event) {
+        let f = &event.fields;
+        if let Some(step) = event.step {
+            for (key, value) in f {
+                if let Some(v) = value.as_f64() {
+                    self.series.entry(key.clone()).or_default().push(step, v);
+                }
+            }
+            self.progress.global_step = step;
+            self.rate_samples.push_back((event.ts, step));
+            if self.rate_samples.len() > RATE_SAMPLES {
+                self.rate_samples.pop_front();
+            }
+        }
+        for term in ["pref", "safe"] {
+            if let Some(v) = num(f, &format!("lambda/{term}")) {
+                self.lambdas.insert(term.to_string(), v);
+            }
+        }
+        let stage_step = uint(f, "stage_step");
+        let total = uint(f, "total_steps");
+        if event.stage.is_some() {
+            let stage = self.stage_mut(event.stage.as_deref());
+            if stage.state == StageState::Pending {
+                stage.state = StageState::Running;
+            }
+            stage.stage_step = stage_step.unwrap_or(stage.stage_step);
+            stage.total_steps = total.or(stage.total_steps);
+            self.progress.stage.clone_from(&event.stage);
+        }
+        self.progress.stage_step = stage_step.unwrap_or(self.progress.stage_step);
+        self.progress.total_steps = total.unwrap_or(self.progress.total_steps);
+        self.progress.tokens_per_second = num(f, "tokens_per_second").or(self.progress.tokens_per_second);
+        self.progress.eta_seconds = self.eta();
+    }
+
+    fn resumed(&mut self, event: &Event) {
+        let from = uint(&event.fields, "from_step").or(event.step).unwrap_or(0);
+        for series in self.series.values_mut() {
+            series.truncate_after(from);
+        }
+        self.lambda_changes.retain(|c| c.step <= from);
+        self.rate_samples.clear();
+        self.progress.global_step = from;
+        self.progress.eta_seconds = None;
+        self.status = RunStatus::Running;
+        let pid = uint(&event.fields, "pid").map_or(String::new(), |p| format!(" (pid {p})"));
+        self.push_notice(Notice {
+            level: Level::Info,
+            stage: event.stage.clone(),
+            step: Some(from),
+            message: format!("resumed from step {from}{pid}"),
+        });
+    }
+
+    /// Seconds to the end of the stage at the step rate of the recent metrics.
+    fn eta(&self) -> Option<f64> {
+        let (&(t0, s0), &(t1, s1)) = (self.rate_samples.front()?, self.rate_samples.back()?);
+        if t1 <= t0 || s1 <= s0 {
+            return None;
+        }
+        let steps_per_second = (s1 - s0) as f64 / ((t1 - t0) as f64 / 1000.0);
+        let left = self.progress.total_steps.saturating_sub(self.progress.stage_step);
+        Some(left as f64 / steps_per_second)
+    }
+
+    /// The stage named `name`, added at the end when the pipeline did not list it.
+    fn stage_mut(&mut self, name: Option<&str>) -> &mut StageInfo {
+        let name = name.unwrap_or("?");
+        let index = if let Some(i) = self.stages.iter().position(|s| s.name == name) {
+            i
+        } else {
+            self.stages.push(StageInfo::new(name));
+            self.stages.len() - 1
+        };
+        &mut self.stages[index]
+    }
+
+    /// The λ changes of the safety term: its trajectory.
+    pub fn lambda_safe_trajectory(&self) -> impl Iterator<Item = &LambdaChange> {
+        self.lambda_changes.iter().filter(|c| c.lambda == "safe")
+    }
+
+    /// The newest value of a metric.
+    pub fn latest(&self, key: &str) -> Option<f64> {
+        self.series.get(key).and_then(Series::last)
+    }
+
+    /// True when, over the last ~20 steps of a preference stage that is still the newest data,
+    /// the chosen reward falls while the margin grows: DPO is pushing both answers down, which an
+    /// SFT term on the chosen answers counters.
+    pub fn chosen_falls_while_margin_grows(&self) -> bool {
+        let (Some(chosen), Some(margins)) = (self.series.get("rewards/chosen"), self.series.get("rewards/margins"))
+        else {
+            return false;
+        };
+        if chosen.last_step() != Some(self.progress.global_step) || chosen.len() < HINT_POINTS / 2 {
+            return false;
+        }
+        let falling = recent_slope(chosen.points(), HINT_POINTS).is_some_and(|s| s < 0.0);
+        let growing = recent_slope(margins.points(), HINT_POINTS).is_some_and(|s| s > 0.0);
+        falling && growing
+    }
+
+    /// The first step the charts show.
+    pub fn first_step(&self, keys: &[&str]) -> u64 {
+        let last = keys.iter().filter_map(|k| self.series.get(*k)?.last_step()).max().unwrap_or(0);
+        self.window.first_step(last)
+    }
+
+    /// Recomputes the charts' bucket caches for the current size, window and smoothing. Each cache
+    /// only recomputes when its data, width or window changed.
+    pub fn refresh_caches(&mut self) {
+        let columns = layout::chart_columns(self.size, self.chosen_falls_while_margin_grows());
+        for (keys, width, smoothed) in [
+            (layout::LOSS_KEYS, columns.loss, self.smoothing),
+            (layout::DPO_KEYS, columns.dpo, self.smoothing),
+            (layout::SPARK_KEYS, columns.sparkline, false),
+        ] {
+            let first = self.first_step(keys);
+            for key in keys {
+                if let Some(series) = self.series.get_mut(*key) {
+                    let cache_key = series.key(width, first, smoothed);
+                    series.refresh(cache_key);
+                }
+            }
+        }
+    }
+}
+
+fn num(f: &Map<String, Value>, key: &str) -> Option<f64> {
+    f.get(key).and_then(Value::as_f64)
+}
+
+fn uint(f: &Map<String, Value>, key: &str) -> Option<u64> {
+    f.get(key).and_then(Value::as_u64)
+}
+
+fn str_field(f: &Map<String, Value>, key: &str) -> Option<String> {
+    f.get(key).and_then(Value::as_str).map(str::to_string)
+}

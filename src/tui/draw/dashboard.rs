@@ -1,0 +1,143 @@
+//! Pane 1, the dashboard: pipeline strip, progress, the loss and DPO charts, learning rate and
+//! grad norm, the GPU placeholder, recent warnings and the SFT hint.
+
+use ratatui::layout::Rect;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Gauge, Paragraph, Wrap};
+use ratatui::Frame;
+
+use super::chart::{line_chart, sparkline, Curve};
+use super::{clean, count, duration, panel, value};
+use crate::tui::app::{App, SFT_HINT};
+use crate::tui::layout;
+use crate::tui::model::{Level, RunStatus, StageState};
+use crate::tui::theme::Role;
+
+/// Draws the dashboard into `area`.
+pub(super) fn draw(app: &App, frame: &mut Frame, area: Rect) {
+    let hint = app.chosen_falls_while_margin_grows();
+    let d = layout::dashboard(area, hint);
+    strip(app, frame, d.strip);
+    gauge(app, frame, d.gauge);
+
+    let lambda = |term: &str| app.lambdas.get(term).map_or_else(String::new, |l| format!(" λ={}", value(*l)));
+    let loss_curves = [
+        Curve { key: "loss", label: "total".to_string(), role: Role::LossTotal },
+        Curve { key: "loss/sft", label: "sft".to_string(), role: Role::LossSft },
+        Curve { key: "weighted/pref", label: format!("pref{}", lambda("pref")), role: Role::WeightedPref },
+        Curve { key: "weighted/safe", label: format!("safe{}", lambda("safe")), role: Role::WeightedSafe },
+    ];
+    line_chart(app, frame, d.loss, "Loss", &loss_curves, app.log_scale);
+    let dpo_curves = [
+        Curve { key: "rewards/chosen", label: "chosen".to_string(), role: Role::Chosen },
+        Curve { key: "rewards/rejected", label: "rejected".to_string(), role: Role::Rejected },
+        Curve { key: "rewards/margins", label: "margin".to_string(), role: Role::Margin },
+        Curve { key: "rewards/accuracies", label: "acc".to_string(), role: Role::Accuracy },
+    ];
+    line_chart(app, frame, d.dpo, "DPO rewards", &dpo_curves, false);
+    sparkline(app, frame, d.lr, "lr", "learning_rate", Role::LossSft);
+    sparkline(app, frame, d.grad, "grad norm", "grad_norm", Role::WeightedSafe);
+
+    let gpu = Paragraph::new("not collected yet").style(app.theme.style(Role::Dim)).block(panel(app, " GPU "));
+    frame.render_widget(gpu, d.gpu);
+    notices(app, frame, d.notices);
+    if let Some(hint_area) = d.hint {
+        let line = Line::from(vec![
+            Span::styled(layout::HINT_PREFIX, app.theme.style(Role::Warning)),
+            Span::styled(SFT_HINT, app.theme.style(Role::Text)),
+        ]);
+        frame.render_widget(Paragraph::new(line).wrap(Wrap { trim: true }), hint_area);
+    }
+}
+
+/// The marker and role of a stage state.
+pub(super) fn stage_look(state: StageState) -> (&'static str, Role) {
+    match state {
+        StageState::Pending => ("○", Role::StagePending),
+        StageState::Running => ("●", Role::StageRunning),
+        StageState::Done => ("✓", Role::StageDone),
+        StageState::Failed => ("✗", Role::Error),
+        StageState::Stopped => ("■", Role::Warning),
+    }
+}
+
+/// base → stages… → gates → deploy.
+fn strip(app: &App, frame: &mut Frame, area: Rect) {
+    let t = &app.theme;
+    let arrow = || Span::styled(" → ", t.style(Role::Dim));
+    let mut spans = vec![Span::styled(" ✓ base", t.style(Role::StageDone))];
+    for stage in &app.stages {
+        let (mark, role) = stage_look(stage.state);
+        spans.push(arrow());
+        spans.push(Span::styled(format!("{mark} {}", clean(&stage.name)), t.style(role)));
+    }
+    for later in ["gates", "deploy"] {
+        spans.push(arrow());
+        spans.push(Span::styled(format!("○ {later}"), t.style(Role::StagePending)));
+    }
+    frame.render_widget(Line::from(spans), area);
+}
+
+fn gauge(app: &App, frame: &mut Frame, area: Rect) {
+    let p = &app.progress;
+    let ratio = if p.total_steps > 0 { (p.stage_step as f64 / p.total_steps as f64).clamp(0.0, 1.0) } else { 0.0 };
+    let stage = p.stage.as_deref().map_or_else(|| "—".to_string(), clean);
+    let eta = match (app.status, p.eta_seconds) {
+        (RunStatus::Running, Some(eta)) => format!("ETA {}", duration(eta)),
+        (RunStatus::Running, None) => "ETA —".to_string(),
+        (RunStatus::Waiting, _) => "waiting".to_string(),
+        _ => "finished".to_string(),
+    };
+    let tokens = p.tokens_per_second.map_or_else(|| "— tok/s".to_string(), |v| format!("{} tok/s", count(v as u64)));
+    let label =
+        format!("{stage} {}/{} · step {} · {eta} · {tokens}", p.stage_step, p.total_steps, count(p.global_step));
+    let widget = Gauge::default()
+        .ratio(ratio)
+        .label(Span::styled(label, app.theme.style(Role::Text)))
+        .gauge_style(app.theme.style(Role::StageRunning))
+        .use_unicode(true);
+    frame.render_widget(widget, area);
+}
+
+/// The newest notices that fit, newest last, each wrapped to the panel's width.
+fn notices(app: &App, frame: &mut Frame, area: Rect) {
+    let t = &app.theme;
+    let block = panel(app, " Warnings & errors ");
+    let inner = block.inner(area);
+    let (rows, width) = (usize::from(inner.height), usize::from(inner.width).max(4));
+    let mut lines: Vec<Line> = Vec::new();
+    if app.notices.is_empty() {
+        lines.push(Line::styled("none", t.style(Role::Dim)));
+    }
+    // Walk from the newest back, so only the notices that can be seen are wrapped.
+    for n in app.notices.iter().rev() {
+        if lines.len() >= rows {
+            break;
+        }
+        let (mark, role) = match n.level {
+            Level::Info => ("·", Role::Dim),
+            Level::Warning => ("!", Role::Warning),
+            Level::Error => ("✗", Role::Error),
+        };
+        let at = match (&n.stage, n.step) {
+            (Some(stage), Some(step)) => format!("{}@{step} ", clean(stage)),
+            (None, Some(step)) => format!("@{step} "),
+            (Some(stage), None) => format!("{} ", clean(stage)),
+            (None, None) => String::new(),
+        };
+        let head = format!("{mark} {at}");
+        let message: Vec<char> = clean(&n.message).chars().collect();
+        let first = width.saturating_sub(head.chars().count()).max(1).min(message.len());
+        let mut wrapped = vec![Line::from(vec![
+            Span::styled(format!("{mark} "), t.style(role)),
+            Span::styled(at, t.style(Role::Dim)),
+            Span::styled(message[..first].iter().collect::<String>(), t.style(role)),
+        ])];
+        for chunk in message[first..].chunks(width - 2) {
+            wrapped.push(Line::styled(format!("  {}", chunk.iter().collect::<String>()), t.style(role)));
+        }
+        lines.splice(0..0, wrapped);
+    }
+    let skip = lines.len().saturating_sub(rows);
+    frame.render_widget(Paragraph::new(lines.split_off(skip)).block(block), area);
+}

@@ -1,0 +1,59 @@
+//! `TuiError`: every way attaching to a run can fail, each naming what a person can act on.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::run::RunError;
+
+/// An error from the terminal UI.
+#[derive(Debug, thiserror::Error)]
+pub enum TuiError {
+    /// The terminal could not be set up, drawn to or restored; `op` says which.
+    #[error("terminal: cannot {op}: {source}")]
+    Terminal {
+        /// What was being done, as a verb phrase.
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The theme file could not be read.
+    #[error("cannot read theme {}: {source}", path.display())]
+    ReadTheme {
+        /// The theme file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The theme file has an unknown role, a bad value or a syntax error.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Theme {
+        /// The theme file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// 1-based column (in characters).
+        column: usize,
+        /// What is wrong, starting with the role when there is one.
+        message: String,
+    },
+    /// The run directory could not be opened.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// A background thread could not be started.
+    #[error("cannot start the {name} thread: {source}")]
+    Thread {
+        /// The thread's name.
+        name: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The UI thread panicked; the terminal has been restored and the panic message printed.
+    #[error("the UI thread panicked: {message}")]
+    Panicked {
+        /// The panic payload, when it was a string.
+        message: String,
+    },
+}

@@ -1,0 +1,57 @@
+//! hone's terminal UI: attaches to a run directory, shows its training live, and detaches with
+//! `q` without ever stopping the worker.
+//!
+//! Shape: the `tail` thread reads the run directory and sends [`Action`]s; [`update`] folds each
+//! action into the [`App`] state (events through [`App::apply`]); `draw(&App, &mut Frame)` paints
+//! a frame from the state alone. This module owns the screen and reads the run directory only
+//! through [`crate::run`]; it knows nothing of tensors, trainers or file names inside a run.
+//!
+//! Files: `app` (state), `model` (its plain data types), `action` (actions, keys, `update`), `series` (series and min/max bucket
+//! caches), `layout` (areas), `draw/` (painting), `theme` (roles → styles), `runs` (the runs
+//! list), `terminal` (raw mode and the panic hook), `runtime` (the event loop and threads).
+
+mod action;
+mod app;
+mod draw;
+mod error;
+mod layout;
+mod model;
+mod runs;
+mod runtime;
+mod series;
+mod terminal;
+mod theme;
+
+pub use action::{key_action, update, Action};
+pub use app::{App, NOTICES_KEPT, SFT_HINT};
+pub use draw::draw;
+pub use error::TuiError;
+pub use layout::{chart_columns, Columns};
+pub use model::{
+    CheckpointInfo, LambdaChange, Level, Notice, Pane, Progress, RunStatus, StageInfo, StageState, Worker,
+};
+pub use runs::{scan_runs, RunScanner, RunState, RunSummary};
+pub use runtime::attach;
+pub use series::{min_max_buckets, CacheKey, Series, SeriesCache, Window, EMA_WEIGHT, RECENT_STEPS};
+pub use theme::{Role, Theme};
+
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+
+/// Draws `app` into an off-screen `width`×`height` buffer and returns its text, one line per row
+/// with trailing spaces trimmed (for tests and snapshots; styles are not included).
+pub fn render_to_string(app: &App, width: u16, height: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).expect("a TestBackend never fails");
+    terminal.draw(|frame| draw(app, frame)).expect("drawing to a TestBackend never fails");
+    let buffer = terminal.backend().buffer();
+    let mut out = String::new();
+    for y in 0..height {
+        let mut line = String::new();
+        for x in 0..width {
+            line.push_str(buffer[(x, y)].symbol());
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
