@@ -7,7 +7,8 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use hone::model::config::{ModelConfig, RopeScaling};
-use hone::model::ops::{log_softmax_last_dim, softmax_last_dim, Linear, RmsNorm, Rotary};
+use hone::model::fused::{self, CausalMask};
+use hone::model::ops::{log_softmax_last_dim, softmax_last_dim, softmax_last_dim_composed, Linear, RmsNorm, Rotary};
 use hone::model::Model;
 use hone::train::batch::{Sequence, TokenBatch};
 use hone::train::loss::{logsumexp_last, sft_loss, softplus, target_logps};
@@ -169,4 +170,127 @@ fn every_parameter_receives_a_nonzero_gradient() {
             assert!(norm > 0.0, "{arch} tied={tied}: {name} has a zero gradient");
         }
     }
+}
+
+/// Values and input gradients (of the same weighted sum) of two implementations agree.
+fn same_as_composed(
+    name: &str,
+    inputs: &[Tensor],
+    fused: impl Fn(&[Tensor]) -> Tensor,
+    composed: impl Fn(&[Tensor]) -> Tensor,
+) {
+    let run = |f: &dyn Fn(&[Tensor]) -> Tensor| {
+        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = f(&tensors);
+        let grads = weighted_sum(&out).backward().unwrap();
+        let mut values = vec![out.flatten_all().unwrap().to_vec1::<f64>().unwrap()];
+        for v in &vars {
+            values.push(grads.get(v).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap());
+        }
+        values
+    };
+    let (a, b) = (run(&fused), run(&composed));
+    for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+        let what = if k == 0 { "value".to_string() } else { format!("gradient of input {}", k - 1) };
+        assert_eq!(x.len(), y.len(), "{name}: {what} sizes");
+        for (i, (p, q)) in x.iter().zip(y).enumerate() {
+            assert!((p - q).abs() <= 1e-12 * (1.0 + q.abs()), "{name}: {what}[{i}]: fused {p} vs composed {q}");
+        }
+    }
+}
+
+/// The additive mask the composed attention path uses.
+fn additive_mask(s: usize, kv_len: usize, offset: usize, window: usize) -> Tensor {
+    let mask: Vec<f64> = (0..s)
+        .flat_map(|i| {
+            let q = offset + i;
+            (0..kv_len).map(move |j| if j > q || q - j >= window { f64::NEG_INFINITY } else { 0.0 })
+        })
+        .collect();
+    Tensor::from_vec(mask, (s, kv_len), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn fused_softmax_matches_composed_and_finite_differences() {
+    let x = random(&[2, 3, 7], 11);
+    let fused_sm = |xs: &[Tensor]| fused::softmax(&xs[0], 1.0, None).unwrap();
+    check("fused softmax", std::slice::from_ref(&x), |xs| weighted_sum(&fused_sm(xs)));
+    same_as_composed("softmax", std::slice::from_ref(&x), fused_sm, |xs| softmax_last_dim_composed(&xs[0]).unwrap());
+    // Scaled and masked as in attention: 2 stacked query groups of s = 3 rows over kv_len = 7
+    // keys, queries at positions 4..7, with and without a sliding window.
+    for window in [usize::MAX, 3] {
+        let mask = CausalMask { s: 3, offset: 4, window };
+        let scale = 0.37;
+        let f = |xs: &[Tensor]| fused::softmax(&xs[0], scale, Some(mask)).unwrap();
+        check("fused masked softmax", std::slice::from_ref(&x), |xs| weighted_sum(&f(xs)));
+        same_as_composed("masked softmax", std::slice::from_ref(&x), f, |xs| {
+            let scores = (&xs[0] * scale).unwrap().broadcast_add(&additive_mask(3, 7, 4, window)).unwrap();
+            softmax_last_dim_composed(&scores).unwrap()
+        });
+    }
+}
+
+#[test]
+fn fused_rms_norm_matches_composed() {
+    let inputs = [random(&[2, 3, 19], 12), random(&[19], 13)];
+    let norm = |xs: &[Tensor]| RmsNorm::new(xs[1].clone(), 1e-6);
+    check("fused rms_norm", &inputs, |xs| weighted_sum(&fused::rms_norm(&xs[0], &xs[1], 1e-6).unwrap()));
+    same_as_composed(
+        "rms_norm",
+        &inputs,
+        |xs| candle_core::Module::forward(&norm(xs), &xs[0]).unwrap(),
+        |xs| norm(xs).forward_composed(&xs[0]).unwrap(),
+    );
+}
+
+#[test]
+fn fused_rotary_matches_composed_on_strided_input() {
+    let rotary = Rotary::new(8, 32, 10_000.0, &RopeScaling::Default, DType::F64, &Device::Cpu).unwrap();
+    // [batch, seq, heads, dim] viewed as [batch, heads, seq, dim], as the attention does.
+    let x = random(&[2, 5, 3, 8], 14);
+    let view = |t: &Tensor| t.transpose(1, 2).unwrap();
+    check("fused rope", std::slice::from_ref(&x), |xs| weighted_sum(&rotary.apply(&view(&xs[0]), 3).unwrap()));
+    same_as_composed(
+        "rope",
+        std::slice::from_ref(&x),
+        |xs| rotary.apply(&view(&xs[0]), 3).unwrap(),
+        |xs| rotary.apply_composed(&view(&xs[0]), 3).unwrap(),
+    );
+}
+
+#[test]
+fn fused_swiglu_matches_composed() {
+    let inputs = [(random(&[2, 3, 10], 15) * 4.0).unwrap(), random(&[2, 3, 10], 16)];
+    check("fused swiglu", &inputs, |xs| weighted_sum(&fused::swiglu(&xs[0], &xs[1]).unwrap()));
+    same_as_composed(
+        "swiglu",
+        &inputs,
+        |xs| fused::swiglu(&xs[0], &xs[1]).unwrap(),
+        |xs| (xs[0].silu().unwrap() * &xs[1]).unwrap(),
+    );
+}
+
+#[test]
+fn fused_target_logps_match_composed() {
+    let logits = (random(&[5, 9], 17) * 3.0).unwrap();
+    let targets = Tensor::from_vec(vec![0u32, 8, 3, 3, 5], (5, 1), &Device::Cpu).unwrap();
+    let f = |xs: &[Tensor]| fused::target_logps(&xs[0], &targets).unwrap();
+    check("fused target_logps", std::slice::from_ref(&logits), |xs| weighted_sum(&f(xs)));
+    same_as_composed("target_logps", std::slice::from_ref(&logits), f, |xs| {
+        let picked = xs[0].gather(&targets, 1).unwrap().squeeze(1).unwrap();
+        picked.sub(&logsumexp_last(&xs[0]).unwrap()).unwrap()
+    });
+}
+
+/// The composed reference blocks keep their own finite-difference checks (they run on every
+/// device the fused kernels do not cover).
+#[test]
+fn composed_blocks_have_true_gradients() {
+    check("composed softmax", &[random(&[3, 7], 18)], |xs| weighted_sum(&softmax_last_dim_composed(&xs[0]).unwrap()));
+    check("composed rms_norm", &[random(&[2, 3, 8], 19), random(&[8], 20)], |xs| {
+        weighted_sum(&RmsNorm::new(xs[1].clone(), 1e-6).forward_composed(&xs[0]).unwrap())
+    });
+    let rotary = Rotary::new(8, 32, 10_000.0, &RopeScaling::Default, DType::F64, &Device::Cpu).unwrap();
+    check("composed rope", &[random(&[1, 2, 5, 8], 21)], |xs| weighted_sum(&rotary.apply_composed(&xs[0], 3).unwrap()));
 }

@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::config::ModelConfig;
+use super::fused::{self, fused_path, CausalMask};
 use super::ops::{softmax_last_dim, Linear, RmsNorm, Rotary};
 
 /// Keys and values of the positions seen so far, one entry per layer.
@@ -105,13 +106,20 @@ impl Attention {
         let q = q.contiguous()?.reshape((b, self.kv_heads, groups * s, d))?;
         #[allow(clippy::cast_precision_loss)]
         let scale = 1.0 / (d as f64).sqrt();
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
-        let scores = scores.reshape((b, self.kv_heads, groups, s, kv_len))?;
-        let scores = match attention_mask(s, kv_len, offset, self.window, scores.dtype(), scores.device())? {
-            Some(mask) => scores.broadcast_add(&mask)?,
-            None => scores,
+        let probs = if fused_path(&q) {
+            // Scale, causal/window mask and softmax in one kernel; k's transpose is a strided view.
+            let scores = q.matmul(&k.t()?)?;
+            let mask = CausalMask { s, offset, window: self.window.unwrap_or(usize::MAX) };
+            fused::softmax(&scores, scale, Some(mask))?
+        } else {
+            let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
+            let scores = scores.reshape((b, self.kv_heads, groups, s, kv_len))?;
+            let scores = match attention_mask(s, kv_len, offset, self.window, scores.dtype(), scores.device())? {
+                Some(mask) => scores.broadcast_add(&mask)?,
+                None => scores,
+            };
+            softmax_last_dim(&scores)?.reshape((b, self.kv_heads, groups * s, kv_len))?
         };
-        let probs = softmax_last_dim(&scores)?.reshape((b, self.kv_heads, groups * s, kv_len))?;
         let out = probs.matmul(&v.contiguous()?)?;
         let out = out.reshape((b, self.heads, s, d))?.transpose(1, 2)?.reshape((b, s, self.heads * d))?;
         self.o_proj.forward(&out)
@@ -160,8 +168,10 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(xs)?.silu()?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
+        let gate = self.gate_proj.forward(xs)?;
+        let up = self.up_proj.forward(xs)?;
+        let hidden = if fused_path(&gate) { fused::swiglu(&gate, &up)? } else { (gate.silu()? * up)? };
+        self.down_proj.forward(&hidden)
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod decoder;
 pub mod device;
+pub mod fused;
 pub mod generate;
 pub mod ops;
 pub mod weights;

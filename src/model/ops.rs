@@ -3,14 +3,31 @@
 //! candle's fused `softmax_last_dim`, `rms_norm` and `rope` kernels have no backward pass, so a
 //! model built on them trains silently wrong. Everything here is written with ops that carry
 //! gradients, and `tests/gradients.rs` checks each block against finite differences.
+//!
+//! On the CPU in f32/f64 the blocks run as the fused kernels of [`super::fused`] (custom ops with
+//! explicit backward passes); the `*_composed` functions are the reference path, used for every
+//! other device and dtype and compared with the fused one in the tests.
+
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
 use super::config::RopeScaling;
+use super::fused::{self, fused_path, RopeTables};
 
-/// Softmax over the last dimension. The row maximum is subtracted for stability and detached:
-/// softmax is invariant to that shift, so its gradient contribution is exactly zero.
+/// Softmax over the last dimension (fused on the CPU, else [`softmax_last_dim_composed`]).
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if fused_path(xs) {
+        fused::softmax(xs, 1.0, None)
+    } else {
+        softmax_last_dim_composed(xs)
+    }
+}
+
+/// Softmax over the last dimension from primitive ops. The row maximum is subtracted for
+/// stability and detached: softmax is invariant to that shift, so its gradient contribution is
+/// exactly zero.
+pub fn softmax_last_dim_composed(xs: &Tensor) -> Result<Tensor> {
     let max = xs.max_keepdim(D::Minus1)?.detach();
     let exp = xs.broadcast_sub(&max)?.exp()?;
     let sum = exp.sum_keepdim(D::Minus1)?;
@@ -49,12 +66,23 @@ impl RmsNorm {
     }
 }
 
-impl Module for RmsNorm {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+impl RmsNorm {
+    /// The norm from primitive ops (the reference for the fused kernel).
+    pub fn forward_composed(&self, xs: &Tensor) -> Result<Tensor> {
         let dtype = xs.dtype();
         let x = xs.to_dtype(accumulation_dtype(dtype))?;
         let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
         x.broadcast_mul(&inv_rms)?.to_dtype(dtype)?.broadcast_mul(&self.weight)
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if fused_path(xs) && xs.dtype() == self.weight.dtype() {
+            fused::rms_norm(xs, &self.weight, self.eps)
+        } else {
+            self.forward_composed(xs)
+        }
     }
 }
 
@@ -101,6 +129,8 @@ impl Module for Linear {
 pub struct Rotary {
     cos: Tensor,
     sin: Tensor,
+    /// The same tables as plain f32 values, for the fused CPU kernel.
+    tables: Arc<RopeTables>,
 }
 
 /// The inverse frequencies `1 / θ^(2i/d)`, computed in f32 as transformers does, then scaled.
@@ -158,14 +188,25 @@ impl Rotary {
                 sin.push(angle.sin());
             }
         }
+        let tables = Arc::new(RopeTables { cos: cos.clone(), sin: sin.clone(), head_dim });
         let cos = Tensor::from_vec(cos, (max_positions, head_dim), device)?.to_dtype(dtype)?;
         let sin = Tensor::from_vec(sin, (max_positions, head_dim), device)?.to_dtype(dtype)?;
-        Ok(Self { cos, sin })
+        Ok(Self { cos, sin, tables })
     }
 
-    /// Rotates `xs` of shape `[batch, heads, seq, head_dim]` for positions `offset..offset+seq`.
+    /// Rotates `xs` of shape `[batch, heads, seq, head_dim]` for positions `offset..offset+seq`
+    /// (fused on the CPU, where the result is contiguous whatever the strides of `xs`).
     pub fn apply(&self, xs: &Tensor, offset: usize) -> Result<Tensor> {
-        let (_, _, seq, dim) = xs.dims4()?;
+        self.check_positions(xs, offset)?;
+        if fused_path(xs) && xs.dtype() == self.cos.dtype() {
+            fused::rope(xs, &self.tables, offset)
+        } else {
+            self.apply_composed(xs, offset)
+        }
+    }
+
+    fn check_positions(&self, xs: &Tensor, offset: usize) -> Result<()> {
+        let (_, _, seq, _) = xs.dims4()?;
         let max = self.cos.dim(0)?;
         if offset + seq > max {
             candle_core::bail!(
@@ -173,6 +214,13 @@ impl Rotary {
                 offset + seq
             );
         }
+        Ok(())
+    }
+
+    /// The rotation from primitive ops (the reference for the fused kernel).
+    pub fn apply_composed(&self, xs: &Tensor, offset: usize) -> Result<Tensor> {
+        self.check_positions(xs, offset)?;
+        let (_, _, seq, dim) = xs.dims4()?;
         let cos = self.cos.narrow(0, offset, seq)?;
         let sin = self.sin.narrow(0, offset, seq)?;
         let half = dim / 2;

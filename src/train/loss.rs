@@ -16,6 +16,9 @@ pub fn target_logps(decoder: &Decoder, batch: &TokenBatch) -> Result<Tensor> {
     let rows = hidden.reshape((b * s, h))?.index_select(&batch.predictor_rows, 0)?;
     let logits = decoder.lm_head(&rows)?;
     let logits = logits.to_dtype(accumulation_dtype(logits.dtype()))?;
+    if crate::model::fused::fused_path(&logits) {
+        return crate::model::fused::target_logps(&logits, &batch.target_ids);
+    }
     let picked = logits.gather(&batch.target_ids, 1)?.squeeze(1)?;
     picked.sub(&logsumexp_last(&logits)?)
 }

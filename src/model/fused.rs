@@ -1,0 +1,667 @@
+//! Fused CPU kernels, each a candle custom op with an explicit backward pass.
+//!
+//! The composed versions in [`super::ops`] make one pass over memory (and one allocation) per
+//! primitive op, forward and backward. These kernels do each block in one or two passes per row.
+//! They run for f32 and f64 tensors on the CPU only ([`fused_path`]); every other device and
+//! dtype keeps the composed path, which is also the reference the tests compare against.
+//!
+//! Determinism: every kernel reduces each row in a fixed order and rows are independent, so the
+//! results do not depend on the number of threads or on timing. Column reductions (the RMSNorm
+//! weight gradient) sum fixed-size row chunks and then the chunk partials in order.
+
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use num_traits::Float;
+use rayon::prelude::*;
+
+/// Whether `t` can take the fused path: a CPU tensor in f32 or f64.
+pub fn fused_path(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+/// The element types the kernels are written for.
+trait Real: WithDType + Float + num_traits::NumAssign + Send + Sync {}
+impl Real for f32 {}
+impl Real for f64 {}
+
+/// Rows per parallel task: fixed, so results never depend on the thread count.
+const ROW_CHUNK: usize = 32;
+
+fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
+    let data = s.as_slice::<T>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("{op}: the fused kernel needs a contiguous input"),
+    }
+}
+
+fn last_dim(l: &Layout, op: &str) -> Result<usize> {
+    match l.dims().last() {
+        Some(&n) if n > 0 => Ok(n),
+        _ => bail!("{op}: needs a non-empty last dimension"),
+    }
+}
+
+/// Σ a·b with eight independent accumulators (vectorisable; the order is fixed).
+fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let mut tail = T::zero();
+    for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Applies `f(row_index, input_rows..., output_row)` to every row, in parallel over fixed chunks.
+fn map_rows<T: Real>(n: usize, rows: usize, f: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); rows * n];
+    out.par_chunks_mut(ROW_CHUNK * n).enumerate().for_each(|(c, chunk)| {
+        for (i, row) in chunk.chunks_exact_mut(n).enumerate() {
+            f(c * ROW_CHUNK + i, row);
+        }
+    });
+    out
+}
+
+fn cast<T: Real>(v: f32) -> T {
+    T::from_f64(f64::from(v))
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+/// `x · rsqrt(mean x² + eps) · w` over the last dimension of `xs`, with `w` of that size.
+pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    xs.contiguous()?.apply_op2(&weight.contiguous()?, RmsNormOp { eps })
+}
+
+struct RmsNormOp {
+    eps: f64,
+}
+
+fn inv_rms<T: Real>(x: &[T], eps: f64) -> T {
+    let n = T::from_f64(x.len() as f64);
+    T::one() / (dot(x, x) / n + T::from_f64(eps)).sqrt()
+}
+
+fn rms_fwd<T: Real>(x: &[T], w: &[T], n: usize, eps: f64) -> Result<Vec<T>> {
+    if w.len() != n {
+        bail!("rms_norm: weight of {} for rows of {n}", w.len());
+    }
+    Ok(map_rows(n, x.len() / n, |r, y| {
+        let x = &x[r * n..(r + 1) * n];
+        let s = inv_rms(x, eps);
+        for ((y, &xv), &wv) in y.iter_mut().zip(x).zip(w) {
+            *y = (xv * s) * wv;
+        }
+    }))
+}
+
+impl CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "hone-rms-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = last_dim(l1, self.name())?;
+        let out = match s1.dtype() {
+            DType::F32 => f32::to_cpu_storage_owned(rms_fwd(
+                contiguous(s1, l1, self.name())?,
+                contiguous(s2, l2, self.name())?,
+                n,
+                self.eps,
+            )?),
+            DType::F64 => f64::to_cpu_storage_owned(rms_fwd(
+                contiguous(s1, l1, self.name())?,
+                contiguous(s2, l2, self.name())?,
+                n,
+                self.eps,
+            )?),
+            other => bail!("rms_norm: no fused kernel for {other:?}"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = w.elem_count();
+        let rows = x.elem_count() / n;
+        // One kernel returns `[rows + 1, n]`: the input gradient, then the weight gradient.
+        let both = x.apply_op3_no_bwd(w, &grad.contiguous()?, &RmsNormBwd { eps: self.eps })?;
+        let dx = both.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let dw = both.narrow(0, rows, 1)?.reshape(w.shape())?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+struct RmsNormBwd {
+    eps: f64,
+}
+
+fn rms_bwd<T: Real>(x: &[T], w: &[T], g: &[T], n: usize, eps: f64) -> Vec<T> {
+    let rows = x.len() / n;
+    let nn = T::from_f64(n as f64);
+    // dx_k = s·g_k·w_k − x_k·s³·(Σ_j g_j·w_j·x_j)/n;  dw_k = Σ_rows g_k·x_k·s.
+    let mut out = vec![T::zero(); (rows + 1) * n];
+    let (dx, _) = out.split_at_mut(rows * n);
+    let partials: Vec<Vec<T>> = dx
+        .par_chunks_mut(ROW_CHUNK * n)
+        .enumerate()
+        .map(|(c, chunk)| {
+            let mut dw = vec![T::zero(); n];
+            let mut gw = vec![T::zero(); n];
+            for (i, dxr) in chunk.chunks_exact_mut(n).enumerate() {
+                let r = c * ROW_CHUNK + i;
+                let xr = &x[r * n..(r + 1) * n];
+                let gr = &g[r * n..(r + 1) * n];
+                let s = inv_rms(xr, eps);
+                for ((o, &gv), &wv) in gw.iter_mut().zip(gr).zip(w) {
+                    *o = gv * wv;
+                }
+                let k = s * s * s * dot(&gw, xr) / nn;
+                for (((d, &gwv), &xv), (acc, &gv)) in dxr.iter_mut().zip(&gw).zip(xr).zip(dw.iter_mut().zip(gr)) {
+                    *d = s * gwv - xv * k;
+                    *acc += gv * (xv * s);
+                }
+            }
+            dw
+        })
+        .collect();
+    let dw = &mut out[rows * n..];
+    for p in &partials {
+        for (acc, &v) in dw.iter_mut().zip(p) {
+            *acc += v;
+        }
+    }
+    out
+}
+
+impl CustomOp3 for RmsNormBwd {
+    fn name(&self) -> &'static str {
+        "hone-rms-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = last_dim(l1, self.name())?;
+        let rows = l1.shape().elem_count() / n;
+        let name = self.name();
+        let out = match s1.dtype() {
+            DType::F32 => f32::to_cpu_storage_owned(rms_bwd(
+                contiguous(s1, l1, name)?,
+                contiguous(s2, l2, name)?,
+                contiguous(s3, l3, name)?,
+                n,
+                self.eps,
+            )),
+            DType::F64 => f64::to_cpu_storage_owned(rms_bwd(
+                contiguous(s1, l1, name)?,
+                contiguous(s2, l2, name)?,
+                contiguous(s3, l3, name)?,
+                n,
+                self.eps,
+            )),
+            other => bail!("rms_norm bwd: no fused kernel for {other:?}"),
+        };
+        Ok((out, Shape::from((rows + 1, n))))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Softmax, optionally scaled and causally masked
+
+/// The causal (and optionally sliding-window) mask of attention scores `[.., s, kv_len]` for
+/// queries at positions `offset..offset+s`.
+#[derive(Debug, Clone, Copy)]
+pub struct CausalMask {
+    /// Query rows per block.
+    pub s: usize,
+    /// Position of the first query.
+    pub offset: usize,
+    /// Sliding window, `usize::MAX` for none.
+    pub window: usize,
+}
+
+/// `softmax(scale · x)` over the last dimension, with masked positions excluded (probability 0).
+pub fn softmax(xs: &Tensor, scale: f64, mask: Option<CausalMask>) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1(SoftmaxOp { scale, mask })
+}
+
+struct SoftmaxOp {
+    scale: f64,
+    mask: Option<CausalMask>,
+}
+
+/// The allowed key range `lo..hi` of row `r`.
+fn allowed(mask: Option<CausalMask>, r: usize, n: usize) -> (usize, usize) {
+    match mask {
+        None => (0, n),
+        Some(m) => {
+            let q = m.offset + r % m.s;
+            let lo = (q + 1).saturating_sub(m.window);
+            (lo.min(n), (q + 1).min(n))
+        }
+    }
+}
+
+fn softmax_fwd<T: Real>(x: &[T], n: usize, scale: f64, mask: Option<CausalMask>) -> Vec<T> {
+    let scale = T::from_f64(scale);
+    map_rows(n, x.len() / n, |r, y| {
+        let (lo, hi) = allowed(mask, r, n);
+        if lo >= hi {
+            return;
+        }
+        let xr = &x[r * n + lo..r * n + hi];
+        let max = xr.iter().fold(T::neg_infinity(), |m, &v| Float::max(m, v * scale));
+        let mut sum = T::zero();
+        for (o, &v) in y[lo..hi].iter_mut().zip(xr) {
+            let e = (v * scale - max).exp();
+            *o = e;
+            sum += e;
+        }
+        for o in &mut y[lo..hi] {
+            *o /= sum;
+        }
+    })
+}
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "hone-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = last_dim(l, self.name())?;
+        let out = match s.dtype() {
+            DType::F32 => {
+                f32::to_cpu_storage_owned(softmax_fwd(contiguous(s, l, self.name())?, n, self.scale, self.mask))
+            }
+            DType::F64 => {
+                f64::to_cpu_storage_owned(softmax_fwd(contiguous(s, l, self.name())?, n, self.scale, self.mask))
+            }
+            other => bail!("softmax: no fused kernel for {other:?}"),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dx = res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwd { scale: self.scale })?;
+        Ok(Some(dx))
+    }
+}
+
+struct SoftmaxBwd {
+    scale: f64,
+}
+
+fn softmax_bwd<T: Real>(y: &[T], g: &[T], n: usize, scale: f64) -> Vec<T> {
+    let scale = T::from_f64(scale);
+    // dx = scale · y · (g − Σ g·y); masked positions have y = 0 and get 0.
+    map_rows(n, y.len() / n, |r, dx| {
+        let yr = &y[r * n..(r + 1) * n];
+        let gr = &g[r * n..(r + 1) * n];
+        let d = dot(gr, yr);
+        for ((o, &yv), &gv) in dx.iter_mut().zip(yr).zip(gr) {
+            *o = scale * (yv * (gv - d));
+        }
+    })
+}
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "hone-softmax-bwd"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = last_dim(l1, self.name())?;
+        let name = self.name();
+        let out = match s1.dtype() {
+            DType::F32 => f32::to_cpu_storage_owned(softmax_bwd(
+                contiguous(s1, l1, name)?,
+                contiguous(s2, l2, name)?,
+                n,
+                self.scale,
+            )),
+            DType::F64 => f64::to_cpu_storage_owned(softmax_bwd(
+                contiguous(s1, l1, name)?,
+                contiguous(s2, l2, name)?,
+                n,
+                self.scale,
+            )),
+            other => bail!("softmax bwd: no fused kernel for {other:?}"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary embedding (rotate-half layout)
+
+/// Rotary tables `[positions, head_dim]` as f32 values (the f64 model uses the same values).
+#[derive(Debug)]
+pub struct RopeTables {
+    /// cos of every (position, dimension).
+    pub cos: Vec<f32>,
+    /// sin of every (position, dimension).
+    pub sin: Vec<f32>,
+    /// Width of a head.
+    pub head_dim: usize,
+}
+
+/// Rotates `xs` `[batch, heads, seq, head_dim]` (any strides) for positions `offset..`; the
+/// result is contiguous.
+pub fn rope(xs: &Tensor, tables: &Arc<RopeTables>, offset: usize) -> Result<Tensor> {
+    xs.apply_op1(RopeOp { tables: tables.clone(), offset, inverse: false })
+}
+
+struct RopeOp {
+    tables: Arc<RopeTables>,
+    offset: usize,
+    /// The transpose (inverse) rotation: sin negated. It is the backward of the forward one.
+    inverse: bool,
+}
+
+fn rope_fwd<T: Real>(x: &[T], l: &Layout, t: &RopeTables, offset: usize, inverse: bool) -> Result<Vec<T>> {
+    let (b, h, s, d) = l.shape().dims4()?;
+    if d != t.head_dim || d % 2 != 0 {
+        bail!("rope: head_dim {d} against tables of {}", t.head_dim);
+    }
+    if (offset + s) * d > t.cos.len() {
+        bail!("rope: position {} is past the rotary table", offset + s);
+    }
+    let st = l.stride();
+    let start = l.start_offset();
+    let half = d / 2;
+    let mut out = vec![T::zero(); b * h * s * d];
+    out.par_chunks_mut(s * d).enumerate().for_each(|(bh, block)| {
+        let (bi, hi) = (bh / h, bh % h);
+        let mut row = vec![T::zero(); d];
+        for (si, o) in block.chunks_exact_mut(d).enumerate() {
+            let base = start + bi * st[0] + hi * st[1] + si * st[2];
+            for (k, v) in row.iter_mut().enumerate() {
+                *v = x[base + k * st[3]];
+            }
+            let p = (offset + si) * d;
+            let cos = &t.cos[p..p + d];
+            let sin = &t.sin[p..p + d];
+            for i in 0..half {
+                let (a, bb) = (row[i], row[i + half]);
+                if inverse {
+                    o[i] = a * cast(cos[i]) + bb * cast(sin[i + half]);
+                    o[i + half] = bb * cast(cos[i + half]) - a * cast(sin[i]);
+                } else {
+                    o[i] = a * cast(cos[i]) - bb * cast(sin[i]);
+                    o[i + half] = bb * cast(cos[i + half]) + a * cast(sin[i + half]);
+                }
+            }
+        }
+    });
+    Ok(out)
+}
+
+impl CustomOp1 for RopeOp {
+    fn name(&self) -> &'static str {
+        "hone-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = match s.dtype() {
+            DType::F32 => {
+                f32::to_cpu_storage_owned(rope_fwd(s.as_slice()?, l, &self.tables, self.offset, self.inverse)?)
+            }
+            DType::F64 => {
+                f64::to_cpu_storage_owned(rope_fwd(s.as_slice()?, l, &self.tables, self.offset, self.inverse)?)
+            }
+            other => bail!("rope: no fused kernel for {other:?}"),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let op = RopeOp { tables: self.tables.clone(), offset: self.offset, inverse: !self.inverse };
+        Ok(Some(grad.apply_op1(op)?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU
+
+/// `silu(gate) · up`, element-wise (same shapes).
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGluOp)
+}
+
+struct SwiGluOp;
+
+fn swiglu_fwd<T: Real>(g: &[T], u: &[T]) -> Vec<T> {
+    let mut out = vec![T::zero(); g.len()];
+    out.par_chunks_mut(4096).zip(g.par_chunks(4096).zip(u.par_chunks(4096))).for_each(|(o, (g, u))| {
+        for ((o, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
+            *o = (gv / ((-gv).exp() + T::one())) * uv;
+        }
+    });
+    out
+}
+
+impl CustomOp2 for SwiGluOp {
+    fn name(&self) -> &'static str {
+        "hone-swiglu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            bail!("swiglu: gate {:?} and up {:?} differ", l1.shape(), l2.shape());
+        }
+        let name = self.name();
+        let out = match s1.dtype() {
+            DType::F32 => f32::to_cpu_storage_owned(swiglu_fwd(contiguous(s1, l1, name)?, contiguous(s2, l2, name)?)),
+            DType::F64 => f64::to_cpu_storage_owned(swiglu_fwd(contiguous(s1, l1, name)?, contiguous(s2, l2, name)?)),
+            other => bail!("swiglu: no fused kernel for {other:?}"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // One kernel returns `[2, ..]`: the gate gradient, then the up gradient.
+        let both = gate.apply_op3_no_bwd(up, &grad.contiguous()?, &SwiGluBwd)?;
+        Ok((Some(both.get(0)?), Some(both.get(1)?)))
+    }
+}
+
+struct SwiGluBwd;
+
+fn swiglu_bwd<T: Real>(g: &[T], u: &[T], grad: &[T]) -> Vec<T> {
+    let len = g.len();
+    let mut out = vec![T::zero(); 2 * len];
+    let (dg, du) = out.split_at_mut(len);
+    dg.par_chunks_mut(4096)
+        .zip(du.par_chunks_mut(4096))
+        .zip(g.par_chunks(4096).zip(u.par_chunks(4096)).zip(grad.par_chunks(4096)))
+        .for_each(|((dg, du), ((g, u), gr))| {
+            for ((dg, du), ((&gv, &uv), &grv)) in dg.iter_mut().zip(du.iter_mut()).zip(g.iter().zip(u).zip(gr)) {
+                let sig = T::one() / ((-gv).exp() + T::one());
+                let silu = gv * sig;
+                *dg = grv * uv * (sig * (T::one() + gv * (T::one() - sig)));
+                *du = grv * silu;
+            }
+        });
+    out
+}
+
+impl CustomOp3 for SwiGluBwd {
+    fn name(&self) -> &'static str {
+        "hone-swiglu-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let out = match s1.dtype() {
+            DType::F32 => f32::to_cpu_storage_owned(swiglu_bwd(
+                contiguous(s1, l1, name)?,
+                contiguous(s2, l2, name)?,
+                contiguous(s3, l3, name)?,
+            )),
+            DType::F64 => f64::to_cpu_storage_owned(swiglu_bwd(
+                contiguous(s1, l1, name)?,
+                contiguous(s2, l2, name)?,
+                contiguous(s3, l3, name)?,
+            )),
+            other => bail!("swiglu bwd: no fused kernel for {other:?}"),
+        };
+        let mut dims = vec![2];
+        dims.extend_from_slice(l1.dims());
+        Ok((out, Shape::from(dims)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Target log-probabilities: logit[y] − logsumexp(logits)
+
+/// `log softmax(logits)[y]` per row: `logits` `[n, vocab]`, `targets` `[n, 1]` or `[n]` (u32);
+/// returns `[n]`.
+pub fn target_logps(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let targets = targets.flatten_all()?.contiguous()?;
+    logits.contiguous()?.apply_op2(&targets, TargetLogpOp)
+}
+
+struct TargetLogpOp;
+
+fn targets_of<'a>(s: &'a CpuStorage, l: &Layout, rows: usize, vocab: usize) -> Result<&'a [u32]> {
+    let t: &[u32] = contiguous(s, l, "target_logps")?;
+    if t.len() != rows {
+        bail!("target_logps: {} targets for {rows} rows", t.len());
+    }
+    if let Some(&bad) = t.iter().find(|&&y| y as usize >= vocab) {
+        bail!("target_logps: target {bad} out of a vocabulary of {vocab}");
+    }
+    Ok(t)
+}
+
+/// (max, Σ exp(x − max)) of a row.
+fn max_and_sum<T: Real>(x: &[T]) -> (T, T) {
+    let max = x.iter().fold(T::neg_infinity(), |m, &v| Float::max(m, v));
+    let sum = x.iter().fold(T::zero(), |s, &v| s + (v - max).exp());
+    (max, sum)
+}
+
+fn target_fwd<T: Real>(x: &[T], t: &[u32], vocab: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); t.len()];
+    out.par_chunks_mut(ROW_CHUNK).enumerate().for_each(|(c, chunk)| {
+        for (i, o) in chunk.iter_mut().enumerate() {
+            let r = c * ROW_CHUNK + i;
+            let row = &x[r * vocab..(r + 1) * vocab];
+            let (max, sum) = max_and_sum(row);
+            *o = row[t[r] as usize] - (sum.ln() + max);
+        }
+    });
+    out
+}
+
+impl CustomOp2 for TargetLogpOp {
+    fn name(&self) -> &'static str {
+        "hone-target-logp"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (rows, vocab) = l1.shape().dims2()?;
+        let t = targets_of(s2, l2, rows, vocab)?;
+        let out = match s1.dtype() {
+            DType::F32 => f32::to_cpu_storage_owned(target_fwd(contiguous(s1, l1, self.name())?, t, vocab)),
+            DType::F64 => f64::to_cpu_storage_owned(target_fwd(contiguous(s1, l1, self.name())?, t, vocab)),
+            other => bail!("target_logps: no fused kernel for {other:?}"),
+        };
+        Ok((out, Shape::from(rows)))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.to_dtype(logits.dtype())?.contiguous()?;
+        Ok((Some(logits.apply_op3_no_bwd(targets, &grad, &TargetLogpBwd)?), None))
+    }
+}
+
+struct TargetLogpBwd;
+
+fn target_bwd<T: Real>(x: &[T], t: &[u32], g: &[T], vocab: usize) -> Vec<T> {
+    // d/dx_j (x_y − lse) = [j = y] − softmax(x)_j, times the incoming gradient of the row.
+    map_rows(vocab, t.len(), |r, o| {
+        let row = &x[r * vocab..(r + 1) * vocab];
+        let max = row.iter().fold(T::neg_infinity(), |m, &v| Float::max(m, v));
+        let mut sum = T::zero();
+        for (o, &v) in o.iter_mut().zip(row) {
+            let e = (v - max).exp();
+            *o = e;
+            sum += e;
+        }
+        let k = -g[r] / sum;
+        for o in o.iter_mut() {
+            *o *= k;
+        }
+        let y = t[r] as usize;
+        o[y] += g[r];
+    })
+}
+
+impl CustomOp3 for TargetLogpBwd {
+    fn name(&self) -> &'static str {
+        "hone-target-logp-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, vocab) = l1.shape().dims2()?;
+        let t = targets_of(s2, l2, rows, vocab)?;
+        let name = self.name();
+        let out = match s1.dtype() {
+            DType::F32 => {
+                f32::to_cpu_storage_owned(target_bwd(contiguous(s1, l1, name)?, t, contiguous(s3, l3, name)?, vocab))
+            }
+            DType::F64 => {
+                f64::to_cpu_storage_owned(target_bwd(contiguous(s1, l1, name)?, t, contiguous(s3, l3, name)?, vocab))
+            }
+            other => bail!("target_logps bwd: no fused kernel for {other:?}"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
