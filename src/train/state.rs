@@ -1,9 +1,14 @@
-//! Optimizer state in and out of checkpoints: AdamW's moments as safetensors (`m.<param>`,
-//! `v.<param>`), exact to the bit. The step count travels in the trainer state.
+//! The trainer's resumable state: where the pipeline stands (`trainer_state.json` in every
+//! checkpoint), run options, and AdamW's moments as safetensors (`m.<param>`, `v.<param>`),
+//! exact to the bit.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Var};
+use serde::{Deserialize, Serialize};
+
+use super::sampler::SamplerState;
 
 use super::optim::{AdamW, Moments};
 use super::TrainError;
@@ -42,4 +47,58 @@ pub fn load_optimizer(
         moments.push(Moments { m, v });
     }
     Ok(Some(moments))
+}
+
+/// The trainer's resumable position, saved as `trainer_state.json` in every checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps completed over the whole pipeline.
+    pub global_step: u64,
+    /// The stage being trained.
+    pub stage_index: usize,
+    /// Optimizer steps completed in that stage.
+    pub stage_step: u64,
+    /// Samplers of the stage's terms, by term name.
+    pub samplers: HashMap<String, SamplerState>,
+    /// Current λ_pref and λ_safe (λ_safe adapts; both can be changed live).
+    pub lambda_pref: Option<f64>,
+    /// Current λ_safe.
+    pub lambda_safe: Option<f64>,
+    /// Non-finite steps in a row.
+    pub consecutive_nan: u32,
+    /// Whether the stage at `stage_index` has finished (its final checkpoint).
+    pub stage_done: bool,
+    /// AdamW updates applied in the current stage (its bias correction).
+    pub optimizer_steps: u64,
+    /// Every read of a live labels file in the current stage (file, offset reached), in order:
+    /// a resume replays them to rebuild the same pool.
+    #[serde(default)]
+    pub label_reads: Vec<(String, u64)>,
+    /// Per live labels file at the checkpoint: (file, bytes consumed, their sha256).
+    #[serde(default)]
+    pub label_prefixes: Vec<(String, u64, String)>,
+    /// The current stage's step count, fixed when it starts (labels admitted later do not
+    /// lengthen it; a resume keeps it).
+    #[serde(default)]
+    pub stage_total: Option<u64>,
+}
+
+/// Options that are not part of the pipeline file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Only these stages (by name), in pipeline order.
+    pub stages: Option<Vec<String>>,
+    /// Cap on optimizer steps per stage.
+    pub max_steps: Option<u64>,
+    /// Fault injection for tests: make the loss NaN at these global steps.
+    pub inject_nan_at: Vec<u64>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Every stage ran to its end.
+    Completed,
+    /// A stop was requested; a checkpoint was written at the step boundary.
+    Stopped,
 }
