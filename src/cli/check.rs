@@ -67,10 +67,7 @@ pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
     let setup = (|| -> Result<(TextTokenizer, Option<ChatTemplate>, ModelConfig)> {
         let tok = TextTokenizer::from_dir(model_dir)?;
         let config = ModelConfig::from_dir(model_dir)?;
-        let template = match tok.chat_template() {
-            Some(_) => Some(ChatTemplate::from_tokenizer(&tok)?),
-            None => None,
-        };
+        let template = ChatTemplate::for_tokenizer(&tok)?;
         Ok((tok, template, config))
     })();
     let (tok, template, config) = match setup {

@@ -44,24 +44,13 @@ impl Loaded {
         let tokenizer = TextTokenizer::from_dir(dir)?;
         let model = Model::load(dir, device, dtype)?;
         model.check_tokenizer_len(tokenizer.len())?;
-        let template = match tokenizer.chat_template() {
-            Some(_) => Some(ChatTemplate::from_tokenizer(&tokenizer)?),
-            None => None,
-        };
+        let template = ChatTemplate::for_tokenizer(&tokenizer)?;
         Ok(Self { model, tokenizer, template })
     }
 
-    /// The id used to pad batches: the tokenizer's pad, else the model's, else EOS, else 0.
-    /// Padding never reaches a loss, so any id is correct; this one keeps batches readable.
+    /// The id used to pad batches ([`crate::train::score::pad_id`]).
     pub fn pad_id(&self) -> u32 {
-        self.tokenizer
-            .specials()
-            .pad
-            .as_ref()
-            .map(|(_, id)| *id)
-            .or(self.model.generation.pad_token_id)
-            .or(self.model.generation.eos_token_ids.first().copied())
-            .unwrap_or(0)
+        crate::train::score::pad_id(&self.tokenizer, &self.model)
     }
 }
 

@@ -19,6 +19,7 @@ pub use frozen::{
     diff_frozen, freeze, frozen_toml, load_frozen, sha256_file, Frozen, FrozenExtras, FrozenFile, FrozenInfo,
 };
 pub use load::{load_pipeline, DataSource, LoadedPipeline};
+pub(crate) use locate::line_column;
 pub use types::*;
 
 /// Where runs go when the command line names no directory: `./runs`, relative to the working

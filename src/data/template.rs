@@ -144,6 +144,14 @@ impl ChatTemplate {
         Ok(template)
     }
 
+    /// The tokenizer's chat template, or `None` when it has none (plain-text data needs none).
+    pub fn for_tokenizer(tok: &TextTokenizer) -> Result<Option<Self>, DataError> {
+        match tok.chat_template() {
+            Some(_) => Self::from_tokenizer(tok).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Adds (or replaces) a string variable visible to the template, e.g. `pad_token`.
     pub fn with_variable(mut self, name: &str, value: &str) -> Self {
         self.vars.insert(name.to_string(), value.to_string());

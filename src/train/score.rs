@@ -8,6 +8,19 @@ use super::batch::{Sequence, TokenBatch};
 use super::loss::{per_sequence_sum, target_logps};
 use crate::model::Decoder;
 
+/// The id that pads batches: the tokenizer's pad, else the model's, else its first EOS, else 0.
+/// Padding never reaches a loss (it is never a target), so any id is correct; this one keeps
+/// batches readable.
+pub fn pad_id(tok: &crate::data::TextTokenizer, model: &crate::model::Model) -> u32 {
+    tok.specials()
+        .pad
+        .as_ref()
+        .map(|(_, id)| *id)
+        .or(model.generation.pad_token_id)
+        .or(model.generation.eos_token_ids.first().copied())
+        .unwrap_or(0)
+}
+
 /// Sequences per forward pass when scoring.
 pub const SCORE_BATCH: usize = 8;
 

@@ -111,10 +111,7 @@ impl<'h, H: Host> Trainer<'h, H> {
     ) -> Result<Self, TrainError> {
         let tokenizer = TextTokenizer::from_dir(&pipeline.model.path)?;
         policy.check_tokenizer_len(tokenizer.len())?;
-        let template = match tokenizer.chat_template() {
-            Some(_) => Some(ChatTemplate::from_tokenizer(&tokenizer)?),
-            None => None,
-        };
+        let template = ChatTemplate::for_tokenizer(&tokenizer)?;
         let eval = match &pipeline.eval {
             Some(settings) => Some(Self::eval_setup(&pipeline, settings, host)?),
             None => None,
@@ -228,13 +225,7 @@ impl<'h, H: Host> Trainer<'h, H> {
     }
 
     fn pad_id(&self) -> u32 {
-        self.tokenizer
-            .specials()
-            .pad
-            .as_ref()
-            .map(|(_, id)| *id)
-            .or(self.policy.generation.eos_token_ids.first().copied())
-            .unwrap_or(0)
+        super::score::pad_id(&self.tokenizer, &self.policy)
     }
 
     /// Runs the remaining stages.

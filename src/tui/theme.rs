@@ -4,6 +4,7 @@
 //! that lists only the roles it changes. An unknown role or a bad value is an error located as
 //! `path:line:col`. This module reads no files except the one it is given in [`Theme::load`].
 
+use crate::config::line_column;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
@@ -159,18 +160,6 @@ fn parse_style(value: &toml::Value) -> Result<Style, String> {
 
 fn parse_colour(text: &str) -> Result<Color, String> {
     Color::from_str(text).map_err(|_| format!("unknown colour {text:?}"))
-}
-
-/// 1-based line and column (in characters) of a byte offset.
-fn line_column(source: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(source.len());
-    while !source.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &source[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[line_start..].chars().count() + 1)
 }
 
 #[cfg(test)]
