@@ -30,6 +30,43 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Keeps only the batch rows `rows` (in that order): finished rows of a batched generation
+    /// leave the cache so later steps do not compute them.
+    pub fn keep_rows(&mut self, rows: &[usize]) -> Result<()> {
+        let Some(first) = self.layers.iter().flatten().next() else { return Ok(()) };
+        let index = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), first.0.device())?;
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.contiguous()?.index_select(&index, 0)?;
+            *v = v.contiguous()?.index_select(&index, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// Rotates the new positions of each batch row separately: row `b`'s first `pads[b]` cached
+/// positions are padding, so its real position is the padded one minus `pads[b]`. Padding
+/// positions are left unrotated (they are masked everywhere).
+fn rotate_left_padded(rotary: &Rotary, xs: &Tensor, offset: usize, pads: &[usize]) -> Result<Tensor> {
+    let s = xs.dim(2)?;
+    let rows = pads
+        .iter()
+        .enumerate()
+        .map(|(b, &pad)| {
+            let row = xs.narrow(0, b, 1)?;
+            let first_real = pad.saturating_sub(offset).min(s);
+            if first_real == s {
+                return row.contiguous();
+            }
+            let real = rotary.apply(&row.narrow(2, first_real, s - first_real)?, offset + first_real - pad)?;
+            if first_real == 0 {
+                Ok(real)
+            } else {
+                Tensor::cat(&[&row.narrow(2, 0, first_real)?.contiguous()?, &real], 2)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&rows, 0)
 }
 
 fn init_for(fan_in: usize) -> Init {
@@ -79,6 +116,7 @@ impl Attention {
         xs: &Tensor,
         rotary: &Rotary,
         offset: usize,
+        pads: Option<&[usize]>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let (b, s, _) = xs.dims3()?;
@@ -86,8 +124,10 @@ impl Attention {
         let q = self.q_proj.forward(xs)?.reshape((b, s, self.heads, d))?.transpose(1, 2)?;
         let k = self.k_proj.forward(xs)?.reshape((b, s, self.kv_heads, d))?.transpose(1, 2)?;
         let v = self.v_proj.forward(xs)?.reshape((b, s, self.kv_heads, d))?.transpose(1, 2)?;
-        let q = rotary.apply(&q, offset)?;
-        let k = rotary.apply(&k, offset)?;
+        let (q, k) = match pads {
+            Some(p) => (rotate_left_padded(rotary, &q, offset, p)?, rotate_left_padded(rotary, &k, offset, p)?),
+            None => (rotary.apply(&q, offset)?, rotary.apply(&k, offset)?),
+        };
         let (k, v) = match cache {
             Some(slot) => {
                 let (k, v) = match slot.take() {
@@ -110,12 +150,21 @@ impl Attention {
             // Scale, causal/window mask and softmax in one kernel; k's transpose is a strided view.
             let scores = q.matmul(&k.t()?)?;
             let mask = CausalMask { s, offset, window: self.window.unwrap_or(usize::MAX) };
-            fused::softmax(&scores, scale, Some(mask))?
+            match pads {
+                Some(p) => fused::softmax_left_padded(&scores, scale, mask, p)?,
+                None => fused::softmax(&scores, scale, Some(mask))?,
+            }
         } else {
             let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
             let scores = scores.reshape((b, self.kv_heads, groups, s, kv_len))?;
             let scores = match attention_mask(s, kv_len, offset, self.window, scores.dtype(), scores.device())? {
                 Some(mask) => scores.broadcast_add(&mask)?,
+                None => scores,
+            };
+            let scores = match pads {
+                Some(p) => {
+                    scores.broadcast_add(&padding_mask(p, s, kv_len, offset, scores.dtype(), scores.device())?)?
+                }
                 None => scores,
             };
             softmax_last_dim(&scores)?.reshape((b, self.kv_heads, groups * s, kv_len))?
@@ -147,6 +196,28 @@ fn attention_mask(
         })
         .collect();
     Ok(Some(Tensor::from_vec(mask, (s, kv_len), device)?.to_dtype(dtype)?))
+}
+
+/// Additive mask `[batch, 1, 1, s, kv_len]` hiding each row's leading padding keys. A query that
+/// is itself padding keeps its own key, so its softmax stays finite (its output is never used).
+fn padding_mask(
+    pads: &[usize],
+    s: usize,
+    kv_len: usize,
+    offset: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let mask: Vec<f32> = pads
+        .iter()
+        .flat_map(|&pad| {
+            (0..s).flat_map(move |i| {
+                let qpos = offset + i;
+                (0..kv_len).map(move |j| if j < pad && j != qpos { f32::NEG_INFINITY } else { 0.0 })
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (pads.len(), 1, 1, s, kv_len), device)?.to_dtype(dtype)
 }
 
 struct Mlp {
@@ -200,10 +271,11 @@ impl Block {
         xs: &Tensor,
         rotary: &Rotary,
         offset: usize,
+        pads: Option<&[usize]>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(xs)?;
-        let xs = (xs + self.self_attn.forward(&h, rotary, offset, cache)?)?;
+        let xs = (xs + self.self_attn.forward(&h, rotary, offset, pads, cache)?)?;
         let h = self.post_attention_layernorm.forward(&xs)?;
         xs + self.mlp.forward(&h)?
     }
@@ -262,14 +334,23 @@ impl Decoder {
     /// Final-norm hidden states `[batch, seq, hidden]` for `ids` `[batch, seq]` (u32), placed at
     /// positions `cache.len()..` when a cache is given. Right padding needs no mask: causal
     /// attention keeps valid positions from seeing the padding after them.
-    pub fn hidden_states(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn hidden_states(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        self.hidden_states_inner(ids, None, cache)
+    }
+
+    fn hidden_states_inner(
+        &self,
+        ids: &Tensor,
+        pads: Option<&[usize]>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let offset = cache.as_ref().map_or(0, |c| c.len());
         let (b, s) = ids.dims2()?;
         let hidden = self.embed_tokens.dim(1)?;
         let mut xs = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, hidden))?;
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            xs = layer.forward(&xs, &self.rotary, offset, slot)?;
+            xs = layer.forward(&xs, &self.rotary, offset, pads, slot)?;
         }
         self.norm.forward(&xs)
     }
@@ -287,6 +368,23 @@ impl Decoder {
     /// Logits of the last position only `[batch, vocab]`, the cheap path for generation.
     pub fn forward_last(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let h = self.hidden_states(ids, cache)?;
+        let s = h.dim(1)?;
+        self.lm_head(&h.narrow(1, s - 1, 1)?.squeeze(1)?)?.to_dtype(DType::F32)
+    }
+
+    /// Logits of the last position `[batch, vocab]` of a left-padded batch: row `b`'s first
+    /// `pads[b]` positions (counted from the start of `cache`, which must hold this batch's
+    /// earlier positions) are padding. Each row sees only its own tokens at its own positions,
+    /// so its logits are those of the row alone.
+    pub fn forward_last_left_padded(&self, ids: &Tensor, pads: &[usize], cache: &mut KvCache) -> Result<Tensor> {
+        if pads.len() != ids.dim(0)? {
+            candle_core::bail!(
+                "forward_last_left_padded: {} padding counts for a batch of {}",
+                pads.len(),
+                ids.dim(0)?
+            );
+        }
+        let h = self.hidden_states_inner(ids, Some(pads), Some(cache))?;
         let s = h.dim(1)?;
         self.lm_head(&h.narrow(1, s - 1, 1)?.squeeze(1)?)?.to_dtype(DType::F32)
     }

@@ -260,9 +260,15 @@ fn allowed(mask: Option<CausalMask>, r: usize, n: usize) -> (usize, usize) {
 }
 
 fn softmax_fwd<T: Real>(x: &[T], n: usize, scale: f64, mask: Option<CausalMask>) -> Vec<T> {
+    softmax_rows(x, n, scale, |r| allowed(mask, r, n))
+}
+
+/// Softmax of each row of `x` over its allowed key range (`range(row)`); keys outside it get
+/// probability 0, and a row with an empty range is all zeros.
+fn softmax_rows<T: Real>(x: &[T], n: usize, scale: f64, range: impl Fn(usize) -> (usize, usize) + Sync) -> Vec<T> {
     let scale = T::from_f64(scale);
     map_rows(n, x.len() / n, |r, y| {
-        let (lo, hi) = allowed(mask, r, n);
+        let (lo, hi) = range(r);
         if lo >= hi {
             return;
         }
@@ -346,6 +352,55 @@ impl CustomOp2 for SoftmaxBwd {
             other => bail!("softmax bwd: no fused kernel for {other:?}"),
         };
         Ok((out, l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Softmax of a left-padded batch (generation only, no backward)
+
+/// `softmax(scale · x)` over the last dimension of attention scores `[batch, .., s, kv_len]`
+/// whose batch row `b` starts with `key_start[b]` padding keys: those keys are masked on top of
+/// `mask`, so a row's probabilities over its real keys are computed exactly as without padding
+/// (same range, same summation order). Query rows that are themselves padding come out all 0.
+/// Forward only: it serves batched generation.
+pub fn softmax_left_padded(xs: &Tensor, scale: f64, mask: CausalMask, key_start: &[usize]) -> Result<Tensor> {
+    let batch = xs.dim(0)?;
+    if key_start.len() != batch {
+        bail!("softmax_left_padded: {} padding counts for a batch of {batch}", key_start.len());
+    }
+    xs.contiguous()?.apply_op1(PaddedSoftmaxOp { scale, mask, key_start: key_start.to_vec() })
+}
+
+struct PaddedSoftmaxOp {
+    scale: f64,
+    mask: CausalMask,
+    key_start: Vec<usize>,
+}
+
+impl PaddedSoftmaxOp {
+    fn run<T: Real>(&self, x: &[T], n: usize) -> Vec<T> {
+        let rows_per_batch = (x.len() / n / self.key_start.len().max(1)).max(1);
+        softmax_rows(x, n, self.scale, |r| {
+            let (lo, hi) = allowed(Some(self.mask), r, n);
+            let start = self.key_start.get(r / rows_per_batch).copied().unwrap_or(0);
+            (lo.max(start), hi)
+        })
+    }
+}
+
+impl CustomOp1 for PaddedSoftmaxOp {
+    fn name(&self) -> &'static str {
+        "hone-softmax-left-padded"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = last_dim(l, self.name())?;
+        let out = match s.dtype() {
+            DType::F32 => f32::to_cpu_storage_owned(self.run(contiguous(s, l, self.name())?, n)),
+            DType::F64 => f64::to_cpu_storage_owned(self.run(contiguous(s, l, self.name())?, n)),
+            other => bail!("softmax_left_padded: no fused kernel for {other:?}"),
+        };
+        Ok((out, l.shape().clone()))
     }
 }
 

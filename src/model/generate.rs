@@ -1,5 +1,12 @@
 //! Autoregressive generation with a KV cache: greedy, or temperature and nucleus (top-p)
 //! sampling from a seeded generator. Stops after emitting any of the model's EOS ids.
+//!
+//! [`generate_batch`] answers many prompts at once: prompts are left-padded to a common length,
+//! each row's attention skips its padding and each row is rotated at its own positions, so a row's
+//! tokens are those it would get alone (greedy, and sampled: every row draws from its own
+//! generator seeded with the same seed). A row leaves the batch (and the KV cache) when it stops.
+
+use std::time::{Duration, Instant};
 
 use candle_core::{Tensor, D};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -62,6 +69,89 @@ pub fn generate(
         input = Tensor::new(&[next], device)?.unsqueeze(0)?;
     }
     Ok(Generated { new_token_ids: out, stopped_on_eos: false })
+}
+
+/// What one row of a batched generation produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchGenerated {
+    /// The tokens, as [`generate`] would give them for this prompt alone.
+    pub generated: Generated,
+    /// Wall time from the start of the batch (prefill of the whole batch included) to the end of
+    /// the decoding step in which this row stopped: the latency a request served in this batch
+    /// would see.
+    pub elapsed: Duration,
+}
+
+/// Generates a continuation of every prompt in one left-padded batch, stopping each row on any
+/// id in `stop_ids` or at its token limit (`max_new_tokens`, and the model's position limit).
+/// Rows are returned in prompt order.
+pub fn generate_batch(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    stop_ids: &[u32],
+    sampling: &Sampling,
+) -> Result<Vec<BatchGenerated>, ModelError> {
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(ModelError::Dtype(format!("generate_batch: prompt {i} has no tokens")));
+    }
+    let started = Instant::now();
+    let decoder = model.decoder();
+    let device = decoder.device();
+    let max_positions = model.config.max_position_embeddings;
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let limits: Vec<usize> =
+        prompts.iter().map(|p| sampling.max_new_tokens.min(max_positions.saturating_sub(p.len()))).collect();
+    let mut results: Vec<Option<BatchGenerated>> = vec![None; prompts.len()];
+    let mut outs: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    let mut rngs: Vec<StdRng> = prompts.iter().map(|_| StdRng::seed_from_u64(sampling.seed)).collect();
+    // Rows still generating, by prompt index; rows with no room finish before the first step.
+    let mut active: Vec<usize> = Vec::new();
+    for (i, &limit) in limits.iter().enumerate() {
+        if limit == 0 {
+            let generated = Generated { new_token_ids: Vec::new(), stopped_on_eos: false };
+            results[i] = Some(BatchGenerated { generated, elapsed: started.elapsed() });
+        } else {
+            active.push(i);
+        }
+    }
+    if active.is_empty() {
+        return Ok(results.into_iter().flatten().collect());
+    }
+    // Padding ids are never seen by a real position; any valid id does.
+    let pad_id = prompts[active[0]][0];
+    let padded: Vec<u32> =
+        active.iter().flat_map(|&i| std::iter::repeat_n(pad_id, pads[i]).chain(prompts[i].iter().copied())).collect();
+    let mut input = Tensor::from_vec(padded, (active.len(), longest), device)?;
+    let mut row_pads: Vec<usize> = active.iter().map(|&i| pads[i]).collect();
+    let mut cache = KvCache::new(decoder.num_layers());
+    while !active.is_empty() {
+        let logits = decoder.forward_last_left_padded(&input, &row_pads, &mut cache)?;
+        let mut next_ids = Vec::with_capacity(active.len());
+        let mut keep = Vec::with_capacity(active.len());
+        for (row, &i) in active.iter().enumerate() {
+            let next = pick(&logits.get(row)?, sampling, &mut rngs[i])?;
+            outs[i].push(next);
+            let stopped = stop_ids.contains(&next);
+            if stopped || outs[i].len() >= limits[i] {
+                let generated = Generated { new_token_ids: std::mem::take(&mut outs[i]), stopped_on_eos: stopped };
+                results[i] = Some(BatchGenerated { generated, elapsed: started.elapsed() });
+            } else {
+                keep.push(row);
+                next_ids.push(next);
+            }
+        }
+        if keep.is_empty() {
+            break;
+        }
+        if keep.len() < active.len() {
+            cache.keep_rows(&keep)?;
+            active = keep.iter().map(|&r| active[r]).collect();
+            row_pads = keep.iter().map(|&r| row_pads[r]).collect();
+        }
+        input = Tensor::from_vec(next_ids, (active.len(), 1), device)?;
+    }
+    Ok(results.into_iter().flatten().collect())
 }
 
 fn pick(logits: &Tensor, sampling: &Sampling, rng: &mut StdRng) -> Result<u32, ModelError> {
