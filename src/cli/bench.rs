@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
-use crate::model::generate::{generate, Sampling};
+use crate::model::generate::{generate, generate_batch, Sampling};
 use crate::model::{Model, ModelConfig};
 use crate::train::batch::{Sequence, TokenBatch};
 use crate::train::loss::{
@@ -25,6 +25,9 @@ pub enum BenchMode {
     Dpo,
     /// Greedy generation with the KV cache.
     Generate,
+    /// Greedy generation of 8 prompts of different lengths: one at a time, then as one
+    /// left-padded batch (tokens/s of both).
+    GenerateBatch,
 }
 
 /// The `cpu-small` preset: a Llama with vocab 4096, hidden 256, 4 layers, 4 heads / 2 KV heads,
@@ -77,6 +80,9 @@ pub fn run(mode: BenchMode, steps: usize, warmup: usize, device: &Device) -> Res
     let model = Model::fresh(config, device, DType::F32, 0).context("building the preset model")?;
     if mode == BenchMode::Generate {
         return bench_generate(&model, steps, warmup);
+    }
+    if mode == BenchMode::GenerateBatch {
+        return bench_generate_batch(&model, steps, warmup);
     }
     let seqs = sequences(4096, 42);
     let batch = TokenBatch::new(&seqs, 0, device)?;
@@ -140,5 +146,42 @@ fn bench_generate(model: &Model, steps: usize, warmup: usize) -> Result<serde_js
     Ok(json!({
         "preset": "cpu-small", "mode": "generate", "prompt_tokens": PROMPT, "new_tokens": sampling.max_new_tokens,
         "threads": candle_core::utils::get_num_threads(), "runs": steps, "median_tokens_per_second": median(&mut rates),
+    }))
+}
+
+/// New tokens per second answering `BATCH` prompts of 48 to 64 tokens (128 new tokens each, no
+/// stop id): one prompt at a time (batch 1), then all in one left-padded batch (batch N), each
+/// the median over `steps` runs, the two interleaved so machine load hits both alike.
+fn bench_generate_batch(model: &Model, steps: usize, warmup: usize) -> Result<serde_json::Value> {
+    let source = sequences(4096, 11);
+    let prompts: Vec<Vec<u32>> =
+        source.iter().enumerate().map(|(i, s)| s.ids[..PROMPT - (i * 16) / BATCH.max(1)].to_vec()).collect();
+    let sampling = Sampling { max_new_tokens: 128, ..Sampling::default() };
+    let (mut single, mut batched) = (Vec::with_capacity(steps), Vec::with_capacity(steps));
+    for i in 0..warmup + steps {
+        let start = Instant::now();
+        let mut tokens = 0usize;
+        for p in &prompts {
+            tokens += generate(model, p, &[], &sampling)?.new_token_ids.len();
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let one_at_a_time = tokens as f64 / start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let rows = generate_batch(model, &prompts, &[], &sampling)?;
+        let tokens: usize = rows.iter().map(|r| r.generated.new_token_ids.len()).sum();
+        #[allow(clippy::cast_precision_loss)]
+        let together = tokens as f64 / start.elapsed().as_secs_f64();
+        if i >= warmup {
+            single.push(one_at_a_time);
+            batched.push(together);
+        }
+    }
+    let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    Ok(json!({
+        "preset": "cpu-small", "mode": "generate-batch", "prompt_tokens": lengths,
+        "new_tokens": sampling.max_new_tokens, "batch": BATCH,
+        "threads": candle_core::utils::get_num_threads(), "runs": steps,
+        "batch_1_tokens_per_second": median(&mut single),
+        "batch_n_tokens_per_second": median(&mut batched),
     }))
 }

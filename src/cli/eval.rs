@@ -30,18 +30,21 @@ pub struct EvalArgs {
     pub out: PathBuf,
     /// Answer length bound.
     pub max_new_tokens: usize,
+    /// Prompts generated together (see `train::evaluate::answer_all` for the latency this gives).
+    pub batch_size: usize,
     /// Serving price per device-hour, for the cost metric.
     pub price_per_device_hour: f64,
 }
 
 /// Greedy answers to every item with a loaded model.
-fn answer_all(model: &Loaded, items: &[EvalItem], max_new_tokens: usize) -> Result<Vec<Response>> {
+fn answer_all(model: &Loaded, items: &[EvalItem], args: &EvalArgs) -> Result<Vec<Response>> {
     Ok(crate::train::evaluate::answer_all(
         &model.model,
         &model.tokenizer,
         model.template.as_ref(),
         items,
-        max_new_tokens,
+        args.max_new_tokens,
+        args.batch_size,
     )?)
 }
 
@@ -74,11 +77,11 @@ pub fn run(args: &EvalArgs, device: &Device, out: &mut impl Write) -> Result<boo
     };
     let dtype = candle_core::DType::F32;
     let candidate = Loaded::open(&args.model, device, dtype)?;
-    let responses = answer_all(&candidate, &items, args.max_new_tokens)?;
+    let responses = answer_all(&candidate, &items, args)?;
     let (baseline_responses, baseline_report) = match &args.baseline {
         Some(dir) => {
             let base = Loaded::open(dir, device, dtype)?;
-            let base_responses = answer_all(&base, &items, args.max_new_tokens)?;
+            let base_responses = answer_all(&base, &items, args)?;
             let name = dir.display().to_string();
             let mut inputs = ScoreInputs::new("baseline", &name, &items, &base_responses, &judge, &config.gates);
             inputs.price_per_device_hour = args.price_per_device_hour;

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod demo;
 pub mod eval;
 pub mod generate;
 pub mod run;
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::model::generate::Sampling;
 use crate::model::parse_device;
@@ -62,6 +63,27 @@ pub enum Command {
         /// Fault injection for tests: a NaN loss at these global steps.
         #[arg(long, hide = true, value_delimiter = ',')]
         inject_nan_at: Vec<u64>,
+    },
+    /// Run the sample world: base → SFT → DPO → safety → evaluation gates, on the tiny model in
+    /// sample-data/ (nothing to download).
+    ///
+    /// Without --headless this is `hone run sample-data/pipeline.toml`. With it, the progress
+    /// lines, then the wall time of every phase, the scorecard of every stage and the gate
+    /// decision. Writes only inside its run directory; the data directory is never modified.
+    Demo {
+        /// Run in the foreground and print the summary.
+        #[arg(long)]
+        headless: bool,
+        /// Where the run directory is created.
+        #[arg(long, default_value = "runs")]
+        runs_dir: PathBuf,
+        /// The sample world (a directory with pipeline.toml); default: sample-data/ of hone's
+        /// source tree.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Cap optimizer steps per stage (a shortened demo).
+        #[arg(long)]
+        max_steps: Option<u64>,
     },
     /// Continue a run from its newest complete checkpoint.
     ///
@@ -127,6 +149,10 @@ pub enum Command {
         /// Upper bound on each answer's tokens.
         #[arg(long, default_value_t = 128)]
         max_new_tokens: usize,
+        /// Prompts generated together (answers are those of one prompt alone; a response's
+        /// latency runs from its batch's start to the step its answer ended).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+        batch_size: u64,
         /// Serving price per device-hour (for cost per 1,000 responses).
         #[arg(long, default_value_t = 0.0)]
         price_per_device_hour: f64,
@@ -231,10 +257,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     match cli.command {
         Command::Run { pipeline, headless, runs_dir, stages, max_steps, checkpoint_every, seed, inject_nan_at } => {
-            require_headless(headless)?;
             let overrides = run::Overrides { stages, max_steps, checkpoint_every, seed, inject_nan_at };
-            let dir = run::run(&pipeline, &runs_dir, &overrides)?;
+            let dir = start_run(&pipeline, headless, &runs_dir, &overrides)?;
             println!("{}", dir.display());
+        }
+        Command::Demo { headless, runs_dir, data, max_steps } => {
+            let args = demo::DemoArgs { headless, runs_dir, data, max_steps };
+            demo::run(&args, start_run, &mut stdout.lock())?;
         }
         Command::Resume { run_dir, headless, force, from_step, inject_nan_at } => {
             require_headless(headless)?;
@@ -250,6 +279,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             overrides,
             out,
             max_new_tokens,
+            batch_size,
             price_per_device_hour,
             device,
         } => {
@@ -261,6 +291,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 overrides,
                 out,
                 max_new_tokens,
+                batch_size: usize::try_from(batch_size).unwrap_or(usize::MAX),
                 price_per_device_hour,
             };
             let passed = eval::run(&args, &parse_device(&device)?, &mut stdout.lock())?;
@@ -310,6 +341,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `hone run PIPELINE [--headless]` does; `hone demo` starts its pipeline through it too.
+pub fn start_run(pipeline: &Path, headless: bool, runs_dir: &Path, overrides: &run::Overrides) -> Result<PathBuf> {
+    require_headless(headless)?;
+    run::run(pipeline, runs_dir, overrides)
 }
 
 fn require_headless(headless: bool) -> Result<()> {

@@ -37,6 +37,10 @@ pub struct EvalSettings {
     /// Upper bound on each answer's tokens.
     #[serde(default = "default_eval_tokens")]
     pub max_new_tokens: usize,
+    /// Prompts answered together in one batched generation (left-padded; each answer is the
+    /// one it would be alone). Latency is per response, measured within its batch.
+    #[serde(default = "default_eval_batch")]
+    pub batch_size: usize,
     /// Serving price per device-hour for the cost metric.
     #[serde(default)]
     pub price_per_device_hour: f64,
@@ -272,6 +276,9 @@ fn yes() -> bool {
 }
 fn default_eval_tokens() -> usize {
     64
+}
+fn default_eval_batch() -> usize {
+    8
 }
 fn one() -> u32 {
     1

@@ -48,6 +48,9 @@ pub(crate) fn validate(pipeline: &Pipeline, locator: &Locator<'_>) -> Result<(),
         if eval.max_new_tokens == 0 {
             return Err(locator.error(&at.key("max_new_tokens"), "must be at least 1"));
         }
+        if eval.batch_size == 0 {
+            return Err(locator.error(&at.key("batch_size"), "must be at least 1"));
+        }
         if !(eval.price_per_device_hour >= 0.0 && eval.price_per_device_hour.is_finite()) {
             return Err(locator.error(&at.key("price_per_device_hour"), "must be a non-negative number"));
         }

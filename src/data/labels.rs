@@ -6,6 +6,8 @@
 //!   `item` (what was labeled; default: the prompt and the two responses, order-independent),
 //!   `labeler`, `source`, `ts`, `order`;
 //! - `{"id", "kind": "tie" | "skip", "item"?}`: judged, but nothing to train on;
+//! - `{"id", "kind": "eval_pairwise", "item", ...}`: a blind candidate-vs-baseline judgement of
+//!   an eval item, read by `eval::read_pairwise_labels`; never trains;
 //! - any record with `"supersedes": "<id>"` retracts that earlier record (`"kind": "undo"` records
 //!   carry nothing else).
 //!
@@ -156,7 +158,8 @@ impl LabelLog {
         let item = obj.get("item").and_then(Json::as_str).map(String::from);
         let verdict = match kind {
             "tie" => Verdict::Tie,
-            "skip" => Verdict::Skip,
+            // A blind pairwise judgement of an eval item (the eval module reads it): never trains.
+            "skip" | "eval_pairwise" => Verdict::Skip,
             "undo" if supersedes.is_some() => Verdict::Undo,
             "undo" => return Err(at(1, "supersedes", "an undo record must name the record it retracts")),
             "preference" => {
@@ -164,7 +167,13 @@ impl LabelLog {
                 let rec = parse_preference_line(&self.path, &line).map_err(|e| e.to_string())?;
                 Verdict::Prefer(Box::new(rec))
             }
-            other => return Err(at(1, "kind", &format!("unknown kind {other:?} (preference, tie, skip, undo)"))),
+            other => {
+                return Err(at(
+                    1,
+                    "kind",
+                    &format!("unknown kind {other:?} (preference, tie, skip, undo, eval_pairwise)"),
+                ))
+            }
         };
         let item = match (&verdict, item) {
             (_, Some(item)) => item,

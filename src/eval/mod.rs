@@ -33,7 +33,9 @@ pub use gates::{decide, evaluate_gates, Decision, GateConfig, GateOp, GateResult
 pub use judge::{Judge, JudgeConfig, Verdict};
 pub use metrics::{percentile_nearest_rank, Dimension, SegmentMetric, SegmentStats, Segments};
 pub use overrides::{apply_overrides, read_overrides, Override};
-pub use pairwise::{compare, read_human_labels, HumanLabel, WinTieLoss, Winner};
+pub use pairwise::{
+    compare, read_human_labels, read_pairwise_labels, HumanLabel, WinTieLoss, Winner, EVAL_PAIRWISE_KIND,
+};
 pub use report::{score, Contamination, ContaminationSummary, Report, Response, ScoreInputs, Scored};
 pub use suite::{read_suite, EvalItem, Kind, Message, Prompt, Segment};
 pub use summary::summary_table;

@@ -1,13 +1,14 @@
 //! The pairwise judge: candidate vs baseline on the same item ([`compare`]), human blind labels
-//! ([`HumanLabel`], [`read_human_labels`]) and the [`WinTieLoss`] tally. Owns the win/tie/loss
-//! rules; never judges a single response on its own.
+//! ([`HumanLabel`], [`read_human_labels`], and the labeling pane's eval records in a run's labels
+//! file, [`read_pairwise_labels`]) and the [`WinTieLoss`] tally. Owns the win/tie/loss rules;
+//! never judges a single response on its own.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::eval::error::EvalError;
-use crate::eval::jsonl::{located, read_lines, Issue, Obj};
+use crate::eval::jsonl::{located, read_lines, Issue, Line, Obj};
 use crate::eval::judge::{Judge, Verdict};
 use crate::eval::text::word_count;
 
@@ -109,7 +110,12 @@ fn parse_label(v: &serde_json::Value) -> Result<HumanLabel, Issue> {
     let obj = Obj::new(v, Vec::new(), "a label object")?;
     obj.deny_unknown(&["id", "winner"])?;
     let id = obj.req_str("id")?;
-    let winner = match obj.req_str("winner")?.as_str() {
+    let winner = winner_of(&obj)?;
+    Ok(HumanLabel { id, winner })
+}
+
+fn winner_of(obj: &Obj<'_>) -> Result<Winner, Issue> {
+    Ok(match obj.req_str("winner")?.as_str() {
         "candidate" => Winner::Candidate,
         "baseline" => Winner::Baseline,
         "tie" => Winner::Tie,
@@ -119,6 +125,62 @@ fn parse_label(v: &serde_json::Value) -> Result<HumanLabel, Issue> {
                 format!("unknown winner \"{other}\" (expected one of: candidate, baseline, tie)"),
             ))
         }
+    })
+}
+
+/// The `kind` of a labels-file record that is a blind pairwise judgement of an eval item.
+pub const EVAL_PAIRWISE_KIND: &str = "eval_pairwise";
+
+/// Reads the blind pairwise eval labels of a labels file (the one the labeling pane appends to)
+/// that compare stage `candidate` with stage `baseline`.
+///
+/// Such a record is `{"id", "kind": "eval_pairwise", "item": "<eval item id>", "candidate":
+/// "<stage>", "baseline": "<stage>", "winner": "candidate" | "baseline" | "tie", "labeler"?,
+/// "ts"?, "supersedes"?}`: the labeler saw both answers in a random order without their sources,
+/// and the pane recorded which side was the candidate. Records retracted by a later record's
+/// `supersedes` do not count; for one item the last live label wins (see [`crate::eval::score`]).
+/// Every other record of the file (preference labels, ties, skips, undos) belongs to the data
+/// module and is ignored here, as are lines that are not JSON objects and a torn last line
+/// (the data module's reader reports those). A missing file has no labels.
+pub fn read_pairwise_labels(path: &Path, candidate: &str, baseline: &str) -> Result<Vec<HumanLabel>, EvalError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(EvalError::Io { path: path.to_path_buf(), source }),
     };
-    Ok(HumanLabel { id, winner })
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    let mut records: Vec<(String, String, String, HumanLabel)> = Vec::new();
+    let mut retracted: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for (i, raw) in complete.split('\n').enumerate() {
+        let raw = raw.trim_end_matches('\r').trim_start_matches('\u{feff}');
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(raw) else { continue };
+        let Some(map) = value.as_object() else { continue };
+        if let Some(target) = map.get("supersedes").and_then(serde_json::Value::as_str) {
+            retracted.insert(target.to_string());
+        }
+        if map.get("kind").and_then(serde_json::Value::as_str) != Some(EVAL_PAIRWISE_KIND) {
+            continue;
+        }
+        let line = Line { number: i + 1, text: raw.to_string(), value: value.clone() };
+        let parsed = parse_eval_label(&value).map_err(|issue| located(path, &line, issue))?;
+        records.push(parsed);
+    }
+    Ok(records
+        .into_iter()
+        .filter(|(id, cand, base, _)| !retracted.contains(id) && cand == candidate && base == baseline)
+        .map(|(_, _, _, label)| label)
+        .collect())
+}
+
+fn parse_eval_label(v: &serde_json::Value) -> Result<(String, String, String, HumanLabel), Issue> {
+    let obj = Obj::new(v, Vec::new(), "a label object")?;
+    obj.deny_unknown(&["id", "kind", "item", "candidate", "baseline", "winner", "labeler", "ts", "supersedes"])?;
+    let id = obj.req_str("id")?;
+    let item = obj.req_str("item")?;
+    let candidate = obj.req_str("candidate")?;
+    let baseline = obj.req_str("baseline")?;
+    let winner = winner_of(&obj)?;
+    obj.opt_str("labeler")?;
+    obj.opt_u64("ts")?;
+    Ok((id, candidate, baseline, HumanLabel { id: item, winner }))
 }

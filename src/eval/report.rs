@@ -42,6 +42,11 @@ impl Contamination {
         Contamination { prompts: prompts.into_iter().map(|p| normalise_prompt(p.as_ref())).collect() }
     }
 
+    /// Adds more prompts (normalised) to the set.
+    pub fn extend<I: IntoIterator<Item = S>, S: AsRef<str>>(&mut self, prompts: I) {
+        self.prompts.extend(prompts.into_iter().map(|p| normalise_prompt(p.as_ref())));
+    }
+
     /// Whether `item`'s prompt text ([`crate::eval::Prompt::text`]), normalised, is in the set.
     pub fn contains(&self, item: &EvalItem) -> bool {
         !self.prompts.is_empty() && self.prompts.contains(&normalise_prompt(&item.prompt.text()))

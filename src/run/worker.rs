@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 
 use super::{clean_incomplete, prune, CheckpointWriter, Event, EventWriter, RunError, Shutdown, WorkerLock};
-use crate::train::evaluate::StageEval;
+use crate::train::evaluate::{EvalInputs, StageEval};
 use crate::train::trainer::{Admission, Host, PrefFile};
 use crate::train::TrainError;
 
@@ -236,6 +236,21 @@ impl Host for RunHost {
         let failures =
             parse_lines("failures.jsonl")?.iter().map(|l| serde_json::from_str(l).ok()).collect::<Option<Vec<_>>>()?;
         Some(StageEval { report, responses, failures })
+    }
+
+    fn eval_inputs(&self) -> EvalInputs {
+        // The labels files are the pipeline's live preference sources (the run directory's
+        // labels.jsonl when none is configured); overrides.jsonl is always the run's.
+        let mut labels: Vec<PathBuf> = Vec::new();
+        for file in self.preference_files.iter().flatten().filter(|f| f.live) {
+            if !labels.contains(&file.path) {
+                labels.push(file.path.clone());
+            }
+        }
+        if labels.is_empty() {
+            labels.push(self.lock.run().labels_path());
+        }
+        EvalInputs { overrides: Some(self.lock.run().overrides_path()), labels }
     }
 
     fn export(&mut self, stage: &str, files: Vec<(String, Vec<u8>)>) -> Result<Option<PathBuf>, TrainError> {

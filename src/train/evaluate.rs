@@ -2,8 +2,7 @@
 //! and the trainer records the result. Generation lives here (it needs tensors); judging and
 //! gating are the eval module's, which never sees a tensor.
 
-use std::path::Path;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
 
 use super::plan::{RefCache, StageData};
 use super::TrainError;
@@ -12,9 +11,10 @@ use crate::data::{
     encode_generation_prompt, read_records_with_lines, ChatTemplate, Message, Records, SftRecord, Text, TextTokenizer,
 };
 use crate::eval::{
-    failures, score, Contamination, EvalItem, FailureRecord, Judge, Prompt, Report, Response, ScoreInputs,
+    failures, read_overrides, read_pairwise_labels, score, Contamination, EvalItem, FailureRecord, HumanLabel, Judge,
+    Override, Prompt, Report, Response, ScoreInputs,
 };
-use crate::model::generate::{generate, Sampling};
+use crate::model::generate::{generate_batch, Sampling};
 use crate::model::Model;
 
 /// One stage's evaluation.
@@ -34,28 +34,49 @@ fn prompt_text(prompt: &Prompt) -> Text {
     }
 }
 
-/// Greedy answers to every item, each timed (prompt processing included: the latency a user sees).
+/// Greedy answers to every item, in suite order, generated `batch_size` prompts at a time.
+///
+/// Prompts are grouped by token length (a stable sort, so batches carry little padding), and
+/// each batch is one [`generate_batch`]: every answer is the one the model gives that prompt
+/// alone. **Latency** of a response is the wall time from the start of its batch (the batch's
+/// prefill, its own prompt included) to the end of the decoding step in which its row stopped
+/// (on an EOS id or the token limit): what a request served in that batch waits. It therefore
+/// grows with the batch's prefill and with the slowest rows only up to its own finish, never
+/// with later batches. `batch_size` 1 gives the one-request-at-a-time latency.
 pub fn answer_all(
     model: &Model,
     tok: &TextTokenizer,
     template: Option<&ChatTemplate>,
     items: &[EvalItem],
     max_new_tokens: usize,
+    batch_size: usize,
 ) -> Result<Vec<Response>, TrainError> {
     let sampling = Sampling { max_new_tokens, ..Sampling::default() };
     let stops = &model.generation.eos_token_ids;
-    items
+    let prompts = items
         .iter()
         .map(|item| {
-            let ids = encode_generation_prompt(tok, template, &prompt_text(&item.prompt))
-                .map_err(|e| TrainError::Data(format!("eval item {}: {e}", item.id)))?;
-            let started = Instant::now();
-            let out = generate(model, &ids, stops, &sampling)?;
-            let latency_s = started.elapsed().as_secs_f64();
-            let text = tok.decode(&out.new_token_ids, true)?;
-            Ok(Response { id: item.id.clone(), text, latency_s, tokens: out.new_token_ids.len() })
+            encode_generation_prompt(tok, template, &prompt_text(&item.prompt))
+                .map_err(|e| TrainError::Data(format!("eval item {}: {e}", item.id)))
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| prompts[i].len());
+    let mut responses: Vec<Option<Response>> = vec![None; items.len()];
+    for batch in order.chunks(batch_size.max(1)) {
+        let batch_prompts: Vec<Vec<u32>> = batch.iter().map(|&i| prompts[i].clone()).collect();
+        let rows = generate_batch(model, &batch_prompts, stops, &sampling)?;
+        for (&i, row) in batch.iter().zip(rows) {
+            let ids = &row.generated.new_token_ids;
+            responses[i] = Some(Response {
+                id: items[i].id.clone(),
+                text: tok.decode(ids, true)?,
+                latency_s: row.elapsed.as_secs_f64(),
+                tokens: ids.len(),
+            });
+        }
+    }
+    Ok(responses.into_iter().flatten().collect())
 }
 
 fn text_of(t: &Text) -> String {
@@ -97,6 +118,70 @@ pub fn training_prompts(files: &[&Path]) -> Result<Vec<String>, TrainError> {
     Ok(prompts)
 }
 
+/// The prompts of every record of a labels file that carries one (preference labels), read
+/// leniently: the labels file is the data module's (`data::labels`), which reports its bad lines;
+/// here a line that does not parse, or a torn last line, simply has no prompt.
+pub fn label_prompts(path: &Path) -> Result<Vec<String>, TrainError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(TrainError::Data(format!("{}: {e}", path.display()))),
+    };
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    Ok(complete
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|v| match v.get("prompt")? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(msgs) => Some(
+                msgs.iter()
+                    .filter_map(|m| m.get("content").and_then(serde_json::Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Where a pipeline's human inputs to evaluation live (the host knows; the trainer does not).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EvalInputs {
+    /// Verdict overrides (`{"id", "passed", "by"?, "note"?, "ts"?}` per line).
+    pub overrides: Option<PathBuf>,
+    /// Labels files: their blind pairwise eval labels count towards the win rate, and the
+    /// prompts of their preference labels mark eval items as contaminated.
+    pub labels: Vec<PathBuf>,
+}
+
+/// The human inputs of one evaluation, read when it starts.
+#[derive(Debug, Clone, Default)]
+pub struct HumanInputs {
+    /// Overrides of the candidate's verdicts.
+    pub overrides: Vec<Override>,
+    /// Blind pairwise labels of this candidate against this baseline.
+    pub labels: Vec<HumanLabel>,
+    /// Prompts that entered training through a labels file.
+    pub label_prompts: Vec<String>,
+}
+
+impl HumanInputs {
+    /// Reads `inputs` for the evaluation of `stage` against `baseline` (a missing file is empty;
+    /// a bad override or eval label is an error naming its `path:line:col`).
+    pub fn read(inputs: &EvalInputs, stage: &str, baseline: &str) -> Result<Self, TrainError> {
+        let mut out = Self::default();
+        if let Some(path) = &inputs.overrides {
+            out.overrides = read_overrides(path).map_err(|e| TrainError::Data(e.to_string()))?;
+        }
+        for path in &inputs.labels {
+            out.labels
+                .extend(read_pairwise_labels(path, stage, baseline).map_err(|e| TrainError::Data(e.to_string()))?);
+            out.label_prompts.extend(label_prompts(path)?);
+        }
+        Ok(out)
+    }
+}
+
 /// Everything an evaluation needs besides the model.
 pub struct EvalContext<'a> {
     /// The `[eval]` settings.
@@ -105,8 +190,10 @@ pub struct EvalContext<'a> {
     pub items: &'a [EvalItem],
     /// The compiled judge.
     pub judge: &'a Judge,
-    /// Training prompts.
+    /// Training prompts (the labels files' included).
     pub contamination: &'a Contamination,
+    /// Overrides and blind pairwise labels.
+    pub human: &'a HumanInputs,
 }
 
 /// Answers, judges and gates one checkpoint against an optional baseline evaluation.
@@ -119,11 +206,13 @@ pub fn evaluate_stage(
     checkpoint: &str,
     baseline: Option<&StageEval>,
 ) -> Result<StageEval, TrainError> {
-    let responses = answer_all(model, tok, template, ctx.items, ctx.settings.max_new_tokens)?;
+    let responses = answer_all(model, tok, template, ctx.items, ctx.settings.max_new_tokens, ctx.settings.batch_size)?;
     let mut inputs = ScoreInputs::new(stage, checkpoint, ctx.items, &responses, ctx.judge, &ctx.settings.gates);
     inputs.baseline_responses = baseline.map(|b| b.responses.as_slice());
     inputs.baseline_report = baseline.map(|b| &b.report);
     inputs.contamination = Some(ctx.contamination);
+    inputs.overrides = &ctx.human.overrides;
+    inputs.human_labels = &ctx.human.labels;
     inputs.price_per_device_hour = ctx.settings.price_per_device_hour;
     let scored = score(&inputs).map_err(|e| TrainError::Data(e.to_string()))?;
     let failed = failures(ctx.items, &scored.verdicts, &responses);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
-use super::evaluate::StageEval;
+use super::evaluate::{EvalInputs, StageEval};
 use super::TrainError;
 
 /// What the trainer needs from whoever runs it (the worker, a test).
@@ -38,6 +38,10 @@ pub trait Host {
     /// A stage's evaluation stored by an earlier worker of this run, if any.
     fn load_eval(&self, _stage: &str) -> Option<StageEval> {
         None
+    }
+    /// Where the human inputs of evaluation live (overrides, labels files); none by default.
+    fn eval_inputs(&self) -> EvalInputs {
+        EvalInputs::default()
     }
     /// Exports a model directory that passed the gates ("deploy"); returns where it went.
     fn export(&mut self, _stage: &str, _files: Vec<(String, Vec<u8>)>) -> Result<Option<PathBuf>, TrainError> {

@@ -11,7 +11,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Map, Value};
 
-use super::evaluate::{evaluate_stage, training_prompts, unsafe_rate_proxy, EvalContext, StageEval};
+use super::evaluate::{evaluate_stage, training_prompts, unsafe_rate_proxy, EvalContext, HumanInputs, StageEval};
 use super::examples::PairExample;
 pub use super::host::{Admission, Host, PrefFile};
 use super::live::{LiveLabels, LiveUpdate};
@@ -138,7 +138,8 @@ impl<'h, H: Host> Trainer<'h, H> {
         let mut files: Vec<PathBuf> = Vec::new();
         for (i, stage) in pipeline.stages.iter().enumerate() {
             files.extend(stage.sft.iter().flat_map(|t| t.data.clone()));
-            files.extend(host.preference_files(i).into_iter().map(|f| f.path));
+            // Live files (labels) are read at each evaluation, with the other human inputs.
+            files.extend(host.preference_files(i).into_iter().filter(|f| !f.live).map(|f| f.path));
             files.extend(stage.safety.iter().flat_map(|t| t.data.clone()));
         }
         let refs: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
@@ -161,11 +162,15 @@ impl<'h, H: Host> Trainer<'h, H> {
         let started = Instant::now();
         let baseline_name = setup.settings.baseline.clone();
         let baseline = if stage == baseline_name { None } else { setup.done.get(&baseline_name) };
+        let human = HumanInputs::read(&self.host.eval_inputs(), stage, &baseline_name)?;
+        let mut contamination = setup.contamination.clone();
+        contamination.extend(&human.label_prompts);
         let ctx = EvalContext {
             settings: &setup.settings,
             items: &setup.items,
             judge: &setup.judge,
-            contamination: &setup.contamination,
+            contamination: &contamination,
+            human: &human,
         };
         let checkpoint = format!("step {step}");
         let result =
@@ -185,6 +190,9 @@ impl<'h, H: Host> Trainer<'h, H> {
             f.insert(k.into(), v.map_or(Value::Null, num));
         }
         f.insert("items".into(), json!(r.n_items));
+        f.insert("overrides_applied".into(), json!(r.overrides_applied));
+        f.insert("human_labels_applied".into(), json!(r.human_labels_applied));
+        f.insert("contaminated".into(), json!(r.contaminated.count));
         f.insert("failures".into(), json!(result.failures.len()));
         f.insert("seconds".into(), json!(started.elapsed().as_secs_f64()));
         self.host.save_eval(stage, &result)?;
