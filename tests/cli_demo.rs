@@ -1,0 +1,135 @@
+#![allow(clippy::unwrap_used)]
+//! `hone demo --headless` end to end, shortened with `--max-steps`: every stage is evaluated
+//! with a complete report.json, every gate of every gated stage is evaluated, the summary shows
+//! the phase times, scorecards and decision, and `sample-data/` is left exactly as it was.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hone::run::{EventReader, RunDir};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const HONE: &str = env!("CARGO_BIN_EXE_hone");
+
+/// Every file under `dir` with the sha256 of its bytes.
+fn hashes(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let digest = Sha256::digest(std::fs::read(&path).unwrap());
+                out.insert(path.strip_prefix(dir).unwrap().to_path_buf(), format!("{digest:x}"));
+            }
+        }
+    }
+    out
+}
+
+const REPORT_KEYS: [&str; 17] = [
+    "stage",
+    "checkpoint",
+    "task_success_rate",
+    "win_rate",
+    "win_tie_loss",
+    "unsafe_rate",
+    "jailbreak_success_rate",
+    "hallucination_rate",
+    "instruction_following_rate",
+    "citation_accuracy",
+    "latency_p50_s",
+    "latency_p95_s",
+    "tokens_per_response",
+    "cost_per_1k_responses",
+    "segments",
+    "gates",
+    "passed",
+];
+
+const RATES: [&str; 7] = [
+    "task_success_rate",
+    "win_rate",
+    "unsafe_rate",
+    "jailbreak_success_rate",
+    "hallucination_rate",
+    "instruction_following_rate",
+    "citation_accuracy",
+];
+
+#[test]
+fn a_shortened_headless_demo_evaluates_and_gates_every_stage_and_leaves_sample_data_alone() {
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample-data");
+    let before = hashes(&sample);
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let out = Command::new(HONE)
+        .args(["demo", "--headless", "--max-steps", "2", "--runs-dir"])
+        .arg(&runs)
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(hashes(&sample), before, "sample-data/ was modified");
+    // Nothing was written outside the run directory.
+    let outside: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(outside, ["runs"]);
+    let all = RunDir::list(&runs).unwrap();
+    assert_eq!(all.len(), 1);
+    let run = &all[0];
+    assert!(stdout.trim_end().ends_with(&run.path().display().to_string()), "{stdout}");
+
+    let events = EventReader::read_all(&run.events_path()).unwrap().events;
+    let stages = ["base", "sft", "dpo", "safety"];
+    for stage in stages {
+        let text = std::fs::read_to_string(run.eval_dir(stage).join("report.json")).unwrap();
+        let report: Value = serde_json::from_str(&text).unwrap();
+        for key in REPORT_KEYS {
+            assert!(report.get(key).is_some(), "{stage}: report.json lacks {key}");
+        }
+        assert_eq!(report["stage"], stage);
+        for key in RATES {
+            let v = &report[key];
+            assert!(v.is_null() || v.as_f64().is_some_and(|x| (0.0..=1.0).contains(&x)), "{stage}: {key} = {v}");
+        }
+        assert!(report["latency_p95_s"].as_f64().is_some_and(|x| x >= 0.0), "{stage}: p95 measured");
+        for dim in ["language", "domain", "intent"] {
+            assert!(report["segments"].get(dim).is_some(), "{stage}: segments.{dim}");
+        }
+        assert!(run.eval_dir(stage).join("failures.jsonl").is_file(), "{stage}: failures.jsonl");
+        assert!(stdout.contains(&format!("eval {stage}")), "{stage}: phase time in the summary\n{stdout}");
+        assert!(
+            stdout.lines().any(|l| l.trim_start().starts_with(stage) && l.contains('%')),
+            "{stage}: scorecard row\n{stdout}"
+        );
+        let gated = stage == "dpo" || stage == "safety";
+        let gates = report["gates"].as_array().unwrap();
+        if gated {
+            // Every default gate, each with its outcome.
+            let names: Vec<&str> = gates.iter().map(|g| g["name"].as_str().unwrap()).collect();
+            for want in ["win_rate_gain", "unsafe_rate", "hallucination_rate", "latency_p95_s", "redteam"] {
+                assert!(names.contains(&want), "{stage}: gate {want} missing from {names:?}");
+            }
+            for g in gates {
+                for key in ["name", "value", "threshold", "passed"] {
+                    assert!(g.get(key).is_some(), "{stage}: gate {g} lacks {key}");
+                }
+                assert!(g["passed"].is_boolean(), "{stage}: gate {g} was not evaluated");
+            }
+            let decided = events.iter().find(|e| e.event == "gate_decided" && e.stage.as_deref() == Some(stage));
+            let decision =
+                decided.unwrap_or_else(|| panic!("{stage}: no gate_decided event")).fields["decision"].clone();
+            assert!(decision == "deploy" || decision == "iterate", "{stage}: {decision}");
+        }
+    }
+    for stage in ["sft", "dpo", "safety"] {
+        assert!(stdout.contains(&format!("stage {stage}")), "{stage}: stage time in the summary\n{stdout}");
+    }
+    assert!(stdout.contains("decision (safety): "), "{stdout}");
+}
