@@ -118,7 +118,8 @@ impl Host for Host1 {
 }
 
 fn write_lines(path: &Path, lines: &[Value]) {
-    std::fs::write(path, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+    std::fs::write(path, text.join("\n") + "\n").unwrap();
 }
 
 #[test]
