@@ -1,7 +1,12 @@
 #![allow(clippy::unwrap_used)]
-//! `hone demo --headless` end to end, shortened with `--max-steps`: every stage is evaluated
-//! with a complete report.json, every gate of every gated stage is evaluated, the summary shows
-//! the phase times, scorecards and decision, and `sample-data/` is left exactly as it was.
+//! `hone demo --headless` end to end, shortened: every stage is evaluated with a complete
+//! report.json, every gate of every gated stage is evaluated, the summary shows the phase times,
+//! scorecards and decision, and `sample-data/` is left exactly as it was.
+//!
+//! How it is shortened: `--max-steps 2` caps each stage, and `--data` points at a pipeline made
+//! from `sample-data/pipeline.toml` whose paths point back into `sample-data/` (model, training
+//! files) and whose suite is a slice of sample-data's (a few items of each kind, red-team items
+//! included), so the test's time does not grow with the sample world's held-out suite.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -61,14 +66,81 @@ const RATES: [&str; 7] = [
     "citation_accuracy",
 ];
 
+/// Keys whose string values are paths relative to the pipeline file.
+const PATH_KEYS: [&str; 6] = ["path", "data", "suite", "reference", "redteam", "model"];
+
+/// Makes every relative path under a path key absolute (into `base`), when it exists there; a
+/// bare name that does not (the run's `labels.jsonl`) stays run-relative.
+fn absolutise(v: &mut toml::Value, base: &Path, under_path_key: bool) {
+    match v {
+        toml::Value::String(s) if under_path_key && Path::new(s.as_str()).is_relative() && base.join(&*s).exists() => {
+            *s = base.join(&*s).display().to_string();
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(|i| absolutise(i, base, under_path_key)),
+        toml::Value::Table(t) => {
+            for (k, val) in t.iter_mut() {
+                absolutise(val, base, PATH_KEYS.contains(&k.as_str()));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A data directory with the shortened pipeline; returns it.
+fn shortened_world(sample: &Path, into: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(sample.join("pipeline.toml")).unwrap();
+    let mut pipeline: toml::Value = toml::from_str(&text).unwrap();
+    absolutise(&mut pipeline, sample, false);
+    let eval = pipeline.get_mut("eval").and_then(toml::Value::as_table_mut).expect("the sample pipeline has [eval]");
+    let suite = PathBuf::from(eval["suite"].as_str().unwrap());
+    // Up to 4 items of each (kind, red-team or not), in suite order.
+    let mut taken: BTreeMap<(String, bool), usize> = BTreeMap::new();
+    let mut lines = Vec::new();
+    for line in std::fs::read_to_string(&suite).unwrap().lines().filter(|l| !l.trim().is_empty()) {
+        let item: Value = serde_json::from_str(line).unwrap();
+        let key = (item["kind"].as_str().unwrap().to_string(), item.get("attack").is_some());
+        let n = taken.entry(key).or_default();
+        if *n < 4 {
+            *n += 1;
+            lines.push(line.to_string());
+        }
+    }
+    let data = into.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("suite.jsonl"), lines.join("\n") + "\n").unwrap();
+    eval.insert("suite".into(), toml::Value::String(data.join("suite.jsonl").display().to_string()));
+    std::fs::write(data.join("pipeline.toml"), toml::to_string(&pipeline).unwrap()).unwrap();
+    data
+}
+
+#[test]
+fn a_demo_without_its_pipeline_is_refused_with_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(HONE)
+        .args(["demo", "--headless", "--data"])
+        .arg(tmp.path())
+        .arg("--runs-dir")
+        .arg(tmp.path().join("runs"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pipeline.toml"), "{stderr}");
+    assert!(!tmp.path().join("runs").exists(), "nothing is created for a refused demo");
+}
+
 #[test]
 fn a_shortened_headless_demo_evaluates_and_gates_every_stage_and_leaves_sample_data_alone() {
     let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample-data");
     let before = hashes(&sample);
     let tmp = tempfile::tempdir().unwrap();
+    let world = tempfile::tempdir().unwrap();
+    let data = shortened_world(&sample, world.path());
     let runs = tmp.path().join("runs");
     let out = Command::new(HONE)
-        .args(["demo", "--headless", "--max-steps", "2", "--runs-dir"])
+        .args(["demo", "--headless", "--max-steps", "2", "--data"])
+        .arg(&data)
+        .arg("--runs-dir")
         .arg(&runs)
         .current_dir(tmp.path())
         .output()
