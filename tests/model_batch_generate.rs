@@ -96,3 +96,20 @@ fn empty_prompts_are_refused_and_an_empty_batch_is_empty() {
     assert!(generate_batch(&model, &[vec![1, 2], vec![]], &[], &sampling).is_err());
     assert!(generate_batch(&model, &[], &[], &sampling).unwrap().is_empty());
 }
+
+/// bf16 on the CPU takes the composed attention path (additive padding mask, composed softmax
+/// and RoPE), the one CUDA uses: batching must not change its ids either.
+#[test]
+fn the_composed_attention_path_batches_exactly_too() {
+    for set in ["llama", "qwen2"] {
+        let model = Model::load(&fixture(&format!("{set}/model")), &Device::Cpu, DType::BF16).unwrap();
+        let prompts = prompts(set);
+        let stops = model.generation.eos_token_ids.clone();
+        let sampling = Sampling { max_new_tokens: 12, ..Sampling::default() };
+        let batched = generate_batch(&model, &prompts, &stops, &sampling).unwrap();
+        for (i, (prompt, row)) in prompts.iter().zip(&batched).enumerate() {
+            let alone = generate(&model, prompt, &stops, &sampling).unwrap();
+            assert_eq!(row.generated, alone, "{set} bf16 prompt {i}");
+        }
+    }
+}
