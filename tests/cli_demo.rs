@@ -205,3 +205,26 @@ fn a_shortened_headless_demo_evaluates_and_gates_every_stage_and_leaves_sample_d
     }
     assert!(stdout.contains("decision (safety): "), "{stdout}");
 }
+
+#[test]
+fn phase_times_come_from_stage_events_and_eval_seconds() {
+    use hone::cli::demo::{phases, Phase};
+    use hone::run::Event;
+    let at = |mut e: Event, ts: u64| {
+        e.ts = ts;
+        e
+    };
+    let events = vec![
+        at(Event::new("eval_finished", Some("base"), Some(0)).with("seconds", 0.75), 500),
+        at(Event::new("stage_started", Some("sft"), Some(0)), 1_000),
+        at(Event::new("metrics", Some("sft"), Some(1)), 2_000),
+        at(Event::new("stage_finished", Some("sft"), Some(2)), 3_500),
+        at(Event::new("eval_finished", Some("sft"), Some(2)).with("seconds", 1.5), 5_000),
+        // A stage that never finished (a stopped run) has no time.
+        at(Event::new("stage_started", Some("dpo"), Some(2)), 6_000),
+    ];
+    let got = phases(&events);
+    let want = [("eval base", 0.75), ("stage sft", 2.5), ("eval sft", 1.5)]
+        .map(|(name, seconds)| Phase { name: name.to_string(), seconds });
+    assert_eq!(got, want);
+}
