@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod detach;
 pub mod eval;
 pub mod generate;
 pub mod run;
@@ -24,9 +25,9 @@ use crate::train::loss::PreferenceLoss;
 #[derive(Debug, Parser)]
 #[command(name = "hone", version, about, long_about = None)]
 pub struct Cli {
-    /// What to do.
+    /// What to do; nothing: open the newest run in `runs/` (or offer the demo).
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// hone's subcommands.
@@ -34,14 +35,17 @@ pub struct Cli {
 pub enum Command {
     /// Run a pipeline (SFT → DPO → safety ...) described by a TOML file.
     ///
-    /// With --headless the worker runs in the foreground: one progress line per stage on
-    /// stderr, the run directory on stdout when done. SIGINT/SIGTERM checkpoint at the next step
+    /// Without --headless the worker starts detached (its own session, output in the run's
+    /// worker.log) and the dashboard attaches; quitting it or losing the terminal never stops
+    /// training (without a terminal, the run directory is printed instead). With --headless the
+    /// worker runs in the foreground: one progress line per stage on stderr, the run directory
+    /// on stdout when done. SIGINT/SIGTERM checkpoint at the next step
     /// boundary and exit 0; a second signal exits at once. The run directory holds everything
     /// (config, events, checkpoints); `hone resume` continues it.
     Run {
         /// The pipeline file (see sample-data/pipeline.toml).
         pipeline: PathBuf,
-        /// Run in the foreground (the TUI is not built yet; this flag is required for now).
+        /// Run in the foreground instead of detached.
         #[arg(long)]
         headless: bool,
         /// Where run directories are created.
@@ -70,9 +74,25 @@ pub enum Command {
     Resume {
         /// The run directory (runs/<run-id>).
         run_dir: PathBuf,
-        /// Run in the foreground (required for now).
+        /// Run in the foreground instead of detached.
         #[arg(long)]
         headless: bool,
+        /// Resume even though inputs changed.
+        #[arg(long)]
+        force: bool,
+        /// Resume from the checkpoint of this global step instead of the newest.
+        #[arg(long)]
+        from_step: Option<u64>,
+        /// Fault injection for tests.
+        #[arg(long, hide = true, value_delimiter = ',')]
+        inject_nan_at: Vec<u64>,
+    },
+    /// The detached worker of a prepared run directory (started by `hone run`/`hone resume`).
+    #[command(hide = true)]
+    Worker {
+        /// The run directory.
+        #[arg(long)]
+        run_dir: PathBuf,
         /// Resume even though inputs changed.
         #[arg(long)]
         force: bool,
@@ -229,18 +249,37 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let stdout = std::io::stdout();
-    match cli.command {
+    let Some(command) = cli.command else {
+        return detach::open_default(std::path::Path::new("runs"));
+    };
+    match command {
         Command::Run { pipeline, headless, runs_dir, stages, max_steps, checkpoint_every, seed, inject_nan_at } => {
-            require_headless(headless)?;
-            let overrides = run::Overrides { stages, max_steps, checkpoint_every, seed, inject_nan_at };
-            let dir = run::run(&pipeline, &runs_dir, &overrides)?;
-            println!("{}", dir.display());
+            if headless {
+                let overrides = run::Overrides { stages, max_steps, checkpoint_every, seed, inject_nan_at };
+                let dir = run::run(&pipeline, &runs_dir, &overrides)?;
+                println!("{}", dir.display());
+            } else {
+                let overrides = run::Overrides { stages, max_steps, checkpoint_every, seed, inject_nan_at: Vec::new() };
+                let run = run::create(&pipeline, &runs_dir, &overrides)?;
+                let args = detach::WorkerArgs { inject_nan_at, ..detach::WorkerArgs::default() };
+                let pid = detach::spawn_worker(&run, &args)?;
+                detach::attach_or_print(&run, pid)?;
+            }
         }
         Command::Resume { run_dir, headless, force, from_step, inject_nan_at } => {
-            require_headless(headless)?;
+            if headless {
+                let overrides = run::Overrides { inject_nan_at, ..run::Overrides::default() };
+                let dir = run::resume(&run_dir, force, from_step, &overrides)?;
+                println!("{}", dir.display());
+            } else {
+                let run = crate::run::RunDir::open(&run_dir)?;
+                let pid = detach::spawn_worker(&run, &detach::WorkerArgs { force, from_step, inject_nan_at })?;
+                detach::attach_or_print(&run, pid)?;
+            }
+        }
+        Command::Worker { run_dir, force, from_step, inject_nan_at } => {
             let overrides = run::Overrides { inject_nan_at, ..run::Overrides::default() };
-            let dir = run::resume(&run_dir, force, from_step, &overrides)?;
-            println!("{}", dir.display());
+            run::worker(&run_dir, force, from_step, &overrides)?;
         }
         Command::Eval {
             model,
@@ -310,13 +349,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn require_headless(headless: bool) -> Result<()> {
-    if !headless {
-        anyhow::bail!("the terminal UI is not built yet: pass --headless to run in the foreground");
-    }
-    Ok(())
 }
 
 /// A closed stdout (`hone score ... | head`) ends the command quietly, as for any Unix filter.
