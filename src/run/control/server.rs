@@ -117,6 +117,7 @@ impl ControlServer {
             write_atomic(pointer, &text)?;
         }
         let inbox = Inbox::new();
+        inbox.publish(Status { pid: lock.pid(), state: "starting".into(), ..Status::default() });
         let shared = Arc::clone(&inbox.shared);
         let accept = thread::Builder::new()
             .name("hone-control".into())
