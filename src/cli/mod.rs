@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod check;
 pub mod demo;
+pub mod detach;
 pub mod eval;
 pub mod generate;
 pub mod run;
@@ -25,9 +26,9 @@ use crate::train::loss::PreferenceLoss;
 #[derive(Debug, Parser)]
 #[command(name = "hone", version, about, long_about = None)]
 pub struct Cli {
-    /// What to do.
+    /// What to do; nothing: open the newest run in `runs/` (or offer the demo).
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// hone's subcommands.
@@ -35,14 +36,17 @@ pub struct Cli {
 pub enum Command {
     /// Run a pipeline (SFT → DPO → safety ...) described by a TOML file.
     ///
-    /// With --headless the worker runs in the foreground: one progress line per stage on
-    /// stderr, the run directory on stdout when done. SIGINT/SIGTERM checkpoint at the next step
+    /// Without --headless the worker starts detached (its own session, output in the run's
+    /// worker.log) and the dashboard attaches; quitting it or losing the terminal never stops
+    /// training (without a terminal, the run directory is printed instead). With --headless the
+    /// worker runs in the foreground: one progress line per stage on stderr, the run directory
+    /// on stdout when done. SIGINT/SIGTERM checkpoint at the next step
     /// boundary and exit 0; a second signal exits at once. The run directory holds everything
     /// (config, events, checkpoints); `hone resume` continues it.
     Run {
         /// The pipeline file (see sample-data/pipeline.toml).
         pipeline: PathBuf,
-        /// Run in the foreground (the TUI is not built yet; this flag is required for now).
+        /// Run in the foreground instead of detached.
         #[arg(long)]
         headless: bool,
         /// Where run directories are created.
@@ -92,9 +96,25 @@ pub enum Command {
     Resume {
         /// The run directory (runs/<run-id>).
         run_dir: PathBuf,
-        /// Run in the foreground (required for now).
+        /// Run in the foreground instead of detached.
         #[arg(long)]
         headless: bool,
+        /// Resume even though inputs changed.
+        #[arg(long)]
+        force: bool,
+        /// Resume from the checkpoint of this global step instead of the newest.
+        #[arg(long)]
+        from_step: Option<u64>,
+        /// Fault injection for tests.
+        #[arg(long, hide = true, value_delimiter = ',')]
+        inject_nan_at: Vec<u64>,
+    },
+    /// The detached worker of a prepared run directory (started by `hone run`/`hone resume`).
+    #[command(hide = true)]
+    Worker {
+        /// The run directory.
+        #[arg(long)]
+        run_dir: PathBuf,
         /// Resume even though inputs changed.
         #[arg(long)]
         force: bool,
@@ -255,21 +275,35 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let stdout = std::io::stdout();
-    match cli.command {
+    let Some(command) = cli.command else {
+        return detach::open_default(std::path::Path::new("runs"));
+    };
+    match command {
         Command::Run { pipeline, headless, runs_dir, stages, max_steps, checkpoint_every, seed, inject_nan_at } => {
             let overrides = run::Overrides { stages, max_steps, checkpoint_every, seed, inject_nan_at };
             let dir = start_run(&pipeline, headless, &runs_dir, &overrides)?;
-            println!("{}", dir.display());
+            if headless {
+                println!("{}", dir.display());
+            }
         }
         Command::Demo { headless, runs_dir, data, max_steps } => {
             let args = demo::DemoArgs { headless, runs_dir, data, max_steps };
             demo::run(&args, start_run, &mut stdout.lock())?;
         }
         Command::Resume { run_dir, headless, force, from_step, inject_nan_at } => {
-            require_headless(headless)?;
+            if headless {
+                let overrides = run::Overrides { inject_nan_at, ..run::Overrides::default() };
+                let dir = run::resume(&run_dir, force, from_step, &overrides)?;
+                println!("{}", dir.display());
+            } else {
+                let run = crate::run::RunDir::open(&run_dir)?;
+                let pid = detach::spawn_worker(&run, &detach::WorkerArgs { force, from_step, inject_nan_at })?;
+                detach::attach_or_print(&run, pid)?;
+            }
+        }
+        Command::Worker { run_dir, force, from_step, inject_nan_at } => {
             let overrides = run::Overrides { inject_nan_at, ..run::Overrides::default() };
-            let dir = run::resume(&run_dir, force, from_step, &overrides)?;
-            println!("{}", dir.display());
+            run::worker(&run_dir, force, from_step, &overrides)?;
         }
         Command::Eval {
             model,
@@ -343,17 +377,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What `hone run PIPELINE [--headless]` does; `hone demo` starts its pipeline through it too.
+/// What `hone run PIPELINE [--headless]` does: headless, the worker runs in the foreground; otherwise
+/// it starts detached and the terminal attaches to it. `hone demo` starts its pipeline through it
+/// too. Returns the run directory.
 pub fn start_run(pipeline: &Path, headless: bool, runs_dir: &Path, overrides: &run::Overrides) -> Result<PathBuf> {
-    require_headless(headless)?;
-    run::run(pipeline, runs_dir, overrides)
-}
-
-fn require_headless(headless: bool) -> Result<()> {
-    if !headless {
-        anyhow::bail!("the terminal UI is not built yet: pass --headless to run in the foreground");
+    if headless {
+        return run::run(pipeline, runs_dir, overrides);
     }
-    Ok(())
+    let inject_nan_at = overrides.inject_nan_at.clone();
+    let overrides = run::Overrides { inject_nan_at: Vec::new(), ..overrides.clone() };
+    let run = run::create(pipeline, runs_dir, &overrides)?;
+    let args = detach::WorkerArgs { inject_nan_at, ..detach::WorkerArgs::default() };
+    let pid = detach::spawn_worker(&run, &args)?;
+    detach::attach_or_print(&run, pid)?;
+    Ok(run.path().to_path_buf())
 }
 
 /// A closed stdout (`hone score ... | head`) ends the command quietly, as for any Unix filter.

@@ -1,5 +1,7 @@
-//! `hone run --headless` and `hone resume --headless`: the worker in the foreground, with one
-//! progress line per stage on stderr and the run directory on stdout when done.
+//! The worker: `hone run --headless` and `hone resume --headless` run it in the foreground, with
+//! one progress line per stage on stderr and the run directory on stdout when done; `hone worker
+//! --run-dir DIR` (hidden) is the same worker started detached by `hone run` (see `detach.rs`).
+//! Every worker serves the run's control socket while it trains.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -11,8 +13,11 @@ use serde_json::json;
 
 use crate::config::{diff_frozen, freeze, frozen_toml, load_frozen, load_pipeline, FrozenExtras, LoadedPipeline};
 use crate::model::{parse_device, parse_dtype};
+use crate::run::control::ControlServer;
 use crate::run::worker::RunHost;
-use crate::run::{discard_after, latest_checkpoint, list_checkpoints, Event, RunDir, RunError, Shutdown, WorkerLock};
+use crate::run::{
+    discard_after, latest_checkpoint, list_checkpoints, Event, EventReader, RunDir, RunError, Shutdown, WorkerLock,
+};
 use crate::sanitize::sanitize;
 use crate::train::trainer::{Finished, PrefFile, RunOptions, Trainer};
 
@@ -71,8 +76,15 @@ struct Progress {
 }
 
 impl Progress {
-    fn new() -> Self {
-        Self { tty: std::io::stderr().is_terminal(), stage: String::new(), started: Instant::now(), last_decile: 0 }
+    /// `redraw`: redraw the line in place when stderr is a terminal (a detached worker's log
+    /// always gets whole lines).
+    fn new(redraw: bool) -> Self {
+        Self {
+            tty: redraw && std::io::stderr().is_terminal(),
+            stage: String::new(),
+            started: Instant::now(),
+            last_decile: 0,
+        }
     }
 
     fn show(&mut self, event: &Event) {
@@ -174,17 +186,40 @@ fn lock(run: &RunDir) -> Result<WorkerLock> {
     })
 }
 
-/// `hone run PIPELINE --headless`.
-pub fn run(pipeline: &Path, runs_dir: &Path, overrides: &Overrides) -> Result<PathBuf> {
+/// Creates the run directory of `pipeline` with its frozen config; returns it locked.
+fn prepare(pipeline: &Path, runs_dir: &Path, overrides: &Overrides) -> Result<(LoadedPipeline, WorkerLock)> {
     let mut loaded = load_pipeline(pipeline)?;
     let applied = overrides.apply(&mut loaded)?;
     let run = RunDir::create(runs_dir, &loaded.pipeline.run.name)?;
     let lock = lock(&run)?;
     let frozen = freeze(&loaded, &FrozenExtras { hone_version: hone_version(), overrides: applied })?;
     run.write_frozen_config(&frozen_toml(&frozen)?)?;
-    let prefs = resolve_prefs(&loaded, &run);
+    Ok((loaded, lock))
+}
+
+/// `hone run PIPELINE` (detached): creates the run directory and its frozen config, for a
+/// worker to take over.
+pub fn create(pipeline: &Path, runs_dir: &Path, overrides: &Overrides) -> Result<RunDir> {
+    let (_, lock) = prepare(pipeline, runs_dir, overrides)?;
+    Ok(lock.run().clone())
+}
+
+/// `hone run PIPELINE --headless`.
+pub fn run(pipeline: &Path, runs_dir: &Path, overrides: &Overrides) -> Result<PathBuf> {
+    let (loaded, lock) = prepare(pipeline, runs_dir, overrides)?;
+    let path = lock.run().path().to_path_buf();
+    start(&loaded, lock, overrides, true)?;
+    Ok(path)
+}
+
+/// Trains a run from its start: `run_started`, then every stage.
+fn start(loaded: &LoadedPipeline, lock: WorkerLock, overrides: &Overrides, progress_line: bool) -> Result<()> {
+    let run = lock.run().clone();
+    let prefs = resolve_prefs(loaded, &run);
     let mut host = RunHost::new(lock, Some(Shutdown::install()?), loaded.pipeline.run.keep_checkpoints, prefs)?;
-    let mut progress = Progress::new();
+    let control = ControlServer::start(host.lock())?;
+    host.set_inbox(control.inbox());
+    let mut progress = Progress::new(progress_line);
     host.set_observer(Box::new(move |e| progress.show(e)));
     let stages: Vec<&str> = loaded.pipeline.stages.iter().map(|s| s.name.as_str()).collect();
     host.append(
@@ -194,14 +229,45 @@ pub fn run(pipeline: &Path, runs_dir: &Path, overrides: &Overrides) -> Result<Pa
             .with("pipeline", loaded.source_path.display().to_string())
             .with("stages", json!(stages)),
     )?;
-    train(&loaded, &mut host, overrides, None)?;
-    Ok(run.path().to_path_buf())
+    train(loaded, &mut host, overrides, None)
+}
+
+/// `hone worker --run-dir DIR`: the detached worker. Leaves the terminal's session, then starts
+/// the run (when no worker ever started it) or resumes it from its newest checkpoint.
+pub fn worker(run_path: &Path, force: bool, from_step: Option<u64>, overrides: &Overrides) -> Result<()> {
+    // A new session: no controlling terminal, so closing the terminal or losing the SSH link
+    // sends this process nothing. Fails only for a process-group leader (a worker started by
+    // hand from a shell), which then relies on SIGHUP being ignored.
+    let _ = rustix::process::setsid();
+    let run = RunDir::open(run_path)?;
+    let lock = lock(&run)?;
+    let started = EventReader::read_all(&run.events_path())?.events.iter().any(|e| e.event == "run_started");
+    if started {
+        return resume_locked(lock, force, from_step, overrides, false);
+    }
+    let frozen = load_frozen(&run.config_path())?;
+    let mut options = overrides.clone();
+    options.stages = options.stages.or_else(|| stages_override(&frozen.info.overrides));
+    options.max_steps = options.max_steps.or_else(|| max_steps_override(&frozen.info.overrides));
+    start(&frozen.loaded, lock, &options, false)
 }
 
 /// `hone resume RUN_DIR --headless`.
 pub fn resume(run_path: &Path, force: bool, from_step: Option<u64>, overrides: &Overrides) -> Result<PathBuf> {
     let run = RunDir::open(run_path)?;
     let lock = lock(&run)?;
+    resume_locked(lock, force, from_step, overrides, true)?;
+    Ok(run.path().to_path_buf())
+}
+
+fn resume_locked(
+    lock: WorkerLock,
+    force: bool,
+    from_step: Option<u64>,
+    overrides: &Overrides,
+    progress_line: bool,
+) -> Result<()> {
+    let run = lock.run().clone();
     let frozen = load_frozen(&run.config_path())?;
     // What would be frozen now, from the same pipeline file (or the frozen copy if it is gone).
     let current = if frozen.info.source.exists() {
@@ -226,7 +292,9 @@ pub fn resume(run_path: &Path, force: bool, from_step: Option<u64>, overrides: &
     let loaded = frozen.loaded;
     let prefs = resolve_prefs(&loaded, &run);
     let mut host = RunHost::new(lock, Some(Shutdown::install()?), loaded.pipeline.run.keep_checkpoints, prefs)?;
-    let mut progress = Progress::new();
+    let control = ControlServer::start(host.lock())?;
+    host.set_inbox(control.inbox());
+    let mut progress = Progress::new(progress_line);
     host.set_observer(Box::new(move |e| progress.show(e)));
     let checkpoint = match from_step {
         None => latest_checkpoint(host.lock().run())?,
@@ -258,17 +326,20 @@ pub fn resume(run_path: &Path, force: bool, from_step: Option<u64>, overrides: &
     }
     let from = checkpoint.as_ref().map_or(0, |c| c.step);
     host.plan_admissions_after(from)?;
+    host.plan_controls_after(from)?;
     host.append(Event::new("resumed", None, Some(from)).with("from_step", from).with("pid", std::process::id()))?;
     let mut options = overrides.clone();
     if options.stages.is_none() {
         options.stages = stages_override(&frozen.info.overrides);
     }
     if options.max_steps.is_none() {
-        options.max_steps =
-            frozen.info.overrides.iter().find_map(|o| o.strip_prefix("--max-steps ").and_then(|n| n.parse().ok()));
+        options.max_steps = max_steps_override(&frozen.info.overrides);
     }
-    train(&loaded, &mut host, &options, checkpoint.map(|c| c.dir))?;
-    Ok(run.path().to_path_buf())
+    train(&loaded, &mut host, &options, checkpoint.map(|c| c.dir))
+}
+
+fn max_steps_override(overrides: &[String]) -> Option<u64> {
+    overrides.iter().find_map(|o| o.strip_prefix("--max-steps ").and_then(|n| n.parse().ok()))
 }
 
 fn stages_override(overrides: &[String]) -> Option<Vec<String>> {

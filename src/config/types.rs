@@ -75,6 +75,13 @@ pub struct RunSettings {
     pub max_consecutive_nan: u32,
     /// Write a `metrics` event every this many optimizer steps.
     pub log_every: u64,
+    /// Live samples: every this many optimizer steps the policy answers the sample prompts
+    /// greedily (`sample` events); 0 turns them off.
+    pub sample_every: u64,
+    /// The prompts of live samples (user messages); empty: the first few prompts of the stage.
+    pub sample_prompts: Vec<String>,
+    /// Upper bound on the tokens of a live sample or a generated candidate.
+    pub sample_max_tokens: usize,
 }
 
 impl Default for RunSettings {
@@ -89,6 +96,9 @@ impl Default for RunSettings {
             nan_policy: NanPolicy::Skip,
             max_consecutive_nan: 5,
             log_every: 1,
+            sample_every: 50,
+            sample_prompts: Vec::new(),
+            sample_max_tokens: 48,
         }
     }
 }

@@ -97,6 +97,12 @@ fn check_run(run: &RunSettings, at: &FieldPath, locator: &Locator<'_>) -> Result
     if run.log_every < 1 {
         return Err(locator.error(&at.key("log_every"), "must be at least 1"));
     }
+    if run.sample_max_tokens < 1 {
+        return Err(locator.error(&at.key("sample_max_tokens"), "must be at least 1"));
+    }
+    if let Some(i) = run.sample_prompts.iter().position(|p| p.trim().is_empty()) {
+        return Err(locator.error(&at.key("sample_prompts").index(i), "must not be empty"));
+    }
     Ok(())
 }
 

@@ -19,6 +19,10 @@ const CHECKPOINTS: &str = "checkpoints";
 const EVAL: &str = "eval";
 const EXPORTS: &str = "exports";
 const REFERENCES: &str = "references";
+const CONTROL_SOCK: &str = "control.sock";
+const CONTROL_PATH: &str = "control.path";
+const CANDIDATES: &str = "candidates.jsonl";
+const WORKER_LOG: &str = "worker.log";
 
 /// Highest `-N` suffix tried when several runs with one name start in the same second.
 const MAX_SUFFIX: u32 = 10_000;
@@ -126,6 +130,28 @@ impl RunDir {
     /// after a crash, see [`crate::run::WorkerLock`]).
     pub fn worker_pid_path(&self) -> PathBuf {
         self.path.join(WORKER_PID)
+    }
+
+    /// `control.sock`, the live worker's control socket (when the path is short enough for a
+    /// Unix socket; see [`RunDir::control_path_file`]).
+    pub fn control_socket_path(&self) -> PathBuf {
+        self.path.join(CONTROL_SOCK)
+    }
+
+    /// `control.path`: where the control socket is when the run directory's own path is too long
+    /// for a Unix socket (one line, the socket's absolute path).
+    pub fn control_path_file(&self) -> PathBuf {
+        self.path.join(CONTROL_PATH)
+    }
+
+    /// `candidates.jsonl`: response pairs the policy generated for labeling.
+    pub fn candidates_path(&self) -> PathBuf {
+        self.path.join(CANDIDATES)
+    }
+
+    /// `worker.log`: a detached worker's stdout and stderr.
+    pub fn worker_log_path(&self) -> PathBuf {
+        self.path.join(WORKER_LOG)
     }
 
     /// `worker.lock`, the file whose flock(2) the live worker holds.

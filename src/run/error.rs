@@ -82,6 +82,14 @@ pub enum RunError {
         #[source]
         source: io::Error,
     },
+    /// The control socket: no live worker to talk to, a refused or malformed exchange.
+    #[error("control socket of {}: {message}", .run.display())]
+    Control {
+        /// The run directory.
+        run: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 fn pid_text(pid: Option<u32>) -> String {

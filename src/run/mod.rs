@@ -7,6 +7,10 @@
 //!   events.jsonl      append-only, one flat JSON object per line (EventWriter / EventReader)
 //!   worker.pid        the live worker's pid, while it lives (WorkerLock)
 //!   worker.lock       the flock(2) the live worker holds (WorkerLock)
+//!   worker.log        a detached worker's stdout and stderr
+//!   control.sock      the live worker's control socket (control::ControlServer), or
+//!   control.path      where it is when the run directory's path is too long for a socket
+//!   candidates.jsonl  response pairs generated for labeling (generate_candidates)
 //!   labels.jsonl      labels from the labeling pane (path accessor)
 //!   overrides.jsonl   (path accessor)
 //!   checkpoints/step-000120/   one complete checkpoint, MANIFEST.json inside (checkpoint.rs)
@@ -25,6 +29,7 @@
 
 mod checkpoint;
 mod checkpoints;
+pub mod control;
 mod dir;
 mod error;
 mod events;

@@ -2,14 +2,17 @@
 //! `checkpoints/` (atomically, then pruned), the stop flag comes from SIGINT/SIGTERM, and a
 //! stage's frozen reference lives in `references/<stage>/`.
 
+use std::io::Write;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
+use super::control::{Inbox, Request, Status};
 use super::{clean_incomplete, prune, CheckpointWriter, Event, EventWriter, RunError, Shutdown, WorkerLock};
 use crate::train::evaluate::{EvalInputs, StageEval};
-use crate::train::trainer::{Admission, Host, PrefFile};
+use crate::train::host::PlannedControl;
+use crate::train::trainer::{Admission, Control, Host, Position, PrefFile};
 use crate::train::TrainError;
 
 /// Called with every event the worker writes (the headless progress line, tests).
@@ -25,6 +28,8 @@ pub struct RunHost {
     plan: Vec<Admission>,
     observer: Option<Observer>,
     best: BestTracker,
+    inbox: Option<Inbox>,
+    controls: Vec<PlannedControl>,
 }
 
 /// The "best" checkpoint kept by pruning: within the current stage, the one whose preceding
@@ -95,6 +100,8 @@ impl RunHost {
             plan: Vec::new(),
             observer: None,
             best: BestTracker::default(),
+            inbox: None,
+            controls: Vec::new(),
         };
         let torn = host.writer.discarded_tail_bytes();
         if torn > 0 {
@@ -128,6 +135,38 @@ impl RunHost {
             })
             .collect();
         Ok(())
+    }
+
+    /// Replays, on resume, the controls that changed training after the checkpoint at
+    /// `from_step` (`lambda_changed` with reason `control`, `stage_skipped`), at the same steps.
+    /// A control logged at `from_step` itself is replayed too: the checkpoint may predate it, and
+    /// replaying one it already contains changes nothing (λ values are absolute, and a finished
+    /// stage is not trained again).
+    pub fn plan_controls_after(&mut self, from_step: u64) -> Result<(), RunError> {
+        let events = super::EventReader::read_all(&self.lock.run().events_path())?.events;
+        self.controls = events
+            .iter()
+            .filter(|e| e.step.is_some_and(|s| s >= from_step))
+            .filter_map(|e| {
+                let control = match e.event.as_str() {
+                    "lambda_changed" if e.fields.get("reason").and_then(Value::as_str) == Some("control") => {
+                        Control::SetLambda {
+                            term: e.fields.get("lambda")?.as_str()?.to_string(),
+                            value: e.fields.get("to")?.as_f64()?,
+                        }
+                    }
+                    "stage_skipped" => Control::SkipStage { stage: None },
+                    _ => return None,
+                };
+                Some(PlannedControl { stage: e.stage.clone()?, step: e.step?, control })
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// Takes commands from a control socket's inbox.
+    pub fn set_inbox(&mut self, inbox: Inbox) {
+        self.inbox = Some(inbox);
     }
 
     /// Sets the function that sees every event.
@@ -202,6 +241,59 @@ impl Host for RunHost {
 
     fn planned_admissions(&self) -> Vec<Admission> {
         self.plan.clone()
+    }
+
+    fn planned_controls(&self) -> Vec<PlannedControl> {
+        self.controls.clone()
+    }
+
+    fn next_control(&mut self, wait: Option<Duration>) -> Option<Control> {
+        let inbox = self.inbox.as_ref()?;
+        loop {
+            let control = match inbox.next(wait)? {
+                Request::Pause => Control::Pause,
+                Request::Resume => Control::Resume,
+                Request::Stop => Control::Stop,
+                Request::SkipStage { stage } => Control::SkipStage { stage },
+                Request::SetLambda { term, value } => Control::SetLambda { term: term.as_str().to_string(), value },
+                Request::CheckpointNow => Control::CheckpointNow,
+                Request::GenerateCandidates { count } => Control::GenerateCandidates { count },
+                // Answered by the server itself; never queued.
+                Request::Status => continue,
+            };
+            return Some(control);
+        }
+    }
+
+    fn publish(&mut self, position: &Position) {
+        if let Some(inbox) = &self.inbox {
+            inbox.publish(Status {
+                pid: self.lock.pid(),
+                state: position.state.to_string(),
+                stage: position.stage.clone(),
+                step: position.step,
+                stage_step: position.stage_step,
+                stage_total: position.stage_total,
+                lambda_pref: position.lambda_pref,
+                lambda_safe: position.lambda_safe,
+                pending: 0,
+            });
+        }
+    }
+
+    fn save_candidates(&mut self, lines: &[Value]) -> Result<Option<String>, TrainError> {
+        let path = self.lock.run().candidates_path();
+        let io = |e: std::io::Error| TrainError::Host(format!("{}: {e}", path.display()));
+        let mut text = Vec::new();
+        for line in lines {
+            serde_json::to_writer(&mut text, line).map_err(|e| TrainError::Host(e.to_string()))?;
+            text.push(b'\n');
+        }
+        // One write of whole lines, so a reader never sees half a record.
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
+        file.write_all(&text).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        Ok(Some(path.display().to_string()))
     }
 
     fn save_eval(&mut self, stage: &str, eval: &StageEval) -> Result<(), TrainError> {

@@ -2,6 +2,7 @@
 //! it. The worker implements it over a run directory; tests implement it in memory.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -43,6 +44,23 @@ pub trait Host {
     fn eval_inputs(&self) -> EvalInputs {
         EvalInputs::default()
     }
+    /// The next control command (from the control socket), if any; with `wait`, blocks up to that
+    /// long for one (the trainer waits this way while paused, so a pause burns no CPU).
+    fn next_control(&mut self, _wait: Option<Duration>) -> Option<Control> {
+        None
+    }
+    /// Where the trainer stands, for whoever asks (`status` requests); called at every step
+    /// boundary and when the state changes.
+    fn publish(&mut self, _position: &Position) {}
+    /// Controls that change training (λ changes, stage skips) a previous worker applied after the
+    /// checkpoint being resumed, from the event log: a resume applies them at the same steps.
+    fn planned_controls(&self) -> Vec<PlannedControl> {
+        Vec::new()
+    }
+    /// Appends generated candidate pairs (one JSON object each); returns where they went.
+    fn save_candidates(&mut self, _lines: &[Value]) -> Result<Option<String>, TrainError> {
+        Ok(None)
+    }
     /// Exports a model directory that passed the gates ("deploy"); returns where it went.
     fn export(&mut self, _stage: &str, _files: Vec<(String, Vec<u8>)>) -> Result<Option<PathBuf>, TrainError> {
         Ok(None)
@@ -67,4 +85,65 @@ pub struct Admission {
     pub file: String,
     /// Byte offset reached.
     pub offset: u64,
+}
+
+/// A command to the running trainer, applied at the next step boundary.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Control {
+    /// Wait between steps until [`Control::Resume`].
+    Pause,
+    /// Continue after a pause.
+    Resume,
+    /// Checkpoint, then end the run ([`super::state::Finished::Stopped`]).
+    Stop,
+    /// End the running stage now (only if it is `stage`, when given).
+    SkipStage {
+        /// The stage the request meant.
+        stage: Option<String>,
+    },
+    /// Set λ_pref (`term` "pref") or λ_safe ("safe") from the next step on.
+    SetLambda {
+        /// `pref` or `safe`.
+        term: String,
+        /// The new value.
+        value: f64,
+    },
+    /// Save a checkpoint now.
+    CheckpointNow,
+    /// Sample two responses per prompt for `count` prompts of the stage.
+    GenerateCandidates {
+        /// How many prompts.
+        count: usize,
+    },
+}
+
+/// A control to replay on resume: `control` was applied in `stage` at the step boundary where
+/// `step` optimizer steps were complete.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedControl {
+    /// The stage it applied to.
+    pub stage: String,
+    /// Global steps complete when it applied.
+    pub step: u64,
+    /// What it was ([`Control::SetLambda`] or [`Control::SkipStage`]).
+    pub control: Control,
+}
+
+/// Where the trainer stands.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Position {
+    /// `running`, `paused`, `evaluating` or `stopping`.
+    pub state: &'static str,
+    /// The stage being trained or evaluated.
+    pub stage: Option<String>,
+    /// Global steps complete.
+    pub step: u64,
+    /// Steps complete in the stage.
+    pub stage_step: u64,
+    /// The stage's length.
+    pub stage_total: Option<u64>,
+    /// λ_pref in effect.
+    pub lambda_pref: Option<f64>,
+    /// λ_safe in effect.
+    pub lambda_safe: Option<f64>,
 }

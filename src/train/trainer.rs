@@ -4,6 +4,8 @@
 //! The loop talks to the outside world only through [`Host`]: events, checkpoint files, the stop
 //! flag and where a stage's reference weights live. It never learns a run-directory file name.
 
+mod control;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -13,7 +15,8 @@ use serde_json::{json, Map, Value};
 
 use super::evaluate::{evaluate_stage, training_prompts, unsafe_rate_proxy, EvalContext, HumanInputs, StageEval};
 use super::examples::PairExample;
-pub use super::host::{Admission, Host, PrefFile};
+use super::host::PlannedControl;
+pub use super::host::{Admission, Control, Host, Position, PrefFile};
 use super::live::{LiveLabels, LiveUpdate};
 use super::objective::{evaluate, MicroBatch, PairTerm, RewardRow, Weights};
 use super::optim::{clip_coefficient, global_norm, gradients_of, AdamW, AdamWConfig, Moments};
@@ -28,6 +31,8 @@ use crate::data::{ChatTemplate, TextTokenizer};
 use crate::eval::{read_suite, Contamination, Decision, EvalItem, Judge};
 use crate::model::Model;
 use crate::train::loss::PreferenceLoss;
+pub use control::{stage_prompts, DEFAULT_SAMPLE_PROMPTS};
+use control::{Boundary, Lambdas, StepCx};
 
 /// The suite, judge and contamination set of a pipeline with an `[eval]` table, and the
 /// evaluations made so far (the baseline among them).
@@ -53,6 +58,14 @@ pub struct Trainer<'h, H: Host> {
     resume_optimizer: Option<Vec<Moments>>,
     last_checkpoint: Option<u64>,
     eval: Option<EvalSetup>,
+    /// Controls to replay on resume (λ changes, skips), in log order.
+    planned: Vec<PlannedControl>,
+    /// Paused by a control command (kept across a stage end).
+    paused: bool,
+    /// A stop was requested through the control socket.
+    stop: bool,
+    /// Where the next `generate_candidates` continues in the stage's prompts.
+    candidate_cursor: usize,
 }
 
 fn num(v: f64) -> Value {
@@ -116,9 +129,14 @@ impl<'h, H: Host> Trainer<'h, H> {
             Some(settings) => Some(Self::eval_setup(&pipeline, settings, host)?),
             None => None,
         };
+        let planned = host.planned_controls();
         Ok(Self {
             pipeline,
             options,
+            planned,
+            paused: false,
+            stop: false,
+            candidate_cursor: 0,
             host,
             device,
             dtype,
@@ -150,6 +168,11 @@ impl<'h, H: Host> Trainer<'h, H> {
     /// Evaluates the current policy as `stage` (unless an earlier worker did), then applies the
     /// gates against the baseline: deploy exports the model, iterate names the failing gates.
     fn evaluate(&mut self, stage: &str) -> Result<(), TrainError> {
+        if self.eval.is_none() {
+            return Ok(());
+        }
+        let position = self.position("evaluating", Some(stage), None);
+        self.host.publish(&position);
         let Some(setup) = self.eval.as_mut() else { return Ok(()) };
         if setup.done.contains_key(stage) {
             return Ok(());
@@ -424,8 +447,11 @@ impl<'h, H: Host> Trainer<'h, H> {
                 pref.set_active(i, false);
             }
         }
-        let lambda_pref = self.state.lambda_pref.or(stage.pref.as_ref().map(|p| p.lambda)).unwrap_or(0.0);
-        let mut lambda_safe = self.state.lambda_safe.or(stage.safety.as_ref().map(|s| s.lambda)).unwrap_or(0.0);
+        let mut lambdas = Lambdas {
+            pref: self.state.lambda_pref.or(stage.pref.as_ref().map(|p| p.lambda)).unwrap_or(0.0),
+            safe: self.state.lambda_safe.or(stage.safety.as_ref().map(|s| s.lambda)).unwrap_or(0.0),
+        };
+        let mut prompts = None;
         let w_sft = stage.sft.as_ref().map_or(1.0, |s| s.weight);
         let pref_term = stage.pref.as_ref().map(|p| PairTerm {
             beta: p.beta,
@@ -440,12 +466,23 @@ impl<'h, H: Host> Trainer<'h, H> {
             .filter(|s| s.loss == SafetyLossKind::Dpo)
             .map(|s| PairTerm { beta: s.beta, loss: PreferenceLoss::Sigmoid });
 
+        let mut skipped = false;
         while self.state.stage_step < total {
-            if self.host.stop_requested() {
-                self.state.label_prefixes = live.consumed_prefixes()?;
-                self.checkpoint(&opt, &samplers, lambda_pref, lambda_safe)?;
-                return Ok(Finished::Stopped);
+            let cx =
+                StepCx { name: &name, stage, static_files: &static_files, opt: &opt, samplers: &samplers, live: &live };
+            match self.boundary(&cx, &mut lambdas, &mut prompts)? {
+                Boundary::Train => {}
+                Boundary::Stop => {
+                    self.state.label_prefixes = live.consumed_prefixes()?;
+                    self.checkpoint(&opt, &samplers, lambdas.pref, lambdas.safe)?;
+                    return Ok(Finished::Stopped);
+                }
+                Boundary::Skip => {
+                    skipped = true;
+                    break;
+                }
             }
+            let (lambda_pref, lambda_safe) = (lambdas.pref, lambdas.safe);
             let step = self.state.global_step;
             if !live.is_empty() {
                 let update = live.read_at_step(
@@ -571,28 +608,34 @@ impl<'h, H: Host> Trainer<'h, H> {
             if let Some(adaptive) = stage.safety.as_ref().and_then(|s| s.adaptive.as_ref()) {
                 if self.state.stage_step % adaptive.every.max(1) == 0 && !data.redteam.is_empty() {
                     let rate = unsafe_rate_proxy(&self.policy, &data, &cache, self.pad_id())?;
-                    let before = lambda_safe;
-                    lambda_safe = (lambda_safe + adaptive.eta * (rate - adaptive.epsilon)).max(0.0);
+                    let before = lambdas.safe;
+                    lambdas.safe = (lambdas.safe + adaptive.eta * (rate - adaptive.epsilon)).max(0.0);
                     let mut f = Map::new();
                     f.insert("lambda".into(), json!("safe"));
                     f.insert("from".into(), json!(before));
-                    f.insert("to".into(), json!(lambda_safe));
+                    f.insert("to".into(), json!(lambdas.safe));
                     f.insert("unsafe_rate".into(), json!(rate));
                     f.insert("reason".into(), json!("adaptive"));
                     self.host.emit("lambda_changed", Some(&name), Some(self.state.global_step), f)?;
                 }
             }
+            let cx =
+                StepCx { name: &name, stage, static_files: &static_files, opt: &opt, samplers: &samplers, live: &live };
+            self.live_samples(&cx, &mut prompts)?;
             let every = self.pipeline.run.checkpoint_every;
             if every > 0 && self.state.global_step % every == 0 && self.state.stage_step < total {
                 self.state.label_prefixes = live.consumed_prefixes()?;
-                self.checkpoint(&opt, &samplers, lambda_pref, lambda_safe)?;
+                self.checkpoint(&opt, &samplers, lambdas.pref, lambdas.safe)?;
             }
         }
         self.state.stage_done = true;
         self.state.label_prefixes = live.consumed_prefixes()?;
-        self.checkpoint(&opt, &samplers, lambda_pref, lambda_safe)?;
+        self.checkpoint(&opt, &samplers, lambdas.pref, lambdas.safe)?;
         let mut f = Map::new();
         f.insert("steps".into(), json!(self.state.stage_step));
+        if skipped {
+            f.insert("skipped".into(), json!(true));
+        }
         self.host.emit("stage_finished", Some(&name), Some(self.state.global_step), f)?;
         Ok(Finished::Completed)
     }

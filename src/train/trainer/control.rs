@@ -1,0 +1,352 @@
+//! The trainer's step boundary: control commands (pause, resume, stop, skip, λ changes,
+//! checkpoint now, candidate generation), their replay on resume, and live samples.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use super::{Host, Trainer};
+use crate::config::Stage;
+use crate::data::{encode_generation_prompt, read_records_with_lines, Message, Records, SftRecord, Text};
+use crate::model::generate::{generate, Sampling};
+use crate::train::host::{Control, Position};
+use crate::train::live::LiveLabels;
+use crate::train::optim::AdamW;
+use crate::train::sampler::Sampler;
+use crate::train::TrainError;
+
+/// How long one wait for a command lasts while paused (a stop signal is noticed this quickly).
+const PAUSE_POLL: Duration = Duration::from_millis(200);
+/// Prompts answered by live samples when `[run] sample_prompts` is empty: the stage's first few.
+pub const DEFAULT_SAMPLE_PROMPTS: usize = 3;
+
+/// What the step loop does after a boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Boundary {
+    /// Train the next step.
+    Train,
+    /// Checkpoint and end the run.
+    Stop,
+    /// End the stage now.
+    Skip,
+}
+
+/// What a boundary may need from the stage loop.
+pub(super) struct StepCx<'a, 's> {
+    pub name: &'a str,
+    pub stage: &'a Stage,
+    pub static_files: &'a [PathBuf],
+    pub opt: &'a AdamW,
+    pub samplers: &'a [(&'s str, Sampler)],
+    pub live: &'a LiveLabels,
+}
+
+/// The λ values in effect, changed by `set_lambda` and the adaptive rule.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Lambdas {
+    pub pref: f64,
+    pub safe: f64,
+}
+
+/// The prompts of a stage, in data order (preference, then SFT, then safety files), deduplicated.
+pub fn stage_prompts(stage: &Stage, pref_files: &[PathBuf]) -> Result<Vec<Text>, TrainError> {
+    let mut files: Vec<&PathBuf> = pref_files.iter().collect();
+    files.extend(stage.sft.iter().flat_map(|t| t.data.iter()));
+    files.extend(stage.safety.iter().flat_map(|t| t.data.iter()));
+    let mut out: Vec<Text> = Vec::new();
+    for path in files {
+        if !path.exists() {
+            continue;
+        }
+        let (records, _) = read_records_with_lines(path)?;
+        let found: Vec<Text> = match records {
+            Records::Preference(recs) => recs.into_iter().map(|r| r.prompt).collect(),
+            Records::Safety(recs) => recs.into_iter().map(|r| r.prompt).collect(),
+            Records::Sft(recs) => recs
+                .into_iter()
+                .filter_map(|r| match r {
+                    SftRecord::Messages(m) => {
+                        let first = m.iter().position(|m| m.role == "assistant")?;
+                        (first > 0).then(|| Text::Messages(m[..first].to_vec()))
+                    }
+                    SftRecord::PromptCompletion { prompt, .. } => Some(prompt),
+                })
+                .collect(),
+        };
+        for t in found {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A prompt as TRL writes it: a string, or a list of `{role, content}` messages.
+fn prompt_json(t: &Text) -> Value {
+    match t {
+        Text::Plain(s) => json!(s),
+        Text::Messages(m) => json!(m.iter().map(|m| json!({"role": m.role, "content": m.content})).collect::<Vec<_>>()),
+    }
+}
+
+/// A prompt as one line of text for the dashboard: the last message's content.
+fn prompt_display(t: &Text) -> String {
+    match t {
+        Text::Plain(s) => s.clone(),
+        Text::Messages(m) => m.last().map(|m| m.content.clone()).unwrap_or_default(),
+    }
+}
+
+/// A seed for candidate `response` of prompt `index` at `step`, from the run's seed.
+fn candidate_seed(seed: u64, step: u64, index: usize, response: u64) -> u64 {
+    let mut x = seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (index as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= response.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn cached_prompts<'p>(cx: &StepCx<'_, '_>, prompts: &'p mut Option<Vec<Text>>) -> Result<&'p [Text], TrainError> {
+    if prompts.is_none() {
+        *prompts = Some(stage_prompts(cx.stage, cx.static_files)?);
+    }
+    Ok(prompts.as_deref().unwrap_or_default())
+}
+
+impl<H: Host> Trainer<'_, H> {
+    pub(super) fn position(&self, state: &'static str, stage: Option<&str>, lambdas: Option<Lambdas>) -> Position {
+        Position {
+            state,
+            stage: stage.map(String::from),
+            step: self.state.global_step,
+            stage_step: self.state.stage_step,
+            stage_total: self.state.stage_total,
+            lambda_pref: lambdas.map(|l| l.pref),
+            lambda_safe: lambdas.map(|l| l.safe),
+        }
+    }
+
+    /// Everything between two steps: controls replayed from a previous worker, then every
+    /// pending command; while paused, waits here for commands without using the CPU.
+    pub(super) fn boundary(
+        &mut self,
+        cx: &StepCx<'_, '_>,
+        lambdas: &mut Lambdas,
+        prompts: &mut Option<Vec<Text>>,
+    ) -> Result<Boundary, TrainError> {
+        let step = self.state.global_step;
+        let due: Vec<Control> = {
+            let (now, later): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut self.planned).into_iter().partition(|p| p.stage == cx.name && p.step == step);
+            self.planned = later;
+            now.into_iter().map(|p| p.control).collect()
+        };
+        for control in due {
+            if self.apply(cx, control, lambdas, prompts, true)? == Boundary::Skip {
+                return Ok(Boundary::Skip);
+            }
+        }
+        loop {
+            let state = if self.paused { "paused" } else { "running" };
+            let position = self.position(state, Some(cx.name), Some(*lambdas));
+            self.host.publish(&position);
+            let wait = self.paused.then_some(PAUSE_POLL);
+            let Some(control) = self.host.next_control(wait) else {
+                if !self.paused || self.host.stop_requested() {
+                    break;
+                }
+                continue;
+            };
+            match control {
+                Control::Pause if !self.paused => {
+                    self.paused = true;
+                    self.host.emit("paused", Some(cx.name), Some(step), Map::new())?;
+                }
+                Control::Resume if self.paused => {
+                    self.paused = false;
+                    self.unpaused(cx.name)?;
+                }
+                Control::Pause | Control::Resume => {}
+                Control::Stop => {
+                    self.stop = true;
+                    let mut f = Map::new();
+                    f.insert("source".into(), json!("control"));
+                    self.host.emit("stop_requested", Some(cx.name), Some(step), f)?;
+                    break;
+                }
+                other => {
+                    if self.apply(cx, other, lambdas, prompts, false)? == Boundary::Skip {
+                        return Ok(Boundary::Skip);
+                    }
+                }
+            }
+        }
+        if self.stop || self.host.stop_requested() {
+            if self.paused {
+                self.paused = false;
+                self.unpaused(cx.name)?;
+            }
+            let position = self.position("stopping", Some(cx.name), Some(*lambdas));
+            self.host.publish(&position);
+            return Ok(Boundary::Stop);
+        }
+        Ok(Boundary::Train)
+    }
+
+    /// The end of a pause, logged as `resumed` at the current step (nothing after it to supersede).
+    fn unpaused(&mut self, stage: &str) -> Result<(), TrainError> {
+        let step = self.state.global_step;
+        let mut f = Map::new();
+        f.insert("from_step".into(), json!(step));
+        f.insert("reason".into(), json!("unpause"));
+        f.insert("pid".into(), json!(std::process::id()));
+        self.host.emit("resumed", Some(stage), Some(step), f)
+    }
+
+    fn apply(
+        &mut self,
+        cx: &StepCx<'_, '_>,
+        control: Control,
+        lambdas: &mut Lambdas,
+        prompts: &mut Option<Vec<Text>>,
+        replayed: bool,
+    ) -> Result<Boundary, TrainError> {
+        let step = self.state.global_step;
+        let mut f = Map::new();
+        match control {
+            Control::SetLambda { term, value } => {
+                let slot = match term.as_str() {
+                    "pref" => &mut lambdas.pref,
+                    "safe" => &mut lambdas.safe,
+                    other => return Err(TrainError::Host(format!("set_lambda: no λ named {other:?}"))),
+                };
+                let from = *slot;
+                *slot = value;
+                f.insert("lambda".into(), json!(term));
+                f.insert("from".into(), json!(from));
+                f.insert("to".into(), json!(value));
+                f.insert("reason".into(), json!("control"));
+                if replayed {
+                    f.insert("replayed".into(), json!(true));
+                }
+                self.host.emit("lambda_changed", Some(cx.name), Some(step), f)?;
+            }
+            Control::SkipStage { stage } => {
+                if let Some(meant) = stage.filter(|s| s != cx.name) {
+                    f.insert(
+                        "message".into(),
+                        json!(format!("skip_stage for stage {meant:?} ignored: stage {:?} is running", cx.name)),
+                    );
+                    self.host.emit("warning", Some(cx.name), Some(step), f)?;
+                    return Ok(Boundary::Train);
+                }
+                f.insert("stage_step".into(), json!(self.state.stage_step));
+                f.insert("total_steps".into(), json!(self.state.stage_total));
+                if replayed {
+                    f.insert("replayed".into(), json!(true));
+                }
+                self.host.emit("stage_skipped", Some(cx.name), Some(step), f)?;
+                return Ok(Boundary::Skip);
+            }
+            Control::CheckpointNow => {
+                self.state.label_prefixes = cx.live.consumed_prefixes()?;
+                if self.last_checkpoint == Some(step) {
+                    f.insert("message".into(), json!(format!("checkpoint_now: step {step} is already checkpointed")));
+                    self.host.emit("warning", Some(cx.name), Some(step), f)?;
+                } else {
+                    self.checkpoint(cx.opt, cx.samplers, lambdas.pref, lambdas.safe)?;
+                }
+            }
+            Control::GenerateCandidates { count } => self.candidates(cx, count, prompts)?,
+            Control::Pause | Control::Resume | Control::Stop => {}
+        }
+        Ok(Boundary::Train)
+    }
+
+    /// `generate_candidates`: two samples (temperature 1, the policy's own distribution) per
+    /// prompt for `count` prompts, continuing through the stage's prompts from the last request.
+    fn candidates(
+        &mut self,
+        cx: &StepCx<'_, '_>,
+        count: usize,
+        prompts: &mut Option<Vec<Text>>,
+    ) -> Result<(), TrainError> {
+        let step = self.state.global_step;
+        let all = cached_prompts(cx, prompts)?.to_vec();
+        if all.is_empty() {
+            let mut f = Map::new();
+            f.insert("message".into(), json!("generate_candidates: the stage has no prompts"));
+            return self.host.emit("warning", Some(cx.name), Some(step), f);
+        }
+        let stops = self.policy.generation.eos_token_ids.clone();
+        let mut lines = Vec::new();
+        for i in 0..count.min(all.len()) {
+            let index = (self.candidate_cursor + i) % all.len();
+            let prompt = &all[index];
+            let ids = encode_generation_prompt(&self.tokenizer, self.template.as_ref(), prompt)?;
+            let mut responses = Vec::new();
+            for r in 0..2u64 {
+                let sampling = Sampling {
+                    temperature: 1.0,
+                    top_p: 1.0,
+                    seed: candidate_seed(self.pipeline.run.seed, step, index, r),
+                    max_new_tokens: self.pipeline.run.sample_max_tokens,
+                };
+                let out = generate(&self.policy, &ids, &stops, &sampling)?;
+                responses.push(self.tokenizer.decode(&out.new_token_ids, true)?);
+            }
+            lines.push(json!({
+                "prompt": prompt_json(prompt),
+                "responses": responses,
+                "source": "policy",
+                "step": step,
+                "stage": cx.name,
+            }));
+        }
+        self.candidate_cursor = (self.candidate_cursor + lines.len()) % all.len();
+        let file = self.host.save_candidates(&lines)?;
+        let mut f = Map::new();
+        f.insert("count".into(), json!(lines.len()));
+        f.insert("responses_per_prompt".into(), json!(2));
+        if let Some(file) = file {
+            f.insert("file".into(), json!(file));
+        }
+        self.host.emit("candidates_generated", Some(cx.name), Some(step), f)
+    }
+
+    /// Live samples: greedy answers to the fixed prompts (`[run] sample_prompts`, or the stage's
+    /// first few), one `sample` event each.
+    pub(super) fn live_samples(
+        &mut self,
+        cx: &StepCx<'_, '_>,
+        prompts: &mut Option<Vec<Text>>,
+    ) -> Result<(), TrainError> {
+        let every = self.pipeline.run.sample_every;
+        let step = self.state.global_step;
+        if every == 0 || step % every != 0 {
+            return Ok(());
+        }
+        let fixed: Vec<Text> = if self.pipeline.run.sample_prompts.is_empty() {
+            cached_prompts(cx, prompts)?.iter().take(DEFAULT_SAMPLE_PROMPTS).cloned().collect()
+        } else {
+            let as_chat = self.template.is_some();
+            self.pipeline
+                .run
+                .sample_prompts
+                .iter()
+                .map(|p| if as_chat { Text::Messages(vec![Message::new("user", p)]) } else { Text::Plain(p.clone()) })
+                .collect()
+        };
+        let stops = self.policy.generation.eos_token_ids.clone();
+        let sampling = Sampling { max_new_tokens: self.pipeline.run.sample_max_tokens, ..Sampling::default() };
+        for prompt in &fixed {
+            let ids = encode_generation_prompt(&self.tokenizer, self.template.as_ref(), prompt)?;
+            let out = generate(&self.policy, &ids, &stops, &sampling)?;
+            let mut f = Map::new();
+            f.insert("prompt".into(), json!(prompt_display(prompt)));
+            f.insert("response".into(), json!(self.tokenizer.decode(&out.new_token_ids, true)?));
+            self.host.emit("sample", Some(cx.name), Some(step), f)?;
+        }
+        Ok(())
+    }
+}
