@@ -57,27 +57,38 @@ pub fn draw(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {
 fn scorecard(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {
     let max_latency = pane.stages.iter().filter_map(|s| s.report.latency_p95_s).fold(0.0_f64, f64::max);
     let mut chart = BarChart::default()
-        .block(block(theme, " help · harmless · p95 latency "))
+        .block(block(theme, " Scorecard: help · safe · p95 "))
         .bar_width(3)
-        .bar_gap(0)
+        .bar_gap(1)
         .group_gap(2)
         .max(100);
     for stage in &pane.stages {
         let r = &stage.report;
-        let help = r.win_rate.or(r.task_success_rate);
+        // Helpfulness: task success where the suite measures it, else the win rate.
+        let help = r.task_success_rate.or(r.win_rate);
         let harmless = r.unsafe_rate.map(|u| 1.0 - u);
         let to_bar = |v: Option<f64>| v.map_or(0, |v| (v.clamp(0.0, 1.0) * 100.0).round() as u64);
+        // Latency has no fixed scale: bars are relative to the slowest checkpoint.
         let latency = r.latency_p95_s.filter(|_| max_latency > 0.0).map(|l| l / max_latency);
         let bars = [
-            Bar::default().value(to_bar(help)).text_value(pct(help)).style(theme.style(Role::Chosen)),
-            Bar::default().value(to_bar(harmless)).text_value(pct(harmless)).style(theme.style(Role::GatePass)),
             Bar::default()
+                .label("hlp".into())
+                .value(to_bar(help))
+                .text_value(pct(help))
+                .style(theme.style(Role::Chosen)),
+            Bar::default()
+                .label("saf".into())
+                .value(to_bar(harmless))
+                .text_value(pct(harmless))
+                .style(theme.style(Role::GatePass)),
+            Bar::default()
+                .label("p95".into())
                 .value(to_bar(latency))
                 .text_value(r.latency_p95_s.map_or_else(|| "—".into(), |l| format!("{l:.1}")))
                 .style(theme.style(Role::Warning)),
         ];
         let mut label = safe(&stage.name);
-        label.truncate(9);
+        label = label.chars().take(11).collect();
         chart = chart.data(BarGroup::default().label(Line::from(label)).bars(&bars));
     }
     frame.render_widget(chart, area);
@@ -91,10 +102,15 @@ fn gates_table(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {
         Decision::Iterate { failing } => (format!("iterate ({} failing)", failing.len()), Role::GateFail),
         Decision::Incomplete { missing } => (format!("incomplete ({} missing)", missing.len()), Role::Warning),
     };
+    let overrides = match r.overrides_applied {
+        0 => String::new(),
+        1 => "· 1 override ".to_string(),
+        n => format!("· {n} overrides "),
+    };
     let title = Line::from(vec![
-        Span::raw(format!(" Gates · {} · ", safe(&stage.name))),
+        Span::raw(format!(" Gates {} · ", safe(&stage.name))),
         Span::styled(decision, theme.style(role).add_modifier(Modifier::BOLD)),
-        Span::raw(format!(" · {} overrides ", r.overrides_applied)),
+        Span::raw(format!(" {overrides}")),
     ]);
     let header = Row::new(["gate", "value", "threshold", ""]).style(theme.style(Role::Dim));
     let rows = r.gates.iter().map(|g| {

@@ -39,7 +39,8 @@ pub fn draw(pane: &LabelPane, theme: &Theme, frame: &mut Frame, area: Rect) {
         let prompt_rows = u16::try_from(prompt.lines().count().clamp(1, 6) + 2).unwrap_or(8);
         let [top, pair] = Layout::vertical([Constraint::Length(prompt_rows), Constraint::Fill(1)]).areas(body);
         let text = Paragraph::new(safe_lines(&prompt)).wrap(Wrap { trim: false }).style(theme.style(Role::Text));
-        frame.render_widget(text.block(block(theme, " Prompt ", Role::Dim)), top);
+        let status = status_line(pane, theme).right_aligned();
+        frame.render_widget(text.block(block(theme, " Prompt ", Role::Dim).title(status)), top);
         let [a, b] = if area.width >= SIDE_BY_SIDE {
             Layout::horizontal([Constraint::Fill(1), Constraint::Fill(1)]).areas(pair)
         } else {
@@ -54,21 +55,31 @@ pub fn draw(pane: &LabelPane, theme: &Theme, frame: &mut Frame, area: Rect) {
         let widget = Paragraph::new(msg).wrap(Wrap { trim: false }).style(theme.style(Role::Dim));
         frame.render_widget(widget.block(block(theme, " Label ", Role::Dim)), body);
     }
-    frame.render_widget(counter_line(pane, theme), counters);
-    let status = match &pane.status {
-        Some(Ok(m)) => Span::styled(format!("  {}", safe(m)), theme.style(Role::GatePass)),
-        Some(Err(m)) => Span::styled(format!("  {}", safe(m)), theme.style(Role::Error)),
-        None => Span::raw(""),
+    frame.render_widget(counter_line(pane, theme, area.width >= SIDE_BY_SIDE), counters);
+    let help = if area.width >= SIDE_BY_SIDE {
+        "a/← left better · b/→ right better · t tie · s skip · u undo · e edit a better answer · r rubric · q quit"
+    } else {
+        "a/← left · b/→ right · t tie · s skip · u undo · e edit · r rubric"
     };
-    let busy = if pane.busy() { Span::styled("  saving…", theme.style(Role::Warning)) } else { Span::raw("") };
-    let help = "a/← left · b/→ right · t tie · s skip · u undo · e edit · r rubric";
-    frame.render_widget(Line::from(vec![Span::styled(help, theme.style(Role::Dim)), busy, status]), keys);
+    frame.render_widget(Line::styled(help, theme.style(Role::Dim)), keys);
     if pane.show_rubric {
         rubric(pane, theme, frame, area);
     }
 }
 
-fn counter_line(pane: &LabelPane, theme: &Theme) -> Line<'static> {
+/// The outcome of the last action, shown in the prompt's frame: saving, saved or the error.
+fn status_line(pane: &LabelPane, theme: &Theme) -> Line<'static> {
+    if pane.busy() {
+        return Line::styled(" saving… ", theme.style(Role::Warning));
+    }
+    match &pane.status {
+        Some(Ok(m)) => Line::styled(format!(" {} ", safe(m)), theme.style(Role::GatePass)),
+        Some(Err(m)) => Line::styled(format!(" {} ", safe(m)), theme.style(Role::Error)),
+        None => Line::default(),
+    }
+}
+
+fn counter_line(pane: &LabelPane, theme: &Theme, wide: bool) -> Line<'static> {
     let dim = theme.style(Role::Dim);
     let dpo = pane.consumed_by_dpo.map_or_else(|| "no run".to_string(), |n| n.to_string());
     let mut spans = vec![
@@ -76,16 +87,18 @@ fn counter_line(pane: &LabelPane, theme: &Theme) -> Line<'static> {
         Span::styled(pane.labeled.to_string(), theme.style(Role::Text).add_modifier(Modifier::BOLD)),
         Span::styled(" · queue ", dim),
         Span::styled(pane.left().to_string(), theme.style(Role::Text)),
-        Span::styled(" · DPO consumed ", dim),
+        Span::styled(if wide { " · consumed by DPO " } else { " · DPO " }, dim),
         Span::styled(dpo, theme.style(Role::Text)),
-        Span::styled(format!(" · served again {}", pane.served_again), dim),
+        Span::styled(format!(" · {} {}", if wide { "served again" } else { "again" }, pane.served_again), dim),
     ];
     for p in &pane.agreement {
         let kappa = p.kappa.map_or_else(|| "—".to_string(), |k| format!("{k:.2}"));
-        spans.push(Span::styled(
-            format!(" · {}~{} {:.0}% κ {kappa} (n {})", safe(&p.a), safe(&p.b), p.percent * 100.0, p.n),
-            theme.style(Role::Accuracy),
-        ));
+        let text = if wide {
+            format!(" · {}~{} {:.0}% κ {kappa} (n {})", safe(&p.a), safe(&p.b), p.percent * 100.0, p.n)
+        } else {
+            format!(" · {}~{} {:.0}% κ{kappa}", safe(&p.a), safe(&p.b), p.percent * 100.0)
+        };
+        spans.push(Span::styled(text, theme.style(Role::Accuracy)));
     }
     Line::from(spans)
 }
