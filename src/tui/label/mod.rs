@@ -7,6 +7,7 @@
 //! [`LabelPane::saved`] or [`LabelPane::edited`]. Only then does the pane count the label as
 //! saved and move on, so "saved" on screen means on disk. Drawing is in `view`.
 
+pub mod attach;
 mod view;
 
 use std::collections::VecDeque;
