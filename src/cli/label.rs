@@ -20,10 +20,10 @@ use ratatui::text::Line;
 use ratatui::Terminal;
 use serde_json::Value as Json;
 
-use crate::data::label_store::{agreement, parse_candidate, read_candidates, served_again, Candidate, LabelWriter};
+use crate::data::label_store::{agreement, read_candidates, served_again, Candidate, LabelWriter};
 use crate::data::labels::LabelLog;
-use crate::data::Line as JsonLine;
 use crate::sanitize::sanitize;
+use crate::tui::label::attach::read_candidates_from;
 use crate::tui::label::{LabelEffect, LabelPane};
 use crate::tui::{Role, Theme};
 
@@ -268,24 +268,9 @@ impl Watch {
             }
             if let Some(run) = &self.run {
                 let path = run.join("candidates.jsonl");
-                let mut fresh = Vec::new();
-                for text in new_lines(&path, &mut cand_offset) {
-                    cand_line += 1;
-                    if text.trim().is_empty() {
-                        continue;
-                    }
-                    let parsed = serde_json::from_str(&text)
-                        .map_err(|e| format!("{}:{cand_line}:{}: {e}", path.display(), e.column()))
-                        .and_then(|value| {
-                            let line = JsonLine { number: cand_line, text: text.clone(), value };
-                            parse_candidate(&path, &line, "policy").map_err(|e| e.to_string())
-                        });
-                    match parsed {
-                        Ok(c) => fresh.push(c),
-                        Err(e) => {
-                            let _ = self.tx.send(Msg::Problem(e));
-                        }
-                    }
+                let (fresh, problems) = read_candidates_from(&path, &mut cand_offset, &mut cand_line);
+                if problems.into_iter().any(|p| self.tx.send(Msg::Problem(p)).is_err()) {
+                    return;
                 }
                 if !fresh.is_empty() && self.tx.send(Msg::Candidates(fresh)).is_err() {
                     return;

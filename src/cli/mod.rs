@@ -194,7 +194,8 @@ pub enum Command {
     /// Label preference pairs: a prompt and two responses side by side, order randomised and
     /// the source hidden. Each label is appended to the labels file (fsynced, locked: several
     /// labelers may share it). Keys: a/← left better, b/→ right better, t tie, s skip, u undo,
-    /// e write a better answer in $EDITOR, r rubric, q quit.
+    /// e write a better answer in $EDITOR (it starts from the left answer, which becomes the
+    /// rejected one), r rubric, q quit.
     Label {
         /// Candidates: JSONL of {"prompt": string or messages, "responses": [at least two]}.
         #[arg(long)]

@@ -347,6 +347,39 @@ mod tests {
     }
 
     #[test]
+    fn candidates_are_read_with_located_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.jsonl");
+        let good = r#"{"prompt": [{"role": "user", "content": "hi"}], "responses": ["a", "b"], "source": "policy", "step": 40}"#;
+        let bad = r#"{"prompt": "q", "responses": ["only one"]}"#;
+        std::fs::write(&path, format!("{good}\n\n{bad}\n")).unwrap();
+        let err = read_candidates(&path).unwrap_err().to_string();
+        let column = bad.find('[').unwrap() + 1;
+        assert_eq!(err, format!("{}:3:{column}: responses: expected at least two responses", path.display()));
+        std::fs::write(&path, format!("{good}\n")).unwrap();
+        let c = read_candidates(&path).unwrap();
+        assert_eq!(c[0].source, "policy@step 40");
+        assert!(c[0].prompt.is_conversational());
+        // A plain answer to a conversation is written as an assistant turn, as TRL expects.
+        let draft = LabelDraft {
+            id: "1".into(),
+            candidate: c[0].clone(),
+            order: [1, 0],
+            labeler: "ann".into(),
+            verdict: Verdict::Prefer(1),
+        };
+        let rec = draft.to_record(5);
+        assert_eq!(rec["chosen"], json!([{"role": "assistant", "content": "b"}]));
+        assert_eq!(rec["order"], json!([1, 0]));
+        let line = super::super::jsonl::Line { number: 1, text: rec.to_string(), value: rec.clone() };
+        assert!(crate::data::parse_preference_line(&path, &line).is_ok(), "the trainer can read it");
+        let bad_text = r#"{"prompt": "q", "responses": ["a", 3]}"#;
+        std::fs::write(&path, format!("{bad_text}\n")).unwrap();
+        let err = read_candidates(&path).unwrap_err().to_string();
+        assert!(err.ends_with(": responses[1]: expected a string or a list of messages"), "{err}");
+    }
+
+    #[test]
     fn kappa_matches_the_textbook_two_by_two_case() {
         // 50 items: both yes 20, A yes/B no 5, A no/B yes 10, both no 15.
         // p_o = 35/50 = 0.7; p_e = 0.5·0.6 + 0.5·0.4 = 0.5; κ = (0.7 − 0.5)/(1 − 0.5) = 0.4.

@@ -120,3 +120,34 @@ fn a_failure_sent_to_labels_becomes_a_pair_and_leaves_the_gate_metrics() {
     assert_eq!(rec["eval_id"], Json::String(s1));
     assert_eq!(rec["chosen"][0]["content"], "I can't help with that.");
 }
+
+#[test]
+fn load_reads_every_stage_and_lists_what_it_could_not_read() {
+    let run = tempfile::tempdir().unwrap();
+    let sample = sample_pane();
+    for stage in &sample.stages {
+        let dir = run.path().join("eval").join(&stage.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let lines = |rows: Vec<String>| rows.into_iter().map(|r| r + "\n").collect::<String>();
+        let failures = lines(stage.failures.iter().map(|f| serde_json::to_string(f).unwrap()).collect());
+        let responses =
+            lines(stage.responses.as_ref().unwrap().iter().map(|r| serde_json::to_string(r).unwrap()).collect());
+        std::fs::write(dir.join("failures.jsonl"), failures).unwrap();
+        std::fs::write(dir.join("responses.jsonl"), responses).unwrap();
+        std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&stage.report).unwrap()).unwrap();
+    }
+    std::fs::create_dir_all(run.path().join("eval/unfinished")).unwrap();
+    std::fs::write(run.path().join("overrides.jsonl"), "{\"id\": \"s1\", \"passed\": \"yes\"}\n").unwrap();
+
+    let pane = load(run.path(), "ann", "e");
+    let names: Vec<&str> = pane.stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names.len(), 2, "a stage without report.json is not evaluated yet: {names:?}");
+    assert!(names.contains(&"base") && names.contains(&"dpo"));
+    for stage in &pane.stages {
+        let original = sample.stages.iter().find(|s| s.name == stage.name).unwrap();
+        assert_eq!(stage, original, "read back as written");
+    }
+    assert!(pane.inputs.is_none(), "no run.toml: the scorecard cannot be recomputed");
+    assert!(pane.problems.iter().any(|p| p.contains("overrides.jsonl:1:")), "{:?}", pane.problems);
+    assert!(pane.problems.iter().any(|p| p.contains("recompute unavailable")), "{:?}", pane.problems);
+}

@@ -41,6 +41,8 @@ pub enum PaneMsg {
     Candidates(Vec<Candidate>),
     /// The labels file changed: agreement per labeler pair and items served again.
     Agreement(Vec<PairAgreement>, usize),
+    /// A bad line in the run's candidates.jsonl, located.
+    Problem(String),
 }
 
 impl PartialEq for PaneMsg {
@@ -52,6 +54,7 @@ impl PartialEq for PaneMsg {
             (PaneMsg::EvalLoaded(a), PaneMsg::EvalLoaded(b)) => Arc::ptr_eq(a, b),
             (PaneMsg::Candidates(a), PaneMsg::Candidates(b)) => a == b,
             (PaneMsg::Agreement(a, x), PaneMsg::Agreement(b, y)) => a == b && x == y,
+            (PaneMsg::Problem(a), PaneMsg::Problem(b)) => a == b,
             _ => false,
         }
     }
@@ -92,6 +95,7 @@ pub fn apply(app: &mut App, msg: PaneMsg) {
             app.eval = Some(pane);
         }
         PaneMsg::Candidates(c) => app.label.iter_mut().for_each(|p| p.enqueue(c.clone())),
+        PaneMsg::Problem(e) => app.label.iter_mut().for_each(|p| p.status = Some(Err(e.clone()))),
         PaneMsg::Agreement(pairs, again) => {
             if let Some(p) = app.label.as_mut() {
                 (p.agreement, p.served_again) = (pairs, again);
@@ -196,7 +200,10 @@ fn watch(run: &Path, tx: &Sender<Action>) {
                 return;
             }
         }
-        let fresh = read_candidates_from(&candidates, &mut offset, &mut line_number);
+        let (fresh, problems) = read_candidates_from(&candidates, &mut offset, &mut line_number);
+        if problems.into_iter().any(|p| !send(PaneMsg::Problem(p))) {
+            return;
+        }
         if !fresh.is_empty() && !send(PaneMsg::Candidates(fresh)) {
             return;
         }
@@ -204,17 +211,18 @@ fn watch(run: &Path, tx: &Sender<Action>) {
     }
 }
 
-/// Complete candidate lines appended since `offset`; bad lines are logged and skipped.
-fn read_candidates_from(path: &Path, offset: &mut u64, line_number: &mut usize) -> Vec<Candidate> {
+/// Complete candidate lines appended to a growing candidates file since `offset` (a torn last
+/// line waits for its newline), and the `path:line:col: field: message` of each bad line.
+pub fn read_candidates_from(path: &Path, offset: &mut u64, line_number: &mut usize) -> (Vec<Candidate>, Vec<String>) {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut file) = std::fs::File::open(path) else { return Vec::new() };
+    let (mut out, mut problems) = (Vec::new(), Vec::new());
+    let Ok(mut file) = std::fs::File::open(path) else { return (out, problems) };
     let mut bytes = Vec::new();
     if file.seek(SeekFrom::Start(*offset)).is_err() || file.read_to_end(&mut bytes).is_err() {
-        return Vec::new();
+        return (out, problems);
     }
-    let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else { return Vec::new() };
+    let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else { return (out, problems) };
     *offset += end as u64 + 1;
-    let mut out = Vec::new();
     for raw in bytes[..end].split(|&b| b == b'\n') {
         *line_number += 1;
         let text = String::from_utf8_lossy(raw).into_owned();
@@ -229,8 +237,8 @@ fn read_candidates_from(path: &Path, offset: &mut u64, line_number: &mut usize) 
             });
         match parsed {
             Ok(c) => out.push(c),
-            Err(e) => tracing::warn!("{e}"),
+            Err(e) => problems.push(e),
         }
     }
-    out
+    (out, problems)
 }
