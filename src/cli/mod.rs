@@ -7,6 +7,7 @@ pub mod demo;
 pub mod detach;
 pub mod eval;
 pub mod generate;
+pub mod label;
 pub mod run;
 pub mod runs;
 pub mod score;
@@ -236,6 +237,35 @@ pub enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Label preference pairs: a prompt and two responses side by side, order randomised and
+    /// the source hidden. Each label is appended to the labels file (fsynced, locked: several
+    /// labelers may share it). Keys: a/← left better, b/→ right better, t tie, s skip, u undo,
+    /// e write a better answer in $EDITOR (it starts from the left answer, which becomes the
+    /// rejected one), r rubric, q quit.
+    Label {
+        /// Candidates: JSONL of {"prompt": string or messages, "responses": [at least two]}.
+        #[arg(long)]
+        candidates: Option<PathBuf>,
+        /// The labels file (default: the run's labels.jsonl with --run, else ./labels.jsonl).
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Who labels (default: $USER).
+        #[arg(long)]
+        labeler: Option<String>,
+        /// A rubric file, shown on `r`.
+        #[arg(long)]
+        rubric: Option<PathBuf>,
+        /// A run directory: its candidates.jsonl feeds the queue and its labels_admitted events
+        /// count the pairs the DPO stage consumed.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Share of pairs served a second time, for agreement (0 to 1).
+        #[arg(long, default_value_t = 0.1)]
+        repeat_share: f64,
+        /// Seed of the left/right orders and of the repeats (default: random).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Time one full training step (or greedy generation) on a fixed preset, as one JSON line.
     Bench {
         /// The model and batch shape: `cpu-small` (Llama, vocab 4096, hidden 256, 4 layers,
@@ -364,6 +394,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let sampling = Sampling { temperature, top_p, seed, max_new_tokens };
             generate::run(&model, &prompts, &sampling, &parse_device(&device)?, &mut stdout.lock())?;
+        }
+        Command::Label { candidates, labels, labeler, rubric, run, repeat_share, seed } => {
+            label::run(&label::LabelArgs { candidates, labels, labeler, rubric, run, repeat_share, seed })?;
         }
         Command::Bench { preset, mode, steps, warmup, threads, device } => {
             if preset != "cpu-small" {

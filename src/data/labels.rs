@@ -39,6 +39,7 @@ enum Verdict {
 struct LabelRecord {
     id: String,
     item: String,
+    labeler: Option<String>,
     supersedes: Option<String>,
     verdict: Verdict,
 }
@@ -70,7 +71,8 @@ pub struct LabelLog {
     records: Vec<LabelRecord>,
 }
 
-fn text_key(t: &Text) -> String {
+/// A canonical JSON text of `t`: equal texts give equal keys.
+pub fn text_key(t: &Text) -> String {
     serde_json::to_string(&match t {
         Text::Plain(s) => Json::String(s.clone()),
         Text::Messages(m) => serde_json::to_value(m).unwrap_or(Json::Null),
@@ -79,10 +81,17 @@ fn text_key(t: &Text) -> String {
 }
 
 fn default_item(rec: &PreferenceRecord) -> String {
-    let (a, b) = (text_key(&rec.chosen), text_key(&rec.rejected));
+    pair_hash(&rec.prompt, &rec.chosen, &rec.rejected)
+}
+
+/// The item key of a prompt and two responses, independent of the responses' order: what a
+/// preference record without an `item` field is filed under, and what the labeling pane writes
+/// as `item` and `pair_hash`.
+pub fn pair_hash(prompt: &Text, one: &Text, other: &Text) -> String {
+    let (a, b) = (text_key(one), text_key(other));
     let (first, second) = if a <= b { (a, b) } else { (b, a) };
     let mut h = Sha256::new();
-    for part in [text_key(&rec.prompt), first, second] {
+    for part in [text_key(prompt), first, second] {
         h.update(part.len().to_le_bytes());
         h.update(part.as_bytes());
     }
@@ -156,6 +165,7 @@ impl LabelLog {
         };
         let kind = obj.get("kind").and_then(Json::as_str).unwrap_or("preference");
         let item = obj.get("item").and_then(Json::as_str).map(String::from);
+        let labeler = obj.get("labeler").and_then(Json::as_str).map(String::from);
         let verdict = match kind {
             "tie" => Verdict::Tie,
             // A blind pairwise judgement of an eval item (the eval module reads it): never trains.
@@ -181,7 +191,7 @@ impl LabelLog {
             (Verdict::Undo, None) => String::new(),
             (_, None) => return Err(at(1, "item", "a tie or skip must name the item it judged")),
         };
-        Ok(LabelRecord { id, item, supersedes, verdict })
+        Ok(LabelRecord { id, item, labeler, supersedes, verdict })
     }
 
     /// The pairs that may train now, keyed by item, in order of first appearance; and the items
@@ -225,6 +235,53 @@ impl LabelLog {
         }
         (admitted, held)
     }
+}
+
+impl LabelLog {
+    /// Every live judgement (not retracted, not an undo, not a skip) in file order: the item,
+    /// who judged it, and what they decided (the chosen text's key, or `tie`). The input of
+    /// [`crate::data::label_store::agreement`].
+    pub fn judgements(&self) -> Vec<Judged> {
+        let retracted: HashSet<&str> = self.records.iter().filter_map(|r| r.supersedes.as_deref()).collect();
+        self.records
+            .iter()
+            .filter(|r| !retracted.contains(r.id.as_str()))
+            .filter_map(|r| {
+                let decision = match &r.verdict {
+                    Verdict::Prefer(rec) => Decision::Chose(text_key(&rec.chosen)),
+                    Verdict::Tie => Decision::Tie,
+                    Verdict::Skip | Verdict::Undo => return None,
+                };
+                let labeler = r.labeler.clone().unwrap_or_else(|| "?".to_string());
+                Some(Judged { item: r.item.clone(), labeler, decision })
+            })
+            .collect()
+    }
+
+    /// The ids of every record read so far, in file order.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.records.iter().map(|r| r.id.as_str())
+    }
+}
+
+/// What one labeler decided about one item.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Decision {
+    /// This response (by [`text_key`]) is better.
+    Chose(String),
+    /// Neither is better.
+    Tie,
+}
+
+/// One live judgement of an item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judged {
+    /// The item judged.
+    pub item: String,
+    /// Who judged it (`?` when the record names nobody).
+    pub labeler: String,
+    /// What they decided.
+    pub decision: Decision,
 }
 
 /// The lower-case hex SHA-256 of the first `len` bytes of a file (a missing file hashes as empty

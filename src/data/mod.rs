@@ -7,6 +7,7 @@ pub mod encode;
 pub mod error;
 pub mod jinja;
 pub mod jsonl;
+pub mod label_store;
 pub mod labels;
 pub mod records;
 pub mod template;

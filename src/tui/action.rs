@@ -42,6 +42,8 @@ pub enum Action {
     RunsListed(Vec<RunSummary>),
     /// The terminal is now this many columns and rows.
     Resize(u16, u16),
+    /// News for the label and eval panes (saves, loads, candidates, agreement).
+    Panes(crate::tui::label::attach::PaneMsg),
 }
 
 /// Applies `action` to `app`.
@@ -67,6 +69,9 @@ pub fn update(app: &mut App, action: Action) {
             for event in &events {
                 app.apply(event);
             }
+            if let Some(label) = app.label.as_mut() {
+                label.consumed_by_dpo = Some(app.labels_admitted);
+            }
         }
         Action::LogReplaced => {
             app.clear_run();
@@ -91,6 +96,7 @@ pub fn update(app: &mut App, action: Action) {
             app.runs = runs;
         }
         Action::Resize(columns, rows) => app.size = (columns, rows),
+        Action::Panes(msg) => crate::tui::label::attach::apply(app, msg),
     }
     app.refresh_caches();
     app.touch();

@@ -72,6 +72,10 @@ pub struct App {
     pub worker: Worker,
     /// Runs in the same runs directory.
     pub runs: Vec<RunSummary>,
+    /// Pane 3's state, once attached to a run.
+    pub label: Option<crate::tui::label::LabelPane>,
+    /// Pane 4's state, once attached to a run.
+    pub eval: Option<crate::tui::eval_pane::EvalPane>,
     /// (ts, global step) of recent metrics in the running stage.
     rate_samples: VecDeque<(u64, u64)>,
     /// Whether something changed since the last frame.
@@ -109,6 +113,8 @@ impl App {
             last_checkpoint: None,
             worker: Worker::Unknown,
             runs: Vec::new(),
+            label: None,
+            eval: None,
             rate_samples: VecDeque::new(),
             dirty: true,
         }

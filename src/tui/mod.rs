@@ -14,6 +14,8 @@ mod action;
 mod app;
 mod draw;
 mod error;
+pub mod eval_pane;
+pub mod label;
 mod layout;
 mod model;
 mod runs;

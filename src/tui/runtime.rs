@@ -66,6 +66,9 @@ fn run_ui(run: RunDir, theme: Theme) -> Result<(), TuiError> {
 
 async fn event_loop(run: RunDir, theme: Theme) -> Result<(), TuiError> {
     let (tx, mut rx) = mpsc::channel(BATCH);
+    let tx_panes = tx.clone();
+    crate::tui::label::attach::spawn_watch(run.path().to_path_buf(), tx.clone())
+        .map_err(|source| TuiError::Thread { name: "panes", source })?;
     let tail_run = run.clone();
     thread::Builder::new()
         .name("tail".to_string())
@@ -74,6 +77,7 @@ async fn event_loop(run: RunDir, theme: Theme) -> Result<(), TuiError> {
 
     let mut guard = TerminalGuard::enter()?;
     let mut app = App::new(theme);
+    crate::tui::label::attach::init(&mut app);
     let size = guard.terminal.size().map_err(|source| TuiError::Terminal { op: "read the size", source })?;
     update(&mut app, Action::Resize(size.width, size.height));
     let mut input = EventStream::new();
@@ -86,6 +90,9 @@ async fn event_loop(run: RunDir, theme: Theme) -> Result<(), TuiError> {
         tokio::select! {
             term = input.next() => match term {
                 Some(Ok(TermEvent::Key(key))) => {
+                    if crate::tui::label::attach::route_key(&mut app, key, run.path(), &tx_panes) {
+                        continue;
+                    }
                     if let Some(action) = key_action(key) {
                         update(&mut app, action);
                     }

@@ -27,6 +27,12 @@ pub fn draw(app: &App, frame: &mut Frame) {
     match app.pane {
         Pane::Dashboard => dashboard::draw(app, frame, screen.body),
         Pane::Stages => panes::stages(app, frame, screen.body),
+        Pane::Label if app.label.is_some() => {
+            crate::tui::label::draw(app.label.as_ref().expect("checked"), &app.theme, frame, screen.body);
+        }
+        Pane::Eval if app.eval.is_some() => {
+            crate::tui::eval_pane::draw(app.eval.as_ref().expect("checked"), &app.theme, frame, screen.body);
+        }
         Pane::Label => panes::not_built(
             app,
             frame,

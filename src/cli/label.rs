@@ -1,0 +1,292 @@
+//! `hone label`: the labeling pane on its own, with no run attached (or beside a run with
+//! `--run DIR`). The UI thread draws and reads keys; the `label-writer` thread appends and fsyncs
+//! each label (the pane shows it as saved only once that returns); the `label-watch` thread tails
+//! the labels file (agreement), the run's `candidates.jsonl` (new pairs) and `events.jsonl`
+//! (`labels_admitted`: pairs the running DPO stage consumed).
+
+use std::io::{self, Stdout, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use crossterm::event::{self, Event, KeyCode, KeyModifiers};
+use crossterm::execute;
+use crossterm::terminal::{disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen};
+use ratatui::backend::CrosstermBackend;
+use ratatui::layout::{Constraint, Layout};
+use ratatui::text::Line;
+use ratatui::Terminal;
+use serde_json::Value as Json;
+
+use crate::data::label_store::{agreement, read_candidates, served_again, Candidate, LabelWriter};
+use crate::data::labels::LabelLog;
+use crate::sanitize::sanitize;
+use crate::tui::label::attach::read_candidates_from;
+use crate::tui::label::{LabelEffect, LabelPane};
+use crate::tui::{Role, Theme};
+
+/// What `hone label` was asked.
+#[derive(Debug, Clone)]
+pub struct LabelArgs {
+    /// Candidates JSONL.
+    pub candidates: Option<PathBuf>,
+    /// The labels file (default: the run's labels.jsonl, or labels.jsonl here).
+    pub labels: Option<PathBuf>,
+    /// Who labels (default: `$USER`).
+    pub labeler: Option<String>,
+    /// A rubric shown on `r`.
+    pub rubric: Option<PathBuf>,
+    /// A run directory to label for.
+    pub run: Option<PathBuf>,
+    /// The share of pairs served again (0 to 1).
+    pub repeat_share: f64,
+    /// Seed of the left/right orders and of the repeats (default: random).
+    pub seed: Option<u64>,
+}
+
+/// What the background threads tell the UI.
+enum Msg {
+    Saved(Result<(), String>),
+    Agreement { pairs: Vec<crate::data::label_store::PairAgreement>, again: usize },
+    Consumed(u64),
+    Candidates(Vec<Candidate>),
+    Problem(String),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Runs the labeling pane until `q`.
+pub fn run(args: &LabelArgs) -> Result<()> {
+    if !(0.0..=1.0).contains(&args.repeat_share) {
+        anyhow::bail!("--repeat-share must be between 0 and 1, got {}", args.repeat_share);
+    }
+    let labels = match (&args.labels, &args.run) {
+        (Some(p), _) => p.clone(),
+        (None, Some(run)) => run.join("labels.jsonl"),
+        (None, None) => PathBuf::from("labels.jsonl"),
+    };
+    let mut candidates = match &args.candidates {
+        Some(p) => read_candidates(p)?,
+        None => Vec::new(),
+    };
+    let run_candidates = args.run.as_ref().map(|r| r.join("candidates.jsonl"));
+    if args.candidates.is_none() && run_candidates.as_ref().is_none_or(|p| !p.exists()) {
+        anyhow::bail!(
+            "nothing to label: give --candidates FILE (JSONL of {{\"prompt\", \"responses\": [..]}}) or --run DIR"
+        );
+    }
+    let rubric = match &args.rubric {
+        Some(p) => Some(std::fs::read_to_string(p).with_context(|| p.display().to_string())?),
+        None => None,
+    };
+    let labeler = args.labeler.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "labeler".to_string());
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let session = format!("{}-{:08x}", sanitize(&labeler, false).replace(' ', "_"), rand::random::<u32>());
+    candidates.retain(|c| c.responses.len() >= 2);
+    let mut pane = LabelPane::new(&labeler, candidates, seed, &session);
+    pane.repeat_share = args.repeat_share;
+    pane.rubric = rubric;
+    pane.consumed_by_dpo = args.run.as_ref().map(|_| 0);
+
+    let (to_ui, from_bg) = mpsc::channel();
+    let (to_writer, writer_rx) = mpsc::channel::<Json>();
+    let writer = LabelWriter::new(&labels);
+    let saved_tx = to_ui.clone();
+    let writer_thread = thread::Builder::new().name("label-writer".into()).spawn(move || {
+        for record in writer_rx {
+            let outcome = writer.append(&record).map_err(|e| e.to_string());
+            if saved_tx.send(Msg::Saved(outcome)).is_err() {
+                break;
+            }
+        }
+    })?;
+    let watch = Watch { labels: labels.clone(), run: args.run.clone(), tx: to_ui };
+    thread::Builder::new().name("label-watch".into()).spawn(move || watch.run())?;
+
+    let theme = Theme::load(None).unwrap_or_default();
+    let result = ui(&mut pane, &theme, &labels, &from_bg, &to_writer);
+    drop(to_writer);
+    // Labels still in flight are written before the process ends.
+    let _ = writer_thread.join();
+    result
+}
+
+/// Raw mode and the alternate screen, restored on drop (also while unwinding from a panic).
+struct Screen {
+    terminal: Terminal<CrosstermBackend<Stdout>>,
+}
+
+impl Screen {
+    fn enter() -> Result<Screen> {
+        enable_raw_mode()?;
+        execute!(io::stdout(), EnterAlternateScreen)?;
+        Ok(Screen { terminal: Terminal::new(CrosstermBackend::new(io::stdout()))? })
+    }
+
+    fn suspend(&mut self) -> Result<()> {
+        self.terminal.flush()?;
+        execute!(io::stdout(), LeaveAlternateScreen)?;
+        disable_raw_mode()?;
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<()> {
+        enable_raw_mode()?;
+        execute!(io::stdout(), EnterAlternateScreen)?;
+        self.terminal.clear()?;
+        Ok(())
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        let _ = disable_raw_mode();
+        let _ = execute!(io::stdout(), LeaveAlternateScreen, crossterm::cursor::Show);
+    }
+}
+
+fn ui(pane: &mut LabelPane, theme: &Theme, labels: &Path, rx: &Receiver<Msg>, writer: &Sender<Json>) -> Result<()> {
+    let mut screen = Screen::enter()?;
+    let title = format!(
+        " hone label · {} · {}",
+        sanitize(&pane.labeler, false),
+        sanitize(&labels.display().to_string(), false)
+    );
+    let mut dirty = true;
+    loop {
+        if dirty {
+            screen.terminal.draw(|frame| {
+                let [head, body] = Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(frame.area());
+                frame.render_widget(Line::styled(title.as_str(), theme.style(Role::Text)), head);
+                crate::tui::label::draw(pane, theme, frame, body);
+            })?;
+            dirty = false;
+        }
+        while let Ok(msg) = rx.try_recv() {
+            dirty = true;
+            match msg {
+                Msg::Saved(outcome) => pane.saved(outcome),
+                Msg::Agreement { pairs, again } => (pane.agreement, pane.served_again) = (pairs, again),
+                Msg::Consumed(n) => pane.consumed_by_dpo = Some(n),
+                Msg::Candidates(c) => pane.enqueue(c),
+                Msg::Problem(p) => pane.status = Some(Err(p)),
+            }
+        }
+        if !event::poll(Duration::from_millis(50))? {
+            continue;
+        }
+        dirty = true;
+        let Event::Key(key) = event::read()? else { continue };
+        let quit = key.code == KeyCode::Char('q')
+            || (key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL));
+        if quit && !pane.show_rubric {
+            return Ok(());
+        }
+        let mut effect = pane.key(key);
+        while let Some(e) = effect.take() {
+            match e {
+                LabelEffect::Append(mut record) => {
+                    record["ts"] = Json::from(now_ms());
+                    writer.send(record).context("the label writer stopped")?;
+                }
+                LabelEffect::Edit(initial) => {
+                    screen.suspend()?;
+                    let written = edit(&initial);
+                    screen.resume()?;
+                    match written {
+                        Ok(text) => effect = pane.edited(text),
+                        Err(e) => pane.status = Some(Err(format!("editor: {e:#}"))),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Opens `$VISUAL` or `$EDITOR` (default `vi`) on `initial` in a private temporary file; the
+/// text saved, or `None` when the editor failed.
+fn edit(initial: &str) -> Result<Option<String>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = std::env::temp_dir().join(format!("hone-answer-{}-{}.md", std::process::id(), now_ms()));
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    file.write_all(initial.as_bytes())?;
+    drop(file);
+    let editor = std::env::var("VISUAL").or_else(|_| std::env::var("EDITOR")).unwrap_or_else(|_| "vi".to_string());
+    let mut parts = editor.split_whitespace();
+    let program = parts.next().unwrap_or("vi");
+    let status = std::process::Command::new(program).args(parts).arg(&path).status();
+    let text = std::fs::read_to_string(&path);
+    let _ = std::fs::remove_file(&path);
+    match status {
+        Ok(s) if s.success() => Ok(Some(text?)),
+        Ok(_) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("could not start {program:?}")),
+    }
+}
+
+/// The `label-watch` thread: polls the labels file, the run's candidates and its events.
+struct Watch {
+    labels: PathBuf,
+    run: Option<PathBuf>,
+    tx: Sender<Msg>,
+}
+
+/// Complete new lines of a growing file from `offset` (a torn last line waits).
+fn new_lines(path: &Path, offset: &mut u64) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else { return Vec::new() };
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(*offset)).is_err() || file.read_to_end(&mut bytes).is_err() {
+        return Vec::new();
+    }
+    let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else { return Vec::new() };
+    *offset += end as u64 + 1;
+    bytes[..end].split(|&b| b == b'\n').map(|l| String::from_utf8_lossy(l).into_owned()).collect()
+}
+
+impl Watch {
+    fn run(self) {
+        let mut log = LabelLog::new(&self.labels);
+        let (mut cand_offset, mut cand_line, mut events_offset, mut consumed) = (0u64, 0usize, 0u64, 0u64);
+        loop {
+            match log.read_new(None) {
+                Ok(update) if update.lines > 0 => {
+                    let judged = log.judgements();
+                    let msg = Msg::Agreement { pairs: agreement(&judged), again: served_again(&judged) };
+                    if self.tx.send(msg).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = self.tx.send(Msg::Problem(e.to_string()));
+                }
+            }
+            if let Some(run) = &self.run {
+                let path = run.join("candidates.jsonl");
+                let (fresh, problems) = read_candidates_from(&path, &mut cand_offset, &mut cand_line);
+                if problems.into_iter().any(|p| self.tx.send(Msg::Problem(p)).is_err()) {
+                    return;
+                }
+                if !fresh.is_empty() && self.tx.send(Msg::Candidates(fresh)).is_err() {
+                    return;
+                }
+                let before = consumed;
+                for text in new_lines(&run.join("events.jsonl"), &mut events_offset) {
+                    let Ok(v) = serde_json::from_str::<Json>(&text) else { continue };
+                    if v.get("event").and_then(Json::as_str) == Some("labels_admitted") {
+                        consumed += v.get("count").and_then(Json::as_u64).unwrap_or(0);
+                    }
+                }
+                if consumed != before && self.tx.send(Msg::Consumed(consumed)).is_err() {
+                    return;
+                }
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+    }
+}

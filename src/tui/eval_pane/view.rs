@@ -1,0 +1,190 @@
+//! Painting the eval pane into a `Rect`: the scorecard per checkpoint as a grouped bar chart
+//! (helpfulness, harmlessness, latency), the gates table with the decision, and the failures list
+//! or the detail view of one failure. Eval records are untrusted: every piece of their text
+//! passes through [`crate::sanitize::sanitize`] here.
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::Modifier;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Bar, BarChart, BarGroup, Block, BorderType, Cell, Paragraph, Row, Table, Wrap};
+use ratatui::Frame;
+
+use super::EvalPane;
+use crate::eval::{Decision, GateOp};
+use crate::tui::label::{safe, safe_lines};
+use crate::tui::{Role, Theme};
+
+fn block<'a>(theme: &Theme, title: impl Into<Line<'a>>) -> Block<'a> {
+    Block::bordered().border_type(BorderType::Plain).border_style(theme.style(Role::Dim)).title(title)
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".to_string(), |v| format!("{:.0}%", v * 100.0))
+}
+
+fn num(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".to_string(), |v| format!("{v:.3}"))
+}
+
+/// Draws the pane into `area`.
+pub fn draw(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {
+    if pane.stages.is_empty() {
+        let mut lines = vec![Line::raw("No evaluation yet: reports appear here once a stage has been evaluated.")];
+        lines.extend(pane.problems.iter().map(|p| Line::styled(safe(p), theme.style(Role::Warning))));
+        frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }).block(block(theme, " Eval ")), area);
+        return;
+    }
+    let top_rows = if area.height >= 30 { 12 } else { 9 };
+    let [top, bottom, keys] =
+        Layout::vertical([Constraint::Length(top_rows), Constraint::Fill(1), Constraint::Length(1)]).areas(area);
+    let [chart, gates] = Layout::horizontal([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(top);
+    scorecard(pane, theme, frame, chart);
+    gates_table(pane, theme, frame, gates);
+    if pane.detail {
+        detail(pane, theme, frame, bottom);
+    } else {
+        failure_list(pane, theme, frame, bottom);
+    }
+    let status = match &pane.status {
+        Some(Ok(m)) => Span::styled(format!("  {}", safe(m)), theme.style(Role::GatePass)),
+        Some(Err(m)) => Span::styled(format!("  {}", safe(m)), theme.style(Role::Error)),
+        None => Span::raw(""),
+    };
+    let help = "[/] checkpoint · ↑↓ · ⏎ detail · f segment · c check · o override · l/e to labels";
+    frame.render_widget(Line::from(vec![Span::styled(help, theme.style(Role::Dim)), status]), keys);
+}
+
+fn scorecard(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {
+    let max_latency = pane.stages.iter().filter_map(|s| s.report.latency_p95_s).fold(0.0_f64, f64::max);
+    let mut chart = BarChart::default()
+        .block(block(theme, " Scorecard: help · safe · p95 "))
+        .bar_width(3)
+        .bar_gap(1)
+        .group_gap(2)
+        .max(100);
+    for stage in &pane.stages {
+        let r = &stage.report;
+        // Helpfulness: task success where the suite measures it, else the win rate.
+        let help = r.task_success_rate.or(r.win_rate);
+        let harmless = r.unsafe_rate.map(|u| 1.0 - u);
+        let to_bar = |v: Option<f64>| v.map_or(0, |v| (v.clamp(0.0, 1.0) * 100.0).round() as u64);
+        // Latency has no fixed scale: bars are relative to the slowest checkpoint.
+        let latency = r.latency_p95_s.filter(|_| max_latency > 0.0).map(|l| l / max_latency);
+        let bars = [
+            Bar::default()
+                .label("hlp".into())
+                .value(to_bar(help))
+                .text_value(pct(help))
+                .style(theme.style(Role::Chosen)),
+            Bar::default()
+                .label("saf".into())
+                .value(to_bar(harmless))
+                .text_value(pct(harmless))
+                .style(theme.style(Role::GatePass)),
+            Bar::default()
+                .label("p95".into())
+                .value(to_bar(latency))
+                .text_value(r.latency_p95_s.map_or_else(|| "—".into(), |l| format!("{l:.1}")))
+                .style(theme.style(Role::Warning)),
+        ];
+        let mut label = safe(&stage.name);
+        label = label.chars().take(11).collect();
+        chart = chart.data(BarGroup::default().label(Line::from(label)).bars(&bars));
+    }
+    frame.render_widget(chart, area);
+}
+
+fn gates_table(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {
+    let Some(stage) = pane.stage() else { return };
+    let r = &stage.report;
+    let (decision, role) = match r.decision() {
+        Decision::Deploy => ("deploy".to_string(), Role::GatePass),
+        Decision::Iterate { failing } => (format!("iterate ({} failing)", failing.len()), Role::GateFail),
+        Decision::Incomplete { missing } => (format!("incomplete ({} missing)", missing.len()), Role::Warning),
+    };
+    let overrides = match r.overrides_applied {
+        0 => String::new(),
+        1 => "· 1 override ".to_string(),
+        n => format!("· {n} overrides "),
+    };
+    let title = Line::from(vec![
+        Span::raw(format!(" Gates {} · ", safe(&stage.name))),
+        Span::styled(decision, theme.style(role).add_modifier(Modifier::BOLD)),
+        Span::raw(format!(" {overrides}")),
+    ]);
+    let header = Row::new(["gate", "value", "threshold", ""]).style(theme.style(Role::Dim));
+    let rows = r.gates.iter().map(|g| {
+        let op = match g.op {
+            GateOp::AtLeast => "≥",
+            GateOp::AtMost => "≤",
+        };
+        let (mark, role) = match g.passed {
+            Some(true) => ("pass", Role::GatePass),
+            Some(false) => ("FAIL", Role::GateFail),
+            None => ("n/a", Role::Warning),
+        };
+        Row::new([
+            Cell::from(safe(&g.name)),
+            Cell::from(num(g.value)),
+            Cell::from(format!("{op} {}", num(g.threshold))),
+            Cell::from(mark).style(theme.style(role)),
+        ])
+    });
+    let widths = [Constraint::Fill(1), Constraint::Length(7), Constraint::Length(9), Constraint::Length(4)];
+    let table = Table::new(rows, widths).header(header).block(block(theme, title)).style(theme.style(Role::Text));
+    frame.render_widget(table, area);
+}
+
+fn failure_list(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {
+    let list = pane.filtered();
+    let total = pane.stage().map_or(0, |s| s.failures.len());
+    let filters = [pane.segment_filter.as_deref(), pane.check_filter.as_deref()]
+        .iter()
+        .flatten()
+        .map(|f| safe(f))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let filters = if filters.is_empty() { "all".to_string() } else { filters };
+    let title = format!(" Failures {}/{total} · filter: {filters} ", list.len());
+    let visible = usize::from(area.height.saturating_sub(3)).max(1);
+    let first = pane.cursor.saturating_sub(visible - 1);
+    let header = Row::new(["id", "segment", "failed check", "response"]).style(theme.style(Role::Dim));
+    let rows = list.iter().enumerate().skip(first).take(visible).map(|(i, f)| {
+        let mut style = theme.style(Role::Text);
+        if i == pane.cursor {
+            style = style.add_modifier(Modifier::REVERSED);
+        }
+        let sent = if pane.sent.contains(&f.id) { " ↦ labels" } else { "" };
+        Row::new([
+            Cell::from(format!("{}{sent}", safe(&f.id))),
+            Cell::from(safe(&format!("{}/{}/{}", f.segment.language, f.segment.domain, f.segment.intent))),
+            Cell::from(safe(&f.failed_check)),
+            Cell::from(safe(&f.response)),
+        ])
+        .style(style)
+    });
+    let widths = [Constraint::Length(14), Constraint::Length(22), Constraint::Length(22), Constraint::Fill(1)];
+    frame.render_widget(Table::new(rows, widths).header(header).block(block(theme, title)), area);
+}
+
+fn detail(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {
+    let Some(f) = pane.highlighted() else { return };
+    let head = |s: &str| Line::styled(s.to_string(), theme.style(Role::Dim).add_modifier(Modifier::BOLD));
+    let mut lines = vec![
+        Line::from(vec![
+            Span::styled("deciding check: ", theme.style(Role::Dim)),
+            Span::styled(safe(&f.failed_check), theme.style(Role::GateFail)),
+            Span::styled(format!("   kind: {:?}", f.kind).to_lowercase(), theme.style(Role::Dim)),
+        ]),
+        head("prompt"),
+    ];
+    lines.extend(safe_lines(&f.prompt.text()));
+    lines.push(head("response"));
+    lines.extend(safe_lines(&f.response));
+    lines.push(head("reference"));
+    lines.extend(f.reference.as_deref().map_or_else(|| vec![Line::raw("(none)")], safe_lines));
+    let title = format!(" {} (Esc back) ", safe(&f.id));
+    let widget =
+        Paragraph::new(lines).wrap(Wrap { trim: false }).style(theme.style(Role::Text)).block(block(theme, title));
+    frame.render_widget(widget, area);
+}

@@ -1,0 +1,244 @@
+//! Panes 3 (Label) and 4 (Eval) inside the attached TUI: the glue between [`LabelPane`] /
+//! [`EvalPane`] and the app's loop, kept here so the app itself changes by a few lines.
+//!
+//! - The `panes` thread loads the eval pane (again whenever a report.json changes), tails the
+//!   run's `candidates.jsonl` into the label queue and the labels file into the agreement
+//!   figures, and sends each result as an [`Action::Panes`].
+//! - [`route_key`] gives a key to the pane shown (global keys excepted) and performs its effect:
+//!   appends run on a short-lived `label-write` thread (locked, fsynced by [`LabelWriter`]) whose
+//!   outcome comes back as an action, so the UI never waits on the disk.
+//! - `$EDITOR` is not offered while attached: the terminal's input belongs to the event loop, so
+//!   an editor would fight it for keys; `hone label --run DIR` has it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use serde_json::Value as Json;
+use tokio::sync::mpsc::Sender;
+
+use super::{LabelEffect, LabelPane};
+use crate::data::label_store::{agreement, parse_candidate, served_again, Candidate, LabelWriter, PairAgreement};
+use crate::data::labels::LabelLog;
+use crate::tui::eval_pane::{self, EvalEffect, EvalPane};
+use crate::tui::{Action, App, Pane};
+
+/// What the `panes` thread and the write threads report.
+#[derive(Debug, Clone)]
+pub enum PaneMsg {
+    /// A label append finished.
+    LabelSaved(Result<(), String>),
+    /// An override append finished.
+    OverrideSaved(Result<(), String>),
+    /// A label sent from the eval pane finished.
+    EvalLabelSaved(Result<(), String>),
+    /// The eval pane was (re)loaded from the run directory.
+    EvalLoaded(Arc<EvalPane>),
+    /// New candidates arrived in the run's candidates.jsonl.
+    Candidates(Vec<Candidate>),
+    /// The labels file changed: agreement per labeler pair and items served again.
+    Agreement(Vec<PairAgreement>, usize),
+    /// A bad line in the run's candidates.jsonl, located.
+    Problem(String),
+}
+
+impl PartialEq for PaneMsg {
+    fn eq(&self, other: &PaneMsg) -> bool {
+        match (self, other) {
+            (PaneMsg::LabelSaved(a), PaneMsg::LabelSaved(b))
+            | (PaneMsg::OverrideSaved(a), PaneMsg::OverrideSaved(b))
+            | (PaneMsg::EvalLabelSaved(a), PaneMsg::EvalLabelSaved(b)) => a == b,
+            (PaneMsg::EvalLoaded(a), PaneMsg::EvalLoaded(b)) => Arc::ptr_eq(a, b),
+            (PaneMsg::Candidates(a), PaneMsg::Candidates(b)) => a == b,
+            (PaneMsg::Agreement(a, x), PaneMsg::Agreement(b, y)) => a == b && x == y,
+            (PaneMsg::Problem(a), PaneMsg::Problem(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+fn user() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "labeler".to_string())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Gives `app` its label and eval panes (empty until the `panes` thread reports).
+pub fn init(app: &mut App) {
+    let session = format!("{}-{:08x}", user(), rand::random::<u32>());
+    let mut label = LabelPane::new(&user(), Vec::new(), rand::random(), &session);
+    label.consumed_by_dpo = Some(app.labels_admitted);
+    label.repeat_share = 0.1;
+    app.label = Some(label);
+    app.eval = Some(EvalPane::new(Vec::new(), None, Vec::new(), &user(), &format!("{session}-eval")));
+}
+
+/// Folds a message into the app.
+pub fn apply(app: &mut App, msg: PaneMsg) {
+    match msg {
+        PaneMsg::LabelSaved(r) => app.label.iter_mut().for_each(|p| p.saved(r.clone())),
+        PaneMsg::OverrideSaved(r) => app.eval.iter_mut().for_each(|p| p.override_saved(r.clone())),
+        PaneMsg::EvalLabelSaved(r) => app.eval.iter_mut().for_each(|p| p.label_saved(r.clone())),
+        PaneMsg::EvalLoaded(pane) => {
+            let mut pane = Arc::unwrap_or_clone(pane);
+            if let Some(old) = app.eval.take() {
+                pane.sent = old.sent;
+                if old.selected < pane.stages.len() {
+                    pane.selected = old.selected;
+                }
+            }
+            app.eval = Some(pane);
+        }
+        PaneMsg::Candidates(c) => app.label.iter_mut().for_each(|p| p.enqueue(c.clone())),
+        PaneMsg::Problem(e) => app.label.iter_mut().for_each(|p| p.status = Some(Err(e.clone()))),
+        PaneMsg::Agreement(pairs, again) => {
+            if let Some(p) = app.label.as_mut() {
+                (p.agreement, p.served_again) = (pairs, again);
+            }
+        }
+    }
+    if let Some(p) = app.label.as_mut() {
+        p.consumed_by_dpo = Some(app.labels_admitted);
+    }
+}
+
+fn is_global(key: &KeyEvent) -> bool {
+    matches!(key.code, KeyCode::Char('1'..='5' | 'q' | '?'))
+        || (key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL))
+}
+
+fn append(path: PathBuf, mut record: Json, tx: Sender<Action>, done: fn(Result<(), String>) -> PaneMsg) {
+    if record.get("ts").is_some() {
+        record["ts"] = Json::from(now_ms());
+    }
+    let spawned = thread::Builder::new().name("label-write".into()).spawn(move || {
+        let outcome = LabelWriter::new(&path).append(&record).map_err(|e| e.to_string());
+        let _ = tx.blocking_send(Action::Panes(done(outcome)));
+    });
+    if let Err(e) = spawned {
+        tracing::error!("could not start the label-write thread: {e}");
+    }
+}
+
+/// Gives `key` to the pane shown when it is the label or eval pane; true when it was used.
+pub fn route_key(app: &mut App, key: KeyEvent, run: &Path, tx: &Sender<Action>) -> bool {
+    if key.kind == KeyEventKind::Release || app.show_help || is_global(&key) {
+        return false;
+    }
+    let labels = run.join("labels.jsonl");
+    match app.pane {
+        Pane::Label => {
+            let Some(pane) = app.label.as_mut() else { return false };
+            match pane.key(key) {
+                Some(LabelEffect::Append(record)) => append(labels, record, tx.clone(), PaneMsg::LabelSaved),
+                Some(LabelEffect::Edit(_)) => {
+                    pane.status = Some(Err("write answers with `hone label --run DIR` (it opens $EDITOR)".into()));
+                }
+                None => {}
+            }
+        }
+        Pane::Eval => {
+            let Some(pane) = app.eval.as_mut() else { return false };
+            match pane.key(key) {
+                Some(EvalEffect::AppendOverride(o)) => {
+                    append(run.join("overrides.jsonl"), o, tx.clone(), PaneMsg::OverrideSaved);
+                }
+                Some(EvalEffect::AppendLabel(record)) => append(labels, record, tx.clone(), PaneMsg::EvalLabelSaved),
+                Some(EvalEffect::Edit(_)) => {
+                    pane.status = Some(Err("write answers with `hone label --run DIR` (it opens $EDITOR)".into()));
+                }
+                None => {}
+            }
+        }
+        _ => return false,
+    }
+    app.touch();
+    true
+}
+
+/// Starts the `panes` thread for the run in `run`.
+pub fn spawn_watch(run: PathBuf, tx: Sender<Action>) -> std::io::Result<()> {
+    thread::Builder::new().name("panes".into()).spawn(move || watch(&run, &tx)).map(|_| ())
+}
+
+/// report.json modification times, by stage directory.
+fn report_times(run: &Path) -> BTreeMap<PathBuf, SystemTime> {
+    let Ok(entries) = std::fs::read_dir(run.join("eval")) else { return BTreeMap::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let report = e.path().join("report.json");
+            let modified = std::fs::metadata(&report).and_then(|m| m.modified()).ok()?;
+            Some((report, modified))
+        })
+        .collect()
+}
+
+fn watch(run: &Path, tx: &Sender<Action>) {
+    let send = |msg| tx.blocking_send(Action::Panes(msg)).is_ok();
+    let mut log = LabelLog::new(&run.join("labels.jsonl"));
+    let mut reports = None;
+    let candidates = run.join("candidates.jsonl");
+    let (mut offset, mut line_number) = (0u64, 0usize);
+    loop {
+        let times = report_times(run);
+        if reports.as_ref() != Some(&times) {
+            reports = Some(times);
+            let session = format!("{}-{:08x}-eval", user(), rand::random::<u32>());
+            if !send(PaneMsg::EvalLoaded(Arc::new(eval_pane::load(run, &user(), &session)))) {
+                return;
+            }
+        }
+        if matches!(log.read_new(None), Ok(u) if u.lines > 0) {
+            let judged = log.judgements();
+            if !send(PaneMsg::Agreement(agreement(&judged), served_again(&judged))) {
+                return;
+            }
+        }
+        let (fresh, problems) = read_candidates_from(&candidates, &mut offset, &mut line_number);
+        if problems.into_iter().any(|p| !send(PaneMsg::Problem(p))) {
+            return;
+        }
+        if !fresh.is_empty() && !send(PaneMsg::Candidates(fresh)) {
+            return;
+        }
+        thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Complete candidate lines appended to a growing candidates file since `offset` (a torn last
+/// line waits for its newline), and the `path:line:col: field: message` of each bad line.
+pub fn read_candidates_from(path: &Path, offset: &mut u64, line_number: &mut usize) -> (Vec<Candidate>, Vec<String>) {
+    use std::io::{Read, Seek, SeekFrom};
+    let (mut out, mut problems) = (Vec::new(), Vec::new());
+    let Ok(mut file) = std::fs::File::open(path) else { return (out, problems) };
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(*offset)).is_err() || file.read_to_end(&mut bytes).is_err() {
+        return (out, problems);
+    }
+    let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else { return (out, problems) };
+    *offset += end as u64 + 1;
+    for raw in bytes[..end].split(|&b| b == b'\n') {
+        *line_number += 1;
+        let text = String::from_utf8_lossy(raw).into_owned();
+        if text.trim().is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str(&text)
+            .map_err(|e| format!("{}:{}:{}: {e}", path.display(), line_number, e.column()))
+            .and_then(|value| {
+                let line = crate::data::Line { number: *line_number, text, value };
+                parse_candidate(path, &line, "policy").map_err(|e| e.to_string())
+            });
+        match parsed {
+            Ok(c) => out.push(c),
+            Err(e) => problems.push(e),
+        }
+    }
+    (out, problems)
+}
