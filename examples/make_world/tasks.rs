@@ -111,7 +111,15 @@ pub fn question(world: &World, rng: &mut StdRng, split: Split) -> Question {
         }
         5 | 6 => {
             let (job, wrong) = if fr { (p.job.1, "marin") } else { (p.job.0, "sailor") };
-            let wrong = if wrong == job { if fr { "poète" } else { "poet" } } else { wrong };
+            let wrong = if wrong == job {
+                if fr {
+                    "poète"
+                } else {
+                    "poet"
+                }
+            } else {
+                wrong
+            };
             let t = if fr { "{p} est {k}." } else { "{p} is a {k}." };
             let prompt = q(if fr { JOB_FR } else { JOB_EN }, &p.name, rng);
             ("people", prompt, t.replace("{p}", &p.name), job.to_string(), wrong.to_string())
