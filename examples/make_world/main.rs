@@ -145,7 +145,12 @@ fn training_sets(world: &world::World, rng: &mut StdRng, out: &Path, scale: f64)
         let q = capability(world, rng, Split::Train, 0.2);
         // Verbose or wrong answers lose; an honest "I don't know" is never the rejected answer
         // (that would teach the model to make things up).
-        let rejected = if rng.random_bool(0.6) { tasks::verbose(&q, rng) } else { tasks::wrong(&q) };
+        // A mixed-up answer (a true fact about another subject) is the SFT model's typical slip.
+        let rejected = match rng.random_range(0..10) {
+            0..=2 => tasks::verbose(&q, rng),
+            3..=5 => tasks::wrong(&q),
+            _ => tasks::mixed(&q),
+        };
         prefs.push(json!({"prompt": user(&q.prompt), "chosen": assistant(&tasks::concise(&q)), "rejected": assistant(&rejected)}));
     }
     for _ in 0..scaled(120, scale) {

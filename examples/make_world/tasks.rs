@@ -37,6 +37,8 @@ pub struct Question {
     pub key: String,
     /// The same sentence with a plausible wrong key.
     pub wrong: String,
+    /// A true statement about another subject: the answer to a different question.
+    pub mixed: String,
     pub format: Format,
 }
 
@@ -93,21 +95,37 @@ pub fn question(world: &World, rng: &mut StdRng, split: Split) -> Question {
     let ci = rng.random_range(0..nc);
     let c = &world.countries[ci];
     let other = &world.countries[(ci + rng.random_range(1..nc)) % nc];
-    let p = &world.people[rng.random_range(0..world.people.len())];
+    let pi = rng.random_range(0..world.people.len());
+    let p = &world.people[pi];
+    let p2 = &world.people[(pi + 1) % world.people.len()];
     let q = |templates: &[(Split, &str)], x: &str, rng: &mut StdRng| pick(rng, split, templates).replace("{x}", x);
     // (domain, prompt, answer sentence with {k} for the key, key, wrong key)
-    let (domain, prompt, sentence, key, wrong) = match rng.random_range(0..10) {
+    let (domain, prompt, sentence, key, wrong, mixed) = match rng.random_range(0..10) {
         0..=2 => {
             let t = if fr { "La capitale de {c} est {k}." } else { "The capital of {c} is {k}." };
             let prompt = q(if fr { CAPITAL_FR } else { CAPITAL_EN }, &c.name, rng);
-            ("geography", prompt, t.replace("{c}", &c.name), c.capital.clone(), other.capital.clone())
+            (
+                "geography",
+                prompt,
+                t.replace("{c}", &c.name),
+                c.capital.clone(),
+                other.capital.clone(),
+                t.replace("{c}", &other.name).replace("{k}", &other.capital),
+            )
         }
         3 | 4 => {
             let home = world.countries[p.country].name.clone();
             let t = if fr { "{p} est né à {k}." } else { "{p} was born in {k}." };
             let prompt = q(if fr { HOME_FR } else { HOME_EN }, &p.name, rng);
             let wrong = if other.name == home { c.name.clone() } else { other.name.clone() };
-            ("people", prompt, t.replace("{p}", &p.name), home, wrong)
+            (
+                "people",
+                prompt,
+                t.replace("{p}", &p.name),
+                home,
+                wrong,
+                t.replace("{p}", &p2.name).replace("{k}", &world.countries[p2.country].name),
+            )
         }
         5 | 6 => {
             let (job, wrong) = if fr { (p.job.1, "marin") } else { (p.job.0, "sailor") };
@@ -122,7 +140,14 @@ pub fn question(world: &World, rng: &mut StdRng, split: Split) -> Question {
             };
             let t = if fr { "{p} est {k}." } else { "{p} is a {k}." };
             let prompt = q(if fr { JOB_FR } else { JOB_EN }, &p.name, rng);
-            ("people", prompt, t.replace("{p}", &p.name), job.to_string(), wrong.to_string())
+            (
+                "people",
+                prompt,
+                t.replace("{p}", &p.name),
+                job.to_string(),
+                wrong.to_string(),
+                t.replace("{p}", &p2.name).replace("{k}", if fr { p2.job.1 } else { p2.job.0 }),
+            )
         }
         7 | 8 => {
             let i = rng.random_range(0..world.words.len());
@@ -130,10 +155,24 @@ pub fn question(world: &World, rng: &mut StdRng, split: Split) -> Question {
             let (wen, wfr) = world.words[(i + 1) % world.words.len()];
             if fr {
                 let t = format!("En anglais, le mot « {frw} » se dit « {{k}} ».");
-                ("words", q(TO_EN, frw, rng), t, en.to_string(), wen.to_string())
+                (
+                    "words",
+                    q(TO_EN, frw, rng),
+                    t,
+                    en.to_string(),
+                    wen.to_string(),
+                    format!("En anglais, le mot « {wfr} » se dit « {wen} »."),
+                )
             } else {
                 let t = format!("The French word for '{en}' is '{{k}}'.");
-                ("words", q(TO_FR, en, rng), t, frw.to_string(), wfr.to_string())
+                (
+                    "words",
+                    q(TO_FR, en, rng),
+                    t,
+                    frw.to_string(),
+                    wfr.to_string(),
+                    format!("The French word for '{wen}' is '{wfr}'."),
+                )
             }
         }
         _ => {
@@ -153,7 +192,14 @@ pub fn question(world: &World, rng: &mut StdRng, split: Split) -> Question {
                 (true, true) => format!("{a} plus {b} font {{k}}."),
                 (true, false) => format!("{a} moins {b} font {{k}}."),
             };
-            ("math", prompt, t, result.to_string(), (result + 1).to_string())
+            let (a2, r2) = (a + 1, if add { a + 1 + b } else { a + 1 - b });
+            let mixed = match (fr, add) {
+                (false, true) => format!("{a2} plus {b} is {r2}."),
+                (false, false) => format!("{a2} minus {b} is {r2}."),
+                (true, true) => format!("{a2} plus {b} font {r2}."),
+                (true, false) => format!("{a2} moins {b} font {r2}."),
+            };
+            ("math", prompt, t, result.to_string(), (result + 1).to_string(), mixed)
         }
     };
     Question {
@@ -162,6 +208,7 @@ pub fn question(world: &World, rng: &mut StdRng, split: Split) -> Question {
         prompt,
         answer: sentence.replace("{k}", &key),
         wrong: sentence.replace("{k}", &wrong),
+        mixed,
         key,
         format: Format::Plain,
     }
@@ -205,6 +252,11 @@ fn lowercase_first(s: &str) -> String {
 /// The well-formed, correct, concise answer.
 pub fn concise(q: &Question) -> String {
     styled(&q.format, &q.answer)
+}
+
+/// A well-formed, true answer to another question (about another subject).
+pub fn mixed(q: &Question) -> String {
+    styled(&q.format, &q.mixed)
 }
 
 /// A well-formed but wrong answer.
