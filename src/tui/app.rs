@@ -360,7 +360,11 @@ impl App {
         if let Some(step) = event.step {
             for (key, value) in f {
                 if let Some(v) = value.as_f64() {
-                    self.series.entry(key.clone()).or_default().push(step, v);
+                    // Look up before inserting: a million events must not allocate a key each.
+                    match self.series.get_mut(key) {
+                        Some(series) => series.push(step, v),
+                        None => self.series.entry(key.clone()).or_default().push(step, v),
+                    }
                 }
             }
             self.progress.global_step = step;
@@ -369,9 +373,14 @@ impl App {
                 self.rate_samples.pop_front();
             }
         }
-        for term in ["pref", "safe"] {
-            if let Some(v) = num(f, &format!("lambda/{term}")) {
-                self.lambdas.insert(term.to_string(), v);
+        for (term, key) in [("pref", "lambda/pref"), ("safe", "lambda/safe")] {
+            if let Some(v) = num(f, key) {
+                match self.lambdas.get_mut(term) {
+                    Some(lambda) => *lambda = v,
+                    None => {
+                        self.lambdas.insert(term.to_string(), v);
+                    }
+                }
             }
         }
         let stage_step = uint(f, "stage_step");
