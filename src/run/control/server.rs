@@ -236,13 +236,25 @@ fn write_reply(stream: &mut UnixStream, reply: &Reply) -> io::Result<()> {
     stream.write_all(&line)
 }
 
+/// How long a refused peer's first request is waited for before the refusal is written.
+const REFUSAL_READ_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Serves one connection: the peer check, then request lines until EOF.
 fn serve(mut stream: UnixStream, shared: &Arc<Shared>) -> io::Result<()> {
     let me = own_uid();
-    match peer_uid(&stream) {
-        Ok(uid) if uid == me => {}
-        Ok(uid) => return write_reply(&mut stream, &Reply::error(format!("permission denied: peer uid {uid}"))),
-        Err(e) => return write_reply(&mut stream, &Reply::error(format!("cannot check the peer: {e}"))),
+    let refusal = match peer_uid(&stream) {
+        Ok(uid) if uid == me => None,
+        Ok(uid) => Some(format!("permission denied: peer uid {uid}")),
+        Err(e) => Some(format!("cannot check the peer: {e}")),
+    };
+    if let Some(message) = refusal {
+        // Take the first request line (unread, briefly) before refusing: closing with it still
+        // unread would reset the connection, and the client would see a broken pipe instead of
+        // the reason.
+        stream.set_read_timeout(Some(REFUSAL_READ_TIMEOUT))?;
+        let mut discard = Vec::new();
+        let _ = BufReader::new((&stream).take(MAX_REQUEST_BYTES as u64 + 1)).read_until(b'\n', &mut discard);
+        return write_reply(&mut stream, &Reply::error(message));
     }
     let inbox = Inbox { shared: Arc::clone(shared) };
     let mut reader = BufReader::new(stream.try_clone()?);
