@@ -23,7 +23,7 @@ use serde_json::Value as Json;
 use crate::data::label_store::{agreement, read_candidates, served_again, Candidate, LabelWriter};
 use crate::data::labels::LabelLog;
 use crate::sanitize::sanitize;
-use crate::tui::label::attach::read_candidates_from;
+use crate::tui::label::attach::{read_candidates_from, spawn_generate};
 use crate::tui::label::{LabelEffect, LabelPane};
 use crate::tui::{Role, Theme};
 
@@ -53,6 +53,7 @@ enum Msg {
     Consumed(u64),
     Candidates(Vec<Candidate>),
     Problem(String),
+    Generated(Result<String, String>),
 }
 
 fn now_ms() -> u64 {
@@ -104,11 +105,13 @@ pub fn run(args: &LabelArgs) -> Result<()> {
             }
         }
     })?;
+    let generate_tx = to_ui.clone();
     let watch = Watch { labels: labels.clone(), run: args.run.clone(), tx: to_ui };
     thread::Builder::new().name("label-watch".into()).spawn(move || watch.run())?;
 
     let theme = Theme::load(None).unwrap_or_default();
-    let result = ui(&mut pane, &theme, &labels, &from_bg, &to_writer);
+    let bg = Background { rx: from_bg, tx: generate_tx, run: args.run.clone() };
+    let result = ui(&mut pane, &theme, &labels, &bg, &to_writer);
     drop(to_writer);
     // Labels still in flight are written before the process ends.
     let _ = writer_thread.join();
@@ -149,7 +152,16 @@ impl Drop for Screen {
     }
 }
 
-fn ui(pane: &mut LabelPane, theme: &Theme, labels: &Path, rx: &Receiver<Msg>, writer: &Sender<Json>) -> Result<()> {
+/// The UI's side of the background threads: their messages, a sender for `generate` threads and
+/// the run (if any) whose worker `g` asks for candidates.
+struct Background {
+    rx: Receiver<Msg>,
+    tx: Sender<Msg>,
+    run: Option<PathBuf>,
+}
+
+fn ui(pane: &mut LabelPane, theme: &Theme, labels: &Path, bg: &Background, writer: &Sender<Json>) -> Result<()> {
+    let rx = &bg.rx;
     let mut screen = Screen::enter()?;
     let title = format!(
         " hone label · {} · {}",
@@ -174,6 +186,7 @@ fn ui(pane: &mut LabelPane, theme: &Theme, labels: &Path, rx: &Receiver<Msg>, wr
                 Msg::Consumed(n) => pane.consumed_by_dpo = Some(n),
                 Msg::Candidates(c) => pane.enqueue(c),
                 Msg::Problem(p) => pane.status = Some(Err(p)),
+                Msg::Generated(r) => pane.generated(r),
             }
         }
         if !event::poll(Duration::from_millis(50))? {
@@ -202,6 +215,15 @@ fn ui(pane: &mut LabelPane, theme: &Theme, labels: &Path, rx: &Receiver<Msg>, wr
                         Err(e) => pane.status = Some(Err(format!("editor: {e:#}"))),
                     }
                 }
+                LabelEffect::Generate(count) => match &bg.run {
+                    Some(run) => {
+                        let tx = bg.tx.clone();
+                        spawn_generate(run.clone(), count, move |r| {
+                            let _ = tx.send(Msg::Generated(r));
+                        });
+                    }
+                    None => pane.generated(Err("no run: start `hone label --run DIR` to generate candidates".into())),
+                },
             }
         }
     }

@@ -23,6 +23,7 @@ use tokio::sync::mpsc::Sender;
 use super::{LabelEffect, LabelPane};
 use crate::data::label_store::{agreement, parse_candidate, served_again, Candidate, LabelWriter, PairAgreement};
 use crate::data::labels::LabelLog;
+use crate::run::control::{Client, Request};
 use crate::tui::eval_pane::{self, EvalEffect, EvalPane};
 use crate::tui::{Action, App, Pane};
 
@@ -43,6 +44,8 @@ pub enum PaneMsg {
     Agreement(Vec<PairAgreement>, usize),
     /// A bad line in the run's candidates.jsonl, located.
     Problem(String),
+    /// The worker's answer to `generate_candidates` (or why it could not be asked).
+    Generated(Result<String, String>),
 }
 
 impl PartialEq for PaneMsg {
@@ -55,6 +58,7 @@ impl PartialEq for PaneMsg {
             (PaneMsg::Candidates(a), PaneMsg::Candidates(b)) => a == b,
             (PaneMsg::Agreement(a, x), PaneMsg::Agreement(b, y)) => a == b && x == y,
             (PaneMsg::Problem(a), PaneMsg::Problem(b)) => a == b,
+            (PaneMsg::Generated(a), PaneMsg::Generated(b)) => a == b,
             _ => false,
         }
     }
@@ -95,6 +99,7 @@ pub fn apply(app: &mut App, msg: PaneMsg) {
             app.eval = Some(pane);
         }
         PaneMsg::Candidates(c) => app.label.iter_mut().for_each(|p| p.enqueue(c.clone())),
+        PaneMsg::Generated(r) => app.label.iter_mut().for_each(|p| p.generated(r.clone())),
         PaneMsg::Problem(e) => app.label.iter_mut().for_each(|p| p.status = Some(Err(e.clone()))),
         PaneMsg::Agreement(pairs, again) => {
             if let Some(p) = app.label.as_mut() {
@@ -139,6 +144,12 @@ pub fn route_key(app: &mut App, key: KeyEvent, run: &Path, tx: &Sender<Action>) 
                 Some(LabelEffect::Edit(_)) => {
                     pane.status = Some(Err("write answers with `hone label --run DIR` (it opens $EDITOR)".into()));
                 }
+                Some(LabelEffect::Generate(count)) => {
+                    let (run, tx) = (run.to_path_buf(), tx.clone());
+                    spawn_generate(run, count, move |r| {
+                        let _ = tx.blocking_send(Action::Panes(PaneMsg::Generated(r)));
+                    });
+                }
                 None => {}
             }
         }
@@ -159,6 +170,28 @@ pub fn route_key(app: &mut App, key: KeyEvent, run: &Path, tx: &Sender<Action>) 
     }
     app.touch();
     true
+}
+
+/// Asks the live worker of the run in `run` for `count` prompts' worth of candidates from the
+/// current policy, blocking for the reply (at most the control client's timeout); the message to
+/// show. The candidates reach the queue through the run's `candidates.jsonl`.
+pub fn request_candidates(run: &Path, count: usize) -> Result<String, String> {
+    let mut client =
+        Client::connect(run).map_err(|e| format!("the worker isn't live, so nothing can generate candidates ({e})"))?;
+    let reply = client.send(&Request::GenerateCandidates { count }).map_err(|e| e.to_string())?;
+    if reply.ok {
+        Ok(format!("the worker will sample {count} prompts × 2 responses at its next step; they join the queue"))
+    } else {
+        Err(format!("the worker refused: {}", reply.error.unwrap_or_default()))
+    }
+}
+
+/// Runs [`request_candidates`] on a short-lived `generate` thread and hands the outcome to `done`.
+pub fn spawn_generate(run: PathBuf, count: usize, done: impl FnOnce(Result<String, String>) + Send + 'static) {
+    let spawned = thread::Builder::new().name("generate".into()).spawn(move || done(request_candidates(&run, count)));
+    if let Err(e) = spawned {
+        tracing::error!("could not start the generate thread: {e}");
+    }
 }
 
 /// Starts the `panes` thread for the run in `run`.

@@ -39,7 +39,14 @@ pub enum LabelEffect {
     Append(Json),
     /// Open `$EDITOR` on this text, then call [`LabelPane::edited`] with the result.
     Edit(String),
+    /// Ask the run's live worker for candidates from the current policy (`generate_candidates`
+    /// with this many prompts, two responses each), off the UI thread, then call
+    /// [`LabelPane::generated`] with the reply.
+    Generate(usize),
 }
+
+/// How many prompts `g` asks the worker for.
+pub const GENERATE_PROMPTS: usize = 2;
 
 /// What the pane is waiting for.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +88,8 @@ pub struct LabelPane {
     pub agreement: Vec<PairAgreement>,
     /// Items judged more than once in the labels file.
     pub served_again: usize,
+    /// Whether a `generate_candidates` request is outstanding.
+    pub generating: bool,
     seed: u64,
     session: String,
     next_id: u64,
@@ -130,6 +139,7 @@ impl LabelPane {
             status: None,
             agreement: Vec::new(),
             served_again: 0,
+            generating: false,
             seed,
             session: session.to_string(),
             next_id: 1,
@@ -218,6 +228,15 @@ impl LabelPane {
             self.show_rubric = true;
             return None;
         }
+        if key.code == KeyCode::Char('g') {
+            if self.generating {
+                self.status = Some(Err("still waiting for the worker's answer".to_string()));
+                return None;
+            }
+            self.generating = true;
+            self.status = Some(Ok("asking the worker for candidates…".to_string()));
+            return Some(LabelEffect::Generate(GENERATE_PROMPTS));
+        }
         if self.pending.is_some() {
             return None;
         }
@@ -254,6 +273,13 @@ impl LabelPane {
             return None;
         };
         self.label(&|o| Verdict::Edited { chosen: Text::Plain(text.clone()), rejected: o[0] }, true)
+    }
+
+    /// The worker answered a [`LabelEffect::Generate`] (or it could not be asked): the message to
+    /// show. The candidates themselves arrive through the run's `candidates.jsonl`.
+    pub fn generated(&mut self, outcome: Result<String, String>) {
+        self.generating = false;
+        self.status = Some(outcome);
     }
 
     /// The append asked for last has finished: `Ok` once the record is durably in the file.

@@ -128,3 +128,21 @@ fn the_rubric_opens_and_closes_and_blocks_labels_while_open() {
     assert!(!p.show_rubric);
     assert!(p.key(KeyEvent::from(KeyCode::Left)).is_some());
 }
+
+#[test]
+fn g_asks_the_worker_once_until_it_answers_and_shows_the_answer() {
+    let mut p = LabelPane::new("ann", vec![cand("q1", &["x", "y"])], 7, "s");
+    assert_eq!(press(&mut p, 'g'), Some(LabelEffect::Generate(GENERATE_PROMPTS)));
+    assert!(p.generating);
+    assert_eq!(press(&mut p, 'g'), None, "no second request while one is outstanding");
+    assert!(matches!(p.status, Some(Err(ref m)) if m.contains("waiting")));
+    p.generated(Err("the worker isn't live".into()));
+    assert!(!p.generating);
+    assert_eq!(p.status, Some(Err("the worker isn't live".into())));
+    // A label write in flight does not block asking for more candidates.
+    let _ = record(press(&mut p, 'a'));
+    assert_eq!(press(&mut p, 'g'), Some(LabelEffect::Generate(GENERATE_PROMPTS)));
+    p.generated(Ok("asked".into()));
+    assert_eq!(p.status, Some(Ok("asked".into())));
+    assert_eq!(p.left(), 1, "generating leaves the queue to the candidates file");
+}
