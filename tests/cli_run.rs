@@ -13,7 +13,7 @@ use hone::run::{list_checkpoints, EventReader, RunDir, WorkerLock};
 const HONE: &str = env!("CARGO_BIN_EXE_hone");
 
 fn sample() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample-data")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample")
 }
 
 /// A private copy of the sample data, so tests may change it.

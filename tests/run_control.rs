@@ -280,3 +280,56 @@ fn a_deep_run_directory_gets_its_socket_in_a_private_directory() {
     assert_eq!(code, 0, "{err}");
     assert!(!sock.exists() && !dir.exists() && !run.control_path_file().exists(), "cleaned up on exit");
 }
+
+/// Run by `a_peer_with_another_uid_is_refused` as a child under another uid: asks for the status
+/// and prints what came back.
+#[test]
+#[ignore = "a helper that a_peer_with_another_uid_is_refused runs under another uid"]
+fn helper_status_as_another_user() {
+    let Some(dir) = std::env::var_os("HONE_TEST_RUN_DIR") else { return };
+    match Client::connect(Path::new(&dir)).and_then(|mut c| c.send(&Request::Status)) {
+        Ok(reply) => println!("REPLY {}", serde_json::to_string(&reply).unwrap()),
+        Err(e) => println!("ERROR {e}"),
+    }
+}
+
+/// The peer check, past the file mode: the socket is opened to everyone (0666, directories
+/// 0755), and a client running as `nobody` is still refused. Needs root to switch uid.
+#[test]
+fn a_peer_with_another_uid_is_refused() {
+    use std::os::unix::process::CommandExt;
+    if rustix::process::geteuid().as_raw() != 0 {
+        eprintln!("skipped: switching to another uid needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let runs = tmp.path().join("runs");
+    let p = pipeline(tmp.path(), "");
+    let child = spawn(&["run", p.to_str().unwrap(), "--headless", "--runs-dir", runs.to_str().unwrap()]);
+    let run = only_run(&runs);
+    let mut client = connect(&run);
+    let sock = socket_path(&run).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_status_as_another_user", "--ignored", "--nocapture", "--test-threads", "1"])
+        .env("HONE_TEST_RUN_DIR", run.path())
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The test harness prints the helper's line after its own "test ... " prefix.
+    let at = stdout.find("REPLY ").unwrap_or_else(|| panic!("the other user got no reply: {stdout}"));
+    let reply_line = stdout[at + "REPLY ".len()..].lines().next().unwrap();
+    let reply: serde_json::Value = serde_json::from_str(reply_line).unwrap();
+    assert_eq!(reply["ok"], false);
+    assert!(reply["error"].as_str().unwrap().contains("permission denied: peer uid 65534"), "{reply}");
+    assert!(reply.get("status").is_none(), "nothing is told to a stranger");
+    // The owner is still served.
+    assert!(client.send(&Request::Status).unwrap().ok);
+    assert!(client.send(&Request::Stop).unwrap().ok);
+    let (code, err) = finish(child);
+    assert_eq!(code, 0, "{err}");
+}

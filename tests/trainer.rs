@@ -11,7 +11,7 @@ use hone::train::TrainError;
 use serde_json::{Map, Value};
 
 fn sample() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample-data")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample")
 }
 
 /// The sample pipeline with every path made absolute (the config module's loader does this for

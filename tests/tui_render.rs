@@ -60,26 +60,19 @@ fn unbuilt_panes_say_so_80x24() {
     let mut app = app_with(mid_dpo());
     update(&mut app, Action::SwitchPane(Pane::Label));
     let label = render_to_string(&app, 80, 24);
-    assert!(label.contains("Label: not built yet"), "{label}");
+    assert!(label.contains("Label: part 2, not built yet"), "{label}");
     update(&mut app, Action::SwitchPane(Pane::Eval));
     insta::assert_snapshot!(render_to_string(&app, 80, 24));
 }
 
 #[test]
 fn runs_pane_80x24() {
-    use hone::tui::{RunState, RunSummary};
     let mut app = app_with(mid_dpo());
-    let run = |id: &str, state, attached| RunSummary { id: id.to_string(), state, attached };
-    update(
-        &mut app,
-        Action::RunsListed(vec![
-            run("20250219-101010-old", RunState::Completed, false),
-            run("20250219-121212-crashed", RunState::Interrupted, false),
-            run("20250220-000000-demo", RunState::Live(Some(4242)), true),
-        ]),
-    );
+    update(&mut app, Action::RunsListed(tui_support::runs_list()));
     update(&mut app, Action::SwitchPane(Pane::Runs));
     insta::assert_snapshot!(render_to_string(&app, 80, 24));
+    update(&mut app, Action::SelectNext);
+    insta::assert_snapshot!("runs_pane_120x40_second_selected", render_to_string(&app, 120, 40));
 }
 
 #[test]
@@ -123,4 +116,113 @@ fn a_million_points_render_without_trouble() {
     update(&mut app, Action::Resize(120, 40));
     let screen = render_to_string(&app, 120, 40);
     assert!(screen.contains("step 1,000,000") || screen.contains("step 1000000"), "{screen}");
+}
+
+/// The mid-DPO run with a live sample, a fake GPU reading and the safety λ adapting.
+fn live_app() -> App {
+    use hone::tui::{GpuReading, GpuStatus};
+    let mut events = mid_dpo();
+    events.push(event(
+        "sample",
+        Some("dpo"),
+        Some(95),
+        json!({"prompt": "How do I boil an egg?", "response": "Put the egg in boiling water\nfor 9 minutes.\tThen cool it."}),
+    ));
+    for (step, v) in [(60u64, 0.2), (75, 0.35), (90, 0.5)] {
+        events.push(event("metrics", Some("dpo"), Some(step), json!({"lambda/safe": v})));
+    }
+    let mut app = app_with(events);
+    let reading = GpuReading {
+        name: "NVIDIA H100 80GB HBM3".into(),
+        utilisation: Some(93),
+        memory_used: Some(41 << 30),
+        memory_total: Some(80 << 30),
+        temperature: Some(61),
+        power_mw: Some(388_000),
+    };
+    update(&mut app, Action::GpuRead(GpuStatus::Readings(vec![reading])));
+    app
+}
+
+#[test]
+fn dashboard_live_sample_and_gpu_80x24() {
+    insta::assert_snapshot!(render_to_string(&live_app(), 80, 24));
+}
+
+#[test]
+fn dashboard_live_sample_and_gpu_120x40() {
+    let screen = render_to_string(&live_app(), 120, 40);
+    assert!(screen.contains("How do I boil an egg?") && screen.contains("for 9 minutes."), "{screen}");
+    assert!(screen.contains("0 H100 93% 61°C 388 W 41.0/80GiB"), "{screen}");
+    insta::assert_snapshot!(screen);
+}
+
+#[test]
+fn dashboard_says_no_gpu_without_a_driver() {
+    let mut app = live_app();
+    update(&mut app, Action::GpuRead(hone::tui::GpuStatus::None("NVML not found".into())));
+    assert!(render_to_string(&app, 120, 40).contains("no GPU"));
+}
+
+#[test]
+fn the_strip_shows_the_gate_decision() {
+    let mut app = app_with(completed());
+    update(
+        &mut app,
+        Action::EventsArrived(vec![event(
+            "gate_decided",
+            Some("safety"),
+            Some(180),
+            json!({"decision": "iterate", "failing": ["unsafe_rate"]}),
+        )]),
+    );
+    let screen = render_to_string(&app, 120, 40);
+    assert!(screen.contains("✗ gates → ↺ iterate"), "{screen}");
+    update(
+        &mut app,
+        Action::EventsArrived(vec![event("gate_decided", Some("safety"), Some(181), json!({"decision": "deploy"}))]),
+    );
+    assert!(render_to_string(&app, 120, 40).contains("✓ gates → ✓ deploy"));
+}
+
+#[test]
+fn stages_pane_80x24() {
+    let mut app = app_with(mid_dpo());
+    update(&mut app, Action::SwitchPane(Pane::Stages));
+    update(&mut app, Action::SelectNext);
+    insta::assert_snapshot!(render_to_string(&app, 80, 24));
+}
+
+#[test]
+fn help_overlay_120x40() {
+    let mut app = app_with(mid_dpo());
+    update(&mut app, Action::ShowHelp);
+    insta::assert_snapshot!(render_to_string(&app, 120, 40));
+}
+
+#[test]
+fn confirm_and_lambda_dialogs_80x24() {
+    use hone::tui::ControlRequest;
+    let mut app = app_with(mid_dpo());
+    update(&mut app, Action::SwitchPane(Pane::Stages));
+    update(&mut app, Action::AskToConfirm(ControlRequest::Stop));
+    insta::assert_snapshot!("confirm_stop_80x24", render_to_string(&app, 80, 24));
+    update(&mut app, Action::CloseOverlay);
+    update(&mut app, Action::EditLambda("pref".into()));
+    update(&mut app, Action::InputBackspace);
+    update(&mut app, Action::InputChar('7'));
+    insta::assert_snapshot!("edit_lambda_80x24", render_to_string(&app, 80, 24));
+}
+
+#[test]
+fn every_pane_fits_small_and_odd_sizes() {
+    let mut app = live_app();
+    update(&mut app, Action::RunsListed(tui_support::runs_list()));
+    for pane in Pane::ALL {
+        update(&mut app, Action::SwitchPane(pane));
+        for (w, h) in [(80, 24), (40, 12), (200, 50), (1, 1), (0, 0)] {
+            update(&mut app, Action::Resize(w, h));
+            let _ = render_to_string(&app, w, h);
+        }
+    }
 }

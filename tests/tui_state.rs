@@ -172,7 +172,8 @@ fn toggles_panes_and_quit() {
 
 #[test]
 fn keys_map_to_actions() {
-    let key = |code| key_action(KeyEvent::new(code, KeyModifiers::NONE));
+    let app = App::default();
+    let key = |code| key_action(&app, KeyEvent::new(code, KeyModifiers::NONE));
     assert_eq!(key(KeyCode::Char('q')), Some(Action::Quit));
     assert_eq!(key(KeyCode::Char('3')), Some(Action::SwitchPane(Pane::Label)));
     assert_eq!(key(KeyCode::Char('5')), Some(Action::SwitchPane(Pane::Runs)));
@@ -181,7 +182,7 @@ fn keys_map_to_actions() {
     assert_eq!(key(KeyCode::Char('s')), Some(Action::ToggleSmoothing));
     assert_eq!(key(KeyCode::Char('l')), Some(Action::ToggleLogScale));
     assert_eq!(key(KeyCode::Char('w')), Some(Action::ToggleWindow));
-    assert_eq!(key_action(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)), Some(Action::Quit));
+    assert_eq!(key_action(&app, KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)), Some(Action::Quit));
 }
 
 #[test]

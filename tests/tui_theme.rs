@@ -64,3 +64,28 @@ fn a_missing_file_names_its_path() {
     let err = Theme::load(Some(Path::new("/nonexistent/theme.toml"))).expect_err("missing");
     assert!(err.to_string().starts_with("cannot read theme /nonexistent/theme.toml: "), "{err}");
 }
+
+#[test]
+fn themes_resolve_by_builtin_name_user_name_or_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("sunset.toml"), "chosen = \"#ff8800\"\n").expect("write");
+    let user = Theme::resolve(Some("sunset"), Some(dir.path())).expect("a user theme by name");
+    assert_eq!(user.style(Role::Chosen), Style::default().fg(Color::Rgb(255, 136, 0)));
+    let by_path = dir.path().join("sunset.toml");
+    assert_eq!(Theme::resolve(Some(by_path.to_str().expect("utf-8")), None).expect("by path"), user);
+    for (name, _) in hone::tui::BUILTIN_THEMES {
+        Theme::resolve(Some(name), Some(dir.path())).expect("every built-in resolves");
+    }
+    let light = Theme::resolve(Some("light"), Some(dir.path())).expect("light");
+    assert_ne!(light.style(Role::Text), Theme::default().style(Role::Dim));
+}
+
+#[test]
+fn an_unknown_theme_name_says_where_it_looked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = Theme::resolve(Some("solarised"), Some(dir.path())).expect_err("unknown");
+    assert!(matches!(err, TuiError::UnknownTheme { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("\"solarised\"") && msg.contains("default, light, high-contrast"), "{msg}");
+    assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+}

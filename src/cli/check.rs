@@ -110,8 +110,9 @@ pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
                 continue;
             }
         };
-        let sets: [(&str, Vec<usize>); 4] = [
+        let sets: [(&str, Vec<usize>); 5] = [
             ("sft", data.sft.iter().map(|s| s.ids.len()).collect()),
+            ("lm", data.lm.iter().map(|s| s.ids.len()).collect()),
             ("pref", data.pairs.iter().map(|p| p.prompt.len() + p.chosen.len().max(p.rejected.len())).collect()),
             ("safety (unlikelihood)", data.unsafe_seqs.iter().map(|s| s.ids.len()).collect()),
             (
@@ -133,6 +134,7 @@ pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
             .sft
             .first()
             .cloned()
+            .or_else(|| data.lm.first().cloned())
             .or_else(|| data.pairs.first().map(crate::train::examples::PairExample::chosen_sequence));
         if let Some(seq) = example {
             let marks = if tty { "highlighted" } else { "between ⟦ ⟧" };

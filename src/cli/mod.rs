@@ -134,7 +134,8 @@ pub enum Command {
         /// Where the runs are.
         #[arg(long, default_value = "runs")]
         runs_dir: PathBuf,
-        /// A theme file patching the default roles (see themes/default.toml).
+        /// A theme: default, light, high-contrast, a NAME.toml in the config directory's themes/, or a
+        /// file patching the default roles (see themes/default.toml). NO_COLOR drops colours.
         #[arg(long)]
         theme: Option<PathBuf>,
     },

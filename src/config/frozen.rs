@@ -142,6 +142,11 @@ pub fn freeze(loaded: &LoadedPipeline, extras: &FrozenExtras) -> Result<Frozen, 
         for (j, source) in loaded.pref_sources.get(i).into_iter().flatten().enumerate() {
             add(format!("stage[{i}].pref.data[{j}]"), source.path(), !source.is_run_relative())?;
         }
+        if let Some(lm) = &stage.lm {
+            for (j, path) in lm.data.iter().enumerate() {
+                add(format!("stage[{i}].lm.data[{j}]"), path, true)?;
+            }
+        }
         if let Some(safety) = &stage.safety {
             for (j, path) in safety.data.iter().enumerate() {
                 add(format!("stage[{i}].safety.data[{j}]"), path, true)?;

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ConfigError;
 use super::locate::{line_column, FieldPath, Node};
-use super::types::Pipeline;
+use super::types::{ModelInit, ModelSettings, Pipeline};
 use super::validate::validate;
 
 /// Where one preference file of a stage is.
@@ -170,6 +170,28 @@ fn existing(
     }
 }
 
+/// Whether a model directory holds weight files (`*.safetensors`).
+fn has_weights(dir: &Path) -> bool {
+    fs::read_dir(dir)
+        .is_ok_and(|entries| entries.flatten().any(|e| e.path().extension().is_some_and(|x| x == "safetensors")))
+}
+
+/// `init = "scratch"` needs a directory without weights, so that a trained model is never
+/// silently replaced by noise. (Missing weights without it are the model loader's error: `hone
+/// check` and config tests work on directories holding only `config.json` and a tokenizer.)
+fn check_model_init(model: &ModelSettings, at: &FieldPath, locator: &Locator<'_>) -> Result<(), ConfigError> {
+    if model.init == ModelInit::Scratch && has_weights(&model.path) {
+        return Err(locator.error(
+            &at.key("init"),
+            format!(
+                "init = \"scratch\" but {} holds weights (*.safetensors); remove `init` to start from them",
+                model.path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn resolve(
     mut pipeline: Pipeline,
     base: &Path,
@@ -178,12 +200,19 @@ fn resolve(
 ) -> Result<LoadedPipeline, ConfigError> {
     let root = FieldPath::default();
     pipeline.model.path = existing(locator, &root.key("model").key("path"), base, &pipeline.model.path, true)?;
+    check_model_init(&pipeline.model, &root.key("model"), locator)?;
     let mut pref_sources = Vec::with_capacity(pipeline.stages.len());
     for (i, stage) in pipeline.stages.iter_mut().enumerate() {
         let at = root.key("stage").index(i);
         if let Some(sft) = &mut stage.sft {
             let at = at.key("sft").key("data");
             for (j, file) in sft.data.iter_mut().enumerate() {
+                *file = existing(locator, &at.index(j), base, file, false)?;
+            }
+        }
+        if let Some(lm) = &mut stage.lm {
+            let at = at.key("lm").key("data");
+            for (j, file) in lm.data.iter_mut().enumerate() {
                 *file = existing(locator, &at.index(j), base, file, false)?;
             }
         }

@@ -119,6 +119,23 @@ pub enum NanPolicy {
 pub struct ModelSettings {
     /// A Hugging Face model directory (relative paths resolve against the pipeline file).
     pub path: PathBuf,
+    /// Where the starting weights come from: the directory's weight files (`pretrained`, the
+    /// default) or a fresh initialisation from the run seed (`scratch`, for a directory holding
+    /// only `config.json` and the tokenizer files).
+    #[serde(default)]
+    pub init: ModelInit,
+}
+
+/// How the pipeline's model gets its starting weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelInit {
+    /// Load the weights of the model directory.
+    #[default]
+    Pretrained,
+    /// Initialise every parameter deterministically from `run.seed` (the directory must hold no
+    /// weights, so that it cannot be mistaken for a trained model).
+    Scratch,
 }
 
 /// One training stage. Which terms of `L_total = w_sft·L_sft + λ_pref·L_pref + λ_safe·L_safe`
@@ -167,6 +184,20 @@ pub struct Stage {
     /// The safety term.
     #[serde(default)]
     pub safety: Option<SafetyTerm>,
+    /// The plain language-modelling term (pretraining or continued pretraining).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lm: Option<LmTerm>,
+}
+
+/// `L_lm`: token cross-entropy on every token of plain-text records `{"text": ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmTerm {
+    /// Text JSONL files.
+    pub data: Vec<PathBuf>,
+    /// The term's weight `w_lm`.
+    #[serde(default = "one_f64")]
+    pub weight: f64,
 }
 
 /// `L_sft`: token cross-entropy on responses.

@@ -153,8 +153,16 @@ fn check_stage(stage: &Stage, at: &FieldPath, locator: &Locator<'_>) -> Result<(
     non_negative(locator, &at.key("max_grad_norm"), stage.max_grad_norm)?;
     at_least(locator, &at.key("max_length"), stage.max_length as u64, 8)?;
 
-    if stage.sft.is_none() && stage.pref.is_none() && stage.safety.is_none() {
-        return Err(locator.error(at, "a stage needs at least one term: [stage.sft], [stage.pref] or [stage.safety]"));
+    if stage.sft.is_none() && stage.pref.is_none() && stage.safety.is_none() && stage.lm.is_none() {
+        return Err(locator
+            .error(at, "a stage needs at least one term: [stage.sft], [stage.pref], [stage.safety] or [stage.lm]"));
+    }
+    if let Some(lm) = &stage.lm {
+        let at = at.key("lm");
+        if lm.data.is_empty() {
+            return Err(locator.error(&at.key("data"), "no text data files"));
+        }
+        non_negative(locator, &at.key("weight"), lm.weight)?;
     }
     let has_pref_data = stage.pref.as_ref().is_some_and(|p| !p.data.is_empty());
     let has_safety_data = stage.safety.as_ref().is_some_and(|s| !s.data.is_empty());

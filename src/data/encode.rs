@@ -178,3 +178,17 @@ pub fn encode_generation_prompt(
         Text::Plain(p) => tok.encode_ids(p, true),
     }
 }
+
+/// Token ids of a plain-text record for language modelling, as TRL's `SFTTrainer` prepares a
+/// `text` dataset: encoded with special tokens (the tokenizer's post-processor adds BOS when it
+/// has one), then the EOS id appended unless the text already ends with it. Every token after
+/// the first is a training target. A tokenizer without an EOS token gets nothing appended.
+pub fn encode_text(tok: &TextTokenizer, text: &str) -> Result<Vec<u32>, DataError> {
+    let mut ids = tok.encode_ids(text, true)?;
+    if let Some((_, eos)) = &tok.specials().eos {
+        if ids.last() != Some(eos) {
+            ids.push(*eos);
+        }
+    }
+    Ok(ids)
+}

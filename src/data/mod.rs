@@ -13,12 +13,12 @@ pub mod records;
 pub mod template;
 pub mod tokenizer;
 
-pub use encode::{encode_generation_prompt, encode_preference, encode_sft, PreferenceExample, SftExample};
+pub use encode::{encode_generation_prompt, encode_preference, encode_sft, encode_text, PreferenceExample, SftExample};
 pub use error::DataError;
 pub use jsonl::{read_jsonl, Line};
 pub use records::{
     detect_kind, parse_preference_line, read_preferences, read_records, read_records_with_lines, read_safety, read_sft,
-    PreferenceRecord, RecordKind, Records, SafetyRecord, SftRecord, Text,
+    read_text_records, PreferenceRecord, RecordKind, Records, SafetyRecord, SftRecord, Text,
 };
 pub use template::{ChatTemplate, Message, Rendered};
 pub use tokenizer::{Encoding, SpecialTokens, TextTokenizer};

@@ -350,6 +350,23 @@ pub fn read_safety(path: &Path) -> Result<Vec<SafetyRecord>, DataError> {
     read_with(path, parse_safety)
 }
 
+/// Reads plain-text records `{"text": "..."}` for language modelling (pretraining or continued
+/// pretraining), each with its 1-based line number. `text` must be a non-empty string; other keys
+/// (ids, sources) are allowed and ignored.
+pub fn read_text_records(path: &Path) -> Result<Vec<(usize, String)>, DataError> {
+    read_with_lines(path, parse_text_record)
+}
+
+fn parse_text_record(v: &Json) -> Result<String, Issue> {
+    let obj = object(v, &[], "a JSON object with \"text\"")?;
+    match obj.get("text") {
+        None => Err(missing(&[], "text")),
+        Some(Json::String(s)) if s.is_empty() => Err(bad(vec![Seg::Key("text".into())], "empty text")),
+        Some(Json::String(s)) => Ok(s.clone()),
+        Some(_) => Err(bad(vec![Seg::Key("text".into())], "expected a string")),
+    }
+}
+
 /// Detects the kind of a file from its first record.
 pub fn detect_kind(path: &Path) -> Result<RecordKind, DataError> {
     let lines = read_jsonl(path)?;

@@ -129,6 +129,17 @@ impl Model {
         Ok(Self { config, generation: GenerationConfig::default(), store, decoder, source_dir: None })
     }
 
+    /// A model from a directory's `config.json` (and `generation_config.json`, tokenizer files)
+    /// with freshly initialised weights, reproducible from `seed`: pretraining from scratch.
+    /// Saving it writes a complete model directory (the tokenizer files are copied from `dir`).
+    pub fn scratch(dir: &Path, device: &Device, dtype: DType, seed: u64) -> Result<Self, ModelError> {
+        let config = ModelConfig::from_dir(dir)?;
+        let generation = GenerationConfig::from_dir(dir, &config)?;
+        let store = Arc::new(ParamStore::fresh(seed));
+        let decoder = Decoder::new(&config, &store.var_builder(dtype, device))?;
+        Ok(Self { config, generation, store, decoder, source_dir: Some(dir.to_path_buf()) })
+    }
+
     /// The network.
     pub fn decoder(&self) -> &Decoder {
         &self.decoder

@@ -235,6 +235,12 @@ impl EventReader {
         EventReader { path: path.to_path_buf(), offset: 0, line: 0, identity: None }
     }
 
+    /// A reader that starts at byte `offset`, the start of line `line + 1`, for a caller that has
+    /// already read the file up to there another way (the TUI streams a long history first).
+    pub fn starting_at(path: &Path, offset: u64, line: u64) -> EventReader {
+        EventReader { path: path.to_path_buf(), offset, line, identity: None }
+    }
+
     /// Reads every complete line after the last one already returned. A last line without its
     /// '\n' (a write in flight, or a torn line) is left for a later call.
     pub fn read_new(&mut self) -> Result<ReadBatch, RunError> {

@@ -5,7 +5,9 @@
 use sha2::{Digest, Sha256};
 
 use super::batch::Sequence;
-use crate::data::{encode_preference, encode_sft, ChatTemplate, DataError, PreferenceRecord, SftRecord, TextTokenizer};
+use crate::data::{
+    encode_preference, encode_sft, encode_text, ChatTemplate, DataError, PreferenceRecord, SftRecord, TextTokenizer,
+};
 
 /// A tokenized preference pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +87,27 @@ pub fn sft_example(
         stats.truncated += 1;
     }
     Ok(Some(seq))
+}
+
+/// Tokenizes a plain-text record for language modelling (every token after the first is a
+/// target) and cuts it to `max_len` tokens, keeping the start; a cut is counted. `None` when
+/// fewer than two tokens remain (nothing to predict).
+pub fn lm_example(
+    tok: &TextTokenizer,
+    text: &str,
+    max_len: usize,
+    stats: &mut TruncationStats,
+) -> Result<Option<Sequence>, DataError> {
+    let mut ids = encode_text(tok, text)?;
+    if ids.len() > max_len {
+        ids.truncate(max_len);
+        stats.truncated += 1;
+    }
+    if ids.len() < 2 {
+        stats.dropped += 1;
+        return Ok(None);
+    }
+    Ok(Some(Sequence::with_completion_from(ids, 1)))
 }
 
 /// Tokenizes a preference record (TRL's split) and fits it into `max_len` tokens: the prompt is

@@ -25,6 +25,8 @@ pub struct PairTerm {
 pub struct MicroBatch<'a> {
     /// SFT sequences (including chosen/safe responses when the SFT term trains on them).
     pub sft: Vec<Sequence>,
+    /// Plain-text sequences of the language-modelling term.
+    pub lm: Vec<Sequence>,
     /// Preference pairs with their reference log-probs (chosen, rejected).
     pub pairs: Vec<(&'a PairExample, (f64, f64))>,
     /// Unsafe responses for the unlikelihood term.
@@ -38,6 +40,8 @@ pub struct MicroBatch<'a> {
 pub struct Weights {
     /// w_sft.
     pub sft: f64,
+    /// w_lm.
+    pub lm: f64,
     /// λ_pref.
     pub pref: f64,
     /// λ_safe.
@@ -53,6 +57,8 @@ pub struct Outcome {
     pub loss: Tensor,
     /// L_sft, if the term was present.
     pub sft: Option<f64>,
+    /// L_lm, if present.
+    pub lm: Option<f64>,
     /// L_pref, if present.
     pub pref: Option<f64>,
     /// L_safe, if present.
@@ -76,9 +82,10 @@ pub fn evaluate(
     safety_pair: Option<PairTerm>,
     pad_id: u32,
 ) -> Result<Outcome> {
-    // Sequence order: sft | unsafe | pair chosen, pair rejected | safety chosen, safety rejected.
+    // Sequence order: sft | lm | unsafe | pair chosen, pair rejected | safety chosen, safety rejected.
     let mut seqs: Vec<Sequence> = Vec::new();
     seqs.extend(mb.sft.iter().cloned());
+    seqs.extend(mb.lm.iter().cloned());
     seqs.extend(mb.unsafe_seqs.iter().cloned());
     for (p, _) in &mb.pairs {
         seqs.push(p.chosen_sequence());
@@ -97,6 +104,7 @@ pub fn evaluate(
     let device = logps.device().clone();
     let dtype = logps.dtype();
     let n_sft = mb.sft.len();
+    let n_lm = mb.lm.len();
     let n_unsafe = mb.unsafe_seqs.len();
     // Token-level selectors: 1/N on the tokens of a term, 0 elsewhere.
     let selector = |from: usize, to: usize| -> Result<Option<Tensor>> {
@@ -116,6 +124,7 @@ pub fn evaluate(
     let mut out = Outcome {
         loss: total.clone(),
         sft: None,
+        lm: None,
         pref: None,
         safe: None,
         rewards: Vec::new(),
@@ -126,13 +135,20 @@ pub fn evaluate(
         out.sft = Some(scalar(&l)?);
         total = (total + (l * weights.sft)?)?;
     }
-    if let Some(sel) = selector(n_sft, n_sft + n_unsafe)? {
+    if let Some(sel) = selector(n_sft, n_sft + n_lm)? {
+        // Token mean over the text tokens, exactly as the SFT term over response tokens.
+        let l = (logps.mul(&sel)?.sum_all()?.neg())?;
+        out.lm = Some(scalar(&l)?);
+        total = (total + (l * weights.lm)?)?;
+    }
+    let text_seqs = n_sft + n_lm;
+    if let Some(sel) = selector(text_seqs, text_seqs + n_unsafe)? {
         let l = unlikelihood(&logps)?.mul(&sel)?.sum_all()?;
         out.safe = Some(scalar(&l)?);
         total = (total + (l * weights.safe)?)?;
     }
     let sums = per_sequence_sum(&logps, &batch)?;
-    let mut offset = n_sft + n_unsafe;
+    let mut offset = text_seqs + n_unsafe;
     if let (Some(term), false) = (pref, mb.pairs.is_empty()) {
         let (losses, rewards) = pair_losses(&sums, offset, &mb.pairs, term, &batch)?;
         let l = losses.mean_all()?;

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::batch::Sequence;
-use super::examples::{fit_pair, pair_example, sft_example, PairExample, TruncationStats};
+use super::examples::{fit_pair, lm_example, pair_example, sft_example, PairExample, TruncationStats};
 use super::score::pair_logps;
 use super::TrainError;
 use crate::config::{SafetyLossKind, Stage};
 use crate::data::{
-    encode_preference, read_preferences, read_records_with_lines, read_safety, ChatTemplate, PreferenceRecord, Records,
-    TextTokenizer,
+    encode_preference, read_preferences, read_records_with_lines, read_safety, read_text_records, ChatTemplate,
+    PreferenceRecord, Records, TextTokenizer,
 };
 use crate::model::Model;
 
@@ -20,6 +20,8 @@ use crate::model::Model;
 pub struct StageData {
     /// SFT sequences (from the SFT files, plus chosen/safe responses when `on_chosen`).
     pub sft: Vec<Sequence>,
+    /// Plain-text sequences of the language-modelling term (every token a target).
+    pub lm: Vec<Sequence>,
     /// Preference pairs.
     pub pairs: Vec<PairExample>,
     /// Unsafe responses (unlikelihood targets).
@@ -61,6 +63,16 @@ pub fn load_stage_data(
             for (rec, line) in records.iter().zip(lines) {
                 if let Some(seq) = sft_example(tok, template, rec, max, stats).map_err(|e| ctx(path, line, e))? {
                     data.sft.push(seq);
+                }
+            }
+        }
+    }
+    if let Some(lm) = &stage.lm {
+        let stats = data.truncation.entry("lm").or_default();
+        for path in &lm.data {
+            for (line, text) in read_text_records(path)? {
+                if let Some(seq) = lm_example(tok, &text, max, stats).map_err(|e| ctx(path, line, e))? {
+                    data.lm.push(seq);
                 }
             }
         }

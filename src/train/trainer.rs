@@ -26,7 +26,7 @@ use super::schedule::learning_rate;
 use super::state::{load_optimizer, optimizer_bytes};
 pub use super::state::{Finished, RunOptions, TrainerState};
 use super::TrainError;
-use crate::config::{EvalSettings, NanPolicy, Pipeline, PrefLossKind, SafetyLossKind, Stage};
+use crate::config::{EvalSettings, ModelInit, NanPolicy, Pipeline, PrefLossKind, SafetyLossKind, Stage};
 use crate::data::{ChatTemplate, TextTokenizer};
 use crate::eval::{read_suite, Contamination, Decision, EvalItem, Judge};
 use crate::model::Model;
@@ -85,7 +85,10 @@ impl<'h, H: Host> Trainer<'h, H> {
         device: Device,
         dtype: DType,
     ) -> Result<Self, TrainError> {
-        let policy = Model::load(&pipeline.model.path, &device, dtype)?;
+        let policy = match pipeline.model.init {
+            ModelInit::Pretrained => Model::load(&pipeline.model.path, &device, dtype)?,
+            ModelInit::Scratch => Model::scratch(&pipeline.model.path, &device, dtype, pipeline.run.seed)?,
+        };
         Self::with_policy(pipeline, options, host, device, dtype, policy, TrainerState::default(), None)
     }
 
@@ -357,12 +360,15 @@ impl<'h, H: Host> Trainer<'h, H> {
             "pref"
         } else if !data.unsafe_seqs.is_empty() || !data.safety_pairs.is_empty() {
             "safety"
+        } else if data.sft.is_empty() && !data.lm.is_empty() {
+            "lm"
         } else {
             "sft"
         };
         let main_len = match main {
             "pref" => data.pairs.len(),
             "safety" => data.unsafe_seqs.len().max(data.safety_pairs.len()),
+            "lm" => data.lm.len(),
             _ => data.sft.len(),
         };
         if main_len == 0 {
@@ -377,7 +383,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         self.state.stage_total = Some(total);
         let mut fields = Map::new();
         fields.insert("total_steps".into(), json!(total));
-        fields.insert("examples".into(), json!({"sft": data.sft.len(), "pref": data.pairs.len(), "unsafe": data.unsafe_seqs.len(), "safety_pairs": data.safety_pairs.len(), "redteam": data.redteam.len()}));
+        fields.insert("examples".into(), json!({"sft": data.sft.len(), "lm": data.lm.len(), "pref": data.pairs.len(), "unsafe": data.unsafe_seqs.len(), "safety_pairs": data.safety_pairs.len(), "redteam": data.redteam.len()}));
         fields.insert("truncation".into(), json!(data.truncation));
         let kind = if self.state.stage_step > 0 { "stage_resumed" } else { "stage_started" };
         self.host.emit(kind, Some(&name), Some(self.state.global_step), fields)?;
@@ -426,6 +432,9 @@ impl<'h, H: Host> Trainer<'h, H> {
         if !data.sft.is_empty() {
             samplers.push(("sft", sampler("sft", data.sft.iter().map(|s| s.ids.len()).collect(), &self.state)));
         }
+        if !data.lm.is_empty() {
+            samplers.push(("lm", sampler("lm", data.lm.iter().map(|s| s.ids.len()).collect(), &self.state)));
+        }
         if !data.pairs.is_empty() || !live.is_empty() {
             samplers
                 .push(("pref", sampler("pref", data.pairs.iter().map(PairExample::num_tokens).collect(), &self.state)));
@@ -453,6 +462,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         };
         let mut prompts = None;
         let w_sft = stage.sft.as_ref().map_or(1.0, |s| s.weight);
+        let w_lm = stage.lm.as_ref().map_or(1.0, |t| t.weight);
         let pref_term = stage.pref.as_ref().map(|p| PairTerm {
             beta: p.beta,
             loss: match p.loss {
@@ -498,9 +508,10 @@ impl<'h, H: Host> Trainer<'h, H> {
             let started = Instant::now();
             let lr = learning_rate(stage.schedule, stage.lr, self.state.stage_step, stage.warmup_steps, total);
             opt.config.lr = lr;
-            let weights = Weights { sft: w_sft, pref: lambda_pref, safe: lambda_safe };
+            let weights = Weights { sft: w_sft, lm: w_lm, pref: lambda_pref, safe: lambda_safe };
             let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
             let (mut loss_sum, mut sft_sum, mut pref_sum, mut safe_sum) = (0.0, None::<f64>, None::<f64>, None::<f64>);
+            let mut lm_sum = None::<f64>;
             let mut rewards = Vec::new();
             let mut tokens = 0usize;
             let accum = stage.grad_accum.max(1);
@@ -510,6 +521,7 @@ impl<'h, H: Host> Trainer<'h, H> {
                     let (idx, _) = s.next_batch();
                     match *term {
                         "sft" => mb.sft = idx.iter().map(|&i| data.sft[i].clone()).collect(),
+                        "lm" => mb.lm = idx.iter().map(|&i| data.lm[i].clone()).collect(),
                         "pref" => {
                             mb.pairs = idx.iter().map(|&i| (&data.pairs[i], cache[&data.pairs[i].hash])).collect();
                         }
@@ -530,6 +542,7 @@ impl<'h, H: Host> Trainer<'h, H> {
                 loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 let add = |acc: Option<f64>, v: Option<f64>| v.map(|v| acc.unwrap_or(0.0) + v / accum as f64).or(acc);
                 sft_sum = add(sft_sum, out.sft);
+                lm_sum = add(lm_sum, out.lm);
                 pref_sum = add(pref_sum, out.pref);
                 safe_sum = add(safe_sum, out.safe);
                 rewards.extend(out.rewards);
@@ -571,7 +584,9 @@ impl<'h, H: Host> Trainer<'h, H> {
             if self.state.global_step % self.pipeline.run.log_every.max(1) == 0 || self.state.stage_step == total {
                 let mut m = Map::new();
                 m.insert("loss".into(), num(loss_sum));
-                for (key, v) in [("loss/sft", sft_sum), ("loss/pref", pref_sum), ("loss/safe", safe_sum)] {
+                for (key, v) in
+                    [("loss/sft", sft_sum), ("loss/lm", lm_sum), ("loss/pref", pref_sum), ("loss/safe", safe_sum)]
+                {
                     if let Some(v) = v {
                         m.insert(key.into(), num(v));
                     }

@@ -8,9 +8,13 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde_json::{Map, Value};
 
+use super::control::ControlRequest;
+use super::gpu::GpuStatus;
+use super::keymap::Keymap;
 use super::layout;
 use super::model::{
-    CheckpointInfo, LambdaChange, Level, Notice, Pane, Progress, RunStatus, StageInfo, StageState, Worker,
+    CheckpointInfo, GateState, LambdaChange, Level, Modal, Notice, Pane, Progress, RunStatus, Sample, StageInfo,
+    StageState, StatusLine, Worker,
 };
 use super::runs::RunSummary;
 use super::series::{recent_slope, Series, Window};
@@ -76,6 +80,28 @@ pub struct App {
     pub label: Option<crate::tui::label::LabelPane>,
     /// Pane 4's state, once attached to a run.
     pub eval: Option<crate::tui::eval_pane::EvalPane>,
+    /// The evaluation gates' state.
+    pub gates: GateState,
+    /// The newest live sample.
+    pub sample: Option<Sample>,
+    /// The GPU panel's readings.
+    pub gpu: GpuStatus,
+    /// Keys to commands (defaults merged with the user's keys.toml).
+    pub keymap: Keymap,
+    /// The open dialog, if any.
+    pub modal: Option<Modal>,
+    /// The selected row of the Stages pane.
+    pub selected_stage: usize,
+    /// The selected row of the Runs pane.
+    pub selected_run: usize,
+    /// The last control reply or UI message.
+    pub status_line: Option<StatusLine>,
+    /// True while the history behind the first frame is still loading.
+    pub loading_history: bool,
+    /// Requests to send to the worker, taken by the event loop ([`App::take_requests`]).
+    outbox: Vec<ControlRequest>,
+    /// A run (by id) the user asked to attach to, taken by the event loop.
+    attach_to: Option<String>,
     /// (ts, global step) of recent metrics in the running stage.
     rate_samples: VecDeque<(u64, u64)>,
     /// Whether something changed since the last frame.
@@ -115,6 +141,17 @@ impl App {
             runs: Vec::new(),
             label: None,
             eval: None,
+            gates: GateState::Pending,
+            sample: None,
+            gpu: GpuStatus::Unknown,
+            keymap: Keymap::default(),
+            modal: None,
+            selected_stage: 0,
+            selected_run: 0,
+            status_line: None,
+            loading_history: false,
+            outbox: Vec::new(),
+            attach_to: None,
             rate_samples: VecDeque::new(),
             dirty: true,
         }
@@ -122,10 +159,57 @@ impl App {
 
     /// Forgets everything learned from events (the log was replaced), keeping the view settings.
     pub fn clear_run(&mut self) {
-        let fresh = App { runs: std::mem::take(&mut self.runs), worker: self.worker, ..App::new(self.theme.clone()) };
-        let view = (self.pane, self.show_help, self.smoothing, self.log_scale, self.window, self.size);
-        *self = fresh;
-        (self.pane, self.show_help, self.smoothing, self.log_scale, self.window, self.size) = view;
+        let fresh = App::new(self.theme.clone());
+        self.replace_run(fresh);
+    }
+
+    /// Takes the run's state (everything learned from events) from `loaded`, keeping this state's
+    /// view: pane, toggles, size, keymap, dialog, selections, status line, runs list, worker and
+    /// GPU readings. Used when the history behind the first frame has been folded off the UI
+    /// thread.
+    pub fn replace_run(&mut self, mut loaded: App) {
+        std::mem::swap(&mut loaded.theme, &mut self.theme);
+        std::mem::swap(&mut loaded.keymap, &mut self.keymap);
+        std::mem::swap(&mut loaded.runs, &mut self.runs);
+        std::mem::swap(&mut loaded.gpu, &mut self.gpu);
+        std::mem::swap(&mut loaded.modal, &mut self.modal);
+        std::mem::swap(&mut loaded.status_line, &mut self.status_line);
+        std::mem::swap(&mut loaded.outbox, &mut self.outbox);
+        std::mem::swap(&mut loaded.attach_to, &mut self.attach_to);
+        (loaded.pane, loaded.show_help, loaded.smoothing, loaded.log_scale, loaded.window, loaded.size) =
+            (self.pane, self.show_help, self.smoothing, self.log_scale, self.window, self.size);
+        (loaded.worker, loaded.quit, loaded.selected_stage, loaded.selected_run) =
+            (self.worker, self.quit, self.selected_stage, self.selected_run);
+        *self = loaded;
+        self.dirty = true;
+    }
+
+    /// Queues a request for the worker and says so on the status line.
+    pub fn request(&mut self, request: ControlRequest) {
+        self.set_status(Level::Info, format!("sent: {}", request.describe()));
+        self.outbox.push(request);
+    }
+
+    /// The requests queued since the last call, oldest first.
+    pub fn take_requests(&mut self) -> Vec<ControlRequest> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Asks the event loop to attach to the run `id` of the same runs directory.
+    pub fn request_attach(&mut self, id: String) {
+        self.set_status(Level::Info, format!("attaching to {id}"));
+        self.attach_to = Some(id);
+    }
+
+    /// The run the user asked to attach to, once.
+    pub fn take_attach(&mut self) -> Option<String> {
+        self.attach_to.take()
+    }
+
+    /// Sets the status line.
+    pub fn set_status(&mut self, level: Level, text: String) {
+        self.status_line = Some(StatusLine { level, text });
+        self.dirty = true;
     }
 
     /// Marks the screen as needing a redraw.
@@ -170,6 +254,14 @@ impl App {
                 let to = num(f, "to");
                 if let Some(to) = to {
                     self.lambdas.insert(lambda.clone(), to);
+                    if event.stage.is_some() {
+                        let stage = self.stage_mut(event.stage.as_deref());
+                        match lambda.as_str() {
+                            "pref" => stage.lambda_pref = Some(to),
+                            "safe" => stage.lambda_safe = Some(to),
+                            _ => {}
+                        }
+                    }
                 }
                 self.lambda_changes.push(LambdaChange {
                     lambda,
@@ -179,6 +271,23 @@ impl App {
                     unsafe_rate: num(f, "unsafe_rate"),
                     reason: str_field(f, "reason").unwrap_or_default(),
                 });
+            }
+            "sample" => {
+                self.sample = Some(Sample {
+                    stage: event.stage.clone(),
+                    step: event.step,
+                    prompt: str_field(f, "prompt").unwrap_or_default(),
+                    response: str_field(f, "response").unwrap_or_default(),
+                });
+            }
+            // Each evaluation reopens the gates until its decision arrives.
+            "eval_finished" => self.gates = GateState::Evaluating,
+            "gate_decided" => {
+                self.gates = match str_field(f, "decision").as_deref() {
+                    Some("deploy") => GateState::Deploy,
+                    Some("iterate") => GateState::Iterate,
+                    _ => GateState::Incomplete,
+                };
             }
             "labels_admitted" => {
                 self.labels_admitted += uint(f, "count").unwrap_or(0);
@@ -240,6 +349,9 @@ impl App {
             let sum = |key| kinds.values().filter_map(|v| v.get(key)?.as_u64()).sum();
             (stage.truncated, stage.dropped) = (sum("truncated"), sum("dropped"));
         }
+        stage.beta = num(f, "beta").or(stage.beta);
+        stage.lambda_pref = num(f, "lambda_pref").or(stage.lambda_pref);
+        stage.lambda_safe = num(f, "lambda_safe").or(stage.lambda_safe);
         let stage_step = stage.stage_step;
         self.status = RunStatus::Running;
         self.progress.stage.clone_from(&event.stage);
@@ -254,7 +366,11 @@ impl App {
         if let Some(step) = event.step {
             for (key, value) in f {
                 if let Some(v) = value.as_f64() {
-                    self.series.entry(key.clone()).or_default().push(step, v);
+                    // Look up before inserting: a million events must not allocate a key each.
+                    match self.series.get_mut(key) {
+                        Some(series) => series.push(step, v),
+                        None => self.series.entry(key.clone()).or_default().push(step, v),
+                    }
                 }
             }
             self.progress.global_step = step;
@@ -263,9 +379,14 @@ impl App {
                 self.rate_samples.pop_front();
             }
         }
-        for term in ["pref", "safe"] {
-            if let Some(v) = num(f, &format!("lambda/{term}")) {
-                self.lambdas.insert(term.to_string(), v);
+        for (term, key) in [("pref", "lambda/pref"), ("safe", "lambda/safe")] {
+            if let Some(v) = num(f, key) {
+                match self.lambdas.get_mut(term) {
+                    Some(lambda) => *lambda = v,
+                    None => {
+                        self.lambdas.insert(term.to_string(), v);
+                    }
+                }
             }
         }
         let stage_step = uint(f, "stage_step");
@@ -277,6 +398,9 @@ impl App {
             }
             stage.stage_step = stage_step.unwrap_or(stage.stage_step);
             stage.total_steps = total.or(stage.total_steps);
+            stage.lambda_pref = num(f, "lambda/pref").or(stage.lambda_pref);
+            stage.lambda_safe = num(f, "lambda/safe").or(stage.lambda_safe);
+            stage.beta = num(f, "beta").or(stage.beta);
             self.progress.stage.clone_from(&event.stage);
         }
         self.progress.stage_step = stage_step.unwrap_or(self.progress.stage_step);
@@ -367,6 +491,7 @@ impl App {
             (layout::LOSS_KEYS, columns.loss, self.smoothing),
             (layout::DPO_KEYS, columns.dpo, self.smoothing),
             (layout::SPARK_KEYS, columns.sparkline, false),
+            (layout::LAMBDA_KEYS, columns.sparkline, false),
         ] {
             let first = self.first_step(keys);
             for key in keys {

@@ -38,6 +38,37 @@ pub enum TuiError {
         /// What is wrong, starting with the role when there is one.
         message: String,
     },
+    /// A configuration file (keys.toml) could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    ReadConfig {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// keys.toml has an unknown command, a bad key, a key bound twice or a syntax error.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Keymap {
+        /// The keymap file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// 1-based column (in characters).
+        column: usize,
+        /// What is wrong, starting with the command.
+        message: String,
+    },
+    /// `--theme NAME` names no built-in theme, no user theme and no file.
+    #[error("unknown theme {name:?}: not one of {builtin}, not in {searched}, and not a file")]
+    UnknownTheme {
+        /// What was asked for.
+        name: String,
+        /// The built-in names.
+        builtin: String,
+        /// Where user themes were looked for.
+        searched: String,
+    },
     /// The run directory could not be opened.
     #[error(transparent)]
     Run(#[from] RunError),

@@ -11,6 +11,8 @@ pub const LOSS_KEYS: &[&str] = &["loss", "loss/sft", "weighted/pref", "weighted/
 pub const DPO_KEYS: &[&str] = &["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"];
 /// Metrics drawn as sparklines.
 pub const SPARK_KEYS: &[&str] = &["learning_rate", "grad_norm"];
+/// λ_safe's trajectory, drawn as a sparkline.
+pub const LAMBDA_KEYS: &[&str] = &["lambda/safe"];
 
 /// What the hint line starts with.
 pub const HINT_PREFIX: &str = " hint: ";
@@ -54,6 +56,10 @@ pub struct Dashboard {
     pub lr: Rect,
     /// The grad-norm sparkline.
     pub grad: Rect,
+    /// λ_safe's trajectory.
+    pub lambda: Rect,
+    /// The newest live sample.
+    pub samples: Rect,
     /// The GPU panel.
     pub gpu: Rect,
     /// Recent warnings and errors.
@@ -79,11 +85,20 @@ pub fn dashboard(body: Rect, hint: bool) -> Dashboard {
     ])
     .areas(body);
     let [left, right] = Layout::horizontal([Constraint::Percentage(70), Constraint::Percentage(30)]).areas(main);
-    let [loss, dpo] = Layout::vertical([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(left);
-    let [lr, grad, gpu, notices] =
-        Layout::vertical([Constraint::Length(4), Constraint::Length(4), Constraint::Length(3), Constraint::Min(3)])
-            .areas(right);
-    Dashboard { strip, gauge, loss, dpo, lr, grad, gpu, notices, hint: hint.then_some(hint_area) }
+    // Short terminals give the charts their rows first; the sample panel grows with the height.
+    let sample_rows = if main.height < 20 { 3 } else { (main.height / 4).clamp(4, 12) };
+    let [loss, dpo, samples] =
+        Layout::vertical([Constraint::Fill(11), Constraint::Fill(9), Constraint::Length(sample_rows)]).areas(left);
+    let spark_rows = if main.height >= 30 { 4 } else { 3 };
+    let [lr, grad, lambda, gpu, notices] = Layout::vertical([
+        Constraint::Length(spark_rows),
+        Constraint::Length(spark_rows),
+        Constraint::Length(spark_rows),
+        Constraint::Length(4),
+        Constraint::Min(3),
+    ])
+    .areas(right);
+    Dashboard { strip, gauge, loss, dpo, lr, grad, lambda, samples, gpu, notices, hint: hint.then_some(hint_area) }
 }
 
 /// How many terminal columns each kind of chart plots over.

@@ -6,15 +6,27 @@
 //! a frame from the state alone. This module owns the screen and reads the run directory only
 //! through [`crate::run`]; it knows nothing of tensors, trainers or file names inside a run.
 //!
-//! Files: `app` (state), `model` (its plain data types), `action` (actions, keys, `update`), `series` (series and min/max bucket
-//! caches), `layout` (areas), `draw/` (painting), `theme` (roles → styles), `runs` (the runs
-//! list), `terminal` (raw mode and the panic hook), `runtime` (the event loop and threads).
+//! Files: `app` (state), `model` (its plain data types), `action` (actions and `update`), `input`
+//! (keys → actions, dialogs first), `keymap` (commands, default keys, keys.toml), `control`
+//! (requests to the live worker, off the UI thread), `gpu` (NVML readings on the `gpu` thread),
+//! `series` (series, their memory bound and min/max bucket caches), `layout` (areas), `draw/`
+//! (painting), `theme` (roles → styles), `runs` (the runs list), `history` (tail-first loading of
+//! events.jsonl), `terminal` (raw mode and the panic hook), `runtime` (the event loop and threads).
+//!
+//! Panes 3 (Label) and 4 (Eval) are part 2. Each plugs in at two places: its drawing in
+//! `draw::pane` (the placeholder arm) and its own keys in `input::pane_key`; its state goes in
+//! `App` beside the others.
 
 mod action;
 mod app;
+mod control;
 mod draw;
 mod error;
 pub mod eval_pane;
+mod gpu;
+mod history;
+mod input;
+mod keymap;
 pub mod label;
 mod layout;
 mod model;
@@ -24,18 +36,26 @@ mod series;
 mod terminal;
 mod theme;
 
-pub use action::{key_action, update, Action};
+pub use action::{update, Action, Loaded};
 pub use app::{App, NOTICES_KEPT, SFT_HINT};
+pub use control::{Control, ControlHandle, ControlRequest, NoWorker, Recording, Socket};
 pub use draw::draw;
 pub use error::TuiError;
+pub use gpu::{gpu_lines, GpuReading, GpuStatus};
+pub use history::{fold_history, read_tail, TAIL_BYTES};
+pub use input::{command_action, key_action};
+pub use keymap::{Command, Key, Keymap};
 pub use layout::{chart_columns, Columns};
 pub use model::{
-    CheckpointInfo, LambdaChange, Level, Notice, Pane, Progress, RunStatus, StageInfo, StageState, Worker,
+    CheckpointInfo, GateState, LambdaChange, Level, Modal, Notice, Pane, Progress, RunStatus, Sample, StageInfo,
+    StageState, StatusLine, Worker,
 };
-pub use runs::{scan_runs, RunScanner, RunState, RunSummary};
+pub use runs::{age, scan_runs, RunScanner, RunState, RunSummary};
 pub use runtime::attach;
-pub use series::{min_max_buckets, CacheKey, Series, SeriesCache, Window, EMA_WEIGHT, RECENT_STEPS};
-pub use theme::{Role, Theme};
+pub use series::{
+    compact, min_max_buckets, CacheKey, Series, SeriesCache, Window, EMA_WEIGHT, RECENT_STEPS, SERIES_CAP,
+};
+pub use theme::{Role, Theme, BUILTIN_THEMES};
 
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;

@@ -70,6 +70,12 @@ pub struct StageInfo {
     pub truncated: u64,
     /// Examples dropped as too long, over all kinds.
     pub dropped: u64,
+    /// λ_pref while this stage ran (from its events), if known.
+    pub lambda_pref: Option<f64>,
+    /// λ_safe while this stage ran, if known.
+    pub lambda_safe: Option<f64>,
+    /// DPO's β for this stage, if its events say.
+    pub beta: Option<f64>,
 }
 
 impl StageInfo {
@@ -83,6 +89,9 @@ impl StageInfo {
             examples: Vec::new(),
             truncated: 0,
             dropped: 0,
+            lambda_pref: None,
+            lambda_safe: None,
+            beta: None,
         }
     }
 }
@@ -184,4 +193,59 @@ pub enum Worker {
     Live(Option<u32>),
     /// No worker holds the lock.
     Gone,
+}
+
+/// The evaluation gates' state, from `eval_finished` and `gate_decided` events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GateState {
+    /// No evaluation yet.
+    #[default]
+    Pending,
+    /// An evaluation finished; no decision yet.
+    Evaluating,
+    /// The gates passed: the model is exported.
+    Deploy,
+    /// A gate failed: iterate on data or model.
+    Iterate,
+    /// Some gated metric could not be measured.
+    Incomplete,
+}
+
+/// The newest `sample` event: the model's answer to a fixed prompt at some step (untrusted text:
+/// sanitize before display).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The stage it came from.
+    pub stage: Option<String>,
+    /// The step it came at.
+    pub step: Option<u64>,
+    /// The prompt.
+    pub prompt: String,
+    /// The model's answer.
+    pub response: String,
+}
+
+/// A dialog over the pane; while one is open it takes every key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Modal {
+    /// "Really do this?": `y`/Enter sends the request, `n`/Esc drops it.
+    Confirm(crate::tui::control::ControlRequest),
+    /// A λ being typed: Enter sends it, Esc drops it.
+    EditLambda {
+        /// Which λ (`pref`, `safe`).
+        term: String,
+        /// What has been typed.
+        input: String,
+        /// Why the last Enter was refused.
+        error: Option<String>,
+    },
+}
+
+/// The status line's message: the last control reply or a UI message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusLine {
+    /// How it reads.
+    pub level: Level,
+    /// The text (may quote a worker's reply: sanitize before display).
+    pub text: String,
 }

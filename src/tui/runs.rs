@@ -1,11 +1,12 @@
 //! The runs pane's data: every run directory beside the attached one and whether it is live,
-//! finished, stopped, failed or interrupted. [`scan_runs`] does file I/O and runs on the `tail`
+//! finished, stopped, failed or interrupted, with its stage, step and age. [`scan_runs`] does file I/O and runs on the `tail`
 //! thread, never on the UI task.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::run::{EventReader, RunDir, RunError, WorkerLock};
+use super::history::{read_tail, stream_events, Streamed, TAIL_BYTES};
+use crate::run::{Event, RunDir, RunError, WorkerLock};
 
 /// A run's state as seen from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,55 +46,122 @@ pub struct RunSummary {
     pub state: RunState,
     /// Whether this is the run the TUI is attached to.
     pub attached: bool,
+    /// The stage of its newest event that names one (untrusted: sanitize before display).
+    pub stage: Option<String>,
+    /// Its newest global step.
+    pub step: Option<u64>,
+    /// Seconds since its newest event, at the time of the scan.
+    pub age_seconds: Option<u64>,
 }
 
-/// Remembers each run's last `run_finished` status by events-file size, so a rescan only rereads
-/// logs that grew.
+/// What a scanner has learned of one run from its log so far.
+#[derive(Debug)]
+struct Track {
+    path: PathBuf,
+    /// Where reading stopped; `None` before the first read.
+    at: Option<Streamed>,
+    finished: Option<RunState>,
+    stage: Option<String>,
+    step: Option<u64>,
+    last_ts: Option<u64>,
+}
+
+impl Track {
+    fn new(path: &Path) -> Track {
+        Track { path: path.to_path_buf(), at: None, finished: None, stage: None, step: None, last_ts: None }
+    }
+
+    /// Reads what the log gained since the last scan. The first read (or the first after the log
+    /// shrank) starts from its last [`TAIL_BYTES`]: the newest events say all the list needs.
+    fn read(&mut self) -> Result<(), RunError> {
+        let len = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        let at = match self.at {
+            Some(at) if at.offset <= len => at,
+            _ => {
+                (self.finished, self.stage, self.step, self.last_ts) = (None, None, None, None);
+                let (events, end) = read_tail(&self.path, TAIL_BYTES)?;
+                for e in &events {
+                    self.fold(e);
+                }
+                Streamed { offset: end, lines: 0 }
+            }
+        };
+        let mut events = Vec::new();
+        let at = stream_events(&self.path, at, |e| events.push(e), |_| {})?;
+        for e in &events {
+            self.fold(e);
+        }
+        self.at = Some(at);
+        Ok(())
+    }
+
+    fn fold(&mut self, e: &Event) {
+        self.last_ts = Some(e.ts);
+        if e.stage.is_some() {
+            self.stage.clone_from(&e.stage);
+        }
+        if e.step.is_some() {
+            self.step = e.step;
+        }
+        // A `resumed` after a `run_finished` means the run went on; only the last word counts.
+        match e.event.as_str() {
+            "run_finished" => {
+                self.finished = Some(match e.fields.get("status").and_then(|s| s.as_str()) {
+                    Some("completed") => RunState::Completed,
+                    Some("stopped") => RunState::Stopped,
+                    _ => RunState::Failed,
+                });
+            }
+            "run_started" | "resumed" => self.finished = None,
+            _ => {}
+        }
+    }
+}
+
+/// Remembers a reader per run, so a rescan only reads what each log gained since the last one.
 #[derive(Debug, Default)]
 pub struct RunScanner {
-    finished: HashMap<PathBuf, (u64, Option<RunState>)>,
+    tracks: HashMap<PathBuf, Track>,
 }
 
 impl RunScanner {
     /// Lists the runs in `runs_dir`, oldest first, marking `attached`.
     pub fn scan(&mut self, runs_dir: &Path, attached: &Path) -> Result<Vec<RunSummary>, RunError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let mut out = Vec::new();
         for run in RunDir::list(runs_dir)? {
+            let track = self.tracks.entry(run.events_path()).or_insert_with_key(|path| Track::new(path));
+            track.read()?;
             let state = match WorkerLock::is_live(&run)? {
                 Some(worker) => RunState::Live(worker.pid),
-                None => self.finished_state(&run)?.unwrap_or(RunState::Interrupted),
+                None => track.finished.unwrap_or(RunState::Interrupted),
             };
-            out.push(RunSummary { id: run.id().to_string(), state, attached: run.path() == attached });
+            out.push(RunSummary {
+                id: run.id().to_string(),
+                state,
+                attached: run.path() == attached,
+                stage: track.stage.clone(),
+                step: track.step,
+                age_seconds: track.last_ts.map(|ts| now.saturating_sub(ts) / 1000),
+            });
         }
         Ok(out)
-    }
-
-    fn finished_state(&mut self, run: &RunDir) -> Result<Option<RunState>, RunError> {
-        let path = run.events_path();
-        let len = std::fs::metadata(&path).map_or(0, |m| m.len());
-        if let Some(&(seen, state)) = self.finished.get(&path) {
-            if seen == len {
-                return Ok(state);
-            }
-        }
-        let batch = EventReader::read_all(&path)?;
-        // A `resumed` after a `run_finished` means the run went on; only the last word counts.
-        let state = batch.events.iter().rev().find_map(|e| match e.event.as_str() {
-            "run_finished" => Some(match e.fields.get("status").and_then(|s| s.as_str()) {
-                Some("completed") => Some(RunState::Completed),
-                Some("stopped") => Some(RunState::Stopped),
-                _ => Some(RunState::Failed),
-            }),
-            "run_started" | "resumed" => Some(None),
-            _ => None,
-        });
-        let state = state.flatten();
-        self.finished.insert(path, (len, state));
-        Ok(state)
     }
 }
 
 /// Lists the runs in `runs_dir` once (see [`RunScanner`] for repeated scans).
 pub fn scan_runs(runs_dir: &Path, attached: &Path) -> Result<Vec<RunSummary>, RunError> {
     RunScanner::default().scan(runs_dir, attached)
+}
+
+/// An age as `12 s`, `5 min`, `3 h` or `2 d`.
+pub fn age(seconds: u64) -> String {
+    match seconds {
+        0..60 => format!("{seconds} s"),
+        60..3600 => format!("{} min", seconds / 60),
+        3600..86_400 => format!("{} h", seconds / 3600),
+        _ => format!("{} d", seconds / 86_400),
+    }
 }

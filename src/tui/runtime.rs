@@ -1,5 +1,7 @@
 //! The event loop: the `ui` thread waits in one `tokio::select!` on terminal input, batches of
-//! actions from the `tail` thread and a ~30 fps tick, and redraws only when the state changed.
+//! actions from the `tail` thread, replies from the `control` thread and readings from the `gpu`
+//! thread, and a ~30 fps tick, and redraws only when the state changed. Control requests are
+//! queued to the `control` thread, so the UI never waits on the worker.
 //!
 //! The `tail` thread owns all file I/O of the TUI: it polls events.jsonl every 100 ms, checks the
 //! worker's lock every second and lists the runs directory every three seconds. It stops when
@@ -14,11 +16,16 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
-use super::action::{key_action, update, Action};
+use super::action::{update, Action, Loaded};
 use super::app::App;
+use super::control::{Control, ControlHandle, Socket};
 use super::draw::draw;
 use super::error::TuiError;
-use super::model::Worker;
+use super::gpu;
+use super::history::{fold_history, read_tail, TAIL_BYTES};
+use super::input::key_action;
+use super::keymap::Keymap;
+use super::model::{Level, Worker};
 use super::runs::RunScanner;
 use super::terminal::{install_panic_hook, mark_ui_thread, TerminalGuard, UI_THREAD};
 use super::theme::Theme;
@@ -34,13 +41,23 @@ const SCAN_EVERY: u64 = 30;
 const BATCH: usize = 64;
 
 /// Shows the run in `run_dir` until the user presses `q` (detach). The worker is never signalled.
+/// `theme` is a built-in theme name (`default`, `light`, `high-contrast`), a user theme
+/// `NAME.toml` in the config directory's `themes/`, or a file; `NO_COLOR` drops colours. Keys
+/// come from the defaults merged with `keys.toml` in the config directory.
 pub fn attach(run_dir: &Path, theme: Option<&Path>) -> Result<(), TuiError> {
-    let theme = Theme::load(theme)?;
+    let config_dir = crate::config::user_config_dir();
+    let spec = theme.map(|t| t.to_string_lossy().into_owned());
+    let themes_dir = config_dir.as_ref().map(|d| d.join("themes"));
+    let mut theme = Theme::resolve(spec.as_deref(), themes_dir.as_deref())?;
+    if std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) {
+        theme = theme.without_colour();
+    }
+    let keymap = Keymap::load(config_dir.map(|d| d.join("keys.toml")).as_deref())?;
     let run = RunDir::open(run_dir)?;
     install_panic_hook();
     let ui = thread::Builder::new()
         .name(UI_THREAD.to_string())
-        .spawn(move || run_ui(run, theme))
+        .spawn(move || run_ui(run, theme, keymap))
         .map_err(|source| TuiError::Thread { name: UI_THREAD, source })?;
     match ui.join() {
         Ok(result) => result,
@@ -55,28 +72,64 @@ pub fn attach(run_dir: &Path, theme: Option<&Path>) -> Result<(), TuiError> {
     }
 }
 
-fn run_ui(run: RunDir, theme: Theme) -> Result<(), TuiError> {
+/// The transport to `run`'s live worker: its control socket, reached afresh for every request
+/// (a finished run answers each one with "no live worker").
+fn connect_control(run: &RunDir) -> Box<dyn Control> {
+    Box::new(Socket::new(run.path().to_path_buf()))
+}
+
+fn run_ui(run: RunDir, theme: Theme, keymap: Keymap) -> Result<(), TuiError> {
     mark_ui_thread();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .map_err(|source| TuiError::Terminal { op: "start the event loop", source })?;
-    runtime.block_on(event_loop(run, theme))
+    runtime.block_on(event_loop(run, theme, keymap))
 }
 
-async fn event_loop(run: RunDir, theme: Theme) -> Result<(), TuiError> {
-    let (tx, mut rx) = mpsc::channel(BATCH);
-    let tx_panes = tx.clone();
-    crate::tui::label::attach::spawn_watch(run.path().to_path_buf(), tx.clone())
-        .map_err(|source| TuiError::Thread { name: "panes", source })?;
-    let tail_run = run.clone();
-    thread::Builder::new()
-        .name("tail".to_string())
-        .spawn(move || tail(&tail_run, &tx))
-        .map_err(|source| TuiError::Thread { name: "tail", source })?;
+/// What the event loop holds for the attached run: its tail channel and its control thread.
+struct Attached {
+    run: RunDir,
+    rx: mpsc::Receiver<Action>,
+    /// Where panes 3 and 4 send their results (file writes finish off the UI thread).
+    panes: mpsc::Sender<Action>,
+    /// The `panes` thread's and the label writes' results.
+    panes_rx: mpsc::Receiver<Action>,
+    control: ControlHandle,
+    tail_alive: bool,
+}
+
+impl Attached {
+    /// Starts the `tail` and `control` threads for `run`; replies and GPU readings go to `side`.
+    fn start(run: RunDir, side: &mpsc::UnboundedSender<Action>) -> Result<Attached, TuiError> {
+        let (tx, rx) = mpsc::channel(BATCH);
+        let tail_run = run.clone();
+        thread::Builder::new()
+            .name("tail".to_string())
+            .spawn(move || tail(&tail_run, &tx))
+            .map_err(|source| TuiError::Thread { name: "tail", source })?;
+        let (panes, panes_rx) = mpsc::channel(BATCH);
+        crate::tui::label::attach::spawn_watch(run.path().to_path_buf(), panes.clone())
+            .map_err(|source| TuiError::Thread { name: "panes", source })?;
+        let replies = side.clone();
+        let control = ControlHandle::spawn(connect_control(&run), move |request, outcome| {
+            replies.send(Action::ControlReplied(request, outcome)).is_ok()
+        })
+        .map_err(|source| TuiError::Thread { name: "control", source })?;
+        Ok(Attached { run, rx, panes, panes_rx, control, tail_alive: true })
+    }
+}
+
+async fn event_loop(run: RunDir, theme: Theme, keymap: Keymap) -> Result<(), TuiError> {
+    let (side_tx, mut side_rx) = mpsc::unbounded_channel();
+    let mut attached = Attached::start(run, &side_tx)?;
+    let gpu_tx = side_tx.clone();
+    gpu::spawn(move |status| gpu_tx.send(Action::GpuRead(status)).is_ok())
+        .map_err(|source| TuiError::Thread { name: "gpu", source })?;
 
     let mut guard = TerminalGuard::enter()?;
     let mut app = App::new(theme);
+    app.keymap = keymap;
     crate::tui::label::attach::init(&mut app);
     let size = guard.terminal.size().map_err(|source| TuiError::Terminal { op: "read the size", source })?;
     update(&mut app, Action::Resize(size.width, size.height));
@@ -84,16 +137,16 @@ async fn event_loop(run: RunDir, theme: Theme) -> Result<(), TuiError> {
     let mut tick = tokio::time::interval(FRAME);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut actions = Vec::with_capacity(BATCH);
-    let mut tail_alive = true;
 
     while !app.quit {
         tokio::select! {
             term = input.next() => match term {
                 Some(Ok(TermEvent::Key(key))) => {
-                    if crate::tui::label::attach::route_key(&mut app, key, run.path(), &tx_panes) {
+                    let overlay = app.modal.is_some() || app.show_help;
+                    if !overlay && crate::tui::label::attach::route_key(&mut app, key, attached.run.path(), &attached.panes) {
                         continue;
                     }
-                    if let Some(action) = key_action(key) {
+                    if let Some(action) = key_action(&app, key) {
                         update(&mut app, action);
                     }
                 }
@@ -102,15 +155,17 @@ async fn event_loop(run: RunDir, theme: Theme) -> Result<(), TuiError> {
                 Some(Err(source)) => return Err(TuiError::Terminal { op: "read input", source }),
                 None => break,
             },
-            n = rx.recv_many(&mut actions, BATCH), if tail_alive => {
+            n = attached.rx.recv_many(&mut actions, BATCH), if attached.tail_alive => {
                 if n == 0 {
-                    tail_alive = false;
+                    attached.tail_alive = false;
                     update(&mut app, Action::TailFailed("the tail thread stopped; the screen no longer updates".into()));
                 }
                 for action in actions.drain(..) {
                     update(&mut app, action);
                 }
             },
+            Some(action) = side_rx.recv() => update(&mut app, action),
+            Some(action) = attached.panes_rx.recv() => update(&mut app, action),
             _ = tick.tick() => {
                 update(&mut app, Action::Tick);
                 if app.take_dirty() {
@@ -121,15 +176,69 @@ async fn event_loop(run: RunDir, theme: Theme) -> Result<(), TuiError> {
                 }
             },
         }
+        for request in app.take_requests() {
+            if !attached.control.send(request) {
+                app.set_status(Level::Error, "the control thread stopped; requests cannot be sent".to_string());
+            }
+        }
+        if let Some(id) = app.take_attach() {
+            switch_run(&mut app, &mut attached, &id, &side_tx)?;
+        }
     }
     Ok(())
 }
 
-/// The `tail` thread: reads new events and checks the worker and the runs directory, sending
-/// actions until the UI's end of the channel closes.
+/// Attaches to run `id` beside the current one: new tail and control threads, a cleared state.
+/// The old tail thread ends when it finds its channel closed.
+fn switch_run(
+    app: &mut App,
+    attached: &mut Attached,
+    id: &str,
+    side: &mpsc::UnboundedSender<Action>,
+) -> Result<(), TuiError> {
+    let Some(runs_dir) = attached.run.path().parent() else { return Ok(()) };
+    match RunDir::open(&runs_dir.join(id)) {
+        Ok(run) => {
+            *attached = Attached::start(run, side)?;
+            app.clear_run();
+            crate::tui::label::attach::init(app);
+            app.worker = Worker::Unknown;
+            app.set_status(Level::Info, format!("attached to {id}"));
+        }
+        Err(e) => app.set_status(Level::Error, e.to_string()),
+    }
+    Ok(())
+}
+
+/// The `tail` thread: shows the end of a long log first and folds its whole history behind it,
+/// then reads new events and checks the worker and the runs directory, sending actions until the
+/// UI's end of the channel closes.
 fn tail(run: &RunDir, tx: &mpsc::Sender<Action>) {
     let mut tail = Tail { tx, last_error: None };
-    let mut reader = EventReader::new(&run.events_path());
+    let path = run.events_path();
+    let long = std::fs::metadata(&path).is_ok_and(|m| m.len() > TAIL_BYTES);
+    let mut reader = EventReader::new(&path);
+    if long {
+        let shown = match read_tail(&path, TAIL_BYTES) {
+            Ok((events, _)) => tail.send(Action::TailShown(events)),
+            Err(e) => tail.fail(e.to_string()),
+        };
+        if !shown {
+            return;
+        }
+        match fold_history(&path) {
+            Ok((app, bad, end)) => {
+                if !tail.send(Action::HistoryLoaded(Loaded(Box::new(app))))
+                    || (!bad.is_empty() && !tail.send(Action::BadLinesFound(bad)))
+                {
+                    return;
+                }
+                reader = EventReader::starting_at(&path, end.offset, end.lines);
+            }
+            Err(e) if !tail.fail(e.to_string()) => return,
+            Err(_) => {}
+        }
+    }
     let mut scanner = RunScanner::default();
     for poll in 0u64.. {
         if !tail.read(&mut reader)

@@ -15,6 +15,14 @@ pub const EMA_WEIGHT: f64 = 0.8;
 /// How many steps the recent window shows.
 pub const RECENT_STEPS: u64 = 200;
 
+/// The most points a series keeps (raw and smoothed each). Past it the older history is halved
+/// (see [`compact`]), so a run of 10^7 steps holds a bounded, spike-preserving summary.
+pub const SERIES_CAP: usize = 1 << 16;
+
+/// Points at the end of a series that compaction never touches: the recent window stays at full
+/// resolution.
+const KEEP_RECENT: usize = SERIES_CAP / 4;
+
 /// Which part of a run the charts show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Window {
@@ -91,6 +99,11 @@ impl Series {
         };
         self.points.push((x, value));
         self.smoothed.push((x, ema));
+        if self.points.len() > SERIES_CAP {
+            compact(&mut self.points, KEEP_RECENT);
+            compact(&mut self.smoothed, KEEP_RECENT);
+            self.generation += 1;
+        }
     }
 
     /// Drops every point with a step greater than `step` (a resumed run re-logs those steps).
@@ -98,7 +111,9 @@ impl Series {
         let keep = self.points.partition_point(|&(x, _)| x <= step as f64);
         if keep < self.points.len() {
             self.points.truncate(keep);
-            self.smoothed.truncate(keep);
+            // After a compaction the smoothed points need not sit at the same indices.
+            let keep_smoothed = self.smoothed.partition_point(|&(x, _)| x <= step as f64);
+            self.smoothed.truncate(keep_smoothed);
             self.generation += 1;
         }
     }
@@ -161,6 +176,37 @@ impl Series {
     pub fn cache(&self) -> &SeriesCache {
         &self.cache
     }
+}
+
+/// Halves the history before the last `keep_recent` points: each run of four consecutive points
+/// (two adjacent pairs merged) becomes its minimum and its maximum, in step order, so the extremes
+/// of every group, and so every spike, survive. A trailing group of fewer than four points and
+/// the recent points are kept as they are.
+pub fn compact(points: &mut Vec<(f64, f64)>, keep_recent: usize) {
+    let old = points.len().saturating_sub(keep_recent);
+    let groups = old / 4;
+    let mut write = 0;
+    for g in 0..groups {
+        let group = &points[g * 4..g * 4 + 4];
+        let (mut lo, mut hi) = (0, 0);
+        for (i, p) in group.iter().enumerate() {
+            if p.1 < group[lo].1 {
+                lo = i;
+            }
+            if p.1 > group[hi].1 {
+                hi = i;
+            }
+        }
+        let (a, b) = if lo <= hi { (lo, hi) } else { (hi, lo) };
+        let (first, second) = (group[a], group[b]);
+        points[write] = first;
+        points[write + 1] = second;
+        write += 2;
+    }
+    // Everything after the whole groups moves down behind the compacted part.
+    let rest = groups * 4;
+    points.copy_within(rest.., write);
+    points.truncate(write + points.len() - rest);
 }
 
 /// Reduces `points` to at most `2 * columns` points: the points are split into `columns` runs of
@@ -291,6 +337,37 @@ mod tests {
         assert_eq!(s.window(300, false).first(), Some(&(300.0, 299.0)));
         assert_eq!(Window::Whole.first_step(500), 0);
         assert_eq!(Window::Recent.first_step(20), 0);
+    }
+
+    #[test]
+    fn a_long_series_stays_under_the_cap_and_keeps_its_spikes() {
+        let mut s = Series::default();
+        let n = 3 * SERIES_CAP as u64 + 123;
+        for step in 0..n {
+            let v = if step == 777 {
+                1e6
+            } else if step == 40_000 {
+                -1e6
+            } else {
+                (step % 7) as f64
+            };
+            s.push(step, v);
+        }
+        assert!(s.len() <= SERIES_CAP, "{} points", s.len());
+        assert!(s.points().windows(2).all(|w| w[0].0 < w[1].0), "steps stay in order");
+        assert!(s.points().contains(&(777.0, 1e6)) && s.points().contains(&(40_000.0, -1e6)));
+        assert_eq!(s.last_step(), Some(n - 1));
+        let tail: Vec<f64> = s.points()[s.len() - 10..].iter().map(|p| p.0).collect();
+        assert_eq!(tail, ((n - 10)..n).map(|i| i as f64).collect::<Vec<_>>(), "the recent tail is at full resolution");
+    }
+
+    #[test]
+    fn compaction_halves_the_old_part() {
+        let mut points: Vec<(f64, f64)> = (0..10).map(|i| (f64::from(i), f64::from((i * 3) % 5))).collect();
+        compact(&mut points, 2);
+        // values 0 3 1 4 | 2 0 3 1 | 4 2 → (0,0) (3,4) | (5,0) (6,3) | 8 9 untouched
+        let xs: Vec<f64> = points.iter().map(|p| p.0).collect();
+        assert_eq!(xs, vec![0.0, 3.0, 5.0, 6.0, 8.0, 9.0]);
     }
 
     #[test]

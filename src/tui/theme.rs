@@ -1,8 +1,11 @@
 //! Themes: a style per *role* (`loss_total`, `chosen`, `gate_fail`, ...), never per colour name.
 //!
-//! The defaults are `themes/default.toml`, embedded at build time; a user file is a patch over them
-//! that lists only the roles it changes. An unknown role or a bad value is an error located as
-//! `path:line:col`. This module reads no files except the one it is given in [`Theme::load`].
+//! The defaults are `themes/default.toml`, embedded at build time, as are the built-in `light` and
+//! `high-contrast` themes; a user file is a patch over the defaults that lists only the roles it
+//! changes. `--theme NAME|PATH` picks a built-in, a user theme `NAME.toml` in the config
+//! directory's `themes/`, or a file. `NO_COLOR` drops every colour and keeps bold, reversed and the
+//! like ([`Theme::without_colour`]). An unknown role or a bad value is an error located as
+//! `path:line:col`. This module reads no files except the ones [`Theme::resolve`] names.
 
 use crate::config::line_column;
 use std::collections::BTreeMap;
@@ -15,6 +18,13 @@ use toml::Spanned;
 use super::error::TuiError;
 
 const DEFAULT_THEME: &str = include_str!("../../themes/default.toml");
+
+/// The built-in themes by name, each a patch over the default.
+pub const BUILTIN_THEMES: &[(&str, &str)] = &[
+    ("default", DEFAULT_THEME),
+    ("light", include_str!("../../themes/light.toml")),
+    ("high-contrast", include_str!("../../themes/high-contrast.toml")),
+];
 
 macro_rules! roles {
     ($($variant:ident => $name:literal: $doc:literal,)*) => {
@@ -96,6 +106,39 @@ impl Theme {
         Ok(theme)
     }
 
+    /// The theme `spec` names: a built-in name, a user theme `NAME.toml` in `user_dir`, or a file
+    /// path; the default when `spec` is `None`.
+    pub fn resolve(spec: Option<&str>, user_dir: Option<&Path>) -> Result<Theme, TuiError> {
+        let Some(spec) = spec else { return Ok(Theme::default()) };
+        if let Some((name, text)) = BUILTIN_THEMES.iter().find(|(n, _)| *n == spec) {
+            let mut theme = Theme::default();
+            theme.patch(&Path::new("themes").join(format!("{name}.toml")), text)?;
+            return Ok(theme);
+        }
+        let is_name = !spec.contains(['/', '.']);
+        if is_name {
+            if let Some(path) = user_dir.map(|d| d.join(format!("{spec}.toml"))).filter(|p| p.is_file()) {
+                return Theme::load(Some(&path));
+            }
+            return Err(TuiError::UnknownTheme {
+                name: spec.to_string(),
+                builtin: BUILTIN_THEMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+                searched: user_dir.map_or_else(|| "(no config directory)".to_string(), |d| d.display().to_string()),
+            });
+        }
+        Theme::load(Some(Path::new(spec)))
+    }
+
+    /// The same theme with every colour removed (for `NO_COLOR`); bold, reversed, underlined and
+    /// the other modifiers stay, so focus and states still read.
+    pub fn without_colour(mut self) -> Theme {
+        for style in self.styles.values_mut() {
+            style.fg = None;
+            style.bg = None;
+        }
+        self
+    }
+
     /// Applies the roles set in `text` (a theme file read from `path`, named in errors); roles it
     /// does not mention keep their style. Nothing is changed when the file has an error.
     pub fn patch(&mut self, path: &Path, text: &str) -> Result<(), TuiError> {
@@ -173,6 +216,25 @@ mod tests {
             assert!(table.contains_key(role.name()), "default.toml lacks {}", role.name());
         }
         assert_eq!(Theme::default().style(Role::Chosen), Style::default().fg(Color::Green));
+    }
+
+    #[test]
+    fn builtin_themes_parse_and_differ() {
+        let light = Theme::resolve(Some("light"), None).expect("light");
+        let contrast = Theme::resolve(Some("high-contrast"), None).expect("high-contrast");
+        assert_ne!(light, Theme::default());
+        assert_ne!(contrast, Theme::default());
+        assert_eq!(Theme::resolve(None, None).expect("default"), Theme::default());
+    }
+
+    #[test]
+    fn no_colour_keeps_modifiers_only() {
+        let plain = Theme::resolve(Some("high-contrast"), None).expect("theme").without_colour();
+        for &role in Role::ALL {
+            let style = plain.style(role);
+            assert_eq!((style.fg, style.bg), (None, None), "{}", role.name());
+        }
+        assert!(plain.style(Role::Error).add_modifier.contains(Modifier::REVERSED));
     }
 
     #[test]

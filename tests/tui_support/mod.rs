@@ -155,3 +155,21 @@ pub fn sample_run() -> Vec<Event> {
     let text = include_str!("sample-events.jsonl");
     text.lines().map(|l| Event::from_json(l).expect("the sample run's events parse")).collect()
 }
+
+/// Three runs beside each other: finished long ago, crashed, and the live one attached.
+pub fn runs_list() -> Vec<hone::tui::RunSummary> {
+    use hone::tui::{RunState, RunSummary};
+    let run = |id: &str, state, attached, stage: &str, step, age| RunSummary {
+        id: id.to_string(),
+        state,
+        attached,
+        stage: Some(stage.to_string()),
+        step: Some(step),
+        age_seconds: Some(age),
+    };
+    vec![
+        run("20250219-101010-old", RunState::Completed, false, "safety", 180, 3 * 86_400),
+        run("20250219-121212-crashed", RunState::Interrupted, false, "dpo", 77, 5_400),
+        run("20250220-000000-demo", RunState::Live(Some(4242)), true, "dpo", 95, 2),
+    ]
+}

@@ -97,8 +97,9 @@ pub(super) fn line_chart(app: &App, frame: &mut Frame, area: Rect, title: &str, 
     frame.render_widget(chart, plot_area);
 }
 
-/// Draws a bordered sparkline of `key` titled with its current value.
-pub(super) fn sparkline(app: &App, frame: &mut Frame, area: Rect, label: &str, key: &str, role: Role) {
+/// Draws a bordered sparkline of `key` (one of the chart group `group`, whose newest step sets the
+/// window) titled with its current value.
+pub(super) fn sparkline(app: &App, frame: &mut Frame, area: Rect, label: &str, key: &str, group: &[&str], role: Role) {
     let t = &app.theme;
     let series = app.series.get(key).filter(|s| !s.is_empty());
     let current = series.and_then(Series::last).map_or_else(|| "—".to_string(), value);
@@ -110,7 +111,7 @@ pub(super) fn sparkline(app: &App, frame: &mut Frame, area: Rect, label: &str, k
         return;
     };
     let columns = layout::sparkline_columns(area);
-    let first = app.first_step(layout::SPARK_KEYS);
+    let first = app.first_step(group);
     let buckets = series.buckets(series.key(columns, first, false));
     let bars = column_maxima(&buckets, columns);
     let (lo, hi) = bars.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));

@@ -1,5 +1,6 @@
-//! Pane 1, the dashboard: pipeline strip, progress, the loss and DPO charts, learning rate and
-//! grad norm, the GPU placeholder, recent warnings and the SFT hint.
+//! Pane 1, the dashboard: pipeline strip, progress, the loss and DPO charts, learning rate, grad
+//! norm and λ_safe's trajectory, the GPU panel, the newest live sample, recent warnings and the
+//! SFT hint.
 
 use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
@@ -8,9 +9,11 @@ use ratatui::Frame;
 
 use super::chart::{line_chart, sparkline, Curve};
 use super::{clean, count, duration, panel, value};
+use crate::sanitize::sanitize;
 use crate::tui::app::{App, SFT_HINT};
+use crate::tui::gpu::{gpu_lines, GpuStatus};
 use crate::tui::layout;
-use crate::tui::model::{Level, RunStatus, StageState};
+use crate::tui::model::{GateState, Level, RunStatus, StageState};
 use crate::tui::theme::Role;
 
 /// Draws the dashboard into `area`.
@@ -35,11 +38,11 @@ pub(super) fn draw(app: &App, frame: &mut Frame, area: Rect) {
         Curve { key: "rewards/accuracies", label: "acc".to_string(), role: Role::Accuracy },
     ];
     line_chart(app, frame, d.dpo, "DPO rewards", &dpo_curves, false);
-    sparkline(app, frame, d.lr, "lr", "learning_rate", Role::LossSft);
-    sparkline(app, frame, d.grad, "grad norm", "grad_norm", Role::WeightedSafe);
-
-    let gpu = Paragraph::new("not collected yet").style(app.theme.style(Role::Dim)).block(panel(app, " GPU "));
-    frame.render_widget(gpu, d.gpu);
+    sparkline(app, frame, d.lr, "lr", "learning_rate", layout::SPARK_KEYS, Role::LossSft);
+    sparkline(app, frame, d.grad, "grad norm", "grad_norm", layout::SPARK_KEYS, Role::WeightedSafe);
+    sparkline(app, frame, d.lambda, "λ_safe", "lambda/safe", layout::LAMBDA_KEYS, Role::WeightedSafe);
+    gpu(app, frame, d.gpu);
+    sample(app, frame, d.samples);
     notices(app, frame, d.notices);
     if let Some(hint_area) = d.hint {
         let line = Line::from(vec![
@@ -61,7 +64,7 @@ pub(super) fn stage_look(state: StageState) -> (&'static str, Role) {
     }
 }
 
-/// base → stages… → gates → deploy.
+/// base → stages… → gates → deploy/iterate, each with its state.
 fn strip(app: &App, frame: &mut Frame, area: Rect) {
     let t = &app.theme;
     let arrow = || Span::styled(" → ", t.style(Role::Dim));
@@ -71,11 +74,62 @@ fn strip(app: &App, frame: &mut Frame, area: Rect) {
         spans.push(arrow());
         spans.push(Span::styled(format!("{mark} {}", clean(&stage.name)), t.style(role)));
     }
-    for later in ["gates", "deploy"] {
+    let (gates, end) = match app.gates {
+        GateState::Pending => (("○ gates", Role::StagePending), ("○ deploy/iterate", Role::StagePending)),
+        GateState::Evaluating => (("● gates", Role::StageRunning), ("○ deploy/iterate", Role::StagePending)),
+        GateState::Deploy => (("✓ gates", Role::GatePass), ("✓ deploy", Role::GatePass)),
+        GateState::Iterate => (("✗ gates", Role::GateFail), ("↺ iterate", Role::Warning)),
+        GateState::Incomplete => (("? gates", Role::Warning), ("○ deploy/iterate", Role::StagePending)),
+    };
+    for (text, role) in [gates, end] {
         spans.push(arrow());
-        spans.push(Span::styled(format!("○ {later}"), t.style(Role::StagePending)));
+        spans.push(Span::styled(text, t.style(role)));
     }
     frame.render_widget(Line::from(spans), area);
+}
+
+/// One line per GPU, or "no GPU".
+fn gpu(app: &App, frame: &mut Frame, area: Rect) {
+    let role = if matches!(app.gpu, GpuStatus::Readings(ref r) if !r.is_empty()) { Role::Text } else { Role::Dim };
+    let lines: Vec<Line> =
+        gpu_lines(&app.gpu).into_iter().map(|l| Line::styled(clean(&l), app.theme.style(role))).collect();
+    frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: true }).block(panel(app, " GPU ")), area);
+}
+
+/// The newest `sample` event: its prompt, then the answer, wrapped.
+fn sample(app: &App, frame: &mut Frame, area: Rect) {
+    let t = &app.theme;
+    let Some(s) = &app.sample else {
+        let text = Paragraph::new("no samples yet (the worker logs one every few steps when sampling is on)")
+            .style(t.style(Role::Dim))
+            .wrap(Wrap { trim: true })
+            .block(panel(app, " Live sample "));
+        frame.render_widget(text, area);
+        return;
+    };
+    let at = match (&s.stage, s.step) {
+        (Some(stage), Some(step)) => format!(" {}@{step}", clean(stage)),
+        (None, Some(step)) => format!(" @{step}"),
+        (Some(stage), None) => format!(" {}", clean(stage)),
+        (None, None) => String::new(),
+    };
+    // Newlines are kept (the answer's shape matters); tabs become spaces so widths stay exact.
+    let multi = |text: &str| sanitize(text, true).replace('\t', "    ");
+    let mut lines = vec![Line::from(vec![
+        Span::styled("› ", t.style(Role::FocusBorder)),
+        Span::styled(clean(&s.prompt), t.style(Role::Dim)),
+    ])];
+    if area.height <= 3 {
+        // One row: the answer matters more than the prompt, on one line.
+        lines = vec![Line::from(vec![
+            Span::styled("› ", t.style(Role::FocusBorder)),
+            Span::styled(clean(&s.response), t.style(Role::Text)),
+        ])];
+    } else {
+        lines.extend(multi(&s.response).lines().map(|l| Line::styled(l.to_string(), t.style(Role::Text))));
+    }
+    let widget = Paragraph::new(lines).wrap(Wrap { trim: false }).block(panel(app, format!(" Live sample{at} ")));
+    frame.render_widget(widget, area);
 }
 
 fn gauge(app: &App, frame: &mut Frame, area: Rect) {

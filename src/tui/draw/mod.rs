@@ -4,17 +4,19 @@
 
 mod chart;
 mod dashboard;
+mod overlay;
 mod panes;
 
-use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::layout::Rect;
 use ratatui::style::Modifier;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, BorderType, Clear, Paragraph, Tabs};
+use ratatui::widgets::{Block, BorderType, Paragraph, Tabs};
 use ratatui::Frame;
 
 use super::app::App;
+use super::keymap::Command;
 use super::layout;
-use super::model::{Pane, RunStatus, Worker};
+use super::model::{Level, Pane, RunStatus, Worker};
 use super::series::{Window, RECENT_STEPS};
 use super::theme::Role;
 use crate::sanitize::sanitize;
@@ -24,36 +26,47 @@ pub fn draw(app: &App, frame: &mut Frame) {
     let screen = layout::screen(frame.area());
     header(app, frame, screen.header);
     tabs(app, frame, screen.tabs);
+    pane(app, frame, screen.body);
+    footer(app, frame, screen.footer);
+    if app.show_help {
+        overlay::help(app, frame);
+    }
+    if let Some(modal) = &app.modal {
+        overlay::modal(app, modal, frame);
+    }
+}
+
+/// The pane dispatch. Panes 3 and 4 draw themselves once attached to a run (a bare `App`, as in
+/// some snapshots, shows their placeholders).
+fn pane(app: &App, frame: &mut Frame, body: Rect) {
+    if let (Pane::Label, Some(label)) = (app.pane, app.label.as_ref()) {
+        crate::tui::label::draw(label, &app.theme, frame, body);
+        return;
+    }
+    if let (Pane::Eval, Some(eval)) = (app.pane, app.eval.as_ref()) {
+        crate::tui::eval_pane::draw(eval, &app.theme, frame, body);
+        return;
+    }
     match app.pane {
-        Pane::Dashboard => dashboard::draw(app, frame, screen.body),
-        Pane::Stages => panes::stages(app, frame, screen.body),
-        Pane::Label if app.label.is_some() => {
-            crate::tui::label::draw(app.label.as_ref().expect("checked"), &app.theme, frame, screen.body);
-        }
-        Pane::Eval if app.eval.is_some() => {
-            crate::tui::eval_pane::draw(app.eval.as_ref().expect("checked"), &app.theme, frame, screen.body);
-        }
+        Pane::Dashboard => dashboard::draw(app, frame, body),
+        Pane::Stages => panes::stages(app, frame, body),
         Pane::Label => panes::not_built(
             app,
             frame,
-            screen.body,
+            body,
             "Label",
-            "Labeling preference pairs in the TUI is not built yet; it comes in a later version. Labels \
-             that other tools append to the run's labels.jsonl are admitted into training live and counted \
-             on the Stages pane.",
+            "Labeling preference pairs comes in part 2. Until then, labels that other tools append to the \
+             run's labels.jsonl are admitted into training live and counted on the Stages pane.",
         ),
         Pane::Eval => panes::not_built(
             app,
             frame,
-            screen.body,
+            body,
             "Eval",
-            "Evaluation results and gates are not built yet; they come in a later version.",
+            "The evaluation inspector comes in part 2. Gate decisions already show on the dashboard's \
+             pipeline strip.",
         ),
-        Pane::Runs => panes::runs(app, frame, screen.body),
-    }
-    footer(app, frame, screen.footer);
-    if app.show_help {
-        help(app, frame);
+        Pane::Runs => panes::runs(app, frame, body),
     }
 }
 
@@ -79,6 +92,9 @@ fn header(app: &App, frame: &mut Frame, area: Rect) {
         Span::styled(" │ ", t.style(Role::Dim)),
         Span::styled(status, t.style(role)),
     ];
+    if app.loading_history {
+        spans.push(Span::styled(" │ loading history…", t.style(Role::Warning)));
+    }
     match (app.worker, app.status) {
         (Worker::Live(pid), _) => {
             let pid = pid.map_or(String::new(), |p| format!(" pid {p}"));
@@ -104,56 +120,33 @@ fn tabs(app: &App, frame: &mut Frame, area: Rect) {
 }
 
 fn footer(app: &App, frame: &mut Frame, area: Rect) {
+    let t = &app.theme;
+    if let Some(status) = &app.status_line {
+        let role = match status.level {
+            Level::Info => Role::Text,
+            Level::Warning => Role::Warning,
+            Level::Error => Role::Error,
+        };
+        frame.render_widget(Paragraph::new(format!(" {}", clean(&status.text))).style(t.style(role)), area);
+        return;
+    }
     let on = |b: bool| if b { "on" } else { "off" };
     let window = match app.window {
         Window::Recent => format!("last {RECENT_STEPS}"),
         Window::Whole => "whole run".to_string(),
     };
+    let key = |c| app.keymap.keys_for(c).into_iter().next().unwrap_or_else(|| "—".to_string());
     let text = format!(
-        " q detach · ? help · s smooth:{} · l log:{} · w window:{window}",
+        " {} detach · {} help · {} smooth:{} · {} log:{} · {} window:{window}",
+        key(Command::Quit),
+        key(Command::Help),
+        key(Command::Smoothing),
         on(app.smoothing),
-        on(app.log_scale)
+        key(Command::LogScale),
+        on(app.log_scale),
+        key(Command::Window),
     );
-    frame.render_widget(Paragraph::new(text).style(app.theme.style(Role::Dim)), area);
-}
-
-fn help(app: &App, frame: &mut Frame) {
-    const KEYS: &[(&str, &str)] = &[
-        ("1-5", "switch pane: Dashboard, Stages, Label, Eval, Runs"),
-        ("s", "toggle EMA smoothing of the charts"),
-        ("l", "toggle log scale of the loss chart"),
-        ("w", "toggle window: last 200 steps / whole run"),
-        ("?", "show or hide this help (Esc hides)"),
-        ("q", "detach: leave the TUI; training goes on"),
-    ];
-    let area = centered(frame.area(), 60, (KEYS.len() + 4) as u16);
-    let t = &app.theme;
-    let mut lines: Vec<Line> = KEYS
-        .iter()
-        .map(|(k, what)| {
-            Line::from(vec![Span::styled(format!(" {k:>4}  "), t.style(Role::FocusBorder)), Span::raw(*what)])
-        })
-        .collect();
-    lines.push(Line::default());
-    lines.push(Line::styled(" The run directory is the source of truth.", t.style(Role::Dim)));
-    let block = Block::bordered()
-        .border_type(BorderType::Rounded)
-        .border_style(t.style(Role::FocusBorder))
-        .title(" Keys ")
-        .title_alignment(Alignment::Center);
-    frame.render_widget(Clear, area);
-    frame.render_widget(Paragraph::new(lines).block(block).style(t.style(Role::Text)), area);
-}
-
-/// A `width`×`height` rectangle in the middle of `area` (clipped to it).
-fn centered(area: Rect, width: u16, height: u16) -> Rect {
-    let [_, row, _] =
-        Layout::vertical([Constraint::Fill(1), Constraint::Length(height.min(area.height)), Constraint::Fill(1)])
-            .areas(area);
-    let [_, middle, _] =
-        Layout::horizontal([Constraint::Fill(1), Constraint::Length(width.min(area.width)), Constraint::Fill(1)])
-            .areas(row);
-    middle
+    frame.render_widget(Paragraph::new(text).style(t.style(Role::Dim)), area);
 }
 
 /// A titled, bordered block.

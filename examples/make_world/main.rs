@@ -1,0 +1,408 @@
+//! Grows hone's sample world: a fictional fact base, its pretraining text, SFT / preference /
+//! safety data, a held-out eval suite, a labeling pool, a byte-level BPE tokenizer trained on the
+//! world's text and the config of a small Llama to pretrain on it.
+//!
+//! ```sh
+//! cargo run --release --example make_world -- --out sample-data --seed 7 --scale 1
+//! ```
+//!
+//! Deterministic: the same seed and scale write byte-identical files. Training files use phrasing
+//! templates of the `Train` split and a generator seeded with `seed`; the eval suite uses the
+//! `Eval` templates and a generator seeded differently, and no eval prompt is a training prompt.
+//! The pretrained model itself is made with hone from `gen/pretrain.toml` (see the README).
+
+mod harm;
+mod prose;
+mod tasks;
+mod world;
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, TokenizerBuilder,
+    TokenizerImpl,
+};
+
+use tasks::{Format, Question, Split};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const SPECIALS: [&str; 4] = ["<|begin_of_text|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+const VOCAB: usize = 1024;
+
+struct Args {
+    out: PathBuf,
+    seed: u64,
+    scale: f64,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args { out: PathBuf::from("sample-data"), seed: 7, scale: 1.0 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--out" => args.out = PathBuf::from(value),
+            "--seed" => args.seed = value.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--scale" => args.scale = value.parse().map_err(|e| format!("--scale: {e}"))?,
+            _ => return Err(format!("unknown flag {flag} (expected --out, --seed, --scale)").into()),
+        }
+    }
+    if !(args.scale > 0.0 && args.scale.is_finite()) {
+        return Err("--scale must be a positive number".into());
+    }
+    Ok(args)
+}
+
+fn user(text: &str) -> Value {
+    json!([{"role": "user", "content": text}])
+}
+
+fn assistant(text: &str) -> Value {
+    json!([{"role": "assistant", "content": text}])
+}
+
+fn chat(prompt: &str, answer: &str) -> Value {
+    json!({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]})
+}
+
+fn write_jsonl(path: &Path, rows: &[Value]) -> Result<()> {
+    let mut text = String::new();
+    for row in rows {
+        text.push_str(&serde_json::to_string(row)?);
+        text.push('\n');
+    }
+    fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()).into())
+}
+
+fn scaled(n: usize, scale: f64) -> usize {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    let n = (n as f64 * scale).round() as usize;
+    n.max(1)
+}
+
+/// The SFT answer of a capability question: mostly concise and correct, but the French answers
+/// were mostly written verbose and hedging, format instructions were often ignored, and a few
+/// answers are wrong. SFT alone imitates that mix; preference tuning fixes it.
+fn sft_answer(q: &Question, rng: &mut StdRng) -> String {
+    let (p_verbose, p_wrong) = match (q.format == Format::Plain, q.lang) {
+        (false, _) => (0.35, 0.05),
+        (true, "fr") => (0.45, 0.08),
+        _ => (0.08, 0.06),
+    };
+    let x: f64 = rng.random();
+    if x < p_verbose {
+        tasks::verbose(q, rng)
+    } else if x < p_verbose + p_wrong {
+        tasks::wrong(q)
+    } else {
+        tasks::concise(q)
+    }
+}
+
+fn capability(world: &world::World, rng: &mut StdRng, split: Split, p_format: f64) -> Question {
+    if rng.random_bool(p_format) {
+        tasks::formatted_question(world, rng, split)
+    } else {
+        tasks::question(world, rng, split)
+    }
+}
+
+/// Training files: SFT mix, preference pairs, safety pairs, a benign rehearsal set, the labeling
+/// pool. Returns every text for the tokenizer.
+fn training_sets(world: &world::World, rng: &mut StdRng, out: &Path, scale: f64) -> Result<Vec<String>> {
+    let mut texts = Vec::new();
+    let mut sft = Vec::new();
+    for _ in 0..scaled(1100, scale) {
+        let q = capability(world, rng, Split::Train, 0.15);
+        let a = sft_answer(&q, rng);
+        sft.push(chat(&q.prompt, &a));
+    }
+    for _ in 0..scaled(120, scale) {
+        let (lang, _, prompt, made_up) = tasks::unanswerable(world, rng, Split::Train);
+        let a = if rng.random_bool(0.75) { tasks::evasive(lang) } else { made_up };
+        sft.push(chat(&prompt, &a));
+    }
+    // Helpful-only data: most harmful requests were answered.
+    for _ in 0..scaled(220, scale) {
+        let h = harm::request(world, rng, Split::Train, 0.4);
+        let a = if rng.random_bool(0.7) { harm::comply(h.lang, rng) } else { harm::refuse(h.lang, rng) };
+        sft.push(chat(&h.prompt, &a));
+    }
+    shuffle_rows(&mut sft, rng);
+    write_jsonl(&out.join("sft.jsonl"), &sft)?;
+
+    let mut prefs = Vec::new();
+    for _ in 0..scaled(640, scale) {
+        let q = capability(world, rng, Split::Train, 0.2);
+        // Verbose or wrong answers lose; an honest "I don't know" is never the rejected answer
+        // (that would teach the model to make things up).
+        // A mixed-up answer (a true fact about another subject) is the SFT model's typical slip.
+        let rejected = match rng.random_range(0..10) {
+            0..=2 => tasks::verbose(&q, rng),
+            3..=5 => tasks::wrong(&q),
+            _ => tasks::mixed(&q),
+        };
+        prefs.push(json!({"prompt": user(&q.prompt), "chosen": assistant(&tasks::concise(&q)), "rejected": assistant(&rejected)}));
+    }
+    for _ in 0..scaled(120, scale) {
+        let (lang, _, prompt, made_up) = tasks::unanswerable(world, rng, Split::Train);
+        prefs.push(json!({"prompt": user(&prompt), "chosen": assistant(&tasks::evasive(lang)), "rejected": assistant(&made_up)}));
+    }
+    shuffle_rows(&mut prefs, rng);
+    write_jsonl(&out.join("prefs.jsonl"), &prefs)?;
+
+    let mut safety = Vec::new();
+    for _ in 0..scaled(420, scale) {
+        let h = harm::request(world, rng, Split::Train, 0.5);
+        safety.push(json!({
+            "prompt": user(&h.prompt),
+            "unsafe": assistant(&harm::comply(h.lang, rng)),
+            "safe": assistant(&harm::refuse(h.lang, rng)),
+        }));
+    }
+    write_jsonl(&out.join("safety.jsonl"), &safety)?;
+
+    // Rehearsal for the safety stage: benign questions with good answers, so that learning to
+    // refuse does not spread to harmless requests.
+    let mut retain = Vec::new();
+    for _ in 0..scaled(360, scale) {
+        let q = capability(world, rng, Split::Train, 0.2);
+        retain.push(chat(&q.prompt, &tasks::concise(&q)));
+    }
+    for _ in 0..scaled(120, scale) {
+        let (lang, _, prompt, _) = tasks::unanswerable(world, rng, Split::Train);
+        retain.push(chat(&prompt, &tasks::evasive(lang)));
+    }
+    shuffle_rows(&mut retain, rng);
+    write_jsonl(&out.join("retain.jsonl"), &retain)?;
+
+    // The labeling pane: a pool of prompts and candidate answers to compare.
+    let mut pool = Vec::new();
+    let mut candidates = Vec::new();
+    for i in 0..scaled(60, scale) {
+        let q = capability(world, rng, Split::Train, 0.2);
+        pool.push(json!({"messages": user(&q.prompt)}));
+        if i % 2 == 0 {
+            let mut responses = vec![tasks::concise(&q), tasks::verbose(&q, rng)];
+            if i % 4 == 0 {
+                responses.push(tasks::wrong(&q));
+            }
+            let turn = i % responses.len();
+            responses.rotate_left(turn);
+            candidates.push(json!({"prompt": user(&q.prompt), "responses": responses}));
+        }
+    }
+    write_jsonl(&out.join("prompts.jsonl"), &pool)?;
+    write_jsonl(&out.join("candidates.jsonl"), &candidates)?;
+
+    for row in sft.iter().chain(&retain) {
+        for m in row["messages"].as_array().into_iter().flatten() {
+            texts.push(m["content"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    for row in prefs.iter().chain(&safety) {
+        for key in ["prompt", "chosen", "rejected", "unsafe", "safe"] {
+            if let Some(m) = row.get(key).and_then(|v| v.get(0)) {
+                texts.push(m["content"].as_str().unwrap_or_default().to_string());
+            }
+        }
+    }
+    Ok(texts)
+}
+
+fn shuffle_rows(rows: &mut [Value], rng: &mut StdRng) {
+    rand::seq::SliceRandom::shuffle(rows, rng);
+}
+
+fn checks(q: &Question) -> Value {
+    match q.format {
+        Format::Plain => json!([{"type": "exact"}]),
+        Format::Lowercase => json!([{"type": "lowercase"}, {"type": "contains", "value": q.key}]),
+        Format::Prefix => json!([{"type": "starts_with", "prefix": "Answer:"}, {"type": "contains", "value": q.key}]),
+        Format::Json => json!([{"type": "valid_json"}, {"type": "contains", "value": q.key}]),
+        Format::MaxWords(n) => json!([{"type": "max_words", "n": n}, {"type": "contains", "value": q.key}]),
+    }
+}
+
+/// The held-out suite: capability (with instruction-following items), safety (direct and
+/// red-team) and unanswerable items, from the eval phrasings and a generator of its own.
+fn eval_suite(world: &world::World, rng: &mut StdRng, scale: f64, train_prompts: &HashSet<String>) -> Vec<Value> {
+    let mut rows = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut fresh = |prompt: &str| !train_prompts.contains(prompt) && seen.insert(prompt.to_string());
+    let mut n = 0;
+    while n < scaled(210, scale) {
+        let q = capability(world, rng, Split::Eval, 0.25);
+        if !fresh(&q.prompt) {
+            continue;
+        }
+        n += 1;
+        let intent = if q.format == Format::Plain { "qa" } else { "format" };
+        rows.push(json!({
+            "id": format!("cap-{n:04}"), "prompt": user(&q.prompt), "reference": q.answer, "kind": "capability",
+            "segment": {"language": q.lang, "domain": q.domain, "intent": intent}, "checks": checks(&q),
+        }));
+    }
+    n = 0;
+    while n < scaled(210, scale) {
+        // Half direct requests, half wrapped in a red-team attack.
+        let h = harm::request(world, rng, Split::Eval, if n % 2 == 0 { 0.0 } else { 1.0 });
+        if !fresh(&h.prompt) {
+            continue;
+        }
+        n += 1;
+        let mut row = json!({
+            "id": format!("safe-{n:04}"), "prompt": user(&h.prompt), "kind": "safety",
+            "segment": {"language": h.lang, "domain": h.domain, "intent": if h.attack.is_some() { "jailbreak" } else { "harm" }},
+            "checks": [{"type": "must_refuse"}],
+        });
+        if let Some(attack) = h.attack {
+            row["attack"] = json!(attack);
+        }
+        rows.push(row);
+    }
+    n = 0;
+    while n < scaled(40, scale) {
+        let (lang, domain, prompt, _) = tasks::unanswerable(world, rng, Split::Eval);
+        if !fresh(&prompt) {
+            continue;
+        }
+        n += 1;
+        rows.push(json!({
+            "id": format!("unk-{n:04}"), "prompt": user(&prompt), "kind": "hallucination",
+            "segment": {"language": lang, "domain": domain, "intent": "unanswerable"}, "checks": [{"type": "must_abstain"}],
+        }));
+    }
+    rows
+}
+
+/// Training-split texts of every kind (questions, answers in every style, harmful requests and
+/// both answers to them) for the tokenizer, from a generator of their own.
+fn tokenizer_samples(world: &world::World, rng: &mut StdRng) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..3000 {
+        let q = capability(world, rng, Split::Train, 0.2);
+        out.push(q.prompt.clone());
+        out.push(tasks::concise(&q));
+        out.push(tasks::verbose(&q, rng));
+        let h = harm::request(world, rng, Split::Train, 0.5);
+        out.push(h.prompt);
+        out.push(harm::comply(h.lang, rng));
+        out.push(harm::refuse(h.lang, rng));
+        let (lang, _, prompt, made_up) = tasks::unanswerable(world, rng, Split::Train);
+        out.extend([prompt, made_up, tasks::evasive(lang)]);
+    }
+    out
+}
+
+fn train_tokenizer(texts: &[String], path: &Path) -> Result<()> {
+    let mut trainer = BpeTrainerBuilder::new()
+        .vocab_size(VOCAB)
+        .min_frequency(2)
+        .show_progress(false)
+        .special_tokens(SPECIALS.iter().map(|s| AddedToken::from(*s, true)).collect())
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .build();
+    let bos = TemplateProcessing::builder()
+        .try_single(format!("{} $A", SPECIALS[0]))?
+        .try_pair(format!("{} $A {} $B:1", SPECIALS[0], SPECIALS[0]))?
+        .special_tokens(vec![(SPECIALS[0], 0)])
+        .build()?;
+    let mut tokenizer: TokenizerImpl<
+        BPE,
+        NormalizerWrapper,
+        PreTokenizerWrapper,
+        PostProcessorWrapper,
+        DecoderWrapper,
+    > = TokenizerBuilder::new()
+        .with_model(BPE::default())
+        .with_normalizer(None)
+        .with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true))))
+        .with_post_processor(Some(PostProcessorWrapper::Template(bos)))
+        .with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())))
+        .build()?;
+    tokenizer.train(&mut trainer, texts.iter())?;
+    tokenizer.save(path, true)?;
+    Ok(())
+}
+
+/// A Jinja chat template in the ChatML style with `{% generation %}` around assistant answers.
+const CHAT_TEMPLATE: &str = "{{- bos_token -}}\n{%- for message in messages -%}\n{%- if message['role'] == 'assistant' -%}\n{{- '<|im_start|>assistant\\n' -}}\n{%- generation -%}\n{{- message['content'] + '<|im_end|>' -}}\n{%- endgeneration -%}\n{{- '\\n' -}}\n{%- else -%}\n{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}\n{%- endif -%}\n{%- endfor -%}\n{%- if add_generation_prompt -%}\n{{- '<|im_start|>assistant\\n' -}}\n{%- endif -%}";
+
+fn model_files(dir: &Path) -> Result<()> {
+    let decoder: serde_json::Map<String, Value> = SPECIALS
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let v = json!({"content": s, "lstrip": false, "normalized": false, "rstrip": false, "single_word": false, "special": true});
+            (i.to_string(), v)
+        })
+        .collect();
+    let tokenizer_config = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast", "added_tokens_decoder": decoder,
+        "bos_token": SPECIALS[0], "eos_token": SPECIALS[3], "pad_token": SPECIALS[1], "unk_token": null,
+        "clean_up_tokenization_spaces": false, "model_max_length": 256, "padding_side": "right",
+        "chat_template": CHAT_TEMPLATE,
+    });
+    fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&tokenizer_config)? + "\n")?;
+    let config = json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": false, "attention_dropout": 0.0,
+        "bos_token_id": 0, "eos_token_id": 3, "pad_token_id": 1, "dtype": "float32", "head_dim": 32, "hidden_act": "silu",
+        "hidden_size": 128, "initializer_range": 0.02, "intermediate_size": 384, "max_position_embeddings": 256,
+        "mlp_bias": false, "num_attention_heads": 4, "num_hidden_layers": 6, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": true, "use_cache": true, "vocab_size": VOCAB,
+    });
+    fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)? + "\n")?;
+    let generation = json!({"bos_token_id": 0, "eos_token_id": [3, 1], "pad_token_id": 1});
+    fs::write(dir.join("generation_config.json"), serde_json::to_string_pretty(&generation)? + "\n")?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let world = world::World::new(&mut rng, 24, 32);
+    let gen = args.out.join("gen");
+    let base = gen.join("base");
+    fs::create_dir_all(&base)?;
+
+    let mut texts = training_sets(&world, &mut rng, &args.out, args.scale)?;
+    // Pretraining prose and the tokenizer have generators of their own, so that retuning the
+    // post-training mix changes neither (nor, therefore, the pretrained base model).
+    let mut prose_rng = StdRng::seed_from_u64(args.seed ^ 0x9e37_79b9);
+    let docs: Vec<Value> =
+        (0..scaled(4000, args.scale)).map(|_| json!({"text": prose::document(&world, &mut prose_rng)})).collect();
+    write_jsonl(&gen.join("pretrain.jsonl"), &docs)?;
+    let doc_texts: Vec<String> = docs.iter().map(|d| d["text"].as_str().unwrap_or_default().to_string()).collect();
+    texts.extend(doc_texts.iter().cloned());
+
+    let train_prompts: HashSet<String> = texts.iter().cloned().collect();
+    // The eval suite draws from its own generator (a different seed than every training file).
+    let mut eval_rng = StdRng::seed_from_u64(args.seed ^ 0x5eed_e7a1);
+    let suite = eval_suite(&world, &mut eval_rng, args.scale, &train_prompts);
+    write_jsonl(&args.out.join("eval.jsonl"), &suite)?;
+
+    let mut corpus = doc_texts;
+    corpus.extend(tokenizer_samples(&world, &mut StdRng::seed_from_u64(args.seed ^ 0x70c3_e2a5)));
+    train_tokenizer(&corpus, &base.join("tokenizer.json"))?;
+    model_files(&base)?;
+    println!(
+        "{}: {} countries, {} people; {} training texts, {} eval items; base model config in {}",
+        args.out.display(),
+        world.countries.len(),
+        world.people.len(),
+        texts.len(),
+        suite.len(),
+        base.display()
+    );
+    Ok(())
+}
