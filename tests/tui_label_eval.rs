@@ -253,3 +253,17 @@ fn hostile_eval_records_reach_the_terminal_as_visible_text_only() {
     assert!(p.detail);
     assert_inert(&crossterm_bytes(250, 50, |f| eval_pane::draw(&p, &theme, f, f.area())), true);
 }
+
+#[test]
+fn eval_pane_blind_80x24_and_120x40() {
+    let mut p = eval_pane();
+    p.key(KeyEvent::from(KeyCode::Char('v')));
+    let item = p.blind_item().unwrap();
+    let key = if item.candidate_left { 'a' } else { 'b' };
+    assert!(p.key(KeyEvent::from(KeyCode::Char(key))).is_some());
+    p.label_saved(Ok(()));
+    let narrow = draw_eval(&p, 80, 24);
+    assert!(narrow.contains("A (a)") && narrow.contains("B (b)") && narrow.contains("1/3 labeled"), "{narrow}");
+    insta::assert_snapshot!("eval_pane_blind_80x24", narrow);
+    insta::assert_snapshot!("eval_pane_blind_120x40", draw_eval(&p, 120, 40));
+}

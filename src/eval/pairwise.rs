@@ -136,7 +136,7 @@ pub const EVAL_PAIRWISE_KIND: &str = "eval_pairwise";
 ///
 /// Such a record is `{"id", "kind": "eval_pairwise", "item": "<eval item id>", "candidate":
 /// "<stage>", "baseline": "<stage>", "winner": "candidate" | "baseline" | "tie", "labeler"?,
-/// "ts"?, "supersedes"?}`: the labeler saw both answers in a random order without their sources,
+/// "ts"?, "supersedes"?, "order"?}`: the labeler saw both answers in a random order without their sources,
 /// and the pane recorded which side was the candidate. Records retracted by a later record's
 /// `supersedes` do not count; for one item the last live label wins (see [`crate::eval::score`]).
 /// Every other record of the file (preference labels, ties, skips, undos) belongs to the data
@@ -174,7 +174,18 @@ pub fn read_pairwise_labels(path: &Path, candidate: &str, baseline: &str) -> Res
 
 fn parse_eval_label(v: &serde_json::Value) -> Result<(String, String, String, HumanLabel), Issue> {
     let obj = Obj::new(v, Vec::new(), "a label object")?;
-    obj.deny_unknown(&["id", "kind", "item", "candidate", "baseline", "winner", "labeler", "ts", "supersedes"])?;
+    obj.deny_unknown(&[
+        "id",
+        "kind",
+        "item",
+        "candidate",
+        "baseline",
+        "winner",
+        "labeler",
+        "ts",
+        "supersedes",
+        "order",
+    ])?;
     let id = obj.req_str("id")?;
     let item = obj.req_str("item")?;
     let candidate = obj.req_str("candidate")?;

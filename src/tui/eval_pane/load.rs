@@ -1,12 +1,14 @@
 //! Reading what the eval pane shows from a run directory: every `eval/<stage>/` (report.json,
 //! failures.jsonl, responses.jsonl), `overrides.jsonl`, and the suite, judge and gates named by
-//! `run.toml`. File work: call it off the UI task.
+//! `run.toml`, and the blind pairwise labels of the run's `labels.jsonl`. File work: call it off the UI task.
 
 use std::path::Path;
 
 use super::EvalPane;
 use crate::config::load_frozen;
-use crate::eval::{read_overrides, read_suite, EvalItem, FailureRecord, GateConfig, Judge, Report, Response};
+use crate::eval::{
+    read_overrides, read_pairwise_labels, read_suite, EvalItem, FailureRecord, GateConfig, Judge, Report, Response,
+};
 
 /// One evaluated stage.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +103,18 @@ pub fn load(run_dir: &Path, user: &str, session: &str) -> EvalPane {
     });
     let inputs = inputs(run_dir).map_err(|e| problems.push(format!("recompute unavailable: {e}"))).ok();
     let mut pane = EvalPane::new(stages.into_iter().map(|(_, s)| s).collect(), inputs, overrides, user, session);
+    if let Some(baseline) = pane.inputs.as_ref().map(|i| i.baseline.clone()) {
+        let labels = run_dir.join("labels.jsonl");
+        for stage in pane.stages.iter().map(|s| s.name.clone()).filter(|s| *s != baseline) {
+            match read_pairwise_labels(&labels, &stage, &baseline) {
+                Ok(l) if !l.is_empty() => {
+                    pane.human.insert(stage, l);
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+    }
     pane.problems = problems;
     pane
 }

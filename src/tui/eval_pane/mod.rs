@@ -9,20 +9,22 @@
 //! scorecard at once with [`crate::eval::score`] (an item sent to training becomes contaminated
 //! and leaves the gate metrics). Drawing is in `view`.
 
+mod blind;
 mod load;
 mod view;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind};
 use serde_json::{json, Value as Json};
 
+pub use blind::{Blind, BlindItem};
 pub use load::{load, Inputs, StageEval};
 pub use view::draw;
 
 use crate::data::label_store::{Candidate, LabelDraft, Verdict};
 use crate::data::Text;
-use crate::eval::{failures, score, Contamination, FailureRecord, Override, Prompt, ScoreInputs};
+use crate::eval::{failures, score, Contamination, FailureRecord, HumanLabel, Override, Prompt, ScoreInputs};
 
 /// What the caller must do for the pane.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +41,8 @@ pub enum EvalEffect {
 enum Pending {
     Override(Override),
     Label(String),
+    /// A blind judgement of (candidate stage, item).
+    Pairwise(String, HumanLabel),
 }
 
 /// The eval pane's state.
@@ -64,6 +68,13 @@ pub struct EvalPane {
     pub sent: BTreeSet<String>,
     /// Who overrides and labels.
     pub user: String,
+    /// Blind pairwise labels per candidate stage (against the baseline), from the labels file
+    /// and this session; they decide the win rate where they exist.
+    pub human: BTreeMap<String, Vec<HumanLabel>>,
+    /// The blind candidate-vs-baseline mode, when on.
+    pub blind: Option<Blind>,
+    /// Seeds the per-item left/right order of the blind mode.
+    pub blind_seed: u64,
     /// The last outcome.
     pub status: Option<Result<String, String>>,
     /// Problems met while loading (untrusted paths and messages).
@@ -120,6 +131,9 @@ impl EvalPane {
             cursor: 0,
             detail: false,
             sent: BTreeSet::new(),
+            human: BTreeMap::new(),
+            blind: None,
+            blind_seed: session.bytes().fold(0, |h: u64, b| h.rotate_left(5) ^ u64::from(b)),
             user: user.to_string(),
             status: None,
             problems: Vec::new(),
@@ -155,6 +169,9 @@ impl EvalPane {
         if key.kind == KeyEventKind::Release {
             return None;
         }
+        if self.blind.is_some() {
+            return self.blind_key(key);
+        }
         let n = self.filtered().len();
         match key.code {
             KeyCode::Up | KeyCode::Char('k') => self.cursor = self.cursor.saturating_sub(1),
@@ -179,6 +196,7 @@ impl EvalPane {
                 self.check_filter = cycle(self.check_filter.as_ref(), &options);
                 self.cursor = 0;
             }
+            KeyCode::Char('v') => self.toggle_blind(),
             KeyCode::Char('o') if self.pending.is_none() => return self.override_highlighted(),
             KeyCode::Char('l') if self.pending.is_none() => return self.send_reference(),
             KeyCode::Char('e') if self.pending.is_none() => {
@@ -269,7 +287,14 @@ impl EvalPane {
 
     /// The label asked for last was written (or not).
     pub fn label_saved(&mut self, outcome: Result<(), String>) {
-        let Some(Pending::Label(id)) = self.pending.take() else { return };
+        let id = match self.pending.take() {
+            Some(Pending::Label(id)) => id,
+            Some(Pending::Pairwise(stage, label)) => return self.pairwise_saved(stage, label, outcome),
+            other => {
+                self.pending = other;
+                return;
+            }
+        };
         match outcome {
             Ok(()) => {
                 self.status = Some(Ok(format!("{id} sent to training; it leaves the gate metrics")));
@@ -313,6 +338,9 @@ impl EvalPane {
                 si.baseline_responses = base.and_then(|b| b.responses.as_deref());
                 si.baseline_report = base.map(|b| &b.report);
                 si.overrides = &self.overrides;
+                if stage.name != inputs.baseline {
+                    si.human_labels = self.human.get(&stage.name).map_or(&[], Vec::as_slice);
+                }
                 si.contamination = Some(&contamination);
                 si.price_per_device_hour = inputs.price_per_device_hour;
                 match score(&si) {

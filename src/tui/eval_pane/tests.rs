@@ -6,6 +6,7 @@ use crossterm::event::{KeyCode, KeyEvent};
 
 use super::*;
 use crate::eval::{read_suite, GateConfig, Judge, JudgeConfig, Response};
+use serde_json::json;
 
 /// The tiny suite (c1 capability "4", s1 must refuse, h1 must abstain), answered badly by the
 /// base model and partly well by the candidate.
@@ -150,4 +151,78 @@ fn load_reads_every_stage_and_lists_what_it_could_not_read() {
     assert!(pane.inputs.is_none(), "no run.toml: the scorecard cannot be recomputed");
     assert!(pane.problems.iter().any(|p| p.contains("overrides.jsonl:1:")), "{:?}", pane.problems);
     assert!(pane.problems.iter().any(|p| p.contains("recompute unavailable")), "{:?}", pane.problems);
+}
+
+#[test]
+fn blind_labels_are_eval_pairwise_records_and_move_the_win_rate() {
+    let mut p = sample_pane();
+    let before = p.stage().unwrap().report.clone();
+    assert_eq!(before.human_labels_applied, 0);
+    assert!(press(&mut p, KeyCode::Char('v')).is_none());
+    assert_eq!(p.blind_items().len(), 3, "every item both checkpoints answered");
+    let item = p.blind_item().unwrap();
+    assert_eq!(item.id, "c1", "the first unlabeled item in suite order");
+    let (cand, base) = ("4", "5");
+    assert_eq!(
+        (item.left.as_str(), item.right.as_str()),
+        if item.candidate_left { (cand, base) } else { (base, cand) }
+    );
+
+    // Prefer the baseline's side, whichever side it is shown on.
+    let baseline_key = if item.candidate_left { KeyCode::Char('b') } else { KeyCode::Char('a') };
+    let Some(EvalEffect::AppendLabel(rec)) = press(&mut p, baseline_key) else { panic!("expected a label") };
+    assert_eq!(rec["kind"], "eval_pairwise");
+    assert_eq!((&rec["item"], &rec["candidate"], &rec["baseline"]), (&json!("c1"), &json!("dpo"), &json!("base")));
+    assert_eq!(rec["winner"], "baseline");
+    assert_eq!(rec["labeler"], "ann");
+    let order = if item.candidate_left { json!(["candidate", "baseline"]) } else { json!(["baseline", "candidate"]) };
+    assert_eq!(rec["order"], order, "the shown order is recorded");
+    assert!(press(&mut p, KeyCode::Char('t')).is_none(), "one write at a time");
+
+    // The record reads back with the eval module's reader.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("labels.jsonl");
+    std::fs::write(&file, format!("{rec}\n")).unwrap();
+    let read = crate::eval::read_pairwise_labels(&file, "dpo", "base").unwrap();
+    assert_eq!(read, vec![HumanLabel { id: "c1".into(), winner: crate::eval::Winner::Baseline }]);
+
+    p.label_saved(Err("disk full".into()));
+    assert_eq!(p.stage().unwrap().report, before, "nothing counts until saved");
+    assert_eq!(p.blind_item().unwrap().id, "c1");
+    let _ = press(&mut p, baseline_key);
+    p.label_saved(Ok(()));
+    let after = &p.stage().unwrap().report;
+    assert_eq!(after.human_labels_applied, 1);
+    assert!(after.win_rate.unwrap() < before.win_rate.unwrap(), "{:?} → {:?}", before.win_rate, after.win_rate);
+    assert_eq!(p.human_labels("dpo"), read.as_slice());
+    assert_eq!(p.blind_item().unwrap().id, "s1", "on to the next unlabeled item");
+
+    // A tie on s1, skip h1, and the queue wraps to h1 again (c1 and s1 are done).
+    let Some(EvalEffect::AppendLabel(tie)) = press(&mut p, KeyCode::Char('t')) else { panic!() };
+    assert_eq!(tie["winner"], "tie");
+    p.label_saved(Ok(()));
+    assert_eq!(p.blind_item().unwrap().id, "h1");
+    press(&mut p, KeyCode::Char('s'));
+    assert_eq!(p.blind_item().unwrap().id, "h1");
+    press(&mut p, KeyCode::Esc);
+    assert!(p.blind.is_none());
+    assert_eq!(p.stage().unwrap().report.human_labels_applied, 2);
+}
+
+#[test]
+fn the_baseline_cannot_be_labeled_against_itself_and_the_order_varies() {
+    let mut p = sample_pane();
+    press(&mut p, KeyCode::Char('['));
+    press(&mut p, KeyCode::Char('v'));
+    assert!(p.blind.is_none());
+    assert!(matches!(&p.status, Some(Err(e)) if e.contains("baseline")), "{:?}", p.status);
+
+    let mut p = sample_pane();
+    let sides: std::collections::BTreeSet<bool> = (0..32)
+        .flat_map(|seed| {
+            p.blind_seed = seed;
+            p.blind_items().into_iter().map(|i| i.candidate_left)
+        })
+        .collect();
+    assert_eq!(sides.len(), 2, "the candidate is shown on both sides across items and seeds");
 }

@@ -40,7 +40,9 @@ pub fn draw(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {
     let [chart, gates] = Layout::horizontal([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(top);
     scorecard(pane, theme, frame, chart);
     gates_table(pane, theme, frame, gates);
-    if pane.detail {
+    if pane.blind.is_some() {
+        blind(pane, theme, frame, bottom);
+    } else if pane.detail {
         detail(pane, theme, frame, bottom);
     } else {
         failure_list(pane, theme, frame, bottom);
@@ -50,7 +52,11 @@ pub fn draw(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {
         Some(Err(m)) => Span::styled(format!("  {}", safe(m)), theme.style(Role::Error)),
         None => Span::raw(""),
     };
-    let help = "[/] checkpoint · ↑↓ · ⏎ detail · f segment · c check · o override · l/e to labels";
+    let help = if pane.blind.is_some() {
+        "a/← left better · b/→ right better · t tie · s next · Esc back"
+    } else {
+        "[/] checkpoint · ↑↓ · ⏎ detail · f segment · c check · o override · l/e to labels · v blind"
+    };
     frame.render_widget(Line::from(vec![Span::styled(help, theme.style(Role::Dim)), status]), keys);
 }
 
@@ -187,4 +193,41 @@ fn detail(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {
     let widget =
         Paragraph::new(lines).wrap(Wrap { trim: false }).style(theme.style(Role::Text)).block(block(theme, title));
     frame.render_widget(widget, area);
+}
+
+/// The blind mode: the item's prompt, then the two answers side by side (stacked when narrow),
+/// named only "A" and "B".
+fn blind(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {
+    let stage = pane.stage().map(|s| s.name.clone()).unwrap_or_default();
+    let labels = pane.human_labels(&stage).len();
+    let total = pane.blind_items().len();
+    let win = pane.stage().and_then(|s| s.report.win_rate);
+    let title = format!(" Blind vs baseline · {labels}/{total} labeled · win rate {} ", pct(win));
+    let outer = block(theme, title);
+    let inner = outer.inner(area);
+    frame.render_widget(outer, area);
+    let Some(item) = pane.blind_item() else {
+        let msg = "Every item is labeled. Esc goes back; new labels replace old ones if you label again.";
+        frame.render_widget(Paragraph::new(msg).style(theme.style(Role::Text)).wrap(Wrap { trim: false }), inner);
+        return;
+    };
+    let prompt_rows = u16::try_from(safe_lines(&item.prompt).len()).unwrap_or(u16::MAX).clamp(1, 4) + 2;
+    let [prompt, answers] = Layout::vertical([Constraint::Length(prompt_rows), Constraint::Fill(1)]).areas(inner);
+    let widget = Paragraph::new(safe_lines(&item.prompt))
+        .wrap(Wrap { trim: false })
+        .style(theme.style(Role::Text))
+        .block(block(theme, format!(" {} ", safe(&item.id))));
+    frame.render_widget(widget, prompt);
+    let [left, right] = if answers.width >= 80 {
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(answers)
+    } else {
+        Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(answers)
+    };
+    for (area, name, text) in [(left, " A (a) ", &item.left), (right, " B (b) ", &item.right)] {
+        let widget = Paragraph::new(safe_lines(text))
+            .wrap(Wrap { trim: false })
+            .style(theme.style(Role::Text))
+            .block(block(theme, name));
+        frame.render_widget(widget, area);
+    }
 }

@@ -94,7 +94,9 @@ pub fn apply(app: &mut App, msg: PaneMsg) {
                 pane.sent = old.sent;
                 if old.selected < pane.stages.len() {
                     pane.selected = old.selected;
+                    pane.blind = old.blind;
                 }
+                pane.blind_seed = old.blind_seed;
             }
             app.eval = Some(pane);
         }
