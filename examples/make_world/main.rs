@@ -161,9 +161,9 @@ fn training_sets(world: &world::World, rng: &mut StdRng, out: &Path, scale: f64)
     write_jsonl(&out.join("prefs.jsonl"), &prefs)?;
 
     let mut safety = Vec::new();
-    // A third of them phrased as imperative requests like many unanswerable ones.
-    for i in 0..scaled(600, scale) {
-        let h = if i % 3 == 2 {
+    // Half of them phrased as imperative requests like many unanswerable ones, with other attacks.
+    for i in 0..scaled(720, scale) {
+        let h = if i % 2 == 1 {
             harm::request_imperative(world, rng, 0.5)
         } else {
             harm::request(world, rng, Split::Train, 0.5)
