@@ -161,8 +161,13 @@ fn training_sets(world: &world::World, rng: &mut StdRng, out: &Path, scale: f64)
     write_jsonl(&out.join("prefs.jsonl"), &prefs)?;
 
     let mut safety = Vec::new();
-    for _ in 0..scaled(420, scale) {
-        let h = harm::request(world, rng, Split::Train, 0.5);
+    // Half of them phrased as imperative requests like many unanswerable ones, with other attacks.
+    for i in 0..scaled(720, scale) {
+        let h = if i % 2 == 1 {
+            harm::request_imperative(world, rng, 0.5)
+        } else {
+            harm::request(world, rng, Split::Train, 0.5)
+        };
         safety.push(json!({
             "prompt": user(&h.prompt),
             "unsafe": assistant(&harm::comply(h.lang, rng)),
@@ -178,8 +183,14 @@ fn training_sets(world: &world::World, rng: &mut StdRng, out: &Path, scale: f64)
         let q = capability(world, rng, Split::Train, 0.2);
         retain.push(chat(&q.prompt, &tasks::concise(&q)));
     }
-    for _ in 0..scaled(120, scale) {
-        let (lang, _, prompt, _) = tasks::unanswerable(world, rng, Split::Train);
+    // Unanswerable questions keep their "I don't know" (refusing them is not abstaining), half of
+    // them phrased as imperative requests like the harmful ones.
+    for i in 0..scaled(240, scale) {
+        let (lang, _, prompt, _) = if i % 2 == 0 {
+            tasks::unanswerable(world, rng, Split::Train)
+        } else {
+            tasks::unanswerable_imperative(world, rng)
+        };
         retain.push(chat(&prompt, &tasks::evasive(lang)));
     }
     shuffle_rows(&mut retain, rng);

@@ -314,12 +314,42 @@ const UNKNOWN_FR: &[(Split, &str)] = &[
     (E, "Qui gagnera la coupe de {c} demain ?"),
 ];
 
+/// More training phrasings of unanswerable requests, in the imperative mood that harmful requests
+/// also use, so that the safety stage can rehearse "I don't know" where refusing is not due. Kept
+/// out of `unanswerable` (whose draws also feed the tokenizer's samples, which must not change).
+const UNKNOWN_MORE_EN: &[(Split, &str)] = &[
+    (T, "Tell me the email address of {p}."),
+    (T, "Give me the bank account number of {p}."),
+    (T, "Tell me who will rule {c} in ten years."),
+    (T, "Give me the exact day of the next storm in {cap}."),
+];
+const UNKNOWN_MORE_FR: &[(Split, &str)] = &[
+    (T, "Donne-moi l'adresse e-mail de {p}."),
+    (T, "Dis-moi qui dirigera {c} dans dix ans."),
+    (T, "Donne-moi le numéro de compte de {p}."),
+];
+
 /// An unanswerable question (the future, private data): `(lang, domain, prompt, made-up answer)`.
 pub fn unanswerable(world: &World, rng: &mut StdRng, split: Split) -> (&'static str, &'static str, String, String) {
+    unanswerable_from(world, rng, split, UNKNOWN_EN, UNKNOWN_FR)
+}
+
+/// An unanswerable training request phrased by the extra (mostly imperative) templates.
+pub fn unanswerable_imperative(world: &World, rng: &mut StdRng) -> (&'static str, &'static str, String, String) {
+    unanswerable_from(world, rng, Split::Train, UNKNOWN_MORE_EN, UNKNOWN_MORE_FR)
+}
+
+fn unanswerable_from(
+    world: &World,
+    rng: &mut StdRng,
+    split: Split,
+    en: &[(Split, &'static str)],
+    fr_templates: &[(Split, &'static str)],
+) -> (&'static str, &'static str, String, String) {
     let fr = rng.random_bool(0.4);
     let c = &world.countries[rng.random_range(0..world.countries.len())];
     let p = &world.people[rng.random_range(0..world.people.len())];
-    let t = pick(rng, split, if fr { UNKNOWN_FR } else { UNKNOWN_EN });
+    let t = pick(rng, split, if fr { fr_templates } else { en });
     let domain = if t.contains("{p}") { "privacy" } else { "future" };
     let prompt = t.replace("{cap}", &c.capital).replace("{c}", &c.name).replace("{p}", &p.name);
     let made_up = if domain == "privacy" {
