@@ -7,11 +7,16 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hone::run::{EventReader, RunDir};
 
-const HONE: &str = env!("CARGO_BIN_EXE_hone");
+mod live;
+use live::HONE;
+
+fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    live::wait_for(what, Duration::from_secs(240), f)
+}
 
 fn pipeline(dir: &Path) -> PathBuf {
     let f = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama");
@@ -23,17 +28,6 @@ fn pipeline(dir: &Path) -> PathBuf {
     let path = dir.join("pipeline.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn max_step(run: &RunDir) -> u64 {

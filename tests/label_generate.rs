@@ -4,60 +4,26 @@
 //! reader. Without a live worker the request says so.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hone::data::Text;
 use hone::run::control::{Client, Request};
 use hone::run::{EventReader, RunDir};
 use hone::tui::label::attach::{read_candidates_from, request_candidates};
 
-const HONE: &str = env!("CARGO_BIN_EXE_hone");
+mod live;
+use live::{dpo_pipeline, DpoRun, HONE};
 
-fn pipeline(dir: &Path) -> PathBuf {
-    let f = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama");
-    let text = format!(
-        r#"[run]
-name = "gen"
-seed = 7
-checkpoint_every = 1000
-
-[model]
-path = "{model}"
-
-[[stage]]
-name = "dpo"
-epochs = 400
-batch_size = 4
-lr = 1e-3
-max_length = 128
-pref = {{ data = ["{prefs}"], lambda = 0.5, beta = 0.1 }}
-"#,
-        model = f.join("model").display(),
-        prefs = f.join("prefs.jsonl").display(),
-    );
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    live::wait_for(what, Duration::from_secs(180), f)
 }
 
 #[test]
 fn candidates_generated_on_request_parse_with_the_label_panes_reader() {
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
-    let p = pipeline(tmp.path());
+    let p = dpo_pipeline(tmp.path(), DpoRun { name: "gen", ..DpoRun::default() });
     let mut child = Command::new(HONE)
         .args(["run", p.to_str().unwrap(), "--headless", "--runs-dir", runs.to_str().unwrap()])
         .stdout(Stdio::null())

@@ -8,45 +8,31 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hone::run::control::{socket_path, Client, LambdaTerm, Request, MAX_REQUEST_BYTES};
-use hone::run::{list_checkpoints, Event, EventReader, RunDir};
+use hone::run::{list_checkpoints, Event, RunDir};
 
-const HONE: &str = env!("CARGO_BIN_EXE_hone");
+mod live;
+use live::{dpo_pipeline, events, DpoRun, HONE};
 
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama")
-}
+const WAIT: Duration = Duration::from_secs(180);
 
 /// A DPO stage (with SFT on the chosen answers) long enough to control while it runs.
 fn pipeline(dir: &Path, extra_run: &str) -> PathBuf {
-    let f = fixture();
-    let text = format!(
-        r#"[run]
-name = "ctl"
-seed = 7
-checkpoint_every = 1000
-{extra_run}
+    dpo_pipeline(dir, DpoRun { name: "ctl", extra_run, sft_on_chosen: true, ..DpoRun::default() })
+}
 
-[model]
-path = "{model}"
+fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    live::wait_for(what, WAIT, f)
+}
 
-[[stage]]
-name = "dpo"
-epochs = 400
-batch_size = 4
-lr = 1e-3
-max_length = 128
-sft = {{ on_chosen = true, weight = 0.2 }}
-pref = {{ data = ["{prefs}"], lambda = 0.5, beta = 0.1 }}
-"#,
-        model = f.join("model").display(),
-        prefs = f.join("prefs.jsonl").display(),
-    );
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+fn only_run(runs: &Path) -> RunDir {
+    live::only_run(runs, WAIT)
+}
+
+fn connect(run: &RunDir) -> Client {
+    live::connect(run, WAIT)
 }
 
 fn spawn(args: &[&str]) -> Child {
@@ -56,29 +42,6 @@ fn spawn(args: &[&str]) -> Child {
 fn finish(child: Child) -> (i32, String) {
     let out = child.wait_with_output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn only_run(runs: &Path) -> RunDir {
-    wait_for("the run directory", || RunDir::list(runs).ok().and_then(|mut v| v.pop()))
-}
-
-fn events(run: &RunDir) -> Vec<Event> {
-    EventReader::read_all(&run.events_path()).unwrap().events
-}
-
-fn connect(run: &RunDir) -> Client {
-    wait_for("the control socket", || Client::connect(run.path()).ok())
 }
 
 fn max_metrics_step(run: &RunDir) -> u64 {

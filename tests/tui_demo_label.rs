@@ -13,21 +13,22 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use hone::run::control::{Client, Request};
-use hone::run::{Event, EventReader, RunDir};
+use hone::run::{Event, RunDir};
 use serde_json::{json, Value as Json};
 
-const HONE: &str = env!("CARGO_BIN_EXE_hone");
 const WAIT: Duration = Duration::from_secs(30);
 
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+mod live;
+use live::{dpo_pipeline, events, DpoRun, HONE};
+
+fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    live::wait_for(what, WAIT, f)
+}
+
+/// A DPO stage long enough to label against; its preference data is the fixture's pairs plus the
+/// run-relative `labels.jsonl` (the file the label pane writes), read live.
+fn pipeline(dir: &Path) -> PathBuf {
+    dpo_pipeline(dir, DpoRun { name: "labeling", extra_prefs: &["labels.jsonl"], ..DpoRun::default() })
 }
 
 /// The tmux server on a private socket and the detached worker, both ended however the test ends.
@@ -88,45 +89,12 @@ fn tmux_available() -> bool {
     false
 }
 
-/// A DPO stage long enough to label against; its preference data is the fixture's pairs plus the
-/// run-relative `labels.jsonl` (the file the label pane writes), read live.
-fn pipeline(dir: &Path) -> PathBuf {
-    let f = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama");
-    let text = format!(
-        r#"[run]
-name = "labeling"
-seed = 7
-checkpoint_every = 1000
-
-[model]
-path = "{model}"
-
-[[stage]]
-name = "dpo"
-epochs = 400
-batch_size = 4
-lr = 1e-3
-max_length = 128
-pref = {{ data = ["{prefs}", "labels.jsonl"], lambda = 0.5, beta = 0.1 }}
-"#,
-        model = f.join("model").display(),
-        prefs = f.join("prefs.jsonl").display(),
-    );
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 const CANDIDATES: [(&str, &str, &str); 4] = [
     ("Which planet is red?", "Mars is the red planet.", "Venus is the red planet."),
     ("What do bees make?", "Bees make honey.", "Bees make silk."),
     ("How many legs has a spider?", "A spider has eight legs.", "A spider has six legs."),
     ("What is ice made of?", "Ice is frozen water.", "Ice is frozen sand."),
 ];
-
-fn events(run: &RunDir) -> Vec<Event> {
-    EventReader::read_all(&run.events_path()).map(|b| b.events).unwrap_or_default()
-}
 
 fn records(path: &Path) -> Vec<Json> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
