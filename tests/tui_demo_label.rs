@@ -19,7 +19,7 @@ use serde_json::{json, Value as Json};
 const WAIT: Duration = Duration::from_secs(30);
 
 mod live;
-use live::{dpo_pipeline, events, DpoRun, HONE};
+use live::{dpo_pipeline, events, tmux_available, DpoRun, HONE};
 
 fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
     live::wait_for(what, WAIT, f)
@@ -76,19 +76,6 @@ impl Drop for Session {
     }
 }
 
-fn tmux_available() -> bool {
-    if Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success()) {
-        return true;
-    }
-    assert!(
-        std::env::var("HONE_SKIP_TMUX").is_ok_and(|v| v == "1"),
-        "tmux is not installed, so issue 6's real-terminal proof cannot run: install tmux, or set \
-         HONE_SKIP_TMUX=1 to skip this test knowingly"
-    );
-    eprintln!("HONE_SKIP_TMUX=1: SKIPPING the real-terminal labeling test (tmux is not installed)");
-    false
-}
-
 const CANDIDATES: [(&str, &str, &str); 4] = [
     ("Which planet is red?", "Mars is the red planet.", "Venus is the red planet."),
     ("What do bees make?", "Bees make honey.", "Bees make silk."),
@@ -112,7 +99,7 @@ fn text(v: &Json) -> String {
 
 #[test]
 fn labels_from_the_attached_tui_reach_the_running_dpo_stage() {
-    if !tmux_available() {
+    if !tmux_available("issue 6's real-terminal labeling proof") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -1,8 +1,10 @@
 //! The labeling pane for real: `hone label` in a tmux pane (120x40) labels pairs, undoes one and
 //! writes a better answer through `$EDITOR`, and the labels file holds exactly those records; and
 //! the attached app's panes 3 and 4 route keys and save labels through the `label-write` thread.
-//! The tmux test polls `capture-pane` (never a fixed sleep) and is skipped without tmux.
+//! The tmux test polls `capture-pane` (never a fixed sleep); without tmux it fails unless HONE_SKIP_TMUX=1.
 #![allow(clippy::unwrap_used)]
+
+mod live;
 
 use std::io::Write;
 use std::path::Path;
@@ -55,8 +57,7 @@ fn records(path: &Path) -> Vec<Json> {
 
 #[test]
 fn hone_label_in_a_real_terminal_labels_undoes_and_edits() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        eprintln!("tmux is not installed; skipping the real-terminal test");
+    if !live::tmux_available("the real-terminal labeling test") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

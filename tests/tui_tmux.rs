@@ -1,9 +1,11 @@
 //! A real terminal: a tmux pane (120x40) runs this test binary's `tmux_child`, which attaches to a
 //! prepared run directory. The test polls `capture-pane` for the expected text (never a fixed
 //! sleep), switches panes with keys, presses `q` and checks that the process exited cleanly and
-//! left the alternate screen. Skipped when tmux is not installed.
+//! left the alternate screen. Without tmux it fails unless HONE_SKIP_TMUX=1 (then it says it skipped).
 
 mod tui_support;
+
+mod live;
 
 use std::io::Write;
 use std::path::Path;
@@ -56,8 +58,7 @@ impl Drop for Tmux {
 
 #[test]
 fn tmux_attach_shows_the_run_and_q_detaches() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        eprintln!("tmux is not installed; skipping the real-terminal test");
+    if !live::tmux_available("the real-terminal attach test") {
         return;
     }
     let runs = tempfile::tempdir().expect("tempdir");

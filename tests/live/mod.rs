@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hone::run::control::Client;
@@ -60,7 +61,7 @@ max_length = 128
         prefs = prefs.join(", "),
     );
     let path = dir.join("pipeline.toml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, text).expect("write the pipeline");
     path
 }
 
@@ -89,4 +90,19 @@ pub fn connect(run: &RunDir, limit: Duration) -> Client {
 /// The run's events so far (none while the log is unreadable).
 pub fn events(run: &RunDir) -> Vec<Event> {
     EventReader::read_all(&run.events_path()).map(|b| b.events).unwrap_or_default()
+}
+
+/// Whether tmux can run the real-terminal tests. Without it a test fails, saying so, unless
+/// `HONE_SKIP_TMUX=1` asks to skip it knowingly (then it says that it skipped).
+pub fn tmux_available(what: &str) -> bool {
+    if Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success()) {
+        return true;
+    }
+    assert!(
+        std::env::var("HONE_SKIP_TMUX").is_ok_and(|v| v == "1"),
+        "tmux is not installed, so {what} cannot run: install tmux, or set HONE_SKIP_TMUX=1 to skip \
+         it knowingly"
+    );
+    eprintln!("HONE_SKIP_TMUX=1: SKIPPING {what} (tmux is not installed)");
+    false
 }
