@@ -1,0 +1,188 @@
+//! Softmax over attention scores, optionally scaled and causally masked, with its backward pass;
+//! and the forward-only left-padded variant batched generation uses.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+
+use num_traits::Float;
+
+use super::{contiguous, dot, last_dim, map_rows, Real};
+
+/// The causal (and optionally sliding-window) mask of attention scores `[.., s, kv_len]` for
+/// queries at positions `offset..offset+s`.
+#[derive(Debug, Clone, Copy)]
+pub struct CausalMask {
+    /// Query rows per block.
+    pub s: usize,
+    /// Position of the first query.
+    pub offset: usize,
+    /// Sliding window, `usize::MAX` for none.
+    pub window: usize,
+}
+
+/// `softmax(scale · x)` over the last dimension, with masked positions excluded (probability 0).
+pub fn softmax(xs: &Tensor, scale: f64, mask: Option<CausalMask>) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1(SoftmaxOp { scale, mask })
+}
+
+struct SoftmaxOp {
+    scale: f64,
+    mask: Option<CausalMask>,
+}
+
+/// The allowed key range `lo..hi` of row `r`.
+fn allowed(mask: Option<CausalMask>, r: usize, n: usize) -> (usize, usize) {
+    match mask {
+        None => (0, n),
+        Some(m) => {
+            let q = m.offset + r % m.s;
+            let lo = (q + 1).saturating_sub(m.window);
+            (lo.min(n), (q + 1).min(n))
+        }
+    }
+}
+
+fn softmax_fwd<T: Real>(x: &[T], n: usize, scale: f64, mask: Option<CausalMask>) -> Vec<T> {
+    softmax_rows(x, n, scale, |r| allowed(mask, r, n))
+}
+
+/// Softmax of each row of `x` over its allowed key range (`range(row)`); keys outside it get
+/// probability 0, and a row with an empty range is all zeros.
+fn softmax_rows<T: Real>(x: &[T], n: usize, scale: f64, range: impl Fn(usize) -> (usize, usize) + Sync) -> Vec<T> {
+    let scale = T::from_f64(scale);
+    map_rows(n, x.len() / n, |r, y| {
+        let (lo, hi) = range(r);
+        if lo >= hi {
+            return;
+        }
+        let xr = &x[r * n + lo..r * n + hi];
+        let max = xr.iter().fold(T::neg_infinity(), |m, &v| Float::max(m, v * scale));
+        let mut sum = T::zero();
+        for (o, &v) in y[lo..hi].iter_mut().zip(xr) {
+            let e = (v * scale - max).exp();
+            *o = e;
+            sum += e;
+        }
+        for o in &mut y[lo..hi] {
+            *o /= sum;
+        }
+    })
+}
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "hone-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = last_dim(l, self.name())?;
+        let out = match s.dtype() {
+            DType::F32 => {
+                f32::to_cpu_storage_owned(softmax_fwd(contiguous(s, l, self.name())?, n, self.scale, self.mask))
+            }
+            DType::F64 => {
+                f64::to_cpu_storage_owned(softmax_fwd(contiguous(s, l, self.name())?, n, self.scale, self.mask))
+            }
+            other => bail!("softmax: no fused kernel for {other:?}"),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dx = res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwd { scale: self.scale })?;
+        Ok(Some(dx))
+    }
+}
+
+struct SoftmaxBwd {
+    scale: f64,
+}
+
+fn softmax_bwd<T: Real>(y: &[T], g: &[T], n: usize, scale: f64) -> Vec<T> {
+    let scale = T::from_f64(scale);
+    // dx = scale · y · (g − Σ g·y); masked positions have y = 0 and get 0.
+    map_rows(n, y.len() / n, |r, dx| {
+        let yr = &y[r * n..(r + 1) * n];
+        let gr = &g[r * n..(r + 1) * n];
+        let d = dot(gr, yr);
+        for ((o, &yv), &gv) in dx.iter_mut().zip(yr).zip(gr) {
+            *o = scale * (yv * (gv - d));
+        }
+    })
+}
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "hone-softmax-bwd"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = last_dim(l1, self.name())?;
+        let name = self.name();
+        let out = match s1.dtype() {
+            DType::F32 => f32::to_cpu_storage_owned(softmax_bwd(
+                contiguous(s1, l1, name)?,
+                contiguous(s2, l2, name)?,
+                n,
+                self.scale,
+            )),
+            DType::F64 => f64::to_cpu_storage_owned(softmax_bwd(
+                contiguous(s1, l1, name)?,
+                contiguous(s2, l2, name)?,
+                n,
+                self.scale,
+            )),
+            other => bail!("softmax bwd: no fused kernel for {other:?}"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Softmax of a left-padded batch (generation only, no backward)
+
+/// `softmax(scale · x)` over the last dimension of attention scores `[batch, .., s, kv_len]`
+/// whose batch row `b` starts with `key_start[b]` padding keys: those keys are masked on top of
+/// `mask`, so a row's probabilities over its real keys are computed exactly as without padding
+/// (same range, same summation order). Query rows that are themselves padding come out all 0.
+/// Forward only: it serves batched generation.
+pub fn softmax_left_padded(xs: &Tensor, scale: f64, mask: CausalMask, key_start: &[usize]) -> Result<Tensor> {
+    let batch = xs.dim(0)?;
+    if key_start.len() != batch {
+        bail!("softmax_left_padded: {} padding counts for a batch of {batch}", key_start.len());
+    }
+    xs.contiguous()?.apply_op1(PaddedSoftmaxOp { scale, mask, key_start: key_start.to_vec() })
+}
+
+struct PaddedSoftmaxOp {
+    scale: f64,
+    mask: CausalMask,
+    key_start: Vec<usize>,
+}
+
+impl PaddedSoftmaxOp {
+    fn run<T: Real>(&self, x: &[T], n: usize) -> Vec<T> {
+        let rows_per_batch = (x.len() / n / self.key_start.len().max(1)).max(1);
+        softmax_rows(x, n, self.scale, |r| {
+            let (lo, hi) = allowed(Some(self.mask), r, n);
+            let start = self.key_start.get(r / rows_per_batch).copied().unwrap_or(0);
+            (lo.max(start), hi)
+        })
+    }
+}
+
+impl CustomOp1 for PaddedSoftmaxOp {
+    fn name(&self) -> &'static str {
+        "hone-softmax-left-padded"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = last_dim(l, self.name())?;
+        let out = match s.dtype() {
+            DType::F32 => f32::to_cpu_storage_owned(self.run(contiguous(s, l, self.name())?, n)),
+            DType::F64 => f64::to_cpu_storage_owned(self.run(contiguous(s, l, self.name())?, n)),
+            other => bail!("softmax_left_padded: no fused kernel for {other:?}"),
+        };
+        Ok((out, l.shape().clone()))
+    }
+}
