@@ -125,6 +125,8 @@ fn the_attached_label_pane_saves_through_the_writer_thread() {
     let (tx, mut rx) = tokio::sync::mpsc::channel(8);
     let mut app = App::default();
     attach::init(&mut app);
+    // init serves a random 10% of items again; this test is about the writer thread, so none.
+    app.label.as_mut().unwrap().repeat_share = 0.0;
     let cand = Candidate {
         prompt: Text::Plain("q".into()),
         responses: vec![Text::Plain("x".into()), Text::Plain("y".into())],
