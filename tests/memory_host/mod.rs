@@ -1,0 +1,131 @@
+//! One in-memory [`Host`] for the tests that drive the trainer directly: events in a list,
+//! checkpoints (and references) in a temporary directory, the pipeline's `labels.jsonl` mapped to
+//! a live file in that directory, and optional fault injection (a stop after N metrics, labels
+//! appended at a step).
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use hone::config::Pipeline;
+use hone::eval::Report;
+use hone::train::evaluate::{EvalInputs, StageEval};
+use hone::train::trainer::{Host, PrefFile};
+use hone::train::TrainError;
+use serde_json::{Map, Value};
+
+/// One recorded event: kind, stage, global step, fields.
+pub type Recorded = (String, Option<String>, Option<u64>, Map<String, Value>);
+
+/// The test host.
+#[derive(Default)]
+pub struct MemoryHost {
+    /// Where checkpoints, references and the live labels file go.
+    pub dir: PathBuf,
+    /// Every event, in order.
+    pub events: Vec<Recorded>,
+    /// Checkpoints saved: (global step, directory).
+    pub checkpoints: Vec<(u64, PathBuf)>,
+    /// Request a stop once this many metrics events were recorded.
+    pub stop_after_metrics: Option<usize>,
+    /// The pipeline whose preference files [`Host::preference_files`] reports.
+    pub pipeline: Option<Pipeline>,
+    /// Simulated labeler: after the metrics event of this global step, write these lines to the
+    /// live labels file (once: a resumed run that logs the step again does not re-append).
+    pub label_at: Option<(u64, String)>,
+    /// Reports of the evaluations saved.
+    pub reports: Vec<Report>,
+    /// Whether evaluation reads `overrides.jsonl` and `labels.jsonl` from `dir`.
+    pub human_inputs: bool,
+}
+
+impl MemoryHost {
+    /// A host over `dir` for `pipeline`.
+    pub fn new(dir: &Path, pipeline: &Pipeline) -> Self {
+        Self { dir: dir.to_path_buf(), pipeline: Some(pipeline.clone()), ..Self::default() }
+    }
+
+    /// The metrics events: (stage, global step, fields).
+    pub fn metrics(&self) -> Vec<(String, u64, Map<String, Value>)> {
+        self.events
+            .iter()
+            .filter(|e| e.0 == "metrics")
+            .map(|e| (e.1.clone().unwrap(), e.2.unwrap(), e.3.clone()))
+            .collect()
+    }
+
+    /// One metric of every metrics event of `stage` that has it.
+    pub fn series(&self, stage: &str, key: &str) -> Vec<f64> {
+        self.metrics().iter().filter(|m| m.0 == stage).filter_map(|m| m.2.get(key).and_then(Value::as_f64)).collect()
+    }
+
+    /// One metric of every metrics event that has it, whatever the stage.
+    pub fn series_all(&self, key: &str) -> Vec<f64> {
+        self.metrics().iter().filter_map(|m| m.2.get(key).and_then(Value::as_f64)).collect()
+    }
+}
+
+impl Host for MemoryHost {
+    fn emit(
+        &mut self,
+        kind: &str,
+        stage: Option<&str>,
+        step: Option<u64>,
+        fields: Map<String, Value>,
+    ) -> Result<(), TrainError> {
+        if let Some((at, lines)) = &self.label_at {
+            let path = self.dir.join("labels.jsonl");
+            if kind == "metrics" && step == Some(*at) && !path.exists() {
+                std::fs::write(&path, lines).unwrap();
+            }
+        }
+        self.events.push((kind.to_string(), stage.map(String::from), step, fields));
+        Ok(())
+    }
+
+    fn save_checkpoint(&mut self, step: u64, files: Vec<(String, Vec<u8>)>) -> Result<(), TrainError> {
+        let dir = self.dir.join(format!("checkpoints/step-{step:06}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in files {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+        self.checkpoints.push((step, dir));
+        Ok(())
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop_after_metrics.is_some_and(|n| self.metrics().len() >= n)
+    }
+
+    fn reference_dir(&self, stage: &str) -> PathBuf {
+        self.dir.join("references").join(stage)
+    }
+
+    fn preference_files(&self, index: usize) -> Vec<PrefFile> {
+        let Some(p) = self.pipeline.as_ref() else { return Vec::new() };
+        let files = p.stages[index].pref.as_ref().map(|t| t.data.clone()).unwrap_or_default();
+        // labels.jsonl is the run's live file; here it lives in the test's directory.
+        files
+            .into_iter()
+            .map(|f| {
+                if f.file_name().is_some_and(|n| n == "labels.jsonl") {
+                    PrefFile { path: self.dir.join("labels.jsonl"), live: true }
+                } else {
+                    PrefFile { path: f, live: false }
+                }
+            })
+            .collect()
+    }
+
+    fn save_eval(&mut self, _: &str, eval: &StageEval) -> Result<(), TrainError> {
+        self.reports.push(eval.report.clone());
+        Ok(())
+    }
+
+    fn eval_inputs(&self) -> EvalInputs {
+        if self.human_inputs {
+            EvalInputs { overrides: Some(self.dir.join("overrides.jsonl")), labels: vec![self.dir.join("labels.jsonl")] }
+        } else {
+            EvalInputs::default()
+        }
+    }
+}
