@@ -4,7 +4,7 @@
 //! read off the per-token log-probs: SFT and unlikelihood as token means, DPO from per-sequence
 //! sums against cached reference log-probs.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 use super::batch::{Sequence, TokenBatch};
 use super::examples::PairExample;
@@ -73,6 +73,36 @@ fn scalar(t: &Tensor) -> Result<f64> {
     t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()
 }
 
+/// Every sequence of a micro-batch, in the order the objective reads them off:
+/// sft | lm | unsafe | pair chosen, pair rejected | safety chosen, safety rejected.
+fn sequences(mb: &MicroBatch) -> Vec<Sequence> {
+    let mut seqs: Vec<Sequence> = Vec::new();
+    seqs.extend(mb.sft.iter().cloned());
+    seqs.extend(mb.lm.iter().cloned());
+    seqs.extend(mb.unsafe_seqs.iter().cloned());
+    for pairs in [&mb.pairs, &mb.safety_pairs] {
+        seqs.extend(pairs.iter().map(|(p, _)| p.chosen_sequence()));
+        seqs.extend(pairs.iter().map(|(p, _)| p.rejected_sequence()));
+    }
+    seqs
+}
+
+/// A token-level selector: 1/N on the N target tokens of sequences `from..to`, 0 elsewhere
+/// (none when they have no target).
+fn token_selector(batch: &TokenBatch, from: usize, to: usize, device: &Device, dtype: DType) -> Result<Option<Tensor>> {
+    let counts = &batch.targets_per_sequence;
+    let before: usize = counts[..from].iter().sum();
+    let inside: usize = counts[from..to].iter().sum();
+    if inside == 0 {
+        return Ok(None);
+    }
+    let mut w = vec![0f64; batch.num_targets()];
+    for x in &mut w[before..before + inside] {
+        *x = 1.0 / inside as f64;
+    }
+    Ok(Some(Tensor::from_vec(w, batch.num_targets(), device)?.to_dtype(dtype)?))
+}
+
 /// Forward, then each term's loss.
 pub fn evaluate(
     policy: &Decoder,
@@ -82,23 +112,7 @@ pub fn evaluate(
     safety_pair: Option<PairTerm>,
     pad_id: u32,
 ) -> Result<Outcome> {
-    // Sequence order: sft | lm | unsafe | pair chosen, pair rejected | safety chosen, safety rejected.
-    let mut seqs: Vec<Sequence> = Vec::new();
-    seqs.extend(mb.sft.iter().cloned());
-    seqs.extend(mb.lm.iter().cloned());
-    seqs.extend(mb.unsafe_seqs.iter().cloned());
-    for (p, _) in &mb.pairs {
-        seqs.push(p.chosen_sequence());
-    }
-    for (p, _) in &mb.pairs {
-        seqs.push(p.rejected_sequence());
-    }
-    for (p, _) in &mb.safety_pairs {
-        seqs.push(p.chosen_sequence());
-    }
-    for (p, _) in &mb.safety_pairs {
-        seqs.push(p.rejected_sequence());
-    }
+    let seqs = sequences(mb);
     let batch = TokenBatch::new(&seqs, pad_id, policy.device())?;
     let logps = target_logps(policy, &batch)?;
     let device = logps.device().clone();
@@ -106,20 +120,7 @@ pub fn evaluate(
     let n_sft = mb.sft.len();
     let n_lm = mb.lm.len();
     let n_unsafe = mb.unsafe_seqs.len();
-    // Token-level selectors: 1/N on the tokens of a term, 0 elsewhere.
-    let selector = |from: usize, to: usize| -> Result<Option<Tensor>> {
-        let counts = &batch.targets_per_sequence;
-        let before: usize = counts[..from].iter().sum();
-        let inside: usize = counts[from..to].iter().sum();
-        if inside == 0 {
-            return Ok(None);
-        }
-        let mut w = vec![0f64; batch.num_targets()];
-        for x in &mut w[before..before + inside] {
-            *x = 1.0 / inside as f64;
-        }
-        Ok(Some(Tensor::from_vec(w, batch.num_targets(), &device)?.to_dtype(dtype)?))
-    };
+    let selector = |from: usize, to: usize| token_selector(&batch, from, to, &device, dtype);
     let mut total = Tensor::zeros((), dtype, &device)?;
     let mut out = Outcome {
         loss: total.clone(),

@@ -8,10 +8,10 @@ use super::batch::Sequence;
 use super::examples::{fit_pair, lm_example, pair_example, sft_example, PairExample, TruncationStats};
 use super::score::pair_logps;
 use super::TrainError;
-use crate::config::{SafetyLossKind, Stage};
+use crate::config::{SafetyLossKind, SafetyTerm, Stage};
 use crate::data::{
     encode_preference, read_preferences, read_records_with_lines, read_safety, read_text_records, ChatTemplate,
-    PreferenceRecord, Records, TextTokenizer,
+    PreferenceRecord, Records, SafetyRecord, TextTokenizer,
 };
 use crate::model::Model;
 
@@ -47,44 +47,27 @@ pub fn load_stage_data(
     tok: &TextTokenizer,
     template: Option<&ChatTemplate>,
 ) -> Result<StageData, TrainError> {
-    let max = stage.max_length;
+    let cx =
+        Encoding { tok, template, max: stage.max_length, on_chosen: stage.sft.as_ref().is_some_and(|s| s.on_chosen) };
     let mut data = StageData::default();
-    let on_chosen = stage.sft.as_ref().is_some_and(|s| s.on_chosen);
     if let Some(sft) = &stage.sft {
-        let stats = data.truncation.entry("sft").or_default();
-        for path in &sft.data {
-            let (records, lines) = read_records_with_lines(path)?;
-            let Records::Sft(records) = records else {
-                return Err(TrainError::Data(format!(
-                    "{}: expected SFT records (messages or prompt/completion)",
-                    path.display()
-                )));
-            };
-            for (rec, line) in records.iter().zip(lines) {
-                if let Some(seq) = sft_example(tok, template, rec, max, stats).map_err(|e| ctx(path, line, e))? {
-                    data.sft.push(seq);
-                }
-            }
-        }
+        load_sft(&cx, &sft.data, &mut data)?;
     }
     if let Some(lm) = &stage.lm {
         let stats = data.truncation.entry("lm").or_default();
         for path in &lm.data {
             for (line, text) in read_text_records(path)? {
-                if let Some(seq) = lm_example(tok, &text, max, stats).map_err(|e| ctx(path, line, e))? {
+                if let Some(seq) = lm_example(tok, &text, cx.max, stats).map_err(|e| ctx(path, line, e))? {
                     data.lm.push(seq);
                 }
             }
         }
     }
-    for path in pref_files {
-        if !path.exists() {
-            continue;
-        }
+    for path in pref_files.iter().filter(|p| p.exists()) {
         let stats = data.truncation.entry("pref").or_default();
         for (i, rec) in read_preferences(path)?.iter().enumerate() {
-            if let Some(p) = pair_example(tok, template, rec, max, stats).map_err(|e| ctx(path, i + 1, e))? {
-                if on_chosen {
+            if let Some(p) = pair_example(tok, template, rec, cx.max, stats).map_err(|e| ctx(path, i + 1, e))? {
+                if cx.on_chosen {
                     data.sft.push(p.chosen_sequence());
                 }
                 data.pairs.push(p);
@@ -92,43 +75,13 @@ pub fn load_stage_data(
         }
     }
     if let Some(safety) = &stage.safety {
-        for path in &safety.data {
-            let stats = data.truncation.entry("safety").or_default();
-            for (i, rec) in read_safety(path)?.iter().enumerate() {
-                let safe = rec.safe.clone();
-                let as_pair = PreferenceRecord {
-                    prompt: rec.prompt.clone(),
-                    chosen: safe.clone().unwrap_or_else(|| rec.unsafe_.clone()),
-                    rejected: rec.unsafe_.clone(),
-                    extra: serde_json::Map::new(),
-                };
-                let ex = encode_preference(tok, template, &as_pair).map_err(|e| ctx(path, i + 1, e))?;
-                let Some(p) = fit_pair(ex.prompt_ids, ex.chosen_ids, ex.rejected_ids, max, stats) else { continue };
-                match safety.loss {
-                    SafetyLossKind::Unlikelihood => data.unsafe_seqs.push(p.rejected_sequence()),
-                    SafetyLossKind::Dpo if safe.is_some() => data.safety_pairs.push(p.clone()),
-                    SafetyLossKind::Dpo => {
-                        return Err(ctx(path, i + 1, "safety loss \"dpo\" needs a `safe` response in every record"))
-                    }
-                }
-                if on_chosen && safe.is_some() {
-                    data.sft.push(p.chosen_sequence());
-                }
-            }
-        }
+        load_safety(&cx, safety, &mut data)?;
         if let Some(adaptive) = &safety.adaptive {
             let files = adaptive.redteam.as_ref().map_or_else(|| safety.data.clone(), |p| vec![p.clone()]);
             let mut stats = TruncationStats::default();
             for path in &files {
                 for (i, rec) in read_safety(path)?.iter().enumerate() {
-                    let as_pair = PreferenceRecord {
-                        prompt: rec.prompt.clone(),
-                        chosen: rec.safe.clone().unwrap_or_else(|| rec.unsafe_.clone()),
-                        rejected: rec.unsafe_.clone(),
-                        extra: serde_json::Map::new(),
-                    };
-                    let ex = encode_preference(tok, template, &as_pair).map_err(|e| ctx(path, i + 1, e))?;
-                    if let Some(p) = fit_pair(ex.prompt_ids, ex.chosen_ids, ex.rejected_ids, max, &mut stats) {
+                    if let Some(p) = safety_pair(&cx, path, i + 1, rec, &mut stats)? {
                         data.redteam.push(p);
                     }
                 }
@@ -136,6 +89,73 @@ pub fn load_stage_data(
         }
     }
     Ok(data)
+}
+
+/// How a stage encodes its examples.
+struct Encoding<'a> {
+    tok: &'a TextTokenizer,
+    template: Option<&'a ChatTemplate>,
+    max: usize,
+    on_chosen: bool,
+}
+
+fn load_sft(cx: &Encoding, files: &[PathBuf], data: &mut StageData) -> Result<(), TrainError> {
+    let stats = data.truncation.entry("sft").or_default();
+    for path in files {
+        let (records, lines) = read_records_with_lines(path)?;
+        let Records::Sft(records) = records else {
+            return Err(TrainError::Data(format!(
+                "{}: expected SFT records (messages or prompt/completion)",
+                path.display()
+            )));
+        };
+        for (rec, line) in records.iter().zip(lines) {
+            if let Some(seq) = sft_example(cx.tok, cx.template, rec, cx.max, stats).map_err(|e| ctx(path, line, e))? {
+                data.sft.push(seq);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A safety record as a (safe, unsafe) pair; a record without a safe response pairs its unsafe
+/// response with itself. `None` when it does not fit `max_length`.
+fn safety_pair(
+    cx: &Encoding,
+    path: &Path,
+    line: usize,
+    rec: &SafetyRecord,
+    stats: &mut TruncationStats,
+) -> Result<Option<PairExample>, TrainError> {
+    let as_pair = PreferenceRecord {
+        prompt: rec.prompt.clone(),
+        chosen: rec.safe.clone().unwrap_or_else(|| rec.unsafe_.clone()),
+        rejected: rec.unsafe_.clone(),
+        extra: serde_json::Map::new(),
+    };
+    let ex = encode_preference(cx.tok, cx.template, &as_pair).map_err(|e| ctx(path, line, e))?;
+    Ok(fit_pair(ex.prompt_ids, ex.chosen_ids, ex.rejected_ids, cx.max, stats))
+}
+
+fn load_safety(cx: &Encoding, safety: &SafetyTerm, data: &mut StageData) -> Result<(), TrainError> {
+    for path in &safety.data {
+        let stats = data.truncation.entry("safety").or_default();
+        for (i, rec) in read_safety(path)?.iter().enumerate() {
+            let has_safe = rec.safe.is_some();
+            let Some(p) = safety_pair(cx, path, i + 1, rec, stats)? else { continue };
+            match safety.loss {
+                SafetyLossKind::Unlikelihood => data.unsafe_seqs.push(p.rejected_sequence()),
+                SafetyLossKind::Dpo if has_safe => data.safety_pairs.push(p.clone()),
+                SafetyLossKind::Dpo => {
+                    return Err(ctx(path, i + 1, "safety loss \"dpo\" needs a `safe` response in every record"))
+                }
+            }
+            if cx.on_chosen && has_safe {
+                data.sft.push(p.chosen_sequence());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reference log-probs `(chosen, rejected)` keyed by example hash.

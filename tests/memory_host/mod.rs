@@ -123,7 +123,10 @@ impl Host for MemoryHost {
 
     fn eval_inputs(&self) -> EvalInputs {
         if self.human_inputs {
-            EvalInputs { overrides: Some(self.dir.join("overrides.jsonl")), labels: vec![self.dir.join("labels.jsonl")] }
+            EvalInputs {
+                overrides: Some(self.dir.join("overrides.jsonl")),
+                labels: vec![self.dir.join("labels.jsonl")],
+            }
         } else {
             EvalInputs::default()
         }

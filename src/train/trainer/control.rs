@@ -6,14 +6,12 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use super::stage::{Lambdas, StageRun};
 use super::{Host, Trainer};
 use crate::config::Stage;
 use crate::data::{encode_generation_prompt, read_records_with_lines, Message, Records, SftRecord, Text};
 use crate::model::generate::{generate, Sampling};
 use crate::train::host::{Control, Position};
-use crate::train::live::LiveLabels;
-use crate::train::optim::AdamW;
-use crate::train::sampler::Sampler;
 use crate::train::TrainError;
 
 /// How long one wait for a command lasts while paused (a stop signal is noticed this quickly).
@@ -30,23 +28,6 @@ pub(super) enum Boundary {
     Stop,
     /// End the stage now.
     Skip,
-}
-
-/// What a boundary may need from the stage loop.
-pub(super) struct StepCx<'a, 's> {
-    pub name: &'a str,
-    pub stage: &'a Stage,
-    pub static_files: &'a [PathBuf],
-    pub opt: &'a AdamW,
-    pub samplers: &'a [(&'s str, Sampler)],
-    pub live: &'a LiveLabels,
-}
-
-/// The λ values in effect, changed by `set_lambda` and the adaptive rule.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Lambdas {
-    pub pref: f64,
-    pub safe: f64,
 }
 
 /// The prompts of a stage, in data order (preference, then SFT, then safety files), deduplicated.
@@ -106,11 +87,12 @@ fn candidate_seed(seed: u64, step: u64, index: usize, response: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-fn cached_prompts<'p>(cx: &StepCx<'_, '_>, prompts: &'p mut Option<Vec<Text>>) -> Result<&'p [Text], TrainError> {
-    if prompts.is_none() {
-        *prompts = Some(stage_prompts(cx.stage, cx.static_files)?);
+/// The stage's prompts, read on first use.
+fn cached_prompts(run: &mut StageRun) -> Result<&[Text], TrainError> {
+    if run.prompts.is_none() {
+        run.prompts = Some(stage_prompts(&run.stage, &run.static_files)?);
     }
-    Ok(prompts.as_deref().unwrap_or_default())
+    Ok(run.prompts.as_deref().unwrap_or_default())
 }
 
 impl<H: Host> Trainer<'_, H> {
@@ -128,27 +110,22 @@ impl<H: Host> Trainer<'_, H> {
 
     /// Everything between two steps: controls replayed from a previous worker, then every
     /// pending command; while paused, waits here for commands without using the CPU.
-    pub(super) fn boundary(
-        &mut self,
-        cx: &StepCx<'_, '_>,
-        lambdas: &mut Lambdas,
-        prompts: &mut Option<Vec<Text>>,
-    ) -> Result<Boundary, TrainError> {
+    pub(super) fn boundary(&mut self, run: &mut StageRun) -> Result<Boundary, TrainError> {
         let step = self.state.global_step;
         let due: Vec<Control> = {
             let (now, later): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut self.planned).into_iter().partition(|p| p.stage == cx.name && p.step == step);
+                std::mem::take(&mut self.planned).into_iter().partition(|p| p.stage == run.name() && p.step == step);
             self.planned = later;
             now.into_iter().map(|p| p.control).collect()
         };
         for control in due {
-            if self.apply(cx, control, lambdas, prompts, true)? == Boundary::Skip {
+            if self.apply(run, control, true)? == Boundary::Skip {
                 return Ok(Boundary::Skip);
             }
         }
         loop {
             let state = if self.paused { "paused" } else { "running" };
-            let position = self.position(state, Some(cx.name), Some(*lambdas));
+            let position = self.position(state, Some(run.name()), Some(run.lambdas));
             self.host.publish(&position);
             let wait = self.paused.then_some(PAUSE_POLL);
             let Some(control) = self.host.next_control(wait) else {
@@ -160,22 +137,22 @@ impl<H: Host> Trainer<'_, H> {
             match control {
                 Control::Pause if !self.paused => {
                     self.paused = true;
-                    self.host.emit("paused", Some(cx.name), Some(step), Map::new())?;
+                    self.host.emit("paused", Some(run.name()), Some(step), Map::new())?;
                 }
                 Control::Resume if self.paused => {
                     self.paused = false;
-                    self.unpaused(cx.name)?;
+                    self.unpaused(run.name())?;
                 }
                 Control::Pause | Control::Resume => {}
                 Control::Stop => {
                     self.stop = true;
                     let mut f = Map::new();
                     f.insert("source".into(), json!("control"));
-                    self.host.emit("stop_requested", Some(cx.name), Some(step), f)?;
+                    self.host.emit("stop_requested", Some(run.name()), Some(step), f)?;
                     break;
                 }
                 other => {
-                    if self.apply(cx, other, lambdas, prompts, false)? == Boundary::Skip {
+                    if self.apply(run, other, false)? == Boundary::Skip {
                         return Ok(Boundary::Skip);
                     }
                 }
@@ -184,9 +161,9 @@ impl<H: Host> Trainer<'_, H> {
         if self.stop || self.host.stop_requested() {
             if self.paused {
                 self.paused = false;
-                self.unpaused(cx.name)?;
+                self.unpaused(run.name())?;
             }
-            let position = self.position("stopping", Some(cx.name), Some(*lambdas));
+            let position = self.position("stopping", Some(run.name()), Some(run.lambdas));
             self.host.publish(&position);
             return Ok(Boundary::Stop);
         }
@@ -203,21 +180,14 @@ impl<H: Host> Trainer<'_, H> {
         self.host.emit("resumed", Some(stage), Some(step), f)
     }
 
-    fn apply(
-        &mut self,
-        cx: &StepCx<'_, '_>,
-        control: Control,
-        lambdas: &mut Lambdas,
-        prompts: &mut Option<Vec<Text>>,
-        replayed: bool,
-    ) -> Result<Boundary, TrainError> {
+    fn apply(&mut self, run: &mut StageRun, control: Control, replayed: bool) -> Result<Boundary, TrainError> {
         let step = self.state.global_step;
         let mut f = Map::new();
         match control {
             Control::SetLambda { term, value } => {
                 let slot = match term.as_str() {
-                    "pref" => &mut lambdas.pref,
-                    "safe" => &mut lambdas.safe,
+                    "pref" => &mut run.lambdas.pref,
+                    "safe" => &mut run.lambdas.safe,
                     other => return Err(TrainError::Host(format!("set_lambda: no λ named {other:?}"))),
                 };
                 let from = *slot;
@@ -229,15 +199,15 @@ impl<H: Host> Trainer<'_, H> {
                 if replayed {
                     f.insert("replayed".into(), json!(true));
                 }
-                self.host.emit("lambda_changed", Some(cx.name), Some(step), f)?;
+                self.host.emit("lambda_changed", Some(run.name()), Some(step), f)?;
             }
             Control::SkipStage { stage } => {
-                if let Some(meant) = stage.filter(|s| s != cx.name) {
+                if let Some(meant) = stage.filter(|s| s != run.name()) {
                     f.insert(
                         "message".into(),
-                        json!(format!("skip_stage for stage {meant:?} ignored: stage {:?} is running", cx.name)),
+                        json!(format!("skip_stage for stage {meant:?} ignored: stage {:?} is running", run.name())),
                     );
-                    self.host.emit("warning", Some(cx.name), Some(step), f)?;
+                    self.host.emit("warning", Some(run.name()), Some(step), f)?;
                     return Ok(Boundary::Train);
                 }
                 f.insert("stage_step".into(), json!(self.state.stage_step));
@@ -245,19 +215,18 @@ impl<H: Host> Trainer<'_, H> {
                 if replayed {
                     f.insert("replayed".into(), json!(true));
                 }
-                self.host.emit("stage_skipped", Some(cx.name), Some(step), f)?;
+                self.host.emit("stage_skipped", Some(run.name()), Some(step), f)?;
                 return Ok(Boundary::Skip);
             }
             Control::CheckpointNow => {
-                self.state.label_prefixes = cx.live.consumed_prefixes()?;
                 if self.last_checkpoint == Some(step) {
                     f.insert("message".into(), json!(format!("checkpoint_now: step {step} is already checkpointed")));
-                    self.host.emit("warning", Some(cx.name), Some(step), f)?;
+                    self.host.emit("warning", Some(run.name()), Some(step), f)?;
                 } else {
-                    self.checkpoint(cx.opt, cx.samplers, lambdas.pref, lambdas.safe)?;
+                    self.checkpoint(run)?;
                 }
             }
-            Control::GenerateCandidates { count } => self.candidates(cx, count, prompts)?,
+            Control::GenerateCandidates { count } => self.candidates(run, count)?,
             Control::Pause | Control::Resume | Control::Stop => {}
         }
         Ok(Boundary::Train)
@@ -265,18 +234,13 @@ impl<H: Host> Trainer<'_, H> {
 
     /// `generate_candidates`: two samples (temperature 1, the policy's own distribution) per
     /// prompt for `count` prompts, continuing through the stage's prompts from the last request.
-    fn candidates(
-        &mut self,
-        cx: &StepCx<'_, '_>,
-        count: usize,
-        prompts: &mut Option<Vec<Text>>,
-    ) -> Result<(), TrainError> {
+    fn candidates(&mut self, run: &mut StageRun, count: usize) -> Result<(), TrainError> {
         let step = self.state.global_step;
-        let all = cached_prompts(cx, prompts)?.to_vec();
+        let all = cached_prompts(run)?.to_vec();
         if all.is_empty() {
             let mut f = Map::new();
             f.insert("message".into(), json!("generate_candidates: the stage has no prompts"));
-            return self.host.emit("warning", Some(cx.name), Some(step), f);
+            return self.host.emit("warning", Some(run.name()), Some(step), f);
         }
         let stops = self.policy.generation.eos_token_ids.clone();
         let mut lines = Vec::new();
@@ -300,7 +264,7 @@ impl<H: Host> Trainer<'_, H> {
                 "responses": responses,
                 "source": "policy",
                 "step": step,
-                "stage": cx.name,
+                "stage": run.name(),
             }));
         }
         self.candidate_cursor = (self.candidate_cursor + lines.len()) % all.len();
@@ -311,23 +275,19 @@ impl<H: Host> Trainer<'_, H> {
         if let Some(file) = file {
             f.insert("file".into(), json!(file));
         }
-        self.host.emit("candidates_generated", Some(cx.name), Some(step), f)
+        self.host.emit("candidates_generated", Some(run.name()), Some(step), f)
     }
 
     /// Live samples: greedy answers to the fixed prompts (`[run] sample_prompts`, or the stage's
     /// first few), one `sample` event each.
-    pub(super) fn live_samples(
-        &mut self,
-        cx: &StepCx<'_, '_>,
-        prompts: &mut Option<Vec<Text>>,
-    ) -> Result<(), TrainError> {
+    pub(super) fn live_samples(&mut self, run: &mut StageRun) -> Result<(), TrainError> {
         let every = self.pipeline.run.sample_every;
         let step = self.state.global_step;
         if every == 0 || step % every != 0 {
             return Ok(());
         }
         let fixed: Vec<Text> = if self.pipeline.run.sample_prompts.is_empty() {
-            cached_prompts(cx, prompts)?.iter().take(DEFAULT_SAMPLE_PROMPTS).cloned().collect()
+            cached_prompts(run)?.iter().take(DEFAULT_SAMPLE_PROMPTS).cloned().collect()
         } else {
             let as_chat = self.template.is_some();
             self.pipeline
@@ -345,7 +305,7 @@ impl<H: Host> Trainer<'_, H> {
             let mut f = Map::new();
             f.insert("prompt".into(), json!(prompt_display(prompt)));
             f.insert("response".into(), json!(self.tokenizer.decode(&out.new_token_ids, true)?));
-            self.host.emit("sample", Some(cx.name), Some(step), f)?;
+            self.host.emit("sample", Some(run.name()), Some(step), f)?;
         }
         Ok(())
     }
