@@ -4,18 +4,20 @@
 //! (only for the candidate/baseline pair they name, retracted ones not at all), and a prompt that
 //! entered training through the labels file marks its eval item as contaminated.
 
+mod memory_host;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use hone::config::Pipeline;
-use hone::eval::{read_pairwise_labels, read_suite, Report, Winner};
-use hone::train::evaluate::{EvalInputs, StageEval};
-use hone::train::trainer::{Host, PrefFile, RunOptions, Trainer};
-use hone::train::TrainError;
-use serde_json::{json, Map, Value};
+use hone::eval::{read_pairwise_labels, read_suite, Winner};
+use hone::train::trainer::{RunOptions, Trainer};
+use memory_host::MemoryHost;
+use serde_json::{json, Value};
 
+/// The small fixture pipeline (its 16-item suite keeps four evaluations fast).
 fn sample() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample-data")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample")
 }
 
 #[test]
@@ -57,12 +59,12 @@ fn a_bad_pairwise_label_is_reported_at_its_line_and_column() {
     assert!(err.contains("unknown winner"), "{err}");
 }
 
-/// The sample pipeline with absolute paths, the run's labels file in `dir`.
+/// The fixture pipeline with absolute paths, the run's labels file in `dir`.
 fn pipeline() -> Pipeline {
     let text = std::fs::read_to_string(sample().join("pipeline.toml")).unwrap();
     let mut p: Pipeline = toml::from_str(&text).unwrap();
     p.model.path = sample().join(&p.model.path);
-    let e = p.eval.as_mut().expect("the sample pipeline has an [eval] table");
+    let e = p.eval.as_mut().expect("the fixture pipeline has an [eval] table");
     e.suite = sample().join(&e.suite);
     for s in &mut p.stages {
         for data in [s.sft.as_mut().map(|t| &mut t.data), s.safety.as_mut().map(|t| &mut t.data)].into_iter().flatten()
@@ -74,47 +76,6 @@ fn pipeline() -> Pipeline {
         }
     }
     p
-}
-
-struct Host1 {
-    dir: PathBuf,
-    pipeline: Pipeline,
-    reports: Vec<Report>,
-}
-
-impl Host for Host1 {
-    fn emit(&mut self, _: &str, _: Option<&str>, _: Option<u64>, _: Map<String, Value>) -> Result<(), TrainError> {
-        Ok(())
-    }
-    fn save_checkpoint(&mut self, _: u64, _: Vec<(String, Vec<u8>)>) -> Result<(), TrainError> {
-        Ok(())
-    }
-    fn stop_requested(&self) -> bool {
-        false
-    }
-    fn reference_dir(&self, stage: &str) -> PathBuf {
-        self.dir.join("references").join(stage)
-    }
-    fn preference_files(&self, index: usize) -> Vec<PrefFile> {
-        let files = self.pipeline.stages[index].pref.as_ref().map(|t| t.data.clone()).unwrap_or_default();
-        files
-            .into_iter()
-            .map(|f| {
-                if f.file_name().is_some_and(|n| n == "labels.jsonl") {
-                    PrefFile { path: self.dir.join("labels.jsonl"), live: true }
-                } else {
-                    PrefFile { path: f, live: false }
-                }
-            })
-            .collect()
-    }
-    fn save_eval(&mut self, _: &str, eval: &StageEval) -> Result<(), TrainError> {
-        self.reports.push(eval.report.clone());
-        Ok(())
-    }
-    fn eval_inputs(&self) -> EvalInputs {
-        EvalInputs { overrides: Some(self.dir.join("overrides.jsonl")), labels: vec![self.dir.join("labels.jsonl")] }
-    }
 }
 
 fn write_lines(path: &Path, lines: &[Value]) {
@@ -140,7 +101,7 @@ fn overrides_labels_and_label_prompts_reach_every_pipeline_evaluation() {
             json!({"id": "u1", "kind": "undo", "supersedes": "l2"}),
         ],
     );
-    let mut host = Host1 { dir: tmp.path().to_path_buf(), pipeline: p.clone(), reports: Vec::new() };
+    let mut host = MemoryHost { human_inputs: true, ..MemoryHost::new(tmp.path(), &p) };
     let options = RunOptions { max_steps: Some(1), ..RunOptions::default() };
     Trainer::new(p, options, &mut host, Device::Cpu, DType::F32).unwrap().run().unwrap();
     let stages: Vec<&str> = host.reports.iter().map(|r| r.stage.as_str()).collect();

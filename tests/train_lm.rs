@@ -3,6 +3,8 @@
 //! conventions, counted truncation, a loss that falls, and weights reproducible from the seed.
 #![allow(clippy::unwrap_used, clippy::float_cmp)] // exact equality is the point of the seed test
 
+mod memory_host;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -10,9 +12,8 @@ use candle_core::{DType, Device};
 use hone::config::{freeze, frozen_toml, load_frozen, load_pipeline, FrozenExtras, ModelInit};
 use hone::data::{read_text_records, TextTokenizer};
 use hone::train::examples::{lm_example, TruncationStats};
-use hone::train::trainer::{Finished, Host, PrefFile, RunOptions, Trainer};
-use hone::train::TrainError;
-use serde_json::{Map, Value};
+use hone::train::trainer::{Finished, RunOptions, Trainer};
+use memory_host::MemoryHost;
 
 fn llama() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama/model")
@@ -38,54 +39,6 @@ fn corpus(dir: &Path) {
         })
         .collect();
     fs::write(dir.join("text.jsonl"), lines.join("\n") + "\n").unwrap();
-}
-
-#[derive(Default)]
-struct MemoryHost {
-    dir: PathBuf,
-    events: Vec<(String, Option<String>, Map<String, Value>)>,
-    checkpoints: Vec<PathBuf>,
-}
-
-impl MemoryHost {
-    fn series(&self, key: &str) -> Vec<f64> {
-        self.events.iter().filter(|e| e.0 == "metrics").filter_map(|e| e.2.get(key).and_then(Value::as_f64)).collect()
-    }
-}
-
-impl Host for MemoryHost {
-    fn emit(
-        &mut self,
-        kind: &str,
-        stage: Option<&str>,
-        _: Option<u64>,
-        f: Map<String, Value>,
-    ) -> Result<(), TrainError> {
-        self.events.push((kind.to_string(), stage.map(String::from), f));
-        Ok(())
-    }
-
-    fn save_checkpoint(&mut self, step: u64, files: Vec<(String, Vec<u8>)>) -> Result<(), TrainError> {
-        let dir = self.dir.join(format!("checkpoints/step-{step:06}"));
-        fs::create_dir_all(&dir).unwrap();
-        for (name, bytes) in files {
-            fs::write(dir.join(name), bytes).unwrap();
-        }
-        self.checkpoints.push(dir);
-        Ok(())
-    }
-
-    fn stop_requested(&self) -> bool {
-        false
-    }
-
-    fn reference_dir(&self, stage: &str) -> PathBuf {
-        self.dir.join("references").join(stage)
-    }
-
-    fn preference_files(&self, _: usize) -> Vec<PrefFile> {
-        Vec::new()
-    }
 }
 
 fn pretrain_toml(seed: u64) -> String {
@@ -151,23 +104,23 @@ fn an_lm_stage_from_scratch_learns_and_its_weights_follow_from_the_seed() {
     weightless_model(tmp.path());
     corpus(tmp.path());
     let first = pretrain(tmp.path(), 7, "a");
-    let losses = first.series("loss/lm");
+    let losses = first.series_all("loss/lm");
     assert_eq!(losses.len(), 18, "12 texts, batch 4, 6 epochs");
-    assert!(first.series("loss/sft").is_empty(), "only the lm term is active");
+    assert!(first.series_all("loss/sft").is_empty(), "only the lm term is active");
     let start = losses[..3].iter().sum::<f64>() / 3.0;
     let end = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
     assert!(end < start * 0.6, "the LM loss falls: {start} -> {end}");
     let started = first.events.iter().find(|e| e.0 == "stage_started").unwrap();
-    assert_eq!(started.2["examples"]["lm"], 12);
+    assert_eq!(started.3["examples"]["lm"], 12);
     // The saved stage is a complete model directory: weights plus the tokenizer it was made with.
-    let last = first.checkpoints.last().unwrap();
+    let last = &first.checkpoints.last().unwrap().1;
     for name in ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"] {
         assert!(last.join(name).is_file(), "{name} in {}", last.display());
     }
     let again = pretrain(tmp.path(), 7, "b");
-    assert_eq!(again.series("loss/lm"), losses, "same seed, same initial weights and losses");
+    assert_eq!(again.series_all("loss/lm"), losses, "same seed, same initial weights and losses");
     let other = pretrain(tmp.path(), 8, "c");
-    assert_ne!(other.series("loss/lm")[0], losses[0], "another seed initialises other weights");
+    assert_ne!(other.series_all("loss/lm")[0], losses[0], "another seed initialises other weights");
 }
 
 #[test]

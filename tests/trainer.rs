@@ -2,13 +2,15 @@
 //! bit-exactly, and non-finite steps are skipped or halt the run.
 #![allow(clippy::unwrap_used, clippy::float_cmp)] // exact equality is the point of the resume test
 
-use std::path::{Path, PathBuf};
+mod memory_host;
+
+use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 use hone::config::Pipeline;
-use hone::train::trainer::{Finished, Host, PrefFile, RunOptions, Trainer};
+use hone::train::trainer::{Finished, RunOptions, Trainer};
 use hone::train::TrainError;
-use serde_json::{Map, Value};
+use memory_host::{MemoryHost, Recorded};
 
 fn sample() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample")
@@ -43,92 +45,6 @@ fn pipeline_with_eval(with_eval: bool) -> Pipeline {
     p
 }
 
-/// One recorded event: kind, stage, global step, fields.
-type Recorded = (String, Option<String>, Option<u64>, Map<String, Value>);
-
-#[derive(Default)]
-struct TestHost {
-    dir: PathBuf,
-    events: Vec<Recorded>,
-    checkpoints: Vec<(u64, PathBuf)>,
-    stop_after_metrics: Option<usize>,
-    pipeline: Option<Pipeline>,
-    /// Simulated labeler: after the metrics event of this global step, append these lines to
-    /// the live labels file (once: a resumed run that logs the step again does not re-append).
-    label_at: Option<(u64, String)>,
-}
-
-impl TestHost {
-    fn new(dir: &Path, pipeline: &Pipeline) -> Self {
-        Self { dir: dir.to_path_buf(), pipeline: Some(pipeline.clone()), ..Self::default() }
-    }
-
-    fn metrics(&self) -> Vec<(String, u64, Map<String, Value>)> {
-        self.events
-            .iter()
-            .filter(|e| e.0 == "metrics")
-            .map(|e| (e.1.clone().unwrap(), e.2.unwrap(), e.3.clone()))
-            .collect()
-    }
-
-    fn series(&self, stage: &str, key: &str) -> Vec<f64> {
-        self.metrics().iter().filter(|m| m.0 == stage).filter_map(|m| m.2.get(key).and_then(Value::as_f64)).collect()
-    }
-}
-
-impl Host for TestHost {
-    fn emit(
-        &mut self,
-        kind: &str,
-        stage: Option<&str>,
-        step: Option<u64>,
-        fields: Map<String, Value>,
-    ) -> Result<(), TrainError> {
-        if let Some((at, lines)) = &self.label_at {
-            let path = self.dir.join("labels.jsonl");
-            if kind == "metrics" && step == Some(*at) && !path.exists() {
-                std::fs::write(&path, lines).unwrap();
-            }
-        }
-        self.events.push((kind.to_string(), stage.map(String::from), step, fields));
-        Ok(())
-    }
-
-    fn save_checkpoint(&mut self, step: u64, files: Vec<(String, Vec<u8>)>) -> Result<(), TrainError> {
-        let dir = self.dir.join(format!("checkpoints/step-{step:06}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, bytes) in files {
-            std::fs::write(dir.join(name), bytes).unwrap();
-        }
-        self.checkpoints.push((step, dir));
-        Ok(())
-    }
-
-    fn stop_requested(&self) -> bool {
-        self.stop_after_metrics.is_some_and(|n| self.metrics().len() >= n)
-    }
-
-    fn reference_dir(&self, stage: &str) -> PathBuf {
-        self.dir.join("references").join(stage)
-    }
-
-    fn preference_files(&self, index: usize) -> Vec<PrefFile> {
-        let p = self.pipeline.as_ref().unwrap();
-        let files = p.stages[index].pref.as_ref().map(|t| t.data.clone()).unwrap_or_default();
-        // labels.jsonl is the run's live file; here it lives in the test's directory.
-        files
-            .into_iter()
-            .map(|f| {
-                if f.file_name().is_some_and(|n| n == "labels.jsonl") {
-                    PrefFile { path: self.dir.join("labels.jsonl"), live: true }
-                } else {
-                    PrefFile { path: f, live: false }
-                }
-            })
-            .collect()
-    }
-}
-
 fn first_last_mean(v: &[f64], k: usize) -> (f64, f64) {
     let k = k.min(v.len() / 2).max(1);
     let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
@@ -139,7 +55,7 @@ fn first_last_mean(v: &[f64], k: usize) -> (f64, f64) {
 fn sample_pipeline_learns_each_term() {
     let tmp = tempfile::tempdir().unwrap();
     let p = pipeline();
-    let mut host = TestHost::new(tmp.path(), &p);
+    let mut host = MemoryHost::new(tmp.path(), &p);
     let mut trainer = Trainer::new(p, RunOptions::default(), &mut host, Device::Cpu, DType::F32).unwrap();
     assert_eq!(trainer.run().unwrap(), Finished::Completed);
     drop(trainer);
@@ -171,7 +87,7 @@ fn a_stopped_run_resumes_bit_exactly() {
     let mut p = pipeline();
     p.run.checkpoint_every = 0;
     let full_dir = tempfile::tempdir().unwrap();
-    let mut full = TestHost::new(full_dir.path(), &p);
+    let mut full = MemoryHost::new(full_dir.path(), &p);
     Trainer::new(p.clone(), RunOptions::default(), &mut full, Device::Cpu, DType::F32).unwrap().run().unwrap();
     let want: Vec<(u64, f64)> = full.metrics().iter().map(|m| (m.1, m.2["loss"].as_f64().unwrap())).collect();
 
@@ -180,7 +96,7 @@ fn a_stopped_run_resumes_bit_exactly() {
     let mut got: Vec<(u64, f64)> = Vec::new();
     let mut resume_from: Option<PathBuf> = None;
     for stop_at in [5usize, 17, 31, usize::MAX] {
-        let mut host = TestHost::new(dir.path(), &p);
+        let mut host = MemoryHost::new(dir.path(), &p);
         host.stop_after_metrics = (stop_at != usize::MAX).then_some(stop_at - got.len());
         let mut trainer = match &resume_from {
             None => Trainer::new(p.clone(), RunOptions::default(), &mut host, Device::Cpu, DType::F32).unwrap(),
@@ -210,7 +126,7 @@ fn non_finite_steps_are_skipped_or_halt() {
     let mut p = pipeline();
     p.stages.truncate(1);
     let tmp = tempfile::tempdir().unwrap();
-    let mut host = TestHost::new(tmp.path(), &p);
+    let mut host = MemoryHost::new(tmp.path(), &p);
     let options = RunOptions { inject_nan_at: vec![2], max_steps: Some(5), ..RunOptions::default() };
     Trainer::new(p.clone(), options.clone(), &mut host, Device::Cpu, DType::F32).unwrap().run().unwrap();
     let warning = host.events.iter().find(|e| e.0 == "warning").expect("a warning for the NaN step");
@@ -219,7 +135,7 @@ fn non_finite_steps_are_skipped_or_halt() {
     assert_eq!(host.metrics().len(), 5, "the run goes on after a skipped step");
 
     p.run.nan_policy = hone::config::NanPolicy::Halt;
-    let mut host = TestHost::new(tmp.path(), &p);
+    let mut host = MemoryHost::new(tmp.path(), &p);
     let err = Trainer::new(p, options, &mut host, Device::Cpu, DType::F32).unwrap().run().unwrap_err();
     assert!(matches!(err, TrainError::NonFinite { step: 2, .. }), "{err}");
     assert!(host.events.iter().any(|e| e.0 == "error"));
@@ -247,7 +163,7 @@ fn labels_appended_during_dpo_join_training_at_the_next_step_and_resume_exactly(
     let dpo_first_step = 12; // after the 12 SFT steps
     let label_step = dpo_first_step + 3;
     let full_dir = tempfile::tempdir().unwrap();
-    let mut full = TestHost::new(full_dir.path(), &p);
+    let mut full = MemoryHost::new(full_dir.path(), &p);
     full.label_at = Some((label_step, labels(3)));
     Trainer::new(p.clone(), RunOptions::default(), &mut full, Device::Cpu, DType::F32).unwrap().run().unwrap();
     let admitted: Vec<&Recorded> = full.events.iter().filter(|e| e.0 == "labels_admitted").collect();
@@ -259,7 +175,7 @@ fn labels_appended_during_dpo_join_training_at_the_next_step_and_resume_exactly(
 
     // Stop after the admission, resume: the pool is rebuilt identically.
     let dir = tempfile::tempdir().unwrap();
-    let mut first = TestHost::new(dir.path(), &p);
+    let mut first = MemoryHost::new(dir.path(), &p);
     first.label_at = Some((label_step, labels(3)));
     first.stop_after_metrics = Some(label_step as usize + 4);
     let finished =
@@ -271,14 +187,14 @@ fn labels_appended_during_dpo_join_training_at_the_next_step_and_resume_exactly(
     let labels_path = dir.path().join("labels.jsonl");
     let original = std::fs::read_to_string(&labels_path).unwrap();
     std::fs::write(&labels_path, original.replacen("even", "EVEN", 1)).unwrap();
-    let mut refused = TestHost::new(dir.path(), &p);
+    let mut refused = MemoryHost::new(dir.path(), &p);
     let err = Trainer::resume(p.clone(), RunOptions::default(), &mut refused, Device::Cpu, DType::F32, &ck)
         .unwrap()
         .run()
         .unwrap_err();
     assert!(err.to_string().contains("refusing to resume"), "{err}");
     std::fs::write(&labels_path, original).unwrap();
-    let mut second = TestHost::new(dir.path(), &p);
+    let mut second = MemoryHost::new(dir.path(), &p);
     Trainer::resume(p, RunOptions::default(), &mut second, Device::Cpu, DType::F32, &ck).unwrap().run().unwrap();
     got.extend(second.metrics().iter().map(|m| (m.1, m.2["loss"].as_f64().unwrap())));
     assert_eq!(got.len(), want.len());
@@ -292,7 +208,7 @@ fn the_base_model_and_every_stage_are_evaluated_and_gated_against_the_baseline()
     let p = pipeline_with_eval(true);
     assert!(p.eval.is_some(), "the sample pipeline has an [eval] table");
     let tmp = tempfile::tempdir().unwrap();
-    let mut host = TestHost::new(tmp.path(), &p);
+    let mut host = MemoryHost::new(tmp.path(), &p);
     let options = RunOptions { max_steps: Some(2), ..RunOptions::default() };
     Trainer::new(p, options, &mut host, Device::Cpu, DType::F32).unwrap().run().unwrap();
     let evaluated: Vec<String> =

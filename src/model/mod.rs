@@ -165,14 +165,13 @@ impl Model {
 
     /// Saves the weights (in `dtype`) and the config files as a model directory transformers can
     /// load; tokenizer files are copied from the directory the model came from. Each file is
-    /// written to a temporary name and renamed, so a reader never sees half a file.
+    /// written durably ([`crate::durable::write_file`]: temporary name, fsync, rename, directory
+    /// fsync), so a reader never sees half a file.
     pub fn save(&self, dir: &Path, dtype: DType) -> Result<(), ModelError> {
         std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
         for (name, bytes) in self.files(dtype)? {
             let path = dir.join(&name);
-            let tmp = dir.join(format!(".{name}.tmp"));
-            write_file(&tmp, &bytes)?;
-            std::fs::rename(&tmp, &path).map_err(|source| ModelError::Io { path, source })?;
+            crate::durable::write_file(&path, &bytes).map_err(|source| ModelError::Io { path, source })?;
         }
         Ok(())
     }
@@ -219,7 +218,3 @@ const COMPANION_FILES: &[&str] = &[
     "special_tokens_map.json",
     "chat_template.jinja",
 ];
-
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    std::fs::write(path, bytes).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })
-}

@@ -15,6 +15,11 @@ use super::dir::{step_dir_name, RunDir};
 use super::error::RunError;
 use super::fsutil::{check_component, fsync_dir, fsync_file, IoContext};
 
+/// The trainer state's file in a checkpoint (JSON).
+pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
+/// AdamW's moments' file in a checkpoint (safetensors).
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
 /// Entry point for writing checkpoints.
 #[derive(Debug, Clone, Copy)]
 pub struct CheckpointWriter;

@@ -13,7 +13,8 @@
 //!   candidates.jsonl  response pairs generated for labeling (generate_candidates)
 //!   labels.jsonl      labels from the labeling pane (path accessor)
 //!   overrides.jsonl   (path accessor)
-//!   checkpoints/step-000120/   one complete checkpoint, MANIFEST.json inside (checkpoint.rs)
+//!   checkpoints/step-000120/   one complete checkpoint: the model's files, trainer_state.json,
+//!                     optimizer.safetensors, MANIFEST.json (checkpoint.rs)
 //!   eval/<stage>/     (path accessor)
 //!   exports/          (path accessor)
 //!   references/<stage>/  frozen reference weights of a preference stage (path accessor)
@@ -38,7 +39,7 @@ mod lock;
 mod signals;
 pub mod worker;
 
-pub use checkpoint::{CheckpointFile, CheckpointWriter, PendingCheckpoint};
+pub use checkpoint::{CheckpointFile, CheckpointWriter, PendingCheckpoint, OPTIMIZER_FILE, TRAINER_STATE_FILE};
 pub use checkpoints::{
     clean_incomplete, discard_after, latest_checkpoint, list_checkpoints, prune, Checkpoint, Manifest, ManifestFile,
 };

@@ -3,16 +3,19 @@
 //! stage's frozen reference lives in `references/<stage>/`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
 use super::control::{Inbox, Request, Status};
-use super::{clean_incomplete, prune, CheckpointWriter, Event, EventWriter, RunError, Shutdown, WorkerLock};
+use super::{
+    clean_incomplete, prune, CheckpointWriter, Event, EventWriter, RunError, Shutdown, WorkerLock, OPTIMIZER_FILE,
+    TRAINER_STATE_FILE,
+};
 use crate::train::evaluate::{EvalInputs, StageEval};
 use crate::train::host::PlannedControl;
-use crate::train::trainer::{Admission, Control, Host, Position, PrefFile};
+use crate::train::trainer::{Admission, CheckpointData, Control, Host, Position, PrefFile, SavedTraining};
 use crate::train::TrainError;
 
 /// Called with every event the worker writes (the headless progress line, tests).
@@ -73,6 +76,19 @@ impl BestTracker {
 
 fn host_err(e: RunError) -> TrainError {
     TrainError::Host(e.to_string())
+}
+
+/// The trainer's files of the checkpoint directory `dir` (the optimizer's may be absent).
+pub fn read_checkpoint_files(dir: &Path) -> Result<SavedTraining, TrainError> {
+    let state = dir.join(TRAINER_STATE_FILE);
+    let trainer_state = std::fs::read(&state).map_err(|e| TrainError::Data(format!("{}: {e}", state.display())))?;
+    let optimizer_path = dir.join(OPTIMIZER_FILE);
+    let optimizer = match std::fs::read(&optimizer_path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(TrainError::Data(format!("{}: {e}", optimizer_path.display()))),
+    };
+    Ok(SavedTraining { trainer_state, optimizer, source: dir.display().to_string() })
 }
 
 /// Milliseconds since the Unix epoch.
@@ -209,7 +225,10 @@ impl Host for RunHost {
         self.append(event).map_err(host_err)
     }
 
-    fn save_checkpoint(&mut self, step: u64, files: Vec<(String, Vec<u8>)>) -> Result<(), TrainError> {
+    fn save_checkpoint(&mut self, step: u64, checkpoint: CheckpointData) -> Result<(), TrainError> {
+        let mut files = checkpoint.model;
+        files.push((TRAINER_STATE_FILE.into(), checkpoint.trainer_state));
+        files.push((OPTIMIZER_FILE.into(), checkpoint.optimizer));
         let mut pending = CheckpointWriter::begin(self.lock.run(), step).map_err(host_err)?;
         let bytes: usize = files.iter().map(|(_, b)| b.len()).sum();
         for (name, data) in &files {
@@ -231,8 +250,18 @@ impl Host for RunHost {
         self.shutdown.as_ref().is_some_and(Shutdown::requested)
     }
 
-    fn reference_dir(&self, stage: &str) -> PathBuf {
-        self.lock.run().reference_dir(stage)
+    fn read_checkpoint(&self, dir: &Path) -> Result<SavedTraining, TrainError> {
+        read_checkpoint_files(dir)
+    }
+
+    fn reference(&self, stage: &str) -> Option<PathBuf> {
+        Some(self.lock.run().reference_dir(stage)).filter(|d| d.exists())
+    }
+
+    fn save_reference(&mut self, stage: &str, files: Vec<(String, Vec<u8>)>) -> Result<PathBuf, TrainError> {
+        let dir = self.lock.run().reference_dir(stage);
+        crate::durable::write_dir(&dir, &files).map_err(|e| TrainError::Host(e.to_string()))?;
+        Ok(dir)
     }
 
     fn preference_files(&self, index: usize) -> Vec<PrefFile> {
@@ -304,15 +333,15 @@ impl Host for RunHost {
         let lines = |rows: Vec<String>| rows.into_iter().map(|r| r + "\n").collect::<String>();
         let failures = lines(eval.failures.iter().map(serde_json::to_string).collect::<Result<_, _>>().map_err(ser)?);
         let responses = lines(eval.responses.iter().map(serde_json::to_string).collect::<Result<_, _>>().map_err(ser)?);
-        // report.json last: its presence marks a complete evaluation.
+        // report.json last: its presence marks a complete evaluation (each write is durable
+        // before the next begins, so the order holds after a crash too).
         for (name, text) in [
             ("failures.jsonl", failures),
             ("responses.jsonl", responses),
             ("report.json", serde_json::to_string_pretty(&eval.report).map_err(ser)?),
         ] {
-            let tmp = dir.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, text).map_err(io)?;
-            std::fs::rename(&tmp, dir.join(name)).map_err(io)?;
+            crate::durable::write_file(&dir.join(name), text.as_bytes())
+                .map_err(|e| TrainError::Host(e.to_string()))?;
         }
         Ok(())
     }
@@ -346,21 +375,8 @@ impl Host for RunHost {
     }
 
     fn export(&mut self, stage: &str, files: Vec<(String, Vec<u8>)>) -> Result<Option<PathBuf>, TrainError> {
-        let exports = self.lock.run().exports_dir();
-        let target = exports.join(crate::run::dir_component(stage));
-        let tmp = exports.join(format!(".tmp-{}", crate::run::dir_component(stage)));
-        let io = |e: std::io::Error| TrainError::Host(format!("{}: {e}", target.display()));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io)?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(io)?;
-        for (name, bytes) in files {
-            std::fs::write(tmp.join(name), bytes).map_err(io)?;
-        }
-        if target.exists() {
-            std::fs::remove_dir_all(&target).map_err(io)?;
-        }
-        std::fs::rename(&tmp, &target).map_err(io)?;
+        let target = self.lock.run().exports_dir().join(crate::run::dir_component(stage));
+        crate::durable::write_dir(&target, &files).map_err(|e| TrainError::Host(e.to_string()))?;
         Ok(Some(target))
     }
 }

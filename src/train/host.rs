@@ -1,7 +1,7 @@
 //! What the trainer needs from whoever runs it: the [`Host`] trait and the small types that cross
 //! it. The worker implements it over a run directory; tests implement it in memory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -19,12 +19,19 @@ pub trait Host {
         step: Option<u64>,
         fields: Map<String, Value>,
     ) -> Result<(), TrainError>;
-    /// Stores a complete checkpoint of `files` at `step`; must be atomic.
-    fn save_checkpoint(&mut self, step: u64, files: Vec<(String, Vec<u8>)>) -> Result<(), TrainError>;
+    /// Stores a complete checkpoint at `step`; must be atomic and durable. The host names the
+    /// trainer's files; the model's files keep their own names, so the checkpoint directory is a
+    /// model directory [`crate::model::Model::load`] reads.
+    fn save_checkpoint(&mut self, step: u64, checkpoint: CheckpointData) -> Result<(), TrainError>;
+    /// The trainer's part of the checkpoint directory `dir` (written by [`Host::save_checkpoint`]).
+    fn read_checkpoint(&self, dir: &Path) -> Result<SavedTraining, TrainError>;
     /// Whether a stop was requested (checked at every step boundary).
     fn stop_requested(&self) -> bool;
-    /// Where the frozen reference weights of `stage` live (written once at the stage's start).
-    fn reference_dir(&self, stage: &str) -> PathBuf;
+    /// Where the frozen reference weights of `stage` are, once [`Host::save_reference`] stored them.
+    fn reference(&self, stage: &str) -> Option<PathBuf>;
+    /// Stores the frozen reference weights of `stage` (a model directory's files, written once
+    /// at the stage's start, atomically and durably) and returns where they are.
+    fn save_reference(&mut self, stage: &str, files: Vec<(String, Vec<u8>)>) -> Result<PathBuf, TrainError>;
     /// The preference files of stage `index`; `live` ones (the labeling pane's) may grow.
     fn preference_files(&self, index: usize) -> Vec<PrefFile>;
     /// Label admissions a previous worker made after the checkpoint being resumed (from the
@@ -65,6 +72,28 @@ pub trait Host {
     fn export(&mut self, _stage: &str, _files: Vec<(String, Vec<u8>)>) -> Result<Option<PathBuf>, TrainError> {
         Ok(None)
     }
+}
+
+/// A checkpoint as the trainer produces it.
+#[derive(Debug, Clone)]
+pub struct CheckpointData {
+    /// The policy as a model directory's files (name, bytes).
+    pub model: Vec<(String, Vec<u8>)>,
+    /// The trainer state, as JSON.
+    pub trainer_state: Vec<u8>,
+    /// AdamW's moments, as safetensors.
+    pub optimizer: Vec<u8>,
+}
+
+/// The trainer's part of a checkpoint, read back for a resume.
+#[derive(Debug, Clone)]
+pub struct SavedTraining {
+    /// The trainer state, as JSON.
+    pub trainer_state: Vec<u8>,
+    /// AdamW's moments, as safetensors (absent in a checkpoint saved without them).
+    pub optimizer: Option<Vec<u8>>,
+    /// Where they were read from, for error messages.
+    pub source: String,
 }
 
 /// A preference source of a stage.

@@ -1,9 +1,7 @@
-//! The trainer's resumable state: where the pipeline stands (`trainer_state.json` in every
-//! checkpoint), run options, and AdamW's moments as safetensors (`m.<param>`, `v.<param>`),
+//! The trainer's resumable state: where the pipeline stands (in every checkpoint), run options, and AdamW's moments as safetensors (`m.<param>`, `v.<param>`),
 //! exact to the bit.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use candle_core::{DType, Device, Var};
 use serde::{Deserialize, Serialize};
@@ -24,32 +22,28 @@ pub fn optimizer_bytes(opt: &AdamW) -> Result<Vec<u8>, TrainError> {
     Ok(safetensors_bytes(&tensors, DType::F32)?)
 }
 
-/// Restores moments saved by [`optimizer_bytes`], aligned with `params`.
+/// Restores moments saved by [`optimizer_bytes`], aligned with `params`; `source` names where
+/// the bytes came from in errors.
 pub fn load_optimizer(
-    path: &Path,
+    bytes: &[u8],
+    source: &str,
     params: &[(String, Var)],
     device: &Device,
-) -> Result<Option<Vec<Moments>>, TrainError> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    let tensors = candle_core::safetensors::load(path, device)?;
+) -> Result<Vec<Moments>, TrainError> {
+    let tensors = candle_core::safetensors::load_buffer(bytes, device)?;
     let mut moments = Vec::with_capacity(params.len());
     for (name, var) in params {
         let get = |k: String| {
-            tensors
-                .get(&k)
-                .cloned()
-                .ok_or_else(|| TrainError::Data(format!("{}: optimizer state has no {k}", path.display())))
+            tensors.get(&k).cloned().ok_or_else(|| TrainError::Data(format!("{source}: optimizer state has no {k}")))
         };
         let m = get(format!("m.{name}"))?.to_dtype(var.dtype())?;
         let v = get(format!("v.{name}"))?.to_dtype(var.dtype())?;
         moments.push(Moments { m, v });
     }
-    Ok(Some(moments))
+    Ok(moments)
 }
 
-/// The trainer's resumable position, saved as `trainer_state.json` in every checkpoint.
+/// The trainer's resumable position, saved in every checkpoint.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
     /// Optimizer steps completed over the whole pipeline.

@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 use super::evaluate::{evaluate_stage, training_prompts, unsafe_rate_proxy, EvalContext, HumanInputs, StageEval};
 use super::examples::PairExample;
 use super::host::PlannedControl;
-pub use super::host::{Admission, Control, Host, Position, PrefFile};
+pub use super::host::{Admission, CheckpointData, Control, Host, Position, PrefFile, SavedTraining};
 use super::live::{LiveLabels, LiveUpdate};
 use super::objective::evaluate;
 use super::optim::{clip_coefficient, global_norm, AdamW, AdamWConfig, Moments};
@@ -128,12 +128,13 @@ impl<'h, H: Host> Trainer<'h, H> {
         checkpoint: &std::path::Path,
     ) -> Result<Self, TrainError> {
         let policy = Model::load(checkpoint, &device, dtype)?;
-        let state_path = checkpoint.join("trainer_state.json");
-        let text = std::fs::read_to_string(&state_path)
-            .map_err(|e| TrainError::Data(format!("{}: {e}", state_path.display())))?;
-        let state: TrainerState =
-            serde_json::from_str(&text).map_err(|e| TrainError::Data(format!("{}: {e}", state_path.display())))?;
-        let optimizer = load_optimizer(&checkpoint.join("optimizer.safetensors"), &policy.parameters(), &device)?;
+        let saved = host.read_checkpoint(checkpoint)?;
+        let state: TrainerState = serde_json::from_slice(&saved.trainer_state)
+            .map_err(|e| TrainError::Data(format!("{}: {e}", saved.source)))?;
+        let optimizer = match &saved.optimizer {
+            Some(bytes) => Some(load_optimizer(bytes, &saved.source, &policy.parameters(), &device)?),
+            None => None,
+        };
         let step = state.global_step;
         let start = Start { policy, state, optimizer };
         let mut trainer = Self::with_policy(pipeline, options, host, (device, dtype), start)?;
@@ -328,17 +329,11 @@ impl<'h, H: Host> Trainer<'h, H> {
         if let Some(dir) = stage.pref.as_ref().and_then(|p| p.reference.clone()) {
             return Ok(Model::load(&dir, &self.device, self.dtype)?);
         }
-        let dir = self.host.reference_dir(&stage.name);
-        if !dir.exists() {
-            // The stage starts from the current weights; they are its frozen reference. Written
-            // beside and renamed, so a crash never leaves a half reference that looks complete.
-            let tmp = dir.with_extension("partial");
-            if tmp.exists() {
-                std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::Host(format!("{}: {e}", tmp.display())))?;
-            }
-            self.policy.save(&tmp, DType::F32)?;
-            std::fs::rename(&tmp, &dir).map_err(|e| TrainError::Host(format!("{}: {e}", dir.display())))?;
-        }
+        let dir = match self.host.reference(&stage.name) {
+            Some(dir) => dir,
+            // The stage starts from the current weights; they are its frozen reference.
+            None => self.host.save_reference(&stage.name, self.policy.files(DType::F32)?)?,
+        };
         Ok(Model::load(&dir, &self.device, self.dtype)?)
     }
 
@@ -704,12 +699,13 @@ impl<'h, H: Host> Trainer<'h, H> {
         self.state.lambda_pref = Some(run.lambdas.pref);
         self.state.lambda_safe = Some(run.lambdas.safe);
         self.state.optimizer_steps = run.opt.step_count();
-        let mut files = self.policy.files(DType::F32)?;
-        files.push(("optimizer.safetensors".into(), optimizer_bytes(&run.opt)?));
-        let state = serde_json::to_vec_pretty(&self.state).map_err(|e| TrainError::Data(e.to_string()))?;
-        files.push(("trainer_state.json".into(), state));
+        let checkpoint = CheckpointData {
+            model: self.policy.files(DType::F32)?,
+            trainer_state: serde_json::to_vec_pretty(&self.state).map_err(|e| TrainError::Data(e.to_string()))?,
+            optimizer: optimizer_bytes(&run.opt)?,
+        };
         let step = self.state.global_step;
         self.last_checkpoint = Some(step);
-        self.host.save_checkpoint(step, files)
+        self.host.save_checkpoint(step, checkpoint)
     }
 }

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 use hone::config::Pipeline;
 use hone::eval::Report;
+use hone::run::worker::read_checkpoint_files;
+use hone::run::{OPTIMIZER_FILE, TRAINER_STATE_FILE};
 use hone::train::evaluate::{EvalInputs, StageEval};
-use hone::train::trainer::{Host, PrefFile};
+use hone::train::trainer::{CheckpointData, Host, PrefFile, SavedTraining};
 use hone::train::TrainError;
 use serde_json::{Map, Value};
 
@@ -82,22 +84,32 @@ impl Host for MemoryHost {
         Ok(())
     }
 
-    fn save_checkpoint(&mut self, step: u64, files: Vec<(String, Vec<u8>)>) -> Result<(), TrainError> {
+    fn save_checkpoint(&mut self, step: u64, checkpoint: CheckpointData) -> Result<(), TrainError> {
         let dir = self.dir.join(format!("checkpoints/step-{step:06}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, bytes) in files {
-            std::fs::write(dir.join(name), bytes).unwrap();
-        }
+        let mut files = checkpoint.model;
+        files.push((TRAINER_STATE_FILE.into(), checkpoint.trainer_state));
+        files.push((OPTIMIZER_FILE.into(), checkpoint.optimizer));
+        hone::durable::write_dir(&dir, &files).unwrap();
         self.checkpoints.push((step, dir));
         Ok(())
+    }
+
+    fn read_checkpoint(&self, dir: &Path) -> Result<SavedTraining, TrainError> {
+        read_checkpoint_files(dir)
     }
 
     fn stop_requested(&self) -> bool {
         self.stop_after_metrics.is_some_and(|n| self.metrics().len() >= n)
     }
 
-    fn reference_dir(&self, stage: &str) -> PathBuf {
-        self.dir.join("references").join(stage)
+    fn reference(&self, stage: &str) -> Option<PathBuf> {
+        Some(self.dir.join("references").join(stage)).filter(|d| d.exists())
+    }
+
+    fn save_reference(&mut self, stage: &str, files: Vec<(String, Vec<u8>)>) -> Result<PathBuf, TrainError> {
+        let dir = self.dir.join("references").join(stage);
+        hone::durable::write_dir(&dir, &files).unwrap();
+        Ok(dir)
     }
 
     fn preference_files(&self, index: usize) -> Vec<PrefFile> {
