@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch eager baseline for `hone bench --preset cpu-small --mode sft|dpo`.
+"""PyTorch eager baseline for `hone bench --preset cpu-small|cpu-135m --mode sft|dpo|gemm`.
 
 What it measures
 ----------------
@@ -28,13 +28,22 @@ Modes:
                      (TRL's default when no precomputed reference log-probs are given).
     `--ref forward` step times include that reference forward.
 
+`--preset cpu-135m` is the real 135M Llama shape (SmolLM-135M): vocab 49152, hidden 576,
+30 layers, 9 heads / 3 KV heads, MLP 1536, tied, rms_norm_eps 1e-6, batch 8 x 128 with the first
+32 tokens masked. `--seq N` / `--batch N` change the batch shape as hone's flags do (the prompt
+stays a quarter of the sequence). `--mode gemm` times a 2048 x 2048 f32 matmul (GFLOP/s), the
+same yardstick as `hone bench --mode gemm`.
+
 Each step is timed with time.perf_counter; the first --warmup steps are discarded and the
 reported number is tokens_per_step (2048) / the median of the timed steps, printed as one JSON
 line shaped like hone's:
 
     {"impl": "pytorch-eager", "torch": ..., "mode": ..., "ref": ..., "threads": ..., "steps": ...,
      "warmup": ..., "tokens_per_step": 2048, "median_step_s": ..., "tokens_per_second": ...,
-     "final_loss": ...}
+     "nominal_gflop_per_step": ..., "gflop_per_s": ..., "final_loss": ...}
+
+with the same nominal FLOP count as hone (`Preset::nominal_step_flops`: 6 per parameter per
+token, the LM head on every position, the full attention matrix).
 
 Note that the HF model computes LM-head logits for all 256 positions (as a normal HF / TRL
 training step does), whereas hone only projects the rows that predict a target.
@@ -63,10 +72,18 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-VOCAB = 4096
-BATCH = 8
-SEQ = 256
-PROMPT = 64
+PRESETS = {
+    "cpu-small": dict(vocab=4096, hidden=256, intermediate=688, layers=4, heads=4, kv_heads=2,
+                      batch=8, seq=256, prompt=64),
+    "cpu-135m": dict(vocab=49152, hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3,
+                     batch=8, seq=128, prompt=32),
+}
+# Set from the preset in main().
+P = dict(PRESETS["cpu-small"])
+VOCAB = P["vocab"]
+BATCH = P["batch"]
+SEQ = P["seq"]
+PROMPT = P["prompt"]
 PAIRS = BATCH // 2
 BETA = 0.1
 SEED = 0
@@ -79,8 +96,9 @@ def default_threads():
         return os.cpu_count() or 1
 
 
-def token_ids(vocab=VOCAB, seed=42):
+def token_ids(seed=42):
     """The same pseudo-random ids as hone's bench (64-bit LCG, `(state >> 33) % vocab`)."""
+    vocab = VOCAB
     mask = (1 << 64) - 1
     state = seed
     rows = []
@@ -93,18 +111,39 @@ def token_ids(vocab=VOCAB, seed=42):
     return torch.tensor(rows, dtype=torch.long)
 
 
+def nominal_step_flops():
+    """hone's `Preset::nominal_step_flops`, the same formula."""
+    h, i, v = P["hidden"], P["intermediate"], P["vocab"]
+    kv = h // P["heads"] * P["kv_heads"]
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * i
+    tokens = BATCH * SEQ
+    return 6.0 * (per_layer * P["layers"] + h * v) * tokens + 12.0 * SEQ * h * P["layers"] * tokens
+
+
+def gemm(runs, n=2048):
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    times = []
+    for i in range(runs + 1):
+        start = time.perf_counter()
+        a @ b
+        if i > 0:
+            times.append(time.perf_counter() - start)
+    return 2.0 * n ** 3 / statistics.median(times) / 1e9
+
+
 def build_model():
     config = LlamaConfig(
         vocab_size=VOCAB,
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=64,
+        hidden_size=P["hidden"],
+        intermediate_size=P["intermediate"],
+        num_hidden_layers=P["layers"],
+        num_attention_heads=P["heads"],
+        num_key_value_heads=P["kv_heads"],
+        head_dim=P["hidden"] // P["heads"],
         rms_norm_eps=1e-6,
         rope_theta=10000.0,
-        max_position_embeddings=1024,
+        max_position_embeddings=max(1024, SEQ),
         tie_word_embeddings=True,
         attn_implementation="sdpa",
     )
@@ -130,7 +169,10 @@ def dpo_loss(policy, ref):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--mode", choices=["sft", "dpo"], default="sft")
+    parser.add_argument("--mode", choices=["sft", "dpo", "gemm"], default="sft")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
+    parser.add_argument("--seq", type=int, help="tokens per sequence (prompt = a quarter)")
+    parser.add_argument("--batch", type=int, help="sequences per step (even)")
     parser.add_argument("--ref", choices=["cached", "forward"], default="cached",
                         help="DPO reference log-probs: cached once up front, or a frozen "
                              "reference forward under no_grad every step (ignored for sft)")
@@ -142,6 +184,19 @@ def main():
         parser.error("--steps must be at least 1")
 
     torch.set_num_threads(args.threads)
+    global VOCAB, BATCH, SEQ, PROMPT, PAIRS
+    P.update(PRESETS[args.preset])
+    if args.seq:
+        P["seq"], P["prompt"] = args.seq, args.seq // 4
+    if args.batch:
+        P["batch"] = args.batch
+    VOCAB, BATCH, SEQ, PROMPT = P["vocab"], P["batch"], P["seq"], P["prompt"]
+    PAIRS = BATCH // 2
+    if args.mode == "gemm":
+        print(json.dumps({"impl": "pytorch", "torch": torch.__version__, "mode": "gemm", "n": 2048,
+                          "threads": torch.get_num_threads(), "runs": args.steps,
+                          "gflop_per_s": gemm(args.steps)}))
+        return
     random.seed(SEED)
     np.random.seed(SEED)
     torch.manual_seed(SEED)
@@ -194,7 +249,10 @@ def main():
     print(json.dumps({
         "impl": "pytorch-eager",
         "torch": torch.__version__,
+        "preset": args.preset,
         "mode": args.mode,
+        "batch": BATCH,
+        "seq": SEQ,
         "ref": args.ref if args.mode == "dpo" else None,
         "threads": torch.get_num_threads(),
         "steps": args.steps,
@@ -202,6 +260,8 @@ def main():
         "tokens_per_step": tokens,
         "median_step_s": med,
         "tokens_per_second": tokens / med,
+        "nominal_gflop_per_step": nominal_step_flops() / 1e9,
+        "gflop_per_s": nominal_step_flops() / med / 1e9,
         "final_loss": loss_value,
     }))
 

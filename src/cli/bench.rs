@@ -28,35 +28,126 @@ pub enum BenchMode {
     /// Greedy generation of 8 prompts of different lengths: one at a time, then as one
     /// left-padded batch (tokens/s of both).
     GenerateBatch,
+    /// This machine's f32 matrix-multiplication peak: a 2048 x 2048 square matmul (GFLOP/s),
+    /// the yardstick the training modes' `share_of_gemm_peak` is measured against.
+    Gemm,
 }
 
-/// The `cpu-small` preset: a Llama with vocab 4096, hidden 256, 4 layers, 4 heads / 2 KV heads,
-/// MLP 688, tied embeddings; batches of 8 × 256 tokens whose first 64 are prompt.
-pub fn cpu_small_config() -> Result<ModelConfig> {
-    let json = json!({
-        "architectures": ["LlamaForCausalLM"], "vocab_size": 4096, "hidden_size": 256,
-        "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "max_position_embeddings": 1024, "tie_word_embeddings": true
-    });
-    Ok(ModelConfig::from_value(json, std::path::Path::new("<cpu-small preset>"))?)
+/// A fixed benchmark shape: a Llama model and the training batch run on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Preset {
+    /// The name `--preset` takes.
+    pub name: &'static str,
+    /// One line for the preset list.
+    pub summary: &'static str,
+    vocab: usize,
+    hidden: usize,
+    intermediate: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    /// Sequences per step.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// Leading prompt tokens of each sequence (not scored).
+    pub prompt: usize,
 }
 
-const BATCH: usize = 8;
-const SEQ: usize = 256;
-const PROMPT: usize = 64;
+/// Every preset, the default first.
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "cpu-small",
+        summary: "Llama, vocab 4096, hidden 256, 4 layers, 4/2 heads, MLP 688; batch 8 x 256, prompt 64",
+        vocab: 4096,
+        hidden: 256,
+        intermediate: 688,
+        layers: 4,
+        heads: 4,
+        kv_heads: 2,
+        batch: 8,
+        seq: 256,
+        prompt: 64,
+    },
+    Preset {
+        name: "cpu-135m",
+        summary: "the 135M Llama shape (SmolLM): vocab 49152, hidden 576, 30 layers, 9/3 heads, MLP 1536; \
+                  batch 8 x 128, prompt 32",
+        vocab: 49152,
+        hidden: 576,
+        intermediate: 1536,
+        layers: 30,
+        heads: 9,
+        kv_heads: 3,
+        batch: 8,
+        seq: 128,
+        prompt: 32,
+    },
+];
 
-fn sequences(vocab: u32, seed: u64) -> Vec<Sequence> {
+/// The preset called `name`; an unknown name is an error that lists the presets.
+pub fn preset(name: &str) -> Result<Preset> {
+    if let Some(p) = PRESETS.iter().find(|p| p.name == name) {
+        return Ok(*p);
+    }
+    let list: Vec<String> = PRESETS.iter().map(|p| format!("  {}: {}", p.name, p.summary)).collect();
+    bail!("--preset {name:?}: no such preset; the presets are:\n{}", list.join("\n"))
+}
+
+impl Preset {
+    /// The preset with another sequence length (the prompt stays a quarter of it).
+    #[must_use]
+    pub fn with_seq(self, seq: usize) -> Self {
+        Self { seq, prompt: seq / 4, ..self }
+    }
+
+    /// The preset with another batch size (even, so DPO has pairs).
+    #[must_use]
+    pub fn with_batch(self, batch: usize) -> Self {
+        Self { batch, ..self }
+    }
+
+    /// The model's `config.json`.
+    pub fn config(&self) -> Result<ModelConfig> {
+        let json = json!({
+            "architectures": ["LlamaForCausalLM"], "vocab_size": self.vocab, "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate, "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads, "num_key_value_heads": self.kv_heads, "rms_norm_eps": 1e-6,
+            "rope_theta": 10000.0, "max_position_embeddings": self.seq.max(1024), "tie_word_embeddings": true
+        });
+        Ok(ModelConfig::from_value(json, std::path::Path::new(&format!("<{} preset>", self.name)))?)
+    }
+
+    /// Nominal FLOPs of one training step, the same count for every implementation: 6 per
+    /// parameter per token for the decoder's matrices (forward 2, backward 4), the LM head on
+    /// every position, and the full `s x s` attention matrix (`QKᵀ` and `PV`, 4·s·hidden per
+    /// token and layer forward, x3 with backward). This is the work a plain PyTorch/TRL step
+    /// does; hone skips some of it (LM head on target rows only), so GFLOP/s here compare speed,
+    /// not kernel efficiency.
+    pub fn nominal_step_flops(&self) -> f64 {
+        let (h, i, v) = (self.hidden as f64, self.intermediate as f64, self.vocab as f64);
+        let head_dim = h / self.heads as f64;
+        let kv = head_dim * self.kv_heads as f64;
+        let per_layer = 2.0 * h * h + 2.0 * h * kv + 3.0 * h * i;
+        let tokens = (self.batch * self.seq) as f64;
+        let matrices = 6.0 * (per_layer * self.layers as f64 + h * v) * tokens;
+        let attention = 3.0 * 4.0 * self.seq as f64 * h * self.layers as f64 * tokens;
+        matrices + attention
+    }
+}
+
+fn sequences(p: &Preset, seed: u64) -> Vec<Sequence> {
+    let vocab = p.vocab as u64;
     let mut state = seed;
-    (0..BATCH)
+    (0..p.batch)
         .map(|_| {
-            let ids = (0..SEQ)
+            let ids = (0..p.seq)
                 .map(|_| {
                     state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-                    u32::try_from(state >> 33).unwrap_or(0) % vocab
+                    u32::try_from((state >> 33) % vocab).unwrap_or(0)
                 })
                 .collect();
-            Sequence::with_completion_from(ids, PROMPT)
+            Sequence::with_completion_from(ids, p.prompt)
         })
         .collect()
 }
@@ -71,24 +162,61 @@ fn median(xs: &mut [f64]) -> f64 {
     }
 }
 
+/// Side of the square matmul that measures the f32 GEMM peak.
+const GEMM_N: usize = 2048;
+
+/// GFLOP/s of an `n x n` by `n x n` f32 matmul: the median over `runs` after one untimed run.
+pub fn gemm_gflops(n: usize, runs: usize, device: &Device) -> Result<f64> {
+    let a = Tensor::randn(0f32, 1.0, (n, n), device)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), device)?;
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..=runs {
+        let start = Instant::now();
+        let c = a.matmul(&b)?;
+        device.synchronize()?;
+        drop(c);
+        if i > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(2.0 * (n as f64).powi(3) / median(&mut times) / 1e9)
+}
+
 /// Runs the benchmark and returns its JSON line.
-pub fn run(mode: BenchMode, steps: usize, warmup: usize, device: &Device) -> Result<serde_json::Value> {
+pub fn run(
+    preset: &Preset,
+    mode: BenchMode,
+    steps: usize,
+    warmup: usize,
+    device: &Device,
+) -> Result<serde_json::Value> {
     if steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let config = cpu_small_config()?;
+    if preset.batch < 2 || preset.batch % 2 != 0 || preset.seq < 2 || preset.prompt >= preset.seq {
+        bail!("--batch must be even and at least 2, --seq at least 2 (batch {}, seq {})", preset.batch, preset.seq);
+    }
+    if mode == BenchMode::Gemm {
+        let gflops = gemm_gflops(GEMM_N, steps, device)?;
+        return Ok(json!({
+            "mode": "gemm", "n": GEMM_N, "device": format!("{device:?}"),
+            "threads": rayon::current_num_threads(), "runs": steps, "gflop_per_s": gflops,
+        }));
+    }
+    let config = preset.config()?;
     let model = Model::fresh(config, device, DType::F32, 0).context("building the preset model")?;
     if mode == BenchMode::Generate {
-        return bench_generate(&model, steps, warmup);
+        return bench_generate(preset, &model, steps, warmup);
     }
     if mode == BenchMode::GenerateBatch {
-        return bench_generate_batch(&model, steps, warmup);
+        return bench_generate_batch(preset, &model, steps, warmup);
     }
-    let seqs = sequences(4096, 42);
+    let seqs = sequences(preset, 42);
     let batch = TokenBatch::new(&seqs, 0, device)?;
     let params = model.parameters();
     let mut opt = AdamW::new(params.clone(), AdamWConfig { lr: 1e-4, ..AdamWConfig::default() })?;
-    // DPO: rows 0..4 are chosen, 4..8 rejected; the reference log-probs are cached constants.
+    // DPO: the first half of the rows are chosen, the second half rejected; the reference
+    // log-probs are cached constants.
     let ref_logps = per_sequence_sum(&target_logps(model.decoder(), &batch)?.detach(), &batch)?;
     let counts = Tensor::new(batch.targets_per_sequence.iter().map(|&n| n as f32).collect::<Vec<_>>(), device)?;
     let mut times = Vec::with_capacity(steps);
@@ -100,7 +228,7 @@ pub fn run(mode: BenchMode, steps: usize, warmup: usize, device: &Device) -> Res
             sft_loss(&logps)?
         } else {
             let seq = per_sequence_sum(&logps, &batch)?;
-            let half = BATCH / 2;
+            let half = preset.batch / 2;
             let lp = PreferenceLogps {
                 policy_chosen: &seq.narrow(0, 0, half)?,
                 policy_rejected: &seq.narrow(0, half, half)?,
@@ -120,18 +248,23 @@ pub fn run(mode: BenchMode, steps: usize, warmup: usize, device: &Device) -> Res
         }
     }
     let med = median(&mut times);
-    #[allow(clippy::cast_precision_loss)]
-    let tps = (BATCH * SEQ) as f64 / med;
+    let tokens = preset.batch * preset.seq;
+    let gflops = preset.nominal_step_flops() / med / 1e9;
+    // Measured right after the steps, under the same load.
+    let peak = gemm_gflops(GEMM_N, 5, device)?;
     Ok(json!({
-        "preset": "cpu-small", "mode": format!("{mode:?}").to_lowercase(), "device": format!("{device:?}"),
-        "threads": candle_core::utils::get_num_threads(), "steps": steps, "warmup": warmup,
-        "tokens_per_step": BATCH * SEQ, "median_step_s": med, "tokens_per_second": tps,
+        "preset": preset.name, "mode": format!("{mode:?}").to_lowercase(), "device": format!("{device:?}"),
+        "threads": rayon::current_num_threads(), "steps": steps, "warmup": warmup,
+        "batch": preset.batch, "seq": preset.seq, "prompt": preset.prompt,
+        "tokens_per_step": tokens, "median_step_s": med, "tokens_per_second": tokens as f64 / med,
+        "nominal_gflop_per_step": preset.nominal_step_flops() / 1e9, "gflop_per_s": gflops,
+        "gemm_peak_gflop_per_s": peak, "share_of_gemm_peak": gflops / peak,
         "final_loss": last_loss,
     }))
 }
 
-fn bench_generate(model: &Model, steps: usize, warmup: usize) -> Result<serde_json::Value> {
-    let prompt: Vec<u32> = sequences(4096, 7)[0].ids[..PROMPT].to_vec();
+fn bench_generate(preset: &Preset, model: &Model, steps: usize, warmup: usize) -> Result<serde_json::Value> {
+    let prompt: Vec<u32> = sequences(preset, 7)[0].ids[..preset.prompt].to_vec();
     let sampling = Sampling { max_new_tokens: 128, ..Sampling::default() };
     let mut rates = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
@@ -144,18 +277,19 @@ fn bench_generate(model: &Model, steps: usize, warmup: usize) -> Result<serde_js
         }
     }
     Ok(json!({
-        "preset": "cpu-small", "mode": "generate", "prompt_tokens": PROMPT, "new_tokens": sampling.max_new_tokens,
-        "threads": candle_core::utils::get_num_threads(), "runs": steps, "median_tokens_per_second": median(&mut rates),
+        "preset": preset.name, "mode": "generate", "prompt_tokens": preset.prompt, "new_tokens": sampling.max_new_tokens,
+        "threads": rayon::current_num_threads(), "runs": steps, "median_tokens_per_second": median(&mut rates),
     }))
 }
 
-/// New tokens per second answering `BATCH` prompts of 48 to 64 tokens (128 new tokens each, no
+/// New tokens per second answering the preset's `batch` prompts of 3/4 to all of its prompt length (128 new tokens each, no
 /// stop id): one prompt at a time (batch 1), then all in one left-padded batch (batch N), each
 /// the median over `steps` runs, the two interleaved so machine load hits both alike.
-fn bench_generate_batch(model: &Model, steps: usize, warmup: usize) -> Result<serde_json::Value> {
-    let source = sequences(4096, 11);
+fn bench_generate_batch(preset: &Preset, model: &Model, steps: usize, warmup: usize) -> Result<serde_json::Value> {
+    let source = sequences(preset, 11);
+    let n = preset.batch;
     let prompts: Vec<Vec<u32>> =
-        source.iter().enumerate().map(|(i, s)| s.ids[..PROMPT - (i * 16) / BATCH.max(1)].to_vec()).collect();
+        source.iter().enumerate().map(|(i, s)| s.ids[..preset.prompt - (i * preset.prompt / 4) / n].to_vec()).collect();
     let sampling = Sampling { max_new_tokens: 128, ..Sampling::default() };
     let (mut single, mut batched) = (Vec::with_capacity(steps), Vec::with_capacity(steps));
     for i in 0..warmup + steps {
@@ -178,9 +312,9 @@ fn bench_generate_batch(model: &Model, steps: usize, warmup: usize) -> Result<se
     }
     let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
     Ok(json!({
-        "preset": "cpu-small", "mode": "generate-batch", "prompt_tokens": lengths,
-        "new_tokens": sampling.max_new_tokens, "batch": BATCH,
-        "threads": candle_core::utils::get_num_threads(), "runs": steps,
+        "preset": preset.name, "mode": "generate-batch", "prompt_tokens": lengths,
+        "new_tokens": sampling.max_new_tokens, "batch": n,
+        "threads": rayon::current_num_threads(), "runs": steps,
         "batch_1_tokens_per_second": median(&mut single),
         "batch_n_tokens_per_second": median(&mut batched),
     }))

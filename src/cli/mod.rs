@@ -270,9 +270,16 @@ pub enum Command {
     /// Time one full training step (or greedy generation) on a fixed preset, as one JSON line.
     Bench {
         /// The model and batch shape: `cpu-small` (Llama, vocab 4096, hidden 256, 4 layers,
-        /// batch 8 x 256 tokens).
+        /// batch 8 x 256 tokens) or `cpu-135m` (the 135M Llama shape: vocab 49152, hidden 576,
+        /// 30 layers, batch 8 x 128 tokens).
         #[arg(long, default_value = "cpu-small")]
         preset: String,
+        /// Tokens per sequence instead of the preset's (the prompt stays a quarter of it).
+        #[arg(long)]
+        seq: Option<usize>,
+        /// Sequences per step instead of the preset's (even: DPO pairs them).
+        #[arg(long)]
+        batch: Option<usize>,
         /// What to time.
         #[arg(long, value_enum, default_value = "sft")]
         mode: bench::BenchMode,
@@ -399,13 +406,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Label { candidates, labels, labeler, rubric, run, repeat_share, seed } => {
             label::run(&label::LabelArgs { candidates, labels, labeler, rubric, run, repeat_share, seed })?;
         }
-        Command::Bench { preset, mode, steps, warmup, threads, device } => {
-            if preset != "cpu-small" {
-                anyhow::bail!("--preset {preset:?}: the only preset is cpu-small");
+        Command::Bench { preset, seq, batch, mode, steps, warmup, threads, device } => {
+            let mut preset = bench::preset(&preset)?;
+            if let Some(seq) = seq {
+                preset = preset.with_seq(seq);
+            }
+            if let Some(batch) = batch {
+                preset = preset.with_batch(batch);
             }
             set_threads(threads);
             let device = parse_device(&device)?;
-            println!("{}", bench::run(mode, steps, warmup, &device)?);
+            println!("{}", bench::run(&preset, mode, steps, warmup, &device)?);
         }
     }
     Ok(ExitCode::SUCCESS)

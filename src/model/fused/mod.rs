@@ -47,19 +47,27 @@ fn last_dim(l: &Layout, op: &str) -> Result<usize> {
     }
 }
 
-/// Σ a·b with eight independent accumulators (vectorisable; the order is fixed).
-fn dot<T: Real>(a: &[T], b: &[T]) -> T {
-    let mut acc = [T::zero(); 8];
+/// `v` as f64 (exact for f32 and f64): reductions accumulate in f64 (see [`dot`]).
+fn wide<T: Real>(v: T) -> f64 {
+    <T as WithDType>::to_f64(v)
+}
+
+/// Σ a·b accumulated in f64 with eight independent accumulators (vectorisable; the order is
+/// fixed). The products are exact in f64 for f32 inputs, so an f32 row of any length loses no
+/// more than one rounding at the end; f32 accumulators lost ~√n·ε over the 576..1536-wide rows of
+/// real models, and that error compounds over 30 layers.
+fn dot<T: Real>(a: &[T], b: &[T]) -> f64 {
+    let mut acc = [0f64; 8];
     let mut ca = a.chunks_exact(8);
     let mut cb = b.chunks_exact(8);
     for (x, y) in (&mut ca).zip(&mut cb) {
         for k in 0..8 {
-            acc[k] += x[k] * y[k];
+            acc[k] += wide(x[k]) * wide(y[k]);
         }
     }
-    let mut tail = T::zero();
+    let mut tail = 0f64;
     for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
-        tail += x * y;
+        tail += wide(x) * wide(y);
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
@@ -91,9 +99,9 @@ struct RmsNormOp {
     eps: f64,
 }
 
+/// `1 / sqrt(mean x² + eps)`, computed in f64 and rounded once.
 fn inv_rms<T: Real>(x: &[T], eps: f64) -> T {
-    let n = T::from_f64(x.len() as f64);
-    T::one() / (dot(x, x) / n + T::from_f64(eps)).sqrt()
+    T::from_f64(1.0 / (dot(x, x) / x.len() as f64 + eps).sqrt())
 }
 
 fn rms_fwd<T: Real>(x: &[T], w: &[T], n: usize, eps: f64) -> Result<Vec<T>> {
@@ -151,7 +159,6 @@ struct RmsNormBwd {
 
 fn rms_bwd<T: Real>(x: &[T], w: &[T], g: &[T], n: usize, eps: f64) -> Vec<T> {
     let rows = x.len() / n;
-    let nn = T::from_f64(n as f64);
     // dx_k = s·g_k·w_k − x_k·s³·(Σ_j g_j·w_j·x_j)/n;  dw_k = Σ_rows g_k·x_k·s.
     let mut out = vec![T::zero(); (rows + 1) * n];
     let (dx, _) = out.split_at_mut(rows * n);
@@ -169,7 +176,7 @@ fn rms_bwd<T: Real>(x: &[T], w: &[T], g: &[T], n: usize, eps: f64) -> Vec<T> {
                 for ((o, &gv), &wv) in gw.iter_mut().zip(gr).zip(w) {
                     *o = gv * wv;
                 }
-                let k = s * s * s * dot(&gw, xr) / nn;
+                let k = T::from_f64(wide(s).powi(3) * dot(&gw, xr) / n as f64);
                 for (((d, &gwv), &xv), (acc, &gv)) in dxr.iter_mut().zip(&gw).zip(xr).zip(dw.iter_mut().zip(gr)) {
                     *d = s * gwv - xv * k;
                     *acc += gv * (xv * s);
@@ -442,11 +449,34 @@ fn targets_of<'a>(s: &'a CpuStorage, l: &Layout, rows: usize, vocab: usize) -> R
     Ok(t)
 }
 
-/// (max, Σ exp(x − max)) of a row.
-fn max_and_sum<T: Real>(x: &[T]) -> (T, T) {
-    let max = x.iter().fold(T::neg_infinity(), |m, &v| Float::max(m, v));
-    let sum = x.iter().fold(T::zero(), |s, &v| s + (v - max).exp());
-    (max, sum)
+/// The maximum of a row.
+fn row_max<T: Real>(x: &[T]) -> T {
+    x.iter().fold(T::neg_infinity(), |m, &v| Float::max(m, v))
+}
+
+/// Σ exp(x − max) over a row, each term written to `out` when given, the sum accumulated in f64.
+///
+/// A confident prediction puts ~1 at the maximum and spreads the rest over tens of thousands of
+/// terms below f32's half-ulp of 1: an f32 running sum drops every one of them after the maximum
+/// (transformers' 8/16-lane sums drop fewer), so the logsumexp comes out low and log-probs high
+/// (at the 135M shape: 14x PyTorch's f32 error; `tests/model_precision.rs`).
+fn exp_sum<T: Real>(x: &[T], max: T, out: Option<&mut [T]>) -> f64 {
+    let mut sum = 0f64;
+    match out {
+        Some(out) => {
+            for (o, &v) in out.iter_mut().zip(x) {
+                let e = (v - max).exp();
+                *o = e;
+                sum += wide(e);
+            }
+        }
+        None => {
+            for &v in x {
+                sum += wide((v - max).exp());
+            }
+        }
+    }
+    sum
 }
 
 fn target_fwd<T: Real>(x: &[T], t: &[u32], vocab: usize) -> Vec<T> {
@@ -455,8 +485,10 @@ fn target_fwd<T: Real>(x: &[T], t: &[u32], vocab: usize) -> Vec<T> {
         for (i, o) in chunk.iter_mut().enumerate() {
             let r = c * ROW_CHUNK + i;
             let row = &x[r * vocab..(r + 1) * vocab];
-            let (max, sum) = max_and_sum(row);
-            *o = row[t[r] as usize] - (sum.ln() + max);
+            let max = row_max(row);
+            let sum = exp_sum(row, max, None);
+            // (x_y − max) is exact in f64; the log-prob is rounded once, not after adding max back.
+            *o = T::from_f64((wide(row[t[r] as usize]) - wide(max)) - sum.ln());
         }
     });
     out
@@ -496,14 +528,8 @@ fn target_bwd<T: Real>(x: &[T], t: &[u32], g: &[T], vocab: usize) -> Vec<T> {
     // d/dx_j (x_y − lse) = [j = y] − softmax(x)_j, times the incoming gradient of the row.
     map_rows(vocab, t.len(), |r, o| {
         let row = &x[r * vocab..(r + 1) * vocab];
-        let max = row.iter().fold(T::neg_infinity(), |m, &v| Float::max(m, v));
-        let mut sum = T::zero();
-        for (o, &v) in o.iter_mut().zip(row) {
-            let e = (v - max).exp();
-            *o = e;
-            sum += e;
-        }
-        let k = -g[r] / sum;
+        let sum = exp_sum(row, row_max(row), Some(o));
+        let k = T::from_f64(-wide(g[r]) / sum);
         for o in o.iter_mut() {
             *o *= k;
         }

@@ -6,7 +6,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result,
 
 use num_traits::Float;
 
-use super::{contiguous, dot, last_dim, map_rows, Real};
+use super::{contiguous, dot, last_dim, map_rows, wide, Real};
 
 /// The causal (and optionally sliding-window) mask of attention scores `[.., s, kv_len]` for
 /// queries at positions `offset..offset+s`.
@@ -57,14 +57,17 @@ fn softmax_rows<T: Real>(x: &[T], n: usize, scale: f64, range: impl Fn(usize) ->
         }
         let xr = &x[r * n + lo..r * n + hi];
         let max = xr.iter().fold(T::neg_infinity(), |m, &v| Float::max(m, v * scale));
-        let mut sum = T::zero();
+        // Accumulated in f64: a peaked row (attention on one key) would otherwise drop the
+        // small terms after its peak, as the LM head's logsumexp did (see `exp_sum`).
+        let mut sum = 0f64;
         for (o, &v) in y[lo..hi].iter_mut().zip(xr) {
             let e = (v * scale - max).exp();
             *o = e;
-            sum += e;
+            sum += wide(e);
         }
+        let inv = 1.0 / sum;
         for o in &mut y[lo..hi] {
-            *o /= sum;
+            *o = T::from_f64(wide(*o) * inv);
         }
     })
 }
@@ -104,7 +107,7 @@ fn softmax_bwd<T: Real>(y: &[T], g: &[T], n: usize, scale: f64) -> Vec<T> {
     map_rows(n, y.len() / n, |r, dx| {
         let yr = &y[r * n..(r + 1) * n];
         let gr = &g[r * n..(r + 1) * n];
-        let d = dot(gr, yr);
+        let d = T::from_f64(dot(gr, yr));
         for ((o, &yv), &gv) in dx.iter_mut().zip(yr).zip(gr) {
             *o = scale * (yv * (gv - d));
         }
