@@ -4,6 +4,10 @@
 
 use std::path::PathBuf;
 
+use hone::data::TextTokenizer;
+use hone::model::ModelConfig;
+use regex::Regex;
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -26,4 +30,31 @@ fn regression_pipeline_with_a_control_character_in_a_comment_says_what_is_wrong(
     let path = crash("pipeline", "crash-control-char-in-comment.toml");
     let err = hone::config::load_pipeline(&path).unwrap_err().to_string();
     assert_eq!(err, format!("{}:1:37: invalid TOML syntax here", path.display()));
+}
+
+#[test]
+fn regression_config_json_errors_have_one_based_columns_and_locate_invalid_utf8() {
+    // Was column 0 (serde_json's column for an error at a newline), and an unlocated read error
+    // for bytes that are not UTF-8.
+    for (name, at) in [("crash-newline-in-string.json", ":4:"), ("crash-invalid-utf8.json", ":3:")] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(crash("model_config", name), dir.path().join("config.json")).unwrap();
+        let path = dir.path().join("config.json");
+        let err = ModelConfig::from_dir(dir.path()).unwrap_err().to_string();
+        let re = Regex::new(&format!(r"^{}{at}([1-9]\d*): ", regex::escape(&path.display().to_string()))).unwrap();
+        assert!(re.is_match(&err), "{name}: {err}");
+    }
+}
+
+#[test]
+fn regression_tokenizer_config_errors_have_one_based_columns_and_locate_invalid_utf8() {
+    for (name, at) in [("crash-newline-in-string.json", ":3:"), ("crash-invalid-utf8.json", ":2:")] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(fixtures().join("llama/model/tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
+        std::fs::copy(crash("tokenizer_config", name), dir.path().join("tokenizer_config.json")).unwrap();
+        let path = dir.path().join("tokenizer_config.json");
+        let err = TextTokenizer::from_dir(dir.path()).unwrap_err().to_string();
+        let re = Regex::new(&format!(r"^{}{at}([1-9]\d*): ", regex::escape(&path.display().to_string()))).unwrap();
+        assert!(re.is_match(&err), "{name}: {err}");
+    }
 }

@@ -137,12 +137,14 @@ fn require<T>(path: &Path, field: &str, value: Option<T>) -> Result<T, ModelErro
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<Value, ModelError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_str(&text).map_err(|e| ModelError::Json {
-        path: path.to_path_buf(),
-        line: e.line(),
-        column: e.column(),
-        message: e.to_string(),
+    // Bytes, not a String: serde_json locates invalid UTF-8 at its line and column. serde_json's
+    // column is 0 for an error at a line's newline; columns here are 1-based.
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        // The position is in the error's own line and column; drop serde's copy of it.
+        let message = e.to_string();
+        let message = message.rfind(" at line ").map_or(message.as_str(), |i| &message[..i]).to_string();
+        ModelError::Json { path: path.to_path_buf(), line: e.line(), column: e.column().max(1), message }
     })
 }
 
