@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use hone::data::labels::LabelLog;
 use hone::data::TextTokenizer;
 use hone::model::ModelConfig;
 use regex::Regex;
@@ -57,4 +58,16 @@ fn regression_tokenizer_config_errors_have_one_based_columns_and_locate_invalid_
         let re = Regex::new(&format!(r"^{}{at}([1-9]\d*): ", regex::escape(&path.display().to_string()))).unwrap();
         assert!(re.is_match(&err), "{name}: {err}");
     }
+}
+
+#[test]
+fn regression_a_labels_line_that_is_not_utf8_does_not_fail_the_evaluations_reading_the_file() {
+    // Was `PATH: stream did not contain valid UTF-8` from the eval module (every evaluation of
+    // the run failed), while the data module reported one bad line.
+    let path = crash("labels", "crash-invalid-utf8.jsonl");
+    let labels = hone::eval::read_pairwise_labels(&path, "dpo", "sft").unwrap();
+    assert_eq!(labels.len(), 1, "the eval_pairwise record before the bad line still counts");
+    let mut log = LabelLog::new(&path);
+    let update = log.read_new(None).unwrap();
+    assert_eq!(update.lines, 2);
 }
