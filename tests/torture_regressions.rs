@@ -71,3 +71,14 @@ fn regression_a_labels_line_that_is_not_utf8_does_not_fail_the_evaluations_readi
     let update = log.read_new(None).unwrap();
     assert_eq!(update.lines, 2);
 }
+
+#[test]
+fn regression_a_config_json_with_four_billion_layers_is_refused_not_an_allocation_abort() {
+    // Was `memory allocation of 68719476736 bytes failed` (the process aborted) while building
+    // the per-layer sliding-window table.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixtures().join("fuzz/model_config/crash-4294967296-layers.json"), dir.path().join("config.json"))
+        .unwrap();
+    let err = ModelConfig::from_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.ends_with("config.json: num_hidden_layers: 4294967296 is not between 1 and 4096"), "{err}");
+}

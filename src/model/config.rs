@@ -208,6 +208,15 @@ impl ModelConfig {
             return Err(field_error(path, "head_dim", format!("{head_dim} must be even and positive for RoPE")));
         }
         let num_hidden_layers = require(path, "num_hidden_layers", c.num_hidden_layers)?;
+        // Checked before anything is sized by it: a per-layer table for 2^32 layers aborts the
+        // process on allocation instead of reporting the file.
+        if !(1..=MAX_LAYERS).contains(&num_hidden_layers) {
+            return Err(field_error(
+                path,
+                "num_hidden_layers",
+                format!("{num_hidden_layers} is not between 1 and {MAX_LAYERS}"),
+            ));
+        }
         let (rope_theta, rope_scaling) = rope_settings(path, &c)?;
         let sliding_windows = sliding_windows(path, &c, family, num_hidden_layers)?;
         let attention_bias = c.attention_bias.unwrap_or(false);
@@ -278,6 +287,9 @@ fn rope_settings(path: &Path, c: &RawConfig) -> Result<(f64, RopeScaling), Model
 
 /// Which layers use sliding-window attention. transformers 5 lists `layer_types`; 4.x Qwen2
 /// derives it from `use_sliding_window` and `max_window_layers`. `sliding_window: null` means none.
+/// The most decoder layers a config may declare (the largest open models have about 130).
+const MAX_LAYERS: usize = 4096;
+
 fn sliding_windows(
     path: &Path,
     c: &RawConfig,
