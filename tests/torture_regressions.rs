@@ -82,3 +82,13 @@ fn regression_a_config_json_with_four_billion_layers_is_refused_not_an_allocatio
     let err = ModelConfig::from_dir(dir.path()).unwrap_err().to_string();
     assert!(err.ends_with("config.json: num_hidden_layers: 4294967296 is not between 1 and 4096"), "{err}");
 }
+
+#[test]
+fn regression_a_key_with_a_newline_is_escaped_in_the_error_so_it_stays_on_one_line() {
+    // Was `PATH:1:40: \nitem: unknown field ...` with a raw newline inside the message.
+    let path = fixtures().join("fuzz/labels/crash-newline-in-key.jsonl");
+    let err = hone::eval::read_pairwise_labels(&path, "dpo", "sft").unwrap_err().to_string();
+    assert!(err.starts_with(&format!("{}:1:", path.display())), "{err}");
+    assert!(err.contains(": \"\\nitem\": unknown field"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
