@@ -91,4 +91,10 @@ fn regression_a_key_with_a_newline_is_escaped_in_the_error_so_it_stays_on_one_li
     assert!(err.starts_with(&format!("{}:1:", path.display())), "{err}");
     assert!(err.contains(": \"\\nitem\": unknown field"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+    // Likewise a key with a leading space (was `PATH:1:16:  missed id: unknown field`).
+    let dir = tempfile::tempdir().unwrap();
+    let overrides = dir.path().join("overrides.jsonl");
+    std::fs::write(&overrides, "{\" missed id\": \"c1\", \"passed\": true}\n").unwrap();
+    let err = hone::eval::read_overrides(&overrides).unwrap_err().to_string();
+    assert!(err.contains(":1:16: \" missed id\": unknown field"), "{err}");
 }
