@@ -79,9 +79,15 @@ pub fn load_pipeline(path: &Path) -> Result<LoadedPipeline, ConfigError> {
     resolve(pipeline, &base, source_path, &locator)
 }
 
-/// Reads a whole file as UTF-8.
+/// Reads a whole file as UTF-8; bytes that are not UTF-8 are a syntax error at their line and
+/// column (not an unlocated read error).
 pub(crate) fn read_source(path: &Path) -> Result<String, ConfigError> {
-    fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })
+    let bytes = fs::read(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = std::str::from_utf8(&e.as_bytes()[..e.utf8_error().valid_up_to()]).unwrap_or_default();
+        let (line, column) = super::locate::line_column(valid, valid.len());
+        ConfigError::Syntax { path: path.to_owned(), line, column, message: "invalid UTF-8".into() }
+    })
 }
 
 /// Locates errors in one source file.
@@ -110,7 +116,12 @@ impl Locator<'_> {
         let span = error.span().unwrap_or(0..0);
         let (line, column) = line_column(self.source, span.start);
         // toml's messages may span lines ("invalid string\nexpected `\"`"); keep one line.
-        let message = error.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+        let mut message =
+            error.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+        if message.is_empty() {
+            // toml says nothing for some bytes (a control character in a comment).
+            message = "invalid TOML syntax here".into();
+        }
         let field = self.tree.as_ref().and_then(|tree| tree.path_within(&span)).filter(|f| !f.0.is_empty());
         match field {
             Some(field) => {

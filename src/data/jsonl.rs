@@ -37,7 +37,14 @@ pub fn field_path(path: &[Seg]) -> String {
                 if !out.is_empty() {
                     out.push('.');
                 }
-                out.push_str(k);
+                // A key is untrusted text: one with a control character (a newline would split
+                // the error across lines), an empty one or one with spaces at either end is shown
+                // quoted and escaped, so the reader sees where it starts and ends.
+                if k.is_empty() || k.trim() != k || k.chars().any(char::is_control) {
+                    out.push_str(&format!("{k:?}"));
+                } else {
+                    out.push_str(k);
+                }
             }
             Seg::Index(i) => out.push_str(&format!("[{i}]")),
         }

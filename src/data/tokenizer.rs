@@ -45,11 +45,13 @@ fn tok_err(path: Option<&Path>, message: impl std::fmt::Display) -> DataError {
 }
 
 fn read_json(path: &Path) -> Result<Json, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_str(&text).map_err(|e| DataError::Json {
+    // Bytes, not a String: serde_json locates invalid UTF-8 at its line and column. serde_json's
+    // column is 0 for an error at a line's newline; columns here are 1-based.
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    serde_json::from_slice(&bytes).map_err(|e| DataError::Json {
         path: path.to_path_buf(),
         line: e.line(),
-        column: e.column(),
+        column: e.column().max(1),
         message: crate::data::jsonl::strip_serde_position(&e.to_string()),
     })
 }

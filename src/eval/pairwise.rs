@@ -143,8 +143,11 @@ pub const EVAL_PAIRWISE_KIND: &str = "eval_pairwise";
 /// module and is ignored here, as are lines that are not JSON objects and a torn last line
 /// (the data module's reader reports those). A missing file has no labels.
 pub fn read_pairwise_labels(path: &Path, candidate: &str, baseline: &str) -> Result<Vec<HumanLabel>, EvalError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+    // Bytes, decoded line by line as the data module's reader does: a line that is not UTF-8 (a
+    // writer killed inside a multi-byte character) is that reader's problem to report, not a
+    // reason to fail every evaluation that reads the file.
+    let text = match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => return Err(EvalError::Io { path: path.to_path_buf(), source }),
     };

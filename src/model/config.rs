@@ -137,12 +137,14 @@ fn require<T>(path: &Path, field: &str, value: Option<T>) -> Result<T, ModelErro
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<Value, ModelError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_str(&text).map_err(|e| ModelError::Json {
-        path: path.to_path_buf(),
-        line: e.line(),
-        column: e.column(),
-        message: e.to_string(),
+    // Bytes, not a String: serde_json locates invalid UTF-8 at its line and column. serde_json's
+    // column is 0 for an error at a line's newline; columns here are 1-based.
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        // The position is in the error's own line and column; drop serde's copy of it.
+        let message = e.to_string();
+        let message = message.rfind(" at line ").map_or(message.as_str(), |i| &message[..i]).to_string();
+        ModelError::Json { path: path.to_path_buf(), line: e.line(), column: e.column().max(1), message }
     })
 }
 
@@ -206,6 +208,15 @@ impl ModelConfig {
             return Err(field_error(path, "head_dim", format!("{head_dim} must be even and positive for RoPE")));
         }
         let num_hidden_layers = require(path, "num_hidden_layers", c.num_hidden_layers)?;
+        // Checked before anything is sized by it: a per-layer table for 2^32 layers aborts the
+        // process on allocation instead of reporting the file.
+        if !(1..=MAX_LAYERS).contains(&num_hidden_layers) {
+            return Err(field_error(
+                path,
+                "num_hidden_layers",
+                format!("{num_hidden_layers} is not between 1 and {MAX_LAYERS}"),
+            ));
+        }
         let (rope_theta, rope_scaling) = rope_settings(path, &c)?;
         let sliding_windows = sliding_windows(path, &c, family, num_hidden_layers)?;
         let attention_bias = c.attention_bias.unwrap_or(false);
@@ -276,6 +287,9 @@ fn rope_settings(path: &Path, c: &RawConfig) -> Result<(f64, RopeScaling), Model
 
 /// Which layers use sliding-window attention. transformers 5 lists `layer_types`; 4.x Qwen2
 /// derives it from `use_sliding_window` and `max_window_layers`. `sliding_window: null` means none.
+/// The most decoder layers a config may declare (the largest open models have about 130).
+const MAX_LAYERS: usize = 4096;
+
 fn sliding_windows(
     path: &Path,
     c: &RawConfig,

@@ -19,13 +19,14 @@ mod peer;
 mod server;
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use server::{ControlServer, Inbox};
+pub use server::{ControlServer, Inbox, MAX_CONNECTIONS, MAX_PENDING};
 
 use super::dir::RunDir;
 use super::error::RunError;
@@ -187,6 +188,20 @@ impl Client {
         let run = RunDir::open(run_dir)?;
         let err = |message: String| RunError::Control { run: run_dir.to_path_buf(), message };
         let path = socket_path(&run).ok_or_else(|| err("no control socket: the run has no live worker".into()))?;
+        // Never follow a symlink or talk to a socket another user made: whoever could put it there
+        // would receive this user's requests (and answer them).
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| err(format!("cannot stat {}: {e}", path.display())))?;
+        if !meta.file_type().is_socket() {
+            let what = if meta.file_type().is_symlink() { "a symlink" } else { "not a socket" };
+            return Err(err(format!("{} is {what}; refusing to connect", path.display())));
+        }
+        if meta.uid() != peer::own_uid() {
+            return Err(err(format!(
+                "{} belongs to uid {}, not to you; refusing to connect",
+                path.display(),
+                meta.uid()
+            )));
+        }
         let stream =
             UnixStream::connect(&path).map_err(|e| err(format!("cannot connect to {}: {e}", path.display())))?;
         stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(|e| err(e.to_string()))?;

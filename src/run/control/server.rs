@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::fs::{self, DirBuilder};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,6 +21,9 @@ use crate::run::lock::WorkerLock;
 
 /// Connections served at once; more are answered with an error and closed.
 pub const MAX_CONNECTIONS: usize = 16;
+/// Requests queued and not yet applied; more are refused as busy, so that a flood of requests
+/// neither grows the worker's memory nor stalls training while the backlog is applied.
+pub const MAX_PENDING: usize = 64;
 
 #[derive(Debug, Default)]
 struct Queue {
@@ -91,6 +94,8 @@ impl Inbox {
 #[derive(Debug)]
 pub struct ControlServer {
     path: PathBuf,
+    /// The bound socket's inode, to recognise it on exit.
+    inode: u64,
     private_dir: Option<PathBuf>,
     pointer: Option<PathBuf>,
     inbox: Inbox,
@@ -101,6 +106,7 @@ impl ControlServer {
     /// Binds the run's control socket (the caller is its live worker) and starts serving it.
     pub fn start(lock: &WorkerLock) -> Result<ControlServer, RunError> {
         let run = lock.run();
+        refuse_unsafe_dir(run)?;
         remove_stale(run);
         let local = run.control_socket_path();
         let (path, private_dir, pointer) = if local.as_os_str().len() < MAX_SOCKET_PATH {
@@ -111,6 +117,7 @@ impl ControlServer {
             (path, Some(dir), Some(run.control_path_file()))
         };
         let listener = bind_private(&path)?;
+        let inode = fs::symlink_metadata(&path).ctx("stat", &path)?.ino();
         if let Some(pointer) = &pointer {
             let mut text = path.as_os_str().as_encoded_bytes().to_vec();
             text.push(b'\n');
@@ -123,7 +130,7 @@ impl ControlServer {
             .name("hone-control".into())
             .spawn(move || accept_loop(&listener, &shared))
             .ctx("start a thread for", &path)?;
-        Ok(ControlServer { path, private_dir, pointer, inbox, accept: Some(accept) })
+        Ok(ControlServer { path, inode, private_dir, pointer, inbox, accept: Some(accept) })
     }
 
     /// Where the socket is.
@@ -140,6 +147,13 @@ impl ControlServer {
 impl Drop for ControlServer {
     fn drop(&mut self) {
         self.inbox.shared.closing.store(true, Ordering::SeqCst);
+        // Only our own socket is connected to and removed: if someone replaced the path (with a
+        // symlink to their socket, say), connecting would reach them and joining would wait
+        // forever for a wake-up that never comes; the accept thread then ends with the process.
+        let ours = fs::symlink_metadata(&self.path).is_ok_and(|m| m.file_type().is_socket() && m.ino() == self.inode);
+        if !ours {
+            return;
+        }
         // Wake the accept thread with a connection of our own; it sees `closing` and returns.
         if UnixStream::connect(&self.path).is_ok() {
             if let Some(accept) = self.accept.take() {
@@ -156,8 +170,43 @@ impl Drop for ControlServer {
     }
 }
 
+/// Refuses to serve a run directory that others can write (they could replace the socket, or the
+/// `control.path` pointer, between the worker binding it and a client connecting), or one that
+/// holds something other than a socket under the socket's name (a symlink is never followed).
+fn refuse_unsafe_dir(run: &RunDir) -> Result<(), RunError> {
+    let refuse = |message: String| RunError::Control { run: run.path().to_path_buf(), message };
+    let meta = fs::metadata(run.path()).ctx("stat", run.path())?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        return Err(refuse(format!(
+            "the run directory is writable by others (mode {mode:04o}), so anyone could replace its control \
+             socket; refusing to serve it (run `chmod o-w {}`)",
+            run.path().display()
+        )));
+    }
+    if meta.uid() != own_uid() {
+        return Err(refuse(format!(
+            "the run directory belongs to uid {}, not to this worker's uid {}; refusing to serve it",
+            meta.uid(),
+            own_uid()
+        )));
+    }
+    let local = run.control_socket_path();
+    if let Ok(m) = fs::symlink_metadata(&local) {
+        if !m.file_type().is_socket() {
+            let what = if m.file_type().is_symlink() { "a symlink" } else { "not a socket" };
+            return Err(refuse(format!(
+                "{} is {what}; refusing to replace or follow it (remove it if you put it there)",
+                local.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Removes what a crashed worker left: its socket file and, if it used one, the private directory
-/// recorded in `control.path`.
+/// recorded in `control.path` (only a `hone-<uid>-*` directory of this user's: the pointer is a
+/// file, and a worker must not delete whatever socket a changed pointer names).
 fn remove_stale(run: &RunDir) {
     let local = run.control_socket_path();
     if fs::symlink_metadata(&local).is_ok_and(|m| m.file_type().is_socket()) {
@@ -166,7 +215,11 @@ fn remove_stale(run: &RunDir) {
     let pointer = run.control_path_file();
     if let Ok(text) = fs::read_to_string(&pointer) {
         let old = PathBuf::from(text.trim_end_matches('\n'));
-        if fs::symlink_metadata(&old).is_ok_and(|m| m.file_type().is_socket()) {
+        let ours = old
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n.to_string_lossy().starts_with(&format!("hone-{}-", own_uid())));
+        if ours && fs::symlink_metadata(&old).is_ok_and(|m| m.file_type().is_socket() && m.uid() == own_uid()) {
             let _ = fs::remove_file(&old);
             if let Some(parent) = old.parent() {
                 let _ = fs::remove_dir(parent);
@@ -294,6 +347,14 @@ fn handle(line: &[u8], inbox: &Inbox) -> Reply {
     if request == Request::Status {
         return Reply { ok: true, error: None, status: Some(inbox.status()) };
     }
-    inbox.push(request);
+    let mut queue = inbox.shared.lock();
+    if queue.pending.len() >= MAX_PENDING {
+        return Reply::error(format!(
+            "busy: {MAX_PENDING} requests are waiting for the next step boundary; try again after it"
+        ));
+    }
+    queue.pending.push_back(request);
+    drop(queue);
+    inbox.shared.arrived.notify_all();
     Reply::ok()
 }
