@@ -86,6 +86,8 @@ struct RunToml {
     stages: Vec<Stage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     eval: Option<EvalSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    engine: Option<super::engine::EngineSettings>,
     frozen: FrozenInfo,
 }
 
@@ -178,6 +180,7 @@ pub fn frozen_toml(frozen: &Frozen) -> Result<String, ConfigError> {
         model: pipeline.model.clone(),
         stages: pipeline.stages.clone(),
         eval: pipeline.eval.clone(),
+        engine: pipeline.engine.clone(),
         frozen: frozen.info.clone(),
     };
     let body = toml::to_string(&document)
@@ -196,7 +199,13 @@ pub fn frozen_toml(frozen: &Frozen) -> Result<String, ConfigError> {
 pub fn load_frozen(path: &Path) -> Result<Frozen, ConfigError> {
     let source = read_source(path)?;
     let (document, locator) = parse_located::<RunToml>(path, &source)?;
-    let pipeline = Pipeline { run: document.run, model: document.model, stages: document.stages, eval: document.eval };
+    let pipeline = Pipeline {
+        run: document.run,
+        model: document.model,
+        stages: document.stages,
+        eval: document.eval,
+        engine: document.engine,
+    };
     validate(&pipeline, &locator)?;
     let pref_sources = pipeline
         .stages

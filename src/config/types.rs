@@ -20,6 +20,9 @@ pub struct Pipeline {
     /// Evaluation after each stage (and of the base model) with the release gates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval: Option<EvalSettings>,
+    /// `[engine.trl]`: how stages with `engine = "trl"` are launched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<super::engine::EngineSettings>,
 }
 
 /// The `[eval]` table: which suite, against which baseline, with which judge and gates.
@@ -145,6 +148,9 @@ pub enum ModelInit {
 pub struct Stage {
     /// Unique name (`sft`, `dpo`, `safety`, ...), used in events and `--stages`.
     pub name: String,
+    /// The engine that trains this stage (`hone`, the default, or `trl`).
+    #[serde(default, skip_serializing_if = "super::engine::Engine::is_hone")]
+    pub engine: super::engine::Engine,
     /// Passes over the stage's main data (the preference data when present, else SFT).
     #[serde(default = "one")]
     pub epochs: u32,

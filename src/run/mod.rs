@@ -36,6 +36,7 @@ mod events;
 mod fsutil;
 mod lock;
 mod signals;
+pub mod trl;
 pub mod worker;
 
 pub use checkpoint::{CheckpointFile, CheckpointWriter, PendingCheckpoint};
