@@ -1,8 +1,10 @@
 """`python -m hone_trl --spec <run>/trl/<stage>.json`: one hone stage on TRL, on every rank.
 
-Exit status: 0 when the stage finished and its model was exported; 75 when it stopped (a stop
-request or SIGTERM/SIGINT) after saving a checkpoint, so that running it again resumes; 2 for a
-bad spec; 1 for any other failure (rank 0 also writes an `error` event)."""
+Exit status: 0 when the stage finished (its model exported, with `hone_export.json` inside) or
+stopped cleanly (a stop request or SIGTERM/SIGINT, after a checkpoint: running it again resumes);
+launchers turn any other status of a rank into their own failure status, so "finished" is told
+from "stopped" by the export marker, not by the status. 2 for a bad spec; 1 for any other
+failure (rank 0 also writes an `error` event)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,6 @@ import os
 import shutil
 import sys
 import traceback
-
-EXIT_STOPPED = 75
-
 
 def newest_checkpoint(output_dir: str) -> str | None:
     """The newest `checkpoint-N` that is complete (its `hone_state.json` is written last)."""
@@ -40,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return print_versions()
     args = parser.parse_args(argv)
 
+    die_with_parent()
     from . import relay
     from .relay import Signals
 
@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .stage import run_stage
 
-        stopped = run_stage(spec, signals, writer)
-        return EXIT_STOPPED if stopped else 0
+        run_stage(spec, signals, writer)
+        return 0
     except SpecError as e:
         if writer is not None:
             writer.emit("error", spec.stage, None, message=str(e), engine="trl")
@@ -68,6 +68,25 @@ def main(argv: list[str] | None = None) -> int:
         if writer is not None:
             writer.emit("error", spec.stage, None, message=f"{type(e).__name__}: {e}", engine="trl")
         return 1
+
+
+def die_with_parent() -> None:
+    """On Linux, ask the kernel to SIGKILL this rank when its launcher dies (torchrun starts each
+    rank in a session of its own, so a SIGKILL to the worker's process group would otherwise leave
+    orphaned ranks training on). Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the launcher died before the request took effect
+        os._exit(1)
 
 
 def print_versions() -> int:

@@ -52,7 +52,7 @@ class HoneCallback(TrainerCallback):
             w = float(self.spec.sft.get("weight", 1.0))
             if w > 0:
                 fields["loss/sft"] = logs["loss"] / w
-        fields["lambda/pref"] = lam.get("pref", 0.0)
+        fields["lambda/pref"] = logs.get("lambda/pref", lam.get("pref", 0.0))
         fields["lambda/safe"] = lam.get("safe", 0.0)
         now = time.monotonic()
         tokens = logs.get("num_tokens")

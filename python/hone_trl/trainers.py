@@ -189,6 +189,8 @@ class HoneDPOTrainer(HoneMixin, DPOTrainer):
         pref = result[0] if return_outputs else result
         lam = float(self.hone_lambdas.get("pref", 1.0))
         total = lam * pref
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["lambda/pref"].append(lam)  # the λ this step used (same on every rank)
         self.hone_metric("loss/pref", pref)
         self.hone_metric("weighted/pref", lam * pref)
         if self.hone_sft_weight is not None:

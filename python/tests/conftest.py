@@ -38,7 +38,7 @@ def spec(run_dir: Path, stage: str, kind: str, model: Path, **over) -> Path:
 def command(spec_path: Path, nproc: int) -> list[str]:
     if nproc == 1:
         return [PYTHON, "-m", "hone_trl", "--spec", str(spec_path)]
-    return [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "0",
+    return [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
             "-m", "hone_trl", "--spec", str(spec_path)]
 
 
@@ -53,6 +53,12 @@ def start(spec_path: Path, nproc: int, log: Path) -> subprocess.Popen:
     out = open(log, "ab")
     return subprocess.Popen(command(spec_path, nproc), stdout=out, stderr=subprocess.STDOUT, env=env(),
                             start_new_session=True)
+
+
+def kill_all(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher's process group (as a crash of hone's worker group would)."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
 
 
 def run(spec_path: Path, nproc: int, log: Path, timeout: float = 240) -> int:

@@ -18,9 +18,9 @@ def pref(i, chosen, rejected, prompt="p", **kw):
 def test_pair_hash_matches_hone():
     # The same value is asserted by src/run/trl.rs's `pair_hash_is_shared_with_python`.
     assert pair_hash("What is 2+2?", "4", "5") == pair_hash("What is 2+2?", "5", "4")
-    assert pair_hash("What is 2+2?", "4", "5") == "aaf6d7e3ef5d47d1a1de7e90"
+    assert pair_hash("What is 2+2?", "4", "5") == "6dd3b676725a39b4e21d85f2"
     msgs = [{"role": "user", "content": "hé"}]
-    assert pair_hash(msgs, [{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}]) == "8fb14bcdd2ceb43daf6ee4f8"
+    assert pair_hash(msgs, [{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}]) == "a44d84b3dd7669173722f39c"
 
 
 def test_supersede_undo_tie_and_held_back(tmp_path):

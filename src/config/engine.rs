@@ -125,10 +125,9 @@ fn check_settings(trl: &TrlSettings, at: &FieldPath, locator: &Locator<'_>) -> R
         Launcher::Command if trl.command.is_empty() => {
             Err(locator.error(&at.key("command"), "launcher = \"command\" needs command = [\"program\", ...]"))
         }
-        Launcher::Accelerate | Launcher::Torchrun if !trl.command.is_empty() => Err(locator.error(
-            &at.key("command"),
-            "command is only used with launcher = \"command\"",
-        )),
+        Launcher::Accelerate | Launcher::Torchrun if !trl.command.is_empty() => {
+            Err(locator.error(&at.key("command"), "command is only used with launcher = \"command\""))
+        }
         Launcher::Torchrun if trl.num_machines > 1 => Err(locator.error(
             &at.key("num_machines"),
             "torchrun on several machines needs a rendezvous hone cannot choose: use launcher = \"accelerate\" \
@@ -206,4 +205,22 @@ pub(crate) fn resolve_paths(
         }
     }
     Ok(())
+}
+
+/// Refuses to start (or resume) a run with a TRL stage until the worker runs them through
+/// `run::trl::run_stage`: without this, the native trainer would silently train the stage on
+/// hone's engine. Remove it in the change that wires the worker.
+pub(crate) fn refuse_unwired(loaded: &super::LoadedPipeline) -> Result<(), ConfigError> {
+    match loaded.pipeline.stages.iter().position(|s| s.engine == Engine::Trl) {
+        Some(i) => Err(ConfigError::File {
+            path: loaded.source_path.clone(),
+            message: format!(
+                "stage[{i}] `{}`: engine = \"trl\" is configured and checked, but this build's worker does not \
+                 run TRL stages yet (refusing rather than training it on hone's engine); run the stage with \
+                 python -m hone_trl --spec (README: TRL engine)",
+                loaded.pipeline.stages[i].name
+            ),
+        }),
+        None => Ok(()),
+    }
 }

@@ -114,6 +114,7 @@ pub fn sha256_file(path: &Path) -> Result<String, ConfigError> {
 /// Hashes every input file of `loaded` and records `extras`: the [`Frozen`] form of a pipeline
 /// about to run (or about to be compared with a run's `run.toml`).
 pub fn freeze(loaded: &LoadedPipeline, extras: &FrozenExtras) -> Result<Frozen, ConfigError> {
+    super::engine::refuse_unwired(loaded)?;
     let mut hashes: HashMap<PathBuf, String> = HashMap::new();
     let mut hash = |path: &Path| -> Result<String, ConfigError> {
         if let Some(known) = hashes.get(path) {

@@ -16,7 +16,9 @@
 //! reads the new complete lines at every step boundary and broadcasts them to every rank, so all
 //! ranks apply the same request at the same step. A file needs no port, survives a restart of
 //! either side (the offset read is saved in every TRL checkpoint), and is what a test appends to.
-//! A stop of the worker (SIGTERM/SIGINT) is relayed as `stop`: checkpoint, then exit 75.
+//! A stop of the worker (SIGTERM/SIGINT) is relayed as `stop`: checkpoint, then exit 0 without an
+//! export. Launchers replace a rank's exit status by their own, so a status of 0 with the
+//! export's marker means finished, 0 without it stopped, anything else failed.
 //!
 //! Nothing here is wired into the worker yet; [`run_stage`] is the one call it needs.
 
@@ -32,8 +34,8 @@ use serde_json::{json, Value};
 use super::control::Request;
 use crate::config::{DataSource, Launcher, Pipeline, PrefLossKind, Schedule, TrlSettings};
 
-/// The exit status with which `hone_trl` says "stopped after a checkpoint; run again to resume".
-pub const EXIT_STOPPED: i32 = 75;
+/// The file in an export directory that marks the stage as finished (written before the rename).
+pub const EXPORT_MARKER: &str = "hone_export.json";
 /// How many lines of the launcher's output an error carries.
 const TAIL_LINES: usize = 20;
 /// How often [`run_stage`] looks at the child and the control inbox.
@@ -194,8 +196,7 @@ pub fn stage_spec(
         spec["sft"] = json!({"data": sft.data, "weight": sft.weight, "on_chosen": sft.on_chosen});
     }
     if let Some(pref) = &stage.pref {
-        let (live, data): (Vec<&DataSource>, Vec<&DataSource>) =
-            pref_sources.iter().partition(|s| s.is_run_relative());
+        let (live, data): (Vec<&DataSource>, Vec<&DataSource>) = pref_sources.iter().partition(|s| s.is_run_relative());
         let resolve = |s: &[&DataSource]| s.iter().map(|s| s.resolve(run_dir)).collect::<Vec<_>>();
         spec["pref"] = json!({
             "data": resolve(&data),
@@ -244,7 +245,9 @@ impl Launch {
 /// A word as a POSIX shell reads it back.
 fn quote(word: &str) -> String {
     let plain = !word.is_empty()
-        && word.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b'=' | b':' | b','));
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b'=' | b':' | b','));
     if plain {
         word.to_string()
     } else {
@@ -307,6 +310,34 @@ pub fn check_packages(python: &Path) -> Result<BTreeMap<String, String>, TrlErro
     })
 }
 
+/// What `hone check` reports for a pipeline's TRL stages: `None` when no stage uses the TRL
+/// engine; otherwise one line naming the interpreter, the versions it imports and the launcher,
+/// or the reason it cannot run (no venv, a package that does not import).
+pub fn check(pipeline: &Pipeline) -> Result<Option<String>, TrlError> {
+    let Some(stage) = pipeline.stages.iter().find(|s| s.engine == crate::config::Engine::Trl) else {
+        return Ok(None);
+    };
+    let settings = pipeline
+        .engine
+        .as_ref()
+        .and_then(|e| e.trl.as_ref())
+        .ok_or_else(|| TrlError::NoSettings { stage: stage.name.clone() })?;
+    let python = python_of(settings)?;
+    let versions = check_packages(&python)?;
+    let list = versions.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
+    let launcher = match settings.launcher {
+        Launcher::Accelerate => "accelerate",
+        Launcher::Torchrun => "torchrun",
+        Launcher::Command => "command",
+    };
+    Ok(Some(format!(
+        "TRL engine: {} ({list}); launcher {launcher}, {} processes on {} machines",
+        python.display(),
+        settings.num_processes,
+        settings.num_machines
+    )))
+}
+
 /// How a TRL stage ended, when it did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrlOutcome {
@@ -324,6 +355,7 @@ pub struct TrlChild {
     stage: String,
     log: PathBuf,
     relay: PathBuf,
+    marker: PathBuf,
     stop_relayed: bool,
 }
 
@@ -342,7 +374,14 @@ impl TrlChild {
             .stderr(err)
             .spawn()
             .map_err(|source| TrlError::Spawn { program: launch.program.clone(), source })?;
-        Ok(TrlChild { child, stage: stage.into(), log: log.into(), relay: relay_path(run_dir), stop_relayed: false })
+        Ok(TrlChild {
+            child,
+            stage: stage.into(),
+            log: log.into(),
+            relay: relay_path(run_dir),
+            marker: export_dir(run_dir, stage).join(EXPORT_MARKER),
+            stop_relayed: false,
+        })
     }
 
     /// The launcher's pid.
@@ -378,11 +417,15 @@ impl TrlChild {
 
     fn outcome(&self, status: ExitStatus) -> Result<TrlOutcome, TrlError> {
         match status.code() {
-            Some(0) => Ok(TrlOutcome::Finished),
-            Some(EXIT_STOPPED) => Ok(TrlOutcome::Stopped),
+            Some(0) if self.marker.is_file() => Ok(TrlOutcome::Finished),
+            Some(0) => Ok(TrlOutcome::Stopped),
             _ => {
                 let how = describe(status);
-                Err(TrlError::Failed { stage: self.stage.clone(), status: how, tail: tail_lines(&self.log, TAIL_LINES) })
+                Err(TrlError::Failed {
+                    stage: self.stage.clone(),
+                    status: how,
+                    tail: tail_lines(&self.log, TAIL_LINES),
+                })
             }
         }
     }
@@ -416,7 +459,11 @@ pub fn tail_lines(path: &Path, n: usize) -> String {
     let _ = file.read_to_end(&mut bytes);
     let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].iter().map(|l| crate::sanitize::sanitize(l, false)).collect::<Vec<_>>().join("\n")
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| crate::sanitize::sanitize(l, false))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Runs stage `index` on the TRL engine to its end: writes the spec, starts the launcher, and
@@ -437,8 +484,11 @@ pub fn run_stage(
     next_request: &mut dyn FnMut() -> Option<Request>,
 ) -> Result<(Launch, TrlOutcome), TrlError> {
     let stage = pipeline.stages.get(index).ok_or(TrlError::NoStage(index))?;
-    let settings =
-        pipeline.engine.as_ref().and_then(|e| e.trl.as_ref()).ok_or_else(|| TrlError::NoSettings { stage: stage.name.clone() })?;
+    let settings = pipeline
+        .engine
+        .as_ref()
+        .and_then(|e| e.trl.as_ref())
+        .ok_or_else(|| TrlError::NoSettings { stage: stage.name.clone() })?;
     let python = python_of(settings)?;
     let spec = stage_spec(pipeline, index, run_dir, model, step_offset, pref_sources)?;
     let spec_file = write_spec(run_dir, &stage.name, &spec)?;

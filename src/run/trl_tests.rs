@@ -29,8 +29,8 @@ fn a_trl_pipeline_loads_and_its_spec_says_what_the_stage_is() {
     let dir = tempfile::tempdir().unwrap();
     let loaded = load(dir.path(), &pipeline_text(TORCHRUN, "")).unwrap();
     let run = Path::new("/runs/r1");
-    let spec = stage_spec(&loaded.pipeline, 1, run, Path::new("/runs/r1/trl/sft/model"), 7, &loaded.pref_sources[1])
-        .unwrap();
+    let spec =
+        stage_spec(&loaded.pipeline, 1, run, Path::new("/runs/r1/trl/sft/model"), 7, &loaded.pref_sources[1]).unwrap();
     assert_eq!(spec["kind"], "dpo");
     assert_eq!(spec["step_offset"], 7);
     assert_eq!(spec["batch_size"], 4);
@@ -87,14 +87,14 @@ fn error_of(extra_engine: &str, stage_extra: &str) -> String {
 fn bad_trl_configs_are_located_errors() {
     assert_eq!(
         error_of("", ""),
-        "DIR/pipeline.toml:11:10: stage[0].engine: engine = \"trl\" needs an [engine.trl] table"
+        "DIR/pipeline.toml:12:10: stage[0].engine: engine = \"trl\" needs an [engine.trl] table"
     );
     let e = error_of(&TORCHRUN.replace("num_processes = 2", "num_processes = 3"), "");
-    assert!(e.starts_with("DIR/pipeline.toml:12:12: stage[0].batch_size: engine = \"trl\": batch_size is the global batch and must be divisible by num_processes (3) x grad_accum (1) = 3 (got 4)"), "{e}");
+    assert!(e.starts_with("DIR/pipeline.toml:16:14: stage[0].batch_size: engine = \"trl\": batch_size is the global batch and must be divisible by num_processes (3) x grad_accum (1) = 3 (got 4)"), "{e}");
     let e = error_of("[engine.trl]\nconfig_file = \"nope.yaml\"", "");
-    assert!(e.starts_with("DIR/pipeline.toml:8:15: engine.trl.config_file: no such file: DIR/nope.yaml"), "{e}");
+    assert!(e.starts_with("DIR/pipeline.toml:9:15: engine.trl.config_file: no such file: DIR/nope.yaml"), "{e}");
     let e = error_of("[engine.trl]\nlauncher = \"command\"", "");
-    assert!(e.contains("engine.trl: launcher = \"command\" needs command") || e.contains("engine.trl.command"), "{e}");
+    assert!(e.contains("engine.trl.command: launcher = \"command\" needs command = [\"program\", ...]"), "{e}");
     let e = error_of(&TORCHRUN.replace("num_processes = 2", "num_processes = 4\nnum_machines = 2"), "");
     assert!(e.contains("engine.trl.num_machines: torchrun on several machines"), "{e}");
     let adaptive = "[stage.safety]\ndata = [\"".to_string() + SFT + "\"]\n[stage.safety.adaptive]\nepsilon = 0.1\n";
@@ -139,10 +139,12 @@ fn wait(child: &mut TrlChild) -> Result<TrlOutcome, TrlError> {
 fn the_launcher_exit_status_decides_the_outcome_and_a_failure_carries_its_last_lines() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("worker.log");
-    let mut ok = TrlChild::start(&fake_launch("exit 0"), dir.path(), "sft", &log).unwrap();
-    assert_eq!(wait(&mut ok).unwrap(), TrlOutcome::Finished);
-    let mut stopped = TrlChild::start(&fake_launch("exit 75"), dir.path(), "sft", &log).unwrap();
+    let mut stopped = TrlChild::start(&fake_launch("exit 0"), dir.path(), "sft", &log).unwrap();
     assert_eq!(wait(&mut stopped).unwrap(), TrlOutcome::Stopped);
+    let export = export_dir(dir.path(), "sft");
+    let script = format!("mkdir -p '{0}' && echo '{{}}' > '{0}/{EXPORT_MARKER}'", export.display());
+    let mut finished = TrlChild::start(&fake_launch(&script), dir.path(), "sft", &log).unwrap();
+    assert_eq!(wait(&mut finished).unwrap(), TrlOutcome::Finished);
     let script = "echo starting; echo 'Traceback: \u{1b}[31mboom' >&2; exit 3";
     let mut failed = TrlChild::start(&fake_launch(script), dir.path(), "dpo", &log).unwrap();
     let err = wait(&mut failed).unwrap_err().to_string();
@@ -175,9 +177,17 @@ fn the_package_check_reports_versions_or_why_not() {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let versions = check_packages(&good).unwrap();
+    let loaded =
+        load(dir.path(), &pipeline_text(&TORCHRUN.replace("/venv/bin/python", &good.display().to_string()), ""))
+            .unwrap();
+    let line = check(&loaded.pipeline).unwrap().unwrap();
+    assert!(line.ends_with("(torch 2.15.0, trl 1.16.0); launcher torchrun, 2 processes on 1 machines"), "{line}");
     assert_eq!(versions["trl"], "1.16.0");
     let err = check_packages(&bad).unwrap_err().to_string();
-    assert!(err.ends_with("the TRL engine's packages do not import: ModuleNotFoundError: No module named 'trl'"), "{err}");
+    assert!(
+        err.ends_with("the TRL engine's packages do not import: ModuleNotFoundError: No module named 'trl'"),
+        "{err}"
+    );
     let err = check_packages(&dir.path().join("missing")).unwrap_err().to_string();
     assert!(err.contains("missing: cannot start"), "{err}");
 }
@@ -188,7 +198,19 @@ fn pair_hash_is_shared_with_python() {
     use crate::data::{Message, Text};
     let p = |s: &str| Text::Plain(s.into());
     // python/tests/test_labels.py asserts the same two values for hone_trl.labels.pair_hash.
-    assert_eq!(pair_hash(&p("What is 2+2?"), &p("4"), &p("5")), "PLAIN");
+    assert_eq!(pair_hash(&p("What is 2+2?"), &p("4"), &p("5")), "6dd3b676725a39b4e21d85f2");
     let m = |role: &str, c: &str| Text::Messages(vec![Message::new(role, c)]);
-    assert_eq!(pair_hash(&m("user", "hé"), &m("assistant", "a"), &m("assistant", "b")), "MSGS");
+    assert_eq!(pair_hash(&m("user", "hé"), &m("assistant", "a"), &m("assistant", "b")), "a44d84b3dd7669173722f39c");
+}
+
+#[test]
+fn a_run_with_a_trl_stage_is_refused_until_the_worker_runs_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = load(dir.path(), &pipeline_text(TORCHRUN, "")).unwrap();
+    let extras = crate::config::FrozenExtras { hone_version: "test".into(), overrides: Vec::new() };
+    let err = crate::config::freeze(&loaded, &extras).unwrap_err().to_string();
+    assert!(
+        err.contains("stage[0] `sft`: engine = \"trl\" is configured and checked, but this build's worker"),
+        "{err}"
+    );
 }
