@@ -148,9 +148,6 @@ pub enum ModelInit {
 pub struct Stage {
     /// Unique name (`sft`, `dpo`, `safety`, ...), used in events and `--stages`.
     pub name: String,
-    /// The engine that trains this stage (`hone`, the default, or `trl`).
-    #[serde(default, skip_serializing_if = "super::engine::Engine::is_hone")]
-    pub engine: super::engine::Engine,
     /// Passes over the stage's main data (the preference data when present, else SFT).
     #[serde(default = "one")]
     pub epochs: u32,
@@ -193,6 +190,9 @@ pub struct Stage {
     /// The plain language-modelling term (pretraining or continued pretraining).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lm: Option<LmTerm>,
+    /// The engine that trains this stage (`hone`, the default, or `trl`).
+    #[serde(default, skip_serializing_if = "super::engine::Engine::is_hone")]
+    pub engine: super::engine::Engine,
 }
 
 /// `L_lm`: token cross-entropy on every token of plain-text records `{"text": ...}`.
