@@ -64,7 +64,7 @@ fn unknown_key_at_top_level_is_located_at_the_key() {
     assert_eq!(located(&error), (2, 1, Some("colour")));
     assert!(error
         .to_string()
-        .ends_with("colour: unknown field `colour`, expected one of `run`, `model`, `stage`, `eval`"));
+        .ends_with("colour: unknown field `colour`, expected one of `run`, `model`, `stage`, `eval`, `engine`"));
 }
 
 #[test]

@@ -86,6 +86,8 @@ struct RunToml {
     stages: Vec<Stage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     eval: Option<EvalSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    engine: Option<super::engine::EngineSettings>,
     frozen: FrozenInfo,
 }
 
@@ -112,6 +114,7 @@ pub fn sha256_file(path: &Path) -> Result<String, ConfigError> {
 /// Hashes every input file of `loaded` and records `extras`: the [`Frozen`] form of a pipeline
 /// about to run (or about to be compared with a run's `run.toml`).
 pub fn freeze(loaded: &LoadedPipeline, extras: &FrozenExtras) -> Result<Frozen, ConfigError> {
+    super::engine::refuse_unwired(loaded)?;
     let mut hashes: HashMap<PathBuf, String> = HashMap::new();
     let mut hash = |path: &Path| -> Result<String, ConfigError> {
         if let Some(known) = hashes.get(path) {
@@ -178,6 +181,7 @@ pub fn frozen_toml(frozen: &Frozen) -> Result<String, ConfigError> {
         model: pipeline.model.clone(),
         stages: pipeline.stages.clone(),
         eval: pipeline.eval.clone(),
+        engine: pipeline.engine.clone(),
         frozen: frozen.info.clone(),
     };
     let body = toml::to_string(&document)
@@ -196,7 +200,13 @@ pub fn frozen_toml(frozen: &Frozen) -> Result<String, ConfigError> {
 pub fn load_frozen(path: &Path) -> Result<Frozen, ConfigError> {
     let source = read_source(path)?;
     let (document, locator) = parse_located::<RunToml>(path, &source)?;
-    let pipeline = Pipeline { run: document.run, model: document.model, stages: document.stages, eval: document.eval };
+    let pipeline = Pipeline {
+        run: document.run,
+        model: document.model,
+        stages: document.stages,
+        eval: document.eval,
+        engine: document.engine,
+    };
     validate(&pipeline, &locator)?;
     let pref_sources = pipeline
         .stages

@@ -265,6 +265,7 @@ fn resolve(
             }
         }
     }
+    super::engine::resolve_paths(&mut pipeline, base, locator)?;
     if let Some(eval) = &mut pipeline.eval {
         eval.suite = existing(locator, &root.key("eval").key("suite"), base, &eval.suite, false)?;
     }

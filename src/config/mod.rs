@@ -5,6 +5,7 @@
 //! Every error inside a file reads `path:line:column: field: message`, with `field` the dotted
 //! path of the offending key (`stage[1].pref.beta`).
 
+mod engine;
 mod error;
 mod frozen;
 mod load;
@@ -14,6 +15,7 @@ mod validate;
 
 use std::path::PathBuf;
 
+pub use engine::{Engine, EngineSettings, Launcher, TrlSettings};
 pub use error::ConfigError;
 pub use frozen::{
     diff_frozen, freeze, frozen_toml, load_frozen, sha256_file, Frozen, FrozenExtras, FrozenFile, FrozenInfo,

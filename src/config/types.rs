@@ -20,6 +20,9 @@ pub struct Pipeline {
     /// Evaluation after each stage (and of the base model) with the release gates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval: Option<EvalSettings>,
+    /// `[engine.trl]`: how stages with `engine = "trl"` are launched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<super::engine::EngineSettings>,
 }
 
 /// The `[eval]` table: which suite, against which baseline, with which judge and gates.
@@ -187,6 +190,9 @@ pub struct Stage {
     /// The plain language-modelling term (pretraining or continued pretraining).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lm: Option<LmTerm>,
+    /// The engine that trains this stage (`hone`, the default, or `trl`).
+    #[serde(default, skip_serializing_if = "super::engine::Engine::is_hone")]
+    pub engine: super::engine::Engine,
 }
 
 /// `L_lm`: token cross-entropy on every token of plain-text records `{"text": ...}`.

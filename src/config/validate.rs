@@ -69,7 +69,7 @@ pub(crate) fn validate(pipeline: &Pipeline, locator: &Locator<'_>) -> Result<(),
         }
         check_stage(stage, &at, locator)?;
     }
-    Ok(())
+    super::engine::check(pipeline, locator)
 }
 
 fn check_run(run: &RunSettings, at: &FieldPath, locator: &Locator<'_>) -> Result<(), ConfigError> {

@@ -37,6 +37,7 @@ mod events;
 mod fsutil;
 mod lock;
 mod signals;
+pub mod trl;
 pub mod worker;
 
 pub use checkpoint::{CheckpointFile, CheckpointWriter, PendingCheckpoint, OPTIMIZER_FILE, TRAINER_STATE_FILE};

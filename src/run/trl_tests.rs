@@ -1,0 +1,216 @@
+use std::path::Path;
+
+use super::*;
+use crate::config::{load_pipeline, ConfigError, LoadedPipeline};
+
+const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama/model");
+const PREFS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama/prefs.jsonl");
+const SFT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama/sft.jsonl");
+
+fn pipeline_text(engine: &str, stage_extra: &str) -> String {
+    format!(
+        "[run]\nname = \"t\"\ndevice = \"cpu\"\n\n[model]\npath = \"{MODEL}\"\n\n{engine}\n\n\
+         [[stage]]\nname = \"sft\"\nengine = \"trl\"\nbatch_size = 4\n{stage_extra}\n[stage.sft]\ndata = [\"{SFT}\"]\n\n\
+         [[stage]]\nname = \"dpo\"\nengine = \"trl\"\nbatch_size = 4\n[stage.sft]\non_chosen = true\nweight = 0.5\n\
+         [stage.pref]\ndata = [\"{PREFS}\", \"labels.jsonl\"]\nlambda = 0.5\n"
+    )
+}
+
+fn load(dir: &Path, text: &str) -> Result<LoadedPipeline, ConfigError> {
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    load_pipeline(&path)
+}
+
+const TORCHRUN: &str = "[engine.trl]\npython = \"/venv/bin/python\"\nlauncher = \"torchrun\"\nnum_processes = 2";
+
+#[test]
+fn a_trl_pipeline_loads_and_its_spec_says_what_the_stage_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = load(dir.path(), &pipeline_text(TORCHRUN, "")).unwrap();
+    let run = Path::new("/runs/r1");
+    let spec =
+        stage_spec(&loaded.pipeline, 1, run, Path::new("/runs/r1/trl/sft/model"), 7, &loaded.pref_sources[1]).unwrap();
+    assert_eq!(spec["kind"], "dpo");
+    assert_eq!(spec["step_offset"], 7);
+    assert_eq!(spec["batch_size"], 4);
+    assert_eq!(spec["pref"]["data"], json!([PREFS]));
+    assert_eq!(spec["pref"]["live"], json!(["/runs/r1/labels.jsonl"]));
+    assert_eq!(spec["sft"]["on_chosen"], true);
+    assert_eq!(spec["export_dir"], "/runs/r1/trl/dpo/model");
+    let sft = stage_spec(&loaded.pipeline, 0, run, Path::new(MODEL), 0, &loaded.pref_sources[0]).unwrap();
+    assert_eq!(sft["kind"], "sft");
+    assert!(sft.get("pref").is_none());
+}
+
+#[test]
+fn launch_lines_for_each_launcher() {
+    let spec = Path::new("/r/trl/dpo.json");
+    let python = Path::new("/venv/bin/python");
+    let mut s = TrlSettings {
+        python: None,
+        launcher: Launcher::Torchrun,
+        num_processes: 2,
+        num_machines: 1,
+        config_file: None,
+        command: Vec::new(),
+    };
+    assert_eq!(
+        launch(&s, python, spec, "cpu").display(),
+        "PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES='' /venv/bin/python -m torch.distributed.run --standalone \
+         --nproc_per_node 2 -m hone_trl --spec /r/trl/dpo.json"
+    );
+    s.launcher = Launcher::Accelerate;
+    s.num_processes = 16;
+    s.num_machines = 2;
+    s.config_file = Some("/cfg/zero3 two nodes.yaml".into());
+    assert_eq!(
+        launch(&s, python, spec, "cuda").display(),
+        "PYTHONUNBUFFERED=1 /venv/bin/python -m accelerate.commands.launch --config_file '/cfg/zero3 two nodes.yaml' \
+         --num_processes 16 --num_machines 2 -m hone_trl --spec /r/trl/dpo.json"
+    );
+    s.launcher = Launcher::Command;
+    s.config_file = None;
+    s.command = vec!["srun".into(), "--ntasks-per-node=8".into()];
+    let l = launch(&s, python, spec, "cuda");
+    assert_eq!(l.program, "srun");
+    assert_eq!(l.args, ["--ntasks-per-node=8", "/venv/bin/python", "-m", "hone_trl", "--spec", "/r/trl/dpo.json"]);
+}
+
+fn error_of(extra_engine: &str, stage_extra: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let err = load(dir.path(), &pipeline_text(extra_engine, stage_extra)).unwrap_err().to_string();
+    err.replace(&dir.path().display().to_string(), "DIR")
+}
+
+#[test]
+fn bad_trl_configs_are_located_errors() {
+    assert_eq!(
+        error_of("", ""),
+        "DIR/pipeline.toml:12:10: stage[0].engine: engine = \"trl\" needs an [engine.trl] table"
+    );
+    let e = error_of(&TORCHRUN.replace("num_processes = 2", "num_processes = 3"), "");
+    assert!(e.starts_with("DIR/pipeline.toml:16:14: stage[0].batch_size: engine = \"trl\": batch_size is the global batch and must be divisible by num_processes (3) x grad_accum (1) = 3 (got 4)"), "{e}");
+    let e = error_of("[engine.trl]\nconfig_file = \"nope.yaml\"", "");
+    assert!(e.starts_with("DIR/pipeline.toml:9:15: engine.trl.config_file: no such file: DIR/nope.yaml"), "{e}");
+    let e = error_of("[engine.trl]\nlauncher = \"command\"", "");
+    assert!(e.contains("engine.trl.command: launcher = \"command\" needs command = [\"program\", ...]"), "{e}");
+    let e = error_of(&TORCHRUN.replace("num_processes = 2", "num_processes = 4\nnum_machines = 2"), "");
+    assert!(e.contains("engine.trl.num_machines: torchrun on several machines"), "{e}");
+    let adaptive = "[stage.safety]\ndata = [\"".to_string() + SFT + "\"]\n[stage.safety.adaptive]\nepsilon = 0.1\n";
+    let e = error_of(TORCHRUN, &adaptive);
+    assert!(e.contains("stage[0].safety.adaptive: adaptive λ_safe is not supported on engine = \"trl\""), "{e}");
+}
+
+#[test]
+fn native_pipelines_freeze_without_engine_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = pipeline_text("", "").replace("engine = \"trl\"\n", "");
+    let loaded = load(dir.path(), &text).unwrap();
+    let toml = toml::to_string(&loaded.pipeline).unwrap();
+    assert!(!toml.contains("engine"), "{toml}");
+}
+
+#[test]
+fn the_relay_appends_the_socket_requests_as_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = relay_path(dir.path());
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    append_request(&path, &Request::Pause).unwrap();
+    append_request(&path, &Request::SetLambda { term: crate::run::control::LambdaTerm::Pref, value: 0.25 }).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text, "{\"cmd\":\"pause\"}\n{\"cmd\":\"set_lambda\",\"term\":\"pref\",\"value\":0.25}\n");
+}
+
+fn fake_launch(script: &str) -> Launch {
+    Launch { program: "sh".into(), args: vec!["-c".into(), script.into()], env: Vec::new() }
+}
+
+fn wait(child: &mut TrlChild) -> Result<TrlOutcome, TrlError> {
+    loop {
+        if let Some(outcome) = child.poll().transpose() {
+            return outcome;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_launcher_exit_status_decides_the_outcome_and_a_failure_carries_its_last_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("worker.log");
+    let mut stopped = TrlChild::start(&fake_launch("exit 0"), dir.path(), "sft", &log).unwrap();
+    assert_eq!(wait(&mut stopped).unwrap(), TrlOutcome::Stopped);
+    let export = export_dir(dir.path(), "sft");
+    let script = format!("mkdir -p '{0}' && echo '{{}}' > '{0}/{EXPORT_MARKER}'", export.display());
+    let mut finished = TrlChild::start(&fake_launch(&script), dir.path(), "sft", &log).unwrap();
+    assert_eq!(wait(&mut finished).unwrap(), TrlOutcome::Finished);
+    let script = "echo starting; echo 'Traceback: \u{1b}[31mboom' >&2; exit 3";
+    let mut failed = TrlChild::start(&fake_launch(script), dir.path(), "dpo", &log).unwrap();
+    let err = wait(&mut failed).unwrap_err().to_string();
+    assert!(err.starts_with("stage dpo: the TRL launcher exited with status 3; its last lines:\n"), "{err}");
+    assert!(err.contains("starting\nTraceback: ") && err.contains("boom") && !err.contains('\u{1b}'), "{err}");
+}
+
+#[test]
+fn a_requested_stop_is_relayed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("worker.log");
+    let mut child = TrlChild::start(&fake_launch("exit 0"), dir.path(), "sft", &log).unwrap();
+    child.stop_if(false).unwrap();
+    child.stop_if(true).unwrap();
+    child.stop_if(true).unwrap();
+    child.relay(&Request::Status).unwrap();
+    assert_eq!(std::fs::read_to_string(relay_path(dir.path())).unwrap(), "{\"cmd\":\"stop\"}\n");
+    wait(&mut child).unwrap();
+}
+
+#[test]
+fn the_package_check_reports_versions_or_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good");
+    std::fs::write(&good, "#!/bin/sh\necho '{\"torch\":\"2.15.0\",\"trl\":\"1.16.0\"}'\n").unwrap();
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "#!/bin/sh\necho \"ModuleNotFoundError: No module named 'trl'\" >&2\nexit 1\n").unwrap();
+    for p in [&good, &bad] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let versions = check_packages(&good).unwrap();
+    let loaded =
+        load(dir.path(), &pipeline_text(&TORCHRUN.replace("/venv/bin/python", &good.display().to_string()), ""))
+            .unwrap();
+    let line = check(&loaded.pipeline).unwrap().unwrap();
+    assert!(line.ends_with("(torch 2.15.0, trl 1.16.0); launcher torchrun, 2 processes on 1 machines"), "{line}");
+    assert_eq!(versions["trl"], "1.16.0");
+    let err = check_packages(&bad).unwrap_err().to_string();
+    assert!(
+        err.ends_with("the TRL engine's packages do not import: ModuleNotFoundError: No module named 'trl'"),
+        "{err}"
+    );
+    let err = check_packages(&dir.path().join("missing")).unwrap_err().to_string();
+    assert!(err.contains("missing: cannot start"), "{err}");
+}
+
+#[test]
+fn pair_hash_is_shared_with_python() {
+    use crate::data::labels::pair_hash;
+    use crate::data::{Message, Text};
+    let p = |s: &str| Text::Plain(s.into());
+    // python/tests/test_labels.py asserts the same two values for hone_trl.labels.pair_hash.
+    assert_eq!(pair_hash(&p("What is 2+2?"), &p("4"), &p("5")), "6dd3b676725a39b4e21d85f2");
+    let m = |role: &str, c: &str| Text::Messages(vec![Message::new(role, c)]);
+    assert_eq!(pair_hash(&m("user", "hé"), &m("assistant", "a"), &m("assistant", "b")), "a44d84b3dd7669173722f39c");
+}
+
+#[test]
+fn a_run_with_a_trl_stage_is_refused_until_the_worker_runs_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = load(dir.path(), &pipeline_text(TORCHRUN, "")).unwrap();
+    let extras = crate::config::FrozenExtras { hone_version: "test".into(), overrides: Vec::new() };
+    let err = crate::config::freeze(&loaded, &extras).unwrap_err().to_string();
+    assert!(
+        err.contains("stage[0] `sft`: engine = \"trl\" is configured and checked, but this build's worker"),
+        "{err}"
+    );
+}
