@@ -30,7 +30,7 @@ use crate::config::{EvalSettings, ModelInit, NanPolicy, Pipeline, PrefLossKind, 
 use crate::data::{ChatTemplate, TextTokenizer};
 use crate::eval::{read_suite, Contamination, Decision, EvalItem, Judge};
 use crate::model::Model;
-use crate::train::loss::PreferenceLoss;
+use crate::train::loss::{LabelNoise, PreferenceLoss};
 pub use control::{stage_prompts, DEFAULT_SAMPLE_PROMPTS};
 use control::{Boundary, Lambdas, StepCx};
 
@@ -466,15 +466,16 @@ impl<'h, H: Host> Trainer<'h, H> {
         let pref_term = stage.pref.as_ref().map(|p| PairTerm {
             beta: p.beta,
             loss: match p.loss {
-                PrefLossKind::Sigmoid => PreferenceLoss::Sigmoid,
+                PrefLossKind::Sigmoid | PrefLossKind::Robust => PreferenceLoss::Sigmoid,
                 PrefLossKind::Ipo => PreferenceLoss::Ipo,
             },
+            noise: LabelNoise::of(p),
         });
-        let safety_pair_term = stage
-            .safety
-            .as_ref()
-            .filter(|s| s.loss == SafetyLossKind::Dpo)
-            .map(|s| PairTerm { beta: s.beta, loss: PreferenceLoss::Sigmoid });
+        let safety_pair_term = stage.safety.as_ref().filter(|s| s.loss == SafetyLossKind::Dpo).map(|s| PairTerm {
+            beta: s.beta,
+            loss: PreferenceLoss::Sigmoid,
+            noise: LabelNoise::Clean,
+        });
 
         let mut skipped = false;
         while self.state.stage_step < total {
