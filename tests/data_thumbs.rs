@@ -5,7 +5,9 @@
 
 use std::path::PathBuf;
 
-use hone::data::{read_sft, read_thumbs, read_thumbs_for_kto, Text};
+use hone::data::{read_sft, read_thumbs, read_thumbs_for_kto, DataError, Text, ThumbsRecord};
+
+type Reader = fn(&std::path::Path) -> Result<Vec<(usize, ThumbsRecord)>, DataError>;
 
 fn file(content: &str) -> (PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -14,10 +16,7 @@ fn file(content: &str) -> (PathBuf, tempfile::TempDir) {
     (p, dir)
 }
 
-fn err_of(
-    content: &str,
-    read: fn(&std::path::Path) -> Result<Vec<(usize, hone::data::ThumbsRecord)>, hone::data::DataError>,
-) -> String {
+fn err_of(content: &str, read: Reader) -> String {
     let (p, _dir) = file(content);
     let err = read(&p).unwrap_err().to_string();
     err.strip_prefix(&format!("{}:", p.display())).unwrap_or(&err).to_string()
