@@ -242,3 +242,18 @@ fn the_sample_pipeline_loads() {
     };
     assert_eq!(loaded.pref_sources[1], vec![DataSource::File(dir.join("prefs.jsonl")), labels]);
 }
+
+#[test]
+fn robust_and_conservative_dpo_load_with_their_label_smoothing() {
+    let loaded = load_pipeline(&fixture("valid/robust.toml")).unwrap();
+    let terms: Vec<(PrefLossKind, f64)> =
+        loaded.pipeline.stages.iter().map(|s| s.pref.as_ref().map(|p| (p.loss, p.label_smoothing)).unwrap()).collect();
+    assert_eq!(terms, [(PrefLossKind::Robust, 0.1), (PrefLossKind::Sigmoid, 0.2)]);
+    // A pipeline without label smoothing serialises (run.toml) exactly as before the option existed.
+    let plain = load_pipeline(&fixture("valid/full.toml")).unwrap();
+    assert!(plain.pipeline.stages.iter().any(|s| s.pref.is_some()));
+    let text = toml::to_string(&plain.pipeline).unwrap();
+    assert!(!text.contains("label_smoothing"), "{text}");
+    let text = toml::to_string(&loaded.pipeline).unwrap();
+    assert!(text.contains("label_smoothing = 0.1"), "{text}");
+}

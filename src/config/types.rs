@@ -235,9 +235,14 @@ pub struct PrefTerm {
     /// DPO β.
     #[serde(default = "default_beta")]
     pub beta: f64,
-    /// `sigmoid` (DPO) or `ipo`.
+    /// `sigmoid` (DPO), `robust` (robust DPO) or `ipo`.
     #[serde(default)]
     pub loss: PrefLossKind,
+    /// TRL's `label_smoothing` ε in [0, 0.5): the assumed probability that a preference label is
+    /// flipped. With `sigmoid` it makes the loss conservative DPO (cDPO), with `robust` it is robust
+    /// DPO's ε; IPO has none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_smoothing: f64,
     /// The reference model directory; default: the weights the stage starts from.
     #[serde(default)]
     pub reference: Option<PathBuf>,
@@ -252,6 +257,9 @@ pub enum PrefLossKind {
     Sigmoid,
     /// TRL's IPO.
     Ipo,
+    /// TRL's robust DPO: the sigmoid loss corrected for labels flipped with probability
+    /// `label_smoothing`.
+    Robust,
 }
 
 /// `L_safe`: a penalty on unsafe responses.
@@ -315,6 +323,10 @@ pub enum Schedule {
     Constant,
 }
 
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
 fn default_baseline() -> String {
     "sft".into()
 }

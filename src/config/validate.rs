@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::error::ConfigError;
 use super::load::Locator;
 use super::locate::FieldPath;
-use super::types::{AdaptiveLambda, Pipeline, RunSettings, Stage};
+use super::types::{AdaptiveLambda, Pipeline, PrefLossKind, PrefTerm, RunSettings, Stage};
 
 /// The shortest of `{}` and `{:e}` (`0.5`, `1e-4`), for messages and diffs.
 pub(crate) fn show_f64(x: f64) -> String {
@@ -183,6 +183,7 @@ fn check_stage(stage: &Stage, at: &FieldPath, locator: &Locator<'_>) -> Result<(
         }
         non_negative(locator, &at.key("lambda"), pref.lambda)?;
         positive(locator, &at.key("beta"), pref.beta)?;
+        check_label_smoothing(pref, &at, locator)?;
     }
     if let Some(safety) = &stage.safety {
         let at = at.key("safety");
@@ -194,6 +195,23 @@ fn check_stage(stage: &Stage, at: &FieldPath, locator: &Locator<'_>) -> Result<(
         if let Some(adaptive) = &safety.adaptive {
             check_adaptive(adaptive, &at.key("adaptive"), locator)?;
         }
+    }
+    Ok(())
+}
+
+/// ε is a flip probability below one half (at 0.5 the labels carry no information and robust
+/// DPO divides by zero), and only the sigmoid-family losses have one.
+fn check_label_smoothing(pref: &PrefTerm, at: &FieldPath, locator: &Locator<'_>) -> Result<(), ConfigError> {
+    let eps = pref.label_smoothing;
+    if !(eps.is_finite() && (0.0..0.5).contains(&eps)) {
+        return Err(locator.error(
+            &at.key("label_smoothing"),
+            format!("must be in [0, 0.5): the probability that a label is flipped (got {})", show_f64(eps)),
+        ));
+    }
+    if eps != 0.0 && pref.loss == PrefLossKind::Ipo {
+        return Err(locator
+            .error(&at.key("label_smoothing"), "applies to loss = \"sigmoid\" (cDPO) or \"robust\", not to \"ipo\""));
     }
     Ok(())
 }

@@ -18,7 +18,8 @@ pub use error::DataError;
 pub use jsonl::{read_jsonl, Line};
 pub use records::{
     detect_kind, parse_preference_line, read_preferences, read_records, read_records_with_lines, read_safety, read_sft,
-    read_text_records, PreferenceRecord, RecordKind, Records, SafetyRecord, SftRecord, Text,
+    read_text_records, read_thumbs, read_thumbs_for_kto, PreferenceRecord, RecordKind, Records, SafetyRecord,
+    SftRecord, Text, ThumbsRecord,
 };
 pub use template::{ChatTemplate, Message, Rendered};
 pub use tokenizer::{Encoding, SpecialTokens, TextTokenizer};

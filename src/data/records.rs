@@ -70,6 +70,21 @@ pub struct SafetyRecord {
     pub extra: Map<String, Json>,
 }
 
+/// One unpaired judgement of a single response: TRL's unpaired preference format
+/// `{"prompt", "completion", "label": true|false}` (thumbs up or down; KTO's data), plus any other
+/// keys a labeler writes (`id`, `labeler`, `ts`). `prompt` and `completion` are of the same kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThumbsRecord {
+    /// The prompt.
+    pub prompt: Text,
+    /// The judged response.
+    pub completion: Text,
+    /// Thumbs up (`true`: desirable) or down.
+    pub label: bool,
+    /// Other top-level keys of the record.
+    pub extra: Map<String, Json>,
+}
+
 /// The dataset format, detected from a record's keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
@@ -223,6 +238,13 @@ fn parse_sft(v: &Json) -> Result<SftRecord, Issue> {
         return Ok(SftRecord::Messages(messages));
     }
     if obj.contains_key("prompt") || obj.contains_key("completion") {
+        if matches!(obj.get("label"), Some(Json::Bool(_))) {
+            // A thumbs-down completion trained as an SFT target would teach the opposite of the label.
+            return Err(bad(
+                vec![Seg::Key("label".into())],
+                "a thumbs up/down record (unpaired preference) is not SFT data; KTO trains on these",
+            ));
+        }
         let prompt = parse_text(obj, "prompt")?;
         let completion = parse_text(obj, "completion")?;
         same_kind(&completion, "completion", &prompt, "prompt")?;
@@ -365,6 +387,51 @@ fn parse_text_record(v: &Json) -> Result<String, Issue> {
         Some(Json::String(s)) => Ok(s.clone()),
         Some(_) => Err(bad(vec![Seg::Key("text".into())], "expected a string")),
     }
+}
+
+fn parse_thumbs(v: &Json) -> Result<ThumbsRecord, Issue> {
+    let obj = object(v, &[], "a JSON object with \"prompt\", \"completion\" and \"label\"")?;
+    let prompt = parse_text(obj, "prompt")?;
+    let completion = parse_text(obj, "completion")?;
+    same_kind(&completion, "completion", &prompt, "prompt")?;
+    let label = match obj.get("label") {
+        None => return Err(missing(&[], "label")),
+        Some(Json::Bool(b)) => *b,
+        Some(_) => return Err(bad(vec![Seg::Key("label".into())], "expected true (thumbs up) or false (thumbs down)")),
+    };
+    let extra = extra_keys(obj, &["prompt", "completion", "label"]);
+    Ok(ThumbsRecord { prompt, completion, label, extra })
+}
+
+/// Reads thumbs up/down records (`prompt`, `completion`, boolean `label`), each with its 1-based
+/// line number.
+pub fn read_thumbs(path: &Path) -> Result<Vec<(usize, ThumbsRecord)>, DataError> {
+    read_with_lines(path, parse_thumbs)
+}
+
+/// Reads thumbs records for KTO, which needs both labels: a file of only thumbs up (or only
+/// down) is an error located at the first record's `label`.
+pub fn read_thumbs_for_kto(path: &Path) -> Result<Vec<(usize, ThumbsRecord)>, DataError> {
+    let lines = read_jsonl(path)?;
+    let records: Vec<(usize, ThumbsRecord)> = lines
+        .iter()
+        .map(|line| parse_thumbs(&line.value).map(|r| (line.number, r)).map_err(|issue| to_error(path, line, issue)))
+        .collect::<Result<_, _>>()?;
+    let ups = records.iter().filter(|(_, r)| r.label).count();
+    if let (Some(first), true) = (lines.first(), ups == 0 || ups == records.len()) {
+        let (have, lacks) = if ups == 0 { ("down (false)", "up (true)") } else { ("up (true)", "down (false)") };
+        let message = format!("every record is a thumbs {have}: KTO needs thumbs {lacks} too");
+        return Err(to_error(path, first, bad(vec![Seg::Key("label".into())], message)));
+    }
+    if lines.is_empty() {
+        return Err(DataError::Json {
+            path: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: "the file has no records".into(),
+        });
+    }
+    Ok(records)
 }
 
 /// Detects the kind of a file from its first record.

@@ -9,6 +9,7 @@ pub mod device;
 pub mod fused;
 pub mod generate;
 pub mod ops;
+pub mod reward;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use candle_core::{DType, Device, Tensor, Var};
 pub use config::{Family, GenerationConfig, ModelConfig};
 pub use decoder::{Decoder, KvCache};
 pub use device::{parse_device, parse_dtype};
+pub use reward::RewardModel;
 use weights::ParamStore;
 
 /// Everything that can go wrong loading, running or saving a model.

@@ -1,6 +1,6 @@
 //! The loss terms of hone's objective as free functions over tensors, with TRL's conventions:
 //! token-weighted SFT cross-entropy over response tokens, summed sequence log-probs, sigmoid DPO
-//! and TRL's length-normalised IPO.
+//! (optionally conservative or robust to flipped labels) and TRL's length-normalised IPO.
 
 use candle_core::{Result, Tensor, D};
 
@@ -83,12 +83,80 @@ pub struct PreferenceLogps<'a> {
     pub rejected_tokens: &'a Tensor,
 }
 
+/// How the sigmoid loss treats its labels: TRL's `label_smoothing` ε, the probability that a
+/// preference label is flipped. Valid for ε in [0, 0.5) (checked by the config; at 0 both are the
+/// plain sigmoid loss).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum LabelNoise {
+    /// Labels are taken as given.
+    #[default]
+    Clean,
+    /// Conservative DPO (cDPO, Mitchell 2023): the expected sigmoid loss under a label that is wrong
+    /// with probability ε, `(1−ε)·L(βd) + ε·L(−βd)` with `L(z) = −log σ(z)`. TRL ≤ 0.x applied this to
+    /// `loss_type="sigmoid"`; TRL 1.16's sigmoid ignores `label_smoothing`, and the same formula is its
+    /// `aot` loss on one pair.
+    Conservative(f64),
+    /// Robust DPO (Chowdhury et al. 2024), TRL 1.16's `loss_type="robust"`: the unbiased estimator
+    /// `((1−ε)·L(βd) − ε·L(−βd)) / (1 − 2ε)`.
+    Robust(f64),
+}
+
+impl LabelNoise {
+    /// The noise model a `[stage.pref]` table asks for: `robust` with its ε, `sigmoid` with
+    /// ε > 0 is cDPO, anything else clean.
+    #[must_use]
+    pub fn of(pref: &crate::config::PrefTerm) -> Self {
+        use crate::config::PrefLossKind;
+        match (pref.loss, pref.label_smoothing) {
+            (PrefLossKind::Robust, e) => Self::Robust(e),
+            (PrefLossKind::Sigmoid, e) if e > 0.0 => Self::Conservative(e),
+            _ => Self::Clean,
+        }
+    }
+
+    /// The flip probability ε (0 for clean labels).
+    #[must_use]
+    pub fn epsilon(self) -> f64 {
+        match self {
+            Self::Clean => 0.0,
+            Self::Conservative(e) | Self::Robust(e) => e,
+        }
+    }
+}
+
 /// Per-pair preference losses `[pairs]`.
 pub fn preference_losses(kind: PreferenceLoss, beta: f64, lp: &PreferenceLogps) -> Result<Tensor> {
+    preference_losses_with_noise(kind, beta, LabelNoise::Clean, lp)
+}
+
+/// Per-pair preference losses `[pairs]` under a label-noise model. Label noise is defined for the
+/// sigmoid loss only; IPO with noise is an error (the config refuses it before a run starts).
+pub fn preference_losses_with_noise(
+    kind: PreferenceLoss,
+    beta: f64,
+    noise: LabelNoise,
+    lp: &PreferenceLogps,
+) -> Result<Tensor> {
     let chosen = lp.policy_chosen.sub(lp.ref_chosen)?;
     let rejected = lp.policy_rejected.sub(lp.ref_rejected)?;
     match kind {
-        PreferenceLoss::Sigmoid => softplus(&((rejected - chosen)? * beta)?),
+        PreferenceLoss::Sigmoid => {
+            // d = Δθ − Δref; L(βd) = softplus(−βd), L(−βd) = softplus(βd).
+            let z = ((chosen - rejected)? * beta)?;
+            match noise {
+                LabelNoise::Clean => softplus(&z.neg()?),
+                LabelNoise::Conservative(e) => {
+                    softplus(&z.neg()?)?.affine(1.0 - e, 0.0)? + softplus(&z)?.affine(e, 0.0)?
+                }
+                LabelNoise::Robust(e) => {
+                    let scale = 1.0 / (1.0 - 2.0 * e);
+                    softplus(&z.neg()?)?.affine((1.0 - e) * scale, 0.0)? - softplus(&z)?.affine(e * scale, 0.0)?
+                }
+            }
+        }
+        PreferenceLoss::Ipo if noise != LabelNoise::Clean => {
+            Err(candle_core::Error::Msg("label smoothing applies to the sigmoid loss only, not IPO".into()))
+        }
         PreferenceLoss::Ipo => {
             let diff = chosen.div(lp.chosen_tokens)?.sub(&rejected.div(lp.rejected_tokens)?)?;
             (diff - 1.0 / (2.0 * beta))?.sqr()

@@ -13,6 +13,8 @@ pub mod loss;
 pub mod objective;
 pub mod optim;
 pub mod plan;
+pub mod reward;
+pub mod rl;
 pub mod sampler;
 pub mod schedule;
 pub mod score;

@@ -8,7 +8,10 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::batch::{Sequence, TokenBatch};
 use super::examples::PairExample;
-use super::loss::{per_sequence_sum, preference_losses, target_logps, unlikelihood, PreferenceLogps, PreferenceLoss};
+use super::loss::{
+    per_sequence_sum, preference_losses_with_noise, target_logps, unlikelihood, LabelNoise, PreferenceLogps,
+    PreferenceLoss,
+};
 use crate::model::Decoder;
 
 /// Settings of a preference-style term (DPO or safe-vs-unsafe DPO).
@@ -18,6 +21,8 @@ pub struct PairTerm {
     pub beta: f64,
     /// Sigmoid or IPO.
     pub loss: PreferenceLoss,
+    /// Label smoothing of the sigmoid loss (cDPO or robust DPO); `Clean` for plain DPO and IPO.
+    pub noise: LabelNoise,
 }
 
 /// The sequences of one micro-batch, by term.
@@ -196,7 +201,7 @@ fn pair_losses(
         chosen_tokens: &n_c,
         rejected_tokens: &n_r,
     };
-    let losses = preference_losses(term.loss, term.beta, &lp)?;
+    let losses = preference_losses_with_noise(term.loss, term.beta, term.noise, &lp)?;
     let pc = super::score::to_f64(&chosen)?;
     let pr = super::score::to_f64(&rejected)?;
     let rewards = (0..n)

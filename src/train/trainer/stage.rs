@@ -14,7 +14,7 @@ use crate::model::Model;
 use crate::train::examples::PairExample;
 use crate::train::host::Admission;
 use crate::train::live::LiveLabels;
-use crate::train::loss::PreferenceLoss;
+use crate::train::loss::{LabelNoise, PreferenceLoss};
 use crate::train::objective::{MicroBatch, Outcome, PairTerm, RewardRow, Weights};
 use crate::train::optim::{gradients_of, AdamW};
 use crate::train::plan::{RefCache, StageData};
@@ -139,9 +139,10 @@ impl StageRun {
         self.stage.pref.as_ref().map(|p| PairTerm {
             beta: p.beta,
             loss: match p.loss {
-                PrefLossKind::Sigmoid => PreferenceLoss::Sigmoid,
+                PrefLossKind::Sigmoid | PrefLossKind::Robust => PreferenceLoss::Sigmoid,
                 PrefLossKind::Ipo => PreferenceLoss::Ipo,
             },
+            noise: LabelNoise::of(p),
         })
     }
 
@@ -151,7 +152,7 @@ impl StageRun {
             .safety
             .as_ref()
             .filter(|s| s.loss == SafetyLossKind::Dpo)
-            .map(|s| PairTerm { beta: s.beta, loss: PreferenceLoss::Sigmoid })
+            .map(|s| PairTerm { beta: s.beta, loss: PreferenceLoss::Sigmoid, noise: LabelNoise::Clean })
     }
 
     /// One batch of indices from every sampler, in sampling order.
