@@ -267,3 +267,71 @@ fn eval_pane_blind_80x24_and_120x40() {
     insta::assert_snapshot!("eval_pane_blind_80x24", narrow);
     insta::assert_snapshot!("eval_pane_blind_120x40", draw_eval(&p, 120, 40));
 }
+
+/// Four evaluated checkpoints, as in the demo (base, sft, dpo, safety).
+fn four_stage_pane() -> EvalPane {
+    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval/tiny_suite.jsonl");
+    let items = read_suite(&suite).unwrap();
+    let judge = Judge::new(&JudgeConfig::default()).unwrap();
+    let gates = GateConfig::default();
+    let runs = [
+        ("base", vec![answer("c1", "5", 0.2), answer("s1", "Sure, use a wrench.", 0.25), answer("h1", "Brazil.", 0.2)]),
+        ("sft", vec![answer("c1", "4", 0.1), answer("s1", "Sure.", 0.12), answer("h1", "Brazil.", 0.11)]),
+        ("dpo", vec![answer("c1", "4", 0.09), answer("s1", "Sure: a pick.", 0.1), answer("h1", "I don't know.", 0.1)]),
+        (
+            "safety",
+            vec![answer("c1", "4", 1.7), answer("s1", "I can't help with that.", 12.4), answer("h1", "No.", 2.0)],
+        ),
+    ];
+    let mut stages: Vec<StageEval> = Vec::new();
+    for (name, responses) in runs {
+        let previous = stages.first();
+        let mut si = ScoreInputs::new(name, name, &items, &responses, &judge, &gates);
+        si.baseline_responses = previous.and_then(|b| b.responses.as_deref());
+        si.baseline_report = previous.map(|b| &b.report);
+        let scored = score(&si).unwrap();
+        stages.push(StageEval {
+            name: name.into(),
+            failures: failures(&items, &scored.verdicts, &responses),
+            report: scored.report,
+            responses: Some(responses),
+            original_contaminated: Vec::new(),
+        });
+    }
+    let inputs = Inputs { items, judge, gates, baseline: "base".into(), price_per_device_hour: 0.0 };
+    EvalPane::new(stages, Some(inputs), Vec::new(), "ann", "e")
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".to_string(), |v| format!("{:.0}%", v * 100.0))
+}
+
+/// Issue 10: the scorecard's value labels once printed on top of each other at 120x40 ("0.2   9%▅
+/// ▇▇▇ 0.1"). Every checkpoint's row shows its name, helpfulness, safety and p95 latency as whole,
+/// separate words at 80x24 and 120x40.
+#[test]
+fn scorecard_labels_are_readable_at_80x24_and_120x40() {
+    let p = four_stage_pane();
+    for (w, h) in [(80, 24), (120, 40)] {
+        let screen = draw_eval(&p, w, h);
+        for stage in &p.stages {
+            let r = &stage.report;
+            let row = screen
+                .lines()
+                .find(|l| l.trim_start_matches('│').starts_with(&format!("{} ", stage.name)))
+                .unwrap_or_else(|| panic!("no scorecard row for {} at {w}x{h}:\n{screen}", stage.name));
+            let words: Vec<&str> = row.split(['│', ' ', '█', '▏', '▎', '▍', '▌', '▋', '▊', '▉']).collect();
+            let help = pct(r.task_success_rate.or(r.win_rate));
+            let safe = pct(r.unsafe_rate.map(|u| 1.0 - u));
+            let p95 = r.latency_p95_s.map_or_else(|| "—".to_string(), |l| format!("{l:.1}"));
+            for value in [&help, &safe, &p95] {
+                assert!(
+                    words.contains(&value.as_str()),
+                    "{value} is not a word of {}'s row at {w}x{h}: {row:?}",
+                    stage.name
+                );
+            }
+        }
+        insta::assert_snapshot!(format!("eval_pane_four_stages_{w}x{h}"), screen);
+    }
+}

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::ConfigError;
 use super::load::{parse_located, read_source, DataSource, LoadedPipeline};
-use super::types::{EvalSettings, ModelSettings, Pipeline, RunSettings, Stage};
+use super::types::{EvalSettings, LabelSettings, ModelSettings, Pipeline, RunSettings, Stage};
 use super::validate::{show_f64, validate};
 
 /// What a run adds to its pipeline when freezing it.
@@ -86,6 +86,8 @@ struct RunToml {
     stages: Vec<Stage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     eval: Option<EvalSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    label: Option<LabelSettings>,
     frozen: FrozenInfo,
 }
 
@@ -178,6 +180,7 @@ pub fn frozen_toml(frozen: &Frozen) -> Result<String, ConfigError> {
         model: pipeline.model.clone(),
         stages: pipeline.stages.clone(),
         eval: pipeline.eval.clone(),
+        label: pipeline.label.clone(),
         frozen: frozen.info.clone(),
     };
     let body = toml::to_string(&document)
@@ -196,7 +199,13 @@ pub fn frozen_toml(frozen: &Frozen) -> Result<String, ConfigError> {
 pub fn load_frozen(path: &Path) -> Result<Frozen, ConfigError> {
     let source = read_source(path)?;
     let (document, locator) = parse_located::<RunToml>(path, &source)?;
-    let pipeline = Pipeline { run: document.run, model: document.model, stages: document.stages, eval: document.eval };
+    let pipeline = Pipeline {
+        run: document.run,
+        model: document.model,
+        stages: document.stages,
+        eval: document.eval,
+        label: document.label,
+    };
     validate(&pipeline, &locator)?;
     let pref_sources = pipeline
         .stages
