@@ -1,6 +1,8 @@
 //! Issue 10's first-run proof in a real terminal (a tmux pane, 120x40): `hone demo` and bare
 //! `hone` (answering "Y" to the demo offer) show the dashboard while the detached worker trains,
-//! `q` detaches and the worker keeps running, and `hone attach` comes back to the same run.
+//! `q` detaches and the worker keeps running, and `hone attach` comes back to the same run. In the
+//! demo, pane 3 shows the sample world's candidate pairs at once and `a`/`b`/`t` append to the
+//! run's `labels.jsonl`.
 //! Both once hung on a blank screen: the demo held the stdout lock while the dashboard's UI
 //! thread waited for it.
 //!
@@ -144,6 +146,20 @@ fn hone_demo_shows_the_dashboard_q_detaches_and_attach_comes_back() {
     );
     let s = Session::start("demo", &runs, &command);
     let run = s.run();
+    s.wait_for(&dashboard_of(&run));
+
+    // Pane 3 shows the sample world's pairs at once; a, b and t append to the run's labels.jsonl.
+    s.keys(&["3"]);
+    s.wait_for(&["a · left", "b · right", "labeled 0 "]);
+    for (key, n) in [("a", 1), ("b", 2), ("t", 3)] {
+        s.keys(&[key]);
+        s.wait_for(&[&format!("labeled {n} ")]);
+    }
+    let labels = std::fs::read_to_string(run.labels_path()).unwrap();
+    let records: Vec<serde_json::Value> = labels.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 3, "{labels}");
+    assert!(records[..2].iter().all(|r| r["chosen"].is_string() || r["chosen"].is_array()), "{labels}");
+    s.keys(&["1"]);
     s.wait_for(&dashboard_of(&run));
     s.keys(&["q"]);
     detached_and_still_training(&s, &run, "DEMO-EXITED");

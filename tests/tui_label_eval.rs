@@ -335,3 +335,40 @@ fn scorecard_labels_are_readable_at_80x24_and_120x40() {
         insta::assert_snapshot!(format!("eval_pane_four_stages_{w}x{h}"), screen);
     }
 }
+
+/// Issue 10: `g` served a pair whose two responses were the same text; such a pair teaches nothing.
+/// It never enters the queue, and the counter line says how many were dropped.
+#[test]
+fn pairs_of_identical_responses_are_dropped_and_counted() {
+    let mut p = LabelPane::new("ann", Vec::new(), 1, "ann-1");
+    let same = Candidate {
+        prompt: Text::Plain("What is the capital of France?".into()),
+        responses: vec![
+            Text::Plain("The capital of France is Paris.".into()),
+            Text::Plain("The capital of France is Paris. ".into()),
+            Text::Plain("Paris.".into()),
+        ],
+        source: "policy@step 3".into(),
+    };
+    p.enqueue(vec![same, cand("Say hi.", "hi", "hi")]);
+    // Of four pairs, two are identical texts: (0, 1) of the first candidate and the second one.
+    assert_eq!(p.left(), 2);
+    assert_eq!(p.identical_dropped, 2);
+    for _ in 0..2 {
+        let (_, left, right) = p.shown().unwrap();
+        assert_ne!(left.trim(), right.trim());
+        let Some(LabelEffect::Append(_)) = p.key(KeyEvent::from(KeyCode::Char('s'))) else { panic!("s skips") };
+        p.saved(Ok(()));
+    }
+    assert!(draw_label(&p, 120, 40).contains("2 identical pairs dropped"));
+    assert!(draw_label(&p, 80, 24).contains("2 identical dropped"));
+}
+
+/// An empty queue says how to fill it: `g` beside a live run, or a file of pairs.
+#[test]
+fn an_empty_queue_says_how_to_fill_it() {
+    let mut p = LabelPane::new("ann", Vec::new(), 1, "ann-1");
+    p.consumed_by_dpo = Some(0);
+    let screen = draw_label(&p, 120, 40);
+    assert!(screen.contains("Press g") && screen.contains("hone label --candidates FILE"), "{screen}");
+}
