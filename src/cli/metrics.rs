@@ -66,12 +66,11 @@ pub fn collect(events: &[Event]) -> Vec<StageMetrics> {
             "metrics" => {
                 let Some(step) = e.step else { continue };
                 let name = e.stage.clone().unwrap_or_else(|| "-".to_string());
-                let index = match stages.iter().position(|s| s.stage == name) {
-                    Some(i) => i,
-                    None => {
-                        stages.push(StageMetrics { stage: name, ..StageMetrics::default() });
-                        stages.len() - 1
-                    }
+                let index = if let Some(i) = stages.iter().position(|s| s.stage == name) {
+                    i
+                } else {
+                    stages.push(StageMetrics { stage: name, ..StageMetrics::default() });
+                    stages.len() - 1
                 };
                 let stage = &mut stages[index];
                 let mut values = BTreeMap::new();

@@ -436,21 +436,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             return Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) });
         }
         Command::Attach { run_dir, runs, theme } => {
-            let dir = match run_dir {
-                Some(d) => d,
-                None => {
-                    let runs_dir = runs.resolve();
-                    crate::run::RunDir::newest(&runs_dir)?
-                        .map(|r| r.path().to_path_buf())
-                        .ok_or_else(|| anyhow::anyhow!("{}", runs::no_runs_message(&runs_dir)))?
-                }
+            let dir = if let Some(d) = run_dir {
+                d
+            } else {
+                let runs_dir = runs.resolve();
+                crate::run::RunDir::newest(&runs_dir)?
+                    .map(|r| r.path().to_path_buf())
+                    .ok_or_else(|| anyhow::anyhow!("{}", runs::no_runs_message(&runs_dir)))?
             };
             crate::tui::attach(&dir, theme.theme.as_deref())?;
         }
         Command::Runs { runs } => runs::run(&runs.resolve(), &mut stdout.lock())?,
         Command::Paths { runs } => paths::run(&runs, &mut stdout.lock())?,
         Command::Metrics { run_dir, format, out } => {
-            metrics::run(&run_dir, format, out.as_deref(), &mut stdout.lock())?
+            metrics::run(&run_dir, format, out.as_deref(), &mut stdout.lock())?;
         }
         Command::Check { pipeline } => {
             return Ok(if check::run(&pipeline, &mut stdout.lock())? { ExitCode::SUCCESS } else { ExitCode::from(1) });
