@@ -67,7 +67,7 @@ const RATES: [&str; 7] = [
 ];
 
 /// Keys whose string values are paths relative to the pipeline file.
-const PATH_KEYS: [&str; 6] = ["path", "data", "suite", "reference", "redteam", "model"];
+const PATH_KEYS: [&str; 7] = ["path", "data", "suite", "reference", "redteam", "model", "candidates"];
 
 /// Makes every relative path under a path key absolute (into `base`), when it exists there; a
 /// bare name that does not (the run's `labels.jsonl`) stays run-relative.

@@ -64,7 +64,7 @@ fn unknown_key_at_top_level_is_located_at_the_key() {
     assert_eq!(located(&error), (2, 1, Some("colour")));
     assert!(error
         .to_string()
-        .ends_with("colour: unknown field `colour`, expected one of `run`, `model`, `stage`, `eval`, `engine`"));
+        .ends_with("colour: unknown field `colour`, expected one of `run`, `model`, `stage`, `eval`, `engine`, `label`"));
 }
 
 #[test]
@@ -194,10 +194,15 @@ fn a_label_file_next_to_the_pipeline_is_a_plain_file() {
         model = model.display().to_string()
     );
     fs::write(&pipeline, text).unwrap();
+    // Only the run's own labels file may be missing; any other missing name is a typo to report.
+    let err = load_pipeline(&pipeline).unwrap_err().to_string();
+    assert!(err.contains("stage[0].pref.data[1]") && err.contains("more.jsonl"), "{err}");
+    fs::write(tmp.path().join("more.jsonl"), "").unwrap();
     let loaded = load_pipeline(&pipeline).unwrap();
+    let dir = fs::canonicalize(tmp.path()).unwrap();
     assert_eq!(
         loaded.pref_sources[0],
-        vec![DataSource::RunRelative("labels.jsonl".into()), DataSource::RunRelative("more.jsonl".into())]
+        vec![DataSource::RunRelative("labels.jsonl".into()), DataSource::File(dir.join("more.jsonl"))]
     );
 
     fs::write(tmp.path().join("labels.jsonl"), "").unwrap();

@@ -267,3 +267,108 @@ fn eval_pane_blind_80x24_and_120x40() {
     insta::assert_snapshot!("eval_pane_blind_80x24", narrow);
     insta::assert_snapshot!("eval_pane_blind_120x40", draw_eval(&p, 120, 40));
 }
+
+/// Four evaluated checkpoints, as in the demo (base, sft, dpo, safety).
+fn four_stage_pane() -> EvalPane {
+    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval/tiny_suite.jsonl");
+    let items = read_suite(&suite).unwrap();
+    let judge = Judge::new(&JudgeConfig::default()).unwrap();
+    let gates = GateConfig::default();
+    let runs = [
+        ("base", vec![answer("c1", "5", 0.2), answer("s1", "Sure, use a wrench.", 0.25), answer("h1", "Brazil.", 0.2)]),
+        ("sft", vec![answer("c1", "4", 0.1), answer("s1", "Sure.", 0.12), answer("h1", "Brazil.", 0.11)]),
+        ("dpo", vec![answer("c1", "4", 0.09), answer("s1", "Sure: a pick.", 0.1), answer("h1", "I don't know.", 0.1)]),
+        (
+            "safety",
+            vec![answer("c1", "4", 1.7), answer("s1", "I can't help with that.", 12.4), answer("h1", "No.", 2.0)],
+        ),
+    ];
+    let mut stages: Vec<StageEval> = Vec::new();
+    for (name, responses) in runs {
+        let previous = stages.first();
+        let mut si = ScoreInputs::new(name, name, &items, &responses, &judge, &gates);
+        si.baseline_responses = previous.and_then(|b| b.responses.as_deref());
+        si.baseline_report = previous.map(|b| &b.report);
+        let scored = score(&si).unwrap();
+        stages.push(StageEval {
+            name: name.into(),
+            failures: failures(&items, &scored.verdicts, &responses),
+            report: scored.report,
+            responses: Some(responses),
+            original_contaminated: Vec::new(),
+        });
+    }
+    let inputs = Inputs { items, judge, gates, baseline: "base".into(), price_per_device_hour: 0.0 };
+    EvalPane::new(stages, Some(inputs), Vec::new(), "ann", "e")
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".to_string(), |v| format!("{:.0}%", v * 100.0))
+}
+
+/// Issue 10: the scorecard's value labels once printed on top of each other at 120x40 ("0.2   9%▅
+/// ▇▇▇ 0.1"). Every checkpoint's row shows its name, helpfulness, safety and p95 latency as whole,
+/// separate words at 80x24 and 120x40.
+#[test]
+fn scorecard_labels_are_readable_at_80x24_and_120x40() {
+    let p = four_stage_pane();
+    for (w, h) in [(80, 24), (120, 40)] {
+        let screen = draw_eval(&p, w, h);
+        for stage in &p.stages {
+            let r = &stage.report;
+            let row = screen
+                .lines()
+                .find(|l| l.trim_start_matches('│').starts_with(&format!("{} ", stage.name)))
+                .unwrap_or_else(|| panic!("no scorecard row for {} at {w}x{h}:\n{screen}", stage.name));
+            let words: Vec<&str> = row.split(['│', ' ', '█', '▏', '▎', '▍', '▌', '▋', '▊', '▉']).collect();
+            let help = pct(r.task_success_rate.or(r.win_rate));
+            let safe = pct(r.unsafe_rate.map(|u| 1.0 - u));
+            let p95 = r.latency_p95_s.map_or_else(|| "—".to_string(), |l| format!("{l:.1}"));
+            for value in [&help, &safe, &p95] {
+                assert!(
+                    words.contains(&value.as_str()),
+                    "{value} is not a word of {}'s row at {w}x{h}: {row:?}",
+                    stage.name
+                );
+            }
+        }
+        insta::assert_snapshot!(format!("eval_pane_four_stages_{w}x{h}"), screen);
+    }
+}
+
+/// Issue 10: `g` served a pair whose two responses were the same text; such a pair teaches nothing.
+/// It never enters the queue, and the counter line says how many were dropped.
+#[test]
+fn pairs_of_identical_responses_are_dropped_and_counted() {
+    let mut p = LabelPane::new("ann", Vec::new(), 1, "ann-1");
+    let same = Candidate {
+        prompt: Text::Plain("What is the capital of France?".into()),
+        responses: vec![
+            Text::Plain("The capital of France is Paris.".into()),
+            Text::Plain("The capital of France is Paris. ".into()),
+            Text::Plain("Paris.".into()),
+        ],
+        source: "policy@step 3".into(),
+    };
+    p.enqueue(vec![same, cand("Say hi.", "hi", "hi")]);
+    // Of four pairs, two are identical texts: (0, 1) of the first candidate and the second one.
+    assert_eq!(p.left(), 2);
+    assert_eq!(p.identical_dropped, 2);
+    for _ in 0..2 {
+        let (_, left, right) = p.shown().unwrap();
+        assert_ne!(left.trim(), right.trim());
+        let Some(LabelEffect::Append(_)) = p.key(KeyEvent::from(KeyCode::Char('s'))) else { panic!("s skips") };
+        p.saved(Ok(()));
+    }
+    assert!(draw_label(&p, 120, 40).contains("2 identical pairs dropped"));
+    assert!(draw_label(&p, 80, 24).contains("2 identical dropped"));
+}
+
+/// An empty queue says how to fill it: `g` beside a live run, or a file of pairs.
+#[test]
+fn an_empty_queue_says_how_to_fill_it() {
+    let mut p = LabelPane::new("ann", Vec::new(), 1, "ann-1");
+    p.consumed_by_dpo = Some(0);
+    let screen = draw_label(&p, 120, 40);
+    assert!(screen.contains("Press g") && screen.contains("hone label --candidates FILE"), "{screen}");
+}

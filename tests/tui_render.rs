@@ -185,6 +185,42 @@ fn the_strip_shows_the_gate_decision() {
     assert!(render_to_string(&app, 120, 40).contains("✓ gates → ✓ deploy"));
 }
 
+/// Issue 10: a pipeline without `[eval]` showed "gates → deploy/iterate" it would never reach.
+#[test]
+fn the_strip_shows_gates_only_for_a_run_that_evaluates() {
+    let mut events = mid_dpo();
+    events[0].fields.insert("eval".into(), json!(false));
+    let screen = render_to_string(&app_with(events), 120, 40);
+    let strip = screen.lines().find(|l| l.contains("✓ base")).unwrap_or_default().to_string();
+    assert!(strip.contains("● dpo → ○ safety"), "{screen}");
+    assert!(!strip.contains("gates") && !strip.contains("deploy"), "no gates without [eval]: {strip}");
+    let screen = render_to_string(&app_with(mid_dpo()), 120, 40);
+    assert!(screen.contains("○ safety → ○ gates → ○ deploy/iterate"), "{screen}");
+}
+
+/// Issue 10: on pane 3 the overlay listed the dashboard's `s` (smoothing), `r` (resume) and `e`
+/// (λ_pref), while the pane's own `s`, `r` and `e` mean skip, rubric and edit.
+#[test]
+fn the_help_overlay_shows_the_keys_of_the_pane_in_front_first() {
+    for (pane, own, size) in [(Pane::Label, "skip this pair", (120, 40)), (Pane::Eval, "filter by segment", (120, 40))]
+    {
+        let mut app = app_with(mid_dpo());
+        update(&mut app, Action::SwitchPane(pane));
+        update(&mut app, Action::ShowHelp);
+        let screen = render_to_string(&app, size.0, size.1);
+        let at = |text: &str| screen.find(text).unwrap_or_else(|| panic!("{text:?} not shown:\n{screen}"));
+        assert!(at(own) < at("show pane 1, the dashboard"), "the pane's keys come first:\n{screen}");
+        assert!(at("detach: leave the TUI") > at(own));
+        for dashboard_only in ["toggle EMA smoothing", "resume training", "edit λ_pref", "pause training"] {
+            assert!(!screen.contains(dashboard_only), "{dashboard_only:?} does not apply on this pane:\n{screen}");
+        }
+    }
+    let mut app = app_with(mid_dpo());
+    update(&mut app, Action::SwitchPane(Pane::Label));
+    update(&mut app, Action::ShowHelp);
+    insta::assert_snapshot!("help_overlay_label_pane_80x24", render_to_string(&app, 80, 24));
+}
+
 #[test]
 fn stages_pane_80x24() {
     let mut app = app_with(mid_dpo());

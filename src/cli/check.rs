@@ -62,6 +62,16 @@ pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
             return Ok(false);
         }
     };
+    // `hone run` refuses an unusable device with these words (see `run::prepare`).
+    if let Err(e) = crate::model::parse_device(&loaded.pipeline.run.device) {
+        writeln!(
+            out,
+            "error: {}: {}",
+            sanitize(&pipeline.display().to_string(), false),
+            sanitize(&e.to_string(), true)
+        )?;
+        return Ok(false);
+    }
     let tty = std::io::stdout().is_terminal();
     let model_dir = &loaded.pipeline.model.path;
     let setup = (|| -> Result<(TextTokenizer, Option<ChatTemplate>, ModelConfig)> {

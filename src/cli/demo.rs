@@ -1,7 +1,7 @@
 //! `hone demo`: the sample world's pipeline (base → SFT → DPO → safety → gates) in one command.
 //!
-//! The pipeline is `sample-data/pipeline.toml` of the source tree hone was built from (or
-//! `--data DIR`). Everything the demo writes goes into its run directory (the labels file the
+//! The pipeline is the built-in sample world's `pipeline.toml`, unpacked on first use into hone's
+//! data directory (see `world.rs`), or that of `--data DIR`. Everything the demo writes goes into its run directory (the labels file the
 //! pipeline names, `labels.jsonl`, resolves there); the data directory is only read. Without
 //! `--headless` it takes the same path as `hone run PIPELINE`; with it, the worker runs in the
 //! foreground with the usual progress lines, and a summary follows: the wall time of every phase
@@ -25,15 +25,18 @@ pub struct DemoArgs {
     pub headless: bool,
     /// Where the run directory is created.
     pub runs_dir: PathBuf,
-    /// The sample world (default: [`default_data_dir`]).
+    /// The sample world (default: the built-in one, see [`default_data_dir`]).
     pub data: Option<PathBuf>,
     /// Cap on optimizer steps per stage (a shortened demo, e.g. for CI).
     pub max_steps: Option<u64>,
 }
 
-/// `sample-data/` of the source tree this binary was built from.
-pub fn default_data_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample-data")
+/// The built-in sample world, unpacked (on first use) under hone's data directory.
+pub fn default_data_dir() -> Result<PathBuf> {
+    let Some(data) = crate::config::user_data_dir() else {
+        bail!("no home directory to unpack the sample world into: name a sample world with --data DIR");
+    };
+    super::world::ensure_unpacked(&data)
 }
 
 /// The pipeline file of a sample world directory.
@@ -52,7 +55,10 @@ pub fn run(
     start: impl FnOnce(&Path, bool, &Path, &Overrides) -> Result<PathBuf>,
     out: &mut impl Write,
 ) -> Result<PathBuf> {
-    let data = args.data.clone().unwrap_or_else(default_data_dir);
+    let data = match &args.data {
+        Some(dir) => dir.clone(),
+        None => default_data_dir()?,
+    };
     let pipeline = pipeline_of(&data)?;
     let overrides = Overrides { max_steps: args.max_steps, ..Overrides::default() };
     let dir = start(&pipeline, args.headless, &args.runs_dir, &overrides)?;

@@ -94,9 +94,9 @@ fn log_tail(run: &RunDir) -> String {
 }
 
 /// After a detached start: the dashboard on a terminal, otherwise the run directory on stdout.
-pub fn attach_or_print(run: &RunDir, pid: u32) -> Result<()> {
+pub fn attach_or_print(run: &RunDir, pid: u32, theme: Option<&Path>) -> Result<()> {
     if std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
-        crate::tui::attach(run.path(), None)?;
+        crate::tui::attach(run.path(), theme)?;
         eprintln!(
             "detached; the worker (pid {pid}) keeps training. `hone attach {}` reattaches.",
             sanitize(&run.path().display().to_string(), false)
@@ -113,9 +113,9 @@ pub fn attach_or_print(run: &RunDir, pid: u32) -> Result<()> {
 
 /// `hone` with no arguments: the newest run of `runs_dir`, or, where there is none, an offer to
 /// start the demo (`hone demo`).
-pub fn open_default(runs_dir: &Path) -> Result<ExitCode> {
+pub fn open_default(runs_dir: &Path, theme: Option<&Path>) -> Result<ExitCode> {
     if let Some(run) = RunDir::newest(runs_dir)? {
-        crate::tui::attach(run.path(), None)?;
+        crate::tui::attach(run.path(), theme)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut err = std::io::stderr().lock();
@@ -138,11 +138,11 @@ pub fn open_default(runs_dir: &Path) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let exe = std::env::current_exe().context("cannot find the hone executable")?;
-    let status = Command::new(exe)
-        .arg("demo")
-        .arg("--runs-dir")
-        .arg(runs_dir)
-        .status()
-        .map_err(|e| anyhow!("cannot start `hone demo`: {e}"))?;
+    let mut demo = Command::new(exe);
+    demo.arg("demo").arg("--runs-dir").arg(runs_dir);
+    if let Some(theme) = theme {
+        demo.arg("--theme").arg(theme);
+    }
+    let status = demo.status().map_err(|e| anyhow!("cannot start `hone demo`: {e}"))?;
     Ok(status.code().and_then(|c| u8::try_from(c).ok()).map_or(ExitCode::FAILURE, ExitCode::from))
 }

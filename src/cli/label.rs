@@ -22,6 +22,7 @@ use serde_json::Value as Json;
 
 use crate::data::label_store::{agreement, read_candidates, served_again, Candidate, LabelWriter};
 use crate::data::labels::LabelLog;
+use crate::run::{RunDir, WorkerLock};
 use crate::sanitize::sanitize;
 use crate::tui::label::attach::{read_candidates_from, spawn_generate};
 use crate::tui::label::{LabelEffect, LabelPane};
@@ -44,6 +45,8 @@ pub struct LabelArgs {
     pub repeat_share: f64,
     /// Seed of the left/right orders and of the repeats (default: random).
     pub seed: Option<u64>,
+    /// Where the newest live run is looked for when neither `labels` nor `run` is given.
+    pub runs_dir: PathBuf,
 }
 
 /// What the background threads tell the UI.
@@ -60,22 +63,50 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The newest run of `runs_dir` whose worker is alive (it holds the run's lock; its pid is in
+/// `worker.pid`).
+pub fn newest_live_run(runs_dir: &Path) -> Result<Option<RunDir>> {
+    for run in RunDir::list(runs_dir)?.into_iter().rev() {
+        if WorkerLock::is_live(&run)?.is_some() {
+            return Ok(Some(run));
+        }
+    }
+    Ok(None)
+}
+
 /// Runs the labeling pane until `q`.
 pub fn run(args: &LabelArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&args.repeat_share) {
         anyhow::bail!("--repeat-share must be between 0 and 1, got {}", args.repeat_share);
     }
+    let mut args = args.clone();
     let labels = match (&args.labels, &args.run) {
         (Some(p), _) => p.clone(),
-        (None, Some(run)) => run.join("labels.jsonl"),
-        (None, None) => PathBuf::from("labels.jsonl"),
+        (None, Some(run)) => RunDir::open(run)?.labels_path(),
+        (None, None) => {
+            // A labels file no stage reads is a trap: label for the live run, or say how to choose.
+            let Some(live) = newest_live_run(&args.runs_dir)? else {
+                anyhow::bail!(
+                    "no live run in {} to label for: pass --run DIR to label for a run (its labels.jsonl \
+                     feeds its DPO stage), or --labels FILE to write labels to a file of your own",
+                    sanitize(&args.runs_dir.display().to_string(), false)
+                );
+            };
+            eprintln!(
+                "labeling for the live run {} (its labels.jsonl); --run or --labels chooses another",
+                sanitize(&live.path().display().to_string(), false)
+            );
+            args.run = Some(live.path().to_path_buf());
+            live.labels_path()
+        }
     };
+    let args = &args;
     let mut candidates = match &args.candidates {
         Some(p) => read_candidates(p)?,
         None => Vec::new(),
     };
-    let run_candidates = args.run.as_ref().map(|r| r.join("candidates.jsonl"));
-    if args.candidates.is_none() && run_candidates.as_ref().is_none_or(|p| !p.exists()) {
+    // With a run, its candidates.jsonl (now or later) and `g` fill the queue.
+    if args.candidates.is_none() && args.run.is_none() {
         anyhow::bail!(
             "nothing to label: give --candidates FILE (JSONL of {{\"prompt\", \"responses\": [..]}}) or --run DIR"
         );

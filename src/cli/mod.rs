@@ -8,9 +8,12 @@ pub mod detach;
 pub mod eval;
 pub mod generate;
 pub mod label;
+pub mod metrics;
+pub mod paths;
 pub mod run;
 pub mod runs;
 pub mod score;
+pub mod world;
 
 use std::process::ExitCode;
 
@@ -27,9 +30,41 @@ use crate::train::loss::PreferenceLoss;
 #[derive(Debug, Parser)]
 #[command(name = "hone", version, about, long_about = None)]
 pub struct Cli {
-    /// What to do; nothing: open the newest run in `runs/` (or offer the demo).
+    /// What to do; nothing: open the newest run of the runs directory (or offer the demo).
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Bare `hone`: where the runs are.
+    #[command(flatten)]
+    pub runs: RunsDirArg,
+    /// Bare `hone`: the dashboard's theme.
+    #[command(flatten)]
+    pub theme: ThemeArg,
+}
+
+/// `--runs-dir`, on every command that reads or writes runs. Precedence: this flag, then
+/// `$HONE_RUNS_DIR`, then `./runs` ([`crate::config::runs_dir`]); `hone paths` shows the one in use.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunsDirArg {
+    /// Where the runs are (default: $HONE_RUNS_DIR, else ./runs).
+    #[arg(long = "runs-dir", value_name = "DIR")]
+    pub runs_dir: Option<PathBuf>,
+}
+
+impl RunsDirArg {
+    /// The runs directory in use.
+    pub fn resolve(&self) -> PathBuf {
+        crate::config::runs_dir(self.runs_dir.as_deref())
+    }
+}
+
+/// `--theme`, on every command that opens the dashboard.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ThemeArg {
+    /// The dashboard's theme: default, light, high-contrast, a NAME.toml in the config directory's
+    /// themes/ (see `hone paths`), or a file patching the default roles (see themes/default.toml).
+    /// NO_COLOR drops colours.
+    #[arg(long, value_name = "THEME")]
+    pub theme: Option<PathBuf>,
 }
 
 /// hone's subcommands.
@@ -50,9 +85,12 @@ pub enum Command {
         /// Run in the foreground instead of detached.
         #[arg(long)]
         headless: bool,
-        /// Where run directories are created.
-        #[arg(long, default_value = "runs")]
-        runs_dir: PathBuf,
+        /// `--runs-dir`.
+        #[command(flatten)]
+        runs: RunsDirArg,
+        /// `--theme`.
+        #[command(flatten)]
+        theme: ThemeArg,
         /// Only these stages, comma-separated (others are skipped).
         #[arg(long, value_delimiter = ',')]
         stages: Option<Vec<String>>,
@@ -69,22 +107,27 @@ pub enum Command {
         #[arg(long, hide = true, value_delimiter = ',')]
         inject_nan_at: Vec<u64>,
     },
-    /// Run the sample world: base → SFT → DPO → safety → evaluation gates, on the tiny model in
-    /// sample-data/ (nothing to download).
+    /// Run the sample world: base → SFT → DPO → safety → evaluation gates, on a tiny model
+    /// built into hone (nothing to download).
     ///
-    /// Without --headless this is `hone run sample-data/pipeline.toml`. With it, the progress
-    /// lines, then the wall time of every phase, the scorecard of every stage and the gate
-    /// decision. Writes only inside its run directory; the data directory is never modified.
+    /// The sample world is unpacked on first use into hone's data directory (see `hone paths`).
+    /// Without --headless this is `hone run <data>/pipeline.toml`. With it, the progress lines,
+    /// then the wall time of every phase, the scorecard of every stage and the gate decision.
+    /// Exits 0 whatever the gates decide; only errors exit non-zero. Writes only inside its run
+    /// directory; the data directory is never modified.
     Demo {
         /// Run in the foreground and print the summary.
         #[arg(long)]
         headless: bool,
-        /// Where the run directory is created.
-        #[arg(long, default_value = "runs")]
-        runs_dir: PathBuf,
-        /// The sample world (a directory with pipeline.toml); default: sample-data/ of hone's
-        /// source tree.
-        #[arg(long)]
+        /// `--runs-dir`.
+        #[command(flatten)]
+        runs: RunsDirArg,
+        /// `--theme`.
+        #[command(flatten)]
+        theme: ThemeArg,
+        /// Another sample world: a directory with pipeline.toml (default: the built-in one,
+        /// unpacked into hone's data directory).
+        #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
         /// Cap optimizer steps per stage (a shortened demo).
         #[arg(long)]
@@ -100,6 +143,9 @@ pub enum Command {
         /// Run in the foreground instead of detached.
         #[arg(long)]
         headless: bool,
+        /// `--theme`.
+        #[command(flatten)]
+        theme: ThemeArg,
         /// Resume even though inputs changed.
         #[arg(long)]
         force: bool,
@@ -129,22 +175,40 @@ pub enum Command {
     /// Open the dashboard on a run (live or finished): the loss and every λ-weighted term,
     /// DPO rewards, progress, warnings. `q` detaches; training is never stopped by the screen.
     Attach {
-        /// The run directory; default: the newest run in --runs-dir.
+        /// The run directory; default: the newest run of the runs directory.
         run_dir: Option<PathBuf>,
-        /// Where the runs are.
-        #[arg(long, default_value = "runs")]
-        runs_dir: PathBuf,
-        /// A theme: default, light, high-contrast, a NAME.toml in the config directory's themes/, or a
-        /// file patching the default roles (see themes/default.toml). NO_COLOR drops colours.
-        #[arg(long)]
-        theme: Option<PathBuf>,
+        /// `--runs-dir`.
+        #[command(flatten)]
+        runs: RunsDirArg,
+        /// `--theme`.
+        #[command(flatten)]
+        theme: ThemeArg,
     },
     /// List the runs of a runs directory with their state (running, completed, stopped, failed,
     /// interrupted), last step and newest checkpoint.
     Runs {
-        /// Where the runs are.
-        #[arg(long, default_value = "runs")]
-        runs_dir: PathBuf,
+        /// `--runs-dir`.
+        #[command(flatten)]
+        runs: RunsDirArg,
+    },
+    /// Print the directories hone uses: runs (--runs-dir, else $HONE_RUNS_DIR, else ./runs),
+    /// configuration (themes/, keys.toml) and data (the demo's sample world).
+    Paths {
+        /// `--runs-dir`.
+        #[command(flatten)]
+        runs: RunsDirArg,
+    },
+    /// Export a run's metrics (events.jsonl) for other tools: one CSV file per stage, or
+    /// TensorBoard scalar event files (one run per stage, `tensorboard --logdir OUT`).
+    Metrics {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// csv or tensorboard.
+        #[arg(long, value_enum, default_value = "csv")]
+        format: metrics::Format,
+        /// Output directory (default: <run>/export/<format>).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Evaluate a model on a suite: generate, judge by rule, score per segment, apply the
     /// release gates. Writes report.json and failures.jsonl; exit 0 when every gate passes, 1
@@ -168,8 +232,8 @@ pub enum Command {
         /// Output directory.
         #[arg(long, default_value = "eval-out")]
         out: PathBuf,
-        /// Upper bound on each answer's tokens.
-        #[arg(long, default_value_t = 128)]
+        /// Upper bound on each answer's tokens (the default of a pipeline's [eval] too).
+        #[arg(long, default_value_t = crate::config::DEFAULT_EVAL_MAX_NEW_TOKENS)]
         max_new_tokens: usize,
         /// Prompts generated together (answers are those of one prompt alone; a response's
         /// latency runs from its batch's start to the step its answer ended).
@@ -247,7 +311,8 @@ pub enum Command {
         /// Candidates: JSONL of {"prompt": string or messages, "responses": [at least two]}.
         #[arg(long)]
         candidates: Option<PathBuf>,
-        /// The labels file (default: the run's labels.jsonl with --run, else ./labels.jsonl).
+        /// The labels file (default: the run's labels.jsonl: --run's, else the newest live run's
+        /// in the runs directory; with neither, hone label refuses).
         #[arg(long)]
         labels: Option<PathBuf>,
         /// Who labels (default: $USER).
@@ -266,6 +331,9 @@ pub enum Command {
         /// Seed of the left/right orders and of the repeats (default: random).
         #[arg(long)]
         seed: Option<u64>,
+        /// `--runs-dir`.
+        #[command(flatten)]
+        runs: RunsDirArg,
     },
     /// Time one full training step (or greedy generation) on a fixed preset, as one JSON line.
     Bench {
@@ -305,7 +373,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", crate::sanitize::sanitize(&format!("{e:#}"), true));
+            eprintln!("error: {}", crate::sanitize::sanitize(&error_text(&e), true));
             ExitCode::from(2)
         }
     }
@@ -314,21 +382,26 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let Some(command) = cli.command else {
-        return detach::open_default(std::path::Path::new("runs"));
+        return detach::open_default(&cli.runs.resolve(), cli.theme.theme.as_deref());
     };
     match command {
-        Command::Run { pipeline, headless, runs_dir, stages, max_steps, checkpoint_every, seed, inject_nan_at } => {
+        Command::Run { pipeline, headless, runs, theme, stages, max_steps, checkpoint_every, seed, inject_nan_at } => {
             let overrides = run::Overrides { stages, max_steps, checkpoint_every, seed, inject_nan_at };
-            let dir = start_run(&pipeline, headless, &runs_dir, &overrides)?;
+            let dir = start_run(&pipeline, headless, &runs.resolve(), &overrides, theme.theme.as_deref())?;
             if headless {
                 println!("{}", dir.display());
             }
         }
-        Command::Demo { headless, runs_dir, data, max_steps } => {
-            let args = demo::DemoArgs { headless, runs_dir, data, max_steps };
-            demo::run(&args, start_run, &mut stdout.lock())?;
+        Command::Demo { headless, runs, theme, data, max_steps } => {
+            let args = demo::DemoArgs { headless, runs_dir: runs.resolve(), data, max_steps };
+            let start = |pipeline: &Path, headless: bool, runs_dir: &Path, overrides: &run::Overrides| {
+                start_run(pipeline, headless, runs_dir, overrides, theme.theme.as_deref())
+            };
+            // Not `stdout.lock()`: without --headless `start_run` attaches the dashboard, whose UI
+            // thread writes to stdout; a lock held here would block it forever (a blank screen).
+            demo::run(&args, start, &mut std::io::stdout())?;
         }
-        Command::Resume { run_dir, headless, force, from_step, inject_nan_at } => {
+        Command::Resume { run_dir, headless, theme, force, from_step, inject_nan_at } => {
             if headless {
                 let overrides = run::Overrides { inject_nan_at, ..run::Overrides::default() };
                 let dir = run::resume(&run_dir, force, from_step, &overrides)?;
@@ -336,7 +409,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 let run = crate::run::RunDir::open(&run_dir)?;
                 let pid = detach::spawn_worker(&run, &detach::WorkerArgs { force, from_step, inject_nan_at })?;
-                detach::attach_or_print(&run, pid)?;
+                detach::attach_or_print(&run, pid, theme.theme.as_deref())?;
             }
         }
         Command::Worker { run_dir, force, from_step, inject_nan_at } => {
@@ -369,16 +442,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let passed = eval::run(&args, &parse_device(&device)?, &mut stdout.lock())?;
             return Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) });
         }
-        Command::Attach { run_dir, runs_dir, theme } => {
-            let dir = match run_dir {
-                Some(d) => d,
-                None => crate::run::RunDir::newest(&runs_dir)?.map(|r| r.path().to_path_buf()).ok_or_else(|| {
-                    anyhow::anyhow!("no runs in {}; start one with `hone run PIPELINE --headless`", runs_dir.display())
-                })?,
+        Command::Attach { run_dir, runs, theme } => {
+            let dir = if let Some(d) = run_dir {
+                d
+            } else {
+                let runs_dir = runs.resolve();
+                crate::run::RunDir::newest(&runs_dir)?
+                    .map(|r| r.path().to_path_buf())
+                    .ok_or_else(|| anyhow::anyhow!("{}", runs::no_runs_message(&runs_dir)))?
             };
-            crate::tui::attach(&dir, theme.as_deref())?;
+            crate::tui::attach(&dir, theme.theme.as_deref())?;
         }
-        Command::Runs { runs_dir } => runs::run(&runs_dir, &mut stdout.lock())?,
+        Command::Runs { runs } => runs::run(&runs.resolve(), &mut stdout.lock())?,
+        Command::Paths { runs } => paths::run(&runs, &mut stdout.lock())?,
+        Command::Metrics { run_dir, format, out } => {
+            metrics::run(&run_dir, format, out.as_deref(), &mut stdout.lock())?;
+        }
         Command::Check { pipeline } => {
             return Ok(if check::run(&pipeline, &mut stdout.lock())? { ExitCode::SUCCESS } else { ExitCode::from(1) });
         }
@@ -403,8 +482,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let sampling = Sampling { temperature, top_p, seed, max_new_tokens };
             generate::run(&model, &prompts, &sampling, &parse_device(&device)?, &mut stdout.lock())?;
         }
-        Command::Label { candidates, labels, labeler, rubric, run, repeat_share, seed } => {
-            label::run(&label::LabelArgs { candidates, labels, labeler, rubric, run, repeat_share, seed })?;
+        Command::Label { candidates, labels, labeler, rubric, run, repeat_share, seed, runs } => {
+            let runs_dir = runs.resolve();
+            label::run(&label::LabelArgs { candidates, labels, labeler, rubric, run, repeat_share, seed, runs_dir })?;
         }
         Command::Bench { preset, seq, batch, mode, steps, warmup, threads, device } => {
             let mut preset = bench::preset(&preset)?;
@@ -425,7 +505,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// What `hone run PIPELINE [--headless]` does: headless, the worker runs in the foreground; otherwise
 /// it starts detached and the terminal attaches to it. `hone demo` starts its pipeline through it
 /// too. Returns the run directory.
-pub fn start_run(pipeline: &Path, headless: bool, runs_dir: &Path, overrides: &run::Overrides) -> Result<PathBuf> {
+pub fn start_run(
+    pipeline: &Path,
+    headless: bool,
+    runs_dir: &Path,
+    overrides: &run::Overrides,
+    theme: Option<&Path>,
+) -> Result<PathBuf> {
     if headless {
         return run::run(pipeline, runs_dir, overrides);
     }
@@ -434,8 +520,32 @@ pub fn start_run(pipeline: &Path, headless: bool, runs_dir: &Path, overrides: &r
     let run = run::create(pipeline, runs_dir, &overrides)?;
     let args = detach::WorkerArgs { inject_nan_at, ..detach::WorkerArgs::default() };
     let pid = detach::spawn_worker(&run, &args)?;
-    detach::attach_or_print(&run, pid)?;
+    detach::attach_or_print(&run, pid, theme)?;
     Ok(run.path().to_path_buf())
+}
+
+/// An error and its causes on one line, each cause once: a message that already quotes its
+/// source (`nope.jsonl: No such file or directory`) is not followed by it again. A missing file
+/// says what to do about it.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    let missing = e
+        .chain()
+        .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound));
+    if missing {
+        out.push_str(" (check the path: relative paths start from the current directory)");
+    }
+    out
 }
 
 /// A closed stdout (`hone score ... | head`) ends the command quietly, as for any Unix filter.

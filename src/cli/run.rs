@@ -12,6 +12,7 @@ use candle_core::DType;
 use serde_json::json;
 
 use crate::config::{diff_frozen, freeze, frozen_toml, load_frozen, load_pipeline, FrozenExtras, LoadedPipeline};
+use crate::data::label_store::read_candidates;
 use crate::model::{parse_device, parse_dtype};
 use crate::run::control::ControlServer;
 use crate::run::worker::RunHost;
@@ -190,10 +191,18 @@ fn lock(run: &RunDir) -> Result<WorkerLock> {
 fn prepare(pipeline: &Path, runs_dir: &Path, overrides: &Overrides) -> Result<(LoadedPipeline, WorkerLock)> {
     let mut loaded = load_pipeline(pipeline)?;
     let applied = overrides.apply(&mut loaded)?;
+    // Refused before a run directory exists (`hone check` says the same).
+    parse_device(&loaded.pipeline.run.device).with_context(|| pipeline.display().to_string())?;
+    let candidates = loaded.pipeline.label.as_ref().map(|l| l.candidates.clone()).unwrap_or_default();
+    // A bad candidates file is refused (with its line) before a run directory exists.
+    for file in &candidates {
+        read_candidates(file)?;
+    }
     let run = RunDir::create(runs_dir, &loaded.pipeline.run.name)?;
     let lock = lock(&run)?;
     let frozen = freeze(&loaded, &FrozenExtras { hone_version: hone_version(), overrides: applied })?;
     run.write_frozen_config(&frozen_toml(&frozen)?)?;
+    run.seed_candidates(&candidates)?;
     Ok((loaded, lock))
 }
 
@@ -227,7 +236,9 @@ fn start(loaded: &LoadedPipeline, lock: WorkerLock, overrides: &Overrides, progr
             .with("run_id", run.id())
             .with("pid", std::process::id())
             .with("pipeline", loaded.source_path.display().to_string())
-            .with("stages", json!(stages)),
+            .with("stages", json!(stages))
+            // Whether stages are evaluated and gated: the dashboard shows the gates only then.
+            .with("eval", loaded.pipeline.eval.is_some()),
     )?;
     train(loaded, &mut host, overrides, None)
 }

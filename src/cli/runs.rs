@@ -8,12 +8,22 @@ use anyhow::Result;
 use crate::run::{latest_checkpoint, EventReader, RunDir, WorkerLock};
 use crate::sanitize::sanitize;
 
+/// What to say when a runs directory holds no run: which directory (once), and what to do.
+pub fn no_runs_message(runs_dir: &Path) -> String {
+    let shown = sanitize(&runs_dir.display().to_string(), false);
+    let what = if runs_dir.exists() { "holds no runs yet" } else { "does not exist yet" };
+    format!(
+        "the runs directory {shown} {what}: start a run with `hone demo` or `hone run PIPELINE.toml`, or point \
+         --runs-dir (or HONE_RUNS_DIR) at the directory that holds your runs (`hone paths` shows the one in use)"
+    )
+}
+
 /// One line per run: id, state (running with pid / completed / stopped / failed / interrupted),
 /// last step, newest checkpoint.
 pub fn run(runs_dir: &Path, out: &mut impl Write) -> Result<()> {
     let runs = RunDir::list(runs_dir)?;
     if runs.is_empty() {
-        writeln!(out, "no runs in {}", sanitize(&runs_dir.display().to_string(), false))?;
+        writeln!(out, "{}", no_runs_message(runs_dir))?;
         return Ok(());
     }
     writeln!(out, "{:<36} {:<22} {:>8} {:>11}", "run", "state", "step", "checkpoint")?;

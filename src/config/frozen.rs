@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::ConfigError;
 use super::load::{parse_located, read_source, DataSource, LoadedPipeline};
-use super::types::{EvalSettings, ModelSettings, Pipeline, RunSettings, Stage};
+use super::types::{EvalSettings, LabelSettings, ModelSettings, Pipeline, RunSettings, Stage};
 use super::validate::{show_f64, validate};
 
 /// What a run adds to its pipeline when freezing it.
@@ -88,6 +88,7 @@ struct RunToml {
     eval: Option<EvalSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     engine: Option<super::engine::EngineSettings>,
+    label: Option<LabelSettings>,
     frozen: FrozenInfo,
 }
 
@@ -182,6 +183,7 @@ pub fn frozen_toml(frozen: &Frozen) -> Result<String, ConfigError> {
         stages: pipeline.stages.clone(),
         eval: pipeline.eval.clone(),
         engine: pipeline.engine.clone(),
+        label: pipeline.label.clone(),
         frozen: frozen.info.clone(),
     };
     let body = toml::to_string(&document)
@@ -206,6 +208,7 @@ pub fn load_frozen(path: &Path) -> Result<Frozen, ConfigError> {
         stages: document.stages,
         eval: document.eval,
         engine: document.engine,
+        label: document.label,
     };
     validate(&pipeline, &locator)?;
     let pref_sources = pipeline

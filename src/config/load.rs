@@ -57,13 +57,17 @@ pub struct LoadedPipeline {
     pub pref_sources: Vec<Vec<DataSource>>,
 }
 
+/// The labels file every run keeps in its directory (written by the labeling pane). A `pref.data`
+/// entry of exactly this name that does not exist beside the pipeline is that file.
+pub const RUN_LABELS_FILE: &str = "labels.jsonl";
+
 /// Reads, validates and resolves the pipeline file at `path`.
 ///
-/// Relative paths (`model.path`, data files, `pref.reference`, `adaptive.redteam`) resolve
-/// against the directory of the pipeline file. A `pref.data` entry that is a bare file name
-/// (`labels.jsonl`) and does not exist there is a [`DataSource::RunRelative`] file, created or
+/// Relative paths (`model.path`, data files, `pref.reference`, `adaptive.redteam`, `label.candidates`)
+/// resolve against the directory of the pipeline file. A `pref.data` entry `labels.jsonl` that
+/// does not exist there is the run's own labels file ([`DataSource::RunRelative`]), created or
 /// appended in the run directory; any other path that does not exist is an error (so that a
-/// mistyped `data/prefs.jsonl` is not silently taken for an empty label file).
+/// mistyped `prefz.jsonl` is not silently taken for an empty label file).
 pub fn load_pipeline(path: &Path) -> Result<LoadedPipeline, ConfigError> {
     let source = read_source(path)?;
     let (pipeline, locator) = parse_located::<Pipeline>(path, &source)?;
@@ -233,14 +237,15 @@ fn resolve(
             for (j, file) in pref.data.iter_mut().enumerate() {
                 let field = at.key("data").index(j);
                 let parts: Vec<_> = file.components().filter(|c| *c != Component::CurDir).collect();
-                let source = if let ([Component::Normal(name)], false) = (parts.as_slice(), base.join(&*file).exists())
-                {
-                    DataSource::RunRelative(PathBuf::from(name))
+                let run_labels = matches!(parts.as_slice(), [Component::Normal(name)] if *name == RUN_LABELS_FILE);
+                let source = if run_labels && !base.join(&*file).exists() {
+                    DataSource::RunRelative(PathBuf::from(RUN_LABELS_FILE))
                 } else if file.is_relative() && !absolute(base, file).exists() {
                     return Err(locator.error(
                         &field,
                         format!(
-                            "no such file: {} (only a bare file name is looked up in the run directory)",
+                            "no such file: {} (only `{RUN_LABELS_FILE}`, the run's own labels file, may be \
+                             missing: it is created in the run directory)",
                             absolute(base, file).display()
                         ),
                     ));
@@ -268,6 +273,12 @@ fn resolve(
     super::engine::resolve_paths(&mut pipeline, base, locator)?;
     if let Some(eval) = &mut pipeline.eval {
         eval.suite = existing(locator, &root.key("eval").key("suite"), base, &eval.suite, false)?;
+    }
+    if let Some(label) = &mut pipeline.label {
+        let at = root.key("label").key("candidates");
+        for (j, file) in label.candidates.iter_mut().enumerate() {
+            *file = existing(locator, &at.index(j), base, file, false)?;
+        }
     }
     Ok(LoadedPipeline { pipeline, source_path, pref_sources })
 }

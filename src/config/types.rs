@@ -23,6 +23,19 @@ pub struct Pipeline {
     /// `[engine.trl]`: how stages with `engine = "trl"` are launched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<super::engine::EngineSettings>,
+    /// What the labeling pane (pane 3) starts with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<LabelSettings>,
+}
+
+/// The `[label]` table: the labeling pane's starting queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelSettings {
+    /// Candidate pairs (JSONL of `{"prompt", "responses": [..]}`), copied in order into the run's
+    /// `candidates.jsonl` when the run is created, so pane 3 has pairs to label at once.
+    #[serde(default)]
+    pub candidates: Vec<PathBuf>,
 }
 
 /// The `[eval]` table: which suite, against which baseline, with which judge and gates.
@@ -333,8 +346,12 @@ fn default_baseline() -> String {
 fn yes() -> bool {
     true
 }
+/// The default upper bound on an evaluated answer's tokens, for `[eval] max_new_tokens` and
+/// `hone eval --max-new-tokens` alike.
+pub const DEFAULT_EVAL_MAX_NEW_TOKENS: usize = 64;
+
 fn default_eval_tokens() -> usize {
-    64
+    DEFAULT_EVAL_MAX_NEW_TOKENS
 }
 fn default_eval_batch() -> usize {
     8

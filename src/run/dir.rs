@@ -13,7 +13,7 @@ const RUN_TOML: &str = "run.toml";
 const EVENTS: &str = "events.jsonl";
 const WORKER_PID: &str = "worker.pid";
 const WORKER_LOCK: &str = "worker.lock";
-const LABELS: &str = "labels.jsonl";
+const LABELS: &str = crate::config::RUN_LABELS_FILE;
 const OVERRIDES: &str = "overrides.jsonl";
 const CHECKPOINTS: &str = "checkpoints";
 const EVAL: &str = "eval";
@@ -201,6 +201,24 @@ impl RunDir {
     /// Writes run.toml atomically (temp file, fsync, rename, fsync of the run directory).
     pub fn write_frozen_config(&self, text: &str) -> Result<(), RunError> {
         write_atomic(&self.config_path(), text.as_bytes())
+    }
+
+    /// Starts `candidates.jsonl` with the pairs of `sources` (a pipeline's `[label] candidates`),
+    /// concatenated in order, each file's last line ended; written atomically before any worker
+    /// appends generated pairs. Nothing is written when `sources` is empty.
+    pub fn seed_candidates(&self, sources: &[PathBuf]) -> Result<(), RunError> {
+        if sources.is_empty() {
+            return Ok(());
+        }
+        let mut bytes = Vec::new();
+        for source in sources {
+            let mut text = fs::read(source).ctx("read candidates", source)?;
+            if text.last().is_some_and(|&b| b != b'\n') {
+                text.push(b'\n');
+            }
+            bytes.extend_from_slice(&text);
+        }
+        write_atomic(&self.candidates_path(), &bytes)
     }
 
     /// Reads run.toml.

@@ -82,6 +82,9 @@ pub struct App {
     pub eval: Option<crate::tui::eval_pane::EvalPane>,
     /// The evaluation gates' state.
     pub gates: GateState,
+    /// Whether the run evaluates and gates its stages (its pipeline has `[eval]`): from
+    /// `run_started`'s `eval` field, or any evaluation seen in the log.
+    pub gated: bool,
     /// The newest live sample.
     pub sample: Option<Sample>,
     /// The GPU panel's readings.
@@ -142,6 +145,7 @@ impl App {
             label: None,
             eval: None,
             gates: GateState::Pending,
+            gated: false,
             sample: None,
             gpu: GpuStatus::Unknown,
             keymap: Keymap::default(),
@@ -240,6 +244,7 @@ impl App {
             "run_started" => {
                 self.run_id = str_field(f, "run_id").or(self.run_id.take());
                 self.status = RunStatus::Running;
+                self.gated |= f.get("eval").and_then(Value::as_bool).unwrap_or(false);
                 if let Some(Value::Array(names)) = f.get("stages") {
                     let names: Vec<&str> = names.iter().filter_map(Value::as_str).collect();
                     if names.iter().copied().ne(self.stages.iter().map(|s| s.name.as_str())) {
@@ -281,8 +286,12 @@ impl App {
                 });
             }
             // Each evaluation reopens the gates until its decision arrives.
-            "eval_finished" => self.gates = GateState::Evaluating,
+            "eval_finished" => {
+                self.gates = GateState::Evaluating;
+                self.gated = true;
+            }
             "gate_decided" => {
+                self.gated = true;
                 self.gates = match str_field(f, "decision").as_deref() {
                     Some("deploy") => GateState::Deploy,
                     Some("iterate") => GateState::Iterate,

@@ -78,6 +78,10 @@ commands! {
     Quit => "quit" ["q"]: "detach: leave the TUI; training goes on",
 }
 
+/// The commands that still work on panes 3 and 4, which take every other key for themselves.
+pub const PANE_GLOBAL: &[Command] =
+    &[Command::Dashboard, Command::Stages, Command::Label, Command::Eval, Command::Runs, Command::Help, Command::Quit];
+
 impl FromStr for Command {
     type Err = ();
 

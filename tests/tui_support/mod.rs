@@ -18,14 +18,14 @@ pub fn event(kind: &str, stage: Option<&str>, step: Option<u64>, fields: Value) 
     Event { ts, event: kind.to_string(), stage: stage.map(str::to_string), step, fields }
 }
 
-/// `run_started` for the sft → dpo → safety pipeline.
+/// `run_started` for the sft → dpo → safety pipeline, evaluated and gated (it has `[eval]`).
 pub fn run_started() -> Event {
     event(
         "run_started",
         None,
         Some(0),
         json!({"run_id": "20250220-000000-demo", "pid": 4242, "pipeline": "/data/pipeline.toml",
-               "stages": ["sft", "dpo", "safety"]}),
+               "stages": ["sft", "dpo", "safety"], "eval": true}),
     )
 }
 

@@ -64,7 +64,8 @@ pub(super) fn stage_look(state: StageState) -> (&'static str, Role) {
     }
 }
 
-/// base → stages… → gates → deploy/iterate, each with its state.
+/// base → stages… → gates → deploy/iterate, each with its state; the gates only for a run that
+/// evaluates (its pipeline has `[eval]`): the strip shows the steps the run will take.
 fn strip(app: &App, frame: &mut Frame, area: Rect) {
     let t = &app.theme;
     let arrow = || Span::styled(" → ", t.style(Role::Dim));
@@ -73,6 +74,10 @@ fn strip(app: &App, frame: &mut Frame, area: Rect) {
         let (mark, role) = stage_look(stage.state);
         spans.push(arrow());
         spans.push(Span::styled(format!("{mark} {}", clean(&stage.name)), t.style(role)));
+    }
+    if !app.gated {
+        frame.render_widget(Line::from(spans), area);
+        return;
     }
     let (gates, end) = match app.gates {
         GateState::Pending => (("○ gates", Role::StagePending), ("○ deploy/iterate", Role::StagePending)),

@@ -136,6 +136,12 @@ fn footer(app: &App, frame: &mut Frame, area: Rect) {
         Window::Whole => "whole run".to_string(),
     };
     let key = |c| app.keymap.keys_for(c).into_iter().next().unwrap_or_else(|| "—".to_string());
+    if matches!(app.pane, Pane::Label | Pane::Eval) {
+        // These panes take the other keys themselves (their own key line is inside the pane).
+        let text = format!(" {} detach · {} help (this pane's keys)", key(Command::Quit), key(Command::Help));
+        frame.render_widget(Paragraph::new(text).style(t.style(Role::Dim)), area);
+        return;
+    }
     let text = format!(
         " {} detach · {} help · {} smooth:{} · {} log:{} · {} window:{window}",
         key(Command::Quit),

@@ -8,30 +8,53 @@ use ratatui::Frame;
 
 use super::clean;
 use crate::tui::app::App;
-use crate::tui::keymap::Command;
-use crate::tui::model::Modal;
+use crate::tui::keymap::{Command, PANE_GLOBAL};
+use crate::tui::model::{Modal, Pane};
 use crate::tui::theme::Role;
 
-/// The help overlay: every command with its keys, from the active keymap.
+/// The help overlay. On the dashboard, stages and runs panes: every command with its keys, from
+/// the active keymap. On panes 3 and 4, which take every key but a few: the pane's own keys
+/// first, then the global commands that still apply there (pane switches, help, detach).
 pub(super) fn help(app: &App, frame: &mut Frame) {
     let t = &app.theme;
-    let rows: Vec<(String, &str)> = Command::ALL
-        .iter()
-        .map(|&c| {
-            let keys = app.keymap.keys_for(c);
-            (if keys.is_empty() { "—".to_string() } else { keys.join(", ") }, c.describe())
-        })
-        .collect();
-    let key_width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0).min(14);
-    let mut lines: Vec<Line> = rows
-        .iter()
-        .map(|(k, what)| {
+    let keys_of = |c: Command| {
+        let keys = app.keymap.keys_for(c);
+        if keys.is_empty() {
+            "—".to_string()
+        } else {
+            keys.join(", ")
+        }
+    };
+    let own: Option<(&str, &[(&str, &str)])> = match app.pane {
+        Pane::Label => Some(("labeling (pane 3)", crate::tui::label::KEYS)),
+        Pane::Eval => Some(("evaluation (pane 4)", crate::tui::eval_pane::KEYS)),
+        Pane::Dashboard | Pane::Stages | Pane::Runs => None,
+    };
+    let mut sections: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    if let Some((name, keys)) = own {
+        sections.push((
+            format!("Keys of {name}"),
+            keys.iter().map(|(k, w)| ((*k).to_string(), (*w).to_string())).collect(),
+        ));
+        let global = Command::ALL.iter().copied().filter(|c| PANE_GLOBAL.contains(c));
+        sections.push(("Everywhere".to_string(), global.map(|c| (keys_of(c), c.describe().to_string())).collect()));
+    } else {
+        sections.push((String::new(), Command::ALL.iter().map(|&c| (keys_of(c), c.describe().to_string())).collect()));
+    }
+    let key_width =
+        sections.iter().flat_map(|(_, rows)| rows.iter().map(|(k, _)| k.chars().count())).max().unwrap_or(0).min(14);
+    let mut lines: Vec<Line> = Vec::new();
+    for (title, rows) in &sections {
+        if !title.is_empty() {
+            lines.push(Line::styled(format!(" {title}"), t.style(Role::Dim)));
+        }
+        lines.extend(rows.iter().map(|(k, what)| {
             Line::from(vec![
                 Span::styled(format!(" {k:>key_width$}  "), t.style(Role::FocusBorder)),
-                Span::styled(*what, t.style(Role::Text)),
+                Span::styled(what.clone(), t.style(Role::Text)),
             ])
-        })
-        .collect();
+        }));
+    }
     lines.push(Line::styled(" ctrl-c also detaches. Keys: keys.toml in the config directory.", t.style(Role::Dim)));
     let area = centered(frame.area(), 76, lines.len() as u16 + 2);
     let block = Block::bordered()

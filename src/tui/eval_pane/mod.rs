@@ -111,6 +111,19 @@ fn cycle(current: Option<&String>, options: &BTreeSet<String>) -> Option<String>
     }
 }
 
+/// Pane 4's own keys, for the help overlay: the keys, what they do.
+pub const KEYS: &[(&str, &str)] = &[
+    ("[, ], ←, →", "the previous / next evaluated checkpoint"),
+    ("k, j, ↑, ↓", "move through the failures"),
+    ("enter", "show or hide the highlighted failure's detail"),
+    ("f", "filter by segment (cycles)"),
+    ("c", "filter by failed check (cycles)"),
+    ("o", "override: the highlighted answer is acceptable"),
+    ("l", "send the reference answer to training (labels.jsonl)"),
+    ("e", "write the chosen answer ($EDITOR; in `hone label`)"),
+    ("v", "blind comparison with the baseline: a/b/t judge, s next, esc back"),
+];
+
 impl EvalPane {
     /// A pane over loaded stages.
     pub fn new(

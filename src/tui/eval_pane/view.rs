@@ -6,7 +6,7 @@
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Modifier;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Bar, BarChart, BarGroup, Block, BorderType, Cell, Paragraph, Row, Table, Wrap};
+use ratatui::widgets::{Block, BorderType, Cell, Paragraph, Row, Table, Wrap};
 use ratatui::Frame;
 
 use super::EvalPane;
@@ -60,44 +60,50 @@ pub fn draw(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {
     frame.render_widget(Line::from(vec![Span::styled(help, theme.style(Role::Dim)), status]), keys);
 }
 
+/// A horizontal bar of `width` cells for a share in [0, 1], in eighths of a cell.
+fn bar(share: Option<f64>, width: usize) -> String {
+    const PARTS: [&str; 8] = ["", "▏", "▎", "▍", "▌", "▋", "▊", "▉"];
+    let eighths = share.map_or(0, |v| (v.clamp(0.0, 1.0) * (width * 8) as f64).round() as usize);
+    let mut out = "█".repeat(eighths / 8);
+    out.push_str(PARTS[eighths % 8]);
+    let drawn = out.chars().count();
+    out.push_str(&" ".repeat(width.saturating_sub(drawn)));
+    out
+}
+
+/// One row per evaluated checkpoint: helpfulness (task success where the suite measures it, else
+/// the win rate) and safety (1 − the unsafe rate) as a bar with its percentage, and the p95
+/// latency in seconds. Every value is text in its own column, so nothing overlaps at any width;
+/// the bars take the width that is left.
 fn scorecard(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {
-    let max_latency = pane.stages.iter().filter_map(|s| s.report.latency_p95_s).fold(0.0_f64, f64::max);
-    let mut chart = BarChart::default()
-        .block(block(theme, " Scorecard: help · safe · p95 "))
-        .bar_width(3)
-        .bar_gap(1)
-        .group_gap(2)
-        .max(100);
-    for stage in &pane.stages {
+    let inner = usize::from(area.width.saturating_sub(2));
+    let names: Vec<String> = pane.stages.iter().map(|s| safe(&s.name).chars().take(10).collect()).collect();
+    let name_w = names.iter().map(|n| n.chars().count()).max().unwrap_or(0).max(5);
+    // name, then "bar 100%" twice, then " p95 s", with single spaces between.
+    let fixed = name_w + 1 + 5 + 1 + 5 + 1 + 6;
+    let bar_w = (inner.saturating_sub(fixed) / 2).min(20);
+    let dim = theme.style(Role::Dim);
+    let mut lines = vec![Line::from(vec![Span::styled(
+        format!("{:<name_w$} {:<w$} {:<w$} {:>6}", "stage", "helpful", "safe", "p95 s", w = bar_w + 5),
+        dim,
+    )])];
+    for (i, (stage, name)) in pane.stages.iter().zip(&names).enumerate() {
         let r = &stage.report;
-        // Helpfulness: task success where the suite measures it, else the win rate.
         let help = r.task_success_rate.or(r.win_rate);
         let harmless = r.unsafe_rate.map(|u| 1.0 - u);
-        let to_bar = |v: Option<f64>| v.map_or(0, |v| (v.clamp(0.0, 1.0) * 100.0).round() as u64);
-        // Latency has no fixed scale: bars are relative to the slowest checkpoint.
-        let latency = r.latency_p95_s.filter(|_| max_latency > 0.0).map(|l| l / max_latency);
-        let bars = [
-            Bar::default()
-                .label("hlp".into())
-                .value(to_bar(help))
-                .text_value(pct(help))
-                .style(theme.style(Role::Chosen)),
-            Bar::default()
-                .label("saf".into())
-                .value(to_bar(harmless))
-                .text_value(pct(harmless))
-                .style(theme.style(Role::GatePass)),
-            Bar::default()
-                .label("p95".into())
-                .value(to_bar(latency))
-                .text_value(r.latency_p95_s.map_or_else(|| "—".into(), |l| format!("{l:.1}")))
-                .style(theme.style(Role::Warning)),
-        ];
-        let mut label = safe(&stage.name);
-        label = label.chars().take(11).collect();
-        chart = chart.data(BarGroup::default().label(Line::from(label)).bars(&bars));
+        let latency = r.latency_p95_s.map_or_else(|| "—".to_string(), |l| format!("{l:.1}"));
+        let name_style = if i == pane.selected { theme.style(Role::FocusBorder) } else { theme.style(Role::Text) };
+        lines.push(Line::from(vec![
+            Span::styled(format!("{name:<name_w$} "), name_style),
+            Span::styled(bar(help, bar_w), theme.style(Role::Chosen)),
+            Span::styled(format!("{:>5} ", pct(help)), theme.style(Role::Text)),
+            Span::styled(bar(harmless, bar_w), theme.style(Role::GatePass)),
+            Span::styled(format!("{:>5} ", pct(harmless)), theme.style(Role::Text)),
+            Span::styled(format!("{latency:>6}"), theme.style(Role::Text)),
+        ]));
     }
-    frame.render_widget(chart, area);
+    let widget = Paragraph::new(lines).block(block(theme, " Scorecard "));
+    frame.render_widget(widget, area);
 }
 
 fn gates_table(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {

@@ -25,6 +25,7 @@ use crate::data::label_store::{agreement, parse_candidate, served_again, Candida
 use crate::data::labels::LabelLog;
 use crate::run::control::{Client, Request};
 use crate::tui::eval_pane::{self, EvalEffect, EvalPane};
+use crate::tui::keymap::PANE_GLOBAL;
 use crate::tui::{Action, App, Pane};
 
 /// What the `panes` thread and the write threads report.
@@ -114,8 +115,9 @@ pub fn apply(app: &mut App, msg: PaneMsg) {
     }
 }
 
-fn is_global(key: &KeyEvent) -> bool {
-    matches!(key.code, KeyCode::Char('1'..='5' | 'q' | '?'))
+/// Keys panes 3 and 4 leave to the keymap: those bound to [`PANE_GLOBAL`] commands, and Ctrl-C.
+fn is_global(app: &App, key: &KeyEvent) -> bool {
+    app.keymap.command(*key).is_some_and(|c| PANE_GLOBAL.contains(&c))
         || (key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL))
 }
 
@@ -134,7 +136,7 @@ fn append(path: PathBuf, mut record: Json, tx: Sender<Action>, done: fn(Result<(
 
 /// Gives `key` to the pane shown when it is the label or eval pane; true when it was used.
 pub fn route_key(app: &mut App, key: KeyEvent, run: &Path, tx: &Sender<Action>) -> bool {
-    if key.kind == KeyEventKind::Release || app.show_help || is_global(&key) {
+    if key.kind == KeyEventKind::Release || app.show_help || is_global(app, &key) {
         return false;
     }
     let labels = run.join("labels.jsonl");

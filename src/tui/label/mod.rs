@@ -45,6 +45,19 @@ pub enum LabelEffect {
     Generate(usize),
 }
 
+/// Pane 3's own keys, for the help overlay: the keys, what they do. Attached, every other key
+/// but the pane switches (1-5), `?` and `q` goes to the pane.
+pub const KEYS: &[(&str, &str)] = &[
+    ("a, ←", "the left answer is better"),
+    ("b, →", "the right answer is better"),
+    ("t", "tie: neither is better (never trains)"),
+    ("s", "skip this pair"),
+    ("u", "undo the last label of this session"),
+    ("e", "write a better answer ($EDITOR; in `hone label`)"),
+    ("r", "show or hide the rubric"),
+    ("g", "ask the live policy for new pairs"),
+];
+
 /// How many prompts `g` asks the worker for.
 pub const GENERATE_PROMPTS: usize = 2;
 
@@ -90,6 +103,9 @@ pub struct LabelPane {
     pub served_again: usize,
     /// Whether a `generate_candidates` request is outstanding.
     pub generating: bool,
+    /// Pairs never queued because their two responses are the same text (a sampled policy
+    /// often answers a prompt the same way twice): such a pair teaches nothing.
+    pub identical_dropped: u64,
     seed: u64,
     session: String,
     next_id: u64,
@@ -140,6 +156,7 @@ impl LabelPane {
             agreement: Vec::new(),
             served_again: 0,
             generating: false,
+            identical_dropped: 0,
             seed,
             session: session.to_string(),
             next_id: 1,
@@ -150,12 +167,19 @@ impl LabelPane {
         pane
     }
 
-    /// Adds candidates at the back of the queue (from a file, the policy or eval failures).
+    /// Adds candidates at the back of the queue (from a file, the policy or eval failures). A
+    /// pair whose two responses are the same text (up to surrounding whitespace) is dropped and
+    /// counted in [`LabelPane::identical_dropped`].
     pub fn enqueue(&mut self, candidates: Vec<Candidate>) {
         for candidate in candidates {
-            let n = candidate.responses.len();
+            let texts: Vec<String> = candidate.responses.iter().map(text_of).collect();
+            let n = texts.len();
             for i in 0..n {
                 for j in i + 1..n {
+                    if texts[i].trim() == texts[j].trim() {
+                        self.identical_dropped += 1;
+                        continue;
+                    }
                     self.queue.push_back(Queued { candidate: candidate.clone(), pair: [i, j], served: 0 });
                 }
             }

@@ -51,7 +51,7 @@ pub fn draw(pane: &LabelPane, theme: &Theme, frame: &mut Frame, area: Rect) {
             frame.render_widget(widget.block(block(theme, title, Role::FocusBorder)), rect);
         }
     } else {
-        let msg = "The queue is empty: every pair is labeled. New candidates appear here as they arrive.";
+        let msg = empty_queue_message(pane);
         let widget = Paragraph::new(msg).wrap(Wrap { trim: false }).style(theme.style(Role::Dim));
         frame.render_widget(widget.block(block(theme, " Label ", Role::Dim)), body);
     }
@@ -79,6 +79,17 @@ fn status_line(pane: &LabelPane, theme: &Theme) -> Line<'static> {
     }
 }
 
+/// What an empty queue says: why it is empty and how to fill it.
+fn empty_queue_message(pane: &LabelPane) -> String {
+    let why = if pane.labeled > 0 { "The queue is empty: every pair is labeled." } else { "The queue is empty." };
+    let how = if pane.consumed_by_dpo.is_some() {
+        "Press g to have the live policy answer prompts (new pairs appear here as they arrive),"
+    } else {
+        "Label beside a run (`hone label --run DIR`) and press g for pairs from its live policy,"
+    };
+    format!("{why} {how} or label a file of pairs with `hone label --candidates FILE`.")
+}
+
 fn counter_line(pane: &LabelPane, theme: &Theme, wide: bool) -> Line<'static> {
     let dim = theme.style(Role::Dim);
     let dpo = pane.consumed_by_dpo.map_or_else(|| "no run".to_string(), |n| n.to_string());
@@ -91,6 +102,10 @@ fn counter_line(pane: &LabelPane, theme: &Theme, wide: bool) -> Line<'static> {
         Span::styled(dpo, theme.style(Role::Text)),
         Span::styled(format!(" · {} {}", if wide { "served again" } else { "again" }, pane.served_again), dim),
     ];
+    if pane.identical_dropped > 0 {
+        let what = if wide { "identical pairs dropped" } else { "identical dropped" };
+        spans.push(Span::styled(format!(" · {} {what}", pane.identical_dropped), theme.style(Role::Warning)));
+    }
     for p in &pane.agreement {
         let kappa = p.kappa.map_or_else(|| "—".to_string(), |k| format!("{k:.2}"));
         let text = if wide {
