@@ -104,7 +104,13 @@ def run_stage(spec: Spec, signals, writer) -> bool:
             raise SpecError(f"{spec.path}: pref.data: no preference records (and no labels yet)")
         sft = spec.get("sft")
         losses = [pref.get("loss", "sigmoid")]
-        args = DPOConfig(**base, beta=float(pref["beta"]), loss_type=losses, precompute_ref_log_probs=False)
+        args = DPOConfig(
+            **base,
+            beta=float(pref["beta"]),
+            loss_type=losses,
+            label_smoothing=float(pref.get("label_smoothing", 0.0)),
+            precompute_ref_log_probs=False,
+        )
         ref = AutoModelForCausalLM.from_pretrained(pref.get("reference") or spec.model, dtype=dtype)
         trainer = HoneDPOTrainer(
             model=model, ref_model=ref, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::error::ConfigError;
 use super::load::Locator;
 use super::locate::FieldPath;
-use super::types::{Pipeline, Stage};
+use super::types::{Pipeline, PrefLossKind, Stage};
 
 /// The engine of one stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -156,6 +156,16 @@ fn check_stage(stage: &Stage, trl: &TrlSettings, at: &FieldPath, locator: &Locat
     }
     if stage.lm.is_some() {
         return Err(unsupported("lm", "the language-modelling term"));
+    }
+    if let Some(pref) = &stage.pref {
+        // TRL 1.16's sigmoid loss has no label smoothing (its `robust` loss does).
+        if pref.loss == PrefLossKind::Sigmoid && pref.label_smoothing > 0.0 {
+            return Err(locator.error(
+                &at.key("pref").key("label_smoothing"),
+                "conservative DPO (label_smoothing with loss = \"sigmoid\") is not supported on engine = \"trl\": \
+                 TRL's sigmoid loss has no label smoothing (use loss = \"robust\", or engine = \"hone\")",
+            ));
+        }
     }
     if let (Some(_), Some(sft)) = (&stage.pref, &stage.sft) {
         if !sft.data.is_empty() {

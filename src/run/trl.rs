@@ -203,7 +203,12 @@ pub fn stage_spec(
             "live": resolve(&live),
             "lambda": pref.lambda,
             "beta": pref.beta,
-            "loss": match pref.loss { PrefLossKind::Sigmoid => "sigmoid", PrefLossKind::Ipo => "ipo" },
+            "loss": match pref.loss {
+                PrefLossKind::Sigmoid => "sigmoid",
+                PrefLossKind::Ipo => "ipo",
+                PrefLossKind::Robust => "robust",
+            },
+            "label_smoothing": pref.label_smoothing,
             "reference": pref.reference,
         });
     }
