@@ -62,9 +62,9 @@ fn every_invalid_fixture_fails_with_its_expected_message() {
 fn unknown_key_at_top_level_is_located_at_the_key() {
     let error = load_error("unknown_top_level_key");
     assert_eq!(located(&error), (2, 1, Some("colour")));
-    assert!(error
-        .to_string()
-        .ends_with("colour: unknown field `colour`, expected one of `run`, `model`, `stage`, `eval`, `engine`, `label`"));
+    assert!(error.to_string().ends_with(
+        "colour: unknown field `colour`, expected one of `run`, `model`, `stage`, `eval`, `engine`, `label`"
+    ));
 }
 
 #[test]

@@ -148,11 +148,11 @@ impl StageRun {
 
     /// The safety term's settings when it is a DPO over safe/unsafe pairs.
     pub fn safety_pair_term(&self) -> Option<PairTerm> {
-        self.stage
-            .safety
-            .as_ref()
-            .filter(|s| s.loss == SafetyLossKind::Dpo)
-            .map(|s| PairTerm { beta: s.beta, loss: PreferenceLoss::Sigmoid, noise: LabelNoise::Clean })
+        self.stage.safety.as_ref().filter(|s| s.loss == SafetyLossKind::Dpo).map(|s| PairTerm {
+            beta: s.beta,
+            loss: PreferenceLoss::Sigmoid,
+            noise: LabelNoise::Clean,
+        })
     }
 
     /// One batch of indices from every sampler, in sampling order.
