@@ -306,7 +306,7 @@ pub enum Command {
     /// the source hidden. Each label is appended to the labels file (fsynced, locked: several
     /// labelers may share it). Keys: a/← left better, b/→ right better, t tie, s skip, u undo,
     /// e write a better answer in $EDITOR (it starts from the left answer, which becomes the
-    /// rejected one), r rubric, q quit.
+    /// rejected one), r rubric, g ask the run's live policy for new pairs (with --run), q quit.
     Label {
         /// Candidates: JSONL of {"prompt": string or messages, "responses": [at least two]}.
         #[arg(long)]

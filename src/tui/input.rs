@@ -1,5 +1,7 @@
-//! Keys to actions: dialogs take every key first, then the pane's own keys (the hook where panes
-//! 3 and 4 plug in theirs), then the keymap. Ctrl-C always detaches; nothing here stops training.
+//! Keys to actions: dialogs take every key first, then the keymap. Ctrl-C always detaches; nothing
+//! here stops training. When no dialog or help is open, the event loop gives keys to the Label and
+//! Eval panes first (`label::attach::route_key`, which needs the run path because their keys
+//! write files); only the keys they leave come here.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
@@ -38,18 +40,7 @@ pub fn key_action(app: &App, key: KeyEvent) -> Option<Action> {
         }
         None => {}
     }
-    if let Some(action) = pane_key(app, key) {
-        return Some(action);
-    }
     app.keymap.command(key).map(command_action)
-}
-
-/// Keys a pane handles itself before the keymap. Panes 3 (Label) and 4 (Eval) are built in part
-/// 2; they plug their keys in here.
-fn pane_key(app: &App, _key: KeyEvent) -> Option<Action> {
-    match app.pane {
-        Pane::Dashboard | Pane::Stages | Pane::Runs | Pane::Label | Pane::Eval => None,
-    }
 }
 
 /// What a keymap command does.

@@ -13,9 +13,10 @@
 //! (painting), `theme` (roles → styles), `runs` (the runs list), `history` (tail-first loading of
 //! events.jsonl), `terminal` (raw mode and the panic hook), `runtime` (the event loop and threads).
 //!
-//! Panes 3 (Label) and 4 (Eval) are part 2. Each plugs in at two places: its drawing in
-//! `draw::pane` (the placeholder arm) and its own keys in `input::pane_key`; its state goes in
-//! `App` beside the others.
+//! Panes 3 (Label, `label/`) and 4 (Eval, `eval_pane/`) keep their state in `App::label` and
+//! `App::eval` (set by `label::attach::init` when the loop attaches to a run), draw from
+//! `draw::pane`, and take their keys in `label::attach::route_key` before the keymap, because
+//! their keys write files.
 
 mod action;
 mod app;

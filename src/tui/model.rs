@@ -9,9 +9,9 @@ pub enum Pane {
     Dashboard,
     /// The pipeline's stages in detail.
     Stages,
-    /// Labeling preference pairs (not built yet).
+    /// Labeling preference pairs (`tui::label`).
     Label,
-    /// Evaluation results and gates (not built yet).
+    /// Evaluation results, gates and overrides (`tui::eval_pane`).
     Eval,
     /// The other runs in the runs directory.
     Runs,

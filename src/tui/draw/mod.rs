@@ -36,36 +36,20 @@ pub fn draw(app: &App, frame: &mut Frame) {
     }
 }
 
-/// The pane dispatch. Panes 3 and 4 draw themselves once attached to a run (a bare `App`, as in
-/// some snapshots, shows their placeholders).
+/// The pane dispatch. The Label and Eval panes exist once the runtime attaches to a run
+/// (`label::attach::init`); a bare `App` (as in some snapshots) draws them as an empty panel.
 fn pane(app: &App, frame: &mut Frame, body: Rect) {
-    if let (Pane::Label, Some(label)) = (app.pane, app.label.as_ref()) {
-        crate::tui::label::draw(label, &app.theme, frame, body);
-        return;
-    }
-    if let (Pane::Eval, Some(eval)) = (app.pane, app.eval.as_ref()) {
-        crate::tui::eval_pane::draw(eval, &app.theme, frame, body);
-        return;
-    }
     match app.pane {
         Pane::Dashboard => dashboard::draw(app, frame, body),
         Pane::Stages => panes::stages(app, frame, body),
-        Pane::Label => panes::not_built(
-            app,
-            frame,
-            body,
-            "Label",
-            "Labeling preference pairs comes in part 2. Until then, labels that other tools append to the \
-             run's labels.jsonl are admitted into training live and counted on the Stages pane.",
-        ),
-        Pane::Eval => panes::not_built(
-            app,
-            frame,
-            body,
-            "Eval",
-            "The evaluation inspector comes in part 2. Gate decisions already show on the dashboard's \
-             pipeline strip.",
-        ),
+        Pane::Label => match &app.label {
+            Some(label) => crate::tui::label::draw(label, &app.theme, frame, body),
+            None => frame.render_widget(panel(app, " Label "), body),
+        },
+        Pane::Eval => match &app.eval {
+            Some(eval) => crate::tui::eval_pane::draw(eval, &app.theme, frame, body),
+            None => frame.render_widget(panel(app, " Eval "), body),
+        },
         Pane::Runs => panes::runs(app, frame, body),
     }
 }

@@ -1,5 +1,5 @@
-//! Panes 2 to 5: stages in detail, the runs list, and the honest placeholders for panes that are
-//! not built yet.
+//! Panes 2 and 5: stages in detail and the runs list (panes 3 and 4 live in `tui::label` and
+//! `tui::eval_pane`).
 
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Modifier;
@@ -172,15 +172,4 @@ pub(super) fn runs(app: &App, frame: &mut Frame, area: Rect) {
     let title = format!(" Runs · • attached · {key}: attach the selected run ");
     let table = Table::new(rows, widths).header(header).block(panel(app, title)).style(t.style(Role::Text));
     frame.render_widget(table, area);
-}
-
-/// A pane that is not built yet, saying so.
-pub(super) fn not_built(app: &App, frame: &mut Frame, area: Rect, title: &str, text: &str) {
-    let lines = vec![
-        Line::styled(format!("{title}: part 2, not built yet"), app.theme.style(Role::Warning)),
-        Line::default(),
-        Line::styled(text.to_string(), app.theme.style(Role::Text)),
-    ];
-    let widget = Paragraph::new(lines).wrap(Wrap { trim: true }).block(panel(app, format!(" {title} ")));
-    frame.render_widget(widget, area);
 }
