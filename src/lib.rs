@@ -9,6 +9,7 @@ pub mod data;
 pub mod durable;
 pub mod eval;
 pub mod model;
+pub mod rng;
 pub mod run;
 pub mod sanitize;
 pub mod train;

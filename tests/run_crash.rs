@@ -84,7 +84,12 @@ fn sigkill_at_random_times_leaves_only_complete_checkpoints() {
     let tmp = tempfile::tempdir().unwrap();
     let run = RunDir::create(tmp.path(), "crash").unwrap();
     run.write_frozen_config("").unwrap();
-    let mut seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    // The kill delays come from this seed: printed, and replayable with HONE_CRASH_SEED=<seed>.
+    let mut seed = match std::env::var("HONE_CRASH_SEED") {
+        Ok(s) => s.parse().expect("HONE_CRASH_SEED is a u64"),
+        Err(_) => SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64,
+    };
+    eprintln!("run_crash seed: {seed} (replay with HONE_CRASH_SEED={seed})");
     let rounds = 12;
     for round in 0..rounds {
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);

@@ -8,8 +8,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::rng::{seeded, unit_f32, StableRng};
 use candle_core::{Tensor, D};
-use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::{KvCache, Model, ModelError};
 
@@ -55,7 +55,7 @@ pub fn generate(
     let device = decoder.device();
     let room = model.config.max_position_embeddings.saturating_sub(prompt_ids.len());
     let limit = sampling.max_new_tokens.min(room);
-    let mut rng = StdRng::seed_from_u64(sampling.seed);
+    let mut rng = seeded(sampling.seed);
     let mut cache = KvCache::new(decoder.num_layers());
     let mut out = Vec::new();
     let mut input = Tensor::new(prompt_ids, device)?.unsqueeze(0)?;
@@ -104,7 +104,7 @@ pub fn generate_batch(
         prompts.iter().map(|p| sampling.max_new_tokens.min(max_positions.saturating_sub(p.len()))).collect();
     let mut results: Vec<Option<BatchGenerated>> = vec![None; prompts.len()];
     let mut outs: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
-    let mut rngs: Vec<StdRng> = prompts.iter().map(|_| StdRng::seed_from_u64(sampling.seed)).collect();
+    let mut rngs: Vec<StableRng> = prompts.iter().map(|_| seeded(sampling.seed)).collect();
     // Rows still generating, by prompt index; rows with no room finish before the first step.
     let mut active: Vec<usize> = Vec::new();
     for (i, &limit) in limits.iter().enumerate() {
@@ -154,13 +154,13 @@ pub fn generate_batch(
     Ok(results.into_iter().flatten().collect())
 }
 
-fn pick(logits: &Tensor, sampling: &Sampling, rng: &mut StdRng) -> Result<u32, ModelError> {
+fn pick(logits: &Tensor, sampling: &Sampling, rng: &mut StableRng) -> Result<u32, ModelError> {
     if sampling.temperature <= 0.0 {
         return Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?);
     }
     let scaled = (logits / sampling.temperature)?;
     let probs = super::ops::softmax_last_dim(&scaled)?.to_vec1::<f32>()?;
-    Ok(sample_top_p(&probs, sampling.top_p, rng.random::<f32>()))
+    Ok(sample_top_p(&probs, sampling.top_p, unit_f32(rng)))
 }
 
 /// Nucleus sampling over `probs` with a uniform draw `u` in `[0, 1)`: sort by probability, keep

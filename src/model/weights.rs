@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::rng::{seeded, unit_f64, StableRng};
 use candle_core::{safetensors::Load, DType, Device, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
-use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::ModelError;
 
@@ -21,7 +21,7 @@ enum Source {
     Files { buffers: Vec<(PathBuf, Vec<u8>)>, index: HashMap<String, usize> },
     /// A fresh model, initialised from each tensor's hint and a seeded generator (candle's CPU
     /// generator cannot be seeded, so hone draws its own).
-    Init(Box<Mutex<StdRng>>),
+    Init(Box<Mutex<StableRng>>),
 }
 
 /// Trainable parameters in the order the model first requested them.
@@ -76,7 +76,7 @@ impl ParamStore {
     /// A store that initialises every requested tensor from its hint (for fresh models and
     /// benchmarks), reproducibly from `seed`.
     pub fn fresh(seed: u64) -> Self {
-        Self::with_source(Source::Init(Box::new(Mutex::new(StdRng::seed_from_u64(seed)))))
+        Self::with_source(Source::Init(Box::new(Mutex::new(seeded(seed)))))
     }
 
     fn with_source(source: Source) -> Self {
@@ -166,7 +166,7 @@ impl ParamStore {
 }
 
 /// Draws a tensor for an `Init` hint from `rng` (normal draws by Box-Muller).
-fn init_tensor(shape: &Shape, init: Init, rng: &mut StdRng, device: &Device) -> candle_core::Result<Tensor> {
+fn init_tensor(shape: &Shape, init: Init, rng: &mut StableRng, device: &Device) -> candle_core::Result<Tensor> {
     let n = shape.elem_count();
     let values: Vec<f32> = match init {
         Init::Const(c) => {
@@ -176,8 +176,8 @@ fn init_tensor(shape: &Shape, init: Init, rng: &mut StdRng, device: &Device) -> 
         }
         Init::Randn { mean, stdev } => (0..n)
             .map(|_| {
-                let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-                let u2: f64 = rng.random::<f64>();
+                let u1: f64 = unit_f64(rng).max(f64::MIN_POSITIVE);
+                let u2: f64 = unit_f64(rng);
                 let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
                 #[allow(clippy::cast_possible_truncation)]
                 let v = (mean + stdev * z) as f32;
@@ -187,7 +187,7 @@ fn init_tensor(shape: &Shape, init: Init, rng: &mut StdRng, device: &Device) -> 
         Init::Uniform { lo, up } => (0..n)
             .map(|_| {
                 #[allow(clippy::cast_possible_truncation)]
-                let v = (lo + (up - lo) * rng.random::<f64>()) as f32;
+                let v = (lo + (up - lo) * unit_f64(rng)) as f32;
                 v
             })
             .collect(),

@@ -4,7 +4,7 @@
 //! retracted ones are skipped. The state (epoch, position, the epoch's order, the queue of new
 //! examples) is saved in checkpoints, so a resume draws exactly the same batches.
 
-use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use crate::rng::{seeded, shuffle};
 use serde::{Deserialize, Serialize};
 
 /// Batches per window sorted by length before the window's batches are shuffled.
@@ -72,16 +72,17 @@ impl Sampler {
     /// The order of one epoch over the active examples: a seeded shuffle, then windows of a few
     /// batches sorted by length, cut into batches, and the batches of each window shuffled again.
     fn epoch_order(&self, epoch: u64) -> Vec<usize> {
-        let mut rng = StdRng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        // Epoch e of a sampler seeded s draws from `rng::seeded(s ^ e·0x9E37_79B9_7F4A_7C15)`.
+        let mut rng = seeded(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut idx: Vec<usize> = (0..self.lengths.len()).filter(|&i| self.active[i]).collect();
-        idx.shuffle(&mut rng);
+        shuffle(&mut rng, &mut idx);
         let window = self.batch_size * WINDOW_BATCHES;
         let mut out = Vec::with_capacity(idx.len());
         for chunk in idx.chunks(window) {
             let mut sorted = chunk.to_vec();
             sorted.sort_by_key(|&i| (self.lengths[i], i));
             let mut batches: Vec<&[usize]> = sorted.chunks(self.batch_size).collect();
-            batches.shuffle(&mut rng);
+            shuffle(&mut rng, &mut batches);
             for b in batches {
                 out.extend_from_slice(b);
             }
