@@ -218,14 +218,14 @@ pub struct EvalContext<'a> {
 }
 
 /// Answers, judges and gates one checkpoint against an optional baseline evaluation, asking
-/// `between` after each batch of answers; `None` when it answered `Break` (a stop).
+/// `between` after each batch of answers; `None` when it answered `Break` (a stop). `names`:
+/// the stage and the checkpoint, as the report names them.
 pub fn evaluate_stage(
     ctx: &EvalContext,
     model: &Model,
     tok: &TextTokenizer,
     template: Option<&ChatTemplate>,
-    stage: &str,
-    checkpoint: &str,
+    (stage, checkpoint): (&str, &str),
     baseline: Option<&StageEval>,
     between: &mut Between<'_>,
 ) -> Result<Option<StageEval>, TrainError> {

@@ -244,8 +244,15 @@ impl<'h, H: Host> Trainer<'h, H> {
         };
         let mut between = |done, total| interrupts.between_batches(stage, "eval", (done, total));
         let template = self.template.as_ref();
-        let result =
-            evaluate_stage(&ctx, &self.policy, &self.tokenizer, template, stage, &checkpoint, baseline, &mut between)?;
+        let result = evaluate_stage(
+            &ctx,
+            &self.policy,
+            &self.tokenizer,
+            template,
+            (stage, &checkpoint),
+            baseline,
+            &mut between,
+        )?;
         let Some(result) = result else { return Ok(ControlFlow::Break(())) };
         let f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
         self.host.save_eval(stage, &result)?;
