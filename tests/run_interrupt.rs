@@ -1,6 +1,7 @@
 //! Stop means stop, also between steps: SIGTERM and a `stop` request sent while a DPO stage
-//! computes its reference log-probs (one forward over every pair, before the first step) end the
-//! worker within a batch, not at the end of the phase; a resume then finishes the run.
+//! computes its reference log-probs (one forward over every pair, before the first step), or
+//! while the base model is evaluated, end the worker within a batch, not at the end of the phase;
+//! a resume then finishes the run.
 //!
 //! The bound is relative: each stop must take well under the phase's full duration, measured in
 //! the same test on the same machine (the last resume runs the phase to its end).
@@ -23,8 +24,13 @@ const PAIRS: usize = 3000;
 
 /// A one-stage DPO pipeline over `PAIRS` generated pairs (distinct texts, so none is cached twice).
 fn pipeline(dir: &Path) -> PathBuf {
+    pipeline_with(dir, PAIRS, "")
+}
+
+/// Like [`pipeline`] with `pairs` pairs and `extra` appended (an `[eval]` table).
+fn pipeline_with(dir: &Path, pairs: usize, extra: &str) -> PathBuf {
     let mut prefs = String::new();
-    for i in 0..PAIRS {
+    for i in 0..pairs {
         let line = serde_json::json!({
             "prompt": format!("Question {i}: what color is the sky on a clear day number {i}, and why is it so?"),
             "chosen": format!("The sky is blue on a clear day, because air scatters blue light most ({i})."),
@@ -50,6 +56,7 @@ batch_size = 4
 lr = 1e-3
 max_length = 128
 pref = {{ data = ["{prefs}"], lambda = 1.0, beta = 0.1 }}
+{extra}
 "#,
         model = fixture().join("model").display(),
         prefs = dir.join("prefs.jsonl").display(),
@@ -134,4 +141,87 @@ fn sigterm_and_stop_take_effect_within_a_batch_of_the_reference_precompute() {
     assert_eq!(count(&after_stop, "metrics"), 0, "stopped before the first step");
     assert_eq!(count(&after_stop, "phase_interrupted"), 2);
     assert!(after_stop.iter().any(|e| e.event == "stop_requested" && e.fields["source"] == "control"));
+}
+
+/// Eval items in the generated suite: enough that answering them all takes seconds.
+const ITEMS: usize = 480;
+
+/// Waits until the worker says it is evaluating (the base model, before the first stage).
+fn wait_evaluating(run: &RunDir) -> Instant {
+    let mut client = connect(run, WAIT);
+    wait_for("the evaluating state", WAIT, || {
+        let reply = client.send(&Request::Status).ok()?;
+        (reply.status?.state == "evaluating").then_some(())
+    });
+    Instant::now()
+}
+
+#[test]
+fn sigterm_and_stop_take_effect_within_a_batch_of_an_evaluation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let mut suite = String::new();
+    for i in 0..ITEMS {
+        let item = serde_json::json!({
+            "id": format!("c{i}"),
+            "prompt": [{"role": "user", "content": format!("What is {i} plus 2? Explain the sum step by step.")}],
+            "reference": format!("{}", i + 2),
+            "kind": "capability",
+            "segment": {"language": "en", "domain": "math", "intent": "qa"},
+            "checks": [{"type": "numeric"}],
+        });
+        writeln!(suite, "{item}").unwrap();
+    }
+    let suite_path = tmp.path().join("suite.jsonl");
+    std::fs::write(&suite_path, suite).unwrap();
+    let eval = format!(
+        "[eval]\nsuite = \"{}\"\nbaseline = \"base\"\nmax_new_tokens = 48\nbatch_size = 8\n",
+        suite_path.display()
+    );
+    let p = pipeline_with(tmp.path(), 8, &eval);
+
+    // SIGTERM while the base model is evaluated.
+    let child = spawn(&["run", p.to_str().unwrap(), "--headless", "--runs-dir", runs.to_str().unwrap()]);
+    let run = only_run(&runs, WAIT);
+    let started = wait_evaluating(&run);
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let (code, err) = finish(child);
+    let sigterm_latency = started.elapsed();
+    assert_eq!(code, 0, "{err}");
+    let after_sigterm = events(&run);
+
+    // A `stop` request while the resumed run evaluates the base model again.
+    let run_arg = run.path().to_str().unwrap().to_string();
+    let child = spawn(&["resume", &run_arg, "--headless"]);
+    let started = wait_evaluating(&run);
+    assert!(connect(&run, WAIT).send(&Request::Stop).unwrap().ok);
+    let (code, err) = finish(child);
+    let stop_latency = started.elapsed();
+    assert_eq!(code, 0, "{err}");
+    let after_stop = events(&run);
+
+    // A resume evaluates to the end (the full duration, for the bound) and finishes the run.
+    let child = spawn(&["resume", &run_arg, "--headless"]);
+    let started = wait_evaluating(&run);
+    wait_for("the base evaluation", WAIT, || (count(&events(&run), "eval_finished") > 0).then_some(()));
+    let full = started.elapsed();
+    let (code, err) = finish(child);
+    assert_eq!(code, 0, "{err}");
+    let evs = events(&run);
+    assert_eq!(evs.iter().rev().find(|e| e.event == "run_finished").unwrap().fields["status"], "completed");
+
+    eprintln!("sigterm {sigterm_latency:?}, stop {stop_latency:?}, full evaluation {full:?}");
+    for (what, latency) in [("SIGTERM", sigterm_latency), ("stop", stop_latency)] {
+        assert!(
+            latency * 3 < full,
+            "{what} during an evaluation took {latency:?} to end the worker; the whole evaluation takes {full:?}"
+        );
+    }
+    for evs in [&after_sigterm, &after_stop] {
+        assert_eq!(count(evs, "eval_finished"), 0, "stopped inside the base evaluation");
+        let phases: Vec<&str> =
+            evs.iter().filter(|e| e.event == "phase_interrupted").filter_map(|e| e.fields["phase"].as_str()).collect();
+        assert!(!phases.is_empty() && phases.iter().all(|p| *p == "eval"), "{phases:?}");
+    }
 }
