@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::plan::{RefCache, StageData};
+use super::plan::{never_interrupt, Between, RefCache, StageData};
 use super::TrainError;
 use crate::config::EvalSettings;
 use crate::data::{
@@ -51,6 +51,22 @@ pub fn answer_all(
     max_new_tokens: usize,
     batch_size: usize,
 ) -> Result<Vec<Response>, TrainError> {
+    match answer_until(model, tok, template, items, (max_new_tokens, batch_size), &mut never_interrupt)? {
+        Some(responses) => Ok(responses),
+        None => Err(TrainError::Host("answering the suite was interrupted".into())),
+    }
+}
+
+/// [`answer_all`] (with `(max_new_tokens, batch_size)`), asking `between` after each batch;
+/// `None` when it answered `Break` (a stop) before the last batch.
+pub fn answer_until(
+    model: &Model,
+    tok: &TextTokenizer,
+    template: Option<&ChatTemplate>,
+    items: &[EvalItem],
+    (max_new_tokens, batch_size): (usize, usize),
+    between: &mut Between<'_>,
+) -> Result<Option<Vec<Response>>, TrainError> {
     let sampling = Sampling { max_new_tokens, ..Sampling::default() };
     let stops = &model.generation.eos_token_ids;
     let prompts = items
@@ -63,7 +79,12 @@ pub fn answer_all(
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by_key(|&i| prompts[i].len());
     let mut responses: Vec<Option<Response>> = vec![None; items.len()];
+    let mut done = 0;
     for batch in order.chunks(batch_size.max(1)) {
+        if done > 0 && between(done, items.len())?.is_break() {
+            return Ok(None);
+        }
+        done += batch.len();
         let batch_prompts: Vec<Vec<u32>> = batch.iter().map(|&i| prompts[i].clone()).collect();
         let rows = generate_batch(model, &batch_prompts, stops, &sampling)?;
         for (&i, row) in batch.iter().zip(rows) {
@@ -76,7 +97,7 @@ pub fn answer_all(
             });
         }
     }
-    Ok(responses.into_iter().flatten().collect())
+    Ok(Some(responses.into_iter().flatten().collect()))
 }
 
 fn text_of(t: &Text) -> String {
@@ -196,17 +217,22 @@ pub struct EvalContext<'a> {
     pub human: &'a HumanInputs,
 }
 
-/// Answers, judges and gates one checkpoint against an optional baseline evaluation.
+/// Answers, judges and gates one checkpoint against an optional baseline evaluation, asking
+/// `between` after each batch of answers; `None` when it answered `Break` (a stop). `names`:
+/// the stage and the checkpoint, as the report names them.
 pub fn evaluate_stage(
     ctx: &EvalContext,
     model: &Model,
     tok: &TextTokenizer,
     template: Option<&ChatTemplate>,
-    stage: &str,
-    checkpoint: &str,
+    (stage, checkpoint): (&str, &str),
     baseline: Option<&StageEval>,
-) -> Result<StageEval, TrainError> {
-    let responses = answer_all(model, tok, template, ctx.items, ctx.settings.max_new_tokens, ctx.settings.batch_size)?;
+    between: &mut Between<'_>,
+) -> Result<Option<StageEval>, TrainError> {
+    let sizes = (ctx.settings.max_new_tokens, ctx.settings.batch_size);
+    let Some(responses) = answer_until(model, tok, template, ctx.items, sizes, between)? else {
+        return Ok(None);
+    };
     let mut inputs = ScoreInputs::new(stage, checkpoint, ctx.items, &responses, ctx.judge, &ctx.settings.gates);
     inputs.baseline_responses = baseline.map(|b| b.responses.as_slice());
     inputs.baseline_report = baseline.map(|b| &b.report);
@@ -216,7 +242,7 @@ pub fn evaluate_stage(
     inputs.price_per_device_hour = ctx.settings.price_per_device_hour;
     let scored = score(&inputs).map_err(|e| TrainError::Data(e.to_string()))?;
     let failed = failures(ctx.items, &scored.verdicts, &responses);
-    Ok(StageEval { report: scored.report, responses, failures: failed })
+    Ok(Some(StageEval { report: scored.report, responses, failures: failed }))
 }
 
 /// The log-prob proxy of the unsafe rate used until generation + the safety judge drive it:

@@ -2,11 +2,12 @@
 //! reference log-probs of its pairs computed once and cached by example hash.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use super::batch::Sequence;
 use super::examples::{fit_pair, lm_example, pair_example, sft_example, PairExample, TruncationStats};
-use super::score::pair_logps;
+use super::score::{pair_logps, SCORE_BATCH};
 use super::TrainError;
 use crate::config::{SafetyLossKind, SafetyTerm, Stage};
 use crate::data::{
@@ -161,22 +162,39 @@ fn load_safety(cx: &Encoding, safety: &SafetyTerm, data: &mut StageData) -> Resu
 /// Reference log-probs `(chosen, rejected)` keyed by example hash.
 pub type RefCache = HashMap<u64, (f64, f64)>;
 
-/// Computes reference log-probs for every pair not yet cached.
+/// Asked between two batches of a long phase with `(done, total)` items; `Break` ends the phase
+/// there (a stop), `Continue` goes on.
+pub type Between<'a> = dyn FnMut(usize, usize) -> Result<ControlFlow<()>, TrainError> + 'a;
+
+/// A [`Between`] that never interrupts.
+pub fn never_interrupt(_done: usize, _total: usize) -> Result<ControlFlow<()>, TrainError> {
+    Ok(ControlFlow::Continue(()))
+}
+
+/// Computes reference log-probs for every pair not yet cached, one scoring batch at a time
+/// (the batches [`pair_logps`] would form over all of them, so the numbers are the same), asking
+/// `between` after each: on `Break` it returns there, the pairs scored so far cached.
 pub fn fill_reference_cache(
     reference: &Model,
     pairs: &[&PairExample],
     pad_id: u32,
     cache: &mut RefCache,
-) -> Result<(), TrainError> {
+    between: &mut Between<'_>,
+) -> Result<ControlFlow<()>, TrainError> {
     let missing: Vec<&PairExample> = pairs.iter().copied().filter(|p| !cache.contains_key(&p.hash)).collect();
-    if missing.is_empty() {
-        return Ok(());
+    let per_batch = (SCORE_BATCH / 2).max(1);
+    let mut done = 0;
+    for chunk in missing.chunks(per_batch) {
+        let triples: Vec<(Vec<u32>, Vec<u32>, Vec<u32>)> =
+            chunk.iter().map(|p| (p.prompt.clone(), p.chosen.clone(), p.rejected.clone())).collect();
+        let scored = pair_logps(reference.decoder(), &triples, pad_id)?;
+        for (p, s) in chunk.iter().zip(scored) {
+            cache.insert(p.hash, (s.chosen, s.rejected));
+        }
+        done += chunk.len();
+        if done < missing.len() && between(done, missing.len())?.is_break() {
+            return Ok(ControlFlow::Break(()));
+        }
     }
-    let triples: Vec<(Vec<u32>, Vec<u32>, Vec<u32>)> =
-        missing.iter().map(|p| (p.prompt.clone(), p.chosen.clone(), p.rejected.clone())).collect();
-    let scored = pair_logps(reference.decoder(), &triples, pad_id)?;
-    for (p, s) in missing.iter().zip(scored) {
-        cache.insert(p.hash, (s.chosen, s.rejected));
-    }
-    Ok(())
+    Ok(ControlFlow::Continue(()))
 }

@@ -7,7 +7,8 @@
 mod control;
 mod stage;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -21,7 +22,7 @@ pub use super::host::{Admission, CheckpointData, Control, Host, Position, PrefFi
 use super::live::{LiveLabels, LiveUpdate};
 use super::objective::evaluate;
 use super::optim::{clip_coefficient, global_norm, AdamW, AdamWConfig, Moments};
-use super::plan::{fill_reference_cache, load_stage_data, RefCache, StageData};
+use super::plan::{fill_reference_cache, load_stage_data, never_interrupt, RefCache, StageData};
 use super::sampler::Sampler;
 use super::schedule::learning_rate;
 use super::state::{load_optimizer, optimizer_bytes};
@@ -99,6 +100,8 @@ pub struct Trainer<'h, H: Host> {
     stop: bool,
     /// Where the next `generate_candidates` continues in the stage's prompts.
     candidate_cursor: usize,
+    /// Commands received between batches of a long phase, applied at the next step boundary.
+    deferred: VecDeque<Control>,
 }
 
 impl<'h, H: Host> Trainer<'h, H> {
@@ -165,6 +168,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             paused: false,
             stop: false,
             candidate_cursor: 0,
+            deferred: VecDeque::new(),
             host,
             device,
             dtype,
@@ -195,19 +199,26 @@ impl<'h, H: Host> Trainer<'h, H> {
 
     /// Evaluates the current policy as `stage` (unless an earlier worker did), then applies the
     /// gates against the baseline: deploy exports the model, iterate names the failing gates.
-    fn evaluate(&mut self, stage: &str) -> Result<(), TrainError> {
+    /// A stop between two batches of answers ends it (`Break`; nothing saved, a resume redoes it).
+    fn evaluate(&mut self, stage: &str) -> Result<ControlFlow<()>, TrainError> {
         if self.eval.is_none() {
-            return Ok(());
+            return Ok(ControlFlow::Continue(()));
         }
         let position = self.position("evaluating", Some(stage), None);
         self.host.publish(&position);
-        let Some(setup) = self.eval.as_mut() else { return Ok(()) };
+        let Some(mut setup) = self.eval.take() else { return Ok(ControlFlow::Continue(())) };
+        let outcome = self.evaluate_with(&mut setup, stage);
+        self.eval = Some(setup);
+        outcome
+    }
+
+    fn evaluate_with(&mut self, setup: &mut EvalSetup, stage: &str) -> Result<ControlFlow<()>, TrainError> {
         if setup.done.contains_key(stage) {
-            return Ok(());
+            return Ok(ControlFlow::Continue(()));
         }
         if let Some(previous) = self.host.load_eval(stage) {
             setup.done.insert(stage.to_string(), previous);
-            return Ok(());
+            return Ok(ControlFlow::Continue(()));
         }
         let step = self.state.global_step;
         let started = Instant::now();
@@ -224,18 +235,35 @@ impl<'h, H: Host> Trainer<'h, H> {
             human: &human,
         };
         let checkpoint = format!("step {step}");
-        let result =
-            evaluate_stage(&ctx, &self.policy, &self.tokenizer, self.template.as_ref(), stage, &checkpoint, baseline)?;
+        let mut interrupts = control::Interrupts {
+            host: &mut *self.host,
+            paused: &mut self.paused,
+            stop: &mut self.stop,
+            deferred: &mut self.deferred,
+            state: &self.state,
+        };
+        let mut between = |done, total| interrupts.between_batches(stage, "eval", (done, total));
+        let template = self.template.as_ref();
+        let result = evaluate_stage(
+            &ctx,
+            &self.policy,
+            &self.tokenizer,
+            template,
+            (stage, &checkpoint),
+            baseline,
+            &mut between,
+        )?;
+        let Some(result) = result else { return Ok(ControlFlow::Break(())) };
         let f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
         self.host.save_eval(stage, &result)?;
         self.host.emit("eval_finished", Some(stage), Some(step), f)?;
         let gated = stage != "base" && stage != baseline_name;
         let decision = result.report.decision();
         setup.done.insert(stage.to_string(), result);
-        if !gated {
-            return Ok(());
+        if gated {
+            self.gate(stage, step, decision)?;
         }
-        self.gate(stage, step, decision)
+        Ok(ControlFlow::Continue(()))
     }
 
     /// Acts on a gated stage's decision: deploy exports the model, iterate names the failing
@@ -288,8 +316,8 @@ impl<'h, H: Host> Trainer<'h, H> {
             }
         }
         let at_start = self.state.stage_index == 0 && self.state.stage_step == 0 && !self.state.stage_done;
-        if at_start && self.eval.as_ref().is_some_and(|e| e.settings.base) {
-            self.evaluate("base")?;
+        if at_start && self.eval.as_ref().is_some_and(|e| e.settings.base) && self.evaluate("base")?.is_break() {
+            return Ok(Finished::Stopped);
         }
         while self.state.stage_index < stages.len() {
             let index = self.state.stage_index;
@@ -298,8 +326,8 @@ impl<'h, H: Host> Trainer<'h, H> {
             if selected && !self.state.stage_done && self.run_stage(index, stage)? == Finished::Stopped {
                 return Ok(Finished::Stopped);
             }
-            if selected {
-                self.evaluate(&stage.name)?;
+            if selected && self.evaluate(&stage.name)?.is_break() {
+                return Ok(Finished::Stopped);
             }
             self.state.stage_index += 1;
             self.state.stage_step = 0;
@@ -339,7 +367,10 @@ impl<'h, H: Host> Trainer<'h, H> {
 
     /// Trains stage `index` from where the state stands to its end (or a stop or skip).
     fn run_stage(&mut self, index: usize, stage: &Stage) -> Result<Finished, TrainError> {
-        let mut run = self.open_stage(index, stage)?;
+        let Some(mut run) = self.open_stage(index, stage)? else {
+            // Stopped while computing the reference log-probs: the last checkpoint stands.
+            return Ok(Finished::Stopped);
+        };
         let mut skipped = false;
         while self.state.stage_step < run.total {
             match self.boundary(&mut run)? {
@@ -367,8 +398,9 @@ impl<'h, H: Host> Trainer<'h, H> {
     }
 
     /// Makes stage `index` ready: its data (with the labels already there), its length, the
-    /// `stage_started` event, the reference log-probs, the optimizer and the samplers.
-    fn open_stage(&mut self, index: usize, stage: &Stage) -> Result<StageRun, TrainError> {
+    /// `stage_started` event, the reference log-probs, the optimizer and the samplers; `None`
+    /// when a stop came while the reference log-probs were being computed.
+    fn open_stage(&mut self, index: usize, stage: &Stage) -> Result<Option<StageRun>, TrainError> {
         let sources = self.host.preference_files(index);
         let static_files: Vec<PathBuf> = sources.iter().filter(|f| !f.live).map(|f| f.path.clone()).collect();
         let mut data = load_stage_data(stage, &static_files, &self.tokenizer, self.template.as_ref())?;
@@ -385,7 +417,9 @@ impl<'h, H: Host> Trainer<'h, H> {
         let total = self.state.stage_total.unwrap_or_else(|| self.total_steps(stage, main_len));
         self.state.stage_total = Some(total);
         self.announce(stage, &data, total)?;
-        let (cache, reference) = self.reference_log_probs(stage, &data, &live)?;
+        let ControlFlow::Continue((cache, reference)) = self.reference_log_probs(stage, &data, &live)? else {
+            return Ok(None);
+        };
         let plan = self.host.planned_admissions();
         let mut opt = AdamW::new(
             self.policy.parameters(),
@@ -399,7 +433,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             pref: self.state.lambda_pref.or(stage.pref.as_ref().map(|p| p.lambda)).unwrap_or(0.0),
             safe: self.state.lambda_safe.or(stage.safety.as_ref().map(|s| s.lambda)).unwrap_or(0.0),
         };
-        Ok(StageRun {
+        Ok(Some(StageRun {
             stage: stage.clone(),
             static_files,
             data,
@@ -413,7 +447,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             total,
             lambdas,
             prompts: None,
-        })
+        }))
     }
 
     /// Reads the labels already there when the stage starts (or, on resume, up to where the
@@ -470,23 +504,28 @@ impl<'h, H: Host> Trainer<'h, H> {
     }
 
     /// Reference log-probs of every pair, computed once; the reference model is kept while
-    /// labels may arrive (their pairs need log-probs too).
+    /// labels may arrive (their pairs need log-probs too). A stop between two scoring batches
+    /// ends it (`Break`); a resume computes them again.
     fn reference_log_probs(
         &mut self,
         stage: &Stage,
         data: &StageData,
         live: &LiveLabels,
-    ) -> Result<(RefCache, Option<Model>), TrainError> {
+    ) -> Result<ControlFlow<(), (RefCache, Option<Model>)>, TrainError> {
         let mut cache = RefCache::new();
         let needs_ref =
             !data.pairs.is_empty() || !data.safety_pairs.is_empty() || !data.redteam.is_empty() || !live.is_empty();
         if !needs_ref {
-            return Ok((cache, None));
+            return Ok(ControlFlow::Continue((cache, None)));
         }
         let model = self.reference_model(stage)?;
         let all: Vec<&PairExample> = data.pairs.iter().chain(&data.safety_pairs).chain(&data.redteam).collect();
-        fill_reference_cache(&model, &all, self.pad_id(), &mut cache)?;
-        Ok((cache, (!live.is_empty()).then_some(model)))
+        let pad = self.pad_id();
+        let mut between = |done, total| self.between_batches(&stage.name, "reference", (done, total));
+        if fill_reference_cache(&model, &all, pad, &mut cache, &mut between)?.is_break() {
+            return Ok(ControlFlow::Break(()));
+        }
+        Ok(ControlFlow::Continue((cache, (!live.is_empty()).then_some(model))))
     }
 
     /// One sampler per term with data (the preference term also when labels may arrive), fresh
@@ -645,7 +684,9 @@ impl<'h, H: Host> Trainer<'h, H> {
         }
         if let Some(reference) = &run.reference {
             let refs: Vec<&PairExample> = update.added.iter().collect();
-            fill_reference_cache(reference, &refs, self.pad_id(), &mut run.cache)?;
+            // Labels admitted at a step boundary are few: scored without interruption.
+            let _never_breaks =
+                fill_reference_cache(reference, &refs, self.pad_id(), &mut run.cache, &mut never_interrupt)?;
         }
         let count = update.added.len();
         let first_new = run.data.pairs.len();

@@ -1,13 +1,15 @@
 //! The trainer's step boundary: control commands (pause, resume, stop, skip, λ changes,
 //! checkpoint now, candidate generation), their replay on resume, and live samples.
 
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
 use super::stage::{Lambdas, StageRun};
-use super::{Host, Trainer};
+use super::{Host, Trainer, TrainerState};
 use crate::config::Stage;
 use crate::data::{encode_generation_prompt, read_records_with_lines, Message, Records, SftRecord, Text};
 use crate::model::generate::{generate, Sampling};
@@ -128,7 +130,7 @@ impl<H: Host> Trainer<'_, H> {
             let position = self.position(state, Some(run.name()), Some(run.lambdas));
             self.host.publish(&position);
             let wait = self.paused.then_some(PAUSE_POLL);
-            let Some(control) = self.host.next_control(wait) else {
+            let Some(control) = self.deferred.pop_front().or_else(|| self.host.next_control(wait)) else {
                 if !self.paused || self.host.stop_requested() {
                     break;
                 }
@@ -155,19 +157,50 @@ impl<H: Host> Trainer<'_, H> {
                     if self.apply(run, other, false)? == Boundary::Skip {
                         return Ok(Boundary::Skip);
                     }
+                    if self.stop {
+                        break;
+                    }
                 }
             }
         }
         if self.stop || self.host.stop_requested() {
-            if self.paused {
-                self.paused = false;
-                self.unpaused(run.name())?;
-            }
-            let position = self.position("stopping", Some(run.name()), Some(run.lambdas));
-            self.host.publish(&position);
+            self.stopping(run.name(), Some(run.lambdas))?;
             return Ok(Boundary::Stop);
         }
         Ok(Boundary::Train)
+    }
+
+    /// A stop is taking effect: a pause ends, the position says `stopping`.
+    fn stopping(&mut self, stage: &str, lambdas: Option<Lambdas>) -> Result<(), TrainError> {
+        if self.paused {
+            self.paused = false;
+            self.unpaused(stage)?;
+        }
+        let position = self.position("stopping", Some(stage), lambdas);
+        self.host.publish(&position);
+        Ok(())
+    }
+
+    /// Between two batches of a long phase (see [`Interrupts::between_batches`]).
+    pub(super) fn between_batches(
+        &mut self,
+        stage: &str,
+        phase: &str,
+        progress: (usize, usize),
+    ) -> Result<ControlFlow<()>, TrainError> {
+        self.interrupts().between_batches(stage, phase, progress)
+    }
+
+    /// What a long phase needs to honour stop and pause between its batches, borrowed apart
+    /// from the policy (which an evaluation borrows at the same time).
+    pub(super) fn interrupts(&mut self) -> Interrupts<'_, H> {
+        Interrupts {
+            host: &mut *self.host,
+            paused: &mut self.paused,
+            stop: &mut self.stop,
+            deferred: &mut self.deferred,
+            state: &self.state,
+        }
     }
 
     /// The end of a pause, logged as `resumed` at the current step (nothing after it to supersede).
@@ -244,7 +277,13 @@ impl<H: Host> Trainer<'_, H> {
         }
         let stops = self.policy.generation.eos_token_ids.clone();
         let mut lines = Vec::new();
-        for i in 0..count.min(all.len()) {
+        let wanted = count.min(all.len());
+        let mut interrupted = false;
+        for i in 0..wanted {
+            if i > 0 && self.between_batches(run.name(), "candidates", (i, wanted))?.is_break() {
+                interrupted = true;
+                break;
+            }
             let index = (self.candidate_cursor + i) % all.len();
             let prompt = &all[index];
             let ids = encode_generation_prompt(&self.tokenizer, self.template.as_ref(), prompt)?;
@@ -272,6 +311,9 @@ impl<H: Host> Trainer<'_, H> {
         let mut f = Map::new();
         f.insert("count".into(), json!(lines.len()));
         f.insert("responses_per_prompt".into(), json!(2));
+        if interrupted {
+            f.insert("interrupted".into(), json!(true));
+        }
         if let Some(file) = file {
             f.insert("file".into(), json!(file));
         }
@@ -308,5 +350,93 @@ impl<H: Host> Trainer<'_, H> {
             self.host.emit("sample", Some(run.name()), Some(step), f)?;
         }
         Ok(())
+    }
+}
+
+/// The trainer's fields a long phase uses between its batches (see [`Trainer::interrupts`]).
+pub(super) struct Interrupts<'t, H: Host> {
+    pub host: &'t mut H,
+    pub paused: &'t mut bool,
+    pub stop: &'t mut bool,
+    pub deferred: &'t mut VecDeque<Control>,
+    pub state: &'t TrainerState,
+}
+
+impl<H: Host> Interrupts<'_, H> {
+    fn publish(&mut self, state: &'static str, stage: &str) {
+        let position = Position {
+            state,
+            stage: Some(stage.to_string()),
+            step: self.state.global_step,
+            stage_step: self.state.stage_step,
+            stage_total: self.state.stage_total,
+            lambda_pref: None,
+            lambda_safe: None,
+        };
+        self.host.publish(&position);
+    }
+
+    fn unpaused(&mut self, stage: &str) -> Result<(), TrainError> {
+        *self.paused = false;
+        let step = self.state.global_step;
+        let mut f = Map::new();
+        f.insert("from_step".into(), json!(step));
+        f.insert("reason".into(), json!("unpause"));
+        f.insert("pid".into(), json!(std::process::id()));
+        self.host.emit("resumed", Some(stage), Some(step), f)
+    }
+
+    /// Between two batches of a long phase (`phase`: `reference` log-probs, `eval`,
+    /// `candidates`) of `stage`, `done` of `total` items complete: pending stop and pause
+    /// commands and the stop signal take effect here; a pause waits here (without using the
+    /// CPU) for resume or stop. Other commands wait for the next step boundary. On `Break` the
+    /// phase ends now and the run stops; a `phase_interrupted` event says where.
+    pub fn between_batches(
+        &mut self,
+        stage: &str,
+        phase: &str,
+        (done, total): (usize, usize),
+    ) -> Result<ControlFlow<()>, TrainError> {
+        let step = self.state.global_step;
+        loop {
+            let wait = self.paused.then_some(PAUSE_POLL);
+            let Some(control) = self.host.next_control(wait) else {
+                if !*self.paused || self.host.stop_requested() {
+                    break;
+                }
+                continue;
+            };
+            match control {
+                Control::Pause if !*self.paused => {
+                    *self.paused = true;
+                    self.host.emit("paused", Some(stage), Some(step), Map::new())?;
+                    self.publish("paused", stage);
+                }
+                Control::Resume if *self.paused => self.unpaused(stage)?,
+                Control::Pause | Control::Resume => {}
+                Control::Stop => {
+                    *self.stop = true;
+                    let mut f = Map::new();
+                    f.insert("source".into(), json!("control"));
+                    self.host.emit("stop_requested", Some(stage), Some(step), f)?;
+                    break;
+                }
+                other => self.deferred.push_back(other),
+            }
+        }
+        if !(*self.stop || self.host.stop_requested()) {
+            return Ok(ControlFlow::Continue(()));
+        }
+        *self.stop = true;
+        if *self.paused {
+            self.unpaused(stage)?;
+        }
+        self.publish("stopping", stage);
+        let mut f = Map::new();
+        f.insert("phase".into(), json!(phase));
+        f.insert("done".into(), json!(done));
+        f.insert("total".into(), json!(total));
+        self.host.emit("phase_interrupted", Some(stage), Some(step), f)?;
+        Ok(ControlFlow::Break(()))
     }
 }
