@@ -37,6 +37,7 @@ mod events;
 mod fsutil;
 mod lock;
 mod signals;
+mod status;
 pub mod trl;
 pub mod worker;
 
@@ -49,3 +50,4 @@ pub use error::RunError;
 pub use events::{BadLine, Event, EventReader, EventWriter, ReadBatch};
 pub use lock::{LiveWorker, WorkerLock};
 pub use signals::Shutdown;
+pub use status::{Ending, RunState};
