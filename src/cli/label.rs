@@ -22,7 +22,7 @@ use serde_json::Value as Json;
 
 use crate::data::label_store::{agreement, read_candidates, served_again, Candidate, LabelWriter};
 use crate::data::labels::LabelLog;
-use crate::run::{RunDir, WorkerLock};
+use crate::run::{kind, RunDir, WorkerLock};
 use crate::sanitize::sanitize;
 use crate::tui::label::attach::{read_candidates_from, spawn_generate};
 use crate::tui::label::{LabelEffect, LabelPane};
@@ -331,7 +331,7 @@ impl Watch {
                 let before = consumed;
                 for text in new_lines(&run.join("events.jsonl"), &mut events_offset) {
                     let Ok(v) = serde_json::from_str::<Json>(&text) else { continue };
-                    if v.get("event").and_then(Json::as_str) == Some("labels_admitted") {
+                    if v.get("event").and_then(Json::as_str) == Some(kind::LABELS_ADMITTED) {
                         consumed += v.get("count").and_then(Json::as_u64).unwrap_or(0);
                     }
                 }

@@ -47,7 +47,7 @@ pub use checkpoints::{
 };
 pub use dir::{safe_component as dir_component, RunDir};
 pub use error::RunError;
-pub use events::{BadLine, Event, EventReader, EventWriter, ReadBatch};
+pub use events::{kind, BadLine, Event, EventReader, EventWriter, ReadBatch};
 pub use lock::{LiveWorker, WorkerLock};
 pub use signals::Shutdown;
 pub use status::{Ending, RunState};

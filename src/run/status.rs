@@ -3,7 +3,7 @@
 //! worker holds it, from the last word of events.jsonl: a `run_finished` counts only until a later
 //! `run_started` or `resumed` says the run went on.
 
-use super::events::Event;
+use super::events::{kind, Event};
 use super::lock::LiveWorker;
 
 /// A run's state as seen from outside.
@@ -52,14 +52,14 @@ impl Ending {
     /// Takes in the next event of the log.
     pub fn fold(&mut self, e: &Event) {
         match e.event.as_str() {
-            "run_finished" => {
+            kind::RUN_FINISHED => {
                 self.0 = Some(match e.fields.get("status").and_then(|s| s.as_str()) {
                     Some("completed") => RunState::Completed,
                     Some("stopped") => RunState::Stopped,
                     _ => RunState::Failed,
                 });
             }
-            "run_started" | "resumed" => self.0 = None,
+            kind::RUN_STARTED | kind::RESUMED => self.0 = None,
             _ => {}
         }
     }
