@@ -18,7 +18,7 @@ use serde::ser::{Error as _, SerializeMap};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use super::dir::unix_millis_now;
+use super::dir::now_ms;
 use super::error::RunError;
 use super::fsutil::IoContext;
 use super::lock::WorkerLock;
@@ -91,13 +91,7 @@ pub struct Event {
 impl Event {
     /// A new event stamped with the current time and no fields.
     pub fn new(kind: &str, stage: Option<&str>, step: Option<u64>) -> Event {
-        Event {
-            ts: unix_millis_now(),
-            event: kind.to_string(),
-            stage: stage.map(str::to_string),
-            step,
-            fields: Map::new(),
-        }
+        Event { ts: now_ms(), event: kind.to_string(), stage: stage.map(str::to_string), step, fields: Map::new() }
     }
 
     /// Adds (or replaces) a field. A reserved key (`ts`, `event`, `stage`, `step`) makes

@@ -4,13 +4,13 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
 use super::control::{Inbox, Request, Status};
 use super::{
-    clean_incomplete, kind, prune, CheckpointWriter, Event, EventWriter, RunError, Shutdown, WorkerLock,
+    clean_incomplete, kind, now_ms, prune, CheckpointWriter, Event, EventWriter, RunError, Shutdown, WorkerLock,
     OPTIMIZER_FILE, TRAINER_STATE_FILE,
 };
 use crate::train::evaluate::{EvalInputs, StageEval};
@@ -89,11 +89,6 @@ pub fn read_checkpoint_files(dir: &Path) -> Result<SavedTraining, TrainError> {
         Err(e) => return Err(TrainError::Data(format!("{}: {e}", optimizer_path.display()))),
     };
     Ok(SavedTraining { trainer_state, optimizer, source: dir.display().to_string() })
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl RunHost {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::history::{read_tail, stream_events, Streamed, TAIL_BYTES};
 pub use crate::run::RunState;
-use crate::run::{Ending, Event, RunDir, RunError, WorkerLock};
+use crate::run::{now_ms, Ending, Event, RunDir, RunError, WorkerLock};
 
 /// One run directory in the runs list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,9 +88,7 @@ pub struct RunScanner {
 impl RunScanner {
     /// Lists the runs in `runs_dir`, oldest first, marking `attached`.
     pub fn scan(&mut self, runs_dir: &Path, attached: &Path) -> Result<Vec<RunSummary>, RunError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now = now_ms();
         let mut out = Vec::new();
         for run in RunDir::list(runs_dir)? {
             let track = self.tracks.entry(run.events_path()).or_insert_with_key(|path| Track::new(path));

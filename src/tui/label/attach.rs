@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use serde_json::Value as Json;
@@ -24,6 +24,7 @@ use super::{LabelEffect, LabelPane};
 use crate::data::label_store::{agreement, parse_candidate, served_again, Candidate, LabelWriter, PairAgreement};
 use crate::data::labels::LabelLog;
 use crate::run::control::{Client, Request};
+use crate::run::now_ms;
 use crate::tui::eval_pane::{self, EvalEffect, EvalPane};
 use crate::tui::keymap::PANE_GLOBAL;
 use crate::tui::{Action, App, Pane};
@@ -67,10 +68,6 @@ impl PartialEq for PaneMsg {
 
 fn user() -> String {
     std::env::var("USER").unwrap_or_else(|_| "labeler".to_string())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Gives `app` its label and eval panes (empty until the `panes` thread reports).
