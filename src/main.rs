@@ -6,7 +6,9 @@ fn main() -> std::process::ExitCode {
     // for the cores and the spinning costs more than the parallelism gains (measured in
     // ARCHITECTURE.md, "Performance"), so element-wise ops run on the calling thread unless
     // CANDLE_NUM_THREADS says otherwise. Element-wise ops have no reductions: results do not
-    // depend on this setting. Set here, before any thread exists.
+    // depend on this setting. Set here, before any thread exists. It has to be the environment
+    // variable: candle-core (0.11, `utils::candle_num_threads`) reads only `CANDLE_NUM_THREADS`
+    // to size that pool and offers no call to set it.
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }

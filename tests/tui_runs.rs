@@ -49,3 +49,24 @@ fn runs_are_live_finished_or_interrupted() {
     std::fs::write(live.events_path(), format!("{STARTED}\n{failed}\n")).expect("rewrite");
     assert_eq!(states(&mut scanner)[2], RunState::Failed);
 }
+
+/// A run stopped, resumed and then killed (no second `run_finished`) reads as interrupted in
+/// both `hone runs` and the TUI's runs pane: the two share one reader of a run's state.
+#[test]
+fn hone_runs_and_the_runs_pane_agree_on_a_stopped_resumed_killed_run() {
+    let runs = tempfile::tempdir().expect("tempdir");
+    let stopped = r#"{"ts":2,"event":"run_finished","stage":null,"step":3,"status":"stopped","seconds":1.0}"#;
+    let resumed = r#"{"ts":3,"event":"resumed","stage":"sft","step":3,"from_step":3,"pid":1}"#;
+    let step = r#"{"ts":4,"event":"metrics","stage":"sft","step":4,"loss":1.0}"#;
+    let run = write_run(runs.path(), "20250101-000000-a", &[STARTED, stopped, resumed, step]);
+
+    let pane = scan_runs(runs.path(), run.path()).expect("scan");
+    assert_eq!(pane[0].state, RunState::Interrupted);
+
+    let mut out = Vec::new();
+    hone::cli::runs::run(runs.path(), &mut out).expect("hone runs");
+    let out = String::from_utf8(out).expect("utf-8");
+    let line = out.lines().find(|l| l.starts_with("20250101-000000-a")).expect("the run's line");
+    assert!(line.contains("interrupted"), "hone runs says {line:?}");
+    assert!(!line.contains("stopped"), "hone runs says {line:?}");
+}

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::run::Overrides;
 use crate::eval::Report;
-use crate::run::{Event, EventReader, RunDir};
+use crate::run::{kind, Event, EventReader, RunDir};
 use crate::sanitize::sanitize;
 
 /// What `hone demo` was asked.
@@ -87,13 +87,13 @@ pub fn phases(events: &[Event]) -> Vec<Phase> {
     for e in events {
         let stage = e.stage.clone().unwrap_or_else(|| "-".into());
         match e.event.as_str() {
-            "stage_started" | "stage_resumed" => started = Some((stage, e.ts)),
-            "stage_finished" => {
+            kind::STAGE_STARTED | kind::STAGE_RESUMED => started = Some((stage, e.ts)),
+            kind::STAGE_FINISHED => {
                 if let Some((name, ts)) = started.take().filter(|(name, _)| *name == stage) {
                     out.push(Phase { name: format!("stage {name}"), seconds: e.ts.saturating_sub(ts) as f64 / 1000.0 });
                 }
             }
-            "eval_finished" => {
+            kind::EVAL_FINISHED => {
                 let seconds = e.fields.get("seconds").and_then(Value::as_f64).unwrap_or(f64::NAN);
                 out.push(Phase { name: format!("eval {stage}"), seconds });
             }
@@ -106,7 +106,7 @@ pub fn phases(events: &[Event]) -> Vec<Phase> {
 /// The evaluated stages of a run, in event order, with their reports (`eval/<stage>/report.json`).
 pub fn reports(run: &RunDir, events: &[Event]) -> Result<Vec<Report>> {
     let mut out = Vec::new();
-    for e in events.iter().filter(|e| e.event == "eval_finished") {
+    for e in events.iter().filter(|e| e.event == kind::EVAL_FINISHED) {
         let Some(stage) = &e.stage else { continue };
         let path = run.eval_dir(stage).join("report.json");
         let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
@@ -155,12 +155,12 @@ pub fn summarise(dir: &Path) -> Result<String> {
     }
     s.push_str("\ngates\n");
     let mut last = None;
-    for e in events.iter().filter(|e| e.event == "gate_decided") {
+    for e in events.iter().filter(|e| e.event == kind::GATE_DECIDED) {
         let stage = e.stage.clone().unwrap_or_else(|| "-".into());
         let decision = e.fields.get("decision").and_then(Value::as_str).unwrap_or("?").to_string();
         let detail = match decision.as_str() {
             "deploy" => e.fields.get("export").and_then(Value::as_str).map(|p| format!(" → {p}")),
-            "iterate" => e.fields.get("failing").map(|f| format!(" (failing: {})", list(f))),
+            kind::ITERATE => e.fields.get("failing").map(|f| format!(" (failing: {})", list(f))),
             _ => e.fields.get("missing").map(|f| format!(" (missing: {})", list(f))),
         };
         s.push_str(&format!("  {stage:<8} {decision}{}\n", detail.unwrap_or_default()));

@@ -8,7 +8,7 @@ use std::io::{self, Stdout, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use crossterm::event::{self, Event, KeyCode, KeyModifiers};
@@ -22,7 +22,7 @@ use serde_json::Value as Json;
 
 use crate::data::label_store::{agreement, read_candidates, served_again, Candidate, LabelWriter};
 use crate::data::labels::LabelLog;
-use crate::run::{RunDir, WorkerLock};
+use crate::run::{kind, now_ms, RunDir, WorkerLock};
 use crate::sanitize::sanitize;
 use crate::tui::label::attach::{read_candidates_from, spawn_generate};
 use crate::tui::label::{LabelEffect, LabelPane};
@@ -57,10 +57,6 @@ enum Msg {
     Candidates(Vec<Candidate>),
     Problem(String),
     Generated(Result<String, String>),
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The newest run of `runs_dir` whose worker is alive (it holds the run's lock; its pid is in
@@ -331,7 +327,7 @@ impl Watch {
                 let before = consumed;
                 for text in new_lines(&run.join("events.jsonl"), &mut events_offset) {
                     let Ok(v) = serde_json::from_str::<Json>(&text) else { continue };
-                    if v.get("event").and_then(Json::as_str) == Some("labels_admitted") {
+                    if v.get("event").and_then(Json::as_str) == Some(kind::LABELS_ADMITTED) {
                         consumed += v.get("count").and_then(Json::as_u64).unwrap_or(0);
                     }
                 }

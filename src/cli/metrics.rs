@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::run::{dir_component as safe_component, Event, EventReader, RunDir};
+use crate::run::{dir_component as safe_component, kind, Event, EventReader, RunDir};
 use crate::sanitize::sanitize;
 
 /// The export formats.
@@ -57,13 +57,13 @@ pub fn collect(events: &[Event]) -> Vec<StageMetrics> {
     let mut stages: Vec<StageMetrics> = Vec::new();
     for e in events {
         match e.event.as_str() {
-            "resumed" => {
+            kind::RESUMED => {
                 let from = e.fields.get("from_step").and_then(Value::as_u64).or(e.step).unwrap_or(0);
                 for s in &mut stages {
                     s.rows.retain(|step, _| *step <= from);
                 }
             }
-            "metrics" => {
+            kind::METRICS => {
                 let Some(step) = e.step else { continue };
                 let name = e.stage.clone().unwrap_or_else(|| "-".to_string());
                 let index = if let Some(i) = stages.iter().position(|s| s.stage == name) {

@@ -17,7 +17,8 @@ use crate::model::{parse_device, parse_dtype};
 use crate::run::control::ControlServer;
 use crate::run::worker::RunHost;
 use crate::run::{
-    discard_after, latest_checkpoint, list_checkpoints, Event, EventReader, RunDir, RunError, Shutdown, WorkerLock,
+    discard_after, kind, latest_checkpoint, list_checkpoints, Event, EventReader, RunDir, RunError, Shutdown,
+    WorkerLock,
 };
 use crate::sanitize::sanitize;
 use crate::train::trainer::{Finished, PrefFile, RunOptions, Trainer};
@@ -93,12 +94,12 @@ impl Progress {
         let stage = sanitize(event.stage.as_deref().unwrap_or("-"), false);
         let field = |k: &str| event.fields.get(k).and_then(serde_json::Value::as_f64);
         match event.event.as_str() {
-            "stage_started" | "stage_resumed" => {
+            kind::STAGE_STARTED | kind::STAGE_RESUMED => {
                 self.stage = stage;
                 self.started = Instant::now();
                 self.last_decile = 0;
             }
-            "metrics" => {
+            kind::METRICS => {
                 let (Some(done), Some(total)) = (field("stage_step"), field("total_steps")) else { return };
                 let frac = if total > 0.0 { done / total } else { 1.0 };
                 let width = 24usize;
@@ -126,7 +127,7 @@ impl Progress {
                     let _ = writeln!(err, "{line}");
                 }
             }
-            "eval_finished" => {
+            kind::EVAL_FINISHED => {
                 let rate = |k: &str| field(k).map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
                 let _ = writeln!(
                     err,
@@ -139,7 +140,7 @@ impl Progress {
                     rate("latency_p95_s"),
                 );
             }
-            "gate_decided" => {
+            kind::GATE_DECIDED => {
                 let decision = event.fields.get("decision").and_then(serde_json::Value::as_str).unwrap_or("?");
                 let detail = ["failing", "missing", "export"]
                     .iter()
@@ -147,7 +148,7 @@ impl Progress {
                     .unwrap_or_default();
                 let _ = writeln!(err, "[gates {stage}] {decision}{detail}");
             }
-            "warning" | "error" => {
+            kind::WARNING | kind::ERROR => {
                 let msg = event.fields.get("message").and_then(serde_json::Value::as_str).unwrap_or("");
                 let _ = writeln!(
                     err,
@@ -232,7 +233,7 @@ fn start(loaded: &LoadedPipeline, lock: WorkerLock, overrides: &Overrides, progr
     host.set_observer(Box::new(move |e| progress.show(e)));
     let stages: Vec<&str> = loaded.pipeline.stages.iter().map(|s| s.name.as_str()).collect();
     host.append(
-        Event::new("run_started", None, Some(0))
+        Event::new(kind::RUN_STARTED, None, Some(0))
             .with("run_id", run.id())
             .with("pid", std::process::id())
             .with("pipeline", loaded.source_path.display().to_string())
@@ -252,7 +253,7 @@ pub fn worker(run_path: &Path, force: bool, from_step: Option<u64>, overrides: &
     let _ = rustix::process::setsid();
     let run = RunDir::open(run_path)?;
     let lock = lock(&run)?;
-    let started = EventReader::read_all(&run.events_path())?.events.iter().any(|e| e.event == "run_started");
+    let started = EventReader::read_all(&run.events_path())?.events.iter().any(|e| e.event == kind::RUN_STARTED);
     if started {
         return resume_locked(lock, force, from_step, overrides, false);
     }
@@ -323,7 +324,7 @@ fn resume_locked(
         c.verify().with_context(|| format!("checkpoint {}", c.dir.display()))?;
         let discarded = discard_after(host.lock(), c.step)?;
         if !discarded.is_empty() {
-            host.append(Event::new("warning", None, Some(c.step)).with(
+            host.append(Event::new(kind::WARNING, None, Some(c.step)).with(
                 "message",
                 format!("resuming from step {}: discarded the later checkpoints {discarded:?}", c.step),
             ))?;
@@ -331,14 +332,14 @@ fn resume_locked(
     }
     if !changes.is_empty() {
         host.append(
-            Event::new("warning", None, None)
+            Event::new(kind::WARNING, None, None)
                 .with("message", format!("resumed with --force despite: {}", changes.join("; "))),
         )?;
     }
     let from = checkpoint.as_ref().map_or(0, |c| c.step);
     host.plan_admissions_after(from)?;
     host.plan_controls_after(from)?;
-    host.append(Event::new("resumed", None, Some(from)).with("from_step", from).with("pid", std::process::id()))?;
+    host.append(Event::new(kind::RESUMED, None, Some(from)).with("from_step", from).with("pid", std::process::id()))?;
     let mut options = overrides.clone();
     if options.stages.is_none() {
         options.stages = stages_override(&frozen.info.overrides);
@@ -378,15 +379,17 @@ fn train(
     let seconds = started.elapsed().as_secs_f64();
     match outcome {
         Ok(Finished::Completed) => {
-            host.append(Event::new("run_finished", None, None).with("status", "completed").with("seconds", seconds))?;
+            host.append(
+                Event::new(kind::RUN_FINISHED, None, None).with("status", "completed").with("seconds", seconds),
+            )?;
         }
         Ok(Finished::Stopped) => {
-            host.append(Event::new("run_finished", None, None).with("status", "stopped").with("seconds", seconds))?;
+            host.append(Event::new(kind::RUN_FINISHED, None, None).with("status", "stopped").with("seconds", seconds))?;
         }
         Err(e) => {
             let message = e.to_string();
-            host.append(Event::new("error", None, None).with("message", message.clone()))?;
-            host.append(Event::new("run_finished", None, None).with("status", "failed").with("seconds", seconds))?;
+            host.append(Event::new(kind::ERROR, None, None).with("message", message.clone()))?;
+            host.append(Event::new(kind::RUN_FINISHED, None, None).with("status", "failed").with("seconds", seconds))?;
             host.sync()?;
             return Err(e).context(format!("run {}", host.lock().run().path().display()));
         }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::run::{latest_checkpoint, EventReader, RunDir, WorkerLock};
+use crate::run::{latest_checkpoint, Ending, EventReader, RunDir, RunState, WorkerLock};
 use crate::sanitize::sanitize;
 
 /// What to say when a runs directory holds no run: which directory (once), and what to do.
@@ -30,14 +30,11 @@ pub fn run(runs_dir: &Path, out: &mut impl Write) -> Result<()> {
     for run in runs {
         let events = EventReader::read_all(&run.events_path()).map(|b| b.events).unwrap_or_default();
         let last_step = events.iter().filter_map(|e| e.step).max().unwrap_or(0);
-        let finished = events.iter().rev().find(|e| e.event == "run_finished");
-        let state = match WorkerLock::is_live(&run)? {
-            Some(live) => format!("running (pid {})", live.pid.map_or_else(|| "?".into(), |p| p.to_string())),
-            None => match finished.and_then(|e| e.fields.get("status")).and_then(|s| s.as_str()) {
-                Some(status) => status.to_string(),
-                None if events.is_empty() => "empty".to_string(),
-                None => "interrupted (resume it)".to_string(),
-            },
+        let state = match Ending::of(&events).state(WorkerLock::is_live(&run)?.as_ref()) {
+            RunState::Live(pid) => format!("running (pid {})", pid.map_or_else(|| "?".into(), |p| p.to_string())),
+            RunState::Interrupted if events.is_empty() => "empty".to_string(),
+            RunState::Interrupted => "interrupted (resume it)".to_string(),
+            finished => finished.label(),
         };
         let checkpoint = latest_checkpoint(&run)?.map_or_else(|| "-".to_string(), |c| c.step.to_string());
         writeln!(out, "{:<36} {:<22} {:>8} {:>11}", sanitize(run.id(), false), state, last_step, checkpoint)?;

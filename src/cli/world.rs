@@ -6,7 +6,6 @@
 //! temporary directory beside it and renames it into place, so a crash or a concurrent `hone demo`
 //! never leaves a half-written world under the final name.
 
-use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -33,10 +32,7 @@ pub fn version() -> String {
         hasher.update((bytes.len() as u64).to_le_bytes());
         hasher.update(bytes);
     }
-    hasher.finalize().iter().take(8).fold(String::with_capacity(16), |mut hex, b| {
-        let _ = write!(hex, "{b:02x}");
-        hex
-    })
+    crate::hex::encode(&hasher.finalize()[..8])
 }
 
 /// Where the embedded world unpacks under `data_dir`.

@@ -3,7 +3,6 @@
 //! hone version and the CLI overrides. Resuming a run compares it with the config at hand.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
@@ -106,10 +105,7 @@ pub fn sha256_file(path: &Path) -> Result<String, ConfigError> {
             Err(e) => return Err(read_error(e)),
         }
     }
-    Ok(hasher.finalize().iter().fold(String::with_capacity(64), |mut hex, byte| {
-        let _ = write!(hex, "{byte:02x}");
-        hex
-    }))
+    Ok(crate::hex::encode(&hasher.finalize()))
 }
 
 /// Hashes every input file of `loaded` and records `extras`: the [`Frozen`] form of a pipeline

@@ -95,11 +95,7 @@ pub fn pair_hash(prompt: &Text, one: &Text, other: &Text) -> String {
         h.update(part.len().to_le_bytes());
         h.update(part.as_bytes());
     }
-    h.finalize().iter().take(12).fold(String::new(), |mut out, b| {
-        use std::fmt::Write;
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    crate::hex::encode(&h.finalize()[..12])
 }
 
 impl LabelLog {
@@ -298,9 +294,5 @@ pub fn prefix_sha256(path: &Path, len: u64) -> Result<String, DataError> {
         }
         h.update(&prefix);
     }
-    Ok(h.finalize().iter().fold(String::new(), |mut out, b| {
-        use std::fmt::Write;
-        let _ = write!(out, "{b:02x}");
-        out
-    }))
+    Ok(crate::hex::encode(&h.finalize()))
 }

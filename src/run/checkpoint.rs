@@ -220,17 +220,8 @@ impl Drop for CheckpointFile<'_> {
         if self.out.flush().is_err() {
             self.failed = true;
         }
-        let sha256 = hex(&std::mem::take(&mut self.hasher).finalize());
+        let sha256 = crate::hex::encode(&std::mem::take(&mut self.hasher).finalize());
         let entry = ManifestFile { name: std::mem::take(&mut self.name), size: self.size, sha256 };
         self.sink.push(Written { entry, failed: self.failed });
     }
-}
-
-/// Lower-case hex of a digest.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }

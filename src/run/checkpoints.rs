@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::checkpoint::hex;
 use super::dir::{parse_step_dir_name, step_dir_name, RunDir};
 use super::error::RunError;
 use super::fsutil::{check_component, fsync_dir, IoContext};
@@ -109,7 +108,7 @@ impl Checkpoint {
                 hasher.update(&buf[..n]);
                 size += n as u64;
             }
-            let sha256 = hex(&hasher.finalize());
+            let sha256 = crate::hex::encode(&hasher.finalize());
             if size != file.size || sha256 != file.sha256 {
                 return Err(RunError::BadCheckpoint {
                     path,

@@ -243,9 +243,10 @@ pub(crate) fn parse_step_dir_name(name: &str) -> Option<u64> {
     (step_dir_name(step) == name).then_some(step)
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub(crate) fn unix_millis_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+/// Milliseconds since the Unix epoch, now (0 before 1970, saturating far in the future): the
+/// one clock of events' `ts` and labels' `ts`.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn unix_secs(t: SystemTime) -> u64 {

@@ -37,6 +37,7 @@ mod events;
 mod fsutil;
 mod lock;
 mod signals;
+mod status;
 pub mod trl;
 pub mod worker;
 
@@ -44,8 +45,9 @@ pub use checkpoint::{CheckpointFile, CheckpointWriter, PendingCheckpoint, OPTIMI
 pub use checkpoints::{
     clean_incomplete, discard_after, latest_checkpoint, list_checkpoints, prune, Checkpoint, Manifest, ManifestFile,
 };
-pub use dir::{safe_component as dir_component, RunDir};
+pub use dir::{now_ms, safe_component as dir_component, RunDir};
 pub use error::RunError;
-pub use events::{BadLine, Event, EventReader, EventWriter, ReadBatch};
+pub use events::{kind, BadLine, Event, EventReader, EventWriter, ReadBatch};
 pub use lock::{LiveWorker, WorkerLock};
 pub use signals::Shutdown;
+pub use status::{Ending, RunState};

@@ -4,14 +4,14 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
 use super::control::{Inbox, Request, Status};
 use super::{
-    clean_incomplete, prune, CheckpointWriter, Event, EventWriter, RunError, Shutdown, WorkerLock, OPTIMIZER_FILE,
-    TRAINER_STATE_FILE,
+    clean_incomplete, kind, now_ms, prune, CheckpointWriter, Event, EventWriter, RunError, Shutdown, WorkerLock,
+    OPTIMIZER_FILE, TRAINER_STATE_FILE,
 };
 use crate::train::evaluate::{EvalInputs, StageEval};
 use crate::train::host::PlannedControl;
@@ -48,7 +48,7 @@ struct BestTracker {
 
 impl BestTracker {
     fn observe(&mut self, event: &Event) {
-        if event.event != "metrics" {
+        if event.event != kind::METRICS {
             return;
         }
         if event.stage != self.stage {
@@ -91,11 +91,6 @@ pub fn read_checkpoint_files(dir: &Path) -> Result<SavedTraining, TrainError> {
     Ok(SavedTraining { trainer_state, optimizer, source: dir.display().to_string() })
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl RunHost {
     /// Takes over a locked run directory: cleans temporaries a crash left, opens the event log
     /// (cutting a torn last line, which is reported as a warning event).
@@ -121,14 +116,14 @@ impl RunHost {
         };
         let torn = host.writer.discarded_tail_bytes();
         if torn > 0 {
-            host.append(Event::new("warning", None, None).with(
+            host.append(Event::new(kind::WARNING, None, None).with(
                 "message",
                 format!("events.jsonl ended with a torn line ({torn} bytes, from a crash); it was cut off"),
             ))?;
         }
         if !cleaned.is_empty() {
             host.append(
-                Event::new("warning", None, None)
+                Event::new(kind::WARNING, None, None)
                     .with("message", format!("removed {} incomplete checkpoint(s) left by a crash", cleaned.len())),
             )?;
         }
@@ -141,7 +136,7 @@ impl RunHost {
         let events = super::EventReader::read_all(&self.lock.run().events_path())?.events;
         self.plan = events
             .iter()
-            .filter(|e| e.event == "labels_admitted" && e.step.is_some_and(|s| s > from_step))
+            .filter(|e| e.event == kind::LABELS_ADMITTED && e.step.is_some_and(|s| s > from_step))
             .filter_map(|e| {
                 Some(Admission {
                     step: e.step?,
@@ -165,13 +160,13 @@ impl RunHost {
             .filter(|e| e.step.is_some_and(|s| s >= from_step))
             .filter_map(|e| {
                 let control = match e.event.as_str() {
-                    "lambda_changed" if e.fields.get("reason").and_then(Value::as_str) == Some("control") => {
+                    kind::LAMBDA_CHANGED if e.fields.get("reason").and_then(Value::as_str) == Some("control") => {
                         Control::SetLambda {
                             term: e.fields.get("lambda")?.as_str()?.to_string(),
                             value: e.fields.get("to")?.as_f64()?,
                         }
                     }
-                    "stage_skipped" => Control::SkipStage { stage: None },
+                    kind::STAGE_SKIPPED => Control::SkipStage { stage: None },
                     _ => return None,
                 };
                 Some(PlannedControl { stage: e.stage.clone()?, step: e.step?, control })
@@ -237,7 +232,7 @@ impl Host for RunHost {
         let checkpoint = pending.finish(json!({"step": step})).map_err(host_err)?;
         let best = self.best.checkpoint(step);
         let pruned = prune(&self.lock, self.keep_last.max(1), best).map_err(host_err)?;
-        let event = Event::new("checkpoint_saved", None, Some(step))
+        let event = Event::new(kind::CHECKPOINT_SAVED, None, Some(step))
             .with("path", checkpoint.dir.display().to_string())
             .with("bytes", bytes)
             .with("best_step", json!(best))

@@ -19,7 +19,7 @@ use super::model::{
 use super::runs::RunSummary;
 use super::series::{recent_slope, Series, Window};
 use super::theme::Theme;
-use crate::run::Event;
+use crate::run::{kind, Event};
 
 /// How many warnings and errors are kept.
 pub const NOTICES_KEPT: usize = 50;
@@ -241,7 +241,7 @@ impl App {
         self.dirty = true;
         let f = &event.fields;
         match event.event.as_str() {
-            "run_started" => {
+            kind::RUN_STARTED => {
                 self.run_id = str_field(f, "run_id").or(self.run_id.take());
                 self.status = RunStatus::Running;
                 self.gated |= f.get("eval").and_then(Value::as_bool).unwrap_or(false);
@@ -252,9 +252,9 @@ impl App {
                     }
                 }
             }
-            "stage_started" | "stage_resumed" => self.stage_started(event),
-            "metrics" => self.metrics(event),
-            "lambda_changed" => {
+            kind::STAGE_STARTED | kind::STAGE_RESUMED => self.stage_started(event),
+            kind::METRICS => self.metrics(event),
+            kind::LAMBDA_CHANGED => {
                 let lambda = str_field(f, "lambda").unwrap_or_default();
                 let to = num(f, "to");
                 if let Some(to) = to {
@@ -277,7 +277,7 @@ impl App {
                     reason: str_field(f, "reason").unwrap_or_default(),
                 });
             }
-            "sample" => {
+            kind::SAMPLE => {
                 self.sample = Some(Sample {
                     stage: event.stage.clone(),
                     step: event.step,
@@ -286,11 +286,11 @@ impl App {
                 });
             }
             // Each evaluation reopens the gates until its decision arrives.
-            "eval_finished" => {
+            kind::EVAL_FINISHED => {
                 self.gates = GateState::Evaluating;
                 self.gated = true;
             }
-            "gate_decided" => {
+            kind::GATE_DECIDED => {
                 self.gated = true;
                 self.gates = match str_field(f, "decision").as_deref() {
                     Some("deploy") => GateState::Deploy,
@@ -298,11 +298,11 @@ impl App {
                     _ => GateState::Incomplete,
                 };
             }
-            "labels_admitted" => {
+            kind::LABELS_ADMITTED => {
                 self.labels_admitted += uint(f, "count").unwrap_or(0);
                 self.labels_retracted += uint(f, "retracted").unwrap_or(0);
             }
-            "checkpoint_saved" => {
+            kind::CHECKPOINT_SAVED => {
                 self.last_checkpoint = Some(CheckpointInfo {
                     step: event.step.unwrap_or(0),
                     path: str_field(f, "path").unwrap_or_default(),
@@ -310,13 +310,13 @@ impl App {
                     best_step: uint(f, "best_step"),
                 });
             }
-            "resumed" => self.resumed(event),
-            "warning" | "error" => {
-                let level = if event.event == "error" { Level::Error } else { Level::Warning };
+            kind::RESUMED => self.resumed(event),
+            kind::WARNING | kind::ERROR => {
+                let level = if event.event == kind::ERROR { Level::Error } else { Level::Warning };
                 let message = str_field(f, "message").unwrap_or_else(|| Value::Object(f.clone()).to_string());
                 self.push_notice(Notice { level, stage: event.stage.clone(), step: event.step, message });
             }
-            "stage_finished" => {
+            kind::STAGE_FINISHED => {
                 let stage = self.stage_mut(event.stage.as_deref());
                 stage.state = StageState::Done;
                 if let Some(steps) = uint(f, "steps") {
@@ -325,7 +325,7 @@ impl App {
                 }
                 self.progress.eta_seconds = None;
             }
-            "run_finished" => {
+            kind::RUN_FINISHED => {
                 let seconds = num(f, "seconds").unwrap_or(0.0);
                 let (status, stage_state) = match str_field(f, "status").as_deref() {
                     Some("completed") => (RunStatus::Completed(seconds), StageState::Done),
@@ -364,7 +364,7 @@ impl App {
         let stage_step = stage.stage_step;
         self.status = RunStatus::Running;
         self.progress.stage.clone_from(&event.stage);
-        self.progress.stage_step = if event.event == "stage_resumed" { stage_step } else { 0 };
+        self.progress.stage_step = if event.event == kind::STAGE_RESUMED { stage_step } else { 0 };
         self.progress.total_steps = total.unwrap_or(0);
         self.progress.eta_seconds = None;
         self.rate_samples.clear();

@@ -6,36 +6,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::history::{read_tail, stream_events, Streamed, TAIL_BYTES};
-use crate::run::{Event, RunDir, RunError, WorkerLock};
-
-/// A run's state as seen from outside.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunState {
-    /// A worker holds the run's lock (its pid, when readable).
-    Live(Option<u32>),
-    /// `run_finished` with status `completed`.
-    Completed,
-    /// `run_finished` with status `stopped`: can be resumed.
-    Stopped,
-    /// `run_finished` with status `failed`.
-    Failed,
-    /// No live worker and no `run_finished`: the worker died.
-    Interrupted,
-}
-
-impl RunState {
-    /// A short word for the runs list.
-    pub fn label(self) -> String {
-        match self {
-            RunState::Live(Some(pid)) => format!("live (pid {pid})"),
-            RunState::Live(None) => "live".to_string(),
-            RunState::Completed => "completed".to_string(),
-            RunState::Stopped => "stopped".to_string(),
-            RunState::Failed => "failed".to_string(),
-            RunState::Interrupted => "interrupted".to_string(),
-        }
-    }
-}
+pub use crate::run::RunState;
+use crate::run::{now_ms, Ending, Event, RunDir, RunError, WorkerLock};
 
 /// One run directory in the runs list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +32,7 @@ struct Track {
     path: PathBuf,
     /// Where reading stopped; `None` before the first read.
     at: Option<Streamed>,
-    finished: Option<RunState>,
+    ending: Ending,
     stage: Option<String>,
     step: Option<u64>,
     last_ts: Option<u64>,
@@ -68,7 +40,7 @@ struct Track {
 
 impl Track {
     fn new(path: &Path) -> Track {
-        Track { path: path.to_path_buf(), at: None, finished: None, stage: None, step: None, last_ts: None }
+        Track { path: path.to_path_buf(), at: None, ending: Ending::default(), stage: None, step: None, last_ts: None }
     }
 
     /// Reads what the log gained since the last scan. The first read (or the first after the log
@@ -78,7 +50,7 @@ impl Track {
         let at = match self.at {
             Some(at) if at.offset <= len => at,
             _ => {
-                (self.finished, self.stage, self.step, self.last_ts) = (None, None, None, None);
+                (self.ending, self.stage, self.step, self.last_ts) = (Ending::default(), None, None, None);
                 let (events, end) = read_tail(&self.path, TAIL_BYTES)?;
                 for e in &events {
                     self.fold(e);
@@ -103,18 +75,7 @@ impl Track {
         if e.step.is_some() {
             self.step = e.step;
         }
-        // A `resumed` after a `run_finished` means the run went on; only the last word counts.
-        match e.event.as_str() {
-            "run_finished" => {
-                self.finished = Some(match e.fields.get("status").and_then(|s| s.as_str()) {
-                    Some("completed") => RunState::Completed,
-                    Some("stopped") => RunState::Stopped,
-                    _ => RunState::Failed,
-                });
-            }
-            "run_started" | "resumed" => self.finished = None,
-            _ => {}
-        }
+        self.ending.fold(e);
     }
 }
 
@@ -127,17 +88,12 @@ pub struct RunScanner {
 impl RunScanner {
     /// Lists the runs in `runs_dir`, oldest first, marking `attached`.
     pub fn scan(&mut self, runs_dir: &Path, attached: &Path) -> Result<Vec<RunSummary>, RunError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now = now_ms();
         let mut out = Vec::new();
         for run in RunDir::list(runs_dir)? {
             let track = self.tracks.entry(run.events_path()).or_insert_with_key(|path| Track::new(path));
             track.read()?;
-            let state = match WorkerLock::is_live(&run)? {
-                Some(worker) => RunState::Live(worker.pid),
-                None => track.finished.unwrap_or(RunState::Interrupted),
-            };
+            let state = track.ending.state(WorkerLock::is_live(&run)?.as_ref());
             out.push(RunSummary {
                 id: run.id().to_string(),
                 state,

@@ -12,9 +12,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use serde_json::Value as Json;
@@ -24,6 +24,7 @@ use super::{LabelEffect, LabelPane};
 use crate::data::label_store::{agreement, parse_candidate, served_again, Candidate, LabelWriter, PairAgreement};
 use crate::data::labels::LabelLog;
 use crate::run::control::{Client, Request};
+use crate::run::now_ms;
 use crate::tui::eval_pane::{self, EvalEffect, EvalPane};
 use crate::tui::keymap::PANE_GLOBAL;
 use crate::tui::{Action, App, Pane};
@@ -67,10 +68,6 @@ impl PartialEq for PaneMsg {
 
 fn user() -> String {
     std::env::var("USER").unwrap_or_else(|_| "labeler".to_string())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Gives `app` its label and eval panes (empty until the `panes` thread reports).
@@ -125,12 +122,14 @@ fn append(path: PathBuf, mut record: Json, tx: Sender<Action>, done: fn(Result<(
     if record.get("ts").is_some() {
         record["ts"] = Json::from(now_ms());
     }
+    let to_pane = tx.clone();
     let spawned = thread::Builder::new().name("label-write".into()).spawn(move || {
         let outcome = LabelWriter::new(&path).append(&record).map_err(|e| e.to_string());
         let _ = tx.blocking_send(Action::Panes(done(outcome)));
     });
     if let Err(e) = spawned {
-        tracing::error!("could not start the label-write thread: {e}");
+        // The pane shows the failure like a failed write; this runs on the UI task, so never block.
+        let _ = to_pane.try_send(Action::Panes(done(Err(format!("could not start the label-write thread: {e}")))));
     }
 }
 
@@ -191,10 +190,20 @@ pub fn request_candidates(run: &Path, count: usize) -> Result<String, String> {
 }
 
 /// Runs [`request_candidates`] on a short-lived `generate` thread and hands the outcome to `done`.
+/// If the thread cannot start, `done` gets that error instead.
 pub fn spawn_generate(run: PathBuf, count: usize, done: impl FnOnce(Result<String, String>) + Send + 'static) {
-    let spawned = thread::Builder::new().name("generate".into()).spawn(move || done(request_candidates(&run, count)));
+    let done = Arc::new(Mutex::new(Some(done)));
+    let in_thread = Arc::clone(&done);
+    let spawned = thread::Builder::new().name("generate".into()).spawn(move || {
+        let outcome = request_candidates(&run, count);
+        if let Some(done) = in_thread.lock().ok().and_then(|mut d| d.take()) {
+            done(outcome);
+        }
+    });
     if let Err(e) = spawned {
-        tracing::error!("could not start the generate thread: {e}");
+        if let Some(done) = done.lock().ok().and_then(|mut d| d.take()) {
+            done(Err(format!("could not start the generate thread: {e}")));
+        }
     }
 }
 
