@@ -187,15 +187,7 @@ impl Model {
         let mut files = vec![("model.safetensors".to_string(), weights::safetensors_bytes(&tensors, dtype)?)];
         let mut config = self.config.raw.clone();
         if let Some(obj) = config.as_object_mut() {
-            let name = match dtype {
-                DType::BF16 => "bfloat16",
-                DType::F16 => "float16",
-                _ => "float32",
-            };
-            obj.insert("dtype".into(), name.into());
-            if obj.contains_key("torch_dtype") {
-                obj.insert("torch_dtype".into(), name.into());
-            }
+            set_config_dtype(obj, dtype);
         }
         let text = serde_json::to_string_pretty(&config).map_err(|e| ModelError::Dtype(e.to_string()))?;
         files.push(("config.json".into(), text.into_bytes()));
@@ -220,3 +212,17 @@ const COMPANION_FILES: &[&str] = &[
     "special_tokens_map.json",
     "chat_template.jinja",
 ];
+
+/// Records `dtype` in a `config.json` object as transformers names it (`dtype`, and the legacy
+/// `torch_dtype` where the file has one).
+pub(crate) fn set_config_dtype(obj: &mut serde_json::Map<String, serde_json::Value>, dtype: DType) {
+    let name = match dtype {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        _ => "float32",
+    };
+    obj.insert("dtype".into(), name.into());
+    if obj.contains_key("torch_dtype") {
+        obj.insert("torch_dtype".into(), name.into());
+    }
+}

@@ -222,15 +222,7 @@ impl RewardModel {
             Some(pad) => obj.insert("pad_token_id".into(), pad.into()),
             None => obj.remove("pad_token_id"),
         };
-        let name = match dtype {
-            DType::BF16 => "bfloat16",
-            DType::F16 => "float16",
-            _ => "float32",
-        };
-        obj.insert("dtype".into(), name.into());
-        if obj.contains_key("torch_dtype") {
-            obj.insert("torch_dtype".into(), name.into());
-        }
+        super::set_config_dtype(obj, dtype);
         Ok(config)
     }
 

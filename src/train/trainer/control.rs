@@ -205,12 +205,7 @@ impl<H: Host> Trainer<'_, H> {
 
     /// The end of a pause, logged as `resumed` at the current step (nothing after it to supersede).
     fn unpaused(&mut self, stage: &str) -> Result<(), TrainError> {
-        let step = self.state.global_step;
-        let mut f = Map::new();
-        f.insert("from_step".into(), json!(step));
-        f.insert("reason".into(), json!("unpause"));
-        f.insert("pid".into(), json!(std::process::id()));
-        self.host.emit("resumed", Some(stage), Some(step), f)
+        emit_unpaused(&mut *self.host, stage, self.state.global_step)
     }
 
     fn apply(&mut self, run: &mut StageRun, control: Control, replayed: bool) -> Result<Boundary, TrainError> {
@@ -378,12 +373,7 @@ impl<H: Host> Interrupts<'_, H> {
 
     fn unpaused(&mut self, stage: &str) -> Result<(), TrainError> {
         *self.paused = false;
-        let step = self.state.global_step;
-        let mut f = Map::new();
-        f.insert("from_step".into(), json!(step));
-        f.insert("reason".into(), json!("unpause"));
-        f.insert("pid".into(), json!(std::process::id()));
-        self.host.emit("resumed", Some(stage), Some(step), f)
+        emit_unpaused(&mut *self.host, stage, self.state.global_step)
     }
 
     /// Between two batches of a long phase (`phase`: `reference` log-probs, `eval`,
@@ -439,4 +429,14 @@ impl<H: Host> Interrupts<'_, H> {
         self.host.emit("phase_interrupted", Some(stage), Some(step), f)?;
         Ok(ControlFlow::Break(()))
     }
+}
+
+/// The end of a pause at `step`, logged as `resumed` (nothing after it to supersede): at a step
+/// boundary and between the batches of a long phase alike.
+fn emit_unpaused<H: Host>(host: &mut H, stage: &str, step: u64) -> Result<(), TrainError> {
+    let mut f = Map::new();
+    f.insert("from_step".into(), json!(step));
+    f.insert("reason".into(), json!("unpause"));
+    f.insert("pid".into(), json!(std::process::id()));
+    host.emit("resumed", Some(stage), Some(step), f)
 }
