@@ -2,25 +2,15 @@
 //! structs come from, so that any error (toml's own or a semantic one found later) can name the
 //! dotted field (`stage[1].pref.beta`) and the 1-based line and column of the offending text.
 //!
-//! `toml` 0.8 hands out spans only through `toml::Spanned`, and `Spanned<T>` itself fails on
-//! tables that have no span (tables made implicitly by dotted keys, `pref.beta = 0.1`). The tree
-//! below therefore speaks the same serde protocol as `Spanned` (a struct with three private
-//! field names) but falls back to an unspanned node wherever the deserializer has no span.
+//! The tree is built from `toml_edit`'s parsed document, which keeps every key's and value's
+//! byte span (the `toml` crate parses with the same `toml_edit`, so its error spans are the same
+//! ranges). Tables made implicitly by dotted keys (`pref.beta = 0.1`) have no span of their own;
+//! their keys do.
 
 use std::fmt;
 use std::ops::Range;
 
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-
-// The names `serde_spanned` (toml's span carrier) uses to ask a deserializer for a span. They are
-// fixed for `toml` 0.8 (serde_spanned 0.6); the round-trip tests below fail loudly if they change.
-const SPANNED_NAME: &str = "$__serde_spanned_private_Spanned";
-const SPANNED_START: &str = "$__serde_spanned_private_start";
-const SPANNED_END: &str = "$__serde_spanned_private_end";
-const SPANNED_VALUE: &str = "$__serde_spanned_private_value";
-const SPANNED_FIELDS: &[&str] = &[SPANNED_START, SPANNED_END, SPANNED_VALUE];
-// toml presents a datetime as a one-entry map under this key.
-const DATETIME_KEY: &str = "$__toml_private_datetime";
+use toml_edit::{ImDocument, Item, Table, TableLike, Value};
 
 /// One segment of a field path: a table key or an array index.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +79,41 @@ struct Key {
 impl Node {
     /// Builds the tree of `source`; `None` when it is not valid TOML (the typed parse reports that).
     pub(crate) fn parse(source: &str) -> Option<Node> {
-        toml::from_str(source).ok()
+        let document = ImDocument::parse(source).ok()?;
+        Some(Node::table(document.as_table(), document.as_table().span()))
+    }
+
+    fn table(table: &dyn TableLike, span: Option<Range<usize>>) -> Node {
+        let entries = table
+            .iter()
+            .map(|(name, item)| {
+                let span = table.key(name).and_then(toml_edit::Key::span);
+                (Key { name: name.to_owned(), span }, Node::item(item))
+            })
+            .collect();
+        Node { span, kind: Kind::Table(entries) }
+    }
+
+    fn item(item: &Item) -> Node {
+        match item {
+            Item::None => Node::default(),
+            Item::Value(value) => Node::value(value),
+            Item::Table(table) => Node::table(table, Table::span(table)),
+            Item::ArrayOfTables(tables) => Node {
+                span: tables.span(),
+                kind: Kind::Array(tables.iter().map(|t| Node::table(t, t.span())).collect()),
+            },
+        }
+    }
+
+    fn value(value: &Value) -> Node {
+        match value {
+            Value::Array(array) => {
+                Node { span: array.span(), kind: Kind::Array(array.iter().map(Node::value).collect()) }
+            }
+            Value::InlineTable(table) => Node::table(table, table.span()),
+            leaf => Node { span: leaf.span(), kind: Kind::Leaf },
+        }
     }
 
     /// The field an error's byte range `range` points at: the one whose key or value spans
@@ -171,116 +195,6 @@ pub(crate) fn line_column(source: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     (line, before[line_start..].chars().count() + 1)
-}
-
-impl<'de> Deserialize<'de> for Node {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_struct(SPANNED_NAME, SPANNED_FIELDS, NodeVisitor)
-    }
-}
-
-/// A node deserialized without asking for a span (the inside of a spanned value).
-struct Inner(Node);
-
-impl<'de> Deserialize<'de> for Inner {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(NodeVisitor).map(Inner)
-    }
-}
-
-struct NodeVisitor;
-
-impl<'de> Visitor<'de> for NodeVisitor {
-    type Value = Node;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any TOML value")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Node, E> {
-        Ok(Node::default())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Node, E> {
-        Ok(Node::default())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Node, E> {
-        Ok(Node::default())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Node, E> {
-        Ok(Node::default())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Node, E> {
-        Ok(Node::default())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Node>()? {
-            items.push(item);
-        }
-        Ok(Node { span: None, kind: Kind::Array(items) })
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
-        let mut entries = Vec::new();
-        let (mut start, mut end, mut inner) = (None, None, None);
-        while let Some(key) = map.next_key::<Key>()? {
-            // The span protocol's keys come without spans of their own; real keys have spans.
-            match key.name.as_str() {
-                SPANNED_START if key.span.is_none() => start = Some(map.next_value::<usize>()?),
-                SPANNED_END if key.span.is_none() => end = Some(map.next_value::<usize>()?),
-                SPANNED_VALUE if key.span.is_none() => inner = Some(map.next_value::<Inner>()?.0),
-                DATETIME_KEY if key.span.is_none() => {
-                    map.next_value::<IgnoredAny>()?;
-                    return Ok(Node::default());
-                }
-                _ => {
-                    let value = map.next_value::<Node>()?;
-                    entries.push((key, value));
-                }
-            }
-        }
-        if let Some(mut node) = inner {
-            if let (Some(start), Some(end)) = (start, end) {
-                node.span = Some(start..end);
-            }
-            return Ok(node);
-        }
-        Ok(Node { span: None, kind: Kind::Table(entries) })
-    }
-}
-
-impl<'de> Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_struct(SPANNED_NAME, SPANNED_FIELDS, KeyVisitor)
-    }
-}
-
-struct KeyVisitor;
-
-impl<'de> Visitor<'de> for KeyVisitor {
-    type Value = Key;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a TOML key")
-    }
-
-    fn visit_str<E>(self, name: &str) -> Result<Key, E> {
-        Ok(Key { name: name.to_owned(), span: None })
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Key, A::Error> {
-        let (mut start, mut end, mut name) = (None, None, None);
-        while let Some(field) = map.next_key::<String>()? {
-            match field.as_str() {
-                SPANNED_START => start = Some(map.next_value::<usize>()?),
-                SPANNED_END => end = Some(map.next_value::<usize>()?),
-                _ => name = Some(map.next_value::<String>()?),
-            }
-        }
-        let span = start.zip(end).map(|(start, end)| start..end);
-        Ok(Key { name: name.unwrap_or_default(), span })
-    }
 }
 
 #[cfg(test)]
