@@ -70,6 +70,7 @@ pub fn write_dir(dir: &Path, files: &[(String, Vec<u8>)]) -> io::Result<()> {
             write_new(&tmp.join(name), bytes)?;
         }
         fsync_dir(&tmp)?;
+        crate::fault::point("durable.dir");
         if dir.exists() {
             fs::remove_dir_all(dir).map_err(|e| at(dir, e))?;
         }

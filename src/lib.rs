@@ -8,6 +8,7 @@ pub mod config;
 pub mod data;
 pub mod durable;
 pub mod eval;
+pub mod fault;
 pub mod hex;
 pub mod model;
 pub mod rng;

@@ -171,7 +171,15 @@ fn pause_lambda_checkpoint_and_stop_through_the_socket_with_bit_exact_resume_aft
     // same step, so every step the killed worker logged comes out identical, bit for bit.
     let child = spawn(&["resume", run.path().to_str().unwrap(), "--headless"]);
     let mut client = connect(&run);
-    wait_for("the resumed worker to pass the killed one", || (max_metrics_step(&run) > target + 2).then_some(()));
+    // The killed worker may have logged past `target` before the kill landed: wait until the
+    // resumed one has logged beyond everything it did.
+    let killed_last = logged.keys().copied().max().unwrap();
+    wait_for("the resumed worker to pass the killed one", || {
+        let all = events(&run);
+        let resumed = all.iter().rposition(|e| e.event == "resumed" && e.fields.get("reason").is_none())?;
+        let newest = all[resumed..].iter().filter(|e| e.event == "metrics").filter_map(|e| e.step).max()?;
+        (newest > killed_last).then_some(())
+    });
     let reply = client.send(&Request::Stop).unwrap();
     assert!(reply.ok);
     let (code, err) = finish(child);

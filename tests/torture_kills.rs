@@ -4,8 +4,8 @@
 //! step logged again after a resume replaces the earlier line), every step logged, no listed
 //! checkpoint that fails verification at any moment, and the run lock free after every kill.
 //! Short mode: 4 trials; `HONE_TORTURE=long`: 200. `HONE_TORTURE_SEED` replays a schedule.
-//! (Kills inside checkpoint writes at chosen points need a fault-injection hook in the trainer,
-//! which this suite does not add; `tests/run_crash.rs` kills the checkpoint writer itself.)
+//! Kills at chosen points inside checkpoint writes, label reads, reports and durable directory
+//! writes are `tests/torture_faults.rs`'s.
 #![allow(clippy::unwrap_used, clippy::float_cmp)] // bit-exact equality is the point
 
 mod live;

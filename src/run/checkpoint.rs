@@ -87,7 +87,9 @@ impl PendingCheckpoint {
     pub fn write_file(&mut self, name: &str, bytes: &[u8]) -> Result<(), RunError> {
         let mut file = self.create_file(name)?;
         file.write_all(bytes).ctx("write", &file.path)?;
-        file.close()
+        file.close()?;
+        crate::fault::point("checkpoint.file");
+        Ok(())
     }
 
     /// Creates a file named `name` and returns a writer that hashes and counts what passes through
@@ -147,6 +149,7 @@ impl PendingCheckpoint {
         file.sync_all().ctx("fsync", &manifest_path)?;
         drop(file);
         fsync_dir(&self.tmp_dir)?;
+        crate::fault::point("checkpoint.manifest");
         // rename(2) would replace an *empty* directory silently; a complete checkpoint is never empty,
         // and this check refuses the rest. Only the lock-holding worker writes checkpoints.
         if self.final_dir.exists() {

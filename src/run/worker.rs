@@ -230,6 +230,7 @@ impl Host for RunHost {
             pending.write_file(name, data).map_err(host_err)?;
         }
         let checkpoint = pending.finish(json!({"step": step})).map_err(host_err)?;
+        crate::fault::point("checkpoint.saved");
         let best = self.best.checkpoint(step);
         let pruned = prune(&self.lock, self.keep_last.max(1), best).map_err(host_err)?;
         let event = Event::new(kind::CHECKPOINT_SAVED, None, Some(step))
@@ -335,6 +336,9 @@ impl Host for RunHost {
             ("responses.jsonl", responses),
             ("report.json", serde_json::to_string_pretty(&eval.report).map_err(ser)?),
         ] {
+            if name == "report.json" {
+                crate::fault::point("eval.report");
+            }
             crate::durable::write_file(&dir.join(name), text.as_bytes())
                 .map_err(|e| TrainError::Host(e.to_string()))?;
         }

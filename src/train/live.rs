@@ -91,12 +91,14 @@ impl LiveLabels {
         self.sources.is_empty()
     }
 
-    /// Replays the reads a checkpointed stage had made (`history`: file and offset of each
-    /// read, in order), so the pool is rebuilt with the same indices; then, for a fresh stage
-    /// (empty history), reads each file to its end.
+    /// For a stage resumed from a checkpoint (`history`: file and offset of each read it had
+    /// made, in order, possibly none), replays those reads so the pool is rebuilt with the same
+    /// indices, and nothing beyond: lines written since then are admitted at the next step
+    /// boundary, as they would have been without the interruption. For a fresh stage (`None`),
+    /// reads each file to its end.
     pub fn read_initial(
         &mut self,
-        history: &[(String, u64)],
+        history: Option<&[(String, u64)]>,
         pool_len: usize,
         max_len: usize,
         tok: &TextTokenizer,
@@ -104,11 +106,11 @@ impl LiveLabels {
     ) -> Result<Vec<LiveUpdate>, TrainError> {
         let mut updates = Vec::new();
         let mut pool = pool_len;
-        if history.is_empty() {
+        let Some(history) = history else {
             let limits = vec![Limit::ToEnd; self.sources.len()];
             updates.push(self.read(&limits, pool, max_len, tok, template)?);
             return Ok(updates);
-        }
+        };
         for (file, offset) in history {
             let limits: Vec<Limit> =
                 self.sources.iter().map(|s| if &s.name == file { Limit::UpTo(*offset) } else { Limit::Skip }).collect();
@@ -167,6 +169,7 @@ impl LiveLabels {
             if read.lines == 0 {
                 continue;
             }
+            crate::fault::point("labels.read");
             update.lines += read.lines;
             update.offsets.push((source.name.clone(), read.offset));
             let (admitted, held) = source.log.resolve();

@@ -461,11 +461,14 @@ impl<'h, H: Host> Trainer<'h, H> {
         let on_chosen = stage.sft.as_ref().is_some_and(|t| t.on_chosen);
         live.verify_prefixes(&self.state.label_prefixes)?;
         let history = self.state.label_reads.clone();
+        // A stage resumed after some steps replays its own reads, even none.
+        let resumed = self.state.stage_step > 0;
         let mut retracted = Vec::new();
+        let replay = resumed.then_some(history.as_slice());
         for update in
-            live.read_initial(&history, data.pairs.len(), stage.max_length, &self.tokenizer, self.template.as_ref())?
+            live.read_initial(replay, data.pairs.len(), stage.max_length, &self.tokenizer, self.template.as_ref())?
         {
-            if history.is_empty() {
+            if !resumed {
                 self.state.label_reads.extend(update.offsets.iter().cloned());
             }
             retracted.extend(update.retracted);

@@ -1,0 +1,263 @@
+//! Kills at the worst moments: the worker is SIGKILLed by a named crash point (`hone::fault`,
+//! armed with `HONE_FAULT=<point>@<n>`) inside a checkpoint write, between reading new labels and
+//! admitting them, between an evaluation's files and its report, and inside a directory's durable
+//! write (the DPO stage's reference cache), then resumed until it finishes. Labels are appended
+//! only while the worker is dead, at the same moment in every trial and in the reference, so an
+//! uninterrupted-after-that reference sees the same labels at the same steps. Every trial must end
+//! with every step's loss bit-identical to the reference, every listed checkpoint verifying after
+//! every kill, the lock free, each stage evaluated and gated once with the reference's decisions.
+//! Short mode: every point at least once; `HONE_TORTURE=long`: later passes too.
+#![allow(clippy::unwrap_used, clippy::float_cmp)] // bit-exact equality is the point
+
+mod live;
+mod torture;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+use hone::run::{list_checkpoints, RunDir, WorkerLock};
+use live::{events, fixture, HONE};
+
+/// SFT then DPO (its pairs plus the run's live labels.jsonl), 8 steps each, a checkpoint every 3
+/// steps, both evaluated on the tiny suite and DPO gated against SFT.
+fn pipeline(dir: &Path) -> PathBuf {
+    let f = fixture();
+    let suite = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval/tiny_suite.jsonl");
+    let text = format!(
+        r#"[run]
+name = "faults"
+seed = 5
+checkpoint_every = 3
+keep_checkpoints = 2
+sample_every = 0
+
+[model]
+path = "{model}"
+
+[[stage]]
+name = "sft"
+epochs = 50
+max_steps = 8
+batch_size = 2
+lr = 1e-3
+max_length = 128
+sft = {{ data = ["{sft}"] }}
+
+[[stage]]
+name = "dpo"
+epochs = 50
+max_steps = 8
+batch_size = 2
+lr = 1e-3
+max_length = 128
+sft = {{ on_chosen = true, weight = 0.2 }}
+pref = {{ data = ["{prefs}", "labels.jsonl"], lambda = 0.5, beta = 0.1 }}
+
+[eval]
+suite = "{suite}"
+baseline = "sft"
+max_new_tokens = 4
+"#,
+        model = f.join("model").display(),
+        sft = f.join("sft.jsonl").display(),
+        prefs = f.join("prefs.jsonl").display(),
+        suite = suite.display(),
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs (no run yet) or resumes the only run in `runs`, with `fault` armed if given.
+fn go(pipeline: &Path, runs: &Path, fault: Option<&str>) -> (ExitStatus, String) {
+    let mut cmd = Command::new(HONE);
+    match only_run(runs) {
+        None => cmd.args(["run", pipeline.to_str().unwrap(), "--headless", "--runs-dir"]).arg(runs),
+        Some(run) => cmd.args(["resume", run.path().to_str().unwrap(), "--headless"]),
+    };
+    cmd.env_remove(hone::fault::ENV);
+    if let Some(fault) = fault {
+        cmd.env(hone::fault::ENV, fault);
+    }
+    let out = cmd.output().unwrap();
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn killed(status: ExitStatus) -> bool {
+    std::os::unix::process::ExitStatusExt::signal(&status) == Some(9)
+}
+
+fn only_run(runs: &Path) -> Option<RunDir> {
+    RunDir::list(runs).ok().and_then(|mut v| v.pop())
+}
+
+/// Two preference pairs a labeler added while the worker was down.
+fn append_labels(run: &RunDir) {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(run.labels_path()).unwrap();
+    for (i, (chosen, rejected)) in [("Paris.", "Lyon."), ("Four.", "Five.")].iter().enumerate() {
+        let line = serde_json::json!({
+            "id": format!("torture-{i}"),
+            "prompt": [{"role": "user", "content": format!("Question {i}?")}],
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "labeler": "torture",
+            "ts": 1_700_000_000_000u64 + i as u64,
+        });
+        writeln!(file, "{line}").unwrap();
+    }
+}
+
+/// Every listed checkpoint verifies, and nobody holds the lock.
+fn check_after_kill(run: &RunDir, what: &str) {
+    for ck in list_checkpoints(run).unwrap() {
+        ck.verify().unwrap_or_else(|e| panic!("{what}: listed checkpoint {} does not verify: {e}", ck.step));
+    }
+    assert!(WorkerLock::is_live(run).unwrap().is_none(), "{what}: the lock is released");
+}
+
+/// What a finished run must agree on: each step's loss bits (a step logged again after a resume
+/// replaces the earlier line), the stages evaluated, the gate decisions and the labels admitted.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    losses: BTreeMap<u64, u64>,
+    evaluated: Vec<String>,
+    decisions: Vec<(String, String)>,
+    admitted: BTreeMap<u64, u64>,
+}
+
+fn outcome(run: &RunDir) -> Outcome {
+    let all = events(run);
+    let stage = |e: &hone::run::Event| e.stage.clone().unwrap_or_default();
+    let mut evaluated: Vec<String> = all.iter().filter(|e| e.event == "eval_finished").map(stage).collect();
+    evaluated.dedup();
+    Outcome {
+        losses: all
+            .iter()
+            .filter(|e| e.event == "metrics")
+            .map(|e| (e.step.unwrap(), e.fields["loss"].as_f64().unwrap().to_bits()))
+            .collect(),
+        evaluated,
+        decisions: all
+            .iter()
+            .filter(|e| e.event == "gate_decided")
+            .map(|e| (stage(e), e.fields["decision"].as_str().unwrap_or_default().to_owned()))
+            .collect(),
+        admitted: all
+            .iter()
+            .filter(|e| e.event == "labels_admitted")
+            .map(|e| (e.step.unwrap_or_default(), e.fields["count"].as_u64().unwrap_or_default()))
+            .collect(),
+    }
+}
+
+/// Where each crash point is armed: before the labels arrive (a fresh run, or the resume after
+/// the first kill) or after (the resume that reads them). Passes count from the armed process's
+/// start. Long mode adds later passes of the points passed several times.
+fn schedule() -> Vec<(Phase, String)> {
+    let mut out: Vec<(Phase, String)> = [
+        (Phase::Before, "checkpoint.file@1"),
+        (Phase::Before, "checkpoint.manifest@1"),
+        (Phase::Before, "eval.report@1"),
+        (Phase::Before, "eval.report@2"),
+        (Phase::Before, "durable.dir@1"),
+        (Phase::After, "labels.read@1"),
+        (Phase::After, "checkpoint.file@3"),
+        (Phase::After, "checkpoint.manifest@2"),
+        (Phase::After, "checkpoint.saved@2"),
+        (Phase::After, "eval.report@1"),
+    ]
+    .into_iter()
+    .map(|(phase, fault)| (phase, fault.to_owned()))
+    .collect();
+    if torture::long() {
+        for n in 2..=12 {
+            out.push((Phase::Before, format!("checkpoint.file@{n}")));
+            out.push((Phase::After, format!("checkpoint.file@{}", n + 2)));
+        }
+        for n in 2..=3 {
+            out.push((Phase::Before, format!("checkpoint.manifest@{n}")));
+            out.push((Phase::Before, format!("checkpoint.saved@{n}")));
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    Before,
+    After,
+}
+
+/// The step whose checkpoint the labelers wait for: the DPO stage's first.
+const LABELS_AFTER_STEP: u64 = 9;
+
+/// One run to its end: `fault` armed in its phase; before the labels, runs killed after each
+/// checkpoint until the one at [`LABELS_AFTER_STEP`] is saved (whatever killed it earlier), then
+/// the labels appended while it is dead; at the end, a resume without faults.
+fn trial(p: &Path, runs: &Path, fault: Option<(Phase, &str)>, what: &str) -> (Outcome, usize) {
+    let mut kills = 0;
+    let kill_at = |fault: &str, kills: &mut usize| {
+        let (status, err) = go(p, runs, Some(fault));
+        assert!(killed(status), "{what}: {fault} fired ({status}): {err}");
+        let run = only_run(runs).unwrap();
+        check_after_kill(&run, &format!("{what} after {fault}"));
+        *kills += 1;
+        run
+    };
+    if let Some((Phase::Before, fault)) = fault {
+        kill_at(fault, &mut kills);
+    }
+    let newest = |run: &RunDir| list_checkpoints(run).unwrap().iter().map(|c| c.step).max().unwrap_or(0);
+    let run = loop {
+        let run = kill_at("checkpoint.saved@1", &mut kills);
+        let step = newest(&run);
+        assert!(step <= LABELS_AFTER_STEP, "{what}: the checkpoints passed step {LABELS_AFTER_STEP}: {step}");
+        if step == LABELS_AFTER_STEP {
+            break run;
+        }
+    };
+    append_labels(&run);
+    if let Some((Phase::After, fault)) = fault {
+        kill_at(fault, &mut kills);
+    }
+    let (status, err) = go(p, runs, None);
+    assert!(status.success(), "{what}: the last resume finishes: {err}");
+    check_after_kill(&run, &format!("{what} at the end"));
+    let finished = events(&run).into_iter().rev().find(|e| e.event == "run_finished").unwrap();
+    assert_eq!(finished.fields["status"], "completed", "{what}");
+    (outcome(&run), kills)
+}
+
+#[test]
+fn kills_inside_checkpoints_label_reads_reports_and_durable_writes_lose_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pipeline(tmp.path());
+    let start = std::time::Instant::now();
+    let (reference, _) = trial(&p, &tmp.path().join("reference"), None, "reference");
+    assert_eq!(reference.losses.keys().copied().collect::<Vec<_>>(), (1..=16).collect::<Vec<_>>());
+    assert_eq!(reference.evaluated, ["base", "sft", "dpo"], "{reference:?}");
+    assert_eq!(
+        reference.admitted.iter().map(|(step, n)| (*step, *n)).collect::<Vec<_>>(),
+        [(LABELS_AFTER_STEP, 2)],
+        "the labels join at the first boundary after they were written"
+    );
+
+    let mut kills_by_point: BTreeMap<String, usize> = BTreeMap::new();
+    let mut trials = 0;
+    for (phase, fault) in schedule() {
+        let runs = tmp.path().join(format!("{phase:?}-{}", fault.replace(['.', '@'], "-")));
+        let (got, kills) = trial(&p, &runs, Some((phase, &fault)), &fault);
+        assert_eq!(got, reference, "{fault}: the run after the crash agrees with the reference");
+        let point = fault.split('@').next().unwrap_or_default().to_owned();
+        *kills_by_point.entry(point).or_insert(0) += 1;
+        *kills_by_point.entry("checkpoint.saved (to reach the labels)".into()).or_insert(0) += kills - 1;
+        trials += 1;
+    }
+    let mut figures: Vec<(&str, String)> = kills_by_point.iter().map(|(k, v)| (k.as_str(), v.to_string())).collect();
+    let trials = trials.to_string();
+    figures.push(("trials", trials));
+    figures.push(("seconds", format!("{:.1}", start.elapsed().as_secs_f64())));
+    torture::figures("faults", &figures);
+}
