@@ -11,7 +11,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use serde_json::json;
 
-use crate::config::{diff_frozen, freeze, frozen_toml, load_frozen, load_pipeline, FrozenExtras, LoadedPipeline};
+use crate::config::{
+    diff_frozen, freeze, frozen_toml, load_frozen, load_pipeline, FrozenExtras, FrozenLaunch, LoadedPipeline,
+};
 use crate::data::label_store::read_candidates;
 use crate::model::{parse_device, parse_dtype};
 use crate::run::control::ControlServer;
@@ -199,9 +201,15 @@ fn prepare(pipeline: &Path, runs_dir: &Path, overrides: &Overrides) -> Result<(L
     for file in &candidates {
         read_candidates(file)?;
     }
+    // A TRL stage without its interpreter is refused before a run directory exists.
+    crate::run::trl::launch_lines(&loaded.pipeline, Path::new("."))?;
     let run = RunDir::create(runs_dir, &loaded.pipeline.run.name)?;
     let lock = lock(&run)?;
-    let frozen = freeze(&loaded, &FrozenExtras { hone_version: hone_version(), overrides: applied })?;
+    let mut frozen = freeze(&loaded, &FrozenExtras { hone_version: hone_version(), overrides: applied })?;
+    frozen.info.trl_launches = crate::run::trl::launch_lines(&loaded.pipeline, run.path())?
+        .into_iter()
+        .map(|(stage, command)| FrozenLaunch { stage, command })
+        .collect();
     run.write_frozen_config(&frozen_toml(&frozen)?)?;
     run.seed_candidates(&candidates)?;
     Ok((loaded, lock))

@@ -29,8 +29,10 @@ fn a_trl_pipeline_loads_and_its_spec_says_what_the_stage_is() {
     let dir = tempfile::tempdir().unwrap();
     let loaded = load(dir.path(), &pipeline_text(TORCHRUN, "")).unwrap();
     let run = Path::new("/runs/r1");
-    let spec =
-        stage_spec(&loaded.pipeline, 1, run, Path::new("/runs/r1/trl/sft/model"), 7, &loaded.pref_sources[1]).unwrap();
+    let prefs = |i: usize| -> Vec<PrefFile> {
+        loaded.pref_sources[i].iter().map(|s| PrefFile { path: s.resolve(run), live: s.is_run_relative() }).collect()
+    };
+    let spec = stage_spec(&loaded.pipeline, 1, run, Path::new("/runs/r1/trl/sft/model"), 7, &prefs(1)).unwrap();
     assert_eq!(spec["kind"], "dpo");
     assert_eq!(spec["step_offset"], 7);
     assert_eq!(spec["batch_size"], 4);
@@ -38,7 +40,7 @@ fn a_trl_pipeline_loads_and_its_spec_says_what_the_stage_is() {
     assert_eq!(spec["pref"]["live"], json!(["/runs/r1/labels.jsonl"]));
     assert_eq!(spec["sft"]["on_chosen"], true);
     assert_eq!(spec["export_dir"], "/runs/r1/trl/dpo/model");
-    let sft = stage_spec(&loaded.pipeline, 0, run, Path::new(MODEL), 0, &loaded.pref_sources[0]).unwrap();
+    let sft = stage_spec(&loaded.pipeline, 0, run, Path::new(MODEL), 0, &prefs(0)).unwrap();
     assert_eq!(sft["kind"], "sft");
     assert!(sft.get("pref").is_none());
 }
