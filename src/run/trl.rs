@@ -539,10 +539,14 @@ pub fn run_stage(
     let stage = pipeline.stages.get(index).ok_or(TrlError::NoStage(index))?;
     let settings = settings_of(pipeline, &stage.name)?;
     let python = python_of(settings)?;
+    let command = launch(settings, &python, &spec_path(run_dir, &stage.name), &pipeline.run.device);
+    if export_dir(run_dir, &stage.name).join(EXPORT_MARKER).is_file() {
+        // Finished and exported by an earlier worker of this run (a resumed pipeline).
+        return Ok((command, TrlOutcome::Finished));
+    }
     check_packages(&python)?;
     let spec = stage_spec(pipeline, index, run_dir, model, step_offset, pref_files)?;
-    let spec_file = write_spec(run_dir, &stage.name, &spec)?;
-    let command = launch(settings, &python, &spec_file, &pipeline.run.device);
+    write_spec(run_dir, &stage.name, &spec)?;
     let header = format!("hone: stage {} on the TRL engine: {}\n", stage.name, command.display());
     OpenOptions::new()
         .create(true)
