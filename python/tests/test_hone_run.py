@@ -2,6 +2,8 @@
 stages run on real TRL (torchrun, two CPU processes, gloo) on the tiny Llama fixture: SFT, then
 DPO with an SFT term; pause, λ, a label and stop through the run's control socket; a SIGKILL of
 the worker's process group and a resume; every stage's export evaluated and gated by hone.
+(The same flow once drove `python -m hone_trl` directly; through hone it covers that and the
+worker's part, in four launches instead of eight.)
 
 Needs the `hone` binary (`HONE_BIN`, else `target/release/hone`); `.ci/run` builds it first."""
 
@@ -151,8 +153,13 @@ def test_hone_runs_trl_stages_controls_them_resumes_after_sigkill_and_gates_them
     assert len(sft) == 1 and sft[0]["step"] == 2 and len(of(evs, "gate_decided", "sft")) == 1
     assert (run_dir / "eval" / "sft" / "report.json").is_file()
     metrics = of(evs, "metrics", "dpo")
-    assert metrics and all({"loss/sft", "loss/pref", "lambda/pref", "rewards/margins"} <= m.keys() for m in metrics)
-    assert metrics[-1]["lambda/pref"] == 0.25
+    for m in metrics:
+        assert {"loss/sft", "loss/pref", "weighted/pref", "rewards/margins", "logps/chosen", "grad_norm"} <= m.keys()
+        # Each term is logged, and the loss is their λ-weighted sum with the λ of that step.
+        assert abs(m["lambda/pref"] * m["loss/pref"] + 0.5 * m["loss/sft"] - m["loss"]) < 1e-4
+    assert [m["lambda/pref"] for m in metrics[:2]] == [0.5, 0.25]
+    changed = of(evs, "lambda_changed", "dpo")[0]
+    assert (changed["lambda"], changed["from"], changed["to"], changed["reason"]) == ("pref", 0.5, 0.25, "control")
     assert of(evs, "labels_admitted")[0]["count"] == 1
     stop = of(evs, "stop_requested", "dpo")[0]
     assert stop["source"] == "control"
@@ -182,6 +189,8 @@ def test_hone_runs_trl_stages_controls_them_resumes_after_sigkill_and_gates_them
     assert of(last, "run_finished")[-1]["status"] == "completed"
     resumed = of(last, "stage_resumed", "dpo")[0]
     assert resumed["step"] >= k and resumed["world_size"] == 2
+    # The run's `resumed` says where: the dashboard keeps the metrics up to that TRL checkpoint.
+    assert of(last, "resumed")[0]["from_step"] == resumed["step"]
     steps = [e["step"] for e in of(last, "metrics", "dpo")]
     assert steps == list(range(resumed["step"] + 1, 2 + 24 + 1))
     assert all(m["lambda/pref"] == 0.25 for m in of(last, "metrics", "dpo"))

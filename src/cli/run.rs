@@ -347,7 +347,13 @@ fn resume_locked(
     let from = checkpoint.as_ref().map_or(0, |c| c.step);
     host.plan_admissions_after(from)?;
     host.plan_controls_after(from)?;
-    host.append(Event::new(kind::RESUMED, None, Some(from)).with("from_step", from).with("pid", std::process::id()))?;
+    // TRL stages checkpoint on their own: metrics up to their newest checkpoint stand.
+    let shown = match from_step {
+        None => crate::run::trl::resume_step(&EventReader::read_all(&run.events_path())?.events)
+            .map_or(from, |s| s.max(from)),
+        Some(_) => from,
+    };
+    host.append(Event::new(kind::RESUMED, None, Some(shown)).with("from_step", shown).with("pid", std::process::id()))?;
     let mut options = overrides.clone();
     if options.stages.is_none() {
         options.stages = stages_override(&frozen.info.overrides);

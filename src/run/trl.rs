@@ -40,6 +40,8 @@ use crate::train::host::PrefFile;
 
 /// The file in an export directory that marks the stage as finished (written before the rename).
 pub const EXPORT_MARKER: &str = "hone_export.json";
+/// The file a TRL checkpoint directory gets last (`python/hone_trl`): its presence marks it complete.
+pub const CHECKPOINT_MARKER: &str = "hone_state.json";
 /// How many lines of the launcher's output an error carries.
 const TAIL_LINES: usize = 20;
 /// How often [`run_stage`] looks at the child and the control inbox.
@@ -370,6 +372,28 @@ pub fn exported_step(export: &Path) -> Result<u64, TrlError> {
     })
 }
 
+/// Where a resume of the run at `run_dir` continues on the TRL engine, from its events: the
+/// highest step of a TRL checkpoint that is still complete on disk or of a TRL stage whose export
+/// is there; `None` when there is neither. A resume restarts its TRL stage from there (or skips
+/// it), so `resumed`'s `from_step` is this when it is past the newest native checkpoint.
+pub fn resume_step(events: &[super::Event]) -> Option<u64> {
+    let engine_trl = |e: &&super::Event| e.fields.get("engine").and_then(Value::as_str) == Some("trl");
+    let path_of =
+        |e: &super::Event| e.fields.get("path").or_else(|| e.fields.get("export"))?.as_str().map(PathBuf::from);
+    events
+        .iter()
+        .filter(engine_trl)
+        .filter_map(|e| {
+            let complete = match e.event.as_str() {
+                super::kind::CHECKPOINT_SAVED => path_of(e)?.join(CHECKPOINT_MARKER).is_file(),
+                super::kind::STAGE_FINISHED => path_of(e)?.join(EXPORT_MARKER).is_file(),
+                _ => false,
+            };
+            complete.then_some(e.step).flatten()
+        })
+        .max()
+}
+
 /// How a TRL stage ended, when it did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrlOutcome {
@@ -523,7 +547,8 @@ fn settings_of<'p>(pipeline: &'p Pipeline, stage: &str) -> Result<&'p TrlSetting
 /// writes the spec, starts the launcher (its command line first in `log`), and until it exits
 /// relays what `next_request` yields and a stop once `stop_requested` turns true. `model` is the
 /// HF directory the stage starts from (the previous stage's export, or the pipeline's model);
-/// the stage's own export is [`export_dir`]. Returns the command it ran with the outcome.
+/// the stage's own export is [`export_dir`]; `orders` is hone's data order (the spec's `orders`,
+/// one permutation of the files' examples per epoch). Returns the command it ran with the outcome.
 #[allow(clippy::too_many_arguments)]
 pub fn run_stage(
     pipeline: &Pipeline,
@@ -532,6 +557,7 @@ pub fn run_stage(
     run_dir: &Path,
     model: &Path,
     step_offset: u64,
+    orders: Option<&[Vec<usize>]>,
     log: &Path,
     stop_requested: &dyn Fn() -> bool,
     next_request: &mut dyn FnMut() -> Option<Request>,
@@ -545,7 +571,10 @@ pub fn run_stage(
         return Ok((command, TrlOutcome::Finished));
     }
     check_packages(&python)?;
-    let spec = stage_spec(pipeline, index, run_dir, model, step_offset, pref_files)?;
+    let mut spec = stage_spec(pipeline, index, run_dir, model, step_offset, pref_files)?;
+    if let Some(orders) = orders {
+        spec["orders"] = json!(orders);
+    }
     write_spec(run_dir, &stage.name, &spec)?;
     let header = format!("hone: stage {} on the TRL engine: {}\n", stage.name, command.display());
     OpenOptions::new()

@@ -392,6 +392,7 @@ impl Host for RunHost {
             &run_dir,
             &model,
             job.step_offset,
+            job.orders.as_deref(),
             &log,
             &stop,
             &mut next,

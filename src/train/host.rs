@@ -93,6 +93,9 @@ pub struct ExternalStage<'a> {
     pub model: ModelInput,
     /// Global steps complete before the stage (its events count on from here).
     pub step_offset: u64,
+    /// hone's data order for the stage's main term: one permutation of its file examples per
+    /// epoch, as the native sampler would draw them (`None` when it cannot be matched).
+    pub orders: Option<Vec<Vec<usize>>>,
 }
 
 /// The model a stage on another engine starts from.
