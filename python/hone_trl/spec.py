@@ -10,7 +10,9 @@ Keys (all required unless marked optional):
   log_every, checkpoint_every, keep_checkpoints, step_offset (global step before this stage),
   sft: {data: [paths], weight, on_chosen} (optional),
   pref: {data: [paths], live: [paths], lambda, beta, loss ("sigmoid" | "ipo"), reference (optional)}
-  (optional), lambda_safe (optional, reported as lambda/safe).
+  (optional), lambda_safe (optional, reported as lambda/safe),
+  orders (optional): hone's sampler order of the main term, one permutation of the files'
+  examples per epoch; the engine serves it (admitted labels first) and file order after it.
 """
 
 from __future__ import annotations

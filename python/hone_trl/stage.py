@@ -121,7 +121,10 @@ def run_stage(spec: Spec, signals, writer) -> bool:
     pool = LivePool([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
     total = spec.total_steps(len(pool))
     trainer.args.max_steps = total
-    trainer.hone_setup(pool, per_device, total, lambdas)
+    orders = spec.get("orders")
+    if orders and any(sorted(o) != list(range(len(o))) or len(o) > len(pool) for o in orders):
+        raise SpecError(f"{spec.path}: orders: each epoch must be a permutation of the files' examples")
+    trainer.hone_setup(pool, per_device, total, lambdas, orders)
     trainer.hone_items = items
     trainer.hone_base = len(pool)
     if live is not None:

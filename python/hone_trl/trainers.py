@@ -43,18 +43,27 @@ class LivePool(torch.utils.data.Dataset):
 class HoneOrder:
     """A stateful batch sampler: `per_device` pool indices per batch, `batches` batches in all."""
 
-    def __init__(self, pool: LivePool, per_device: int, batches: int):
+    def __init__(self, pool: LivePool, per_device: int, batches: int, orders: list[list[int]] | None = None):
         self.pool, self.per_device, self.batches = pool, per_device, batches
+        self.orders = orders or []  # hone's sampler order per epoch over the files' examples
         self.admissions: list[dict[str, Any]] = []  # {"pos", "added": [idx], "retracted": [idx]}
         self._reset()
 
     def _reset(self) -> None:
         self.drawn = 0
         self.epoch = 0
-        self.order = list(range(len(self.pool)))
+        self.order = self._epoch_order(0)
         self.cursor = 0
         self.queue: list[int] = []
         self._applied = 0
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        """hone's order for the epoch when the spec gave one (its examples, then any pool rows
+        it does not cover: labels, in pool order), else the pool's order."""
+        if epoch < len(self.orders):
+            order = list(self.orders[epoch])
+            return order + list(range(len(order), len(self.pool)))
+        return list(range(len(self.pool)))
 
     def _apply_due(self) -> None:
         while self._applied < len(self.admissions) and self.admissions[self._applied]["pos"] <= self.drawn:
@@ -76,7 +85,7 @@ class HoneOrder:
                 if not any(self.pool.active):
                     raise RuntimeError("no active examples left in the pool")
                 self.epoch += 1
-                self.order = list(range(len(self.pool)))
+                self.order = self._epoch_order(self.epoch)
                 self.cursor = 0
                 continue
             if self.pool.active[i]:
@@ -112,10 +121,12 @@ class HoneMixin:
     hone_order: HoneOrder
     hone_state: dict[str, Any]
 
-    def hone_setup(self, pool: LivePool, per_device: int, total_steps: int, lambdas: dict[str, float]) -> None:
+    def hone_setup(self, pool: LivePool, per_device: int, total_steps: int, lambdas: dict[str, float],
+                   orders: list[list[int]] | None = None) -> None:
         world = self.accelerator.num_processes
         self.hone_pool = pool
-        self.hone_order = HoneOrder(pool, per_device, total_steps * self.args.gradient_accumulation_steps * world)
+        batches = total_steps * self.args.gradient_accumulation_steps * world
+        self.hone_order = HoneOrder(pool, per_device, batches, orders)
         self.hone_lambdas = dict(lambdas)
         self.hone_state = {"control_offset": 0, "label_offsets": {}}
         self.hone_stopped = False

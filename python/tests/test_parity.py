@@ -1,37 +1,44 @@
-"""With one process, hone's data order and seed, TRL's first step has hone's native loss (1e-4).
+"""With one process, hone's data order and the same seed, TRL's first step has hone's native loss
+(1e-4), both run by `hone run`: the same pipeline once on hone's engine and once with
+`engine = "trl"` on every stage.
 
-Both stages use a batch of the whole fixture file (8 records), so the loss of step 1 does not
-depend on the order examples are drawn in; step 1 of the DPO stage runs after one AdamW step of
-the SFT stage on each engine, so it also checks that the two SFT updates agree. The native
-numbers come from `target/release/hone` when it is built (CI builds it before these tests) and
-otherwise from values recorded with the same command:
-    hone run --headless --runs-dir RUNS tests/native.toml  (the file `native_pipeline` writes)
-"""
+The SFT stage's batch (2 of the fixture's 8 records) is the first batch of hone's seeded sampler,
+not the files' first two records, so the loss only matches if the worker feeds TRL hone's order
+(the spec's `orders`); the test checks that the two differ. The DPO stage (with its SFT term)
+takes the whole file in one batch, because the native engine draws its SFT-on-chosen term from a
+sampler of its own: its step 1 checks that the two engines' SFT updates agree and that the
+combined objective does. Needs the `hone` binary (`HONE_BIN`, else `target/release/hone`)."""
 
 import json
 import os
 import subprocess
 from pathlib import Path
 
-from conftest import FIXTURE, REPO, events, run, spec
+import pytest
 
-RECORDED = {"sft": 9.01122760772705, "dpo": 4.717136383056641}
+from conftest import FIXTURE, PYTHON, REPO, env, events
+
+HONE = Path(os.environ.get("HONE_BIN", REPO / "target" / "release" / "hone"))
 
 
-def native_pipeline(path: Path) -> None:
+def pipeline(path: Path, engine: str) -> None:
+    trl = f'[engine.trl]\npython = "{PYTHON}"\nlauncher = "torchrun"\nnum_processes = 1\n' if engine == "trl" else ""
     path.write_text(f"""[run]
-name = "parity"
+name = "parity-{engine}"
 seed = 42
+device = "cpu"
 checkpoint_every = 0
 sample_every = 0
 
 [model]
 path = "{FIXTURE / 'model'}"
 
+{trl}
 [[stage]]
 name = "sft"
+engine = "{engine}"
 max_steps = 1
-batch_size = 8
+batch_size = 2
 lr = 1e-3
 schedule = "constant"
 max_length = 256
@@ -40,6 +47,7 @@ data = ["{FIXTURE / 'sft.jsonl'}"]
 
 [[stage]]
 name = "dpo"
+engine = "{engine}"
 max_steps = 1
 batch_size = 8
 lr = 1e-3
@@ -56,31 +64,25 @@ reference = "{FIXTURE / 'ref'}"
 """)
 
 
-def native_losses(tmp_path: Path) -> dict[str, float]:
-    hone = Path(os.environ.get("HONE_BIN", REPO / "target" / "release" / "hone"))
-    if not hone.exists():
-        return RECORDED
-    pipeline = tmp_path / "native.toml"
-    native_pipeline(pipeline)
-    out = subprocess.run([str(hone), "run", "--headless", "--runs-dir", str(tmp_path / "runs"), str(pipeline)],
-                         capture_output=True, text=True, timeout=120, check=True)
-    run_dir = Path(out.stdout.strip().splitlines()[-1])
-    return {e["stage"]: e["loss"] for e in events(run_dir) if e["event"] == "metrics"}
+def run(tmp: Path, engine: str) -> Path:
+    path = tmp / f"{engine}.toml"
+    pipeline(path, engine)
+    out = subprocess.run([str(HONE), "run", "--headless", "--runs-dir", str(tmp / engine), str(path)],
+                         capture_output=True, text=True, timeout=400, env=env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    return Path(out.stdout.strip().splitlines()[-1])
 
 
-def test_first_step_loss_equals_hone_native(tmp_path):
-    native = native_losses(tmp_path)
-    run_dir = tmp_path / "run"
-    common = dict(batch_size=8, max_steps=1, lr=1e-3, schedule="constant")
-    sft = spec(run_dir, "sft", "sft", FIXTURE / "model",
-               sft={"data": [str(FIXTURE / "sft.jsonl")], "weight": 1.0, "on_chosen": False}, **common)
-    assert run(sft, 1, tmp_path / "log") == 0
-    dpo = spec(run_dir, "dpo", "dpo", run_dir / "trl" / "sft" / "model", step_offset=1,
-               sft={"data": [], "weight": 0.5, "on_chosen": True},
-               pref={"data": [str(FIXTURE / "prefs.jsonl")], "live": [], "lambda": 0.5, "beta": 0.1,
-                     "loss": "sigmoid", "reference": str(FIXTURE / "ref")}, **common)
-    assert run(dpo, 1, tmp_path / "log") == 0, (tmp_path / "log").read_text()[-3000:]
-    trl = {e["stage"]: e for e in events(run_dir) if e["event"] == "metrics"}
-    assert abs(trl["sft"]["loss"] - native["sft"]) < 1e-4, (trl["sft"]["loss"], native["sft"])
-    assert abs(trl["dpo"]["loss"] - native["dpo"]) < 1e-4, (trl["dpo"]["loss"], native["dpo"])
-    assert trl["dpo"]["step"] == 2 and trl["dpo"]["lambda/pref"] == 0.5
+@pytest.mark.skipif(not HONE.exists(), reason=f"no hone binary at {HONE} (cargo build --release)")
+def test_first_step_loss_equals_hone_native_in_hones_order(tmp_path):
+    native_dir, trl_dir = run(tmp_path, "hone"), run(tmp_path, "trl")
+    native = {e["stage"]: e for e in events(native_dir) if e["event"] == "metrics"}
+    trl = {e["stage"]: e for e in events(trl_dir) if e["event"] == "metrics"}
+    spec = json.loads((trl_dir / "trl" / "sft.json").read_text())
+    first = spec["orders"][0][:2]
+    assert sorted(spec["orders"][0]) == list(range(8)) and first != [0, 1], first
+    for stage in ("sft", "dpo"):
+        assert abs(trl[stage]["loss"] - native[stage]["loss"]) < 1e-4, (stage, trl[stage]["loss"], native[stage]["loss"])
+    assert abs(trl["dpo"]["loss/sft"] - native["dpo"]["loss/sft"]) < 1e-4
+    assert abs(trl["dpo"]["loss/pref"] - native["dpo"]["loss/pref"]) < 1e-4
+    assert trl["dpo"]["step"] == native["dpo"]["step"] == 2

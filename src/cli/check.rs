@@ -101,6 +101,15 @@ pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
     if !ok {
         writeln!(out, "error: the tokenizer has more tokens than the model's embedding has rows")?;
     }
+    // Stages on the TRL engine: the venv's packages must import (their versions are shown).
+    match crate::run::trl::check(&loaded.pipeline) {
+        Ok(None) => {}
+        Ok(Some(line)) => writeln!(out, "{}", sanitize(&line, true))?,
+        Err(e) => {
+            writeln!(out, "error: {}", sanitize(&e.to_string(), true))?;
+            ok = false;
+        }
+    }
     for (i, stage) in loaded.pipeline.stages.iter().enumerate() {
         writeln!(out, "\nstage {} (max_length {})", sanitize(&stage.name, false), stage.max_length)?;
         let prefs: Vec<_> =

@@ -11,7 +11,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use serde_json::json;
 
-use crate::config::{diff_frozen, freeze, frozen_toml, load_frozen, load_pipeline, FrozenExtras, LoadedPipeline};
+use crate::config::{
+    diff_frozen, freeze, frozen_toml, load_frozen, load_pipeline, FrozenExtras, FrozenLaunch, LoadedPipeline,
+};
 use crate::data::label_store::read_candidates;
 use crate::model::{parse_device, parse_dtype};
 use crate::run::control::ControlServer;
@@ -199,9 +201,15 @@ fn prepare(pipeline: &Path, runs_dir: &Path, overrides: &Overrides) -> Result<(L
     for file in &candidates {
         read_candidates(file)?;
     }
+    // A TRL stage without its interpreter is refused before a run directory exists.
+    crate::run::trl::launch_lines(&loaded.pipeline, Path::new("."))?;
     let run = RunDir::create(runs_dir, &loaded.pipeline.run.name)?;
     let lock = lock(&run)?;
-    let frozen = freeze(&loaded, &FrozenExtras { hone_version: hone_version(), overrides: applied })?;
+    let mut frozen = freeze(&loaded, &FrozenExtras { hone_version: hone_version(), overrides: applied })?;
+    frozen.info.trl_launches = crate::run::trl::launch_lines(&loaded.pipeline, run.path())?
+        .into_iter()
+        .map(|(stage, command)| FrozenLaunch { stage, command })
+        .collect();
     run.write_frozen_config(&frozen_toml(&frozen)?)?;
     run.seed_candidates(&candidates)?;
     Ok((loaded, lock))
@@ -339,7 +347,13 @@ fn resume_locked(
     let from = checkpoint.as_ref().map_or(0, |c| c.step);
     host.plan_admissions_after(from)?;
     host.plan_controls_after(from)?;
-    host.append(Event::new(kind::RESUMED, None, Some(from)).with("from_step", from).with("pid", std::process::id()))?;
+    // TRL stages checkpoint on their own: metrics up to their newest checkpoint stand.
+    let shown = match from_step {
+        None => crate::run::trl::resume_step(&EventReader::read_all(&run.events_path())?.events)
+            .map_or(from, |s| s.max(from)),
+        Some(_) => from,
+    };
+    host.append(Event::new(kind::RESUMED, None, Some(shown)).with("from_step", shown).with("pid", std::process::id()))?;
     let mut options = overrides.clone();
     if options.stages.is_none() {
         options.stages = stages_override(&frozen.info.overrides);

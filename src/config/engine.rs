@@ -216,21 +216,3 @@ pub(crate) fn resolve_paths(
     }
     Ok(())
 }
-
-/// Refuses to start (or resume) a run with a TRL stage until the worker runs them through
-/// `run::trl::run_stage`: without this, the native trainer would silently train the stage on
-/// hone's engine. Remove it in the change that wires the worker.
-pub(crate) fn refuse_unwired(loaded: &super::LoadedPipeline) -> Result<(), ConfigError> {
-    match loaded.pipeline.stages.iter().position(|s| s.engine == Engine::Trl) {
-        Some(i) => Err(ConfigError::File {
-            path: loaded.source_path.clone(),
-            message: format!(
-                "stage[{i}] `{}`: engine = \"trl\" is configured and checked, but this build's worker does not \
-                 run TRL stages yet (refusing rather than training it on hone's engine); run the stage with \
-                 python -m hone_trl --spec (README: TRL engine)",
-                loaded.pipeline.stages[i].name
-            ),
-        }),
-        None => Ok(()),
-    }
-}

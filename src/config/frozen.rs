@@ -40,6 +40,20 @@ pub struct FrozenInfo {
     /// `config.json` and `tokenizer.json`.
     #[serde(default, rename = "file")]
     pub files: Vec<FrozenFile>,
+    /// The exact command of each stage on the TRL engine, as the worker starts it (filled in
+    /// by whoever creates the run: only `run::trl` knows the launcher and the spec's file).
+    #[serde(default, rename = "trl_launch", skip_serializing_if = "Vec::is_empty")]
+    pub trl_launches: Vec<FrozenLaunch>,
+}
+
+/// The launcher command of one TRL stage (`[[frozen.trl_launch]]` in `run.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrozenLaunch {
+    /// The stage.
+    pub stage: String,
+    /// The command line, shell-quoted, environment first.
+    pub command: String,
 }
 
 /// One input file of a run and its hash.
@@ -111,7 +125,6 @@ pub fn sha256_file(path: &Path) -> Result<String, ConfigError> {
 /// Hashes every input file of `loaded` and records `extras`: the [`Frozen`] form of a pipeline
 /// about to run (or about to be compared with a run's `run.toml`).
 pub fn freeze(loaded: &LoadedPipeline, extras: &FrozenExtras) -> Result<Frozen, ConfigError> {
-    super::engine::refuse_unwired(loaded)?;
     let mut hashes: HashMap<PathBuf, String> = HashMap::new();
     let mut hash = |path: &Path| -> Result<String, ConfigError> {
         if let Some(known) = hashes.get(path) {
@@ -165,6 +178,7 @@ pub fn freeze(loaded: &LoadedPipeline, extras: &FrozenExtras) -> Result<Frozen, 
         source: loaded.source_path.clone(),
         overrides: extras.overrides.clone(),
         files,
+        trl_launches: Vec::new(),
     };
     Ok(Frozen { loaded: loaded.clone(), info })
 }

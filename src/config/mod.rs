@@ -19,6 +19,7 @@ pub use engine::{Engine, EngineSettings, Launcher, TrlSettings};
 pub use error::ConfigError;
 pub use frozen::{
     diff_frozen, freeze, frozen_toml, load_frozen, sha256_file, Frozen, FrozenExtras, FrozenFile, FrozenInfo,
+    FrozenLaunch,
 };
 pub use load::{load_pipeline, DataSource, LoadedPipeline, RUN_LABELS_FILE};
 pub(crate) use locate::line_column;

@@ -9,7 +9,9 @@
 //! Files, all under `<run>/trl/` (named here rather than in `dir.rs`, which only the native
 //! engine's files need): `<stage>.json` (the spec), `<stage>/checkpoints/checkpoint-N/` (TRL's
 //! checkpoints, `hone_state.json` written last in each), `<stage>/model/` (the exported HF
-//! directory: the next stage's model, what hone evaluates and gates), `control.jsonl` (the relay).
+//! directory: the next stage's model, what hone evaluates and gates), `<stage>/input/` (the policy
+//! the stage starts from, when it is not already a directory: after a native stage),
+//! `control.jsonl` (the relay).
 //!
 //! The relay: the worker keeps serving `control.sock`; each request that changes training is
 //! appended to `control.jsonl` as the socket's own JSON (`{"cmd":"pause"}`) and fsynced. Rank 0
@@ -20,7 +22,8 @@
 //! export. Launchers replace a rank's exit status by their own, so a status of 0 with the
 //! export's marker means finished, 0 without it stopped, anything else failed.
 //!
-//! Nothing here is wired into the worker yet; [`run_stage`] is the one call it needs.
+//! The worker (`run::worker::RunHost::run_external_stage`) calls [`run_stage`] when the trainer
+//! reaches a TRL stage, then hands the export back to the trainer, which evaluates and gates it.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -32,10 +35,13 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::control::Request;
-use crate::config::{DataSource, Launcher, Pipeline, PrefLossKind, Schedule, TrlSettings};
+use crate::config::{Launcher, Pipeline, PrefLossKind, Schedule, TrlSettings};
+use crate::train::host::PrefFile;
 
 /// The file in an export directory that marks the stage as finished (written before the rename).
 pub const EXPORT_MARKER: &str = "hone_export.json";
+/// The file a TRL checkpoint directory gets last (`python/hone_trl`): its presence marks it complete.
+pub const CHECKPOINT_MARKER: &str = "hone_state.json";
 /// How many lines of the launcher's output an error carries.
 const TAIL_LINES: usize = 20;
 /// How often [`run_stage`] looks at the child and the control inbox.
@@ -58,6 +64,12 @@ pub enum TrlError {
     NoPython {
         /// Where the default venv's interpreter was looked for.
         expected: String,
+    },
+    /// `[engine.trl] python` names a file that does not exist.
+    #[error("[engine.trl] python: no such interpreter: {}", python.display())]
+    MissingPython {
+        /// The configured interpreter.
+        python: PathBuf,
     },
     /// A program could not be started.
     #[error("{program}: cannot start: {source}")]
@@ -117,6 +129,11 @@ pub fn export_dir(run_dir: &Path, stage: &str) -> PathBuf {
     trl_dir(run_dir).join(super::dir_component(stage)).join("model")
 }
 
+/// Where the policy a TRL stage starts from is written when it exists only in memory.
+pub fn input_dir(run_dir: &Path, stage: &str) -> PathBuf {
+    trl_dir(run_dir).join(super::dir_component(stage)).join("input")
+}
+
 /// Where a TRL stage's checkpoints go.
 pub fn checkpoints_dir(run_dir: &Path, stage: &str) -> PathBuf {
     trl_dir(run_dir).join(super::dir_component(stage)).join("checkpoints")
@@ -140,6 +157,10 @@ pub fn default_python() -> Option<PathBuf> {
 /// The interpreter a pipeline's TRL stages run with.
 pub fn python_of(settings: &TrlSettings) -> Result<PathBuf, TrlError> {
     if let Some(python) = &settings.python {
+        // A bare name (`python3`) is looked up in PATH when it starts.
+        if python.components().count() > 1 && !python.exists() {
+            return Err(TrlError::MissingPython { python: python.clone() });
+        }
         return Ok(python.clone());
     }
     match default_python() {
@@ -150,15 +171,15 @@ pub fn python_of(settings: &TrlSettings) -> Result<PathBuf, TrlError> {
 }
 
 /// The stage spec (`python/hone_trl/spec.py` documents every key) of stage `index`, which starts
-/// from the HF directory `model` at global step `step_offset`. `pref_sources` are the stage's
-/// preference files as the loaded pipeline located them: run-relative ones are live labels.
+/// from the HF directory `model` at global step `step_offset`. `pref_files` are the stage's
+/// preference files, resolved: the `live` ones are labels files that grow while it runs.
 pub fn stage_spec(
     pipeline: &Pipeline,
     index: usize,
     run_dir: &Path,
     model: &Path,
     step_offset: u64,
-    pref_sources: &[DataSource],
+    pref_files: &[PrefFile],
 ) -> Result<Value, TrlError> {
     let stage = pipeline.stages.get(index).ok_or(TrlError::NoStage(index))?;
     let run = &pipeline.run;
@@ -196,11 +217,11 @@ pub fn stage_spec(
         spec["sft"] = json!({"data": sft.data, "weight": sft.weight, "on_chosen": sft.on_chosen});
     }
     if let Some(pref) = &stage.pref {
-        let (live, data): (Vec<&DataSource>, Vec<&DataSource>) = pref_sources.iter().partition(|s| s.is_run_relative());
-        let resolve = |s: &[&DataSource]| s.iter().map(|s| s.resolve(run_dir)).collect::<Vec<_>>();
+        let (live, data): (Vec<&PrefFile>, Vec<&PrefFile>) = pref_files.iter().partition(|f| f.live);
+        let paths = |s: &[&PrefFile]| s.iter().map(|f| f.path.clone()).collect::<Vec<_>>();
         spec["pref"] = json!({
-            "data": resolve(&data),
-            "live": resolve(&live),
+            "data": paths(&data),
+            "live": paths(&live),
             "lambda": pref.lambda,
             "beta": pref.beta,
             "loss": match pref.loss {
@@ -322,11 +343,7 @@ pub fn check(pipeline: &Pipeline) -> Result<Option<String>, TrlError> {
     let Some(stage) = pipeline.stages.iter().find(|s| s.engine == crate::config::Engine::Trl) else {
         return Ok(None);
     };
-    let settings = pipeline
-        .engine
-        .as_ref()
-        .and_then(|e| e.trl.as_ref())
-        .ok_or_else(|| TrlError::NoSettings { stage: stage.name.clone() })?;
+    let settings = settings_of(pipeline, &stage.name)?;
     let python = python_of(settings)?;
     let versions = check_packages(&python)?;
     let list = versions.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
@@ -341,6 +358,40 @@ pub fn check(pipeline: &Pipeline) -> Result<Option<String>, TrlError> {
         settings.num_processes,
         settings.num_machines
     )))
+}
+
+/// The global step a finished stage's export marker records (`hone_export.json`'s `step`).
+pub fn exported_step(export: &Path) -> Result<u64, TrlError> {
+    let path = export.join(EXPORT_MARKER);
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    serde_json::from_str::<Value>(&text).ok().and_then(|v| v.get("step").and_then(Value::as_u64)).ok_or_else(|| {
+        TrlError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "no integer `step` in the export marker"),
+        }
+    })
+}
+
+/// Where a resume of the run at `run_dir` continues on the TRL engine, from its events: the
+/// highest step of a TRL checkpoint that is still complete on disk or of a TRL stage whose export
+/// is there; `None` when there is neither. A resume restarts its TRL stage from there (or skips
+/// it), so `resumed`'s `from_step` is this when it is past the newest native checkpoint.
+pub fn resume_step(events: &[super::Event]) -> Option<u64> {
+    let engine_trl = |e: &&super::Event| e.fields.get("engine").and_then(Value::as_str) == Some("trl");
+    let path_of =
+        |e: &super::Event| e.fields.get("path").or_else(|| e.fields.get("export"))?.as_str().map(PathBuf::from);
+    events
+        .iter()
+        .filter(engine_trl)
+        .filter_map(|e| {
+            let complete = match e.event.as_str() {
+                super::kind::CHECKPOINT_SAVED => path_of(e)?.join(CHECKPOINT_MARKER).is_file(),
+                super::kind::STAGE_FINISHED => path_of(e)?.join(EXPORT_MARKER).is_file(),
+                _ => false,
+            };
+            complete.then_some(e.step).flatten()
+        })
+        .max()
 }
 
 /// How a TRL stage ended, when it did not fail.
@@ -471,33 +522,67 @@ pub fn tail_lines(path: &Path, n: usize) -> String {
         .join("\n")
 }
 
-/// Runs stage `index` on the TRL engine to its end: writes the spec, starts the launcher, and
-/// until it exits relays what `next_request` yields and a stop once `stop_requested` turns true.
-/// `model` is the HF directory the stage starts from (the previous stage's export, or the
-/// pipeline's model); the stage's own export is [`export_dir`]. Returns the command it ran (to
-/// record) with the outcome.
+/// The exact command of every TRL stage of `pipeline` for the run at `run_dir` (stage name,
+/// command line), as `run.toml` records it; empty without TRL stages. Fails without a Python.
+pub fn launch_lines(pipeline: &Pipeline, run_dir: &Path) -> Result<Vec<(String, String)>, TrlError> {
+    let mut out = Vec::new();
+    for stage in pipeline.stages.iter().filter(|s| s.engine == crate::config::Engine::Trl) {
+        let settings = settings_of(pipeline, &stage.name)?;
+        let python = python_of(settings)?;
+        let command = launch(settings, &python, &spec_path(run_dir, &stage.name), &pipeline.run.device);
+        out.push((stage.name.clone(), command.display()));
+    }
+    Ok(out)
+}
+
+fn settings_of<'p>(pipeline: &'p Pipeline, stage: &str) -> Result<&'p TrlSettings, TrlError> {
+    pipeline
+        .engine
+        .as_ref()
+        .and_then(|e| e.trl.as_ref())
+        .ok_or_else(|| TrlError::NoSettings { stage: stage.to_string() })
+}
+
+/// Runs stage `index` on the TRL engine to its end: checks that the venv's packages import,
+/// writes the spec, starts the launcher (its command line first in `log`), and until it exits
+/// relays what `next_request` yields and a stop once `stop_requested` turns true. `model` is the
+/// HF directory the stage starts from (the previous stage's export, or the pipeline's model);
+/// the stage's own export is [`export_dir`]; `orders` is hone's data order (the spec's `orders`,
+/// one permutation of the files' examples per epoch). Returns the command it ran with the outcome.
 #[allow(clippy::too_many_arguments)]
 pub fn run_stage(
     pipeline: &Pipeline,
-    pref_sources: &[DataSource],
+    pref_files: &[PrefFile],
     index: usize,
     run_dir: &Path,
     model: &Path,
     step_offset: u64,
+    orders: Option<&[Vec<usize>]>,
     log: &Path,
     stop_requested: &dyn Fn() -> bool,
     next_request: &mut dyn FnMut() -> Option<Request>,
 ) -> Result<(Launch, TrlOutcome), TrlError> {
     let stage = pipeline.stages.get(index).ok_or(TrlError::NoStage(index))?;
-    let settings = pipeline
-        .engine
-        .as_ref()
-        .and_then(|e| e.trl.as_ref())
-        .ok_or_else(|| TrlError::NoSettings { stage: stage.name.clone() })?;
+    let settings = settings_of(pipeline, &stage.name)?;
     let python = python_of(settings)?;
-    let spec = stage_spec(pipeline, index, run_dir, model, step_offset, pref_sources)?;
-    let spec_file = write_spec(run_dir, &stage.name, &spec)?;
-    let command = launch(settings, &python, &spec_file, &pipeline.run.device);
+    let command = launch(settings, &python, &spec_path(run_dir, &stage.name), &pipeline.run.device);
+    if export_dir(run_dir, &stage.name).join(EXPORT_MARKER).is_file() {
+        // Finished and exported by an earlier worker of this run (a resumed pipeline).
+        return Ok((command, TrlOutcome::Finished));
+    }
+    check_packages(&python)?;
+    let mut spec = stage_spec(pipeline, index, run_dir, model, step_offset, pref_files)?;
+    if let Some(orders) = orders {
+        spec["orders"] = json!(orders);
+    }
+    write_spec(run_dir, &stage.name, &spec)?;
+    let header = format!("hone: stage {} on the TRL engine: {}\n", stage.name, command.display());
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .and_then(|mut f| f.write_all(header.as_bytes()))
+        .map_err(io_err(log))?;
     let mut child = TrlChild::start(&command, run_dir, &stage.name, log)?;
     loop {
         if let Some(outcome) = child.poll()? {

@@ -29,8 +29,10 @@ fn a_trl_pipeline_loads_and_its_spec_says_what_the_stage_is() {
     let dir = tempfile::tempdir().unwrap();
     let loaded = load(dir.path(), &pipeline_text(TORCHRUN, "")).unwrap();
     let run = Path::new("/runs/r1");
-    let spec =
-        stage_spec(&loaded.pipeline, 1, run, Path::new("/runs/r1/trl/sft/model"), 7, &loaded.pref_sources[1]).unwrap();
+    let prefs = |i: usize| -> Vec<PrefFile> {
+        loaded.pref_sources[i].iter().map(|s| PrefFile { path: s.resolve(run), live: s.is_run_relative() }).collect()
+    };
+    let spec = stage_spec(&loaded.pipeline, 1, run, Path::new("/runs/r1/trl/sft/model"), 7, &prefs(1)).unwrap();
     assert_eq!(spec["kind"], "dpo");
     assert_eq!(spec["step_offset"], 7);
     assert_eq!(spec["batch_size"], 4);
@@ -38,7 +40,7 @@ fn a_trl_pipeline_loads_and_its_spec_says_what_the_stage_is() {
     assert_eq!(spec["pref"]["live"], json!(["/runs/r1/labels.jsonl"]));
     assert_eq!(spec["sft"]["on_chosen"], true);
     assert_eq!(spec["export_dir"], "/runs/r1/trl/dpo/model");
-    let sft = stage_spec(&loaded.pipeline, 0, run, Path::new(MODEL), 0, &loaded.pref_sources[0]).unwrap();
+    let sft = stage_spec(&loaded.pipeline, 0, run, Path::new(MODEL), 0, &prefs(0)).unwrap();
     assert_eq!(sft["kind"], "sft");
     assert!(sft.get("pref").is_none());
 }
@@ -204,13 +206,19 @@ fn pair_hash_is_shared_with_python() {
 }
 
 #[test]
-fn a_run_with_a_trl_stage_is_refused_until_the_worker_runs_them() {
+fn launch_lines_name_each_trl_stage_and_refuse_a_missing_interpreter() {
     let dir = tempfile::tempdir().unwrap();
-    let loaded = load(dir.path(), &pipeline_text(TORCHRUN, "")).unwrap();
-    let extras = crate::config::FrozenExtras { hone_version: "test".into(), overrides: Vec::new() };
-    let err = crate::config::freeze(&loaded, &extras).unwrap_err().to_string();
-    assert!(
-        err.contains("stage[0] `sft`: engine = \"trl\" is configured and checked, but this build's worker"),
-        "{err}"
-    );
+    let python = dir.path().join("python");
+    std::fs::write(&python, "").unwrap();
+    let loaded =
+        load(dir.path(), &pipeline_text(&TORCHRUN.replace("/venv/bin/python", &python.display().to_string()), ""))
+            .unwrap();
+    let lines = launch_lines(&loaded.pipeline, Path::new("/runs/r1")).unwrap();
+    let stages: Vec<&str> = lines.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(stages, ["sft", "dpo"]);
+    assert!(lines[1].1.ends_with("--nproc_per_node 2 -m hone_trl --spec /runs/r1/trl/dpo.json"), "{}", lines[1].1);
+    let missing =
+        load(dir.path(), &pipeline_text(&TORCHRUN.replace("/venv/bin/python", "/nowhere/python"), "")).unwrap();
+    let err = launch_lines(&missing.pipeline, Path::new("/runs/r1")).unwrap_err().to_string();
+    assert_eq!(err, "[engine.trl] python: no such interpreter: /nowhere/python");
 }

@@ -14,7 +14,7 @@ use super::{
     OPTIMIZER_FILE, TRAINER_STATE_FILE,
 };
 use crate::train::evaluate::{EvalInputs, StageEval};
-use crate::train::host::PlannedControl;
+use crate::train::host::{ExternalOutcome, ExternalStage, ModelInput, PlannedControl};
 use crate::train::trainer::{Admission, CheckpointData, Control, Host, Position, PrefFile, SavedTraining};
 use crate::train::TrainError;
 
@@ -371,6 +371,47 @@ impl Host for RunHost {
             labels.push(self.lock.run().labels_path());
         }
         EvalInputs { overrides: Some(self.lock.run().overrides_path()), labels }
+    }
+
+    fn run_external_stage(&mut self, job: ExternalStage<'_>) -> Result<ExternalOutcome, TrainError> {
+        let run_dir = self.lock.run().path().to_path_buf();
+        let name = job.pipeline.stages.get(job.index).map(|s| s.name.clone()).unwrap_or_default();
+        let model = match job.model {
+            ModelInput::Dir(dir) => dir,
+            ModelInput::Files(files) => {
+                let dir = super::trl::input_dir(&run_dir, &name);
+                crate::durable::write_dir(&dir, &files).map_err(|e| TrainError::Host(e.to_string()))?;
+                dir
+            }
+        };
+        let prefs = self.preference_files(job.index);
+        let log = self.lock.run().worker_log_path();
+        let (shutdown, inbox) = (self.shutdown.clone(), self.inbox.clone());
+        let stop = || shutdown.as_ref().is_some_and(Shutdown::requested);
+        let mut next = || inbox.as_ref().and_then(|i| i.next(None));
+        let (_, outcome) = super::trl::run_stage(
+            job.pipeline,
+            &prefs,
+            job.index,
+            &run_dir,
+            &model,
+            job.step_offset,
+            job.orders.as_deref(),
+            &log,
+            &stop,
+            &mut next,
+        )
+        .map_err(|e| TrainError::Host(e.to_string()))?;
+        // The stage's own events (started, metrics, finished) were written by its rank 0.
+        self.writer.sync().map_err(host_err)?;
+        match outcome {
+            super::trl::TrlOutcome::Stopped => Ok(ExternalOutcome::Stopped),
+            super::trl::TrlOutcome::Finished => {
+                let model = super::trl::export_dir(&run_dir, &name);
+                let step = super::trl::exported_step(&model).map_err(|e| TrainError::Host(e.to_string()))?;
+                Ok(ExternalOutcome::Finished { model, step })
+            }
+        }
     }
 
     fn export(&mut self, stage: &str, files: Vec<(String, Vec<u8>)>) -> Result<Option<PathBuf>, TrainError> {

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use super::evaluate::{EvalInputs, StageEval};
 use super::TrainError;
+use crate::config::Pipeline;
 
 /// What the trainer needs from whoever runs it (the worker, a test).
 pub trait Host {
@@ -72,6 +73,52 @@ pub trait Host {
     fn export(&mut self, _stage: &str, _files: Vec<(String, Vec<u8>)>) -> Result<Option<PathBuf>, TrainError> {
         Ok(None)
     }
+    /// Trains a stage on another engine (`engine = "trl"`) to its end or a stop, relaying
+    /// control requests and stop signals to it; the engine writes the stage's events itself.
+    /// Hosts without one (in-memory tests) refuse: a TRL stage never falls back to hone's engine.
+    fn run_external_stage(&mut self, job: ExternalStage<'_>) -> Result<ExternalOutcome, TrainError> {
+        let stage = job.pipeline.stages.get(job.index).map_or("?", |s| s.name.as_str());
+        Err(TrainError::Host(format!("stage {stage}: this host cannot run stages on an external engine")))
+    }
+}
+
+/// A stage handed to another engine by [`Host::run_external_stage`].
+#[derive(Debug)]
+pub struct ExternalStage<'a> {
+    /// The pipeline (with the run's `--max-steps` cap applied to the stage).
+    pub pipeline: &'a Pipeline,
+    /// The stage's index in it.
+    pub index: usize,
+    /// The model the stage starts from.
+    pub model: ModelInput,
+    /// Global steps complete before the stage (its events count on from here).
+    pub step_offset: u64,
+    /// hone's data order for the stage's main term: one permutation of its file examples per
+    /// epoch, as the native sampler would draw them (`None` when it cannot be matched).
+    pub orders: Option<Vec<Vec<usize>>>,
+}
+
+/// The model a stage on another engine starts from.
+#[derive(Debug)]
+pub enum ModelInput {
+    /// An HF model directory as it is (the pipeline's model, the previous stage's export).
+    Dir(PathBuf),
+    /// The policy in memory, as a model directory's files (name, bytes), for the host to store.
+    Files(Vec<(String, Vec<u8>)>),
+}
+
+/// How a stage on another engine ended, when it did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExternalOutcome {
+    /// Trained to the end (or skipped) and exported.
+    Finished {
+        /// The exported HF model directory: the policy from here on.
+        model: PathBuf,
+        /// Global steps complete at its end.
+        step: u64,
+    },
+    /// Stopped after a checkpoint of its own; running it again resumes it.
+    Stopped,
 }
 
 /// A checkpoint as the trainer produces it.

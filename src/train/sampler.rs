@@ -71,7 +71,8 @@ impl Sampler {
 
     /// The order of one epoch over the active examples: a seeded shuffle, then windows of a few
     /// batches sorted by length, cut into batches, and the batches of each window shuffled again.
-    fn epoch_order(&self, epoch: u64) -> Vec<usize> {
+    /// Public so that a stage on another engine can be fed the same order (`engine = "trl"`).
+    pub fn epoch_order(&self, epoch: u64) -> Vec<usize> {
         // Epoch e of a sampler seeded s draws from `rng::seeded(s ^ e·0x9E37_79B9_7F4A_7C15)`.
         let mut rng = seeded(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut idx: Vec<usize> = (0..self.lengths.len()).filter(|&i| self.active[i]).collect();

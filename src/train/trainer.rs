@@ -5,6 +5,7 @@
 //! flag and where a stage's reference weights live. It never learns a run-directory file name.
 
 mod control;
+mod external;
 mod stage;
 
 use std::collections::{HashMap, VecDeque};
@@ -28,7 +29,7 @@ use super::schedule::learning_rate;
 use super::state::{load_optimizer, optimizer_bytes};
 pub use super::state::{Finished, RunOptions, TrainerState};
 use super::TrainError;
-use crate::config::{EvalSettings, ModelInit, NanPolicy, Pipeline, Stage};
+use crate::config::{Engine, EvalSettings, ModelInit, NanPolicy, Pipeline, Stage};
 use crate::data::{ChatTemplate, TextTokenizer};
 use crate::eval::{read_suite, Contamination, Decision, EvalItem, Judge, Report};
 use crate::model::Model;
@@ -102,6 +103,9 @@ pub struct Trainer<'h, H: Host> {
     candidate_cursor: usize,
     /// Commands received between batches of a long phase, applied at the next step boundary.
     deferred: VecDeque<Control>,
+    /// The model directory the policy equals, while it does (the pipeline's model, a TRL
+    /// stage's export): a stage on another engine starts from it instead of a fresh copy.
+    policy_dir: Option<PathBuf>,
 }
 
 impl<'h, H: Host> Trainer<'h, H> {
@@ -117,8 +121,11 @@ impl<'h, H: Host> Trainer<'h, H> {
             ModelInit::Pretrained => Model::load(&pipeline.model.path, &device, dtype)?,
             ModelInit::Scratch => Model::scratch(&pipeline.model.path, &device, dtype, pipeline.run.seed)?,
         };
+        let dir = (pipeline.model.init == ModelInit::Pretrained).then(|| pipeline.model.path.clone());
         let start = Start { policy, state: TrainerState::default(), optimizer: None };
-        Self::with_policy(pipeline, options, host, (device, dtype), start)
+        let mut trainer = Self::with_policy(pipeline, options, host, (device, dtype), start)?;
+        trainer.policy_dir = dir;
+        Ok(trainer)
     }
 
     /// A trainer resuming from a checkpoint directory written by [`Host::save_checkpoint`].
@@ -169,6 +176,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             stop: false,
             candidate_cursor: 0,
             deferred: VecDeque::new(),
+            policy_dir: None,
             host,
             device,
             dtype,
@@ -367,6 +375,10 @@ impl<'h, H: Host> Trainer<'h, H> {
 
     /// Trains stage `index` from where the state stands to its end (or a stop or skip).
     fn run_stage(&mut self, index: usize, stage: &Stage) -> Result<Finished, TrainError> {
+        if stage.engine == Engine::Trl {
+            return self.run_external_stage(index, stage);
+        }
+        self.policy_dir = None;
         let Some(mut run) = self.open_stage(index, stage)? else {
             // Stopped while computing the reference log-probs: the last checkpoint stands.
             return Ok(Finished::Stopped);

@@ -1,0 +1,69 @@
+//! A stage trained by another engine (`engine = "trl"`): the trainer hands it to the host with the
+//! model it starts from, then takes the exported model back as its policy, so the evaluation and
+//! the gates that follow are the native stages' own. The engine is fed hone's data order.
+
+use candle_core::DType;
+
+use super::stage::{main_term, sampler_seed, term_lengths};
+use super::{Finished, Host, Trainer};
+use crate::config::Stage;
+use crate::model::Model;
+use crate::train::host::{ExternalOutcome, ExternalStage, ModelInput};
+use crate::train::plan::load_stage_data;
+use crate::train::sampler::Sampler;
+use crate::train::TrainError;
+
+impl<H: Host> Trainer<'_, H> {
+    /// Runs stage `index` on its external engine from the current policy; on its end the policy
+    /// is the stage's exported model and the global step is the engine's.
+    pub(super) fn run_external_stage(&mut self, index: usize, stage: &Stage) -> Result<Finished, TrainError> {
+        let mut pipeline = self.pipeline.clone();
+        if let (Some(cap), Some(s)) = (self.options.max_steps, pipeline.stages.get_mut(index)) {
+            s.max_steps = Some(s.max_steps.map_or(cap, |m| m.min(cap)));
+        }
+        let model = match &self.policy_dir {
+            Some(dir) => ModelInput::Dir(dir.clone()),
+            None => ModelInput::Files(self.policy.files(DType::F32)?),
+        };
+        let step_offset = self.state.global_step;
+        let orders = self.data_order(index, &pipeline.stages[index])?;
+        let position = self.position("running", Some(&stage.name), None);
+        self.host.publish(&position);
+        let job = ExternalStage { pipeline: &pipeline, index, model, step_offset, orders };
+        match self.host.run_external_stage(job)? {
+            ExternalOutcome::Stopped => Ok(Finished::Stopped),
+            ExternalOutcome::Finished { model, step } => {
+                let policy = Model::load(&model, &self.device, self.dtype)?;
+                policy.check_tokenizer_len(self.tokenizer.len())?;
+                self.policy = policy;
+                self.policy_dir = Some(model);
+                self.state.stage_step = step.saturating_sub(step_offset);
+                self.state.global_step = step.max(step_offset);
+                self.state.stage_done = true;
+                Ok(Finished::Completed)
+            }
+        }
+    }
+
+    /// The order hone's sampler would draw the stage's main term in, one permutation of the
+    /// files' examples per epoch that the stage can reach (the stage is tokenized here the way the
+    /// native engine tokenizes it, for the lengths its batches are grouped by). `None` when an
+    /// example was dropped for length: the indices would no longer be the files' records.
+    fn data_order(&self, index: usize, stage: &Stage) -> Result<Option<Vec<Vec<usize>>>, TrainError> {
+        let files: Vec<_> = self.host.preference_files(index).into_iter().filter(|f| !f.live).map(|f| f.path).collect();
+        let data = load_stage_data(stage, &files, &self.tokenizer, self.template.as_ref())?;
+        if data.truncation.values().any(|t| t.dropped > 0) {
+            return Ok(None);
+        }
+        let main = main_term(&data);
+        let lengths = term_lengths(&data, main);
+        if lengths.is_empty() {
+            return Ok(None);
+        }
+        let draws = self.total_steps(stage, lengths.len()).saturating_mul((stage.batch_size * stage.grad_accum) as u64);
+        let epochs = draws.div_ceil(lengths.len() as u64).clamp(1, u64::from(stage.epochs.max(1)));
+        let seed = sampler_seed(self.pipeline.run.seed, index, main);
+        let sampler = Sampler::new(seed, lengths, stage.batch_size, None);
+        Ok(Some((0..epochs).map(|e| sampler.epoch_order(e)).collect()))
+    }
+}
