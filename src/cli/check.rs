@@ -53,6 +53,36 @@ fn show_example(tok: &TextTokenizer, seq: &Sequence, tty: bool) -> String {
     out
 }
 
+/// A GRPO stage's prompt files: each read as an eval suite (located errors), and which of the
+/// stage's rule rewards the items carry (a reward no item has would never score).
+fn check_grpo(grpo: &crate::config::GrpoTerm, out: &mut impl Write) -> Result<bool> {
+    let mut items = Vec::new();
+    for path in &grpo.prompts {
+        match crate::eval::read_suite(path) {
+            Ok(read) => items.extend(read),
+            Err(e) => {
+                writeln!(out, "  error: {}", sanitize(&e.to_string(), true))?;
+                return Ok(false);
+            }
+        }
+    }
+    writeln!(out, "  grpo: {} prompts, {} completions each", items.len(), grpo.group_size)?;
+    for name in &grpo.reward {
+        let scored = items
+            .iter()
+            .filter(|item| item.checks.iter().any(|c| if name == "format" { c.is_instruction() } else { c.name() == name }))
+            .count();
+        writeln!(out, "  reward {}: {scored} of {} prompts carry it", sanitize(name, false), items.len())?;
+        if scored == 0 {
+            writeln!(out, "  warning: no prompt has a `{}` check: this reward never scores", sanitize(name, false))?;
+        }
+    }
+    if let Some(dir) = &grpo.reward_model {
+        writeln!(out, "  reward model: {}", sanitize(&dir.display().to_string(), false))?;
+    }
+    Ok(true)
+}
+
 /// Runs the check; `Ok(false)` when a problem was found (already described on `out`).
 pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
     let loaded = match load_pipeline(pipeline) {
@@ -111,6 +141,10 @@ pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
                 "  live labels: <run dir>/{} (read while the stage runs)",
                 sanitize(&s.path().display().to_string(), false)
             )?;
+        }
+        if let Some(grpo) = &stage.grpo {
+            ok &= check_grpo(grpo, out)?;
+            continue;
         }
         let data = match load_stage_data(stage, &prefs, &tok, template.as_ref()) {
             Ok(d) => d,

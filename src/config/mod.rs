@@ -8,6 +8,7 @@
 mod engine;
 mod error;
 mod frozen;
+mod grpo;
 mod load;
 mod locate;
 pub mod types;
@@ -20,6 +21,7 @@ pub use error::ConfigError;
 pub use frozen::{
     diff_frozen, freeze, frozen_toml, load_frozen, sha256_file, Frozen, FrozenExtras, FrozenFile, FrozenInfo,
 };
+pub use grpo::{GrpoTerm, REWARD_NAMES};
 pub use load::{load_pipeline, DataSource, LoadedPipeline, RUN_LABELS_FILE};
 pub(crate) use locate::line_column;
 pub use types::*;

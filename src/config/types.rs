@@ -203,6 +203,9 @@ pub struct Stage {
     /// The plain language-modelling term (pretraining or continued pretraining).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lm: Option<LmTerm>,
+    /// Online RL (GRPO) on the policy's own samples: a stage of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpo: Option<super::grpo::GrpoTerm>,
     /// The engine that trains this stage (`hone`, the default, or `trl`).
     #[serde(default, skip_serializing_if = "super::engine::Engine::is_hone")]
     pub engine: super::engine::Engine,

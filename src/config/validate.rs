@@ -153,9 +153,14 @@ fn check_stage(stage: &Stage, at: &FieldPath, locator: &Locator<'_>) -> Result<(
     non_negative(locator, &at.key("max_grad_norm"), stage.max_grad_norm)?;
     at_least(locator, &at.key("max_length"), stage.max_length as u64, 8)?;
 
+    if stage.grpo.is_some() {
+        return super::grpo::check(stage, at, locator);
+    }
     if stage.sft.is_none() && stage.pref.is_none() && stage.safety.is_none() && stage.lm.is_none() {
-        return Err(locator
-            .error(at, "a stage needs at least one term: [stage.sft], [stage.pref], [stage.safety] or [stage.lm]"));
+        return Err(locator.error(
+            at,
+            "a stage needs at least one term: [stage.sft], [stage.pref], [stage.safety], [stage.lm] or [stage.grpo]",
+        ));
     }
     if let Some(lm) = &stage.lm {
         let at = at.key("lm");

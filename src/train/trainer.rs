@@ -5,6 +5,7 @@
 //! flag and where a stage's reference weights live. It never learns a run-directory file name.
 
 mod control;
+mod grpo;
 mod stage;
 
 use std::collections::{HashMap, VecDeque};
@@ -401,6 +402,9 @@ impl<'h, H: Host> Trainer<'h, H> {
     /// `stage_started` event, the reference log-probs, the optimizer and the samplers; `None`
     /// when a stop came while the reference log-probs were being computed.
     fn open_stage(&mut self, index: usize, stage: &Stage) -> Result<Option<StageRun>, TrainError> {
+        if let Some(term) = &stage.grpo {
+            return self.open_grpo_stage(index, stage, term).map(Some);
+        }
         let sources = self.host.preference_files(index);
         let static_files: Vec<PathBuf> = sources.iter().filter(|f| !f.live).map(|f| f.path.clone()).collect();
         let mut data = load_stage_data(stage, &static_files, &self.tokenizer, self.template.as_ref())?;
@@ -447,6 +451,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             total,
             lambdas,
             prompts: None,
+            grpo: None,
         }))
     }
 
@@ -560,6 +565,9 @@ impl<'h, H: Host> Trainer<'h, H> {
     /// One optimizer step: labels that arrived, the micro-batches' forward and backward passes,
     /// the update (or the non-finite policy), metrics, adaptive λ, live samples, checkpoint.
     fn step(&mut self, run: &mut StageRun) -> Result<(), TrainError> {
+        if run.grpo.is_some() {
+            return self.grpo_step(run);
+        }
         let lambdas = run.lambdas;
         let step = self.state.global_step;
         if !run.live.is_empty() {
@@ -737,6 +745,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             return Ok(());
         }
         self.state.samplers = run.samplers.iter().map(|(t, s)| (t.name().to_string(), s.state.clone())).collect();
+        self.state.samplers.extend(grpo::sampler_state(run));
         self.state.lambda_pref = Some(run.lambdas.pref);
         self.state.lambda_safe = Some(run.lambdas.safe);
         self.state.optimizer_steps = run.opt.step_count();

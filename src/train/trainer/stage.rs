@@ -101,6 +101,8 @@ pub(crate) struct StageRun {
     pub lambdas: Lambdas,
     /// The stage's prompts (live samples, candidates), read on first use.
     pub prompts: Option<Vec<Text>>,
+    /// A GRPO stage's prompts, rewards and sampler (`None` for the other stages).
+    pub grpo: Option<Box<super::grpo::GrpoRun>>,
 }
 
 impl StageRun {
