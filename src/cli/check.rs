@@ -83,6 +83,34 @@ fn check_grpo(grpo: &crate::config::GrpoTerm, out: &mut impl Write) -> Result<bo
     Ok(true)
 }
 
+/// A KTO stage's thumbs files (read with located errors): KTO needs thumbs up and thumbs down
+/// among them, which is an error located at the first record of the first file when not so
+/// (the run's live labels file is read while the stage runs and is not checked here).
+fn check_kto(files: &[std::path::PathBuf], out: &mut impl Write) -> Result<bool> {
+    let mut ups = 0usize;
+    let mut downs = 0usize;
+    for path in files {
+        match crate::data::read_thumbs(path) {
+            Ok(records) => {
+                ups += records.iter().filter(|(_, r)| r.label).count();
+                downs += records.iter().filter(|(_, r)| !r.label).count();
+            }
+            Err(e) => {
+                writeln!(out, "  error: {}", sanitize(&e.to_string(), true))?;
+                return Ok(false);
+            }
+        }
+    }
+    if ups + downs > 0 && (ups == 0 || downs == 0) {
+        if let Some(Err(e)) = files.first().map(|f| crate::data::read_thumbs_for_kto(f)) {
+            writeln!(out, "  error: {}", sanitize(&e.to_string(), true))?;
+            return Ok(false);
+        }
+    }
+    writeln!(out, "  kto: {} thumbs labels ({ups} up, {downs} down)", ups + downs)?;
+    Ok(true)
+}
+
 /// Runs the check; `Ok(false)` when a problem was found (already described on `out`).
 pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
     let loaded = match load_pipeline(pipeline) {
@@ -144,6 +172,10 @@ pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
         }
         if let Some(grpo) = &stage.grpo {
             ok &= check_grpo(grpo, out)?;
+            continue;
+        }
+        if stage.pref.as_ref().is_some_and(|p| p.loss == crate::config::PrefLossKind::Kto) {
+            ok &= check_kto(&prefs, out)?;
             continue;
         }
         let data = match load_stage_data(stage, &prefs, &tok, template.as_ref()) {

@@ -161,6 +161,9 @@ fn check_stage(stage: &Stage, trl: &TrlSettings, at: &FieldPath, locator: &Locat
         return Err(unsupported("grpo", "a GRPO stage"));
     }
     if let Some(pref) = &stage.pref {
+        if pref.loss == PrefLossKind::Kto {
+            return Err(unsupported("pref", "loss = \"kto\""));
+        }
         // TRL 1.16's sigmoid loss has no label smoothing (its `robust` loss does).
         if pref.loss == PrefLossKind::Sigmoid && pref.label_smoothing > 0.0 {
             return Err(locator.error(

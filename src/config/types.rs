@@ -251,7 +251,8 @@ pub struct PrefTerm {
     /// DPO β.
     #[serde(default = "default_beta")]
     pub beta: f64,
-    /// `sigmoid` (DPO), `robust` (robust DPO) or `ipo`.
+    /// `sigmoid` (DPO), `robust` (robust DPO), `ipo`, or `kto` (unpaired thumbs up/down data
+    /// `{"prompt", "completion", "label"}`, TRL's KTO).
     #[serde(default)]
     pub loss: PrefLossKind,
     /// TRL's `label_smoothing` ε in [0, 0.5): the assumed probability that a preference label is
@@ -276,6 +277,8 @@ pub enum PrefLossKind {
     /// TRL's robust DPO: the sigmoid loss corrected for labels flipped with probability
     /// `label_smoothing`.
     Robust,
+    /// TRL's KTO on thumbs-up/down records (a stage of its own: no other term).
+    Kto,
 }
 
 /// `L_safe`: a penalty on unsafe responses.

@@ -189,6 +189,13 @@ fn check_stage(stage: &Stage, at: &FieldPath, locator: &Locator<'_>) -> Result<(
         non_negative(locator, &at.key("lambda"), pref.lambda)?;
         positive(locator, &at.key("beta"), pref.beta)?;
         check_label_smoothing(pref, &at, locator)?;
+        if pref.loss == PrefLossKind::Kto && (stage.sft.is_some() || stage.safety.is_some() || stage.lm.is_some()) {
+            return Err(locator.error(
+                &at.key("loss"),
+                "a KTO stage trains on thumbs labels only: move [stage.sft], [stage.safety] and [stage.lm] to a \
+                 stage of their own",
+            ));
+        }
     }
     if let Some(safety) = &stage.safety {
         let at = at.key("safety");
@@ -213,6 +220,9 @@ fn check_label_smoothing(pref: &PrefTerm, at: &FieldPath, locator: &Locator<'_>)
             &at.key("label_smoothing"),
             format!("must be in [0, 0.5): the probability that a label is flipped (got {})", show_f64(eps)),
         ));
+    }
+    if eps != 0.0 && pref.loss == PrefLossKind::Kto {
+        return Err(locator.error(&at.key("label_smoothing"), "applies to loss = \"sigmoid\" or \"robust\", not to \"kto\""));
     }
     if eps != 0.0 && pref.loss == PrefLossKind::Ipo {
         return Err(locator

@@ -6,6 +6,7 @@
 
 mod control;
 mod grpo;
+mod kto;
 mod stage;
 
 use std::collections::{HashMap, VecDeque};
@@ -405,6 +406,9 @@ impl<'h, H: Host> Trainer<'h, H> {
         if let Some(term) = &stage.grpo {
             return self.open_grpo_stage(index, stage, term).map(Some);
         }
+        if stage.pref.as_ref().is_some_and(|p| p.loss == crate::config::PrefLossKind::Kto) {
+            return self.open_kto_stage(index, stage).map(Some);
+        }
         let sources = self.host.preference_files(index);
         let static_files: Vec<PathBuf> = sources.iter().filter(|f| !f.live).map(|f| f.path.clone()).collect();
         let mut data = load_stage_data(stage, &static_files, &self.tokenizer, self.template.as_ref())?;
@@ -452,6 +456,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             lambdas,
             prompts: None,
             grpo: None,
+            kto: None,
         }))
     }
 
@@ -567,6 +572,9 @@ impl<'h, H: Host> Trainer<'h, H> {
     fn step(&mut self, run: &mut StageRun) -> Result<(), TrainError> {
         if run.grpo.is_some() {
             return self.grpo_step(run);
+        }
+        if run.kto.is_some() {
+            return self.kto_step(run);
         }
         let lambdas = run.lambdas;
         let step = self.state.global_step;
@@ -746,6 +754,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         }
         self.state.samplers = run.samplers.iter().map(|(t, s)| (t.name().to_string(), s.state.clone())).collect();
         self.state.samplers.extend(grpo::sampler_state(run));
+        self.state.samplers.extend(kto::sampler_state(run));
         self.state.lambda_pref = Some(run.lambdas.pref);
         self.state.lambda_safe = Some(run.lambdas.safe);
         self.state.optimizer_steps = run.opt.step_count();

@@ -178,6 +178,7 @@ impl<H: Host> Trainer<'_, H> {
             lambdas: Lambdas { pref: 0.0, safe: 0.0 },
             prompts: Some(prompts),
             grpo: Some(Box::new(grpo)),
+            kto: None,
         })
     }
 
