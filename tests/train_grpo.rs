@@ -90,7 +90,11 @@ fn a_grpo_stage_samples_scores_and_logs_trls_metrics() {
 fn a_stopped_grpo_run_resumes_bit_exactly() {
     let p = pipeline(0.04, 6);
     let key = |m: &serde_json::Map<String, serde_json::Value>| {
-        (m["loss"].as_f64().unwrap().to_bits(), m["reward"].as_f64().unwrap().to_bits(), m["kl"].as_f64().unwrap().to_bits())
+        (
+            m["loss"].as_f64().unwrap().to_bits(),
+            m["reward"].as_f64().unwrap().to_bits(),
+            m["kl"].as_f64().unwrap().to_bits(),
+        )
     };
     let full_dir = tempfile::tempdir().unwrap();
     let mut full = MemoryHost::new(full_dir.path(), &p);

@@ -2,7 +2,7 @@
 //! metrics, thumbs the labeling pane appends to the run's labels file join at the next step
 //! boundary (undone and disputed ones do not), and `hone check` refuses KTO data with only one
 //! kind of label, located.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::float_cmp)] // the first step's rewards are exactly 0
 
 mod memory_host;
 
@@ -20,7 +20,7 @@ fn sample() -> PathBuf {
 
 fn pipeline(steps: u64) -> Pipeline {
     let text = format!(
-        "[run]\nseed = 3\ncheckpoint_every = 0\nsample_every = 0\n\n[model]\npath = \"{model}\"\n\n\
+        "[run]\nseed = 3\ncheckpoint_every = 0\nsample_every = 4\n\n[model]\npath = \"{model}\"\n\n\
          [[stage]]\nname = \"kto\"\nepochs = 20\nmax_steps = {steps}\nbatch_size = 4\nlr = 3e-3\nmax_length = 256\n\n\
          [stage.pref]\ndata = [\"{thumbs}\", \"labels.jsonl\"]\nloss = \"kto\"\nbeta = 0.1\n",
         model = sample().join("model").display(),
@@ -46,11 +46,16 @@ fn a_kto_stage_trains_on_thumbs_with_trls_metrics() {
     let metrics = host.metrics();
     assert_eq!(metrics.len(), 8);
     for (_, _, m) in &metrics {
-        for key in ["loss", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "grad_norm"] {
+        for key in ["loss", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "grad_norm"]
+        {
             assert!(m.get(key).and_then(serde_json::Value::as_f64).is_some(), "metrics without {key}: {m:?}");
         }
         assert!(m["kl"].as_f64().unwrap() >= 0.0, "the KL estimate is clamped at 0");
     }
+    assert_eq!(host.events.iter().filter(|e| e.0 == "sample").count(), 6, "live samples answer the thumbs' prompts");
+    // Evaluation's contamination check reads thumbs files' prompts (the SFT parser refuses them).
+    let prompts = hone::train::evaluate::training_prompts(&[sample().join("thumbs.jsonl").as_path()]).unwrap();
+    assert_eq!(prompts.len(), 12);
     let margins = host.series("kto", "rewards/margins");
     let losses = host.series("kto", "loss");
     // The first step starts at the reference: every reward is 0.
@@ -100,10 +105,7 @@ fn hone_check_refuses_kto_data_with_one_kind_of_label() {
     let mut out = Vec::new();
     assert!(!hone::cli::check::run(&file, &mut out).unwrap());
     let out = String::from_utf8(out).unwrap();
-    let want = format!(
-        "error: {}:1:",
-        std::fs::canonicalize(&data).unwrap_or(data.clone()).display()
-    );
+    let want = format!("error: {}:1:", std::fs::canonicalize(&data).unwrap_or(data.clone()).display());
     assert!(out.contains("label: every record is a thumbs up (true): KTO needs thumbs down (false) too"), "{out}");
     assert!(out.contains(&want) || out.contains(&format!("error: {}:1:", data.display())), "{out}");
 }

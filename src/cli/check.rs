@@ -70,7 +70,9 @@ fn check_grpo(grpo: &crate::config::GrpoTerm, out: &mut impl Write) -> Result<bo
     for name in &grpo.reward {
         let scored = items
             .iter()
-            .filter(|item| item.checks.iter().any(|c| if name == "format" { c.is_instruction() } else { c.name() == name }))
+            .filter(|item| {
+                item.checks.iter().any(|c| if name == "format" { c.is_instruction() } else { c.name() == name })
+            })
             .count();
         writeln!(out, "  reward {}: {scored} of {} prompts carry it", sanitize(name, false), items.len())?;
         if scored == 0 {

@@ -124,7 +124,9 @@ pub(crate) fn check(stage: &Stage, at: &FieldPath, locator: &Locator<'_>) -> Res
         }
     }
     if !(grpo.beta.is_finite() && grpo.beta >= 0.0) {
-        return Err(locator.error(&at.key("beta"), format!("must be a finite number ≥ 0 (got {})", show_f64(grpo.beta))));
+        return Err(
+            locator.error(&at.key("beta"), format!("must be a finite number ≥ 0 (got {})", show_f64(grpo.beta)))
+        );
     }
     if grpo.max_new_tokens < 1 {
         return Err(locator.error(&at.key("max_new_tokens"), "must be at least 1"));

@@ -222,7 +222,9 @@ fn check_label_smoothing(pref: &PrefTerm, at: &FieldPath, locator: &Locator<'_>)
         ));
     }
     if eps != 0.0 && pref.loss == PrefLossKind::Kto {
-        return Err(locator.error(&at.key("label_smoothing"), "applies to loss = \"sigmoid\" or \"robust\", not to \"kto\""));
+        return Err(
+            locator.error(&at.key("label_smoothing"), "applies to loss = \"sigmoid\" or \"robust\", not to \"kto\"")
+        );
     }
     if eps != 0.0 && pref.loss == PrefLossKind::Ipo {
         return Err(locator

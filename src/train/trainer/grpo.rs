@@ -19,7 +19,9 @@ use crate::eval::{read_suite, EvalItem, Judge, JudgeConfig, Prompt};
 use crate::model::generate::{generate_batch_seeded, Sampling};
 use crate::model::RewardModel;
 use crate::train::batch::{Sequence, TokenBatch};
-use crate::train::grpo::{completion_seed, per_sequence_rows, present_mean, rule_reward, tempered_target_logps, total_rewards};
+use crate::train::grpo::{
+    completion_seed, per_sequence_rows, present_mean, rule_reward, tempered_target_logps, total_rewards,
+};
 use crate::train::live::LiveLabels;
 use crate::train::optim::{global_norm, AdamW, AdamWConfig};
 use crate::train::plan::{RefCache, StageData};
@@ -154,15 +156,8 @@ impl<H: Host> Trainer<'_, H> {
         let lengths = prompt_ids.iter().map(Vec::len).collect();
         let sampler = Sampler::new(seed, lengths, stage.batch_size, self.state.samplers.get(SAMPLER).cloned());
         let prompts: Vec<Text> = kept.iter().map(|i| prompt_text(&i.prompt)).collect();
-        let grpo = GrpoRun {
-            term: term.clone(),
-            stage_index: index,
-            items: kept,
-            prompt_ids,
-            sampler,
-            judge,
-            reward_model,
-        };
+        let grpo =
+            GrpoRun { term: term.clone(), stage_index: index, items: kept, prompt_ids, sampler, judge, reward_model };
         Ok(StageRun {
             stage: stage.clone(),
             static_files: Vec::new(),

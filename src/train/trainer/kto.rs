@@ -44,6 +44,10 @@ impl KtoExample {
     }
 }
 
+/// One micro-batch's KTO numbers: KL estimate, mean chosen and rejected rewards, mean chosen and
+/// rejected log-probs (`None` without examples of that label).
+type BatchStats = (f64, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+
 /// A live labels file and the thumbs items admitted from it (item → pool index).
 struct LiveThumbs {
     log: LabelLog,
@@ -125,7 +129,10 @@ impl<H: Host> Trainer<'_, H> {
         let ups = examples.iter().filter(|e| e.label).count();
         let mut f = Map::new();
         f.insert("total_steps".into(), json!(total));
-        f.insert("examples".into(), json!({ "kto": examples.len(), "desirable": ups, "undesirable": examples.len() - ups }));
+        f.insert(
+            "examples".into(),
+            json!({ "kto": examples.len(), "desirable": ups, "undesirable": examples.len() - ups }),
+        );
         let kind = if self.state.stage_step > 0 { "stage_resumed" } else { "stage_started" };
         self.host.emit(kind, Some(&stage.name), Some(step), f)?;
         if dropped > 0 {
@@ -144,13 +151,20 @@ impl<H: Host> Trainer<'_, H> {
         if let Some(moments) = self.resume_optimizer.take() {
             opt.restore(self.state.optimizer_steps, moments)?;
         }
-        let seed = super::sampler_seed(self.pipeline.run.seed, index, Term::Pref) ^ 0x6b74_6f;
+        let seed = super::sampler_seed(self.pipeline.run.seed, index, Term::Pref) ^ 0x006b_746f;
         let lengths = examples.iter().map(|e| e.prompt.len() + e.completion.len()).collect();
         let mut sampler = Sampler::new(seed, lengths, stage.batch_size, self.state.samplers.get(SAMPLER).cloned());
         for i in retracted {
             sampler.set_active(i, false);
         }
         let beta = stage.pref.as_ref().map_or(0.1, |p| p.beta);
+        // Live samples and candidates answer the thumbs' prompts.
+        let mut prompts: Vec<crate::data::Text> = Vec::new();
+        for r in &records {
+            if !prompts.contains(&r.prompt) {
+                prompts.push(r.prompt.clone());
+            }
+        }
         Ok(StageRun {
             stage: stage.clone(),
             static_files: statics,
@@ -164,7 +178,7 @@ impl<H: Host> Trainer<'_, H> {
             main: Term::Pref,
             total,
             lambdas: Lambdas { pref: 1.0, safe: 0.0 },
-            prompts: None,
+            prompts: Some(prompts),
             grpo: None,
             kto: Some(Box::new(KtoRun { beta, examples, live, sampler })),
         })
@@ -225,7 +239,7 @@ impl<H: Host> Trainer<'_, H> {
             return Err(TrainError::Data(format!("stage {}: not a KTO stage", stage.name)));
         };
         let cfg = KtoConfig { beta: kto.beta, ..KtoConfig::default() };
-        let mut stats: Vec<(f64, Option<f64>, Option<f64>, Option<f64>, Option<f64>)> = Vec::new();
+        let mut stats: Vec<BatchStats> = Vec::new();
         for _ in 0..accum {
             let (drawn, _) = kto.sampler.next_batch();
             if drawn.is_empty() {
@@ -267,7 +281,8 @@ impl<H: Host> Trainer<'_, H> {
         self.state.stage_step += 1;
         let elapsed = started.elapsed().as_secs_f64();
         if self.state.global_step % self.pipeline.run.log_every.max(1) == 0 || self.state.stage_step == run.total {
-            let mean = |values: Vec<f64>| (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64);
+            let mean =
+                |values: Vec<f64>| (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64);
             let mut m = Map::new();
             m.insert("loss".into(), num(sums.loss));
             m.insert("loss/pref".into(), num(sums.loss));

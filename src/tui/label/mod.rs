@@ -51,8 +51,7 @@ pub enum LabelEffect {
 pub const KEYS: &[(&str, &str)] = &[
     ("a, ←", "the left answer is better"),
     ("b, →", "the right answer is better"),
-    ("t", "tie: neither is better (never trains)"),
-    ("s", "skip this pair"),
+    ("t, s", "tie: neither is better (never trains); skip this pair"),
     ("+, -", "thumbs up/down: the left answer, then the right"),
     ("u", "undo the last label of this session"),
     ("e", "write a better answer ($EDITOR; in `hone label`)"),
