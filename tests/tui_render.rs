@@ -264,3 +264,30 @@ fn every_pane_fits_small_and_odd_sizes() {
         }
     }
 }
+
+/// A GRPO stage's metrics take the rewards chart: reward, its spread, KL, the share of groups with
+/// no reward variance and the mean completion length, with their newest values.
+#[test]
+fn dashboard_mid_grpo_shows_grpo_rewards() {
+    let mut events = mid_dpo();
+    events.push(event("stage_started", Some("grpo"), Some(100), json!({"total_steps": 20})));
+    for k in 101..=110u64 {
+        let x = (k - 100) as f64;
+        events.push(event(
+            "metrics",
+            Some("grpo"),
+            Some(k),
+            json!({"loss": 0.01, "reward": 0.1 * x, "reward_std": 0.4, "kl": 0.002 * x,
+                   "frac_reward_zero_std": 0.25, "completions/mean_length": 12.5,
+                   "stage_step": k - 100, "total_steps": 20}),
+        ));
+    }
+    let screen = render_to_string(&app_with(events), 120, 40);
+    assert!(screen.contains("GRPO rewards · len 12.5"), "{screen}");
+    for label in ["reward", "std", "kl", "zero-std"] {
+        assert!(screen.contains(&format!("━ {label} ")), "{label}: {screen}");
+    }
+    assert!(!screen.contains("DPO rewards"), "{screen}");
+    // Before the GRPO stage reports, the DPO chart stands.
+    assert!(render_to_string(&app_with(mid_dpo()), 120, 40).contains("DPO rewards"));
+}

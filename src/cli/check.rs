@@ -53,6 +53,66 @@ fn show_example(tok: &TextTokenizer, seq: &Sequence, tty: bool) -> String {
     out
 }
 
+/// A GRPO stage's prompt files: each read as an eval suite (located errors), and which of the
+/// stage's rule rewards the items carry (a reward no item has would never score).
+fn check_grpo(grpo: &crate::config::GrpoTerm, out: &mut impl Write) -> Result<bool> {
+    let mut items = Vec::new();
+    for path in &grpo.prompts {
+        match crate::eval::read_suite(path) {
+            Ok(read) => items.extend(read),
+            Err(e) => {
+                writeln!(out, "  error: {}", sanitize(&e.to_string(), true))?;
+                return Ok(false);
+            }
+        }
+    }
+    writeln!(out, "  grpo: {} prompts, {} completions each", items.len(), grpo.group_size)?;
+    for name in &grpo.reward {
+        let scored = items
+            .iter()
+            .filter(|item| {
+                item.checks.iter().any(|c| if name == "format" { c.is_instruction() } else { c.name() == name })
+            })
+            .count();
+        writeln!(out, "  reward {}: {scored} of {} prompts carry it", sanitize(name, false), items.len())?;
+        if scored == 0 {
+            writeln!(out, "  warning: no prompt has a `{}` check: this reward never scores", sanitize(name, false))?;
+        }
+    }
+    if let Some(dir) = &grpo.reward_model {
+        writeln!(out, "  reward model: {}", sanitize(&dir.display().to_string(), false))?;
+    }
+    Ok(true)
+}
+
+/// A KTO stage's thumbs files (read with located errors): KTO needs thumbs up and thumbs down
+/// among them, which is an error located at the first record of the first file when not so
+/// (the run's live labels file is read while the stage runs and is not checked here).
+fn check_kto(files: &[std::path::PathBuf], out: &mut impl Write) -> Result<bool> {
+    let mut ups = 0usize;
+    let mut downs = 0usize;
+    for path in files {
+        match crate::data::read_thumbs(path) {
+            Ok(records) => {
+                ups += records.iter().filter(|(_, r)| r.label).count();
+                downs += records.iter().filter(|(_, r)| !r.label).count();
+            }
+            Err(e) => {
+                writeln!(out, "  error: {}", sanitize(&e.to_string(), true))?;
+                return Ok(false);
+            }
+        }
+    }
+    if ups + downs > 0 && (ups == 0 || downs == 0) {
+        if let Some(Err(e)) = files.first().map(|f| crate::data::read_thumbs_for_kto(f)) {
+            writeln!(out, "  error: {}", sanitize(&e.to_string(), true))?;
+            return Ok(false);
+        }
+    }
+    writeln!(out, "  kto: {} thumbs labels ({ups} up, {downs} down)", ups + downs)?;
+    Ok(true)
+}
+
 /// Runs the check; `Ok(false)` when a problem was found (already described on `out`).
 pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
     let loaded = match load_pipeline(pipeline) {
@@ -120,6 +180,14 @@ pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
                 "  live labels: <run dir>/{} (read while the stage runs)",
                 sanitize(&s.path().display().to_string(), false)
             )?;
+        }
+        if let Some(grpo) = &stage.grpo {
+            ok &= check_grpo(grpo, out)?;
+            continue;
+        }
+        if stage.pref.as_ref().is_some_and(|p| p.loss == crate::config::PrefLossKind::Kto) {
+            ok &= check_kto(&prefs, out)?;
+            continue;
         }
         let data = match load_stage_data(stage, &prefs, &tok, template.as_ref()) {
             Ok(d) => d,

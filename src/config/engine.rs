@@ -157,7 +157,13 @@ fn check_stage(stage: &Stage, trl: &TrlSettings, at: &FieldPath, locator: &Locat
     if stage.lm.is_some() {
         return Err(unsupported("lm", "the language-modelling term"));
     }
+    if stage.grpo.is_some() {
+        return Err(unsupported("grpo", "a GRPO stage"));
+    }
     if let Some(pref) = &stage.pref {
+        if pref.loss == PrefLossKind::Kto {
+            return Err(unsupported("pref", "loss = \"kto\""));
+        }
         // TRL 1.16's sigmoid loss has no label smoothing (its `robust` loss does).
         if pref.loss == PrefLossKind::Sigmoid && pref.label_smoothing > 0.0 {
             return Err(locator.error(

@@ -160,6 +160,11 @@ pub fn freeze(loaded: &LoadedPipeline, extras: &FrozenExtras) -> Result<Frozen, 
                 add(format!("stage[{i}].lm.data[{j}]"), path, true)?;
             }
         }
+        if let Some(grpo) = &stage.grpo {
+            for (j, path) in grpo.prompts.iter().enumerate() {
+                add(format!("stage[{i}].grpo.prompts[{j}]"), path, true)?;
+            }
+        }
         if let Some(safety) = &stage.safety {
             for (j, path) in safety.data.iter().enumerate() {
                 add(format!("stage[{i}].safety.data[{j}]"), path, true)?;

@@ -260,6 +260,15 @@ fn resolve(
             }
         }
         pref_sources.push(sources);
+        if let Some(grpo) = &mut stage.grpo {
+            let at = at.key("grpo");
+            for (j, file) in grpo.prompts.iter_mut().enumerate() {
+                *file = existing(locator, &at.key("prompts").index(j), base, file, false)?;
+            }
+            if let Some(dir) = &mut grpo.reward_model {
+                *dir = existing(locator, &at.key("reward_model"), base, dir, true)?;
+            }
+        }
         if let Some(safety) = &mut stage.safety {
             let at = at.key("safety");
             for (j, file) in safety.data.iter_mut().enumerate() {

@@ -8,6 +8,7 @@
 mod engine;
 mod error;
 mod frozen;
+mod grpo;
 mod load;
 mod locate;
 pub mod types;
@@ -21,6 +22,7 @@ pub use frozen::{
     diff_frozen, freeze, frozen_toml, load_frozen, sha256_file, Frozen, FrozenExtras, FrozenFile, FrozenInfo,
     FrozenLaunch,
 };
+pub use grpo::{GrpoTerm, REWARD_NAMES};
 pub use load::{load_pipeline, DataSource, LoadedPipeline, RUN_LABELS_FILE};
 pub(crate) use locate::line_column;
 pub use types::*;

@@ -203,6 +203,9 @@ pub struct Stage {
     /// The plain language-modelling term (pretraining or continued pretraining).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lm: Option<LmTerm>,
+    /// Online RL (GRPO) on the policy's own samples: a stage of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpo: Option<super::grpo::GrpoTerm>,
     /// The engine that trains this stage (`hone`, the default, or `trl`).
     #[serde(default, skip_serializing_if = "super::engine::Engine::is_hone")]
     pub engine: super::engine::Engine,
@@ -248,7 +251,8 @@ pub struct PrefTerm {
     /// DPO β.
     #[serde(default = "default_beta")]
     pub beta: f64,
-    /// `sigmoid` (DPO), `robust` (robust DPO) or `ipo`.
+    /// `sigmoid` (DPO), `robust` (robust DPO), `ipo`, or `kto` (unpaired thumbs up/down data
+    /// `{"prompt", "completion", "label"}`, TRL's KTO).
     #[serde(default)]
     pub loss: PrefLossKind,
     /// TRL's `label_smoothing` ε in [0, 0.5): the assumed probability that a preference label is
@@ -273,6 +277,8 @@ pub enum PrefLossKind {
     /// TRL's robust DPO: the sigmoid loss corrected for labels flipped with probability
     /// `label_smoothing`.
     Robust,
+    /// TRL's KTO on thumbs-up/down records (a stage of its own: no other term).
+    Kto,
 }
 
 /// `L_safe`: a penalty on unsafe responses.

@@ -153,9 +153,14 @@ fn check_stage(stage: &Stage, at: &FieldPath, locator: &Locator<'_>) -> Result<(
     non_negative(locator, &at.key("max_grad_norm"), stage.max_grad_norm)?;
     at_least(locator, &at.key("max_length"), stage.max_length as u64, 8)?;
 
+    if stage.grpo.is_some() {
+        return super::grpo::check(stage, at, locator);
+    }
     if stage.sft.is_none() && stage.pref.is_none() && stage.safety.is_none() && stage.lm.is_none() {
-        return Err(locator
-            .error(at, "a stage needs at least one term: [stage.sft], [stage.pref], [stage.safety] or [stage.lm]"));
+        return Err(locator.error(
+            at,
+            "a stage needs at least one term: [stage.sft], [stage.pref], [stage.safety], [stage.lm] or [stage.grpo]",
+        ));
     }
     if let Some(lm) = &stage.lm {
         let at = at.key("lm");
@@ -184,6 +189,13 @@ fn check_stage(stage: &Stage, at: &FieldPath, locator: &Locator<'_>) -> Result<(
         non_negative(locator, &at.key("lambda"), pref.lambda)?;
         positive(locator, &at.key("beta"), pref.beta)?;
         check_label_smoothing(pref, &at, locator)?;
+        if pref.loss == PrefLossKind::Kto && (stage.sft.is_some() || stage.safety.is_some() || stage.lm.is_some()) {
+            return Err(locator.error(
+                &at.key("loss"),
+                "a KTO stage trains on thumbs labels only: move [stage.sft], [stage.safety] and [stage.lm] to a \
+                 stage of their own",
+            ));
+        }
     }
     if let Some(safety) = &stage.safety {
         let at = at.key("safety");
@@ -208,6 +220,11 @@ fn check_label_smoothing(pref: &PrefTerm, at: &FieldPath, locator: &Locator<'_>)
             &at.key("label_smoothing"),
             format!("must be in [0, 0.5): the probability that a label is flipped (got {})", show_f64(eps)),
         ));
+    }
+    if eps != 0.0 && pref.loss == PrefLossKind::Kto {
+        return Err(
+            locator.error(&at.key("label_smoothing"), "applies to loss = \"sigmoid\" or \"robust\", not to \"kto\"")
+        );
     }
     if eps != 0.0 && pref.loss == PrefLossKind::Ipo {
         return Err(locator

@@ -246,6 +246,35 @@ impl LabelDraft {
     }
 }
 
+/// A thumbs label on one response of `candidate` (index `response`), TRL's unpaired format
+/// `{"prompt", "completion", "label"}` plus hone's `id`, `kind`, `item`, `source`, `labeler` and
+/// `ts` (Unix milliseconds).
+pub fn thumbs_record(id: &str, candidate: &Candidate, response: usize, label: bool, labeler: &str, ts: u64) -> Json {
+    let prompt = &candidate.prompt;
+    let completion = &candidate.responses[response];
+    let item = match (prompt, completion) {
+        (Text::Messages(_), Text::Plain(s)) => {
+            super::labels::thumbs_hash(prompt, &Text::Messages(vec![super::Message::new("assistant", s)]))
+        }
+        (Text::Plain(_), Text::Messages(m)) => super::labels::thumbs_hash(
+            prompt,
+            &Text::Plain(m.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n")),
+        ),
+        _ => super::labels::thumbs_hash(prompt, completion),
+    };
+    json!({
+        "id": id,
+        "kind": "thumbs",
+        "prompt": text_json(prompt),
+        "completion": conform(prompt, completion),
+        "label": label,
+        "item": item,
+        "source": candidate.source,
+        "labeler": labeler,
+        "ts": ts,
+    })
+}
+
 /// The record that retracts `supersedes` (an undo never rewrites the earlier line).
 pub fn undo_record(id: &str, supersedes: &str, labeler: &str, ts: u64) -> Json {
     json!({"id": id, "kind": "undo", "supersedes": supersedes, "labeler": labeler, "ts": ts})

@@ -5,6 +5,9 @@
 //! - a preference label: TRL's `{"prompt", "chosen", "rejected"}` plus `id`, and optionally
 //!   `item` (what was labeled; default: the prompt and the two responses, order-independent),
 //!   `labeler`, `source`, `ts`, `order`;
+//! - a thumbs label on one response: TRL's unpaired `{"prompt", "completion", "label": true|false}`
+//!   plus `id`, and optionally `item` (default: the prompt and the response), `labeler`, `ts`
+//!   (`"kind": "thumbs"` may be written but is implied by `label`); KTO trains on them;
 //! - `{"id", "kind": "tie" | "skip", "item"?}`: judged, but nothing to train on;
 //! - `{"id", "kind": "eval_pairwise", "item", ...}`: a blind candidate-vs-baseline judgement of
 //!   an eval item, read by `eval::read_pairwise_labels`; never trains;
@@ -14,6 +17,8 @@
 //! Resolution: retracted records are ignored; per item, the live labels must agree: two labelers
 //! preferring different responses, or a tie against a preference, hold the item back from
 //! training until a superseding record resolves it. Items with agreeing labels train once.
+//! Thumbs resolve the same way among themselves ([`LabelLog::resolve_thumbs`]): an item's live
+//! thumbs must all point the same way; pairs and thumbs never share an item (their keys differ).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
@@ -24,12 +29,13 @@ use sha2::{Digest, Sha256};
 
 use super::error::DataError;
 use super::jsonl::Line;
-use super::records::{parse_preference_line, PreferenceRecord, Text};
+use super::records::{parse_preference_line, parse_thumbs_line, PreferenceRecord, Text, ThumbsRecord};
 
 /// What one label record says.
 #[derive(Debug, Clone, PartialEq)]
 enum Verdict {
     Prefer(Box<PreferenceRecord>),
+    Thumbs(Box<ThumbsRecord>),
     Tie,
     Skip,
     Undo,
@@ -98,6 +104,17 @@ pub fn pair_hash(prompt: &Text, one: &Text, other: &Text) -> String {
     crate::hex::encode(&h.finalize()[..12])
 }
 
+/// The item key of a thumbs label on `completion` to `prompt`: what a thumbs record without an
+/// `item` field is filed under (tagged, so it never equals a pair's key).
+pub fn thumbs_hash(prompt: &Text, completion: &Text) -> String {
+    let mut h = Sha256::new();
+    for part in ["thumbs".to_string(), text_key(prompt), text_key(completion)] {
+        h.update(part.len().to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    crate::hex::encode(&h.finalize()[..12])
+}
+
 impl LabelLog {
     /// A log of `path`, nothing read yet.
     pub fn new(path: &Path) -> Self {
@@ -159,7 +176,8 @@ impl LabelLog {
             Some(Json::String(s)) => Some(s.clone()),
             Some(_) => return Err(at(1, "supersedes", "expected the id of an earlier record")),
         };
-        let kind = obj.get("kind").and_then(Json::as_str).unwrap_or("preference");
+        let implied = if obj.contains_key("label") && obj.contains_key("completion") { "thumbs" } else { "preference" };
+        let kind = obj.get("kind").and_then(Json::as_str).unwrap_or(implied);
         let item = obj.get("item").and_then(Json::as_str).map(String::from);
         let labeler = obj.get("labeler").and_then(Json::as_str).map(String::from);
         let verdict = match kind {
@@ -173,17 +191,23 @@ impl LabelLog {
                 let rec = parse_preference_line(&self.path, &line).map_err(|e| e.to_string())?;
                 Verdict::Prefer(Box::new(rec))
             }
+            "thumbs" => {
+                let line = Line { number: self.line_number, text: text.to_string(), value: value.clone() };
+                let rec = parse_thumbs_line(&self.path, &line).map_err(|e| e.to_string())?;
+                Verdict::Thumbs(Box::new(rec))
+            }
             other => {
                 return Err(at(
                     1,
                     "kind",
-                    &format!("unknown kind {other:?} (preference, tie, skip, undo, eval_pairwise)"),
+                    &format!("unknown kind {other:?} (preference, thumbs, tie, skip, undo, eval_pairwise)"),
                 ))
             }
         };
         let item = match (&verdict, item) {
             (_, Some(item)) => item,
             (Verdict::Prefer(rec), None) => default_item(rec),
+            (Verdict::Thumbs(rec), None) => thumbs_hash(&rec.prompt, &rec.completion),
             (Verdict::Undo, None) => String::new(),
             (_, None) => return Err(at(1, "item", "a tie or skip must name the item it judged")),
         };
@@ -234,6 +258,36 @@ impl LabelLog {
 }
 
 impl LabelLog {
+    /// The thumbs labels that may train now, keyed by item, in order of first appearance; and
+    /// the items held back because their live thumbs disagree (one up, one down) until a
+    /// superseding record resolves them. Undone and superseded records do not count.
+    pub fn resolve_thumbs(&self) -> (Vec<(String, ThumbsRecord)>, Vec<String>) {
+        let retracted: HashSet<&str> = self.records.iter().filter_map(|r| r.supersedes.as_deref()).collect();
+        let mut order: Vec<&str> = Vec::new();
+        let mut by_item: HashMap<&str, Vec<&ThumbsRecord>> = HashMap::new();
+        for r in &self.records {
+            let Verdict::Thumbs(rec) = &r.verdict else { continue };
+            if retracted.contains(r.id.as_str()) {
+                continue;
+            }
+            if !by_item.contains_key(r.item.as_str()) {
+                order.push(&r.item);
+            }
+            by_item.entry(&r.item).or_default().push(rec);
+        }
+        let mut admitted = Vec::new();
+        let mut held = Vec::new();
+        for item in order {
+            let labels = &by_item[item];
+            if labels.iter().all(|r| r.label == labels[0].label) {
+                admitted.push((item.to_string(), labels[0].clone()));
+            } else {
+                held.push(item.to_string());
+            }
+        }
+        (admitted, held)
+    }
+
     /// Every live judgement (not retracted, not an undo, not a skip) in file order: the item,
     /// who judged it, and what they decided (the chosen text's key, or `tie`). The input of
     /// [`crate::data::label_store::agreement`].
@@ -246,6 +300,7 @@ impl LabelLog {
                 let decision = match &r.verdict {
                     Verdict::Prefer(rec) => Decision::Chose(text_key(&rec.chosen)),
                     Verdict::Tie => Decision::Tie,
+                    Verdict::Thumbs(rec) => Decision::Thumbs(rec.label),
                     Verdict::Skip | Verdict::Undo => return None,
                 };
                 let labeler = r.labeler.clone().unwrap_or_else(|| "?".to_string());
@@ -267,6 +322,8 @@ pub enum Decision {
     Chose(String),
     /// Neither is better.
     Tie,
+    /// Thumbs up (`true`) or down on a single response.
+    Thumbs(bool),
 }
 
 /// One live judgement of an item.

@@ -17,9 +17,9 @@ pub use encode::{encode_generation_prompt, encode_preference, encode_sft, encode
 pub use error::DataError;
 pub use jsonl::{read_jsonl, Line};
 pub use records::{
-    detect_kind, parse_preference_line, read_preferences, read_records, read_records_with_lines, read_safety, read_sft,
-    read_text_records, read_thumbs, read_thumbs_for_kto, PreferenceRecord, RecordKind, Records, SafetyRecord,
-    SftRecord, Text, ThumbsRecord,
+    detect_kind, parse_preference_line, parse_thumbs_line, read_preferences, read_records, read_records_with_lines,
+    read_safety, read_sft, read_text_records, read_thumbs, read_thumbs_for_kto, PreferenceRecord, RecordKind, Records,
+    SafetyRecord, SftRecord, Text, ThumbsRecord,
 };
 pub use template::{ChatTemplate, Message, Rendered};
 pub use tokenizer::{Encoding, SpecialTokens, TextTokenizer};

@@ -353,6 +353,11 @@ pub fn parse_preference_line(path: &Path, line: &Line) -> Result<PreferenceRecor
     parse_preference(&line.value).map_err(|issue| to_error(path, line, issue))
 }
 
+/// Parses one thumbs record already read as a JSONL line, with located errors.
+pub fn parse_thumbs_line(path: &Path, line: &Line) -> Result<ThumbsRecord, DataError> {
+    parse_thumbs(&line.value).map_err(|issue| to_error(path, line, issue))
+}
+
 /// Reads SFT records. `messages` must be a non-empty list of `{role: str, content: str, ...}`
 /// (content may be null/absent only when the message has `tool_calls`) with at least one
 /// `assistant` turn; `prompt`/`completion` must both be strings or both message lists.

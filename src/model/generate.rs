@@ -91,6 +91,23 @@ pub fn generate_batch(
     stop_ids: &[u32],
     sampling: &Sampling,
 ) -> Result<Vec<BatchGenerated>, ModelError> {
+    let seeds = vec![sampling.seed; prompts.len()];
+    generate_batch_seeded(model, prompts, stop_ids, sampling, &seeds)
+}
+
+/// [`generate_batch`] with one sampling seed per row (`sampling.seed` is not used): row `i`'s
+/// tokens are those [`generate`] gives its prompt alone with seed `seeds[i]`. Sampling a group of
+/// different completions of one prompt in one batch needs this.
+pub fn generate_batch_seeded(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    stop_ids: &[u32],
+    sampling: &Sampling,
+    seeds: &[u64],
+) -> Result<Vec<BatchGenerated>, ModelError> {
+    if seeds.len() != prompts.len() {
+        return Err(ModelError::Dtype(format!("generate_batch: {} seeds for {} prompts", seeds.len(), prompts.len())));
+    }
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
         return Err(ModelError::Dtype(format!("generate_batch: prompt {i} has no tokens")));
     }
@@ -104,7 +121,7 @@ pub fn generate_batch(
         prompts.iter().map(|p| sampling.max_new_tokens.min(max_positions.saturating_sub(p.len()))).collect();
     let mut results: Vec<Option<BatchGenerated>> = vec![None; prompts.len()];
     let mut outs: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
-    let mut rngs: Vec<StableRng> = prompts.iter().map(|_| seeded(sampling.seed)).collect();
+    let mut rngs: Vec<StableRng> = seeds.iter().map(|&seed| seeded(seed)).collect();
     // Rows still generating, by prompt index; rows with no room finish before the first step.
     let mut active: Vec<usize> = Vec::new();
     for (i, &limit) in limits.iter().enumerate() {

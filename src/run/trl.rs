@@ -228,6 +228,8 @@ pub fn stage_spec(
                 PrefLossKind::Sigmoid => "sigmoid",
                 PrefLossKind::Ipo => "ipo",
                 PrefLossKind::Robust => "robust",
+                // Refused for engine = "trl" by the config check.
+                PrefLossKind::Kto => "kto",
             },
             "label_smoothing": pref.label_smoothing,
             "reference": pref.reference,

@@ -115,6 +115,11 @@ pub fn training_prompts(files: &[&Path]) -> Result<Vec<String>, TrainError> {
         if !path.exists() {
             continue;
         }
+        // A thumbs file (KTO data) reads as SFT by its keys but is refused by the SFT parser.
+        if let Ok(thumbs) = crate::data::read_thumbs(path) {
+            prompts.extend(thumbs.iter().map(|(_, r)| text_of(&r.prompt)));
+            continue;
+        }
         let (records, _) = read_records_with_lines(path)?;
         match records {
             Records::Sft(recs) => {

@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod evaluate;
 pub mod examples;
+pub mod grpo;
 pub mod host;
 pub mod live;
 pub mod loss;

@@ -6,6 +6,8 @@
 
 mod control;
 mod external;
+mod grpo;
+mod kto;
 mod stage;
 
 use std::collections::{HashMap, VecDeque};
@@ -413,6 +415,12 @@ impl<'h, H: Host> Trainer<'h, H> {
     /// `stage_started` event, the reference log-probs, the optimizer and the samplers; `None`
     /// when a stop came while the reference log-probs were being computed.
     fn open_stage(&mut self, index: usize, stage: &Stage) -> Result<Option<StageRun>, TrainError> {
+        if let Some(term) = &stage.grpo {
+            return self.open_grpo_stage(index, stage, term).map(Some);
+        }
+        if stage.pref.as_ref().is_some_and(|p| p.loss == crate::config::PrefLossKind::Kto) {
+            return self.open_kto_stage(index, stage).map(Some);
+        }
         let sources = self.host.preference_files(index);
         let static_files: Vec<PathBuf> = sources.iter().filter(|f| !f.live).map(|f| f.path.clone()).collect();
         let mut data = load_stage_data(stage, &static_files, &self.tokenizer, self.template.as_ref())?;
@@ -459,6 +467,8 @@ impl<'h, H: Host> Trainer<'h, H> {
             total,
             lambdas,
             prompts: None,
+            grpo: None,
+            kto: None,
         }))
     }
 
@@ -575,6 +585,12 @@ impl<'h, H: Host> Trainer<'h, H> {
     /// One optimizer step: labels that arrived, the micro-batches' forward and backward passes,
     /// the update (or the non-finite policy), metrics, adaptive λ, live samples, checkpoint.
     fn step(&mut self, run: &mut StageRun) -> Result<(), TrainError> {
+        if run.grpo.is_some() {
+            return self.grpo_step(run);
+        }
+        if run.kto.is_some() {
+            return self.kto_step(run);
+        }
         let lambdas = run.lambdas;
         let step = self.state.global_step;
         if !run.live.is_empty() {
@@ -752,6 +768,8 @@ impl<'h, H: Host> Trainer<'h, H> {
             return Ok(());
         }
         self.state.samplers = run.samplers.iter().map(|(t, s)| (t.name().to_string(), s.state.clone())).collect();
+        self.state.samplers.extend(grpo::sampler_state(run));
+        self.state.samplers.extend(kto::sampler_state(run));
         self.state.lambda_pref = Some(run.lambdas.pref);
         self.state.lambda_safe = Some(run.lambdas.safe);
         self.state.optimizer_steps = run.opt.step_count();

@@ -486,6 +486,16 @@ impl App {
         falling && growing
     }
 
+    /// Whether the newest rewards are a GRPO stage's (`reward`) rather than DPO's: the dashboard
+    /// then charts reward, its spread, KL and the share of groups without a learning signal.
+    pub fn grpo_is_latest(&self) -> bool {
+        let last = |key: &str| self.series.get(key).and_then(Series::last_step);
+        match (last("reward"), last("rewards/margins")) {
+            (Some(grpo), Some(dpo)) => grpo > dpo,
+            (grpo, _) => grpo.is_some(),
+        }
+    }
+
     /// The first step the charts show.
     pub fn first_step(&self, keys: &[&str]) -> u64 {
         let last = keys.iter().filter_map(|k| self.series.get(*k)?.last_step()).max().unwrap_or(0);
@@ -499,6 +509,7 @@ impl App {
         for (keys, width, smoothed) in [
             (layout::LOSS_KEYS, columns.loss, self.smoothing),
             (layout::DPO_KEYS, columns.dpo, self.smoothing),
+            (layout::GRPO_KEYS, columns.dpo, self.smoothing),
             (layout::SPARK_KEYS, columns.sparkline, false),
             (layout::LAMBDA_KEYS, columns.sparkline, false),
         ] {

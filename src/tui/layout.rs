@@ -9,6 +9,8 @@ use super::app::SFT_HINT;
 pub const LOSS_KEYS: &[&str] = &["loss", "loss/sft", "weighted/pref", "weighted/safe"];
 /// Metrics on the DPO chart.
 pub const DPO_KEYS: &[&str] = &["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"];
+/// Series of the GRPO chart (drawn where the DPO chart is, while a GRPO stage reports).
+pub const GRPO_KEYS: &[&str] = &["reward", "reward_std", "kl", "frac_reward_zero_std"];
 /// Metrics drawn as sparklines.
 pub const SPARK_KEYS: &[&str] = &["learning_rate", "grad_norm"];
 /// λ_safe's trajectory, drawn as a sparkline.

@@ -101,6 +101,10 @@ pub(crate) struct StageRun {
     pub lambdas: Lambdas,
     /// The stage's prompts (live samples, candidates), read on first use.
     pub prompts: Option<Vec<Text>>,
+    /// A GRPO stage's prompts, rewards and sampler (`None` for the other stages).
+    pub grpo: Option<Box<super::grpo::GrpoRun>>,
+    /// A KTO stage's thumbs examples, live files and sampler (`None` for the other stages).
+    pub kto: Option<Box<super::kto::KtoRun>>,
 }
 
 impl StageRun {
@@ -139,7 +143,8 @@ impl StageRun {
         self.stage.pref.as_ref().map(|p| PairTerm {
             beta: p.beta,
             loss: match p.loss {
-                PrefLossKind::Sigmoid | PrefLossKind::Robust => PreferenceLoss::Sigmoid,
+                // A KTO stage trains in `kto.rs` and never reads a pair term.
+                PrefLossKind::Sigmoid | PrefLossKind::Robust | PrefLossKind::Kto => PreferenceLoss::Sigmoid,
                 PrefLossKind::Ipo => PreferenceLoss::Ipo,
             },
             noise: LabelNoise::of(p),

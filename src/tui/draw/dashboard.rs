@@ -37,7 +37,18 @@ pub(super) fn draw(app: &App, frame: &mut Frame, area: Rect) {
         Curve { key: "rewards/margins", label: "margin".to_string(), role: Role::Margin },
         Curve { key: "rewards/accuracies", label: "acc".to_string(), role: Role::Accuracy },
     ];
-    line_chart(app, frame, d.dpo, "DPO rewards", &dpo_curves, false);
+    if app.grpo_is_latest() {
+        let grpo_curves = [
+            Curve { key: "reward", label: "reward".to_string(), role: Role::Chosen },
+            Curve { key: "reward_std", label: "std".to_string(), role: Role::Rejected },
+            Curve { key: "kl", label: "kl".to_string(), role: Role::Margin },
+            Curve { key: "frac_reward_zero_std", label: "zero-std".to_string(), role: Role::Accuracy },
+        ];
+        let length = app.latest("completions/mean_length").map_or_else(String::new, |l| format!(" · len {}", value(l)));
+        line_chart(app, frame, d.dpo, &format!("GRPO rewards{length}"), &grpo_curves, false);
+    } else {
+        line_chart(app, frame, d.dpo, "DPO rewards", &dpo_curves, false);
+    }
     sparkline(app, frame, d.lr, "lr", "learning_rate", layout::SPARK_KEYS, Role::LossSft);
     sparkline(app, frame, d.grad, "grad norm", "grad_norm", layout::SPARK_KEYS, Role::WeightedSafe);
     sparkline(app, frame, d.lambda, "λ_safe", "lambda/safe", layout::LAMBDA_KEYS, Role::WeightedSafe);

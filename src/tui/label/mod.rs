@@ -1,6 +1,7 @@
 //! Pane 3, labeling preference pairs: the queue of pairs, the pair shown (left/right order
 //! randomised per serve from a seed, recorded in each label), the labeler's keys, counters and
-//! agreement.
+//! agreement. Besides a preference, each answer of the pair can get a thumbs up or down on its
+//! own (`+`/`-`, the left answer then the right: KTO's unpaired labels).
 //!
 //! The state never touches files, the clock or the terminal: a key returns a [`LabelEffect`]
 //! (append a record, open the editor), the caller performs it and reports back with
@@ -18,7 +19,7 @@ use serde_json::Value as Json;
 pub use view::draw;
 pub(crate) use view::{safe, safe_lines};
 
-use crate::data::label_store::{undo_record, Candidate, LabelDraft, PairAgreement, Verdict};
+use crate::data::label_store::{thumbs_record, undo_record, Candidate, LabelDraft, PairAgreement, Verdict};
 use crate::data::Text;
 
 /// One pair waiting to be shown.
@@ -50,8 +51,8 @@ pub enum LabelEffect {
 pub const KEYS: &[(&str, &str)] = &[
     ("a, ←", "the left answer is better"),
     ("b, →", "the right answer is better"),
-    ("t", "tie: neither is better (never trains)"),
-    ("s", "skip this pair"),
+    ("t, s", "tie: neither is better (never trains); skip this pair"),
+    ("+, -", "thumbs up/down: the left answer, then the right"),
     ("u", "undo the last label of this session"),
     ("e", "write a better answer ($EDITOR; in `hone label`)"),
     ("r", "show or hide the rubric"),
@@ -65,6 +66,7 @@ pub const GENERATE_PROMPTS: usize = 2;
 #[derive(Debug, Clone, PartialEq)]
 enum Pending {
     Label { id: String, counts: bool },
+    Thumbs { id: String, side: usize },
     Undo { id: String },
 }
 
@@ -74,6 +76,8 @@ struct Saved {
     id: String,
     queued: Queued,
     counts: bool,
+    /// For a thumbs label: which side it judged (0 left, 1 right).
+    thumbs: Option<usize>,
 }
 
 /// The labeling pane's state.
@@ -106,6 +110,9 @@ pub struct LabelPane {
     /// Pairs never queued because their two responses are the same text (a sampled policy
     /// often answers a prompt the same way twice): such a pair teaches nothing.
     pub identical_dropped: u64,
+    /// Which answer of the pair shown the next `+`/`-` judges: 0 the left, 1 the right (after
+    /// the left got its thumbs; the pair moves on once both have).
+    pub thumbs_side: usize,
     seed: u64,
     session: String,
     next_id: u64,
@@ -157,6 +164,7 @@ impl LabelPane {
             served_again: 0,
             generating: false,
             identical_dropped: 0,
+            thumbs_side: 0,
             seed,
             session: session.to_string(),
             next_id: 1,
@@ -237,6 +245,18 @@ impl LabelPane {
         Some(LabelEffect::Append(draft.to_record(0)))
     }
 
+    /// A thumbs label on the answer `thumbs_side` points at.
+    fn thumbs(&mut self, label: bool) -> Option<LabelEffect> {
+        let q = self.current.as_ref()?;
+        let side = self.thumbs_side.min(1);
+        let response = self.order(q)[side];
+        let candidate = q.candidate.clone();
+        let id = self.new_id();
+        let record = thumbs_record(&id, &candidate, response, label, &self.labeler, 0);
+        self.pending = Some(Pending::Thumbs { id, side });
+        Some(LabelEffect::Append(record))
+    }
+
     /// Handles a key; returns what the caller must do, if anything.
     pub fn key(&mut self, key: KeyEvent) -> Option<LabelEffect> {
         if key.kind == KeyEventKind::Release {
@@ -269,6 +289,8 @@ impl LabelPane {
             KeyCode::Char('b') | KeyCode::Right => self.label(&|o| Verdict::Prefer(o[1]), true),
             KeyCode::Char('t') => self.label(&|_| Verdict::Tie, true),
             KeyCode::Char('s') => self.label(&|_| Verdict::Skip, false),
+            KeyCode::Char('+') => self.thumbs(true),
+            KeyCode::Char('-') => self.thumbs(false),
             KeyCode::Char('e') => self.shown().map(|(_, left, _)| LabelEffect::Edit(left)),
             KeyCode::Char('u') => self.undo(),
             _ => None,
@@ -323,8 +345,23 @@ impl LabelPane {
                     self.queue.push_back(Queued { served: 1, ..queued.clone() });
                 }
                 self.status = Some(Ok(format!("saved {id}")));
-                self.saved.push(Saved { id, queued, counts });
+                self.saved.push(Saved { id, queued, counts, thumbs: None });
                 self.current = self.queue.pop_front();
+                self.thumbs_side = 0;
+            }
+            Pending::Thumbs { id, side } => {
+                let Some(queued) = self.current.clone() else { return };
+                self.labeled += 1;
+                self.saved.push(Saved { id: id.clone(), queued, counts: true, thumbs: Some(side) });
+                if side == 0 {
+                    // The right answer is judged next, on the same pair.
+                    self.thumbs_side = 1;
+                    self.status = Some(Ok(format!("saved {id} · +/- now judges the right answer")));
+                } else {
+                    self.thumbs_side = 0;
+                    self.current = self.queue.pop_front();
+                    self.status = Some(Ok(format!("saved {id}")));
+                }
             }
             Pending::Undo { id } => {
                 let Some(undone) = self.saved.pop() else { return };
@@ -336,10 +373,16 @@ impl LabelPane {
                 if let Some(pos) = self.queue.iter().rposition(|q| *q == again) {
                     self.queue.remove(pos);
                 }
+                self.status = Some(Ok(format!("undid {} (saved {id})", undone.id)));
+                if undone.thumbs == Some(0) {
+                    // The left answer's thumbs: the pair is still on screen; judge it again.
+                    self.thumbs_side = 0;
+                    return;
+                }
+                self.thumbs_side = undone.thumbs.unwrap_or(0);
                 if let Some(current) = self.current.take() {
                     self.queue.push_front(current);
                 }
-                self.status = Some(Ok(format!("undid {} (saved {id})", undone.id)));
                 self.current = Some(undone.queued);
             }
         }

@@ -46,7 +46,9 @@ pub fn draw(pane: &LabelPane, theme: &Theme, frame: &mut Frame, area: Rect) {
         } else {
             Layout::vertical([Constraint::Fill(1), Constraint::Fill(1)]).areas(pair)
         };
-        for (rect, title, text) in [(a, " a · left ", left), (b, " b · right ", right)] {
+        // After the left answer's thumbs, the right one's are due: its title says so.
+        let right_title = if pane.thumbs_side == 1 { " b · right · +/- thumbs " } else { " b · right " };
+        for (rect, title, text) in [(a, " a · left ", left), (b, right_title, right)] {
             let widget = Paragraph::new(safe_lines(&text)).wrap(Wrap { trim: false }).style(theme.style(Role::Text));
             frame.render_widget(widget.block(block(theme, title, Role::FocusBorder)), rect);
         }

@@ -1,0 +1,363 @@
+//! A KTO stage (`pref.loss = "kto"`): trains on thumbs-up/down labels of single responses (TRL's
+//! unpaired `{"prompt", "completion", "label"}` records) with TRL's KTO loss. Each micro-batch is
+//! scored by the policy and the frozen reference on its examples and on TRL's mismatched KL pairs
+//! (each prompt with the previous example's completion), whose detached log-ratio is the batch's
+//! KL estimate. Thumbs the labeling pane appends to a live labels file join at the next step
+//! boundary (`labels_admitted`), as pairs join a DPO stage; undone or disputed ones leave.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use candle_core::DType;
+use serde_json::{json, Map};
+
+use super::stage::{num, Lambdas, StageRun, StepSums, Term};
+use super::{Host, Trainer};
+use crate::config::Stage;
+use crate::data::labels::LabelLog;
+use crate::data::{encode_sft, read_thumbs, read_thumbs_for_kto, SftRecord, ThumbsRecord};
+use crate::train::batch::{Sequence, TokenBatch};
+use crate::train::live::LiveLabels;
+use crate::train::loss::{per_sequence_sum, target_logps};
+use crate::train::optim::{global_norm, AdamW, AdamWConfig};
+use crate::train::plan::{RefCache, StageData};
+use crate::train::rl::{kl_completion_order, kto_loss, KtoConfig, KtoInputs};
+use crate::train::sampler::Sampler;
+use crate::train::schedule::learning_rate;
+use crate::train::TrainError;
+
+/// The name of the example sampler in `trainer_state.json`.
+const SAMPLER: &str = "kto";
+
+/// One thumbs label, tokenized.
+#[derive(Debug, Clone)]
+pub(crate) struct KtoExample {
+    prompt: Vec<u32>,
+    completion: Vec<u32>,
+    label: bool,
+}
+
+impl KtoExample {
+    fn sequence_with(&self, completion: &[u32]) -> Sequence {
+        let ids: Vec<u32> = self.prompt.iter().chain(completion).copied().collect();
+        Sequence::with_completion_from(ids, self.prompt.len())
+    }
+}
+
+/// One micro-batch's KTO numbers: KL estimate, mean chosen and rejected rewards, mean chosen and
+/// rejected log-probs (`None` without examples of that label).
+type BatchStats = (f64, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+
+/// A live labels file and the thumbs items admitted from it (item → pool index).
+struct LiveThumbs {
+    log: LabelLog,
+    admitted: HashMap<String, usize>,
+}
+
+/// What a KTO stage keeps between steps.
+pub(crate) struct KtoRun {
+    beta: f64,
+    examples: Vec<KtoExample>,
+    live: Vec<LiveThumbs>,
+    /// Which examples each micro-batch takes, saved in checkpoints.
+    pub sampler: Sampler,
+}
+
+/// Tokenizes one thumbs record; `None` when it does not fit `max_length` or has no completion
+/// token.
+fn kto_example(
+    tok: &crate::data::TextTokenizer,
+    template: Option<&crate::data::ChatTemplate>,
+    rec: &ThumbsRecord,
+    max: usize,
+) -> Result<Option<KtoExample>, TrainError> {
+    let record = SftRecord::PromptCompletion { prompt: rec.prompt.clone(), completion: rec.completion.clone() };
+    let ex = encode_sft(tok, template, &record)?;
+    let Some(start) = ex.loss_mask.iter().position(|&m| m) else { return Ok(None) };
+    if ex.input_ids.len() > max || start == 0 {
+        return Ok(None);
+    }
+    Ok(Some(KtoExample {
+        prompt: ex.input_ids[..start].to_vec(),
+        completion: ex.input_ids[start..].to_vec(),
+        label: rec.label,
+    }))
+}
+
+impl<H: Host> Trainer<'_, H> {
+    /// Makes a KTO stage ready: the static thumbs files (both labels required among them), the
+    /// live labels files read so far, the reference, the optimizer and the sampler.
+    pub(super) fn open_kto_stage(&mut self, index: usize, stage: &Stage) -> Result<StageRun, TrainError> {
+        let sources = self.host.preference_files(index);
+        let statics: Vec<_> = sources.iter().filter(|f| !f.live).map(|f| f.path.clone()).collect();
+        let mut records: Vec<ThumbsRecord> = Vec::new();
+        for path in &statics {
+            records.extend(read_thumbs(path)?.into_iter().map(|(_, r)| r));
+        }
+        if !records.is_empty() && records.iter().all(|r| r.label == records[0].label) {
+            // Located at the first record of the first file (every file lacks the same label).
+            if let Some(first) = statics.first() {
+                read_thumbs_for_kto(first)?;
+            }
+        }
+        let mut run_examples = Vec::new();
+        let mut dropped = 0usize;
+        for rec in &records {
+            match kto_example(&self.tokenizer, self.template.as_ref(), rec, stage.max_length)? {
+                Some(ex) => run_examples.push(ex),
+                None => dropped += 1,
+            }
+        }
+        let mut live: Vec<LiveThumbs> = sources
+            .iter()
+            .filter(|f| f.live)
+            .map(|f| LiveThumbs { log: LabelLog::new(&f.path), admitted: HashMap::new() })
+            .collect();
+        let mut examples = run_examples;
+        let mut retracted = Vec::new();
+        for source in &mut live {
+            let (added, gone, _, _) = admit_thumbs(self, stage, source, examples.len())?;
+            examples.extend(added);
+            retracted.extend(gone);
+        }
+        if examples.is_empty() {
+            return Err(TrainError::Data(format!("stage {}: no thumbs labels to train on", stage.name)));
+        }
+        let total = self.state.stage_total.unwrap_or_else(|| self.total_steps(stage, examples.len()));
+        self.state.stage_total = Some(total);
+        let step = self.state.global_step;
+        let ups = examples.iter().filter(|e| e.label).count();
+        let mut f = Map::new();
+        f.insert("total_steps".into(), json!(total));
+        f.insert(
+            "examples".into(),
+            json!({ "kto": examples.len(), "desirable": ups, "undesirable": examples.len() - ups }),
+        );
+        let kind = if self.state.stage_step > 0 { "stage_resumed" } else { "stage_started" };
+        self.host.emit(kind, Some(&stage.name), Some(step), f)?;
+        if dropped > 0 {
+            let mut f = Map::new();
+            f.insert(
+                "message".into(),
+                json!(format!("kto data: {dropped} longer than max_length {} dropped", stage.max_length)),
+            );
+            self.host.emit("warning", Some(&stage.name), Some(step), f)?;
+        }
+        let reference = self.reference_model(stage)?;
+        let mut opt = AdamW::new(
+            self.policy.parameters(),
+            AdamWConfig { lr: stage.lr, weight_decay: stage.weight_decay, ..AdamWConfig::default() },
+        )?;
+        if let Some(moments) = self.resume_optimizer.take() {
+            opt.restore(self.state.optimizer_steps, moments)?;
+        }
+        let seed = super::sampler_seed(self.pipeline.run.seed, index, Term::Pref) ^ 0x006b_746f;
+        let lengths = examples.iter().map(|e| e.prompt.len() + e.completion.len()).collect();
+        let mut sampler = Sampler::new(seed, lengths, stage.batch_size, self.state.samplers.get(SAMPLER).cloned());
+        for i in retracted {
+            sampler.set_active(i, false);
+        }
+        let beta = stage.pref.as_ref().map_or(0.1, |p| p.beta);
+        // Live samples and candidates answer the thumbs' prompts.
+        let mut prompts: Vec<crate::data::Text> = Vec::new();
+        for r in &records {
+            if !prompts.contains(&r.prompt) {
+                prompts.push(r.prompt.clone());
+            }
+        }
+        Ok(StageRun {
+            stage: stage.clone(),
+            static_files: statics,
+            data: StageData::default(),
+            live: LiveLabels::new(Vec::new()),
+            plan: Vec::new(),
+            cache: RefCache::new(),
+            reference: Some(reference),
+            opt,
+            samplers: Vec::new(),
+            main: Term::Pref,
+            total,
+            lambdas: Lambdas { pref: 1.0, safe: 0.0 },
+            prompts: Some(prompts),
+            grpo: None,
+            kto: Some(Box::new(KtoRun { beta, examples, live, sampler })),
+        })
+    }
+
+    /// Reads the live labels files at this step boundary: new agreeing thumbs join the pool,
+    /// undone or disputed ones leave it; one `labels_admitted` event says what happened.
+    fn admit_live_thumbs(&mut self, run: &mut StageRun) -> Result<(), TrainError> {
+        let step = self.state.global_step;
+        let Some(mut kto) = run.kto.take() else { return Ok(()) };
+        let mut totals = (0usize, 0usize, 0usize, 0usize);
+        let mut outcome = Ok(());
+        for source in &mut kto.live {
+            match admit_thumbs(self, &run.stage, source, kto.examples.len()) {
+                Ok((added, gone, held, lines)) => {
+                    totals = (totals.0 + added.len(), totals.1 + gone.len(), totals.2 + held, totals.3 + lines);
+                    for ex in added {
+                        kto.sampler.add(ex.prompt.len() + ex.completion.len());
+                        kto.examples.push(ex);
+                    }
+                    for i in gone {
+                        kto.sampler.set_active(i, false);
+                    }
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        run.kto = Some(kto);
+        outcome?;
+        if totals.3 == 0 {
+            return Ok(());
+        }
+        let mut f = Map::new();
+        f.insert("count".into(), json!(totals.0));
+        f.insert("retracted".into(), json!(totals.1));
+        f.insert("held_back".into(), json!(totals.2));
+        f.insert("lines".into(), json!(totals.3));
+        f.insert("kind".into(), json!("thumbs"));
+        self.host.emit("labels_admitted", Some(run.name()), Some(step), f)
+    }
+
+    /// One KTO optimizer step.
+    pub(super) fn kto_step(&mut self, run: &mut StageRun) -> Result<(), TrainError> {
+        self.admit_live_thumbs(run)?;
+        let step = self.state.global_step;
+        let started = Instant::now();
+        let stage = &run.stage;
+        let lr = learning_rate(stage.schedule, stage.lr, self.state.stage_step, stage.warmup_steps, run.total);
+        run.opt.config.lr = lr;
+        let accum = stage.grad_accum.max(1);
+        let mut sums = StepSums::new(run.opt.params().len(), accum);
+        let pad = self.pad_id();
+        let device = self.device.clone();
+        let (Some(kto), Some(reference)) = (run.kto.as_deref_mut(), run.reference.as_ref()) else {
+            return Err(TrainError::Data(format!("stage {}: not a KTO stage", stage.name)));
+        };
+        let cfg = KtoConfig { beta: kto.beta, ..KtoConfig::default() };
+        let mut stats: Vec<BatchStats> = Vec::new();
+        for _ in 0..accum {
+            let (drawn, _) = kto.sampler.next_batch();
+            if drawn.is_empty() {
+                continue;
+            }
+            let n = drawn.len();
+            let batch: Vec<&KtoExample> = drawn.iter().map(|&i| &kto.examples[i]).collect();
+            let mut seqs: Vec<Sequence> = batch.iter().map(|e| e.sequence_with(&e.completion)).collect();
+            for (i, j) in kl_completion_order(n, n).into_iter().enumerate() {
+                seqs.push(batch[i].sequence_with(&batch[j].completion));
+            }
+            let tokens = TokenBatch::new(&seqs, pad, &device)?;
+            let policy = per_sequence_sum(&target_logps(self.policy.decoder(), &tokens)?, &tokens)?;
+            let reference = per_sequence_sum(&target_logps(reference.decoder(), &tokens)?, &tokens)?.detach();
+            let labels: Vec<bool> = batch.iter().map(|e| e.label).collect();
+            let out = kto_loss(
+                &cfg,
+                &KtoInputs {
+                    policy: &policy.narrow(0, 0, n)?,
+                    reference: &reference.narrow(0, 0, n)?,
+                    labels: &labels,
+                    policy_kl: &policy.narrow(0, n, n)?.detach(),
+                    reference_kl: &reference.narrow(0, n, n)?,
+                },
+            )?;
+            let mut loss = (out.loss / accum as f64)?;
+            if self.options.inject_nan_at.contains(&step) {
+                loss = (loss * f64::NAN)?;
+            }
+            let store = loss.backward()?;
+            sums.loss += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            sums.tokens += tokens.real_tokens;
+            sums.add_grads(&run.opt, &store)?;
+            stats.push((out.kl, out.rewards_chosen, out.rewards_rejected, out.logps_chosen, out.logps_rejected));
+        }
+        let norm = global_norm(&sums.grads)?;
+        self.update(run, &sums, norm, step)?;
+        self.state.global_step += 1;
+        self.state.stage_step += 1;
+        let elapsed = started.elapsed().as_secs_f64();
+        if self.state.global_step % self.pipeline.run.log_every.max(1) == 0 || self.state.stage_step == run.total {
+            let mean =
+                |values: Vec<f64>| (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64);
+            let mut m = Map::new();
+            m.insert("loss".into(), num(sums.loss));
+            m.insert("loss/pref".into(), num(sums.loss));
+            if let Some(kl) = mean(stats.iter().map(|s| s.0).collect()) {
+                m.insert("kl".into(), num(kl));
+            }
+            let chosen = mean(stats.iter().filter_map(|s| s.1).collect());
+            let rejected = mean(stats.iter().filter_map(|s| s.2).collect());
+            for (key, v) in [
+                ("rewards/chosen", chosen),
+                ("rewards/rejected", rejected),
+                ("rewards/margins", chosen.zip(rejected).map(|(c, r)| c - r)),
+                ("logps/chosen", mean(stats.iter().filter_map(|s| s.3).collect())),
+                ("logps/rejected", mean(stats.iter().filter_map(|s| s.4).collect())),
+            ] {
+                if let Some(v) = v {
+                    m.insert(key.into(), num(v));
+                }
+            }
+            m.insert("learning_rate".into(), json!(lr));
+            m.insert("grad_norm".into(), num(norm));
+            m.insert("tokens_per_second".into(), json!(sums.tokens as f64 / elapsed.max(1e-9)));
+            let epoch = run.kto.as_ref().map_or(0.0, |k| k.sampler.progress());
+            m.insert("epoch".into(), json!(epoch));
+            m.insert("stage_step".into(), json!(self.state.stage_step));
+            m.insert("total_steps".into(), json!(run.total));
+            self.host.emit("metrics", Some(run.name()), Some(self.state.global_step), m)?;
+        }
+        self.live_samples(run)?;
+        let every = self.pipeline.run.checkpoint_every;
+        if every > 0 && self.state.global_step % every == 0 && self.state.stage_step < run.total {
+            self.checkpoint(run)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads what is new in one live labels file and resolves its thumbs: the examples to add (pool
+/// indices from `pool_len` on), the pool indices that left, the items held back, lines read.
+fn admit_thumbs<H: Host>(
+    trainer: &mut Trainer<'_, H>,
+    stage: &Stage,
+    source: &mut LiveThumbs,
+    pool_len: usize,
+) -> Result<(Vec<KtoExample>, Vec<usize>, usize, usize), TrainError> {
+    let update = source.log.read_new(None)?;
+    for problem in &update.problems {
+        let mut f = Map::new();
+        f.insert("message".into(), json!(problem.message));
+        trainer.host.emit("warning", Some(&stage.name), Some(trainer.state.global_step), f)?;
+    }
+    let (admitted, held) = source.log.resolve_thumbs();
+    let live: HashMap<&str, &ThumbsRecord> = admitted.iter().map(|(item, r)| (item.as_str(), r)).collect();
+    let mut gone: Vec<usize> = Vec::new();
+    source.admitted.retain(|item, index| {
+        let keep = live.contains_key(item.as_str());
+        if !keep {
+            gone.push(*index);
+        }
+        keep
+    });
+    let mut added = Vec::new();
+    for (item, rec) in &admitted {
+        if source.admitted.contains_key(item) {
+            continue;
+        }
+        if let Some(ex) = kto_example(&trainer.tokenizer, trainer.template.as_ref(), rec, stage.max_length)? {
+            source.admitted.insert(item.clone(), pool_len + added.len());
+            added.push(ex);
+        }
+    }
+    Ok((added, gone, held.len(), update.lines))
+}
+
+/// The KTO sampler's position for a checkpoint, when `run` is a KTO stage.
+pub(super) fn sampler_state(run: &StageRun) -> Option<(String, crate::train::sampler::SamplerState)> {
+    run.kto.as_ref().map(|k| (SAMPLER.to_string(), k.sampler.state.clone()))
+}

@@ -1,0 +1,111 @@
+//! KTO on thumbs labels: a `pref.loss = "kto"` stage trains on TRL's unpaired records with TRL's
+//! metrics, thumbs the labeling pane appends to the run's labels file join at the next step
+//! boundary (undone and disputed ones do not), and `hone check` refuses KTO data with only one
+//! kind of label, located.
+#![allow(clippy::unwrap_used, clippy::float_cmp)] // the first step's rewards are exactly 0
+
+mod memory_host;
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use hone::config::Pipeline;
+use hone::train::trainer::{Finished, RunOptions, Trainer};
+use memory_host::MemoryHost;
+use serde_json::json;
+
+fn sample() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample")
+}
+
+fn pipeline(steps: u64) -> Pipeline {
+    let text = format!(
+        "[run]\nseed = 3\ncheckpoint_every = 0\nsample_every = 4\n\n[model]\npath = \"{model}\"\n\n\
+         [[stage]]\nname = \"kto\"\nepochs = 20\nmax_steps = {steps}\nbatch_size = 4\nlr = 3e-3\nmax_length = 256\n\n\
+         [stage.pref]\ndata = [\"{thumbs}\", \"labels.jsonl\"]\nloss = \"kto\"\nbeta = 0.1\n",
+        model = sample().join("model").display(),
+        thumbs = sample().join("thumbs.jsonl").display(),
+    );
+    toml::from_str(&text).unwrap()
+}
+
+fn thumbs(id: &str, prompt: &str, completion: &str, label: bool) -> String {
+    json!({"id": id, "prompt": prompt, "completion": completion, "label": label, "labeler": "ann", "ts": 1}).to_string()
+}
+
+#[test]
+fn a_kto_stage_trains_on_thumbs_with_trls_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pipeline(8);
+    let mut host = MemoryHost::new(tmp.path(), &p);
+    let mut trainer = Trainer::new(p, RunOptions::default(), &mut host, Device::Cpu, DType::F32).unwrap();
+    assert_eq!(trainer.run().unwrap(), Finished::Completed);
+    drop(trainer);
+    let started = host.events.iter().find(|e| e.0 == "stage_started").unwrap();
+    assert_eq!(started.3["examples"], json!({"kto": 12, "desirable": 6, "undesirable": 6}), "{started:?}");
+    let metrics = host.metrics();
+    assert_eq!(metrics.len(), 8);
+    for (_, _, m) in &metrics {
+        for key in ["loss", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "grad_norm"]
+        {
+            assert!(m.get(key).and_then(serde_json::Value::as_f64).is_some(), "metrics without {key}: {m:?}");
+        }
+        assert!(m["kl"].as_f64().unwrap() >= 0.0, "the KL estimate is clamped at 0");
+    }
+    assert_eq!(host.events.iter().filter(|e| e.0 == "sample").count(), 6, "live samples answer the thumbs' prompts");
+    // Evaluation's contamination check reads thumbs files' prompts (the SFT parser refuses them).
+    let prompts = hone::train::evaluate::training_prompts(&[sample().join("thumbs.jsonl").as_path()]).unwrap();
+    assert_eq!(prompts.len(), 12);
+    let margins = host.series("kto", "rewards/margins");
+    let losses = host.series("kto", "loss");
+    // The first step starts at the reference: every reward is 0.
+    assert_eq!(margins[0], 0.0);
+    assert!(margins[7] > 0.0, "desirable answers gain on undesirable ones: {margins:?}");
+    assert!(losses[7] < losses[0], "{losses:?}");
+}
+
+#[test]
+fn live_thumbs_join_at_the_next_step_and_undone_or_disputed_ones_do_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pipeline(4);
+    let mut host = MemoryHost::new(tmp.path(), &p);
+    let lines = [
+        thumbs("s-1", "What is 2+2?", "4", true),
+        thumbs("s-2", "What is 2+3?", "6", false),
+        json!({"id": "s-3", "kind": "undo", "supersedes": "s-2", "labeler": "ann", "ts": 2}).to_string(),
+        // Two labelers disagree about one answer: held back.
+        thumbs("s-4", "Capital of France?", "Lyon", false),
+        thumbs("s-5", "Capital of France?", "Lyon", true),
+    ];
+    host.label_at = Some((2, lines.join("\n") + "\n"));
+    let mut trainer = Trainer::new(p, RunOptions::default(), &mut host, Device::Cpu, DType::F32).unwrap();
+    assert_eq!(trainer.run().unwrap(), Finished::Completed);
+    drop(trainer);
+    let admitted: Vec<_> = host.events.iter().filter(|e| e.0 == "labels_admitted").collect();
+    assert_eq!(admitted.len(), 1, "{admitted:?}");
+    let (_, stage, step, f) = admitted[0];
+    assert_eq!((stage.as_deref(), *step), (Some("kto"), Some(2)));
+    assert_eq!((f["count"].as_u64(), f["held_back"].as_u64(), f["lines"].as_u64()), (Some(1), Some(1), Some(5)));
+}
+
+#[test]
+fn hone_check_refuses_kto_data_with_one_kind_of_label() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("ups.jsonl");
+    std::fs::write(&data, thumbs("a", "2+2?", "4", true) + "\n" + &thumbs("b", "3+3?", "6", true) + "\n").unwrap();
+    let file = tmp.path().join("pipeline.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[model]\npath = \"{}\"\n\n[[stage]]\nname = \"kto\"\npref = {{ data = [\"ups.jsonl\"], loss = \"kto\" }}\n",
+            sample().join("model").display()
+        ),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    assert!(!hone::cli::check::run(&file, &mut out).unwrap());
+    let out = String::from_utf8(out).unwrap();
+    let want = format!("error: {}:1:", std::fs::canonicalize(&data).unwrap_or(data.clone()).display());
+    assert!(out.contains("label: every record is a thumbs up (true): KTO needs thumbs down (false) too"), "{out}");
+    assert!(out.contains(&want) || out.contains(&format!("error: {}:1:", data.display())), "{out}");
+}
