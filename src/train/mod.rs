@@ -8,6 +8,7 @@ pub mod batch;
 pub mod evaluate;
 pub mod examples;
 pub mod host;
+pub mod iterate;
 pub mod live;
 pub mod loss;
 pub mod objective;
