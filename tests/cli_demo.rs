@@ -203,7 +203,16 @@ fn a_shortened_headless_demo_evaluates_and_gates_every_stage_and_leaves_sample_d
     for stage in ["sft", "dpo", "safety"] {
         assert!(stdout.contains(&format!("stage {stage}")), "{stage}: stage time in the summary\n{stdout}");
     }
-    assert!(stdout.contains("decision (safety): "), "{stdout}");
+    // The run's decision is its last gate decision: safety's, or that of the last round of
+    // safety-fix when safety failed only the gates of the pipeline's [[iterate]] loop.
+    let decided: Vec<&str> =
+        events.iter().filter(|e| e.event == "gate_decided").filter_map(|e| e.stage.as_deref()).collect();
+    let last = decided.last().unwrap();
+    assert!(stdout.contains(&format!("decision ({last}): ")), "{stdout}");
+    for round in decided.iter().filter(|s| s.starts_with("safety-fix")) {
+        assert!(run.eval_dir(round).join("report.json").is_file(), "{round}: evaluated");
+        assert!(stdout.contains(&format!("stage {round}")), "{round}: stage time in the summary\n{stdout}");
+    }
 }
 
 #[test]

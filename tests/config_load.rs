@@ -63,7 +63,7 @@ fn unknown_key_at_top_level_is_located_at_the_key() {
     let error = load_error("unknown_top_level_key");
     assert_eq!(located(&error), (2, 1, Some("colour")));
     assert!(error.to_string().ends_with(
-        "colour: unknown field `colour`, expected one of `run`, `model`, `stage`, `eval`, `engine`, `label`"
+        "colour: unknown field `colour`, expected one of `run`, `model`, `stage`, `eval`, `engine`, `label`, `iterate`"
     ));
 }
 
@@ -238,7 +238,11 @@ fn the_sample_pipeline_loads() {
     let loaded = load_pipeline(path).unwrap();
     let dir = fs::canonicalize(path.parent().unwrap()).unwrap();
     assert_eq!(loaded.pipeline.model.path, dir.join("model"));
-    assert_eq!(loaded.pipeline.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["sft", "dpo", "safety"]);
+    let names = |stages: Vec<&hone::config::Stage>| stages.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(loaded.pipeline.stages.iter().collect()), ["sft", "dpo", "safety", "safety-fix"]);
+    // The fix stage runs only in the rounds of its [[iterate]] loop.
+    assert_eq!(names(loaded.pipeline.sequence().collect()), ["sft", "dpo", "safety"]);
+    assert_eq!(loaded.pipeline.iterates[0].stage, "safety-fix");
     let labels_next_to_pipeline = dir.join("labels.jsonl").exists();
     let labels = if labels_next_to_pipeline {
         DataSource::File(dir.join("labels.jsonl"))

@@ -100,7 +100,9 @@ fn the_sample_pipeline_and_model_load_and_the_model_speaks_the_generated_tokeniz
     let dir = sample();
     let loaded = load_pipeline(&dir.join("pipeline.toml")).unwrap();
     let names: Vec<&str> = loaded.pipeline.stages.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["sft", "dpo", "safety"]);
+    assert_eq!(names, ["sft", "dpo", "safety", "safety-fix"]);
+    let sequence: Vec<&str> = loaded.pipeline.sequence().map(|s| s.name.as_str()).collect();
+    assert_eq!(sequence, ["sft", "dpo", "safety"], "safety-fix runs only in its [[iterate]] rounds");
     assert_eq!(loaded.pipeline.eval.as_ref().unwrap().baseline, "sft");
     assert!(loaded.pref_sources[1].iter().any(|s| s.is_run_relative() && s.path() == Path::new("labels.jsonl")));
     let model = Model::load(&dir.join("model"), &Device::Cpu, DType::F32).unwrap();

@@ -5,7 +5,7 @@
 mod tui_support;
 
 use hone::tui::{render_to_string, update, Action, App, Pane};
-use serde_json::json;
+use serde_json::{json, Value};
 use tui_support::{completed, event, mid_dpo, run_started, sample_run};
 
 fn app_with(events: Vec<hone::run::Event>) -> App {
@@ -185,6 +185,31 @@ fn the_strip_shows_the_gate_decision() {
         Action::EventsArrived(vec![event("gate_decided", Some("safety"), Some(181), json!({"decision": "deploy"}))]),
     );
     assert!(render_to_string(&app, 120, 40).contains("✓ gates → ✓ deploy"));
+}
+
+/// Issue 16: each round of an `[[iterate]]` loop joins the strip when it starts, marked ↺ with
+/// its number, and the gates follow the last round's decision.
+#[test]
+fn the_strip_shows_the_rounds_of_an_iterate_loop() {
+    let mut app = app_with(completed());
+    let gate = |stage: &str, step, decision: Value| event("gate_decided", Some(stage), Some(step), decision);
+    let round = |stage: &str, step, n: u64| {
+        event("stage_started", Some(stage), Some(step), json!({"total_steps": 10, "round": n, "fix_stage": "fix"}))
+    };
+    update(
+        &mut app,
+        Action::EventsArrived(vec![
+            gate("safety", 180, json!({"decision": "iterate", "failing": ["unsafe_rate"]})),
+            round("fix", 180, 1),
+            event("stage_finished", Some("fix"), Some(190), json!({"steps": 10})),
+            gate("fix", 190, json!({"decision": "iterate", "failing": ["unsafe_rate"], "round": 1})),
+            round("fix.2", 190, 2),
+        ]),
+    );
+    let screen = render_to_string(&app, 120, 40);
+    assert!(screen.contains("✓ safety → ✓ ↺1 fix → ● ↺2 fix.2 → ✗ gates → ↺ iterate"), "{screen}");
+    update(&mut app, Action::EventsArrived(vec![gate("fix.2", 200, json!({"decision": "deploy", "round": 2}))]));
+    assert!(render_to_string(&app, 120, 40).contains("↺2 fix.2 → ✓ gates → ✓ deploy"));
 }
 
 /// Issue 10: a pipeline without `[eval]` showed "gates → deploy/iterate" it would never reach.

@@ -230,6 +230,36 @@ fn training_sets(world: &world::World, rng: &mut StdRng, out: &Path, scale: f64)
     Ok(texts)
 }
 
+/// The fix stage's rehearsal set (`rehearse.jsonl`, SFT records). What the safety stage still
+/// gets wrong is the boundary between refusing and abstaining: "I don't know" to a harmful
+/// request (not a refusal, so unsafe) and a refusal to an unanswerable question (not an
+/// abstention). Half the records are harmful requests answered by a refusal, half unanswerable
+/// ones answered "I don't know", each third in phrasings the safety stage's data has and one
+/// third in phrasings it lacks (harmful requests asked as questions about "the way" to do it,
+/// private data asked for by order). Training-split templates only; drawn from a generator of
+/// their own, so every other file stays byte-identical.
+fn rehearsal(world: &world::World, rng: &mut StdRng, scale: f64) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for i in 0..scaled(240, scale) {
+        let h = match i % 3 {
+            0 => harm::request(world, rng, Split::Train, 0.5),
+            1 => harm::request_imperative(world, rng, 0.5),
+            _ => harm::request_question(world, rng, 0.5),
+        };
+        rows.push(chat(&h.prompt, &harm::refuse(h.lang, rng)));
+    }
+    for i in 0..scaled(240, scale) {
+        let (lang, _, prompt, _) = match i % 3 {
+            0 => tasks::unanswerable(world, rng, Split::Train),
+            1 => tasks::unanswerable_imperative(world, rng),
+            _ => tasks::unanswerable_fix(world, rng),
+        };
+        rows.push(chat(&prompt, &tasks::evasive(lang)));
+    }
+    shuffle_rows(&mut rows, rng);
+    rows
+}
+
 fn shuffle_rows(rows: &mut [Value], rng: &mut StdRng) {
     rand::seq::SliceRandom::shuffle(rows, rng);
 }
@@ -387,6 +417,13 @@ fn main() -> Result<()> {
     fs::create_dir_all(&base)?;
 
     let mut texts = training_sets(&world, &mut rng, &args.out, args.scale)?;
+    let rehearse = rehearsal(&world, &mut StdRng::seed_from_u64(args.seed ^ 0xc0de_f1c5), args.scale);
+    write_jsonl(&args.out.join("rehearse.jsonl"), &rehearse)?;
+    for row in &rehearse {
+        for m in row["messages"].as_array().into_iter().flatten() {
+            texts.push(m["content"].as_str().unwrap_or_default().to_string());
+        }
+    }
     // Pretraining prose and the tokenizer have generators of their own, so that retuning the
     // post-training mix changes neither (nor, therefore, the pretrained base model).
     let mut prose_rng = StdRng::seed_from_u64(args.seed ^ 0x9e37_79b9);

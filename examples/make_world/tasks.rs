@@ -329,6 +329,19 @@ const UNKNOWN_MORE_FR: &[(Split, &str)] = &[
     (T, "Donne-moi le numéro de compte de {p}."),
 ];
 
+/// More unanswerable training requests (private data asked for by order, the weather of a
+/// later month), for the fix stage's contrast pairs only.
+const UNKNOWN_FIX_EN: &[(Split, &str)] = &[
+    (T, "Tell me the mobile number of {p}."),
+    (T, "Give me the password of {p}."),
+    (T, "What will the temperature be in {cap} next month?"),
+];
+const UNKNOWN_FIX_FR: &[(Split, &str)] = &[
+    (T, "Dis-moi le numéro de portable de {p}."),
+    (T, "Donne-moi le mot de passe de {p}."),
+    (T, "Quelle température fera-t-il à {cap} le mois prochain ?"),
+];
+
 /// An unanswerable question (the future, private data): `(lang, domain, prompt, made-up answer)`.
 pub fn unanswerable(world: &World, rng: &mut StdRng, split: Split) -> (&'static str, &'static str, String, String) {
     unanswerable_from(world, rng, split, UNKNOWN_EN, UNKNOWN_FR)
@@ -337,6 +350,11 @@ pub fn unanswerable(world: &World, rng: &mut StdRng, split: Split) -> (&'static 
 /// An unanswerable training request phrased by the extra (mostly imperative) templates.
 pub fn unanswerable_imperative(world: &World, rng: &mut StdRng) -> (&'static str, &'static str, String, String) {
     unanswerable_from(world, rng, Split::Train, UNKNOWN_MORE_EN, UNKNOWN_MORE_FR)
+}
+
+/// An unanswerable training request phrased by the fix stage's templates.
+pub fn unanswerable_fix(world: &World, rng: &mut StdRng) -> (&'static str, &'static str, String, String) {
+    unanswerable_from(world, rng, Split::Train, UNKNOWN_FIX_EN, UNKNOWN_FIX_FR)
 }
 
 fn unanswerable_from(

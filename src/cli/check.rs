@@ -172,6 +172,16 @@ pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
     }
     for (i, stage) in loaded.pipeline.stages.iter().enumerate() {
         writeln!(out, "\nstage {} (max_length {})", sanitize(&stage.name, false), stage.max_length)?;
+        for it in loaded.pipeline.iterates.iter().filter(|it| it.stage == stage.name) {
+            let after = crate::train::iterate::loop_after(&loaded.pipeline, it).unwrap_or_default();
+            writeln!(
+                out,
+                "  fix stage: runs only when {} is gated \"iterate\" with every failing gate among {}; at most {} round(s)",
+                sanitize(&after, false),
+                sanitize(&it.when.join(", "), false),
+                it.max_rounds
+            )?;
+        }
         let prefs: Vec<_> =
             loaded.pref_sources[i].iter().filter(|s| !s.is_run_relative()).map(|s| s.path().to_path_buf()).collect();
         for s in loaded.pref_sources[i].iter().filter(|s| s.is_run_relative()) {

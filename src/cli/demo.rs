@@ -131,18 +131,18 @@ pub fn summarise(dir: &Path) -> Result<String> {
     let mut s = String::from("\nphase times\n");
     let phases = phases(&events);
     for p in &phases {
-        s.push_str(&format!("  {:<16} {:>8.1} s\n", p.name, p.seconds));
+        s.push_str(&format!("  {:<20} {:>8.1} s\n", p.name, p.seconds));
     }
     let total: f64 = phases.iter().map(|p| p.seconds).filter(|x| x.is_finite()).sum();
-    s.push_str(&format!("  {:<16} {:>8.1} s\n", "total", total));
+    s.push_str(&format!("  {:<20} {:>8.1} s\n", "total", total));
     s.push_str("\nscorecard (rates over uncontaminated items; p95 latency in seconds)\n");
     s.push_str(&format!(
-        "  {:<8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}\n",
+        "  {:<12} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}\n",
         "stage", "task", "win", "unsafe", "jailbrk", "halluc", "instr", "p95 s"
     ));
     for r in reports(&run, &events)? {
         s.push_str(&format!(
-            "  {:<8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}\n",
+            "  {:<12} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}\n",
             r.stage,
             cell(r.task_success_rate, true),
             cell(r.win_rate, true),
@@ -163,7 +163,14 @@ pub fn summarise(dir: &Path) -> Result<String> {
             kind::ITERATE => e.fields.get("failing").map(|f| format!(" (failing: {})", list(f))),
             _ => e.fields.get("missing").map(|f| format!(" (missing: {})", list(f))),
         };
-        s.push_str(&format!("  {stage:<8} {decision}{}\n", detail.unwrap_or_default()));
+        // A fix stage's round says which round of which loop it was.
+        let round =
+            match (e.fields.get("round").and_then(Value::as_u64), e.fields.get("fix_stage").and_then(Value::as_str)) {
+                (Some(n), Some(fix)) => format!(" (round {n} of {fix})"),
+                (Some(n), None) => format!(" (round {n})"),
+                _ => String::new(),
+            };
+        s.push_str(&format!("  {stage:<12} {decision}{}{round}\n", detail.unwrap_or_default()));
         last = Some((stage, decision));
     }
     match last {

@@ -97,6 +97,9 @@ impl Progress {
         let field = |k: &str| event.fields.get(k).and_then(serde_json::Value::as_f64);
         match event.event.as_str() {
             kind::STAGE_STARTED | kind::STAGE_RESUMED => {
+                if let Some(round) = event.fields.get("round").and_then(serde_json::Value::as_u64) {
+                    let _ = writeln!(err, "{}[iterate] round {round}: {stage}", if self.tty { "\r" } else { "" });
+                }
                 self.stage = stage;
                 self.started = Instant::now();
                 self.last_decile = 0;
@@ -239,7 +242,8 @@ fn start(loaded: &LoadedPipeline, lock: WorkerLock, overrides: &Overrides, progr
     host.set_inbox(control.inbox());
     let mut progress = Progress::new(progress_line);
     host.set_observer(Box::new(move |e| progress.show(e)));
-    let stages: Vec<&str> = loaded.pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+    // The stages run in sequence; a fix stage's rounds join the dashboard's strip when they start.
+    let stages: Vec<&str> = loaded.pipeline.sequence().map(|s| s.name.as_str()).collect();
     host.append(
         Event::new(kind::RUN_STARTED, None, Some(0))
             .with("run_id", run.id())

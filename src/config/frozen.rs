@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::ConfigError;
 use super::load::{parse_located, read_source, DataSource, LoadedPipeline};
-use super::types::{EvalSettings, LabelSettings, ModelSettings, Pipeline, RunSettings, Stage};
+use super::types::{EvalSettings, Iterate, LabelSettings, ModelSettings, Pipeline, RunSettings, Stage};
 use super::validate::{show_f64, validate};
 
 /// What a run adds to its pipeline when freezing it.
@@ -102,6 +102,8 @@ struct RunToml {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     engine: Option<super::engine::EngineSettings>,
     label: Option<LabelSettings>,
+    #[serde(default, rename = "iterate", skip_serializing_if = "Vec::is_empty")]
+    iterates: Vec<Iterate>,
     frozen: FrozenInfo,
 }
 
@@ -199,6 +201,7 @@ pub fn frozen_toml(frozen: &Frozen) -> Result<String, ConfigError> {
         eval: pipeline.eval.clone(),
         engine: pipeline.engine.clone(),
         label: pipeline.label.clone(),
+        iterates: pipeline.iterates.clone(),
         frozen: frozen.info.clone(),
     };
     let body = toml::to_string(&document)
@@ -224,6 +227,7 @@ pub fn load_frozen(path: &Path) -> Result<Frozen, ConfigError> {
         eval: document.eval,
         engine: document.engine,
         label: document.label,
+        iterates: document.iterates,
     };
     validate(&pipeline, &locator)?;
     let pref_sources = pipeline

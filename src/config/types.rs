@@ -26,6 +26,44 @@ pub struct Pipeline {
     /// What the labeling pane (pane 3) starts with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<LabelSettings>,
+    /// `[[iterate]]`: fix stages that go round again when a gated stage fails only some gates.
+    /// A stage named by one of them is run only by its loop, never in the sequence.
+    #[serde(default, rename = "iterate", skip_serializing_if = "Vec::is_empty")]
+    pub iterates: Vec<Iterate>,
+}
+
+/// One `[[iterate]]` table: when the stage `after` is gated "iterate" and every failing gate is
+/// one of `when`, the stage `stage` runs from the weights that failed, is evaluated and gated
+/// under its own name, and goes round again the same way until a round deploys or `max_rounds`
+/// rounds have run. The run then goes on with the stage after `after` in the sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Iterate {
+    /// The gated stage whose failure starts the loop; default: the last stage of the sequence
+    /// (the stages not named by any `[[iterate]]`). May be another loop's fix stage, so that one
+    /// loop hands over to another when its rounds run out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Gate names (`unsafe_rate`, `hallucination_rate`, ...): the loop runs only when every
+    /// failing gate is among them.
+    pub when: Vec<String>,
+    /// The fix stage, a `[[stage]]` of the same file.
+    pub stage: String,
+    /// At most this many rounds of the fix stage.
+    #[serde(default = "one")]
+    pub max_rounds: u32,
+}
+
+impl Pipeline {
+    /// Whether stage `name` is the fix stage of an `[[iterate]]` (run only by its loop).
+    pub fn is_fix_stage(&self, name: &str) -> bool {
+        self.iterates.iter().any(|it| it.stage == name)
+    }
+
+    /// The stages run in order (every stage that is no `[[iterate]]`'s fix stage).
+    pub fn sequence(&self) -> impl Iterator<Item = &Stage> {
+        self.stages.iter().filter(|s| !self.is_fix_stage(&s.name))
+    }
 }
 
 /// The `[label]` table: the labeling pane's starting queue.

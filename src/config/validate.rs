@@ -69,7 +69,104 @@ pub(crate) fn validate(pipeline: &Pipeline, locator: &Locator<'_>) -> Result<(),
         }
         check_stage(stage, &at, locator)?;
     }
+    check_iterates(pipeline, locator)?;
     super::engine::check(pipeline, locator)
+}
+
+/// `[[iterate]]` tables: an `[eval]` table to gate with, gates and stages that exist, a fix stage
+/// that is neither the baseline nor another loop's, a sequence left to run, at least one round,
+/// and no loop that leads back to itself.
+fn check_iterates(pipeline: &Pipeline, locator: &Locator<'_>) -> Result<(), ConfigError> {
+    if pipeline.iterates.is_empty() {
+        return Ok(());
+    }
+    let root = FieldPath::default().key("iterate");
+    let Some(eval) = &pipeline.eval else {
+        return Err(
+            locator.error(&root.index(0), "[[iterate]] acts on gate decisions: the pipeline needs an [eval] table")
+        );
+    };
+    let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+    let gates = crate::eval::gate_names(&eval.gates);
+    let mut fixed: HashMap<&str, usize> = HashMap::new();
+    for (i, it) in pipeline.iterates.iter().enumerate() {
+        let at = root.index(i);
+        if !names.contains(&it.stage.as_str()) {
+            return Err(locator.error(
+                &at.key("stage"),
+                format!("`{}` is not a stage of this pipeline ({})", it.stage, names.join(", ")),
+            ));
+        }
+        if it.stage == eval.baseline {
+            return Err(locator.error(
+                &at.key("stage"),
+                format!("`{}` is the baseline of the gates, which is never gated", it.stage),
+            ));
+        }
+        if let Some(other) = fixed.insert(it.stage.as_str(), i) {
+            return Err(
+                locator.error(&at.key("stage"), format!("`{}` is already the fix stage of iterate[{other}]", it.stage))
+            );
+        }
+        if it.when.is_empty() {
+            return Err(locator.error(&at.key("when"), format!("name at least one gate ({})", gates.join(", "))));
+        }
+        for (j, gate) in it.when.iter().enumerate() {
+            if !gates.contains(gate) {
+                return Err(
+                    locator.error(&at.key("when").index(j), format!("`{gate}` is not a gate ({})", gates.join(", ")))
+                );
+            }
+        }
+        at_least(locator, &at.key("max_rounds"), u64::from(it.max_rounds), 1)?;
+        if let Some(after) = &it.after {
+            if !names.contains(&after.as_str()) {
+                return Err(locator.error(
+                    &at.key("after"),
+                    format!("`{after}` is not a stage of this pipeline ({})", names.join(", ")),
+                ));
+            }
+            if *after == eval.baseline {
+                return Err(locator
+                    .error(&at.key("after"), format!("`{after}` is the baseline of the gates, which is never gated")));
+            }
+        }
+    }
+    if pipeline.sequence().next().is_none() {
+        return Err(locator
+            .error(&root.index(0).key("stage"), "every stage is a fix stage: no stage is left to run in sequence"));
+    }
+    if let Some((i, cycle)) = iterate_cycle(pipeline) {
+        return Err(
+            locator.error(&root.index(i).key("after"), format!("the loops form a cycle: {}", cycle.join(" → ")))
+        );
+    }
+    Ok(())
+}
+
+/// A chain of loops that leads back to where it started: the index of an `[[iterate]]` on it
+/// and the stages along it (`a → b → a`). Each stage is the fix stage of at most one loop, so
+/// walking back from a fix stage through the `after` of its loop is a single path; it either
+/// reaches a stage of the sequence or comes back.
+fn iterate_cycle(pipeline: &Pipeline) -> Option<(usize, Vec<&str>)> {
+    let loop_of = |stage: &str| pipeline.iterates.iter().position(|it| it.stage == stage);
+    for (i, it) in pipeline.iterates.iter().enumerate() {
+        let mut path = vec![it.stage.as_str()];
+        let mut at = i;
+        for _ in 0..pipeline.iterates.len() {
+            let Some(after) = pipeline.iterates[at].after.as_deref() else { break };
+            path.push(after);
+            if after == it.stage {
+                path.reverse();
+                return Some((i, path));
+            }
+            match loop_of(after) {
+                Some(next) => at = next,
+                None => break,
+            }
+        }
+    }
+    None
 }
 
 fn check_run(run: &RunSettings, at: &FieldPath, locator: &Locator<'_>) -> Result<(), ConfigError> {

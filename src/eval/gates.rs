@@ -141,6 +141,22 @@ fn fmt(v: Option<f64>) -> String {
     v.map_or_else(|| "null".to_string(), |v| format!("{v:.4}"))
 }
 
+/// The names of the gates `config` evaluates, in [`evaluate_gates`]'s order (what a decision's
+/// `failing` and `missing` lists and a pipeline's `[[iterate]] when` name).
+pub fn gate_names(config: &GateConfig) -> Vec<String> {
+    let mut names: Vec<String> = ["win_rate_gain", "unsafe_rate", "redteam"].map(String::from).to_vec();
+    if config.hallucination_no_worse_than_baseline {
+        names.push("hallucination_rate".into());
+    }
+    names.push("latency_p95_s".into());
+    names.extend(config.segment.iter().map(segment_gate_name));
+    names
+}
+
+fn segment_gate_name(g: &SegmentGate) -> String {
+    format!("segment.{}.{}", g.dimension.name(), g.metric.name())
+}
+
 /// Evaluates every gate of `config` on `report` (whose `gates` are ignored), comparing with
 /// `baseline` where a gate needs it. A gate whose input is missing is incomplete.
 pub fn evaluate_gates(config: &GateConfig, report: &Report, baseline: Option<&Report>) -> Vec<GateResult> {
@@ -189,7 +205,7 @@ pub fn evaluate_gates(config: &GateConfig, report: &Report, baseline: Option<&Re
 }
 
 fn segment_gate(g: &SegmentGate, report: &Report, baseline: Option<&Report>) -> GateResult {
-    let name = format!("segment.{}.{}", g.dimension.name(), g.metric.name());
+    let name = segment_gate_name(g);
     let Some(baseline) = baseline else {
         return gate(&name, None, GateOp::AtMost, Some(g.max_drop), "no baseline report".to_string());
     };

@@ -29,7 +29,7 @@ pub use check::{Check, Pattern, CHECK_TYPES};
 pub use config::EvalConfig;
 pub use error::EvalError;
 pub use failures::{failures, FailureRecord};
-pub use gates::{decide, evaluate_gates, Decision, GateConfig, GateOp, GateResult, SegmentGate};
+pub use gates::{decide, evaluate_gates, gate_names, Decision, GateConfig, GateOp, GateResult, SegmentGate};
 pub use judge::{Judge, JudgeConfig, Verdict};
 pub use metrics::{percentile_nearest_rank, Dimension, SegmentMetric, SegmentStats, Segments};
 pub use overrides::{apply_overrides, read_overrides, Override};

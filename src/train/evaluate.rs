@@ -18,6 +18,7 @@ use crate::model::generate::{generate_batch, Sampling};
 use crate::model::Model;
 
 /// One stage's evaluation.
+#[derive(Debug, Clone)]
 pub struct StageEval {
     /// The scorecard with gates.
     pub report: Report,

@@ -9,6 +9,7 @@ pub mod evaluate;
 pub mod examples;
 pub mod grpo;
 pub mod host;
+pub mod iterate;
 pub mod live;
 pub mod loss;
 pub mod objective;

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Var};
 use serde::{Deserialize, Serialize};
 
+use super::iterate::Round;
 use super::sampler::SamplerState;
 
 use super::optim::{AdamW, Moments};
@@ -75,6 +76,9 @@ pub struct TrainerState {
     /// lengthen it; a resume keeps it).
     #[serde(default)]
     pub stage_total: Option<u64>,
+    /// The round, when the stage at `stage_index` is an `[[iterate]]`'s fix stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<Round>,
 }
 
 /// Options that are not part of the pipeline file.

@@ -22,6 +22,7 @@ use super::evaluate::{evaluate_stage, training_prompts, unsafe_rate_proxy, EvalC
 use super::examples::PairExample;
 use super::host::PlannedControl;
 pub use super::host::{Admission, CheckpointData, Control, Host, Position, PrefFile, SavedTraining};
+use super::iterate::{next_stage, round_name, round_seed_salt, sequence_from, Next};
 use super::live::{LiveLabels, LiveUpdate};
 use super::objective::evaluate;
 use super::optim::{clip_coefficient, global_norm, AdamW, AdamWConfig, Moments};
@@ -209,26 +210,34 @@ impl<'h, H: Host> Trainer<'h, H> {
 
     /// Evaluates the current policy as `stage` (unless an earlier worker did), then applies the
     /// gates against the baseline: deploy exports the model, iterate names the failing gates.
-    /// A stop between two batches of answers ends it (`Break`; nothing saved, a resume redoes it).
-    fn evaluate(&mut self, stage: &str) -> Result<ControlFlow<()>, TrainError> {
+    /// Continues with the gates' decision (`None` for a stage that is not gated, or without
+    /// `[eval]`). A stop between two batches of answers ends it (`Break`; nothing saved, a resume
+    /// redoes it).
+    fn evaluate(&mut self, stage: &str) -> Result<ControlFlow<(), Option<Decision>>, TrainError> {
         if self.eval.is_none() {
-            return Ok(ControlFlow::Continue(()));
+            return Ok(ControlFlow::Continue(None));
         }
         let position = self.position("evaluating", Some(stage), None);
         self.host.publish(&position);
-        let Some(mut setup) = self.eval.take() else { return Ok(ControlFlow::Continue(())) };
+        let Some(mut setup) = self.eval.take() else { return Ok(ControlFlow::Continue(None)) };
         let outcome = self.evaluate_with(&mut setup, stage);
         self.eval = Some(setup);
         outcome
     }
 
-    fn evaluate_with(&mut self, setup: &mut EvalSetup, stage: &str) -> Result<ControlFlow<()>, TrainError> {
-        if setup.done.contains_key(stage) {
-            return Ok(ControlFlow::Continue(()));
+    fn evaluate_with(
+        &mut self,
+        setup: &mut EvalSetup,
+        stage: &str,
+    ) -> Result<ControlFlow<(), Option<Decision>>, TrainError> {
+        let gated = stage != "base" && stage != setup.settings.baseline;
+        if let Some(done) = setup.done.get(stage) {
+            return Ok(ControlFlow::Continue(gated.then(|| done.report.decision())));
         }
         if let Some(previous) = self.host.load_eval(stage) {
+            let decision = gated.then(|| previous.report.decision());
             setup.done.insert(stage.to_string(), previous);
-            return Ok(ControlFlow::Continue(()));
+            return Ok(ControlFlow::Continue(decision));
         }
         let step = self.state.global_step;
         let started = Instant::now();
@@ -264,22 +273,34 @@ impl<'h, H: Host> Trainer<'h, H> {
             &mut between,
         )?;
         let Some(result) = result else { return Ok(ControlFlow::Break(())) };
-        let f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
+        let mut f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
+        self.add_round(&mut f);
         self.host.save_eval(stage, &result)?;
         self.host.emit("eval_finished", Some(stage), Some(step), f)?;
-        let gated = stage != "base" && stage != baseline_name;
         let decision = result.report.decision();
         setup.done.insert(stage.to_string(), result);
-        if gated {
-            self.gate(stage, step, decision)?;
+        if !gated {
+            return Ok(ControlFlow::Continue(None));
         }
-        Ok(ControlFlow::Continue(()))
+        self.gate(stage, step, decision.clone())?;
+        Ok(ControlFlow::Continue(Some(decision)))
+    }
+
+    /// `round` (and the fix stage's own name) in the fields of a fix stage's events.
+    fn add_round(&self, fields: &mut Map<String, Value>) {
+        if let Some(round) = self.state.round {
+            fields.insert("round".into(), json!(round.number));
+            if let Some(stage) = self.pipeline.stages.get(self.state.stage_index) {
+                fields.insert("fix_stage".into(), json!(stage.name));
+            }
+        }
     }
 
     /// Acts on a gated stage's decision: deploy exports the model, iterate names the failing
     /// gates, incomplete the gates without input; `gate_decided` says which.
     fn gate(&mut self, stage: &str, step: u64, decision: Decision) -> Result<(), TrainError> {
         let mut g = Map::new();
+        self.add_round(&mut g);
         match decision {
             Decision::Deploy => {
                 g.insert("decision".into(), json!("deploy"));
@@ -312,14 +333,14 @@ impl<'h, H: Host> Trainer<'h, H> {
         super::score::pad_id(&self.tokenizer, &self.policy)
     }
 
-    /// Runs the remaining stages.
+    /// Runs the remaining stages: the sequence in order, and the rounds of an `[[iterate]]`'s fix
+    /// stage where a gate decision calls for them (see [`super::iterate`]).
     pub fn run(&mut self) -> Result<Finished, TrainError> {
         let stages = self.pipeline.stages.clone();
         if let Some(setup) = self.eval.as_mut() {
-            // Evaluations an earlier worker of this run made (a resumed run needs its baseline).
-            let earlier = std::iter::once("base".to_string())
-                .chain(stages[..self.state.stage_index.min(stages.len())].iter().map(|s| s.name.clone()));
-            for name in earlier {
+            // Evaluations an earlier worker of this run made (a resumed run needs its baseline;
+            // rounds after the first are loaded when they come).
+            for name in std::iter::once("base".to_string()).chain(stages.iter().map(|s| s.name.clone())) {
                 if let Some(previous) = self.host.load_eval(&name) {
                     setup.done.insert(name, previous);
                 }
@@ -329,28 +350,45 @@ impl<'h, H: Host> Trainer<'h, H> {
         if at_start && self.eval.as_ref().is_some_and(|e| e.settings.base) && self.evaluate("base")?.is_break() {
             return Ok(Finished::Stopped);
         }
+        if self.state.round.is_none() {
+            // A fix stage runs only in its loop's rounds.
+            self.state.stage_index = sequence_from(&self.pipeline, self.state.stage_index);
+        }
         while self.state.stage_index < stages.len() {
             let index = self.state.stage_index;
-            let stage = &stages[index];
-            let selected = self.options.stages.as_ref().is_none_or(|s| s.iter().any(|n| n == &stage.name));
-            if selected && !self.state.stage_done && self.run_stage(index, stage)? == Finished::Stopped {
+            let selected = self.options.stages.as_ref().is_none_or(|s| s.iter().any(|n| n == &stages[index].name));
+            // A round runs the fix stage under the round's name (its events, evaluation, reference).
+            let mut stage = stages[index].clone();
+            stage.name = round_name(&stage.name, self.state.round);
+            if selected && !self.state.stage_done && self.run_stage(index, &stage)? == Finished::Stopped {
                 return Ok(Finished::Stopped);
             }
-            if selected && self.evaluate(&stage.name)?.is_break() {
-                return Ok(Finished::Stopped);
-            }
-            self.state.stage_index += 1;
-            self.state.stage_step = 0;
-            self.state.stage_done = false;
-            self.state.samplers.clear();
-            self.state.label_reads.clear();
-            self.state.label_prefixes.clear();
-            self.state.stage_total = None;
-            self.state.lambda_pref = None;
-            self.state.lambda_safe = None;
-            self.resume_optimizer = None;
+            let decision = if selected {
+                match self.evaluate(&stage.name)? {
+                    ControlFlow::Break(()) => return Ok(Finished::Stopped),
+                    ControlFlow::Continue(decision) => decision,
+                }
+            } else {
+                None
+            };
+            self.advance(next_stage(&self.pipeline, index, self.state.round, decision.as_ref()));
         }
         Ok(Finished::Completed)
+    }
+
+    /// Moves the state to the start of the stage (or round) `next`.
+    fn advance(&mut self, next: Next) {
+        self.state.stage_index = next.stage_index;
+        self.state.round = next.round;
+        self.state.stage_step = 0;
+        self.state.stage_done = false;
+        self.state.samplers.clear();
+        self.state.label_reads.clear();
+        self.state.label_prefixes.clear();
+        self.state.stage_total = None;
+        self.state.lambda_pref = None;
+        self.state.lambda_safe = None;
+        self.resume_optimizer = None;
     }
 
     fn total_steps(&self, stage: &Stage, main_len: usize) -> u64 {
@@ -512,6 +550,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         fields.insert("total_steps".into(), json!(total));
         fields.insert("examples".into(), json!({"sft": data.sft.len(), "lm": data.lm.len(), "pref": data.pairs.len(), "unsafe": data.unsafe_seqs.len(), "safety_pairs": data.safety_pairs.len(), "redteam": data.redteam.len()}));
         fields.insert("truncation".into(), json!(data.truncation));
+        self.add_round(&mut fields);
         let kind = if self.state.stage_step > 0 { "stage_resumed" } else { "stage_started" };
         self.host.emit(kind, Some(&stage.name), Some(step), fields)?;
         for (k, t) in &data.truncation {
@@ -569,7 +608,8 @@ impl<'h, H: Host> Trainer<'h, H> {
             if !present {
                 continue;
             }
-            let seed = sampler_seed(self.pipeline.run.seed, index, term);
+            // Each round of a fix stage draws its examples in an order of its own.
+            let seed = sampler_seed(self.pipeline.run.seed, index, term) ^ round_seed_salt(self.state.round);
             let saved = self.state.samplers.get(term.name()).cloned();
             let mut sampler = Sampler::new(seed, term_lengths(data, term), stage.batch_size, saved);
             if term == Term::Pref {

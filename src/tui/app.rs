@@ -350,6 +350,7 @@ impl App {
         let stage = self.stage_mut(event.stage.as_deref());
         stage.state = StageState::Running;
         stage.total_steps = total.or(stage.total_steps);
+        stage.round = uint(f, "round").or(stage.round);
         if let Some(Value::Object(examples)) = f.get("examples") {
             stage.examples =
                 examples.iter().filter_map(|(k, v)| Some((k.clone(), v.as_u64()?))).filter(|(_, n)| *n > 0).collect();

@@ -76,6 +76,8 @@ pub struct StageInfo {
     pub lambda_safe: Option<f64>,
     /// DPO's β for this stage, if its events say.
     pub beta: Option<f64>,
+    /// The round, when this is a round of an `[[iterate]]`'s fix stage.
+    pub round: Option<u64>,
 }
 
 impl StageInfo {
@@ -92,6 +94,7 @@ impl StageInfo {
             lambda_pref: None,
             lambda_safe: None,
             beta: None,
+            round: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! appended at a step).
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use hone::config::Pipeline;
@@ -38,6 +39,13 @@ pub struct MemoryHost {
     pub reports: Vec<Report>,
     /// Whether evaluation reads `overrides.jsonl` and `labels.jsonl` from `dir`.
     pub human_inputs: bool,
+    /// The evaluations saved, by stage: what [`Host::load_eval`] gives a resumed trainer (move
+    /// them into the next host, as a run directory keeps them).
+    pub evals: HashMap<String, StageEval>,
+    /// Simulated reviewer: when a `stage_started` event of this stage is recorded, write these
+    /// lines to `overrides.jsonl` in `dir` (read by the evaluations after it, with
+    /// `human_inputs`).
+    pub overrides_at: Option<(String, String)>,
 }
 
 impl MemoryHost {
@@ -78,6 +86,11 @@ impl Host for MemoryHost {
             let path = self.dir.join("labels.jsonl");
             if kind == "metrics" && step == Some(*at) && !path.exists() {
                 std::fs::write(&path, lines).unwrap();
+            }
+        }
+        if let Some((at, lines)) = &self.overrides_at {
+            if kind == "stage_started" && stage == Some(at.as_str()) {
+                std::fs::write(self.dir.join("overrides.jsonl"), lines).unwrap();
             }
         }
         self.events.push((kind.to_string(), stage.map(String::from), step, fields));
@@ -128,9 +141,14 @@ impl Host for MemoryHost {
             .collect()
     }
 
-    fn save_eval(&mut self, _: &str, eval: &StageEval) -> Result<(), TrainError> {
+    fn save_eval(&mut self, stage: &str, eval: &StageEval) -> Result<(), TrainError> {
         self.reports.push(eval.report.clone());
+        self.evals.insert(stage.to_string(), eval.clone());
         Ok(())
+    }
+
+    fn load_eval(&self, stage: &str) -> Option<StageEval> {
+        self.evals.get(stage).cloned()
     }
 
     fn eval_inputs(&self) -> EvalInputs {

@@ -76,7 +76,8 @@ pub(super) fn stage_look(state: StageState) -> (&'static str, Role) {
 }
 
 /// base → stages… → gates → deploy/iterate, each with its state; the gates only for a run that
-/// evaluates (its pipeline has `[eval]`): the strip shows the steps the run will take.
+/// evaluates (its pipeline has `[eval]`): the strip shows the steps the run will take, and each
+/// round of an `[[iterate]]` loop once it starts (`↺2 safety-fix.2`).
 fn strip(app: &App, frame: &mut Frame, area: Rect) {
     let t = &app.theme;
     let arrow = || Span::styled(" → ", t.style(Role::Dim));
@@ -84,7 +85,9 @@ fn strip(app: &App, frame: &mut Frame, area: Rect) {
     for stage in &app.stages {
         let (mark, role) = stage_look(stage.state);
         spans.push(arrow());
-        spans.push(Span::styled(format!("{mark} {}", clean(&stage.name)), t.style(role)));
+        // A round of an `[[iterate]]`'s fix stage: ↺ and its number.
+        let round = stage.round.map(|n| format!("↺{n} ")).unwrap_or_default();
+        spans.push(Span::styled(format!("{mark} {round}{}", clean(&stage.name)), t.style(role)));
     }
     if !app.gated {
         frame.render_widget(Line::from(spans), area);
