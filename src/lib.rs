@@ -9,6 +9,7 @@ pub mod data;
 pub mod durable;
 pub mod eval;
 pub mod hex;
+pub mod memory;
 pub mod model;
 pub mod rng;
 pub mod run;
