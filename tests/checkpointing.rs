@@ -102,7 +102,9 @@ fn sample_run(checkpointing: bool) -> (Vec<String>, Vec<Vec<u32>>) {
         .policy()
         .parameters()
         .iter()
-        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect())
+        .map(|(_, v)| {
+            v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+        })
         .collect();
     drop(trainer);
     let metrics = host

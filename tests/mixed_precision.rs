@@ -31,7 +31,8 @@ fn tiny() -> ModelConfig {
 /// the compute dtype; weights, gradients and AdamW's moments stay f32.
 #[test]
 fn bf16_matmuls_over_f32_master_weights() {
-    let seqs = [Sequence::with_completion_from(vec![1, 5, 9, 2, 40, 3], 2), Sequence::with_completion_from(vec![7, 8, 2], 1)];
+    let seqs =
+        [Sequence::with_completion_from(vec![1, 5, 9, 2, 40, 3], 2), Sequence::with_completion_from(vec![7, 8, 2], 1)];
     let batch = TokenBatch::new(&seqs, 0, &Device::Cpu).unwrap();
     for compute in [DType::F32, DType::BF16] {
         let mut model = Model::fresh(tiny(), &Device::Cpu, DType::F32, 5).unwrap();
@@ -95,7 +96,10 @@ fn fifty_bf16_steps_of_the_sample_sft_stage_track_f32() {
     assert!(!bf16_dtypes.is_empty() && bf16_dtypes.iter().all(|d| *d == DType::BF16));
     let tail = |l: &[f64]| l[40..].iter().sum::<f64>() / 10.0;
     let (a, b) = (tail(&f32_losses), tail(&bf16_losses));
-    eprintln!("batch {batch:?}: mean of the last 10 losses: f32 {a}, bf16 {b} (first: {} / {})", f32_losses[0], bf16_losses[0]);
+    eprintln!(
+        "batch {batch:?}: mean of the last 10 losses: f32 {a}, bf16 {b} (first: {} / {})",
+        f32_losses[0], bf16_losses[0]
+    );
     assert!(f32_losses[0] > a, "f32 did not learn: {f32_losses:?}");
     assert!((b - a).abs() <= 0.02 * a, "bf16 {b} vs f32 {a}: more than 2% apart");
     // The two runs differ (the matmuls really ran in another precision).

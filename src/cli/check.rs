@@ -104,11 +104,11 @@ impl StageMemory<'_> {
         let total = device_total_bytes(device);
         let mut lines = vec![
             format!(
-                "memory on {device_name} (estimate, {sequences} sequences x {} tokens, master {:?}, matmuls {:?}):                  peak {}{}",
+                "memory on {device_name} (estimate, {sequences} sequences x {} tokens, weights {}, matmuls {}): {}{}",
                 stage.max_length,
-                self.precision.master,
-                self.precision.compute,
-                human_bytes(chosen.total()),
+                self.precision.master.as_str(),
+                self.precision.compute.as_str(),
+                format!("peak {}", human_bytes(chosen.total())),
                 total.map_or_else(|| " (device memory unknown)".to_string(), |t| format!(" of {}", human_bytes(t))),
             ),
             format!("    {}", parts(&chosen)),
@@ -251,7 +251,7 @@ pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
             config: &config,
             precision,
             checkpointing: loaded.pipeline.run.gradient_checkpointing,
-            live_labels: loaded.pref_sources[i].iter().any(|s| s.is_run_relative()),
+            live_labels: loaded.pref_sources[i].iter().any(crate::config::DataSource::is_run_relative),
         };
         for line in memory.lines(stage, &data, &device) {
             writeln!(out, "  {line}")?;

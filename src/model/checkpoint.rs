@@ -35,7 +35,9 @@ impl SideGrads {
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<TensorId, Tensor>>> {
-        self.grads.lock().map_err(|_| candle_core::Error::Msg("checkpointed gradients: a backward pass panicked".into()))
+        self.grads
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("checkpointed gradients: a backward pass panicked".into()))
     }
 
     /// Adds every gradient of `grads` except `skip`'s (the recomputed layer's input).

@@ -430,15 +430,12 @@ impl Decoder {
         // across calls and runs plainly.
         let checkpointing = self.checkpointing.as_ref().filter(|_| cache.is_none() && pads.is_none());
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = match checkpointing {
-                Some(side) => {
-                    let (layer, rotary) = (layer.clone(), self.rotary.clone());
-                    checkpoint(&xs, move |x| layer.forward(x, &rotary, 0, None, None), side)?
-                }
-                None => {
-                    let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-                    layer.forward(&xs, &self.rotary, offset, pads, slot)?
-                }
+            xs = if let Some(side) = checkpointing {
+                let (layer, rotary) = (layer.clone(), self.rotary.clone());
+                checkpoint(&xs, move |x| layer.forward(x, &rotary, 0, None, None), side)?
+            } else {
+                let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+                layer.forward(&xs, &self.rotary, offset, pads, slot)?
             };
         }
         self.norm.forward(&xs)
