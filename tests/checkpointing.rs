@@ -56,6 +56,8 @@ fn gradients(model: &Model, batch: &TokenBatch) -> Vec<(String, Vec<u32>)> {
         .into_iter()
         .map(|(name, var)| {
             let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name} has no gradient"));
+            // A gradient that still carries candle's graph would keep every activation alive.
+            assert!(g.sorted_nodes().is_empty(), "{name}'s gradient is attached to the graph");
             let bits = g.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
             (name, bits)
         })

@@ -47,10 +47,13 @@ impl SideGrads {
             if id == skip {
                 continue;
             }
-            let Some(g) = grads.get_id(id) else { continue };
+            // candle's gradients of variables still carry the ops that made them (a weight's
+            // gradient is a matmul of the layer's activations): detached, they no longer keep
+            // the recomputed layer alive.
+            let Some(g) = grads.get_id(id).map(Tensor::detach) else { continue };
             let sum = match side.remove(&id) {
-                Some(previous) => (previous + g)?,
-                None => g.clone(),
+                Some(previous) => (previous + g)?.detach(),
+                None => g,
             };
             side.insert(id, sum);
         }
@@ -146,6 +149,6 @@ impl CustomOp1 for Checkpointed {
         // backward hands `g · 1 = g` to `y` exactly, so the layer sees the same gradient.
         let grads = output.mul(&grad_res.detach())?.sum_all()?.backward()?;
         self.side.absorb(&grads, input.as_tensor().id())?;
-        Ok(grads.get(input.as_tensor()).cloned())
+        Ok(grads.get(input.as_tensor()).map(Tensor::detach))
     }
 }

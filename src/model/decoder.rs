@@ -384,19 +384,30 @@ impl Decoder {
     }
 
     /// The gradients of `loss` (candle's `backward`, plus the parameters' gradients that
-    /// checkpointed layers computed in their own backward passes).
+    /// checkpointed layers computed in their own backward passes), detached: candle leaves a
+    /// parameter's gradient attached to the ops that made it, so a kept gradient would keep
+    /// every activation of the forward pass alive until it is dropped.
     pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
-        let Some(side) = &self.checkpointing else { return loss.backward() };
-        match loss.backward() {
-            Ok(mut store) => {
+        let mut store = match (loss.backward(), &self.checkpointing) {
+            (Ok(mut store), Some(side)) => {
                 side.drain_into(&mut store)?;
-                Ok(store)
+                store
             }
-            Err(e) => {
-                side.clear()?;
-                Err(e)
+            (Ok(store), None) => store,
+            (Err(e), side) => {
+                if let Some(side) = side {
+                    side.clear()?;
+                }
+                return Err(e);
+            }
+        };
+        let ids: Vec<_> = store.get_ids().copied().collect();
+        for id in ids {
+            if let Some(g) = store.get_id(id).map(Tensor::detach) {
+                store.insert_id(id, g);
             }
         }
+        Ok(store)
     }
 
     /// The device the weights live on.
