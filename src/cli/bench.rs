@@ -182,13 +182,34 @@ pub fn gemm_gflops(n: usize, runs: usize, device: &Device) -> Result<f64> {
     Ok(2.0 * (n as f64).powi(3) / median(&mut times) / 1e9)
 }
 
-/// Runs the benchmark and returns its JSON line.
+/// Settings of a training benchmark beyond its shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BenchOptions {
+    /// Recompute each layer's activations in the backward pass (`--gradient-checkpointing`).
+    pub gradient_checkpointing: bool,
+}
+
+/// Runs the benchmark with default [`BenchOptions`] and returns its JSON line.
 pub fn run(
     preset: &Preset,
     mode: BenchMode,
     steps: usize,
     warmup: usize,
     device: &Device,
+) -> Result<serde_json::Value> {
+    run_with(preset, mode, steps, warmup, device, BenchOptions::default())
+}
+
+/// Runs the benchmark and returns its JSON line. Training modes also report the estimated peak
+/// memory of the step (`memory::estimate`) and the process's measured peak RSS, start-up
+/// included (`VmHWM`, read right after the timed steps).
+pub fn run_with(
+    preset: &Preset,
+    mode: BenchMode,
+    steps: usize,
+    warmup: usize,
+    device: &Device,
+    options: BenchOptions,
 ) -> Result<serde_json::Value> {
     if steps == 0 {
         bail!("--steps must be at least 1");
@@ -204,7 +225,8 @@ pub fn run(
         }));
     }
     let config = preset.config()?;
-    let model = Model::fresh(config, device, DType::F32, 0).context("building the preset model")?;
+    let mut model = Model::fresh(config, device, DType::F32, 0).context("building the preset model")?;
+    model.set_gradient_checkpointing(options.gradient_checkpointing);
     if mode == BenchMode::Generate {
         return bench_generate(preset, &model, steps, warmup);
     }
@@ -239,7 +261,7 @@ pub fn run(
             };
             preference_losses(PreferenceLoss::Sigmoid, 0.1, &lp)?.mean_all()?
         };
-        let grads = loss.backward()?;
+        let grads = model.decoder().backward(&loss)?;
         let norm = grad_norm(&params, &grads)?;
         opt.step(&grads, clip_coefficient(norm, 1.0))?;
         last_loss = loss.to_scalar::<f32>()?;
@@ -247,12 +269,14 @@ pub fn run(
             times.push(start.elapsed().as_secs_f64());
         }
     }
+    let peak_rss = crate::memory::peak_rss_bytes();
+    let estimate = bench_estimate(preset, &model, options);
     let med = median(&mut times);
     let tokens = preset.batch * preset.seq;
     let gflops = preset.nominal_step_flops() / med / 1e9;
     // Measured right after the steps, under the same load.
     let peak = gemm_gflops(GEMM_N, 5, device)?;
-    Ok(json!({
+    let mut out = json!({
         "preset": preset.name, "mode": format!("{mode:?}").to_lowercase(), "device": format!("{device:?}"),
         "threads": rayon::current_num_threads(), "steps": steps, "warmup": warmup,
         "batch": preset.batch, "seq": preset.seq, "prompt": preset.prompt,
@@ -260,7 +284,28 @@ pub fn run(
         "nominal_gflop_per_step": preset.nominal_step_flops() / 1e9, "gflop_per_s": gflops,
         "gemm_peak_gflop_per_s": peak, "share_of_gemm_peak": gflops / peak,
         "final_loss": last_loss,
-    }))
+    });
+    out["gradient_checkpointing"] = json!(options.gradient_checkpointing);
+    out["estimated_peak_bytes"] = json!(estimate.total());
+    out["peak_rss_bytes"] = json!(peak_rss);
+    Ok(out)
+}
+
+/// The memory estimate of this benchmark's step: every parameter trained, no reference model
+/// (its log-probs are cached constants), the preset's batch with its prompt unscored.
+fn bench_estimate(preset: &Preset, model: &Model, options: BenchOptions) -> crate::memory::MemoryEstimate {
+    let params = model.num_parameters() as u64;
+    crate::memory::estimate(&crate::memory::MemoryPlan {
+        config: &model.config,
+        total_params: params,
+        trainable_params: params,
+        reference: false,
+        sequences: preset.batch,
+        seq_len: preset.seq,
+        target_rows: preset.batch * (preset.seq - preset.prompt),
+        precision: crate::model::Precision::for_training(model.decoder().dtype()),
+        checkpointing: options.gradient_checkpointing,
+    })
 }
 
 fn bench_generate(preset: &Preset, model: &Model, steps: usize, warmup: usize) -> Result<serde_json::Value> {

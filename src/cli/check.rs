@@ -7,12 +7,15 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::config::load_pipeline;
+use candle_core::Device;
+
+use crate::config::{load_pipeline, Stage};
 use crate::data::{ChatTemplate, TextTokenizer};
-use crate::model::ModelConfig;
+use crate::memory::{device_total_bytes, estimate, human_bytes, parameter_count, MemoryEstimate, MemoryPlan};
+use crate::model::{ModelConfig, Precision};
 use crate::sanitize::sanitize;
 use crate::train::batch::Sequence;
-use crate::train::plan::load_stage_data;
+use crate::train::plan::{load_stage_data, StageData};
 
 /// Token-length histogram buckets: powers of two.
 fn histogram(lengths: &[usize]) -> Vec<(usize, usize)> {
@@ -113,6 +116,103 @@ fn check_kto(files: &[std::path::PathBuf], out: &mut impl Write) -> Result<bool>
     Ok(true)
 }
 
+/// What a stage's memory estimate depends on beyond the stage itself.
+struct StageMemory<'a> {
+    config: &'a ModelConfig,
+    precision: Precision,
+    checkpointing: bool,
+    /// Labels may arrive while the stage trains: the reference model stays loaded.
+    live_labels: bool,
+}
+
+impl StageMemory<'_> {
+    /// The estimated peak of one training step of `stage` on `device` (full fine-tuning, every
+    /// term's micro-batch at `max_length`, every position scored), with and without gradient
+    /// checkpointing, and a warning line when the run's choice exceeds the device's memory.
+    fn lines(&self, stage: &Stage, data: &StageData, device: &Device) -> Vec<String> {
+        let b = stage.batch_size;
+        let sequences = [
+            (!data.sft.is_empty() || stage.sft.as_ref().is_some_and(|t| t.on_chosen), b),
+            (!data.lm.is_empty(), b),
+            (!data.pairs.is_empty() || stage.pref.is_some(), 2 * b),
+            (!data.unsafe_seqs.is_empty(), b),
+            (!data.safety_pairs.is_empty(), 2 * b),
+        ]
+        .iter()
+        .filter(|(present, _)| *present)
+        .map(|(_, n)| n)
+        .sum::<usize>();
+        let needs_reference = !data.pairs.is_empty() || !data.safety_pairs.is_empty() || self.live_labels;
+        let params = parameter_count(self.config);
+        let plan = |checkpointing| MemoryPlan {
+            config: self.config,
+            total_params: params,
+            trainable_params: params,
+            reference: needs_reference && self.live_labels,
+            sequences,
+            seq_len: stage.max_length,
+            target_rows: sequences * stage.max_length,
+            precision: self.precision,
+            checkpointing,
+        };
+        let (plain, ckpt) = (estimate(&plan(false)), estimate(&plan(true)));
+        let chosen = if self.checkpointing { ckpt } else { plain };
+        let device_name = match device {
+            Device::Cpu => "cpu".to_string(),
+            other => format!("{:?}", other.location()),
+        };
+        let total = device_total_bytes(device);
+        let mut lines = vec![
+            format!(
+                "memory on {device_name} (estimate, {sequences} sequences x {} tokens, weights {}, matmuls {}): {}{}",
+                stage.max_length,
+                self.precision.master.as_str(),
+                self.precision.compute.as_str(),
+                format!("peak {}", human_bytes(chosen.total())),
+                total.map_or_else(|| " (device memory unknown)".to_string(), |t| format!(" of {}", human_bytes(t))),
+            ),
+            format!("    {}", parts(&chosen)),
+            format!(
+                "    gradient checkpointing {}: {}; {}: {}",
+                if self.checkpointing { "on (chosen)" } else { "off (chosen)" },
+                human_bytes(chosen.total()),
+                if self.checkpointing { "off" } else { "on" },
+                human_bytes(if self.checkpointing { plain.total() } else { ckpt.total() }),
+            ),
+        ];
+        lines.push(match (needs_reference, self.live_labels) {
+            (false, _) => "    reference: none".to_string(),
+            (true, true) => "    reference: held while training (live labels need its log-probs)".to_string(),
+            (true, false) => format!(
+                "    reference: scored before training, then freed (that phase holds {} of weights)",
+                human_bytes(2 * params * self.precision.master.size_in_bytes() as u64)
+            ),
+        });
+        if let Some(t) = total.filter(|t| chosen.total() > *t) {
+            let hint = if self.checkpointing { "" } else { "; try [run] gradient_checkpointing = true" };
+            lines.push(format!(
+                "warning: estimated peak {} exceeds the device's {}{hint}",
+                human_bytes(chosen.total()),
+                human_bytes(t)
+            ));
+        }
+        lines
+    }
+}
+
+/// `weights … + gradients … + …` of an estimate.
+fn parts(e: &MemoryEstimate) -> String {
+    format!(
+        "weights {} + gradients {} + AdamW {} + reference {} + activations {} + runtime {}",
+        human_bytes(e.weights),
+        human_bytes(e.gradients),
+        human_bytes(e.optimizer),
+        human_bytes(e.reference),
+        human_bytes(e.activations),
+        human_bytes(e.runtime)
+    )
+}
+
 /// Runs the check; `Ok(false)` when a problem was found (already described on `out`).
 pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
     let loaded = match load_pipeline(pipeline) {
@@ -123,15 +223,22 @@ pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
         }
     };
     // `hone run` refuses an unusable device with these words (see `run::prepare`).
-    if let Err(e) = crate::model::parse_device(&loaded.pipeline.run.device) {
-        writeln!(
-            out,
-            "error: {}: {}",
-            sanitize(&pipeline.display().to_string(), false),
-            sanitize(&e.to_string(), true)
-        )?;
-        return Ok(false);
-    }
+    let device = match crate::model::parse_device(&loaded.pipeline.run.device) {
+        Ok(d) => d,
+        Err(e) => {
+            writeln!(
+                out,
+                "error: {}: {}",
+                sanitize(&pipeline.display().to_string(), false),
+                sanitize(&e.to_string(), true)
+            )?;
+            return Ok(false);
+        }
+    };
+    // Validation has checked the spelling.
+    let precision = Precision::for_training(
+        crate::model::parse_dtype(&loaded.pipeline.run.dtype).unwrap_or(candle_core::DType::F32),
+    );
     let tty = std::io::stdout().is_terminal();
     let model_dir = &loaded.pipeline.model.path;
     let setup = (|| -> Result<(TextTokenizer, Option<ChatTemplate>, ModelConfig)> {
@@ -226,6 +333,15 @@ pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
         }
         for (kind, t) in &data.truncation {
             writeln!(out, "  {kind}: {} truncated, {} dropped", t.truncated, t.dropped)?;
+        }
+        let memory = StageMemory {
+            config: &config,
+            precision,
+            checkpointing: loaded.pipeline.run.gradient_checkpointing,
+            live_labels: loaded.pref_sources[i].iter().any(crate::config::DataSource::is_run_relative),
+        };
+        for line in memory.lines(stage, &data, &device) {
+            writeln!(out, "  {line}")?;
         }
         let example = data
             .sft

@@ -363,6 +363,9 @@ pub enum Command {
         /// cpu, cuda, cuda:N or auto.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Recompute each decoder layer's activations in the backward pass.
+        #[arg(long)]
+        gradient_checkpointing: bool,
     },
 }
 
@@ -486,7 +489,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let runs_dir = runs.resolve();
             label::run(&label::LabelArgs { candidates, labels, labeler, rubric, run, repeat_share, seed, runs_dir })?;
         }
-        Command::Bench { preset, seq, batch, mode, steps, warmup, threads, device } => {
+        Command::Bench { preset, seq, batch, mode, steps, warmup, threads, device, gradient_checkpointing } => {
             let mut preset = bench::preset(&preset)?;
             if let Some(seq) = seq {
                 preset = preset.with_seq(seq);
@@ -496,7 +499,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             set_threads(threads);
             let device = parse_device(&device)?;
-            println!("{}", bench::run(&preset, mode, steps, warmup, &device)?);
+            let options = bench::BenchOptions { gradient_checkpointing };
+            println!("{}", bench::run_with(&preset, mode, steps, warmup, &device, options)?);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -117,8 +117,12 @@ pub struct RunSettings {
     pub seed: u64,
     /// `cpu`, `cuda`, `cuda:N` or `auto`.
     pub device: String,
-    /// Compute dtype: `f32`, `bf16` or `f16`.
+    /// Compute dtype: `f32`, `bf16` or `f16`. With `bf16`/`f16` the matmuls run in that type
+    /// while weights, gradients and AdamW's moments stay f32 (`model::Precision`).
     pub dtype: String,
+    /// Recompute each decoder layer's activations in the backward pass instead of keeping them
+    /// (less memory, about one more forward pass of time; gradients unchanged).
+    pub gradient_checkpointing: bool,
     /// Save a checkpoint every this many optimizer steps (0: only at stage ends).
     pub checkpoint_every: u64,
     /// Keep this many most recent checkpoints (plus the best).
@@ -145,6 +149,7 @@ impl Default for RunSettings {
             seed: 42,
             device: "cpu".into(),
             dtype: "f32".into(),
+            gradient_checkpointing: false,
             checkpoint_every: 50,
             keep_checkpoints: 3,
             nan_policy: NanPolicy::Skip,

@@ -2,12 +2,14 @@
 //! attention with RoPE and a SwiGLU MLP, a final RMSNorm and the (tied or untied) LM head.
 //! Module and tensor names follow transformers, so `VarBuilder` paths are the checkpoint keys.
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+use super::checkpoint::{checkpoint, SideGrads};
 use super::config::ModelConfig;
 use super::fused::{self, fused_path, CausalMask};
-use super::ops::{softmax_last_dim, Linear, RmsNorm, Rotary};
+use super::ops::{matmul_in, softmax_last_dim, Linear, RmsNorm, Rotary};
 
 /// Keys and values of the positions seen so far, one entry per layer.
 #[derive(Debug, Clone, Default)]
@@ -85,6 +87,7 @@ fn rms_norm(vb: &VarBuilder, size: usize, eps: f64) -> Result<RmsNorm> {
     Ok(RmsNorm::new(vb.get_with_hints(size, "weight", Init::Const(1.0))?, eps))
 }
 
+#[derive(Clone)]
 struct Attention {
     q_proj: Linear,
     k_proj: Linear,
@@ -94,6 +97,8 @@ struct Attention {
     kv_heads: usize,
     head_dim: usize,
     window: Option<usize>,
+    /// The dtype of the attention matmuls (`None`: the activations' own).
+    compute: Option<DType>,
 }
 
 impl Attention {
@@ -108,6 +113,7 @@ impl Attention {
             kv_heads: cfg.num_key_value_heads,
             head_dim: d,
             window,
+            compute: None,
         })
     }
 
@@ -148,14 +154,14 @@ impl Attention {
         let scale = 1.0 / (d as f64).sqrt();
         let probs = if fused_path(&q) {
             // Scale, causal/window mask and softmax in one kernel; k's transpose is a strided view.
-            let scores = q.matmul(&k.t()?)?;
+            let scores = matmul_in(&q, &k.t()?, self.compute)?;
             let mask = CausalMask { s, offset, window: self.window.unwrap_or(usize::MAX) };
             match pads {
                 Some(p) => fused::softmax_left_padded(&scores, scale, mask, p)?,
                 None => fused::softmax(&scores, scale, Some(mask))?,
             }
         } else {
-            let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
+            let scores = (matmul_in(&q, &k.t()?.contiguous()?, self.compute)? * scale)?;
             let scores = scores.reshape((b, self.kv_heads, groups, s, kv_len))?;
             let scores = match attention_mask(s, kv_len, offset, self.window, scores.dtype(), scores.device())? {
                 Some(mask) => scores.broadcast_add(&mask)?,
@@ -169,7 +175,7 @@ impl Attention {
             };
             softmax_last_dim(&scores)?.reshape((b, self.kv_heads, groups * s, kv_len))?
         };
-        let out = probs.matmul(&v.contiguous()?)?;
+        let out = matmul_in(&probs, &v.contiguous()?, self.compute)?;
         let out = out.reshape((b, self.heads, s, d))?.transpose(1, 2)?.reshape((b, s, self.heads * d))?;
         self.o_proj.forward(&out)
     }
@@ -220,6 +226,7 @@ fn padding_mask(
     Tensor::from_vec(mask, (pads.len(), 1, 1, s, kv_len), device)?.to_dtype(dtype)
 }
 
+#[derive(Clone)]
 struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
@@ -246,6 +253,7 @@ impl Module for Mlp {
     }
 }
 
+#[derive(Clone)]
 struct Block {
     self_attn: Attention,
     mlp: Mlp,
@@ -279,6 +287,17 @@ impl Block {
         let h = self.post_attention_layernorm.forward(&xs)?;
         xs + self.mlp.forward(&h)?
     }
+
+    fn set_compute_dtype(&mut self, dtype: Option<DType>) {
+        let a = &mut self.self_attn;
+        for linear in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
+            linear.set_compute_dtype(dtype);
+        }
+        for linear in [&mut self.mlp.gate_proj, &mut self.mlp.up_proj, &mut self.mlp.down_proj] {
+            linear.set_compute_dtype(dtype);
+        }
+        a.compute = dtype;
+    }
 }
 
 /// A causal language model of the Llama/Qwen2 families.
@@ -290,6 +309,10 @@ pub struct Decoder {
     rotary: Rotary,
     dtype: DType,
     device: Device,
+    /// Set when gradient checkpointing is on: where checkpointed layers leave their parameters'
+    /// gradients until [`Decoder::backward`] collects them.
+    checkpointing: Option<SideGrads>,
+    compute: Option<DType>,
 }
 
 impl Decoder {
@@ -318,7 +341,73 @@ impl Decoder {
             vb.dtype(),
             vb.device(),
         )?;
-        Ok(Self { embed_tokens, layers, norm, lm_head, rotary, dtype: vb.dtype(), device: vb.device().clone() })
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary,
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+            checkpointing: None,
+            compute: None,
+        })
+    }
+
+    /// Turns gradient checkpointing on or off: with it, a training forward pass (no KV cache)
+    /// keeps only each layer's input for the backward pass and recomputes the layer there
+    /// (`model::checkpoint`). Gradients must then come from [`Decoder::backward`].
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on.then(SideGrads::new);
+    }
+
+    /// Whether gradient checkpointing is on.
+    pub fn gradient_checkpointing(&self) -> bool {
+        self.checkpointing.is_some()
+    }
+
+    /// Runs every matmul (projections, attention, LM head) in `dtype`, keeping the weights and
+    /// everything between the matmuls in the weights' dtype: mixed precision with master
+    /// weights, as `torch.autocast` does. The weights' own dtype turns it off.
+    pub fn set_compute_dtype(&mut self, dtype: DType) {
+        let compute = (dtype != self.dtype).then_some(dtype);
+        for layer in &mut self.layers {
+            layer.set_compute_dtype(compute);
+        }
+        self.lm_head.set_compute_dtype(compute);
+        self.compute = compute;
+    }
+
+    /// The dtype the matmuls run in.
+    pub fn compute_dtype(&self) -> DType {
+        self.compute.unwrap_or(self.dtype)
+    }
+
+    /// The gradients of `loss` (candle's `backward`, plus the parameters' gradients that
+    /// checkpointed layers computed in their own backward passes), detached: candle leaves a
+    /// parameter's gradient attached to the ops that made it, so a kept gradient would keep
+    /// every activation of the forward pass alive until it is dropped.
+    pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        let mut store = match (loss.backward(), &self.checkpointing) {
+            (Ok(mut store), Some(side)) => {
+                side.drain_into(&mut store)?;
+                store
+            }
+            (Ok(store), None) => store,
+            (Err(e), side) => {
+                if let Some(side) = side {
+                    side.clear()?;
+                }
+                return Err(e);
+            }
+        };
+        let ids: Vec<_> = store.get_ids().copied().collect();
+        for id in ids {
+            if let Some(g) = store.get_id(id).map(Tensor::detach) {
+                store.insert_id(id, g);
+            }
+        }
+        Ok(store)
     }
 
     /// The device the weights live on.
@@ -348,9 +437,17 @@ impl Decoder {
         let (b, s) = ids.dims2()?;
         let hidden = self.embed_tokens.dim(1)?;
         let mut xs = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, hidden))?;
+        // Checkpointing serves training passes; a pass with a cache (generation) keeps state
+        // across calls and runs plainly.
+        let checkpointing = self.checkpointing.as_ref().filter(|_| cache.is_none() && pads.is_none());
         for (i, layer) in self.layers.iter().enumerate() {
-            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            xs = layer.forward(&xs, &self.rotary, offset, pads, slot)?;
+            xs = if let Some(side) = checkpointing {
+                let (layer, rotary) = (layer.clone(), self.rotary.clone());
+                checkpoint(&xs, move |x| layer.forward(x, &rotary, 0, None, None), side)?
+            } else {
+                let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+                layer.forward(&xs, &self.rotary, offset, pads, slot)?
+            };
         }
         self.norm.forward(&xs)
     }

@@ -3,6 +3,7 @@
 //!
 //! Owns tensors and model directories; never touches run directories or the terminal.
 
+pub mod checkpoint;
 pub mod config;
 pub mod decoder;
 pub mod device;
@@ -147,6 +148,21 @@ impl Model {
         &self.decoder
     }
 
+    /// Turns gradient checkpointing on or off ([`Decoder::set_gradient_checkpointing`]).
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.decoder.set_gradient_checkpointing(on);
+    }
+
+    /// Sets the dtype the matmuls run in ([`Decoder::set_compute_dtype`]).
+    pub fn set_compute_dtype(&mut self, dtype: DType) {
+        self.decoder.set_compute_dtype(dtype);
+    }
+
+    /// Number of parameters (a tied head counted once).
+    pub fn num_parameters(&self) -> usize {
+        self.parameters().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
     /// Trainable parameters with their transformers names, in `named_parameters()` order. A tied
     /// LM head is the embedding: it appears once.
     pub fn parameters(&self) -> Vec<(String, Var)> {
@@ -201,6 +217,33 @@ impl Model {
             }
         }
         Ok(files)
+    }
+}
+
+/// How a model being trained holds its numbers: weights (and AdamW's moments) in `master`,
+/// matmuls in `compute`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Precision {
+    /// The weights', gradients' and optimizer states' dtype.
+    pub master: DType,
+    /// The dtype the matmuls run in.
+    pub compute: DType,
+}
+
+impl Precision {
+    /// What a run's `dtype` means, as `bf16=True`/`fp16=True` in TRL: `f32` (and `f64`) is
+    /// itself; `bf16` and `f16` multiply in that type over f32 master weights, so AdamW's updates
+    /// and moments stay f32 and small updates do not vanish in bf16 rounding.
+    pub fn for_training(dtype: DType) -> Self {
+        let master = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+        Self { master, compute: dtype }
+    }
+
+    /// Loads `dir` in this precision.
+    pub fn load(self, dir: &Path, device: &Device) -> Result<Model, ModelError> {
+        let mut model = Model::load(dir, device, self.master)?;
+        model.set_compute_dtype(self.compute);
+        Ok(model)
     }
 }
 

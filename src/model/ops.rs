@@ -8,6 +8,7 @@
 //! explicit backward passes); the `*_composed` functions are the reference path, used for every
 //! other device and dtype and compared with the fused one in the tests.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
@@ -88,21 +89,33 @@ impl Module for RmsNorm {
 
 /// A linear layer `x Wᵀ + b` over the last dimension, flattening leading dimensions so the
 /// product is one matrix multiplication.
+///
+/// With a compute dtype other than the weight's (mixed precision: f32 master weights, bf16
+/// matmuls, as `torch.autocast` runs a `Linear`), the input and the weight are cast for the
+/// product and the result is cast back to the weight's dtype, so everything around the matmuls
+/// (norms, softmax, residual sums, the loss) stays in the master dtype. candle's cast is
+/// differentiable: the weight's gradient arrives in the master dtype.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    compute: Option<DType>,
 }
 
 impl Linear {
     /// `weight` is `[out, in]` as Hugging Face stores it.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self { weight, bias, compute: None }
     }
 
     /// The `[out, in]` weight.
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// Runs the product in `dtype` (`None` or the weight's own dtype: no casts).
+    pub fn set_compute_dtype(&mut self, dtype: Option<DType>) {
+        self.compute = dtype.filter(|d| *d != self.weight.dtype());
     }
 }
 
@@ -112,7 +125,7 @@ impl Module for Linear {
         let (last, lead) = dims.split_last().ok_or_else(|| candle_core::Error::Msg("linear on a scalar".into()))?;
         let rows: usize = lead.iter().product();
         let out = self.weight.dim(0)?;
-        let flat = xs.reshape((rows, *last))?.matmul(&self.weight.t()?)?;
+        let flat = matmul_in(&xs.reshape((rows, *last))?, &self.weight.t()?, self.compute)?;
         let flat = match &self.bias {
             Some(b) => flat.broadcast_add(b)?,
             None => flat,
@@ -121,6 +134,42 @@ impl Module for Linear {
         shape.push(out);
         flat.reshape(shape)
     }
+}
+
+thread_local! {
+    /// The dtypes of the model's matmuls on this thread while [`record_matmul_dtypes`] runs.
+    static MATMUL_DTYPES: RefCell<Option<Vec<DType>>> = const { RefCell::new(None) };
+}
+
+/// `a @ b` for the model's forward pass: every matmul of the decoder goes through here, so
+/// [`record_matmul_dtypes`] can tell which dtype they ran in.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    MATMUL_DTYPES.with(|log| {
+        if let Some(log) = log.borrow_mut().as_mut() {
+            log.push(a.dtype());
+        }
+    });
+    a.matmul(b)
+}
+
+/// `a @ b` computed in `compute` (both operands cast) and cast back to `a`'s dtype; plain
+/// [`matmul`] when `compute` is `None`.
+pub fn matmul_in(a: &Tensor, b: &Tensor, compute: Option<DType>) -> Result<Tensor> {
+    match compute {
+        Some(dtype) if dtype != a.dtype() || dtype != b.dtype() => {
+            matmul(&a.to_dtype(dtype)?, &b.to_dtype(dtype)?)?.to_dtype(a.dtype())
+        }
+        _ => matmul(a, b),
+    }
+}
+
+/// Runs `f` and returns, with its result, the dtype of every forward matmul of the model it ran
+/// on this thread, in order (the check that mixed precision multiplies in bf16).
+pub fn record_matmul_dtypes<R>(f: impl FnOnce() -> R) -> (R, Vec<DType>) {
+    let previous = MATMUL_DTYPES.with(|log| log.borrow_mut().replace(Vec::new()));
+    let out = f();
+    let seen = MATMUL_DTYPES.with(|log| std::mem::replace(&mut *log.borrow_mut(), previous)).unwrap_or_default();
+    (out, seen)
 }
 
 /// Precomputed rotary tables in the Hugging Face "rotate half" layout: dimension `i` pairs with

@@ -208,6 +208,10 @@ impl RunHost {
 }
 
 impl Host for RunHost {
+    fn peak_memory_bytes(&mut self, device: &candle_core::Device) -> Option<u64> {
+        crate::memory::device_peak_bytes(device)
+    }
+
     fn emit(
         &mut self,
         kind: &str,

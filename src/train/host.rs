@@ -69,6 +69,11 @@ pub trait Host {
     fn save_candidates(&mut self, _lines: &[Value]) -> Result<Option<String>, TrainError> {
         Ok(None)
     }
+    /// The memory this process holds on `device` (`crate::memory::device_peak_bytes`), logged
+    /// as `memory/peak_bytes` with the metrics; `None` (the default) leaves it out.
+    fn peak_memory_bytes(&mut self, _device: &candle_core::Device) -> Option<u64> {
+        None
+    }
     /// Exports a model directory that passed the gates ("deploy"); returns where it went.
     fn export(&mut self, _stage: &str, _files: Vec<(String, Vec<u8>)>) -> Result<Option<PathBuf>, TrainError> {
         Ok(None)

@@ -35,7 +35,7 @@ use super::TrainError;
 use crate::config::{Engine, EvalSettings, ModelInit, NanPolicy, Pipeline, Stage};
 use crate::data::{ChatTemplate, TextTokenizer};
 use crate::eval::{read_suite, Contamination, Decision, EvalItem, Judge, Report};
-use crate::model::Model;
+use crate::model::{Model, Precision};
 use control::Boundary;
 pub use control::{stage_prompts, DEFAULT_SAMPLE_PROMPTS};
 use stage::{main_term, num, term_len, term_lengths, Lambdas, StageRun, StepSums};
@@ -88,7 +88,8 @@ pub struct Trainer<'h, H: Host> {
     options: RunOptions,
     host: &'h mut H,
     device: Device,
-    dtype: DType,
+    /// Master weights in f32, matmuls in the run's dtype (`Precision::for_training`).
+    precision: Precision,
     tokenizer: TextTokenizer,
     template: Option<ChatTemplate>,
     policy: Model,
@@ -109,6 +110,8 @@ pub struct Trainer<'h, H: Host> {
     /// The model directory the policy equals, while it does (the pipeline's model, a TRL
     /// stage's export): a stage on another engine starts from it instead of a fresh copy.
     policy_dir: Option<PathBuf>,
+    /// The largest memory reading so far (`memory/peak_bytes`).
+    peak_memory: u64,
 }
 
 impl<'h, H: Host> Trainer<'h, H> {
@@ -120,9 +123,10 @@ impl<'h, H: Host> Trainer<'h, H> {
         device: Device,
         dtype: DType,
     ) -> Result<Self, TrainError> {
+        let master = Precision::for_training(dtype).master;
         let policy = match pipeline.model.init {
-            ModelInit::Pretrained => Model::load(&pipeline.model.path, &device, dtype)?,
-            ModelInit::Scratch => Model::scratch(&pipeline.model.path, &device, dtype, pipeline.run.seed)?,
+            ModelInit::Pretrained => Model::load(&pipeline.model.path, &device, master)?,
+            ModelInit::Scratch => Model::scratch(&pipeline.model.path, &device, master, pipeline.run.seed)?,
         };
         let dir = (pipeline.model.init == ModelInit::Pretrained).then(|| pipeline.model.path.clone());
         let start = Start { policy, state: TrainerState::default(), optimizer: None };
@@ -140,7 +144,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         dtype: DType,
         checkpoint: &std::path::Path,
     ) -> Result<Self, TrainError> {
-        let policy = Model::load(checkpoint, &device, dtype)?;
+        let policy = Model::load(checkpoint, &device, Precision::for_training(dtype).master)?;
         let saved = host.read_checkpoint(checkpoint)?;
         let state: TrainerState = serde_json::from_slice(&saved.trainer_state)
             .map_err(|e| TrainError::Data(format!("{}: {e}", saved.source)))?;
@@ -162,7 +166,10 @@ impl<'h, H: Host> Trainer<'h, H> {
         (device, dtype): (Device, DType),
         start: Start,
     ) -> Result<Self, TrainError> {
-        let Start { policy, state, optimizer: resume_optimizer } = start;
+        let Start { mut policy, state, optimizer: resume_optimizer } = start;
+        let precision = Precision::for_training(dtype);
+        policy.set_compute_dtype(precision.compute);
+        policy.set_gradient_checkpointing(pipeline.run.gradient_checkpointing);
         let tokenizer = TextTokenizer::from_dir(&pipeline.model.path)?;
         policy.check_tokenizer_len(tokenizer.len())?;
         let template = ChatTemplate::for_tokenizer(&tokenizer)?;
@@ -180,9 +187,10 @@ impl<'h, H: Host> Trainer<'h, H> {
             candidate_cursor: 0,
             deferred: VecDeque::new(),
             policy_dir: None,
+            peak_memory: 0,
             host,
             device,
-            dtype,
+            precision,
             tokenizer,
             template,
             policy,
@@ -403,14 +411,14 @@ impl<'h, H: Host> Trainer<'h, H> {
 
     fn reference_model(&mut self, stage: &Stage) -> Result<Model, TrainError> {
         if let Some(dir) = stage.pref.as_ref().and_then(|p| p.reference.clone()) {
-            return Ok(Model::load(&dir, &self.device, self.dtype)?);
+            return Ok(self.precision.load(&dir, &self.device)?);
         }
         let dir = match self.host.reference(&stage.name) {
             Some(dir) => dir,
             // The stage starts from the current weights; they are its frozen reference.
             None => self.host.save_reference(&stage.name, self.policy.files(DType::F32)?)?,
         };
-        Ok(Model::load(&dir, &self.device, self.dtype)?)
+        Ok(self.precision.load(&dir, &self.device)?)
     }
 
     /// Trains stage `index` from where the state stands to its end (or a stop or skip).
@@ -651,6 +659,10 @@ impl<'h, H: Host> Trainer<'h, H> {
             m.insert("learning_rate".into(), json!(lr));
             m.insert("grad_norm".into(), num(norm));
             m.insert("tokens_per_second".into(), json!(sums.tokens as f64 / elapsed.max(1e-9)));
+            if let Some(now) = self.host.peak_memory_bytes(&self.device) {
+                self.peak_memory = self.peak_memory.max(now);
+                m.insert("memory/peak_bytes".into(), json!(self.peak_memory));
+            }
             m.insert("epoch".into(), json!(run.epoch()));
             m.insert("stage_step".into(), json!(self.state.stage_step));
             m.insert("total_steps".into(), json!(run.total));
@@ -679,7 +691,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             if self.options.inject_nan_at.contains(&step) {
                 loss = (loss * f64::NAN)?;
             }
-            let store = loss.backward()?;
+            let store = self.policy.decoder().backward(&loss)?;
             sums.add(&loss, out)?;
             sums.add_grads(&run.opt, &store)?;
         }

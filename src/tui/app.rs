@@ -416,6 +416,7 @@ impl App {
         self.progress.stage_step = stage_step.unwrap_or(self.progress.stage_step);
         self.progress.total_steps = total.unwrap_or(self.progress.total_steps);
         self.progress.tokens_per_second = num(f, "tokens_per_second").or(self.progress.tokens_per_second);
+        self.progress.peak_memory_bytes = uint(f, "memory/peak_bytes").or(self.progress.peak_memory_bytes);
         self.progress.eta_seconds = self.eta();
     }
 

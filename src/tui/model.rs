@@ -152,6 +152,8 @@ pub struct Progress {
     pub global_step: u64,
     /// Tokens per second at the last step.
     pub tokens_per_second: Option<f64>,
+    /// The worker's peak memory so far (`memory/peak_bytes`: RSS on the CPU, GPU memory on CUDA).
+    pub peak_memory_bytes: Option<u64>,
     /// Seconds to the end of the stage at the recent step rate.
     pub eta_seconds: Option<f64>,
 }

@@ -7,7 +7,6 @@ use candle_core::DType;
 use super::stage::{main_term, sampler_seed, term_lengths};
 use super::{Finished, Host, Trainer};
 use crate::config::Stage;
-use crate::model::Model;
 use crate::train::host::{ExternalOutcome, ExternalStage, ModelInput};
 use crate::train::plan::load_stage_data;
 use crate::train::sampler::Sampler;
@@ -33,7 +32,7 @@ impl<H: Host> Trainer<'_, H> {
         match self.host.run_external_stage(job)? {
             ExternalOutcome::Stopped => Ok(Finished::Stopped),
             ExternalOutcome::Finished { model, step } => {
-                let policy = Model::load(&model, &self.device, self.dtype)?;
+                let policy = self.precision.load(&model, &self.device)?;
                 policy.check_tokenizer_len(self.tokenizer.len())?;
                 self.policy = policy;
                 self.policy_dir = Some(model);

@@ -162,8 +162,14 @@ fn gauge(app: &App, frame: &mut Frame, area: Rect) {
         _ => "finished".to_string(),
     };
     let tokens = p.tokens_per_second.map_or_else(|| "— tok/s".to_string(), |v| format!("{} tok/s", count(v as u64)));
-    let label =
-        format!("{stage} {}/{} · step {} · {eta} · {tokens}", p.stage_step, p.total_steps, count(p.global_step));
+    // Beside throughput, the worker's peak memory once it reports one.
+    let memory = p.peak_memory_bytes.map_or_else(String::new, |b| format!(" · peak {:.2} GB", b as f64 / 1e9));
+    let label = format!(
+        "{stage} {}/{} · step {} · {eta} · {tokens}{memory}",
+        p.stage_step,
+        p.total_steps,
+        count(p.global_step)
+    );
     let widget = Gauge::default()
         .ratio(ratio)
         .label(Span::styled(label, app.theme.style(Role::Text)))
