@@ -222,7 +222,8 @@ pub fn run(
     let pairs: Vec<PairExample> = (0..half)
         .filter_map(|i| {
             let (a, b) = (&seqs[i].ids, &seqs[i + half].ids);
-            let (prompt, chosen, rejected) = (a[..preset.prompt].to_vec(), a[preset.prompt..].to_vec(), b[preset.prompt..].to_vec());
+            let (prompt, chosen, rejected) =
+                (a[..preset.prompt].to_vec(), a[preset.prompt..].to_vec(), b[preset.prompt..].to_vec());
             fit_pair(prompt, chosen, rejected, preset.seq, &mut TruncationStats::default())
         })
         .collect();

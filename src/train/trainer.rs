@@ -33,8 +33,8 @@ use crate::eval::{read_suite, Contamination, Decision, EvalItem, Judge, Report};
 use crate::model::Model;
 use control::Boundary;
 pub use control::{stage_prompts, DEFAULT_SAMPLE_PROMPTS};
-use stage::{main_term, num, term_len, term_lengths, Lambdas, StageRun};
 pub(crate) use stage::{apply_update, forward_backward, Objective, StepSums};
+use stage::{main_term, num, term_len, term_lengths, Lambdas, StageRun};
 pub use stage::{sampler_seed, Term};
 
 /// The suite, judge and contamination set of a pipeline with an `[eval]` table, and the

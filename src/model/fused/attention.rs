@@ -27,14 +27,7 @@ pub const ATTENTION_BLOCK: usize = 64;
 /// kv_heads, s, head_dim]`, queries and keys at positions `0..s`, with an optional sliding
 /// `window` (`usize::MAX` for none). Returns `[batch, kv_heads, groups·s, head_dim]`. Query
 /// positions go in blocks of `block`; see the module documentation.
-pub fn causal_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    scale: f64,
-    window: usize,
-    block: usize,
-) -> Result<Tensor> {
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, window: usize, block: usize) -> Result<Tensor> {
     let (b, kv, rows, d) = q.dims4()?;
     let (kb, kkv, s, kd) = k.dims4()?;
     if (kb, kkv, kd) != (b, kv, d) || v.dims() != k.dims() || s == 0 || rows % s != 0 || block == 0 {

@@ -16,8 +16,10 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layo
 use num_traits::Float;
 use rayon::prelude::*;
 
+mod adamw;
 mod attention;
 mod softmax;
+pub use adamw::{adamw_update, AdamWStep};
 pub use attention::{causal_attention, ATTENTION_BLOCK};
 pub use softmax::{softmax, softmax_left_padded, CausalMask};
 
@@ -64,7 +66,8 @@ pub fn exp_f32(x: f32) -> f32 {
     let t = x * std::f32::consts::LOG2_E + ROUND;
     let n = t - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_66) * r + 0.5;
+    let p =
+        ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_66) * r + 0.5;
     // t's low mantissa bits hold n (two's complement, t in [2²³, 2²⁴)): 2^n's exponent field
     // is n + 127, in 1..=254 for the clamped range.
     let scale = f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);

@@ -10,12 +10,12 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{PrefLossKind, SafetyLossKind, Stage};
 use crate::data::Text;
+use crate::model::Decoder;
 use crate::model::Model;
 use crate::train::examples::PairExample;
 use crate::train::host::Admission;
 use crate::train::live::LiveLabels;
 use crate::train::loss::{LabelNoise, PreferenceLoss};
-use crate::model::Decoder;
 use crate::train::objective::{evaluate, MicroBatch, Outcome, PairTerm, RewardRow, Weights};
 use crate::train::optim::{clip_coefficient, gradients_of, AdamW};
 use crate::train::plan::{RefCache, StageData};
