@@ -297,3 +297,50 @@ fn composed_blocks_have_true_gradients() {
     let rotary = Rotary::new(8, 32, 10_000.0, &RopeScaling::Default, DType::F64, &Device::Cpu).unwrap();
     check("composed rope", &[random(&[1, 2, 5, 8], 21)], |xs| weighted_sum(&rotary.apply_composed(&xs[0], 3).unwrap()));
 }
+
+/// Causal attention the plain way: every score computed, the mask added, softmax, `P·V`.
+fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, window: usize) -> Tensor {
+    let (b, kv, rows, _) = q.dims4().unwrap();
+    let s = k.dim(2).unwrap();
+    let scores = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap().reshape((b, kv, rows / s, s, s)).unwrap();
+    let probs = softmax_last_dim_composed(&scores.broadcast_add(&additive_mask(s, s, 0, window)).unwrap()).unwrap();
+    probs.reshape((b, kv, rows, s)).unwrap().matmul(v).unwrap()
+}
+
+#[test]
+fn blocked_causal_attention_matches_composed_and_finite_differences() {
+    // 2 query heads per KV head, 10 positions in blocks of 4 (the last one short), with and
+    // without a sliding window; one block covering everything is the plain computation.
+    let (q, k, v) = (random(&[2, 2, 20, 3], 21), random(&[2, 2, 10, 3], 22), random(&[2, 2, 10, 3], 23));
+    for (window, block) in [(usize::MAX, 4), (3, 4), (usize::MAX, 10), (5, 1)] {
+        let inputs = [q.clone(), k.clone(), v.clone()];
+        same_as_composed(
+            &format!("attention window {window} block {block}"),
+            &inputs,
+            |xs| fused::causal_attention(&xs[0], &xs[1], &xs[2], 0.41, window, block).unwrap(),
+            |xs| attention_composed(&xs[0], &xs[1], &xs[2], 0.41, window),
+        );
+    }
+    let small = [random(&[1, 2, 10, 2], 24), random(&[1, 2, 5, 2], 25), random(&[1, 2, 5, 2], 26)];
+    check("blocked attention", &small, |xs| {
+        weighted_sum(&fused::causal_attention(&xs[0], &xs[1], &xs[2], 0.7, usize::MAX, 2).unwrap())
+    });
+}
+
+#[test]
+fn kernel_exp_is_within_two_ulp_of_the_library_exp() {
+    let mut worst = 0f64;
+    for i in 0..=1_750_000 {
+        let x = -87.0 + f64::from(i) * 1e-4;
+        #[allow(clippy::cast_possible_truncation)]
+        let x = x as f32;
+        let want = f64::from(x).exp();
+        let got = f64::from(fused::exp_f32(x));
+        worst = worst.max((got - want).abs() / want);
+    }
+    assert!(worst <= 2.0 * f64::from(f32::EPSILON), "relative error {worst}");
+    assert!(fused::exp_f32(f32::NAN).is_nan());
+    assert!(fused::exp_f32(f32::NEG_INFINITY) < 1e-37);
+    assert!(fused::exp_f32(f32::INFINITY) > 1e38);
+    assert_eq!(fused::exp_f32(0.0).to_bits(), 1f32.to_bits());
+}

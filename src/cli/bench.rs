@@ -1,5 +1,6 @@
 //! `hone bench`: the speed of one full training step (forward, masked loss, backward, grad-norm
-//! clipping, AdamW) and of greedy generation, on fixed shapes so numbers compare across machines
+//! clipping, AdamW; the trainer's own step functions, the same code `hone run` runs) and of
+//! greedy generation, on fixed shapes so numbers compare across machines
 //! and against PyTorch eager running the same shapes.
 
 use std::time::Instant;
@@ -10,11 +11,13 @@ use serde_json::json;
 
 use crate::model::generate::{generate, generate_batch, Sampling};
 use crate::model::{Model, ModelConfig};
-use crate::train::batch::{Sequence, TokenBatch};
-use crate::train::loss::{
-    per_sequence_sum, preference_losses, sft_loss, target_logps, PreferenceLogps, PreferenceLoss,
-};
-use crate::train::optim::{clip_coefficient, grad_norm, AdamW, AdamWConfig};
+use crate::train::batch::Sequence;
+use crate::train::examples::{fit_pair, PairExample, TruncationStats};
+use crate::train::loss::{LabelNoise, PreferenceLoss};
+use crate::train::objective::{MicroBatch, PairTerm, Weights};
+use crate::train::optim::{global_norm, AdamW, AdamWConfig};
+use crate::train::plan::{fill_reference_cache, never_interrupt, RefCache};
+use crate::train::trainer::{apply_update, forward_backward, Objective};
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -234,37 +237,41 @@ pub fn run_with(
         return bench_generate_batch(preset, &model, steps, warmup);
     }
     let seqs = sequences(preset, 42);
-    let batch = TokenBatch::new(&seqs, 0, device)?;
-    let params = model.parameters();
-    let mut opt = AdamW::new(params.clone(), AdamWConfig { lr: 1e-4, ..AdamWConfig::default() })?;
-    // DPO: the first half of the rows are chosen, the second half rejected; the reference
-    // log-probs are cached constants.
-    let ref_logps = per_sequence_sum(&target_logps(model.decoder(), &batch)?.detach(), &batch)?;
-    let counts = Tensor::new(batch.targets_per_sequence.iter().map(|&n| n as f32).collect::<Vec<_>>(), device)?;
+    let mut opt = AdamW::new(model.parameters(), AdamWConfig { lr: 1e-4, ..AdamWConfig::default() })?;
+    // DPO: pair i is row i's completion (chosen) against row i + batch/2's (rejected) after row
+    // i's prompt; their reference log-probs are computed once and cached, as `hone run` does.
+    let half = preset.batch / 2;
+    let pairs: Vec<PairExample> = (0..half)
+        .filter_map(|i| {
+            let (a, b) = (&seqs[i].ids, &seqs[i + half].ids);
+            let (prompt, chosen, rejected) =
+                (a[..preset.prompt].to_vec(), a[preset.prompt..].to_vec(), b[preset.prompt..].to_vec());
+            fit_pair(prompt, chosen, rejected, preset.seq, &mut TruncationStats::default())
+        })
+        .collect();
+    let mut cache = RefCache::new();
+    if mode == BenchMode::Dpo {
+        let all: Vec<&PairExample> = pairs.iter().collect();
+        let _ = fill_reference_cache(&model, &all, 0, &mut cache, &mut never_interrupt)?;
+    }
+    let micro_batch = match mode {
+        BenchMode::Sft => MicroBatch { sft: seqs, ..MicroBatch::default() },
+        _ => MicroBatch { pairs: pairs.iter().map(|p| (p, cache[&p.hash])).collect(), ..MicroBatch::default() },
+    };
+    let objective = Objective {
+        weights: Weights { sft: 1.0, lm: 1.0, pref: 1.0, safe: 0.0 },
+        pref: Some(PairTerm { beta: 0.1, loss: PreferenceLoss::Sigmoid, noise: LabelNoise::Clean }),
+        safety_pair: None,
+        pad_id: 0,
+    };
     let mut times = Vec::with_capacity(steps);
-    let mut last_loss = 0f32;
+    let mut last_loss = 0f64;
     for i in 0..warmup + steps {
         let start = Instant::now();
-        let logps = target_logps(model.decoder(), &batch)?;
-        let loss = if mode == BenchMode::Sft {
-            sft_loss(&logps)?
-        } else {
-            let seq = per_sequence_sum(&logps, &batch)?;
-            let half = preset.batch / 2;
-            let lp = PreferenceLogps {
-                policy_chosen: &seq.narrow(0, 0, half)?,
-                policy_rejected: &seq.narrow(0, half, half)?,
-                ref_chosen: &ref_logps.narrow(0, 0, half)?,
-                ref_rejected: &ref_logps.narrow(0, half, half)?,
-                chosen_tokens: &counts.narrow(0, 0, half)?,
-                rejected_tokens: &counts.narrow(0, half, half)?,
-            };
-            preference_losses(PreferenceLoss::Sigmoid, 0.1, &lp)?.mean_all()?
-        };
-        let grads = model.decoder().backward(&loss)?;
-        let norm = grad_norm(&params, &grads)?;
-        opt.step(&grads, clip_coefficient(norm, 1.0))?;
-        last_loss = loss.to_scalar::<f32>()?;
+        let sums = forward_backward(model.decoder(), &opt, std::slice::from_ref(&micro_batch), objective, false)?;
+        let norm = global_norm(&sums.grads)?;
+        apply_update(&mut opt, &sums, norm, 1.0)?;
+        last_loss = sums.loss;
         if i >= warmup {
             times.push(start.elapsed().as_secs_f64());
         }

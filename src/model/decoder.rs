@@ -127,6 +127,9 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, s, _) = xs.dims3()?;
         let d = self.head_dim;
+        // A whole sequence (training, scoring) takes the blocked kernel that skips the masked
+        // half of the scores; one block's worth of positions gains nothing from it.
+        let whole = cache.is_none() && pads.is_none() && offset == 0 && s > fused::ATTENTION_BLOCK;
         let q = self.q_proj.forward(xs)?.reshape((b, s, self.heads, d))?.transpose(1, 2)?;
         let k = self.k_proj.forward(xs)?.reshape((b, s, self.kv_heads, d))?.transpose(1, 2)?;
         let v = self.v_proj.forward(xs)?.reshape((b, s, self.kv_heads, d))?.transpose(1, 2)?;
@@ -152,6 +155,12 @@ impl Attention {
         let q = q.contiguous()?.reshape((b, self.kv_heads, groups * s, d))?;
         #[allow(clippy::cast_precision_loss)]
         let scale = 1.0 / (d as f64).sqrt();
+        if whole && fused_path(&q) {
+            let window = self.window.unwrap_or(usize::MAX);
+            let out = fused::causal_attention(&q, &k, &v, scale, window, fused::ATTENTION_BLOCK)?;
+            let out = out.reshape((b, self.heads, s, d))?.transpose(1, 2)?.reshape((b, s, self.heads * d))?;
+            return self.o_proj.forward(&out);
+        }
         let probs = if fused_path(&q) {
             // Scale, causal/window mask and softmax in one kernel; k's transpose is a strided view.
             let scores = matmul_in(&q, &k.t()?, self.compute)?;

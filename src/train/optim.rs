@@ -4,6 +4,8 @@
 
 use candle_core::{backprop::GradStore, Result, Tensor, Var};
 
+use crate::model::fused::{adamw_update, fused_path, AdamWStep};
+
 /// AdamW hyper-parameters (torch's defaults except the learning rate).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -106,21 +108,54 @@ impl AdamW {
         let bias2_sqrt = bias2.sqrt();
         for (((_, var), mom), g) in self.params.iter().zip(self.moments.iter_mut()).zip(grads) {
             let Some(g) = g else { continue };
-            let g = if (grad_scale - 1.0).abs() > 0.0 { (g * grad_scale)? } else { g.clone() };
-            let m = ((&mom.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-            let v = ((&mom.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let denom = ((v.sqrt()? / bias2_sqrt)? + c.eps)?;
-            let mut theta = var.as_tensor().clone();
-            if c.weight_decay != 0.0 {
-                theta = (theta * (1.0 - c.lr * c.weight_decay))?;
+            if fused_path(g) && g.dtype() == var.dtype() && mom.m.dtype() == var.dtype() {
+                // The same operations per element in two passes (bit-identical results).
+                let step = AdamWStep {
+                    grad_scale: ((grad_scale - 1.0).abs() > 0.0).then_some(grad_scale),
+                    beta1: c.beta1,
+                    beta2: c.beta2,
+                    inv_bias2_sqrt: 1.0 / bias2_sqrt,
+                    eps: c.eps,
+                    decay: (c.weight_decay != 0.0).then_some(1.0 - c.lr * c.weight_decay),
+                    step_size,
+                };
+                let [next, m, v] = adamw_update(var.as_tensor(), &mom.m, &mom.v, g, step)?;
+                var.set(&next)?;
+                mom.m = m;
+                mom.v = v;
+                continue;
             }
-            let next = (theta - (m.div(&denom)? * step_size)?)?;
+            let [next, m, v] = composed_update(var.as_tensor(), mom, g, &c, grad_scale, step_size, bias2_sqrt)?;
             var.set(&next)?;
             mom.m = m;
             mom.v = v;
         }
         Ok(())
     }
+}
+
+/// The update of one parameter from candle's element-wise ops (every device and dtype; on the
+/// CPU in f32/f64 `fused::adamw_update` computes the same values bit for bit): the new
+/// parameter and moments.
+fn composed_update(
+    theta: &Tensor,
+    mom: &Moments,
+    g: &Tensor,
+    c: &AdamWConfig,
+    grad_scale: f64,
+    step_size: f64,
+    bias2_sqrt: f64,
+) -> Result<[Tensor; 3]> {
+    let g = if (grad_scale - 1.0).abs() > 0.0 { (g * grad_scale)? } else { g.clone() };
+    let m = ((&mom.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+    let v = ((&mom.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+    let denom = ((v.sqrt()? / bias2_sqrt)? + c.eps)?;
+    let mut theta = theta.clone();
+    if c.weight_decay != 0.0 {
+        theta = (theta * (1.0 - c.lr * c.weight_decay))?;
+    }
+    let next = (theta - (m.div(&denom)? * step_size)?)?;
+    Ok([next, m, v])
 }
 
 /// The gradients of `params` in a `GradStore`, in parameter order.
@@ -145,4 +180,64 @@ pub fn global_norm(grads: &[Option<Tensor>]) -> Result<f64> {
 /// The factor torch's clipping multiplies gradients by: `min(1, max_norm / (norm + 1e-6))`.
 pub fn clip_coefficient(norm: f64, max_norm: f64) -> f64 {
     (max_norm / (norm + 1e-6)).min(1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use candle_core::{DType, Device, Tensor};
+
+    use super::{composed_update, AdamWConfig, Moments};
+    use crate::model::fused::{adamw_update, AdamWStep};
+
+    fn values(n: usize, seed: u64, dtype: DType) -> Tensor {
+        let mut state = seed;
+        let v: Vec<f64> = (0..n)
+            .map(|i| {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                let x = ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 10f64.powi((i % 9) as i32 - 6);
+                if i % 17 == 0 {
+                    -0.0
+                } else {
+                    x
+                }
+            })
+            .collect();
+        Tensor::from_vec(v, n, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+    }
+
+    #[test]
+    fn the_fused_update_is_bit_identical_to_the_composed_one() {
+        for dtype in [DType::F32, DType::F64] {
+            for (weight_decay, grad_scale, t) in [(0.0, 1.0, 1), (0.01, 0.37, 7), (0.1, 1.0, 1000)] {
+                let c = AdamWConfig { lr: 3e-4, weight_decay, ..AdamWConfig::default() };
+                let n = 40_000;
+                let theta = values(n, 1, dtype);
+                let mom = Moments { m: values(n, 2, dtype), v: values(n, 3, dtype).abs().unwrap() };
+                let g = values(n, 4, dtype);
+                let bias1 = 1.0 - c.beta1.powi(t);
+                let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+                let step_size = c.lr / bias1;
+                let want = composed_update(&theta, &mom, &g, &c, grad_scale, step_size, bias2_sqrt).unwrap();
+                let step = AdamWStep {
+                    grad_scale: ((grad_scale - 1.0).abs() > 0.0).then_some(grad_scale),
+                    beta1: c.beta1,
+                    beta2: c.beta2,
+                    inv_bias2_sqrt: 1.0 / bias2_sqrt,
+                    eps: c.eps,
+                    decay: (c.weight_decay != 0.0).then_some(1.0 - c.lr * c.weight_decay),
+                    step_size,
+                };
+                let got = adamw_update(&theta, &mom.m, &mom.v, &g, step).unwrap();
+                for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+                    let a = a.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+                    let b = b.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+                    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                        assert_eq!(x.to_bits(), y.to_bits(), "{dtype:?} wd {weight_decay} t {t}: output {k}[{i}]");
+                    }
+                }
+            }
+        }
+    }
 }

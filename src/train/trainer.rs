@@ -24,8 +24,7 @@ use super::host::PlannedControl;
 pub use super::host::{Admission, CheckpointData, Control, Host, Position, PrefFile, SavedTraining};
 use super::iterate::{next_stage, round_name, round_seed_salt, sequence_from, Next};
 use super::live::{LiveLabels, LiveUpdate};
-use super::objective::evaluate;
-use super::optim::{clip_coefficient, global_norm, AdamW, AdamWConfig, Moments};
+use super::optim::{global_norm, AdamW, AdamWConfig, Moments};
 use super::plan::{fill_reference_cache, load_stage_data, never_interrupt, RefCache, StageData};
 use super::sampler::Sampler;
 use super::schedule::learning_rate;
@@ -38,7 +37,8 @@ use crate::eval::{read_suite, Contamination, Decision, EvalItem, Judge, Report};
 use crate::model::{Model, Precision};
 use control::Boundary;
 pub use control::{stage_prompts, DEFAULT_SAMPLE_PROMPTS};
-use stage::{main_term, num, term_len, term_lengths, Lambdas, StageRun, StepSums};
+pub(crate) use stage::{apply_update, forward_backward, Objective, StepSums};
+use stage::{main_term, num, term_len, term_lengths, Lambdas, StageRun};
 pub use stage::{sampler_seed, Term};
 
 /// The suite, judge and contamination set of a pipeline with an `[eval]` table, and the
@@ -677,25 +677,19 @@ impl<'h, H: Host> Trainer<'h, H> {
         Ok(())
     }
 
-    /// The step's micro-batches: each through the policy and backward, gradients summed.
+    /// The step's micro-batches (drawn in order, then each through the policy and backward),
+    /// gradients summed.
     fn forward_backward(&self, run: &mut StageRun, lambdas: Lambdas, step: u64) -> Result<StepSums, TrainError> {
-        let accum = run.stage.grad_accum.max(1);
-        let mut sums = StepSums::new(run.opt.params().len(), accum);
-        let weights = run.weights(lambdas);
-        let (pref_term, safety_term) = (run.pref_term(), run.safety_pair_term());
-        for _ in 0..accum {
-            let drawn = run.draw();
-            let mb = run.micro_batch(&drawn);
-            let out = evaluate(self.policy.decoder(), &mb, weights, pref_term, safety_term, self.pad_id())?;
-            let mut loss = (&out.loss / accum as f64)?;
-            if self.options.inject_nan_at.contains(&step) {
-                loss = (loss * f64::NAN)?;
-            }
-            let store = self.policy.decoder().backward(&loss)?;
-            sums.add(&loss, out)?;
-            sums.add_grads(&run.opt, &store)?;
-        }
-        Ok(sums)
+        let objective = Objective {
+            weights: run.weights(lambdas),
+            pref: run.pref_term(),
+            safety_pair: run.safety_pair_term(),
+            pad_id: self.pad_id(),
+        };
+        let drawn: Vec<_> = (0..run.stage.grad_accum.max(1)).map(|_| run.draw()).collect();
+        let micro_batches: Vec<_> = drawn.iter().map(|d| run.micro_batch(d)).collect();
+        let inject_nan = self.options.inject_nan_at.contains(&step);
+        forward_backward(self.policy.decoder(), &run.opt, &micro_batches, objective, inject_nan)
     }
 
     /// Applies the summed gradients (clipped), or, when the loss or gradient is not finite,
@@ -703,10 +697,7 @@ impl<'h, H: Host> Trainer<'h, H> {
     fn update(&mut self, run: &mut StageRun, sums: &StepSums, norm: f64, step: u64) -> Result<(), TrainError> {
         if sums.loss.is_finite() && norm.is_finite() {
             self.state.consecutive_nan = 0;
-            let max = run.stage.max_grad_norm;
-            let scale = if max > 0.0 { clip_coefficient(norm, max) } else { 1.0 };
-            run.opt.step_with(&sums.grads, scale)?;
-            return Ok(());
+            return apply_update(&mut run.opt, sums, norm, run.stage.max_grad_norm);
         }
         self.state.consecutive_nan += 1;
         let what = if sums.loss.is_finite() { "gradient" } else { "loss" };

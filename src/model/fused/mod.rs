@@ -16,7 +16,11 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layo
 use num_traits::Float;
 use rayon::prelude::*;
 
+mod adamw;
+mod attention;
 mod softmax;
+pub use adamw::{adamw_update, AdamWStep};
+pub use attention::{causal_attention, ATTENTION_BLOCK};
 pub use softmax::{softmax, softmax_left_padded, CausalMask};
 
 /// Whether `t` can take the fused path: a CPU tensor in f32 or f64.
@@ -25,9 +29,65 @@ pub fn fused_path(t: &Tensor) -> bool {
 }
 
 /// The element types the kernels are written for.
-trait Real: WithDType + Float + num_traits::NumAssign + Send + Sync {}
-impl Real for f32 {}
-impl Real for f64 {}
+trait Real: WithDType + Float + num_traits::NumAssign + Send + Sync {
+    /// `e^self` as the kernels compute it (see [`exp_f32`]).
+    fn exp_k(self) -> Self;
+}
+
+impl Real for f32 {
+    fn exp_k(self) -> Self {
+        exp_f32(self)
+    }
+}
+
+impl Real for f64 {
+    fn exp_k(self) -> Self {
+        self.exp()
+    }
+}
+
+/// `e^x` in f32 without a library call, so loops over rows vectorise: `x = n·ln 2 + r` with
+/// `|r| ≤ ln 2 / 2` (`n` rounded by the 1.5·2²³ trick, `ln 2` split in two so `r` is exact), the
+/// Cephes minimax polynomial for `e^r`, and `2^n` built in the exponent bits. Within about 1 ulp
+/// of `f32::exp` (`tests/gradients.rs` measures it). Inputs are clamped to `[-87, 88]`, so the
+/// result stays a normal number: below that, `e^x` is under f32's smallest normal (1e-38) and
+/// every kernel adds it to sums of at least 1; above it, it overflows. NaN stays NaN.
+pub fn exp_f32(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p =
+        ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_66) * r + 0.5;
+    // t's low mantissa bits hold n (two's complement, t in [2²³, 2²⁴)): 2^n's exponent field
+    // is n + 127, in 1..=254 for the clamped range.
+    let scale = f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
+    (p * r * r + r + 1.0) * scale
+}
+
+/// Σ x accumulated in f64 with eight independent accumulators (fixed order, vectorisable).
+fn sum_wide<T: Real>(x: &[T]) -> f64 {
+    let mut acc = [0f64; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for k in 0..8 {
+            acc[k] += wide(c[k]);
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| wide(v)).sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Writes `e^(x − shift)` of every element of `x` to `out` and returns their sum (in f64).
+fn exp_into<T: Real>(x: &[T], shift: T, out: &mut [T]) -> f64 {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v - shift).exp_k();
+    }
+    sum_wide(&out[..x.len().min(out.len())])
+}
 
 /// Rows per parallel task: fixed, so results never depend on the thread count.
 const ROW_CHUNK: usize = 32;
@@ -335,7 +395,7 @@ fn swiglu_fwd<T: Real>(g: &[T], u: &[T]) -> Vec<T> {
     let mut out = vec![T::zero(); g.len()];
     out.par_chunks_mut(4096).zip(g.par_chunks(4096).zip(u.par_chunks(4096))).for_each(|(o, (g, u))| {
         for ((o, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
-            *o = (gv / ((-gv).exp() + T::one())) * uv;
+            *o = (gv / ((-gv).exp_k() + T::one())) * uv;
         }
     });
     out
@@ -383,7 +443,7 @@ fn swiglu_bwd<T: Real>(g: &[T], u: &[T], grad: &[T]) -> Vec<T> {
         .zip(g.par_chunks(4096).zip(u.par_chunks(4096)).zip(grad.par_chunks(4096)))
         .for_each(|((dg, du), ((g, u), gr))| {
             for ((dg, du), ((&gv, &uv), &grv)) in dg.iter_mut().zip(du.iter_mut()).zip(g.iter().zip(u).zip(gr)) {
-                let sig = T::one() / ((-gv).exp() + T::one());
+                let sig = T::one() / ((-gv).exp_k() + T::one());
                 let silu = gv * sig;
                 *dg = grv * uv * (sig * (T::one() + gv * (T::one() - sig)));
                 *du = grv * silu;
@@ -461,22 +521,12 @@ fn row_max<T: Real>(x: &[T]) -> T {
 /// (transformers' 8/16-lane sums drop fewer), so the logsumexp comes out low and log-probs high
 /// (at the 135M shape: 14x PyTorch's f32 error; `tests/model_precision.rs`).
 fn exp_sum<T: Real>(x: &[T], max: T, out: Option<&mut [T]>) -> f64 {
-    let mut sum = 0f64;
-    match out {
-        Some(out) => {
-            for (o, &v) in out.iter_mut().zip(x) {
-                let e = (v - max).exp();
-                *o = e;
-                sum += wide(e);
-            }
-        }
-        None => {
-            for &v in x {
-                sum += wide((v - max).exp());
-            }
-        }
+    if let Some(out) = out {
+        exp_into(x, max, out)
+    } else {
+        let mut buf = [T::zero(); 512];
+        x.chunks(buf.len()).map(|c| exp_into(c, max, &mut buf)).sum()
     }
-    sum
 }
 
 fn target_fwd<T: Real>(x: &[T], t: &[u32], vocab: usize) -> Vec<T> {

@@ -6,7 +6,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result,
 
 use num_traits::Float;
 
-use super::{contiguous, dot, last_dim, map_rows, wide, Real};
+use super::{contiguous, dot, last_dim, map_rows, sum_wide, wide, Real};
 
 /// The causal (and optionally sliding-window) mask of attention scores `[.., s, kv_len]` for
 /// queries at positions `offset..offset+s`.
@@ -25,9 +25,9 @@ pub fn softmax(xs: &Tensor, scale: f64, mask: Option<CausalMask>) -> Result<Tens
     xs.contiguous()?.apply_op1(SoftmaxOp { scale, mask })
 }
 
-struct SoftmaxOp {
-    scale: f64,
-    mask: Option<CausalMask>,
+pub(super) struct SoftmaxOp {
+    pub scale: f64,
+    pub mask: Option<CausalMask>,
 }
 
 /// The allowed key range `lo..hi` of row `r`.
@@ -59,17 +59,23 @@ fn softmax_rows<T: Real>(x: &[T], n: usize, scale: f64, range: impl Fn(usize) ->
         let max = xr.iter().fold(T::neg_infinity(), |m, &v| Float::max(m, v * scale));
         // Accumulated in f64: a peaked row (attention on one key) would otherwise drop the
         // small terms after its peak, as the LM head's logsumexp did (see `exp_sum`).
-        let mut sum = 0f64;
         for (o, &v) in y[lo..hi].iter_mut().zip(xr) {
-            let e = (v * scale - max).exp();
-            *o = e;
-            sum += wide(e);
+            *o = v * scale;
         }
+        let sum = exp_into_self(&mut y[lo..hi], max);
         let inv = 1.0 / sum;
         for o in &mut y[lo..hi] {
             *o = T::from_f64(wide(*o) * inv);
         }
     })
+}
+
+/// Replaces every element `v` of `y` by `e^(v − shift)` and returns their sum (in f64).
+fn exp_into_self<T: Real>(y: &mut [T], shift: T) -> f64 {
+    for o in y.iter_mut() {
+        *o = (*o - shift).exp_k();
+    }
+    sum_wide(y)
 }
 
 impl CustomOp1 for SoftmaxOp {
@@ -97,8 +103,8 @@ impl CustomOp1 for SoftmaxOp {
     }
 }
 
-struct SoftmaxBwd {
-    scale: f64,
+pub(super) struct SoftmaxBwd {
+    pub scale: f64,
 }
 
 fn softmax_bwd<T: Real>(y: &[T], g: &[T], n: usize, scale: f64) -> Vec<T> {

@@ -289,7 +289,7 @@ impl<H: Host> Trainer<'_, H> {
             if self.options.inject_nan_at.contains(&step) {
                 loss = (loss * f64::NAN)?;
             }
-            let store = loss.backward()?;
+            let store = self.policy.decoder().backward(&loss)?;
             sums.loss += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             sums.tokens += batch.real_tokens;
             sums.add_grads(&run.opt, &store)?;

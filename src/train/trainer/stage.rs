@@ -10,13 +10,14 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{PrefLossKind, SafetyLossKind, Stage};
 use crate::data::Text;
+use crate::model::Decoder;
 use crate::model::Model;
 use crate::train::examples::PairExample;
 use crate::train::host::Admission;
 use crate::train::live::LiveLabels;
 use crate::train::loss::{LabelNoise, PreferenceLoss};
-use crate::train::objective::{MicroBatch, Outcome, PairTerm, RewardRow, Weights};
-use crate::train::optim::{gradients_of, AdamW};
+use crate::train::objective::{evaluate, MicroBatch, Outcome, PairTerm, RewardRow, Weights};
+use crate::train::optim::{clip_coefficient, gradients_of, AdamW};
 use crate::train::plan::{RefCache, StageData};
 use crate::train::sampler::Sampler;
 use crate::train::TrainError;
@@ -184,6 +185,51 @@ impl StageRun {
         }
         mb
     }
+}
+
+/// What a step's objective is made of besides its data: the terms' weights and settings and
+/// the padding id.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Objective {
+    pub weights: Weights,
+    pub pref: Option<PairTerm>,
+    pub safety_pair: Option<PairTerm>,
+    pub pad_id: u32,
+}
+
+/// The forward and backward passes of one step: each micro-batch through `policy` and
+/// backward (its loss divided by their number, times NaN when `inject_nan`), the gradients of
+/// `opt`'s parameters summed. `hone run` and `hone bench` both step through this function and
+/// [`apply_update`], so the benchmark times the trainer's own code.
+pub(crate) fn forward_backward(
+    policy: &Decoder,
+    opt: &AdamW,
+    micro_batches: &[MicroBatch<'_>],
+    objective: Objective,
+    inject_nan: bool,
+) -> Result<StepSums, TrainError> {
+    let accum = micro_batches.len().max(1);
+    let mut sums = StepSums::new(opt.params().len(), accum);
+    for mb in micro_batches {
+        let Objective { weights, pref, safety_pair, pad_id } = objective;
+        let out = evaluate(policy, mb, weights, pref, safety_pair, pad_id)?;
+        let mut loss = (&out.loss / accum as f64)?;
+        if inject_nan {
+            loss = (loss * f64::NAN)?;
+        }
+        let store = policy.backward(&loss)?;
+        sums.add(&loss, out)?;
+        sums.add_grads(opt, &store)?;
+    }
+    Ok(sums)
+}
+
+/// The AdamW update of a step's summed gradients, clipped to a global norm of `max_grad_norm`
+/// (`norm` is theirs; 0 or less turns clipping off).
+pub(crate) fn apply_update(opt: &mut AdamW, sums: &StepSums, norm: f64, max_grad_norm: f64) -> Result<(), TrainError> {
+    let scale = if max_grad_norm > 0.0 { clip_coefficient(norm, max_grad_norm) } else { 1.0 };
+    opt.step_with(&sums.grads, scale)?;
+    Ok(())
 }
 
 /// The main term of a stage's data: preference pairs if any, else the safety term, else plain
