@@ -157,6 +157,9 @@ fn check_stage(stage: &Stage, trl: &TrlSettings, at: &FieldPath, locator: &Locat
     if stage.lm.is_some() {
         return Err(unsupported("lm", "the language-modelling term"));
     }
+    if stage.rm.is_some() {
+        return Err(unsupported("rm", "the reward-model term"));
+    }
     if let Some(pref) = &stage.pref {
         // TRL 1.16's sigmoid loss has no label smoothing (its `robust` loss does).
         if pref.loss == PrefLossKind::Sigmoid && pref.label_smoothing > 0.0 {

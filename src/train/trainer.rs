@@ -22,7 +22,8 @@ pub use super::host::{Admission, CheckpointData, Control, Host, Position, PrefFi
 use super::live::{LiveLabels, LiveUpdate};
 use super::objective::evaluate;
 use super::optim::{clip_coefficient, global_norm, AdamW, AdamWConfig, Moments};
-use super::plan::{fill_reference_cache, load_stage_data, never_interrupt, RefCache, StageData};
+use super::plan::{fill_reference_cache, load_stage_data, never_interrupt, RefCache, RmPair, StageData};
+use super::reward::BradleyTerry;
 use super::sampler::Sampler;
 use super::schedule::learning_rate;
 use super::state::{load_optimizer, optimizer_bytes};
@@ -31,7 +32,7 @@ use super::TrainError;
 use crate::config::{EvalSettings, ModelInit, NanPolicy, Pipeline, Stage};
 use crate::data::{ChatTemplate, TextTokenizer};
 use crate::eval::{read_suite, Contamination, Decision, EvalItem, Judge, Report};
-use crate::model::Model;
+use crate::model::{Model, RewardModel};
 use control::Boundary;
 pub use control::{stage_prompts, DEFAULT_SAMPLE_PROMPTS};
 use stage::{main_term, num, term_len, term_lengths, Lambdas, StageRun, StepSums};
@@ -71,11 +72,21 @@ fn eval_fields(r: &Report, failures: usize, seconds: f64) -> Map<String, Value> 
     f
 }
 
-/// Where a trainer starts: the policy's weights, the trainer state and (on resume) AdamW's moments.
+/// Where a trainer starts: the policy's weights, the trainer state and (on resume) AdamW's moments
+/// or, from a reward-model stage's checkpoint, the reward model being trained.
 struct Start {
     policy: Model,
     state: TrainerState,
     optimizer: Option<Vec<Moments>>,
+    reward: Option<ResumeReward>,
+}
+
+/// A reward model being trained, as a checkpoint holds it: its weights and AdamW's moments
+/// (safetensors bytes, read once the stage has built the model they belong to).
+struct ResumeReward {
+    weights: Vec<u8>,
+    optimizer: Option<Vec<u8>>,
+    source: String,
 }
 
 /// The pipeline trainer.
@@ -90,6 +101,8 @@ pub struct Trainer<'h, H: Host> {
     policy: Model,
     state: TrainerState,
     resume_optimizer: Option<Vec<Moments>>,
+    /// The reward model of the checkpoint being resumed, for its stage to restore.
+    resume_reward: Option<ResumeReward>,
     last_checkpoint: Option<u64>,
     eval: Option<EvalSetup>,
     /// Controls to replay on resume (λ changes, skips), in log order.
@@ -117,7 +130,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             ModelInit::Pretrained => Model::load(&pipeline.model.path, &device, dtype)?,
             ModelInit::Scratch => Model::scratch(&pipeline.model.path, &device, dtype, pipeline.run.seed)?,
         };
-        let start = Start { policy, state: TrainerState::default(), optimizer: None };
+        let start = Start { policy, state: TrainerState::default(), optimizer: None, reward: None };
         Self::with_policy(pipeline, options, host, (device, dtype), start)
     }
 
@@ -134,12 +147,18 @@ impl<'h, H: Host> Trainer<'h, H> {
         let saved = host.read_checkpoint(checkpoint)?;
         let state: TrainerState = serde_json::from_slice(&saved.trainer_state)
             .map_err(|e| TrainError::Data(format!("{}: {e}", saved.source)))?;
-        let optimizer = match &saved.optimizer {
-            Some(bytes) => Some(load_optimizer(bytes, &saved.source, &policy.parameters(), &device)?),
-            None => None,
+        let (optimizer, reward) = match saved.reward_model {
+            // The moments are the reward model's: restored when its stage has built it.
+            Some(weights) => {
+                (None, Some(ResumeReward { weights, optimizer: saved.optimizer, source: saved.source.clone() }))
+            }
+            None => match &saved.optimizer {
+                Some(bytes) => (Some(load_optimizer(bytes, &saved.source, &policy.parameters(), &device)?), None),
+                None => (None, None),
+            },
         };
         let step = state.global_step;
-        let start = Start { policy, state, optimizer };
+        let start = Start { policy, state, optimizer, reward };
         let mut trainer = Self::with_policy(pipeline, options, host, (device, dtype), start)?;
         trainer.last_checkpoint = Some(step);
         Ok(trainer)
@@ -152,7 +171,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         (device, dtype): (Device, DType),
         start: Start,
     ) -> Result<Self, TrainError> {
-        let Start { policy, state, optimizer: resume_optimizer } = start;
+        let Start { policy, state, optimizer: resume_optimizer, reward: resume_reward } = start;
         let tokenizer = TextTokenizer::from_dir(&pipeline.model.path)?;
         policy.check_tokenizer_len(tokenizer.len())?;
         let template = ChatTemplate::for_tokenizer(&tokenizer)?;
@@ -177,6 +196,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             policy,
             state,
             resume_optimizer,
+            resume_reward,
             last_checkpoint: None,
             eval,
         })
@@ -326,7 +346,8 @@ impl<'h, H: Host> Trainer<'h, H> {
             if selected && !self.state.stage_done && self.run_stage(index, stage)? == Finished::Stopped {
                 return Ok(Finished::Stopped);
             }
-            if selected && self.evaluate(&stage.name)?.is_break() {
+            // A reward-model stage leaves the policy as it was: nothing new to evaluate.
+            if selected && stage.rm.is_none() && self.evaluate(&stage.name)?.is_break() {
                 return Ok(Finished::Stopped);
             }
             self.state.stage_index += 1;
@@ -365,6 +386,40 @@ impl<'h, H: Host> Trainer<'h, H> {
         Ok(Model::load(&dir, &self.device, self.dtype)?)
     }
 
+    /// The reward model a reward-model stage trains: from `start` (a sequence-classification or
+    /// causal LM directory) or else from the policy as the stage starts (stored once through
+    /// [`Host::save_reference`], so a resume starts from the same weights), with a head seeded by
+    /// the run seed; on resume, the checkpoint's weights replace them.
+    fn reward_model(
+        &mut self,
+        stage: &Stage,
+        start: Option<&std::path::Path>,
+        resume: Option<&ResumeReward>,
+    ) -> Result<RewardModel, TrainError> {
+        let dir = match start {
+            Some(dir) => dir.to_path_buf(),
+            None => match self.host.reference(&stage.name) {
+                Some(dir) => dir,
+                None => self.host.save_reference(&stage.name, self.policy.files(DType::F32)?)?,
+            },
+        };
+        let model = RewardModel::open(&dir, &self.device, self.dtype, self.pipeline.run.seed)?;
+        if let Some(saved) = resume {
+            model.restore_weights(&saved.weights, std::path::Path::new(&saved.source))?;
+        }
+        Ok(model)
+    }
+
+    /// Exports a trained reward model (a transformers sequence-classification directory) and
+    /// says where it went with `reward_model_saved`.
+    fn export_reward_model(&mut self, stage: &str, reward: &RewardModel) -> Result<(), TrainError> {
+        let mut f = Map::new();
+        if let Some(path) = self.host.export(stage, reward.files(DType::F32)?)? {
+            f.insert("path".into(), json!(path.display().to_string()));
+        }
+        self.host.emit("reward_model_saved", Some(stage), Some(self.state.global_step), f)
+    }
+
     /// Trains stage `index` from where the state stands to its end (or a stop or skip).
     fn run_stage(&mut self, index: usize, stage: &Stage) -> Result<Finished, TrainError> {
         let Some(mut run) = self.open_stage(index, stage)? else {
@@ -385,6 +440,9 @@ impl<'h, H: Host> Trainer<'h, H> {
                 }
             }
             self.step(&mut run)?;
+        }
+        if let Some(reward) = &run.reward {
+            self.export_reward_model(run.name(), reward)?;
         }
         self.state.stage_done = true;
         self.checkpoint(&run)?;
@@ -421,11 +479,19 @@ impl<'h, H: Host> Trainer<'h, H> {
             return Ok(None);
         };
         let plan = self.host.planned_admissions();
-        let mut opt = AdamW::new(
-            self.policy.parameters(),
-            AdamWConfig { lr: stage.lr, weight_decay: stage.weight_decay, ..AdamWConfig::default() },
-        )?;
-        if let Some(moments) = self.resume_optimizer.take() {
+        // Only a checkpoint taken inside this stage holds its reward model.
+        let resume = self.resume_reward.take().filter(|_| stage.rm.is_some() && self.state.stage_step > 0);
+        let reward = match &stage.rm {
+            Some(rm) => Some(self.reward_model(stage, rm.model.as_deref(), resume.as_ref())?),
+            None => None,
+        };
+        let params = reward.as_ref().map_or_else(|| self.policy.parameters(), RewardModel::parameters);
+        let mut opt =
+            AdamW::new(params, AdamWConfig { lr: stage.lr, weight_decay: stage.weight_decay, ..AdamWConfig::default() })?;
+        if let Some(ResumeReward { optimizer: Some(bytes), source, .. }) = resume {
+            let moments = load_optimizer(&bytes, &source, opt.params(), &self.device)?;
+            opt.restore(self.state.optimizer_steps, moments)?;
+        } else if let Some(moments) = self.resume_optimizer.take() {
             opt.restore(self.state.optimizer_steps, moments)?;
         }
         let samplers = self.samplers(index, stage, &data, !live.is_empty(), &retracted);
@@ -447,6 +513,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             total,
             lambdas,
             prompts: None,
+            reward,
         }))
     }
 
@@ -485,7 +552,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         let step = self.state.global_step;
         let mut fields = Map::new();
         fields.insert("total_steps".into(), json!(total));
-        fields.insert("examples".into(), json!({"sft": data.sft.len(), "lm": data.lm.len(), "pref": data.pairs.len(), "unsafe": data.unsafe_seqs.len(), "safety_pairs": data.safety_pairs.len(), "redteam": data.redteam.len()}));
+        fields.insert("examples".into(), json!({"sft": data.sft.len(), "lm": data.lm.len(), "pref": data.pairs.len(), "unsafe": data.unsafe_seqs.len(), "safety_pairs": data.safety_pairs.len(), "redteam": data.redteam.len(), "rm": data.rm_pairs.len()}));
         fields.insert("truncation".into(), json!(data.truncation));
         let kind = if self.state.stage_step > 0 { "stage_resumed" } else { "stage_started" };
         self.host.emit(kind, Some(&stage.name), Some(step), fields)?;
@@ -586,7 +653,10 @@ impl<'h, H: Host> Trainer<'h, H> {
             self.host.emit("metrics", Some(run.name()), Some(self.state.global_step), m)?;
         }
         self.adapt_lambda(run)?;
-        self.live_samples(run)?;
+        if run.reward.is_none() {
+            // A reward-model stage leaves the policy unchanged: its samples would say nothing new.
+            self.live_samples(run)?;
+        }
         let every = self.pipeline.run.checkpoint_every;
         if every > 0 && self.state.global_step % every == 0 && self.state.stage_step < run.total {
             self.checkpoint(run)?;
@@ -594,9 +664,13 @@ impl<'h, H: Host> Trainer<'h, H> {
         Ok(())
     }
 
-    /// The step's micro-batches: each through the policy and backward, gradients summed.
+    /// The step's micro-batches: each through the policy (or the reward model) and backward,
+    /// gradients summed.
     fn forward_backward(&self, run: &mut StageRun, lambdas: Lambdas, step: u64) -> Result<StepSums, TrainError> {
         let accum = run.stage.grad_accum.max(1);
+        if run.reward.is_some() {
+            return self.reward_forward_backward(run, step);
+        }
         let mut sums = StepSums::new(run.opt.params().len(), accum);
         let weights = run.weights(lambdas);
         let (pref_term, safety_term) = (run.pref_term(), run.safety_pair_term());
@@ -610,6 +684,42 @@ impl<'h, H: Host> Trainer<'h, H> {
             }
             let store = loss.backward()?;
             sums.add(&loss, out)?;
+            sums.add_grads(&run.opt, &store)?;
+        }
+        Ok(sums)
+    }
+
+    /// A reward-model step: each micro-batch's pairs scored together (chosen then rejected, as
+    /// TRL's collator stacks them), TRL's Bradley-Terry loss, backward, gradients summed.
+    fn reward_forward_backward(&self, run: &mut StageRun, step: u64) -> Result<StepSums, TrainError> {
+        let accum = run.stage.grad_accum.max(1);
+        let mut sums = StepSums::new(run.opt.params().len(), accum);
+        let bt = BradleyTerry { center_rewards_coefficient: run.stage.rm.as_ref().and_then(|r| r.center_rewards_coefficient) };
+        for _ in 0..accum {
+            let drawn = run.draw();
+            let Some(reward) = run.reward.as_ref() else { break };
+            let pairs: Vec<&RmPair> =
+                drawn.iter().filter(|(t, _)| *t == Term::Reward).flat_map(|(_, idx)| idx.iter().map(|&i| &run.data.rm_pairs[i])).collect();
+            let n = pairs.len();
+            let seqs: Vec<Vec<u32>> =
+                pairs.iter().map(|p| p.chosen.clone()).chain(pairs.iter().map(|p| p.rejected.clone())).collect();
+            let scores = reward.scores(&seqs)?;
+            let (chosen, rejected) = (scores.narrow(0, 0, n)?, scores.narrow(0, n, n)?);
+            // A pair without a margin subtracts nothing, so margins are passed only when some pair has one.
+            let margins = if pairs.iter().any(|p| p.margin != 0.0) {
+                let m: Vec<f32> = pairs.iter().map(|p| p.margin as f32).collect();
+                Some(candle_core::Tensor::new(m, &self.device)?)
+            } else {
+                None
+            };
+            let mut loss = (bt.loss(&chosen, &rejected, margins.as_ref())? / accum as f64)?;
+            if self.options.inject_nan_at.contains(&step) {
+                loss = (loss * f64::NAN)?;
+            }
+            let store = loss.backward()?;
+            let c: Vec<f64> = chosen.to_dtype(DType::F64)?.to_vec1()?;
+            let r: Vec<f64> = rejected.to_dtype(DType::F64)?.to_vec1()?;
+            sums.add_rm(&loss, c.into_iter().zip(r).collect(), seqs.iter().map(Vec::len).sum())?;
             sums.add_grads(&run.opt, &store)?;
         }
         Ok(sums)
@@ -744,6 +854,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             model: self.policy.files(DType::F32)?,
             trainer_state: serde_json::to_vec_pretty(&self.state).map_err(|e| TrainError::Data(e.to_string()))?,
             optimizer: optimizer_bytes(&run.opt)?,
+            reward_model: run.reward.as_ref().map(|r| r.weights(DType::F32)).transpose()?,
         };
         let step = self.state.global_step;
         self.last_checkpoint = Some(step);
