@@ -207,24 +207,11 @@ fn check_model_init(model: &ModelSettings, at: &FieldPath, locator: &Locator<'_>
     Ok(())
 }
 
-/// The parts of a `tokenizer.json` that decide which ids a text gets (vocabulary, merges, added
-/// tokens, normalisation and splitting); formatting and padding settings may differ.
-fn tokenizer_identity(dir: &Path) -> Result<Vec<serde_json::Value>, String> {
-    let path = dir.join("tokenizer.json");
-    let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(["model", "added_tokens", "normalizer", "pre_tokenizer"]
-        .iter()
-        .map(|k| json.get(*k).cloned().unwrap_or(serde_json::Value::Null))
-        .collect())
-}
-
 /// A reward model reads the ids the policy's tokenizer makes, so both directories must hold the
-/// same tokenizer (compared by [`tokenizer_identity`]).
+/// same tokenizer (compared by [`crate::data::same_tokenizer`]).
 fn same_tokenizer(locator: &Locator<'_>, at: &FieldPath, policy: &Path, other: &Path) -> Result<(), ConfigError> {
-    let theirs = tokenizer_identity(other).map_err(|e| locator.error(at, format!("cannot read its tokenizer: {e}")))?;
-    let ours = tokenizer_identity(policy).map_err(|e| locator.error(at, format!("cannot read the policy's tokenizer: {e}")))?;
-    if ours != theirs {
+    let same = crate::data::same_tokenizer(policy, other).map_err(|e| locator.error(at, e))?;
+    if !same {
         return Err(locator.error(
             at,
             format!(

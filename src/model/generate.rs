@@ -91,6 +91,22 @@ pub fn generate_batch(
     stop_ids: &[u32],
     sampling: &Sampling,
 ) -> Result<Vec<BatchGenerated>, ModelError> {
+    generate_batch_seeded(model, prompts, stop_ids, sampling, &vec![sampling.seed; prompts.len()])
+}
+
+/// [`generate_batch`] with each row's own sampling seed (`seeds[i]` for prompt `i`, in place of
+/// `sampling.seed`): several samples of one prompt in one batch, each the one
+/// [`generate`] gives that prompt alone with that seed.
+pub fn generate_batch_seeded(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    stop_ids: &[u32],
+    sampling: &Sampling,
+    seeds: &[u64],
+) -> Result<Vec<BatchGenerated>, ModelError> {
+    if seeds.len() != prompts.len() {
+        return Err(ModelError::Dtype(format!("generate_batch: {} seeds for {} prompts", seeds.len(), prompts.len())));
+    }
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
         return Err(ModelError::Dtype(format!("generate_batch: prompt {i} has no tokens")));
     }
@@ -104,7 +120,7 @@ pub fn generate_batch(
         prompts.iter().map(|p| sampling.max_new_tokens.min(max_positions.saturating_sub(p.len()))).collect();
     let mut results: Vec<Option<BatchGenerated>> = vec![None; prompts.len()];
     let mut outs: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
-    let mut rngs: Vec<StableRng> = prompts.iter().map(|_| seeded(sampling.seed)).collect();
+    let mut rngs: Vec<StableRng> = seeds.iter().map(|&seed| seeded(seed)).collect();
     // Rows still generating, by prompt index; rows with no room finish before the first step.
     let mut active: Vec<usize> = Vec::new();
     for (i, &limit) in limits.iter().enumerate() {

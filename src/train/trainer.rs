@@ -15,7 +15,7 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use serde_json::{json, Map, Value};
 
-use super::evaluate::{evaluate_stage, training_prompts, unsafe_rate_proxy, EvalContext, HumanInputs, StageEval};
+use super::evaluate::{evaluate_best_of, evaluate_stage, training_prompts, unsafe_rate_proxy, EvalContext, HumanInputs, StageEval};
 use super::examples::PairExample;
 use super::host::PlannedControl;
 pub use super::host::{Admission, CheckpointData, Control, Host, Position, PrefFile, SavedTraining};
@@ -46,6 +46,13 @@ struct EvalSetup {
     judge: Judge,
     contamination: Contamination,
     done: HashMap<String, StageEval>,
+    /// The reranker of `[eval] best_of`, loaded once.
+    reward: Option<RewardModel>,
+}
+
+/// The evaluation name of a stage's best-of-n answers (`eval/<stage>-best-of-<n>/`).
+pub fn best_of_name(stage: &str, n: usize) -> String {
+    format!("{stage}-best-of-{n}")
 }
 
 /// The fields of an `eval_finished` event.
@@ -176,7 +183,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         policy.check_tokenizer_len(tokenizer.len())?;
         let template = ChatTemplate::for_tokenizer(&tokenizer)?;
         let eval = match &pipeline.eval {
-            Some(settings) => Some(Self::eval_setup(&pipeline, settings, host)?),
+            Some(settings) => Some(Self::eval_setup(&pipeline, settings, host, (&device, dtype))?),
             None => None,
         };
         let planned = host.planned_controls();
@@ -202,7 +209,12 @@ impl<'h, H: Host> Trainer<'h, H> {
         })
     }
 
-    fn eval_setup(pipeline: &Pipeline, settings: &EvalSettings, host: &H) -> Result<EvalSetup, TrainError> {
+    fn eval_setup(
+        pipeline: &Pipeline,
+        settings: &EvalSettings,
+        host: &H,
+        (device, dtype): (&Device, DType),
+    ) -> Result<EvalSetup, TrainError> {
         let items = read_suite(&settings.suite).map_err(|e| TrainError::Data(e.to_string()))?;
         let judge = Judge::new(&settings.judge).map_err(|e| TrainError::Data(e.to_string()))?;
         let mut files: Vec<PathBuf> = Vec::new();
@@ -214,7 +226,11 @@ impl<'h, H: Host> Trainer<'h, H> {
         }
         let refs: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
         let contamination = Contamination::from_prompts(training_prompts(&refs)?);
-        Ok(EvalSetup { settings: settings.clone(), items, judge, contamination, done: HashMap::new() })
+        let reward = match &settings.best_of {
+            Some(b) => Some(RewardModel::load(&b.reward_model, device, dtype)?),
+            None => None,
+        };
+        Ok(EvalSetup { settings: settings.clone(), items, judge, contamination, done: HashMap::new(), reward })
     }
 
     /// Evaluates the current policy as `stage` (unless an earlier worker did), then applies the
@@ -278,8 +294,44 @@ impl<'h, H: Host> Trainer<'h, H> {
         self.host.save_eval(stage, &result)?;
         self.host.emit("eval_finished", Some(stage), Some(step), f)?;
         let gated = stage != "base" && stage != baseline_name;
-        let decision = result.report.decision();
+        let mut decision = result.report.decision();
         setup.done.insert(stage.to_string(), result);
+        if let (Some(best_of), Some(reward)) = (setup.settings.best_of.clone(), setup.reward.as_ref()) {
+            let name = best_of_name(stage, best_of.n);
+            let started = Instant::now();
+            let baseline = setup.done.get(&baseline_name);
+            let previous = self.host.load_eval(&name);
+            let mut interrupts = control::Interrupts {
+                host: &mut *self.host,
+                paused: &mut self.paused,
+                stop: &mut self.stop,
+                deferred: &mut self.deferred,
+                state: &self.state,
+            };
+            let mut between = |done, total| interrupts.between_batches(stage, "eval", (done, total));
+            let result = match previous {
+                Some(previous) => Some(previous),
+                None => evaluate_best_of(
+                    &ctx,
+                    &self.policy,
+                    reward,
+                    &best_of,
+                    &self.tokenizer,
+                    self.template.as_ref(),
+                    (&name, &checkpoint),
+                    baseline,
+                    &mut between,
+                )?,
+            };
+            let Some(result) = result else { return Ok(ControlFlow::Break(())) };
+            let f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
+            self.host.save_eval(&name, &result)?;
+            self.host.emit("eval_finished", Some(&name), Some(step), f)?;
+            if best_of.gate {
+                // The pipeline gates on the reranked answers.
+                decision = result.report.decision();
+            }
+        }
         if gated {
             self.gate(stage, step, decision)?;
         }
