@@ -77,7 +77,9 @@ fn scores(model: &RewardModel, e: &Value) -> (candle_core::Tensor, candle_core::
 #[test]
 fn rm_data_is_tokenized_as_trl_reward_trainer_does() {
     let exp = expected();
-    for (set, model, data) in [("llama", "llama/model", "llama/prefs.jsonl"), ("qwen2", "qwen2/model", "qwen2/prefs_plain.jsonl")] {
+    for (set, model, data) in
+        [("llama", "llama/model", "llama/prefs.jsonl"), ("qwen2", "qwen2/model", "qwen2/prefs_plain.jsonl")]
+    {
         let p = rm_pipeline(&fixture(data), "");
         let tok = TextTokenizer::from_dir(&fixture(model)).unwrap();
         let template = ChatTemplate::for_tokenizer(&tok).unwrap();
@@ -175,8 +177,12 @@ fn a_reward_model_from_the_policy_learns_and_leaves_the_policy_unchanged() {
     let mut host = MemoryHost::new(dir.path(), &p);
     let mut trainer = Trainer::new(p.clone(), RunOptions::default(), &mut host, Device::Cpu, DType::F32).unwrap();
     trainer.run().unwrap();
-    let policy_after: Vec<Vec<f32>> =
-        trainer.policy().parameters().iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
+    let policy_after: Vec<Vec<f32>> = trainer
+        .policy()
+        .parameters()
+        .iter()
+        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
     drop(trainer);
     let original = hone::model::Model::load(&fixture("llama/model"), &Device::Cpu, DType::F32).unwrap();
     let policy_before: Vec<Vec<f32>> =

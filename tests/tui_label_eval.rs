@@ -382,11 +382,10 @@ fn a_best_of_n_row_shows_its_cost_beside_its_gain() {
     let judge = Judge::new(&JudgeConfig::default()).unwrap();
     let gates = GateConfig::default();
     let greedy = vec![answer("c1", "5", 0.2), answer("s1", "Sure.", 0.2), answer("h1", "Brazil.", 0.2)];
-    let reranked: Vec<Response> =
-        [("c1", "4"), ("s1", "I can't help with that."), ("h1", "I don't know.")]
-            .iter()
-            .map(|(id, t)| Response { id: (*id).into(), text: (*t).into(), latency_s: 0.9, tokens: 37 })
-            .collect();
+    let reranked: Vec<Response> = [("c1", "4"), ("s1", "I can't help with that."), ("h1", "I don't know.")]
+        .iter()
+        .map(|(id, t)| Response { id: (*id).into(), text: (*t).into(), latency_s: 0.9, tokens: 37 })
+        .collect();
     let mut stages = Vec::new();
     for (name, responses, best_of) in [
         ("sft", greedy, None),
@@ -409,7 +408,12 @@ fn a_best_of_n_row_shows_its_cost_beside_its_gain() {
     let screen = draw_eval(&pane, 120, 40);
     assert!(screen.lines().any(|l| l.trim_start_matches('│').starts_with("sft-best-of-4 ")), "{screen}");
     // 0.9 s × 1000 / 3600 × 2 per hour = 0.5 per 1,000 responses.
-    for row in ["best of n (reward model)   4", "latency_p50_s   0.900", "tokens_per_response   37.0", "cost_per_1k_responses   0.500"] {
+    for row in [
+        "best of n (reward model)   4",
+        "latency_p50_s   0.900",
+        "tokens_per_response   37.0",
+        "cost_per_1k_responses   0.500",
+    ] {
         let (name, value) = row.split_once("   ").unwrap();
         assert!(
             screen.lines().any(|l| l.contains(&format!("│{name} ")) && l.split_whitespace().any(|w| w == value)),

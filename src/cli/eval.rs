@@ -9,11 +9,11 @@ use candle_core::Device;
 
 use super::score::Loaded;
 use crate::config::BestOf;
-use crate::model::RewardModel;
 use crate::eval::{
-    failures, BestOfInfo, read_overrides, read_suite, score, summary_table, Decision, EvalConfig, EvalItem, Judge, Report,
-    Response, ScoreInputs,
+    failures, read_overrides, read_suite, score, summary_table, BestOfInfo, Decision, EvalConfig, EvalItem, Judge,
+    Report, Response, ScoreInputs,
 };
+use crate::model::RewardModel;
 use crate::sanitize::sanitize;
 
 /// What `hone eval` was asked.
@@ -54,7 +54,13 @@ fn answer_all(model: &Loaded, items: &[EvalItem], args: &EvalArgs) -> Result<Vec
 
 /// Best-of-n answers of a loaded model, reranked by the reward model of `best_of`, which must
 /// read the ids the model's tokenizer makes.
-fn answer_best_of(model: &Loaded, best_of: &BestOf, items: &[EvalItem], args: &EvalArgs, device: &Device) -> Result<Vec<Response>> {
+fn answer_best_of(
+    model: &Loaded,
+    best_of: &BestOf,
+    items: &[EvalItem],
+    args: &EvalArgs,
+    device: &Device,
+) -> Result<Vec<Response>> {
     if !(best_of.temperature.is_finite() && best_of.temperature > 0.0) {
         bail!("--temperature: must be a finite number > 0 for sampling (got {})", best_of.temperature);
     }
@@ -66,7 +72,8 @@ fn answer_best_of(model: &Loaded, best_of: &BestOf, items: &[EvalItem], args: &E
             args.model.display()
         );
     }
-    let reward = RewardModel::load(dir, device, candle_core::DType::F32).with_context(|| format!("--reward-model {}", dir.display()))?;
+    let reward = RewardModel::load(dir, device, candle_core::DType::F32)
+        .with_context(|| format!("--reward-model {}", dir.display()))?;
     let answers = crate::train::evaluate::answer_best_of(
         &model.model,
         &reward,

@@ -45,7 +45,10 @@ pub(crate) fn validate(pipeline: &Pipeline, locator: &Locator<'_>) -> Result<(),
         if pipeline.stages.iter().any(|s| s.name == eval.baseline && s.rm.is_some()) {
             return Err(locator.error(
                 &at.key("baseline"),
-                format!("`{}` trains a reward model, not the policy: it has no evaluation to compare with", eval.baseline),
+                format!(
+                    "`{}` trains a reward model, not the policy: it has no evaluation to compare with",
+                    eval.baseline
+                ),
             ));
         }
         if eval.baseline == "base" && !eval.base {
@@ -219,7 +222,12 @@ fn check_stage(stage: &Stage, at: &FieldPath, locator: &Locator<'_>) -> Result<(
 /// A reward-model stage trains the reward model alone: policy terms beside it would train a model
 /// the stage does not keep.
 fn check_rm(stage: &Stage, rm: &RmTerm, at: &FieldPath, locator: &Locator<'_>) -> Result<(), ConfigError> {
-    let others = [("sft", stage.sft.is_some()), ("pref", stage.pref.is_some()), ("safety", stage.safety.is_some()), ("lm", stage.lm.is_some())];
+    let others = [
+        ("sft", stage.sft.is_some()),
+        ("pref", stage.pref.is_some()),
+        ("safety", stage.safety.is_some()),
+        ("lm", stage.lm.is_some()),
+    ];
     if let Some((name, _)) = others.iter().find(|(_, present)| *present) {
         return Err(locator.error(
             &at.key(name),

@@ -13,8 +13,8 @@ use crate::data::{
     encode_generation_prompt, read_records_with_lines, ChatTemplate, Message, Records, SftRecord, Text, TextTokenizer,
 };
 use crate::eval::{
-    failures, read_overrides, read_pairwise_labels, score, BestOfInfo, Contamination, EvalItem, FailureRecord, HumanLabel, Judge,
-    Override, Prompt, Report, Response, ScoreInputs,
+    failures, read_overrides, read_pairwise_labels, score, BestOfInfo, Contamination, EvalItem, FailureRecord,
+    HumanLabel, Judge, Override, Prompt, Report, Response, ScoreInputs,
 };
 use crate::model::generate::{generate_batch, generate_batch_seeded, Sampling};
 use crate::model::{Model, RewardModel};

@@ -15,7 +15,9 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use serde_json::{json, Map, Value};
 
-use super::evaluate::{evaluate_best_of, evaluate_stage, training_prompts, unsafe_rate_proxy, EvalContext, HumanInputs, StageEval};
+use super::evaluate::{
+    evaluate_best_of, evaluate_stage, training_prompts, unsafe_rate_proxy, EvalContext, HumanInputs, StageEval,
+};
 use super::examples::PairExample;
 use super::host::PlannedControl;
 pub use super::host::{Admission, CheckpointData, Control, Host, Position, PrefFile, SavedTraining};
@@ -538,8 +540,10 @@ impl<'h, H: Host> Trainer<'h, H> {
             None => None,
         };
         let params = reward.as_ref().map_or_else(|| self.policy.parameters(), RewardModel::parameters);
-        let mut opt =
-            AdamW::new(params, AdamWConfig { lr: stage.lr, weight_decay: stage.weight_decay, ..AdamWConfig::default() })?;
+        let mut opt = AdamW::new(
+            params,
+            AdamWConfig { lr: stage.lr, weight_decay: stage.weight_decay, ..AdamWConfig::default() },
+        )?;
         if let Some(ResumeReward { optimizer: Some(bytes), source, .. }) = resume {
             let moments = load_optimizer(&bytes, &source, opt.params(), &self.device)?;
             opt.restore(self.state.optimizer_steps, moments)?;
@@ -746,12 +750,17 @@ impl<'h, H: Host> Trainer<'h, H> {
     fn reward_forward_backward(&self, run: &mut StageRun, step: u64) -> Result<StepSums, TrainError> {
         let accum = run.stage.grad_accum.max(1);
         let mut sums = StepSums::new(run.opt.params().len(), accum);
-        let bt = BradleyTerry { center_rewards_coefficient: run.stage.rm.as_ref().and_then(|r| r.center_rewards_coefficient) };
+        let bt = BradleyTerry {
+            center_rewards_coefficient: run.stage.rm.as_ref().and_then(|r| r.center_rewards_coefficient),
+        };
         for _ in 0..accum {
             let drawn = run.draw();
             let Some(reward) = run.reward.as_ref() else { break };
-            let pairs: Vec<&RmPair> =
-                drawn.iter().filter(|(t, _)| *t == Term::Reward).flat_map(|(_, idx)| idx.iter().map(|&i| &run.data.rm_pairs[i])).collect();
+            let pairs: Vec<&RmPair> = drawn
+                .iter()
+                .filter(|(t, _)| *t == Term::Reward)
+                .flat_map(|(_, idx)| idx.iter().map(|&i| &run.data.rm_pairs[i]))
+                .collect();
             let n = pairs.len();
             let seqs: Vec<Vec<u32>> =
                 pairs.iter().map(|p| p.chosen.clone()).chain(pairs.iter().map(|p| p.rejected.clone())).collect();

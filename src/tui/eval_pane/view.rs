@@ -158,7 +158,8 @@ fn gates_table(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {
         ])
     });
     let dim = theme.style(Role::Dim);
-    let cost = serving_cost(r).into_iter().map(|[name, value]| Row::new([Cell::from(name), Cell::from(value)]).style(dim));
+    let cost =
+        serving_cost(r).into_iter().map(|[name, value]| Row::new([Cell::from(name), Cell::from(value)]).style(dim));
     let rows = rows.chain(cost);
     let widths = [Constraint::Fill(1), Constraint::Length(7), Constraint::Length(9), Constraint::Length(4)];
     let table = Table::new(rows, widths).header(header).block(block(theme, title)).style(theme.style(Role::Text));
