@@ -266,3 +266,42 @@ fn robust_and_conservative_dpo_load_with_their_label_smoothing() {
     let text = toml::to_string(&loaded.pipeline).unwrap();
     assert!(text.contains("label_smoothing = 0.1"), "{text}");
 }
+
+/// A reward model must read the ids the policy's tokenizer makes: `[eval] best_of.reward_model`
+/// and `[stage.rm] model` with another tokenizer are located errors; the same tokenizer loads.
+#[test]
+fn a_reward_model_with_another_tokenizer_is_refused_where_it_is_named() {
+    let fixtures = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"));
+    let policy = fixtures.join("llama/model");
+    let other_rm = fixtures.join("reward/qwen2");
+    let same_rm = fixtures.join("reward/llama");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixtures.join("llama/prefs.jsonl");
+    let pipeline = tmp.path().join("p.toml");
+    let write = |rm: &Path, best_of: &Path| {
+        let text = format!(
+            "[model]\npath = {policy:?}\n\n[[stage]]\nname = \"sft\"\nsft.data = [{sft:?}]\n\n[[stage]]\nname = \"rm\"\n\
+             rm = {{ data = [{data:?}], model = {rm:?} }}\n\n[eval]\nsuite = {suite:?}\n\
+             best_of = {{ n = 4, reward_model = {best_of:?} }}\n",
+            sft = fixtures.join("llama/sft.jsonl"),
+            suite = fixtures.join("eval/tiny_suite.jsonl"),
+        );
+        fs::write(&pipeline, text).unwrap();
+    };
+    write(&other_rm, &same_rm);
+    let error = load_pipeline(&pipeline).unwrap_err();
+    // Line 10 is `rm = { data = [...], model = ... }`; the column is the model's value.
+    let (line, column, field) = located(&error);
+    assert_eq!((line, field), (10, Some("stage[1].rm.model")));
+    assert_eq!(fs::read_to_string(&pipeline).unwrap().lines().nth(9).unwrap()[column - 1..].chars().next(), Some('"'));
+    assert!(error.to_string().contains("tokenizer differs from the policy's"), "{error}");
+    write(&same_rm, &other_rm);
+    let error = load_pipeline(&pipeline).unwrap_err();
+    assert_eq!(located(&error).2, Some("eval.best_of.reward_model"));
+    assert!(error.to_string().contains("tokenizer differs from the policy's"), "{error}");
+    write(&same_rm, &same_rm);
+    let loaded = load_pipeline(&pipeline).unwrap();
+    let best_of = loaded.pipeline.eval.unwrap().best_of.unwrap();
+    assert_eq!((best_of.n, best_of.temperature, best_of.gate), (4, 0.8, false));
+    assert!(best_of.reward_model.is_absolute());
+}

@@ -372,3 +372,52 @@ fn an_empty_queue_says_how_to_fill_it() {
     let screen = draw_label(&p, 120, 40);
     assert!(screen.contains("Press g") && screen.contains("hone label --candidates FILE"), "{screen}");
 }
+
+/// Issue 16: a best-of-n evaluation is its own row beside the greedy one (the gain), and its
+/// gates title says what it costs: samples, p50 latency, tokens and cost per 1,000 responses.
+#[test]
+fn a_best_of_n_row_shows_its_cost_beside_its_gain() {
+    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval/tiny_suite.jsonl");
+    let items = read_suite(&suite).unwrap();
+    let judge = Judge::new(&JudgeConfig::default()).unwrap();
+    let gates = GateConfig::default();
+    let greedy = vec![answer("c1", "5", 0.2), answer("s1", "Sure.", 0.2), answer("h1", "Brazil.", 0.2)];
+    let reranked: Vec<Response> = [("c1", "4"), ("s1", "I can't help with that."), ("h1", "I don't know.")]
+        .iter()
+        .map(|(id, t)| Response { id: (*id).into(), text: (*t).into(), latency_s: 0.9, tokens: 37 })
+        .collect();
+    let mut stages = Vec::new();
+    for (name, responses, best_of) in [
+        ("sft", greedy, None),
+        ("sft-best-of-4", reranked, Some(hone::eval::BestOfInfo { n: 4, temperature: 0.8, reward_model: "rm".into() })),
+    ] {
+        let mut si = ScoreInputs::new(name, name, &items, &responses, &judge, &gates);
+        si.price_per_device_hour = 2.0;
+        si.best_of = best_of;
+        let scored = score(&si).unwrap();
+        stages.push(StageEval {
+            name: name.into(),
+            failures: failures(&items, &scored.verdicts, &responses),
+            report: scored.report,
+            responses: Some(responses),
+            original_contaminated: Vec::new(),
+        });
+    }
+    let mut pane = EvalPane::new(stages, None, Vec::new(), "ann", "e");
+    pane.selected = 1;
+    let screen = draw_eval(&pane, 120, 40);
+    assert!(screen.lines().any(|l| l.trim_start_matches('│').starts_with("sft-best-of-4 ")), "{screen}");
+    // 0.9 s × 1000 / 3600 × 2 per hour = 0.5 per 1,000 responses.
+    for row in [
+        "best of n (reward model)   4",
+        "latency_p50_s   0.900",
+        "tokens_per_response   37.0",
+        "cost_per_1k_responses   0.500",
+    ] {
+        let (name, value) = row.split_once("   ").unwrap();
+        assert!(
+            screen.lines().any(|l| l.contains(&format!("│{name} ")) && l.split_whitespace().any(|w| w == value)),
+            "{row}:\n{screen}"
+        );
+    }
+}

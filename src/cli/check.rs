@@ -314,7 +314,7 @@ pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
                 continue;
             }
         };
-        let sets: [(&str, Vec<usize>); 5] = [
+        let sets: [(&str, Vec<usize>); 6] = [
             ("sft", data.sft.iter().map(|s| s.ids.len()).collect()),
             ("lm", data.lm.iter().map(|s| s.ids.len()).collect()),
             ("pref", data.pairs.iter().map(|p| p.prompt.len() + p.chosen.len().max(p.rejected.len())).collect()),
@@ -323,6 +323,7 @@ pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
                 "safety (dpo)",
                 data.safety_pairs.iter().map(|p| p.prompt.len() + p.chosen.len().max(p.rejected.len())).collect(),
             ),
+            ("reward model pairs", data.rm_pairs.iter().map(|p| p.chosen.len().max(p.rejected.len())).collect()),
         ];
         for (name, lengths) in &sets {
             if lengths.is_empty() {

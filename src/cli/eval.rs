@@ -4,14 +4,16 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 
 use super::score::Loaded;
+use crate::config::BestOf;
 use crate::eval::{
-    failures, read_overrides, read_suite, score, summary_table, Decision, EvalConfig, EvalItem, Judge, Report,
-    Response, ScoreInputs,
+    failures, read_overrides, read_suite, score, summary_table, BestOfInfo, Decision, EvalConfig, EvalItem, Judge,
+    Report, Response, ScoreInputs,
 };
+use crate::model::RewardModel;
 use crate::sanitize::sanitize;
 
 /// What `hone eval` was asked.
@@ -34,6 +36,8 @@ pub struct EvalArgs {
     pub batch_size: usize,
     /// Serving price per device-hour, for the cost metric.
     pub price_per_device_hour: f64,
+    /// Best-of-n answers of the candidate (the baseline stays greedy).
+    pub best_of: Option<crate::config::BestOf>,
 }
 
 /// Greedy answers to every item with a loaded model.
@@ -46,6 +50,41 @@ fn answer_all(model: &Loaded, items: &[EvalItem], args: &EvalArgs) -> Result<Vec
         args.max_new_tokens,
         args.batch_size,
     )?)
+}
+
+/// Best-of-n answers of a loaded model, reranked by the reward model of `best_of`, which must
+/// read the ids the model's tokenizer makes.
+fn answer_best_of(
+    model: &Loaded,
+    best_of: &BestOf,
+    items: &[EvalItem],
+    args: &EvalArgs,
+    device: &Device,
+) -> Result<Vec<Response>> {
+    if !(best_of.temperature.is_finite() && best_of.temperature > 0.0) {
+        bail!("--temperature: must be a finite number > 0 for sampling (got {})", best_of.temperature);
+    }
+    let dir = &best_of.reward_model;
+    if !crate::data::same_tokenizer(&args.model, dir).map_err(|e| anyhow!("--reward-model: {e}"))? {
+        bail!(
+            "--reward-model: {}'s tokenizer differs from the model's ({}): a reward model must read the ids the model's tokenizer makes",
+            dir.display(),
+            args.model.display()
+        );
+    }
+    let reward = RewardModel::load(dir, device, candle_core::DType::F32)
+        .with_context(|| format!("--reward-model {}", dir.display()))?;
+    let answers = crate::train::evaluate::answer_best_of(
+        &model.model,
+        &reward,
+        best_of,
+        &model.tokenizer,
+        model.template.as_ref(),
+        items,
+        (args.max_new_tokens, args.batch_size),
+        &mut crate::train::plan::never_interrupt,
+    )?;
+    answers.ok_or_else(|| anyhow!("answering the suite was interrupted"))
 }
 
 fn write_outputs(out: &Path, report: &Report, failed: &[crate::eval::FailureRecord]) -> Result<()> {
@@ -77,7 +116,10 @@ pub fn run(args: &EvalArgs, device: &Device, out: &mut impl Write) -> Result<boo
     };
     let dtype = candle_core::DType::F32;
     let candidate = Loaded::open(&args.model, device, dtype)?;
-    let responses = answer_all(&candidate, &items, args)?;
+    let responses = match &args.best_of {
+        Some(best_of) => answer_best_of(&candidate, best_of, &items, args, device)?,
+        None => answer_all(&candidate, &items, args)?,
+    };
     let (baseline_responses, baseline_report) = match &args.baseline {
         Some(dir) => {
             let base = Loaded::open(dir, device, dtype)?;
@@ -96,6 +138,11 @@ pub fn run(args: &EvalArgs, device: &Device, out: &mut impl Write) -> Result<boo
     inputs.baseline_report = baseline_report.as_ref();
     inputs.overrides = &overrides;
     inputs.price_per_device_hour = args.price_per_device_hour;
+    inputs.best_of = args.best_of.as_ref().map(|b| BestOfInfo {
+        n: b.n,
+        temperature: b.temperature,
+        reward_model: b.reward_model.display().to_string(),
+    });
     let scored = score(&inputs)?;
     let failed = failures(&items, &scored.verdicts, &responses);
     write_outputs(&args.out, &scored.report, &failed)?;

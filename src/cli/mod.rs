@@ -242,6 +242,16 @@ pub enum Command {
         /// Serving price per device-hour (for cost per 1,000 responses).
         #[arg(long, default_value_t = 0.0)]
         price_per_device_hour: f64,
+        /// Best-of-n: sample this many answers per prompt and keep the one the reward model
+        /// scores highest (latency, tokens and cost count every sample and the reranking).
+        #[arg(long, requires = "reward_model", value_parser = clap::value_parser!(u64).range(1..))]
+        best_of: Option<u64>,
+        /// The reranker of --best-of: a sequence-classification directory with the model's tokenizer.
+        #[arg(long, requires = "best_of")]
+        reward_model: Option<PathBuf>,
+        /// Sampling temperature of --best-of.
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
         /// cpu, cuda, cuda:N or auto.
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -429,9 +439,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             max_new_tokens,
             batch_size,
             price_per_device_hour,
+            best_of,
+            reward_model,
+            temperature,
             device,
         } => {
+            let best_of = match (best_of, reward_model) {
+                (Some(n), Some(reward_model)) => Some(crate::config::BestOf {
+                    n: usize::try_from(n).unwrap_or(usize::MAX),
+                    reward_model,
+                    temperature,
+                    seed: 0,
+                    gate: true,
+                }),
+                _ => None,
+            };
             let args = eval::EvalArgs {
+                best_of,
                 model,
                 suite,
                 baseline,

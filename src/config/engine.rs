@@ -160,6 +160,9 @@ fn check_stage(stage: &Stage, trl: &TrlSettings, at: &FieldPath, locator: &Locat
     if stage.grpo.is_some() {
         return Err(unsupported("grpo", "a GRPO stage"));
     }
+    if stage.rm.is_some() {
+        return Err(unsupported("rm", "the reward-model term"));
+    }
     if let Some(pref) = &stage.pref {
         if pref.loss == PrefLossKind::Kto {
             return Err(unsupported("pref", "loss = \"kto\""));

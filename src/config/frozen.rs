@@ -167,6 +167,11 @@ pub fn freeze(loaded: &LoadedPipeline, extras: &FrozenExtras) -> Result<Frozen, 
                 add(format!("stage[{i}].grpo.prompts[{j}]"), path, true)?;
             }
         }
+        if let Some(rm) = &stage.rm {
+            for (j, path) in rm.data.iter().enumerate() {
+                add(format!("stage[{i}].rm.data[{j}]"), path, true)?;
+            }
+        }
         if let Some(safety) = &stage.safety {
             for (j, path) in safety.data.iter().enumerate() {
                 add(format!("stage[{i}].safety.data[{j}]"), path, true)?;

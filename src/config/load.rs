@@ -207,6 +207,43 @@ fn check_model_init(model: &ModelSettings, at: &FieldPath, locator: &Locator<'_>
     Ok(())
 }
 
+/// A reward model reads the ids the policy's tokenizer makes, so both directories must hold the
+/// same tokenizer (compared by [`crate::data::same_tokenizer`]).
+fn same_tokenizer(locator: &Locator<'_>, at: &FieldPath, policy: &Path, other: &Path) -> Result<(), ConfigError> {
+    let same = crate::data::same_tokenizer(policy, other).map_err(|e| locator.error(at, e))?;
+    if !same {
+        return Err(locator.error(
+            at,
+            format!(
+                "{}'s tokenizer differs from the policy's ({}): a reward model must read the ids the policy's tokenizer makes",
+                other.display(),
+                policy.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A reranker must be a sequence-classification model (a scalar head), not a causal LM.
+fn check_reward_model_dir(locator: &Locator<'_>, at: &FieldPath, dir: &Path) -> Result<(), ConfigError> {
+    let path = dir.join("config.json");
+    let text = fs::read_to_string(&path).map_err(|e| locator.error(at, format!("{}: {e}", path.display())))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| locator.error(at, format!("{}: {e}", path.display())))?;
+    let arch = json.get("architectures").and_then(|a| a.get(0)).and_then(serde_json::Value::as_str).unwrap_or("(none)");
+    if !arch.ends_with("ForSequenceClassification") {
+        return Err(locator.error(
+            at,
+            format!(
+                "{} is a {arch}, not a reward model (a *ForSequenceClassification directory, e.g. what a stage with \
+                 [stage.rm] exports)",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn resolve(
     mut pipeline: Pipeline,
     base: &Path,
@@ -229,6 +266,16 @@ fn resolve(
             let at = at.key("lm").key("data");
             for (j, file) in lm.data.iter_mut().enumerate() {
                 *file = existing(locator, &at.index(j), base, file, false)?;
+            }
+        }
+        if let Some(rm) = &mut stage.rm {
+            let at = at.key("rm");
+            for (j, file) in rm.data.iter_mut().enumerate() {
+                *file = existing(locator, &at.key("data").index(j), base, file, false)?;
+            }
+            if let Some(model) = &mut rm.model {
+                *model = existing(locator, &at.key("model"), base, model, true)?;
+                same_tokenizer(locator, &at.key("model"), &pipeline.model.path, model)?;
             }
         }
         let mut sources = Vec::new();
@@ -282,6 +329,12 @@ fn resolve(
     super::engine::resolve_paths(&mut pipeline, base, locator)?;
     if let Some(eval) = &mut pipeline.eval {
         eval.suite = existing(locator, &root.key("eval").key("suite"), base, &eval.suite, false)?;
+        if let Some(best_of) = &mut eval.best_of {
+            let at = root.key("eval").key("best_of").key("reward_model");
+            best_of.reward_model = existing(locator, &at, base, &best_of.reward_model, true)?;
+            check_reward_model_dir(locator, &at, &best_of.reward_model)?;
+            same_tokenizer(locator, &at, &pipeline.model.path, &best_of.reward_model)?;
+        }
     }
     if let Some(label) = &mut pipeline.label {
         let at = root.key("label").key("candidates");

@@ -105,6 +105,31 @@ pub struct EvalSettings {
     /// than the baseline, p95 latency ≤ 2 s, a red-team evaluation present).
     #[serde(default)]
     pub gates: crate::eval::GateConfig,
+    /// Best-of-n reranking: every evaluated stage is also evaluated with `n` sampled answers per
+    /// prompt, the reward model's favourite kept (`eval/<stage>-best-of-<n>/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_of: Option<BestOf>,
+}
+
+/// `[eval] best_of = { n, reward_model, temperature }`: sample `n` answers per prompt and keep the
+/// one the reward model scores highest. The reranker sees the prompt and the answers, never an
+/// item's checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BestOf {
+    /// Answers sampled per prompt (1: one sampled answer, no choice).
+    pub n: usize,
+    /// A transformers sequence-classification directory with the policy's tokenizer.
+    pub reward_model: PathBuf,
+    /// Sampling temperature (> 0).
+    #[serde(default = "default_best_of_temperature")]
+    pub temperature: f64,
+    /// Seed of the samples (answer `j` of every prompt is drawn with `seed + j`).
+    #[serde(default)]
+    pub seed: u64,
+    /// Gate on the best-of-n evaluation instead of the greedy one (default: the gates use n = 1).
+    #[serde(default)]
+    pub gate: bool,
 }
 
 /// Run-wide settings.
@@ -249,6 +274,10 @@ pub struct Stage {
     /// Online RL (GRPO) on the policy's own samples: a stage of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpo: Option<super::grpo::GrpoTerm>,
+    /// The reward-model term: a stage with it trains a reward model (a scalar head on the
+    /// decoder) instead of the policy, and exports it; the policy is left as it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rm: Option<RmTerm>,
     /// The engine that trains this stage (`hone`, the default, or `trl`).
     #[serde(default, skip_serializing_if = "super::engine::Engine::is_hone")]
     pub engine: super::engine::Engine,
@@ -263,6 +292,24 @@ pub struct LmTerm {
     /// The term's weight `w_lm`.
     #[serde(default = "one_f64")]
     pub weight: f64,
+}
+
+/// `L_rm`: TRL's `RewardTrainer` Bradley-Terry loss `−log σ(r_c − r_r − m)` on preference pairs
+/// (`m`: a record's optional `margin` number), plus `c · mean((r_c + r_r)²)` with
+/// `center_rewards_coefficient = c`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RmTerm {
+    /// Preference JSONL files (`prompt`/`chosen`/`rejected`, optional `margin`).
+    pub data: Vec<PathBuf>,
+    /// TRL's `center_rewards_coefficient` (none by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub center_rewards_coefficient: Option<f64>,
+    /// Where the reward model starts: a sequence-classification directory (trained further) or a
+    /// causal LM directory (a fresh head from `run.seed`); default: the policy as the stage
+    /// starts, with a fresh head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<PathBuf>,
 }
 
 /// `L_sft`: token cross-entropy on responses.
@@ -401,6 +448,9 @@ pub const DEFAULT_EVAL_MAX_NEW_TOKENS: usize = 64;
 
 fn default_eval_tokens() -> usize {
     DEFAULT_EVAL_MAX_NEW_TOKENS
+}
+fn default_best_of_temperature() -> f64 {
+    0.8
 }
 fn default_eval_batch() -> usize {
     8

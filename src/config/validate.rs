@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::error::ConfigError;
 use super::load::Locator;
 use super::locate::FieldPath;
-use super::types::{AdaptiveLambda, Pipeline, PrefLossKind, PrefTerm, RunSettings, Stage};
+use super::types::{AdaptiveLambda, Pipeline, PrefLossKind, PrefTerm, RmTerm, RunSettings, Stage};
 
 /// The shortest of `{}` and `{:e}` (`0.5`, `1e-4`), for messages and diffs.
 pub(crate) fn show_f64(x: f64) -> String {
@@ -42,6 +42,15 @@ pub(crate) fn validate(pipeline: &Pipeline, locator: &Locator<'_>) -> Result<(),
                 format!("`{}` is neither `base` nor a stage ({})", eval.baseline, names.join(", ")),
             ));
         }
+        if pipeline.stages.iter().any(|s| s.name == eval.baseline && s.rm.is_some()) {
+            return Err(locator.error(
+                &at.key("baseline"),
+                format!(
+                    "`{}` trains a reward model, not the policy: it has no evaluation to compare with",
+                    eval.baseline
+                ),
+            ));
+        }
         if eval.baseline == "base" && !eval.base {
             return Err(locator.error(&at.key("base"), "the baseline is `base`, so the base model must be evaluated"));
         }
@@ -53,6 +62,11 @@ pub(crate) fn validate(pipeline: &Pipeline, locator: &Locator<'_>) -> Result<(),
         }
         if !(eval.price_per_device_hour >= 0.0 && eval.price_per_device_hour.is_finite()) {
             return Err(locator.error(&at.key("price_per_device_hour"), "must be a non-negative number"));
+        }
+        if let Some(best_of) = &eval.best_of {
+            let at = at.key("best_of");
+            at_least(locator, &at.key("n"), best_of.n as u64, 1)?;
+            positive(locator, &at.key("temperature"), best_of.temperature)?;
         }
     }
     let stages = root.key("stage");
@@ -253,11 +267,15 @@ fn check_stage(stage: &Stage, at: &FieldPath, locator: &Locator<'_>) -> Result<(
     if stage.grpo.is_some() {
         return super::grpo::check(stage, at, locator);
     }
-    if stage.sft.is_none() && stage.pref.is_none() && stage.safety.is_none() && stage.lm.is_none() {
+    if stage.sft.is_none() && stage.pref.is_none() && stage.safety.is_none() && stage.lm.is_none() && stage.rm.is_none()
+    {
         return Err(locator.error(
             at,
-            "a stage needs at least one term: [stage.sft], [stage.pref], [stage.safety], [stage.lm] or [stage.grpo]",
+            "a stage needs at least one term: [stage.sft], [stage.pref], [stage.safety], [stage.lm], [stage.rm] or [stage.grpo]",
         ));
+    }
+    if let Some(rm) = &stage.rm {
+        check_rm(stage, rm, at, locator)?;
     }
     if let Some(lm) = &stage.lm {
         let at = at.key("lm");
@@ -304,6 +322,34 @@ fn check_stage(stage: &Stage, at: &FieldPath, locator: &Locator<'_>) -> Result<(
         if let Some(adaptive) = &safety.adaptive {
             check_adaptive(adaptive, &at.key("adaptive"), locator)?;
         }
+    }
+    Ok(())
+}
+
+/// A reward-model stage trains the reward model alone: policy terms beside it would train a model
+/// the stage does not keep.
+fn check_rm(stage: &Stage, rm: &RmTerm, at: &FieldPath, locator: &Locator<'_>) -> Result<(), ConfigError> {
+    let others = [
+        ("sft", stage.sft.is_some()),
+        ("pref", stage.pref.is_some()),
+        ("safety", stage.safety.is_some()),
+        ("lm", stage.lm.is_some()),
+    ];
+    if let Some((name, _)) = others.iter().find(|(_, present)| *present) {
+        return Err(locator.error(
+            &at.key(name),
+            format!(
+                "a stage with [stage.rm] trains only the reward model (the policy is left as it was): \
+                 move [stage.{name}] to a stage of its own"
+            ),
+        ));
+    }
+    let at = at.key("rm");
+    if rm.data.is_empty() {
+        return Err(locator.error(&at.key("data"), "no preference data files"));
+    }
+    if let Some(c) = rm.center_rewards_coefficient {
+        non_negative(locator, &at.key("center_rewards_coefficient"), c)?;
     }
     Ok(())
 }

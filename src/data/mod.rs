@@ -22,4 +22,4 @@ pub use records::{
     SafetyRecord, SftRecord, Text, ThumbsRecord,
 };
 pub use template::{ChatTemplate, Message, Rendered};
-pub use tokenizer::{Encoding, SpecialTokens, TextTokenizer};
+pub use tokenizer::{same_tokenizer, Encoding, SpecialTokens, TextTokenizer};

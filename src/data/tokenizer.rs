@@ -214,3 +214,20 @@ impl TextTokenizer {
         &self.inner
     }
 }
+
+/// Whether the model directories `a` and `b` hold the same tokenizer: the parts of their
+/// `tokenizer.json` that decide which ids a text gets (vocabulary and merges, added tokens,
+/// normalisation, splitting); formatting, padding and truncation settings may differ. The error
+/// names a file that cannot be read.
+pub fn same_tokenizer(a: &Path, b: &Path) -> Result<bool, String> {
+    fn identity(dir: &Path) -> Result<Vec<serde_json::Value>, String> {
+        let path = dir.join("tokenizer.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(["model", "added_tokens", "normalizer", "pre_tokenizer"]
+            .iter()
+            .map(|k| json.get(*k).cloned().unwrap_or(serde_json::Value::Null))
+            .collect())
+    }
+    Ok(identity(a)? == identity(b)?)
+}

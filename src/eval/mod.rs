@@ -36,7 +36,7 @@ pub use overrides::{apply_overrides, read_overrides, Override};
 pub use pairwise::{
     compare, read_human_labels, read_pairwise_labels, HumanLabel, WinTieLoss, Winner, EVAL_PAIRWISE_KIND,
 };
-pub use report::{score, Contamination, ContaminationSummary, Report, Response, ScoreInputs, Scored};
+pub use report::{score, BestOfInfo, Contamination, ContaminationSummary, Report, Response, ScoreInputs, Scored};
 pub use suite::{read_suite, EvalItem, Kind, Message, Prompt, Segment};
 pub use summary::summary_table;
 pub use text::{citations, first_number, normalise_answer, normalise_prompt, word_count};

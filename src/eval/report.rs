@@ -89,6 +89,21 @@ pub struct ScoreInputs<'a> {
     pub gates: &'a GateConfig,
     /// Device price per hour, for `cost_per_1k_responses` (0 by default).
     pub price_per_device_hour: f64,
+    /// How the responses were chosen, when by best-of-n reranking (recorded in the report).
+    pub best_of: Option<BestOfInfo>,
+}
+
+/// How best-of-n responses were made: `n` samples per prompt at `temperature`, the one
+/// `reward_model` scored highest kept. Latency, tokens and cost in such a report are those of the
+/// n samples and the reranking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestOfInfo {
+    /// Samples per prompt.
+    pub n: usize,
+    /// Their sampling temperature.
+    pub temperature: f64,
+    /// The reranking reward model's directory.
+    pub reward_model: String,
 }
 
 impl<'a> ScoreInputs<'a> {
@@ -114,6 +129,7 @@ impl<'a> ScoreInputs<'a> {
             judge,
             gates,
             price_per_device_hour: 0.0,
+            best_of: None,
         }
     }
 }
@@ -166,6 +182,9 @@ pub struct Report {
     pub overrides_applied: usize,
     /// Items excluded from gate metrics because their prompt is in the training data.
     pub contaminated: ContaminationSummary,
+    /// Set when the responses are best-of-n reranked (absent: one greedy answer per prompt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_of: Option<BestOfInfo>,
 }
 
 impl Report {
@@ -301,6 +320,7 @@ pub fn score(inputs: &ScoreInputs<'_>) -> Result<Scored, EvalError> {
         incomplete: false,
         overrides_applied,
         contaminated,
+        best_of: inputs.best_of.clone(),
     };
     report.gates = evaluate_gates(inputs.gates, &report, inputs.baseline_report);
     report.passed = report.gates.iter().all(|g| g.passed == Some(true));

@@ -130,6 +130,19 @@ impl RewardModel {
         Ok(Self { model, score, fresh_head: Some(head), pad_token_id })
     }
 
+    /// A reward model to train from `dir`: a sequence-classification directory is loaded as it
+    /// is ([`RewardModel::load`]); a causal LM gets a fresh head seeded by `seed`
+    /// ([`RewardModel::from_causal_lm`]).
+    pub fn open(dir: &Path, device: &Device, dtype: DType, seed: u64) -> Result<Self, ModelError> {
+        let raw = read_json(&dir.join("config.json"))?;
+        let is_head = architecture(&raw).is_some_and(|a| HEADS.iter().any(|(head, _)| *head == a));
+        if is_head {
+            Self::load(dir, device, dtype)
+        } else {
+            Self::from_causal_lm(dir, device, dtype, seed)
+        }
+    }
+
     /// The decoder.
     pub fn decoder(&self) -> &Decoder {
         self.model.decoder()
@@ -226,16 +239,14 @@ impl RewardModel {
         Ok(config)
     }
 
-    /// Saves a transformers sequence-classification directory (weights in `dtype`, the config,
-    /// and the tokenizer and generation files of the source directory), each file written to a
-    /// temporary name and renamed. `AutoModelForSequenceClassification` loads it with these scores.
-    pub fn save(&self, dir: &Path, dtype: DType) -> Result<(), ModelError> {
-        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
-        let tensors: Vec<(String, Tensor)> =
-            self.parameters().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
-        let mut files = vec![("model.safetensors".to_string(), weights::safetensors_bytes(&tensors, dtype)?)];
+    /// The files of a transformers sequence-classification directory holding the current weights
+    /// (in `dtype`): `model.safetensors`, `config.json`, and the tokenizer and generation files of
+    /// the source directory. [`RewardModel::save`] writes them; a host can write them anywhere
+    /// (a stage's export).
+    pub fn files(&self, dtype: DType) -> Result<Vec<(String, Vec<u8>)>, ModelError> {
+        let mut files = vec![("model.safetensors".to_string(), self.weights(dtype)?)];
         let text = serde_json::to_string_pretty(&self.config_json(dtype)?)
-            .map_err(|e| config_error(&dir.join("config.json"), "", e.to_string()))?;
+            .map_err(|e| config_error(Path::new("config.json"), "", e.to_string()))?;
         files.push(("config.json".into(), text.into_bytes()));
         if let Some(src) = &self.model.source_dir {
             for name in COMPANION_FILES {
@@ -246,11 +257,45 @@ impl RewardModel {
                 }
             }
         }
-        for (name, bytes) in files {
+        Ok(files)
+    }
+
+    /// Every parameter ([`RewardModel::parameters`], transformers' names) as safetensors bytes in
+    /// `dtype`: what a checkpoint keeps of a reward model being trained.
+    pub fn weights(&self, dtype: DType) -> Result<Vec<u8>, ModelError> {
+        let tensors: Vec<(String, Tensor)> =
+            self.parameters().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+        weights::safetensors_bytes(&tensors, dtype)
+    }
+
+    /// Sets every parameter from safetensors bytes written by [`RewardModel::weights`] (a
+    /// checkpoint being resumed); `source` names them in errors. Every parameter must be there
+    /// with its shape; values are converted to the model's dtype.
+    pub fn restore_weights(&self, bytes: &[u8], source: &Path) -> Result<(), ModelError> {
+        let weights_error = |message: String| ModelError::Weights { path: source.to_path_buf(), message };
+        let tensors = candle_core::safetensors::load_buffer(bytes, self.model.decoder().device())?;
+        for (name, var) in self.parameters() {
+            let t = tensors.get(&name).ok_or_else(|| weights_error(format!("no tensor {name}")))?;
+            if t.shape() != var.shape() {
+                return Err(weights_error(format!(
+                    "tensor {name}: expected shape {:?}, found {:?}",
+                    var.shape(),
+                    t.shape()
+                )));
+            }
+            var.set(&t.to_dtype(var.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// Saves a transformers sequence-classification directory ([`RewardModel::files`]), each
+    /// file written durably ([`crate::durable::write_file`]). `AutoModelForSequenceClassification`
+    /// loads it with these scores.
+    pub fn save(&self, dir: &Path, dtype: DType) -> Result<(), ModelError> {
+        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
+        for (name, bytes) in self.files(dtype)? {
             let path: PathBuf = dir.join(&name);
-            let tmp = dir.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, &bytes).map_err(|source| ModelError::Io { path: tmp.clone(), source })?;
-            std::fs::rename(&tmp, &path).map_err(|source| ModelError::Io { path, source })?;
+            crate::durable::write_file(&path, &bytes).map_err(|source| ModelError::Io { path, source })?;
         }
         Ok(())
     }

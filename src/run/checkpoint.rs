@@ -19,6 +19,8 @@ use super::fsutil::{check_component, fsync_dir, fsync_file, IoContext};
 pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
 /// AdamW's moments' file in a checkpoint (safetensors).
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The reward model's weights in a checkpoint of a reward-model stage.
+pub const REWARD_MODEL_FILE: &str = "reward_model.safetensors";
 
 /// Entry point for writing checkpoints.
 #[derive(Debug, Clone, Copy)]

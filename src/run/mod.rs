@@ -41,7 +41,9 @@ mod status;
 pub mod trl;
 pub mod worker;
 
-pub use checkpoint::{CheckpointFile, CheckpointWriter, PendingCheckpoint, OPTIMIZER_FILE, TRAINER_STATE_FILE};
+pub use checkpoint::{
+    CheckpointFile, CheckpointWriter, PendingCheckpoint, OPTIMIZER_FILE, REWARD_MODEL_FILE, TRAINER_STATE_FILE,
+};
 pub use checkpoints::{
     clean_incomplete, discard_after, latest_checkpoint, list_checkpoints, prune, Checkpoint, Manifest, ManifestFile,
 };

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use super::control::{Inbox, Request, Status};
 use super::{
     clean_incomplete, kind, now_ms, prune, CheckpointWriter, Event, EventWriter, RunError, Shutdown, WorkerLock,
-    OPTIMIZER_FILE, TRAINER_STATE_FILE,
+    OPTIMIZER_FILE, REWARD_MODEL_FILE, TRAINER_STATE_FILE,
 };
 use crate::train::evaluate::{EvalInputs, StageEval};
 use crate::train::host::{ExternalOutcome, ExternalStage, ModelInput, PlannedControl};
@@ -88,7 +88,13 @@ pub fn read_checkpoint_files(dir: &Path) -> Result<SavedTraining, TrainError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(TrainError::Data(format!("{}: {e}", optimizer_path.display()))),
     };
-    Ok(SavedTraining { trainer_state, optimizer, source: dir.display().to_string() })
+    let reward_path = dir.join(REWARD_MODEL_FILE);
+    let reward_model = match std::fs::read(&reward_path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(TrainError::Data(format!("{}: {e}", reward_path.display()))),
+    };
+    Ok(SavedTraining { trainer_state, optimizer, reward_model, source: dir.display().to_string() })
 }
 
 impl RunHost {
@@ -228,6 +234,9 @@ impl Host for RunHost {
         let mut files = checkpoint.model;
         files.push((TRAINER_STATE_FILE.into(), checkpoint.trainer_state));
         files.push((OPTIMIZER_FILE.into(), checkpoint.optimizer));
+        if let Some(weights) = checkpoint.reward_model {
+            files.push((REWARD_MODEL_FILE.into(), weights));
+        }
         let mut pending = CheckpointWriter::begin(self.lock.run(), step).map_err(host_err)?;
         let bytes: usize = files.iter().map(|(_, b)| b.len()).sum();
         for (name, data) in &files {

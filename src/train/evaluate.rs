@@ -6,16 +6,18 @@ use std::path::{Path, PathBuf};
 
 use super::plan::{never_interrupt, Between, RefCache, StageData};
 use super::TrainError;
-use crate::config::EvalSettings;
+use std::time::Instant;
+
+use crate::config::{BestOf, EvalSettings};
 use crate::data::{
     encode_generation_prompt, read_records_with_lines, ChatTemplate, Message, Records, SftRecord, Text, TextTokenizer,
 };
 use crate::eval::{
-    failures, read_overrides, read_pairwise_labels, score, Contamination, EvalItem, FailureRecord, HumanLabel, Judge,
-    Override, Prompt, Report, Response, ScoreInputs,
+    failures, read_overrides, read_pairwise_labels, score, BestOfInfo, Contamination, EvalItem, FailureRecord,
+    HumanLabel, Judge, Override, Prompt, Report, Response, ScoreInputs,
 };
-use crate::model::generate::{generate_batch, Sampling};
-use crate::model::Model;
+use crate::model::generate::{generate_batch, generate_batch_seeded, Sampling};
+use crate::model::{Model, RewardModel};
 
 /// One stage's evaluation.
 #[derive(Debug, Clone)]
@@ -231,7 +233,7 @@ pub fn evaluate_stage(
     model: &Model,
     tok: &TextTokenizer,
     template: Option<&ChatTemplate>,
-    (stage, checkpoint): (&str, &str),
+    names: (&str, &str),
     baseline: Option<&StageEval>,
     between: &mut Between<'_>,
 ) -> Result<Option<StageEval>, TrainError> {
@@ -239,6 +241,42 @@ pub fn evaluate_stage(
     let Some(responses) = answer_until(model, tok, template, ctx.items, sizes, between)? else {
         return Ok(None);
     };
+    score_stage(ctx, responses, names, baseline, None).map(Some)
+}
+
+/// [`evaluate_stage`] with best-of-n answers ([`answer_best_of`]): the report records `best_of`,
+/// and its latency, tokens and cost are those of the n samples and the reranking.
+#[allow(clippy::too_many_arguments)] // the evaluation's inputs, each named where it is called
+pub fn evaluate_best_of(
+    ctx: &EvalContext,
+    model: &Model,
+    reward: &RewardModel,
+    best_of: &BestOf,
+    tok: &TextTokenizer,
+    template: Option<&ChatTemplate>,
+    names: (&str, &str),
+    baseline: Option<&StageEval>,
+    between: &mut Between<'_>,
+) -> Result<Option<StageEval>, TrainError> {
+    let sizes = (ctx.settings.max_new_tokens, ctx.settings.batch_size);
+    let Some(responses) = answer_best_of(model, reward, best_of, tok, template, ctx.items, sizes, between)? else {
+        return Ok(None);
+    };
+    let info = BestOfInfo {
+        n: best_of.n,
+        temperature: best_of.temperature,
+        reward_model: best_of.reward_model.display().to_string(),
+    };
+    score_stage(ctx, responses, names, baseline, Some(info)).map(Some)
+}
+
+fn score_stage(
+    ctx: &EvalContext,
+    responses: Vec<Response>,
+    (stage, checkpoint): (&str, &str),
+    baseline: Option<&StageEval>,
+    best_of: Option<BestOfInfo>,
+) -> Result<StageEval, TrainError> {
     let mut inputs = ScoreInputs::new(stage, checkpoint, ctx.items, &responses, ctx.judge, &ctx.settings.gates);
     inputs.baseline_responses = baseline.map(|b| b.responses.as_slice());
     inputs.baseline_report = baseline.map(|b| &b.report);
@@ -246,9 +284,76 @@ pub fn evaluate_stage(
     inputs.overrides = &ctx.human.overrides;
     inputs.human_labels = &ctx.human.labels;
     inputs.price_per_device_hour = ctx.settings.price_per_device_hour;
+    inputs.best_of = best_of;
     let scored = score(&inputs).map_err(|e| TrainError::Data(e.to_string()))?;
     let failed = failures(ctx.items, &scored.verdicts, &responses);
-    Ok(Some(StageEval { report: scored.report, responses, failures: failed }))
+    Ok(StageEval { report: scored.report, responses, failures: failed })
+}
+
+/// Best-of-n answers to every item, in suite order: each prompt gets `best_of.n` sampled answers
+/// (answer `j` drawn with seed `best_of.seed + j` at `best_of.temperature`, so it is the one that
+/// prompt alone gives with that seed), the reward model scores each whole sequence (prompt and
+/// answer ids), and the highest score is kept (the first on a tie).
+///
+/// The reranker sees token ids of prompts and answers only: an item's checks never reach it.
+/// The n samples of `batch_size` prompts are one batched generation, scored in one forward of
+/// the reward model. **Latency** of a response: from its batch's start to its slowest sample's
+/// end, plus the batch's scoring time (a served best-of-n request waits for both); **tokens**:
+/// every token of its n samples (what the serving pays for).
+#[allow(clippy::too_many_arguments)] // the evaluation's inputs, each named where it is called
+pub fn answer_best_of(
+    model: &Model,
+    reward: &RewardModel,
+    best_of: &BestOf,
+    tok: &TextTokenizer,
+    template: Option<&ChatTemplate>,
+    items: &[EvalItem],
+    (max_new_tokens, batch_size): (usize, usize),
+    between: &mut Between<'_>,
+) -> Result<Option<Vec<Response>>, TrainError> {
+    let n = best_of.n.max(1);
+    let sampling = Sampling { max_new_tokens, temperature: best_of.temperature, ..Sampling::default() };
+    let stops = &model.generation.eos_token_ids;
+    let prompts = items
+        .iter()
+        .map(|item| {
+            encode_generation_prompt(tok, template, &prompt_text(&item.prompt))
+                .map_err(|e| TrainError::Data(format!("eval item {}: {e}", item.id)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| prompts[i].len());
+    let mut responses: Vec<Option<Response>> = vec![None; items.len()];
+    let mut done = 0;
+    for batch in order.chunks(batch_size.max(1)) {
+        if done > 0 && between(done, items.len())?.is_break() {
+            return Ok(None);
+        }
+        done += batch.len();
+        let rows: Vec<Vec<u32>> = batch.iter().flat_map(|&i| std::iter::repeat_n(prompts[i].clone(), n)).collect();
+        let seeds: Vec<u64> = batch.iter().flat_map(|_| (0..n as u64).map(|j| best_of.seed.wrapping_add(j))).collect();
+        let generated = generate_batch_seeded(model, &rows, stops, &sampling, &seeds)?;
+        let rerank_started = Instant::now();
+        let sequences: Vec<Vec<u32>> = rows
+            .iter()
+            .zip(&generated)
+            .map(|(prompt, g)| prompt.iter().chain(&g.generated.new_token_ids).copied().collect())
+            .collect();
+        let scores: Vec<f32> = reward.scores(&sequences)?.to_vec1()?;
+        let rerank = rerank_started.elapsed();
+        for (k, &i) in batch.iter().enumerate() {
+            let samples = &generated[k * n..(k + 1) * n];
+            let best = (0..n).fold(0, |best, j| if scores[k * n + j] > scores[k * n + best] { j } else { best });
+            let slowest = samples.iter().map(|g| g.elapsed).max().unwrap_or_default();
+            responses[i] = Some(Response {
+                id: items[i].id.clone(),
+                text: tok.decode(&samples[best].generated.new_token_ids, true)?,
+                latency_s: (slowest + rerank).as_secs_f64(),
+                tokens: samples.iter().map(|g| g.generated.new_token_ids.len()).sum(),
+            });
+        }
+    }
+    Ok(Some(responses.into_iter().flatten().collect()))
 }
 
 /// The log-prob proxy of the unsafe rate used until generation + the safety judge drive it:

@@ -135,6 +135,9 @@ pub struct CheckpointData {
     pub trainer_state: Vec<u8>,
     /// AdamW's moments, as safetensors.
     pub optimizer: Vec<u8>,
+    /// In a reward-model stage: the reward model's weights (safetensors, transformers' names);
+    /// `optimizer` then holds its moments, and `model` the policy, unchanged.
+    pub reward_model: Option<Vec<u8>>,
 }
 
 /// The trainer's part of a checkpoint, read back for a resume.
@@ -144,6 +147,8 @@ pub struct SavedTraining {
     pub trainer_state: Vec<u8>,
     /// AdamW's moments, as safetensors (absent in a checkpoint saved without them).
     pub optimizer: Option<Vec<u8>>,
+    /// The reward model being trained, when the checkpoint is from a reward-model stage.
+    pub reward_model: Option<Vec<u8>>,
     /// Where they were read from, for error messages.
     pub source: String,
 }

@@ -16,6 +16,25 @@ use crate::data::{
 };
 use crate::model::Model;
 
+/// One pair a reward model is trained on: `prompt + chosen` and `prompt + rejected` as TRL's
+/// `RewardTrainer` tokenizes them, and the record's `margin` (0 when it has none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RmPair {
+    /// The whole chosen sequence.
+    pub chosen: Vec<u32>,
+    /// The whole rejected sequence.
+    pub rejected: Vec<u32>,
+    /// The record's `margin`, subtracted from `r_c − r_r` in the loss.
+    pub margin: f64,
+}
+
+impl RmPair {
+    /// Tokens the reward model processes for this pair.
+    pub fn num_tokens(&self) -> usize {
+        self.chosen.len() + self.rejected.len()
+    }
+}
+
 /// Tokenized data of one stage, by term.
 #[derive(Debug, Default)]
 pub struct StageData {
@@ -32,6 +51,8 @@ pub struct StageData {
     /// Held-out red-team pairs for the adaptive λ_safe measurement (safe may equal unsafe when
     /// a record has no safe response).
     pub redteam: Vec<PairExample>,
+    /// Reward-model pairs (whole chosen and rejected sequences, with their margins).
+    pub rm_pairs: Vec<RmPair>,
     /// Truncation per dataset kind.
     pub truncation: HashMap<&'static str, TruncationStats>,
 }
@@ -75,6 +96,9 @@ pub fn load_stage_data(
             }
         }
     }
+    if let Some(rm) = &stage.rm {
+        load_rm(&cx, &rm.data, &mut data)?;
+    }
     if let Some(safety) = &stage.safety {
         load_safety(&cx, safety, &mut data)?;
         if let Some(adaptive) = &safety.adaptive {
@@ -113,6 +137,28 @@ fn load_sft(cx: &Encoding, files: &[PathBuf], data: &mut StageData) -> Result<()
         for (rec, line) in records.iter().zip(lines) {
             if let Some(seq) = sft_example(cx.tok, cx.template, rec, cx.max, stats).map_err(|e| ctx(path, line, e))? {
                 data.sft.push(seq);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The reward model's pairs: each record encoded as a preference pair (TRL's tokenization, the
+/// same truncation rule), kept as whole sequences, with its optional numeric `margin`.
+fn load_rm(cx: &Encoding, files: &[PathBuf], data: &mut StageData) -> Result<(), TrainError> {
+    let stats = data.truncation.entry("rm").or_default();
+    for path in files {
+        for (i, rec) in read_preferences(path)?.iter().enumerate() {
+            let margin = match rec.extra.get("margin") {
+                None | Some(serde_json::Value::Null) => 0.0,
+                Some(v) => match v.as_f64().filter(|m| m.is_finite()) {
+                    Some(m) => m,
+                    None => return Err(ctx(path, i + 1, format!("margin: expected a finite number, found {v}"))),
+                },
+            };
+            if let Some(p) = pair_example(cx.tok, cx.template, rec, cx.max, stats).map_err(|e| ctx(path, i + 1, e))? {
+                let (chosen, rejected) = (p.chosen_sequence().ids, p.rejected_sequence().ids);
+                data.rm_pairs.push(RmPair { chosen, rejected, margin });
             }
         }
     }

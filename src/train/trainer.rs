@@ -18,14 +18,17 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use serde_json::{json, Map, Value};
 
-use super::evaluate::{evaluate_stage, training_prompts, unsafe_rate_proxy, EvalContext, HumanInputs, StageEval};
+use super::evaluate::{
+    evaluate_best_of, evaluate_stage, training_prompts, unsafe_rate_proxy, EvalContext, HumanInputs, StageEval,
+};
 use super::examples::PairExample;
 use super::host::PlannedControl;
 pub use super::host::{Admission, CheckpointData, Control, Host, Position, PrefFile, SavedTraining};
 use super::iterate::{next_stage, round_name, round_seed_salt, sequence_from, Next};
 use super::live::{LiveLabels, LiveUpdate};
 use super::optim::{global_norm, AdamW, AdamWConfig, Moments};
-use super::plan::{fill_reference_cache, load_stage_data, never_interrupt, RefCache, StageData};
+use super::plan::{fill_reference_cache, load_stage_data, never_interrupt, RefCache, RmPair, StageData};
+use super::reward::BradleyTerry;
 use super::sampler::Sampler;
 use super::schedule::learning_rate;
 use super::state::{load_optimizer, optimizer_bytes};
@@ -34,7 +37,7 @@ use super::TrainError;
 use crate::config::{Engine, EvalSettings, ModelInit, NanPolicy, Pipeline, Stage};
 use crate::data::{ChatTemplate, TextTokenizer};
 use crate::eval::{read_suite, Contamination, Decision, EvalItem, Judge, Report};
-use crate::model::{Model, Precision};
+use crate::model::{Model, Precision, RewardModel};
 use control::Boundary;
 pub use control::{stage_prompts, DEFAULT_SAMPLE_PROMPTS};
 pub(crate) use stage::{apply_update, forward_backward, Objective, StepSums};
@@ -49,6 +52,13 @@ struct EvalSetup {
     judge: Judge,
     contamination: Contamination,
     done: HashMap<String, StageEval>,
+    /// The reranker of `[eval] best_of`, loaded once.
+    reward: Option<RewardModel>,
+}
+
+/// The evaluation name of a stage's best-of-n answers (`eval/<stage>-best-of-<n>/`).
+pub fn best_of_name(stage: &str, n: usize) -> String {
+    format!("{stage}-best-of-{n}")
 }
 
 /// The fields of an `eval_finished` event.
@@ -75,11 +85,21 @@ fn eval_fields(r: &Report, failures: usize, seconds: f64) -> Map<String, Value> 
     f
 }
 
-/// Where a trainer starts: the policy's weights, the trainer state and (on resume) AdamW's moments.
+/// Where a trainer starts: the policy's weights, the trainer state and (on resume) AdamW's moments
+/// or, from a reward-model stage's checkpoint, the reward model being trained.
 struct Start {
     policy: Model,
     state: TrainerState,
     optimizer: Option<Vec<Moments>>,
+    reward: Option<ResumeReward>,
+}
+
+/// A reward model being trained, as a checkpoint holds it: its weights and AdamW's moments
+/// (safetensors bytes, read once the stage has built the model they belong to).
+struct ResumeReward {
+    weights: Vec<u8>,
+    optimizer: Option<Vec<u8>>,
+    source: String,
 }
 
 /// The pipeline trainer.
@@ -95,6 +115,8 @@ pub struct Trainer<'h, H: Host> {
     policy: Model,
     state: TrainerState,
     resume_optimizer: Option<Vec<Moments>>,
+    /// The reward model of the checkpoint being resumed, for its stage to restore.
+    resume_reward: Option<ResumeReward>,
     last_checkpoint: Option<u64>,
     eval: Option<EvalSetup>,
     /// Controls to replay on resume (λ changes, skips), in log order.
@@ -129,7 +151,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             ModelInit::Scratch => Model::scratch(&pipeline.model.path, &device, master, pipeline.run.seed)?,
         };
         let dir = (pipeline.model.init == ModelInit::Pretrained).then(|| pipeline.model.path.clone());
-        let start = Start { policy, state: TrainerState::default(), optimizer: None };
+        let start = Start { policy, state: TrainerState::default(), optimizer: None, reward: None };
         let mut trainer = Self::with_policy(pipeline, options, host, (device, dtype), start)?;
         trainer.policy_dir = dir;
         Ok(trainer)
@@ -148,12 +170,18 @@ impl<'h, H: Host> Trainer<'h, H> {
         let saved = host.read_checkpoint(checkpoint)?;
         let state: TrainerState = serde_json::from_slice(&saved.trainer_state)
             .map_err(|e| TrainError::Data(format!("{}: {e}", saved.source)))?;
-        let optimizer = match &saved.optimizer {
-            Some(bytes) => Some(load_optimizer(bytes, &saved.source, &policy.parameters(), &device)?),
-            None => None,
+        let (optimizer, reward) = match saved.reward_model {
+            // The moments are the reward model's: restored when its stage has built it.
+            Some(weights) => {
+                (None, Some(ResumeReward { weights, optimizer: saved.optimizer, source: saved.source.clone() }))
+            }
+            None => match &saved.optimizer {
+                Some(bytes) => (Some(load_optimizer(bytes, &saved.source, &policy.parameters(), &device)?), None),
+                None => (None, None),
+            },
         };
         let step = state.global_step;
-        let start = Start { policy, state, optimizer };
+        let start = Start { policy, state, optimizer, reward };
         let mut trainer = Self::with_policy(pipeline, options, host, (device, dtype), start)?;
         trainer.last_checkpoint = Some(step);
         Ok(trainer)
@@ -166,7 +194,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         (device, dtype): (Device, DType),
         start: Start,
     ) -> Result<Self, TrainError> {
-        let Start { mut policy, state, optimizer: resume_optimizer } = start;
+        let Start { mut policy, state, optimizer: resume_optimizer, reward: resume_reward } = start;
         let precision = Precision::for_training(dtype);
         policy.set_compute_dtype(precision.compute);
         policy.set_gradient_checkpointing(pipeline.run.gradient_checkpointing);
@@ -174,7 +202,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         policy.check_tokenizer_len(tokenizer.len())?;
         let template = ChatTemplate::for_tokenizer(&tokenizer)?;
         let eval = match &pipeline.eval {
-            Some(settings) => Some(Self::eval_setup(&pipeline, settings, host)?),
+            Some(settings) => Some(Self::eval_setup(&pipeline, settings, host, (&device, dtype))?),
             None => None,
         };
         let planned = host.planned_controls();
@@ -196,12 +224,18 @@ impl<'h, H: Host> Trainer<'h, H> {
             policy,
             state,
             resume_optimizer,
+            resume_reward,
             last_checkpoint: None,
             eval,
         })
     }
 
-    fn eval_setup(pipeline: &Pipeline, settings: &EvalSettings, host: &H) -> Result<EvalSetup, TrainError> {
+    fn eval_setup(
+        pipeline: &Pipeline,
+        settings: &EvalSettings,
+        host: &H,
+        (device, dtype): (&Device, DType),
+    ) -> Result<EvalSetup, TrainError> {
         let items = read_suite(&settings.suite).map_err(|e| TrainError::Data(e.to_string()))?;
         let judge = Judge::new(&settings.judge).map_err(|e| TrainError::Data(e.to_string()))?;
         let mut files: Vec<PathBuf> = Vec::new();
@@ -213,7 +247,11 @@ impl<'h, H: Host> Trainer<'h, H> {
         }
         let refs: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
         let contamination = Contamination::from_prompts(training_prompts(&refs)?);
-        Ok(EvalSetup { settings: settings.clone(), items, judge, contamination, done: HashMap::new() })
+        let reward = match &settings.best_of {
+            Some(b) => Some(RewardModel::load(&b.reward_model, device, dtype)?),
+            None => None,
+        };
+        Ok(EvalSetup { settings: settings.clone(), items, judge, contamination, done: HashMap::new(), reward })
     }
 
     /// Evaluates the current policy as `stage` (unless an earlier worker did), then applies the
@@ -285,8 +323,44 @@ impl<'h, H: Host> Trainer<'h, H> {
         self.add_round(&mut f);
         self.host.save_eval(stage, &result)?;
         self.host.emit("eval_finished", Some(stage), Some(step), f)?;
-        let decision = result.report.decision();
+        let mut decision = result.report.decision();
         setup.done.insert(stage.to_string(), result);
+        if let (Some(best_of), Some(reward)) = (setup.settings.best_of.clone(), setup.reward.as_ref()) {
+            let name = best_of_name(stage, best_of.n);
+            let started = Instant::now();
+            let baseline = setup.done.get(&baseline_name);
+            let previous = self.host.load_eval(&name);
+            let mut interrupts = control::Interrupts {
+                host: &mut *self.host,
+                paused: &mut self.paused,
+                stop: &mut self.stop,
+                deferred: &mut self.deferred,
+                state: &self.state,
+            };
+            let mut between = |done, total| interrupts.between_batches(stage, "eval", (done, total));
+            let result = match previous {
+                Some(previous) => Some(previous),
+                None => evaluate_best_of(
+                    &ctx,
+                    &self.policy,
+                    reward,
+                    &best_of,
+                    &self.tokenizer,
+                    self.template.as_ref(),
+                    (&name, &checkpoint),
+                    baseline,
+                    &mut between,
+                )?,
+            };
+            let Some(result) = result else { return Ok(ControlFlow::Break(())) };
+            let f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
+            self.host.save_eval(&name, &result)?;
+            self.host.emit("eval_finished", Some(&name), Some(step), f)?;
+            if best_of.gate {
+                // The pipeline gates on the reranked answers.
+                decision = result.report.decision();
+            }
+        }
         if !gated {
             return Ok(ControlFlow::Continue(None));
         }
@@ -371,7 +445,8 @@ impl<'h, H: Host> Trainer<'h, H> {
             if selected && !self.state.stage_done && self.run_stage(index, &stage)? == Finished::Stopped {
                 return Ok(Finished::Stopped);
             }
-            let decision = if selected {
+            // A reward-model stage leaves the policy as it was: nothing new to evaluate.
+            let decision = if selected && stage.rm.is_none() {
                 match self.evaluate(&stage.name)? {
                     ControlFlow::Break(()) => return Ok(Finished::Stopped),
                     ControlFlow::Continue(decision) => decision,
@@ -421,6 +496,40 @@ impl<'h, H: Host> Trainer<'h, H> {
         Ok(self.precision.load(&dir, &self.device)?)
     }
 
+    /// The reward model a reward-model stage trains: from `start` (a sequence-classification or
+    /// causal LM directory) or else from the policy as the stage starts (stored once through
+    /// [`Host::save_reference`], so a resume starts from the same weights), with a head seeded by
+    /// the run seed; on resume, the checkpoint's weights replace them.
+    fn reward_model(
+        &mut self,
+        stage: &Stage,
+        start: Option<&std::path::Path>,
+        resume: Option<&ResumeReward>,
+    ) -> Result<RewardModel, TrainError> {
+        let dir = match start {
+            Some(dir) => dir.to_path_buf(),
+            None => match self.host.reference(&stage.name) {
+                Some(dir) => dir,
+                None => self.host.save_reference(&stage.name, self.policy.files(DType::F32)?)?,
+            },
+        };
+        let model = RewardModel::open(&dir, &self.device, self.precision.master, self.pipeline.run.seed)?;
+        if let Some(saved) = resume {
+            model.restore_weights(&saved.weights, std::path::Path::new(&saved.source))?;
+        }
+        Ok(model)
+    }
+
+    /// Exports a trained reward model (a transformers sequence-classification directory) and
+    /// says where it went with `reward_model_saved`.
+    fn export_reward_model(&mut self, stage: &str, reward: &RewardModel) -> Result<(), TrainError> {
+        let mut f = Map::new();
+        if let Some(path) = self.host.export(stage, reward.files(DType::F32)?)? {
+            f.insert("path".into(), json!(path.display().to_string()));
+        }
+        self.host.emit("reward_model_saved", Some(stage), Some(self.state.global_step), f)
+    }
+
     /// Trains stage `index` from where the state stands to its end (or a stop or skip).
     fn run_stage(&mut self, index: usize, stage: &Stage) -> Result<Finished, TrainError> {
         if stage.engine == Engine::Trl {
@@ -445,6 +554,9 @@ impl<'h, H: Host> Trainer<'h, H> {
                 }
             }
             self.step(&mut run)?;
+        }
+        if let Some(reward) = &run.reward {
+            self.export_reward_model(run.name(), reward)?;
         }
         self.state.stage_done = true;
         self.checkpoint(&run)?;
@@ -487,11 +599,21 @@ impl<'h, H: Host> Trainer<'h, H> {
             return Ok(None);
         };
         let plan = self.host.planned_admissions();
+        // Only a checkpoint taken inside this stage holds its reward model.
+        let resume = self.resume_reward.take().filter(|_| stage.rm.is_some() && self.state.stage_step > 0);
+        let reward = match &stage.rm {
+            Some(rm) => Some(self.reward_model(stage, rm.model.as_deref(), resume.as_ref())?),
+            None => None,
+        };
+        let params = reward.as_ref().map_or_else(|| self.policy.parameters(), RewardModel::parameters);
         let mut opt = AdamW::new(
-            self.policy.parameters(),
+            params,
             AdamWConfig { lr: stage.lr, weight_decay: stage.weight_decay, ..AdamWConfig::default() },
         )?;
-        if let Some(moments) = self.resume_optimizer.take() {
+        if let Some(ResumeReward { optimizer: Some(bytes), source, .. }) = resume {
+            let moments = load_optimizer(&bytes, &source, opt.params(), &self.device)?;
+            opt.restore(self.state.optimizer_steps, moments)?;
+        } else if let Some(moments) = self.resume_optimizer.take() {
             opt.restore(self.state.optimizer_steps, moments)?;
         }
         let samplers = self.samplers(index, stage, &data, !live.is_empty(), &retracted);
@@ -515,6 +637,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             prompts: None,
             grpo: None,
             kto: None,
+            reward,
         }))
     }
 
@@ -556,7 +679,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         let step = self.state.global_step;
         let mut fields = Map::new();
         fields.insert("total_steps".into(), json!(total));
-        fields.insert("examples".into(), json!({"sft": data.sft.len(), "lm": data.lm.len(), "pref": data.pairs.len(), "unsafe": data.unsafe_seqs.len(), "safety_pairs": data.safety_pairs.len(), "redteam": data.redteam.len()}));
+        fields.insert("examples".into(), json!({"sft": data.sft.len(), "lm": data.lm.len(), "pref": data.pairs.len(), "unsafe": data.unsafe_seqs.len(), "safety_pairs": data.safety_pairs.len(), "redteam": data.redteam.len(), "rm": data.rm_pairs.len()}));
         fields.insert("truncation".into(), json!(data.truncation));
         self.add_round(&mut fields);
         let kind = if self.state.stage_step > 0 { "stage_resumed" } else { "stage_started" };
@@ -669,7 +792,10 @@ impl<'h, H: Host> Trainer<'h, H> {
             self.host.emit("metrics", Some(run.name()), Some(self.state.global_step), m)?;
         }
         self.adapt_lambda(run)?;
-        self.live_samples(run)?;
+        if run.reward.is_none() {
+            // A reward-model stage leaves the policy unchanged: its samples would say nothing new.
+            self.live_samples(run)?;
+        }
         let every = self.pipeline.run.checkpoint_every;
         if every > 0 && self.state.global_step % every == 0 && self.state.stage_step < run.total {
             self.checkpoint(run)?;
@@ -677,9 +803,12 @@ impl<'h, H: Host> Trainer<'h, H> {
         Ok(())
     }
 
-    /// The step's micro-batches (drawn in order, then each through the policy and backward),
+    /// The step's micro-batches (drawn in order, then each through the policy, or the reward model, and backward),
     /// gradients summed.
     fn forward_backward(&self, run: &mut StageRun, lambdas: Lambdas, step: u64) -> Result<StepSums, TrainError> {
+        if run.reward.is_some() {
+            return self.reward_forward_backward(run, step);
+        }
         let objective = Objective {
             weights: run.weights(lambdas),
             pref: run.pref_term(),
@@ -690,6 +819,47 @@ impl<'h, H: Host> Trainer<'h, H> {
         let micro_batches: Vec<_> = drawn.iter().map(|d| run.micro_batch(d)).collect();
         let inject_nan = self.options.inject_nan_at.contains(&step);
         forward_backward(self.policy.decoder(), &run.opt, &micro_batches, objective, inject_nan)
+    }
+
+    /// A reward-model step: each micro-batch's pairs scored together (chosen then rejected, as
+    /// TRL's collator stacks them), TRL's Bradley-Terry loss, backward, gradients summed.
+    fn reward_forward_backward(&self, run: &mut StageRun, step: u64) -> Result<StepSums, TrainError> {
+        let accum = run.stage.grad_accum.max(1);
+        let mut sums = StepSums::new(run.opt.params().len(), accum);
+        let bt = BradleyTerry {
+            center_rewards_coefficient: run.stage.rm.as_ref().and_then(|r| r.center_rewards_coefficient),
+        };
+        for _ in 0..accum {
+            let drawn = run.draw();
+            let Some(reward) = run.reward.as_ref() else { break };
+            let pairs: Vec<&RmPair> = drawn
+                .iter()
+                .filter(|(t, _)| *t == Term::Reward)
+                .flat_map(|(_, idx)| idx.iter().map(|&i| &run.data.rm_pairs[i]))
+                .collect();
+            let n = pairs.len();
+            let seqs: Vec<Vec<u32>> =
+                pairs.iter().map(|p| p.chosen.clone()).chain(pairs.iter().map(|p| p.rejected.clone())).collect();
+            let scores = reward.scores(&seqs)?;
+            let (chosen, rejected) = (scores.narrow(0, 0, n)?, scores.narrow(0, n, n)?);
+            // A pair without a margin subtracts nothing, so margins are passed only when some pair has one.
+            let margins = if pairs.iter().any(|p| p.margin != 0.0) {
+                let m: Vec<f32> = pairs.iter().map(|p| p.margin as f32).collect();
+                Some(candle_core::Tensor::new(m, &self.device)?)
+            } else {
+                None
+            };
+            let mut loss = (bt.loss(&chosen, &rejected, margins.as_ref())? / accum as f64)?;
+            if self.options.inject_nan_at.contains(&step) {
+                loss = (loss * f64::NAN)?;
+            }
+            let store = loss.backward()?;
+            let c: Vec<f64> = chosen.to_dtype(DType::F64)?.to_vec1()?;
+            let r: Vec<f64> = rejected.to_dtype(DType::F64)?.to_vec1()?;
+            sums.add_rm(&loss, c.into_iter().zip(r).collect(), seqs.iter().map(Vec::len).sum())?;
+            sums.add_grads(&run.opt, &store)?;
+        }
+        Ok(sums)
     }
 
     /// Applies the summed gradients (clipped), or, when the loss or gradient is not finite,
@@ -820,6 +990,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             model: self.policy.files(DType::F32)?,
             trainer_state: serde_json::to_vec_pretty(&self.state).map_err(|e| TrainError::Data(e.to_string()))?,
             optimizer: optimizer_bytes(&run.opt)?,
+            reward_model: run.reward.as_ref().map(|r| r.weights(DType::F32)).transpose()?,
         };
         let step = self.state.global_step;
         self.last_checkpoint = Some(step);

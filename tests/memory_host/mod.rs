@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use hone::config::Pipeline;
 use hone::eval::Report;
 use hone::run::worker::read_checkpoint_files;
-use hone::run::{OPTIMIZER_FILE, TRAINER_STATE_FILE};
+use hone::run::{OPTIMIZER_FILE, REWARD_MODEL_FILE, TRAINER_STATE_FILE};
 use hone::train::evaluate::{EvalInputs, StageEval};
 use hone::train::trainer::{CheckpointData, Host, PrefFile, SavedTraining};
 use hone::train::TrainError;
@@ -102,6 +102,9 @@ impl Host for MemoryHost {
         let mut files = checkpoint.model;
         files.push((TRAINER_STATE_FILE.into(), checkpoint.trainer_state));
         files.push((OPTIMIZER_FILE.into(), checkpoint.optimizer));
+        if let Some(weights) = checkpoint.reward_model {
+            files.push((REWARD_MODEL_FILE.into(), weights));
+        }
         hone::durable::write_dir(&dir, &files).unwrap();
         self.checkpoints.push((step, dir));
         Ok(())
@@ -149,6 +152,12 @@ impl Host for MemoryHost {
 
     fn load_eval(&self, stage: &str) -> Option<StageEval> {
         self.evals.get(stage).cloned()
+    }
+
+    fn export(&mut self, stage: &str, files: Vec<(String, Vec<u8>)>) -> Result<Option<PathBuf>, TrainError> {
+        let dir = self.dir.join("exports").join(stage);
+        hone::durable::write_dir(&dir, &files).unwrap();
+        Ok(Some(dir))
     }
 
     fn eval_inputs(&self) -> EvalInputs {

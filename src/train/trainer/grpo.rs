@@ -174,6 +174,7 @@ impl<H: Host> Trainer<'_, H> {
             prompts: Some(prompts),
             grpo: Some(Box::new(grpo)),
             kto: None,
+            reward: None,
         })
     }
 

@@ -180,6 +180,7 @@ impl<H: Host> Trainer<'_, H> {
             lambdas: Lambdas { pref: 1.0, safe: 0.0 },
             prompts: Some(prompts),
             grpo: None,
+            reward: None,
             kto: Some(Box::new(KtoRun { beta, examples, live, sampler })),
         })
     }

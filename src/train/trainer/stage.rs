@@ -10,15 +10,14 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{PrefLossKind, SafetyLossKind, Stage};
 use crate::data::Text;
-use crate::model::Decoder;
-use crate::model::Model;
+use crate::model::{Decoder, Model, RewardModel};
 use crate::train::examples::PairExample;
 use crate::train::host::Admission;
 use crate::train::live::LiveLabels;
 use crate::train::loss::{LabelNoise, PreferenceLoss};
 use crate::train::objective::{evaluate, MicroBatch, Outcome, PairTerm, RewardRow, Weights};
 use crate::train::optim::{clip_coefficient, gradients_of, AdamW};
-use crate::train::plan::{RefCache, StageData};
+use crate::train::plan::{RefCache, RmPair, StageData};
 use crate::train::sampler::Sampler;
 use crate::train::TrainError;
 
@@ -36,11 +35,13 @@ pub enum Term {
     Unsafe,
     /// Safe-vs-unsafe pairs (safety DPO).
     Safety,
+    /// Preference pairs scored by a reward model (a reward-model stage's only term).
+    Reward,
 }
 
 impl Term {
     /// Every term, in sampling order.
-    pub const ALL: [Self; 5] = [Self::Sft, Self::Lm, Self::Pref, Self::Unsafe, Self::Safety];
+    pub const ALL: [Self; 6] = [Self::Sft, Self::Lm, Self::Pref, Self::Unsafe, Self::Safety, Self::Reward];
 
     /// The term's name, which keys its sampler in `trainer_state.json`.
     pub const fn name(self) -> &'static str {
@@ -50,11 +51,12 @@ impl Term {
             Self::Pref => "pref",
             Self::Unsafe => "unsafe",
             Self::Safety => "safety",
+            Self::Reward => "reward_model",
         }
     }
 
     /// The term's part of its sampler seed: the name's length XOR its first byte
-    /// (sft 0x70, lm 0x6e, pref 0x74, unsafe 0x73, safety 0x75; all distinct).
+    /// (sft 0x70, lm 0x6e, pref 0x74, unsafe 0x73, safety 0x75, reward_model 0x7e; all distinct).
     fn seed_salt(self) -> u64 {
         let name = self.name().as_bytes();
         name.len() as u64 ^ u64::from(name[0])
@@ -106,6 +108,8 @@ pub(crate) struct StageRun {
     pub grpo: Option<Box<super::grpo::GrpoRun>>,
     /// A KTO stage's thumbs examples, live files and sampler (`None` for the other stages).
     pub kto: Option<Box<super::kto::KtoRun>>,
+    /// The reward model a reward-model stage trains (`opt` is over its parameters then).
+    pub reward: Option<RewardModel>,
 }
 
 impl StageRun {
@@ -181,6 +185,8 @@ impl StageRun {
                 Term::Pref => mb.pairs = pairs(&d.pairs, idx),
                 Term::Unsafe => mb.unsafe_seqs = idx.iter().map(|&i| d.unsafe_seqs[i].clone()).collect(),
                 Term::Safety => mb.safety_pairs = pairs(&d.safety_pairs, idx),
+                // Scored by the reward model, not the policy's objective (see `rm_batch`).
+                Term::Reward => {}
             }
         }
         mb
@@ -232,10 +238,13 @@ pub(crate) fn apply_update(opt: &mut AdamW, sums: &StepSums, norm: f64, max_grad
     Ok(())
 }
 
-/// The main term of a stage's data: preference pairs if any, else the safety term, else plain
+/// The main term of a stage's data: reward-model pairs if any (such a stage has nothing else),
+/// then preference pairs, else the safety term, else plain
 /// text when there is no SFT data, else SFT.
 pub(crate) fn main_term(data: &StageData) -> Term {
-    if !data.pairs.is_empty() {
+    if !data.rm_pairs.is_empty() {
+        Term::Reward
+    } else if !data.pairs.is_empty() {
         Term::Pref
     } else if !data.unsafe_seqs.is_empty() {
         Term::Unsafe
@@ -256,6 +265,7 @@ pub(crate) fn term_len(data: &StageData, term: Term) -> usize {
         Term::Pref => data.pairs.len(),
         Term::Unsafe => data.unsafe_seqs.len(),
         Term::Safety => data.safety_pairs.len(),
+        Term::Reward => data.rm_pairs.len(),
     }
 }
 
@@ -267,6 +277,7 @@ pub(crate) fn term_lengths(data: &StageData, term: Term) -> Vec<usize> {
         Term::Pref => data.pairs.iter().map(PairExample::num_tokens).collect(),
         Term::Unsafe => data.unsafe_seqs.iter().map(|s| s.ids.len()).collect(),
         Term::Safety => data.safety_pairs.iter().map(PairExample::num_tokens).collect(),
+        Term::Reward => data.rm_pairs.iter().map(RmPair::num_tokens).collect(),
     }
 }
 
@@ -279,6 +290,9 @@ pub(crate) struct StepSums {
     pub pref: Option<f64>,
     pub safe: Option<f64>,
     pub rewards: Vec<RewardRow>,
+    /// A reward-model step's `loss/rm` and the scores `(r_c, r_r)` of its pairs.
+    pub rm: Option<f64>,
+    pub rm_scores: Vec<(f64, f64)>,
     pub tokens: usize,
     pub grads: Vec<Option<Tensor>>,
     accum: f64,
@@ -294,6 +308,8 @@ impl StepSums {
             pref: None,
             safe: None,
             rewards: Vec::new(),
+            rm: None,
+            rm_scores: Vec::new(),
             tokens: 0,
             grads: vec![None; params],
             accum: accum as f64,
@@ -311,6 +327,17 @@ impl StepSums {
         self.safe = add(self.safe, out.safe);
         self.rewards.extend(out.rewards);
         self.tokens += out.tokens;
+        Ok(())
+    }
+
+    /// Adds one reward-model micro-batch: its loss (already divided by `accum`), the scores of
+    /// its pairs and the tokens scored.
+    pub fn add_rm(&mut self, loss: &Tensor, scores: Vec<(f64, f64)>, tokens: usize) -> Result<(), TrainError> {
+        let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        self.loss += l;
+        self.rm = Some(self.rm.unwrap_or(0.0) + l);
+        self.rm_scores.extend(scores);
+        self.tokens += tokens;
         Ok(())
     }
 
@@ -342,6 +369,16 @@ impl StepSums {
         }
         if let Some(s) = self.safe {
             m.insert("weighted/safe".into(), num(lambdas.safe * s));
+        }
+        if let Some(rm) = self.rm {
+            // TRL's RewardTrainer metrics over the step's pairs (`rewards/margins` is its `margin`).
+            m.insert("loss/rm".into(), num(rm));
+            let n = self.rm_scores.len().max(1) as f64;
+            let mean = |f: &dyn Fn(&(f64, f64)) -> f64| self.rm_scores.iter().map(f).sum::<f64>() / n;
+            m.insert("rewards/chosen".into(), num(mean(&|r| r.0)));
+            m.insert("rewards/rejected".into(), num(mean(&|r| r.1)));
+            m.insert("rewards/margins".into(), num(mean(&|r| r.0 - r.1)));
+            m.insert("accuracy".into(), num(mean(&|r| if r.0 > r.1 { 1.0 } else { 0.0 })));
         }
         m.insert("lambda/pref".into(), json!(lambdas.pref));
         m.insert("lambda/safe".into(), json!(lambdas.safe));

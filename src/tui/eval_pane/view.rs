@@ -77,7 +77,8 @@ fn bar(share: Option<f64>, width: usize) -> String {
 /// the bars take the width that is left.
 fn scorecard(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {
     let inner = usize::from(area.width.saturating_sub(2));
-    let names: Vec<String> = pane.stages.iter().map(|s| safe(&s.name).chars().take(10).collect()).collect();
+    // 16 characters keep a best-of-n row (`dpo-best-of-4`) apart from its greedy one.
+    let names: Vec<String> = pane.stages.iter().map(|s| safe(&s.name).chars().take(16).collect()).collect();
     let name_w = names.iter().map(|n| n.chars().count()).max().unwrap_or(0).max(5);
     // name, then "bar 100%" twice, then " p95 s", with single spaces between.
     let fixed = name_w + 1 + 5 + 1 + 5 + 1 + 6;
@@ -104,6 +105,20 @@ fn scorecard(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {
     }
     let widget = Paragraph::new(lines).block(block(theme, " Scorecard "));
     frame.render_widget(widget, area);
+}
+
+/// What a best-of-n checkpoint's answers cost beside the greedy ones, as rows under its gates:
+/// samples per prompt, p50 latency, tokens and cost per 1,000 responses (none for greedy
+/// answers, whose p95 column in the scorecard already says it).
+fn serving_cost(r: &crate::eval::Report) -> Vec<[String; 2]> {
+    let Some(b) = &r.best_of else { return Vec::new() };
+    let fixed = |v: Option<f64>, digits: usize| v.map_or_else(|| "—".to_string(), |x| format!("{x:.digits$}"));
+    vec![
+        ["best of n (reward model)".to_string(), b.n.to_string()],
+        ["latency_p50_s".to_string(), fixed(r.latency_p50_s, 3)],
+        ["tokens_per_response".to_string(), fixed(r.tokens_per_response, 1)],
+        ["cost_per_1k_responses".to_string(), fixed(r.cost_per_1k_responses, 3)],
+    ]
 }
 
 fn gates_table(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {
@@ -142,6 +157,10 @@ fn gates_table(pane: &EvalPane, theme: &Theme, frame: &mut Frame, area: Rect) {
             Cell::from(mark).style(theme.style(role)),
         ])
     });
+    let dim = theme.style(Role::Dim);
+    let cost =
+        serving_cost(r).into_iter().map(|[name, value]| Row::new([Cell::from(name), Cell::from(value)]).style(dim));
+    let rows = rows.chain(cost);
     let widths = [Constraint::Fill(1), Constraint::Length(7), Constraint::Length(9), Constraint::Length(4)];
     let table = Table::new(rows, widths).header(header).block(block(theme, title)).style(theme.style(Role::Text));
     frame.render_widget(table, area);
