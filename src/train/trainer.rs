@@ -22,7 +22,7 @@ pub use super::host::{Admission, CheckpointData, Control, Host, Position, PrefFi
 use super::live::{LiveLabels, LiveUpdate};
 use super::objective::evaluate;
 use super::optim::{clip_coefficient, global_norm, AdamW, AdamWConfig, Moments};
-use super::plan::{fill_reference_cache, load_stage_data, never_interrupt, RefCache, StageData};
+use super::plan::{load_stage_data, never_interrupt, RefCache, StageData};
 use super::sampler::Sampler;
 use super::schedule::learning_rate;
 use super::state::{load_optimizer, optimizer_bytes};
@@ -31,10 +31,10 @@ use super::TrainError;
 use crate::config::{EvalSettings, ModelInit, NanPolicy, Pipeline, Stage};
 use crate::data::{ChatTemplate, TextTokenizer};
 use crate::eval::{read_suite, Contamination, Decision, EvalItem, Judge, Report};
-use crate::model::Model;
+use crate::model::{AdapterInit, Model};
 use control::Boundary;
 pub use control::{stage_prompts, DEFAULT_SAMPLE_PROMPTS};
-use stage::{main_term, num, term_len, term_lengths, Lambdas, StageRun, StepSums};
+use stage::{main_term, num, term_len, term_lengths, Lambdas, Reference, StageRun, StepSums};
 pub use stage::{sampler_seed, Term};
 
 /// The suite, judge and contamination set of a pipeline with an `[eval]` table, and the
@@ -113,9 +113,11 @@ impl<'h, H: Host> Trainer<'h, H> {
         device: Device,
         dtype: DType,
     ) -> Result<Self, TrainError> {
-        let policy = match pipeline.model.init {
-            ModelInit::Pretrained => Model::load(&pipeline.model.path, &device, dtype)?,
-            ModelInit::Scratch => Model::scratch(&pipeline.model.path, &device, dtype, pipeline.run.seed)?,
+        let policy = match (pipeline.model.init, adapter_init(&pipeline)) {
+            (ModelInit::Pretrained, None) => Model::load(&pipeline.model.path, &device, dtype)?,
+            (ModelInit::Pretrained, Some(init)) => Model::load_with_adapter(&pipeline.model.path, &device, dtype, &init)?,
+            // Refused when the pipeline is loaded: an adapter needs a pretrained base.
+            (ModelInit::Scratch, _) => Model::scratch(&pipeline.model.path, &device, dtype, pipeline.run.seed)?,
         };
         let start = Start { policy, state: TrainerState::default(), optimizer: None };
         Self::with_policy(pipeline, options, host, (device, dtype), start)
@@ -130,7 +132,13 @@ impl<'h, H: Host> Trainer<'h, H> {
         dtype: DType,
         checkpoint: &std::path::Path,
     ) -> Result<Self, TrainError> {
-        let policy = Model::load(checkpoint, &device, dtype)?;
+        let policy = if adapter_init(&pipeline).is_some() {
+            // A LoRA run's checkpoint holds the adapter; the base is the pipeline's model.
+            let init = AdapterInit::Dir(checkpoint.to_path_buf());
+            Model::load_with_adapter(&pipeline.model.path, &device, dtype, &init)?
+        } else {
+            Model::load(checkpoint, &device, dtype)?
+        };
         let saved = host.read_checkpoint(checkpoint)?;
         let state: TrainerState = serde_json::from_slice(&saved.trainer_state)
             .map_err(|e| TrainError::Data(format!("{}: {e}", saved.source)))?;
@@ -353,16 +361,19 @@ impl<'h, H: Host> Trainer<'h, H> {
         total
     }
 
-    fn reference_model(&mut self, stage: &Stage) -> Result<Model, TrainError> {
+    fn reference_model(&mut self, stage: &Stage) -> Result<Reference, TrainError> {
         if let Some(dir) = stage.pref.as_ref().and_then(|p| p.reference.clone()) {
-            return Ok(Model::load(&dir, &self.device, self.dtype)?);
+            return Ok(Reference::Model(Model::load(&dir, &self.device, self.dtype)?));
+        }
+        if self.policy.lora().is_some() {
+            return Ok(Reference::PolicyBase);
         }
         let dir = match self.host.reference(&stage.name) {
             Some(dir) => dir,
             // The stage starts from the current weights; they are its frozen reference.
             None => self.host.save_reference(&stage.name, self.policy.files(DType::F32)?)?,
         };
-        Ok(Model::load(&dir, &self.device, self.dtype)?)
+        Ok(Reference::Model(Model::load(&dir, &self.device, self.dtype)?))
     }
 
     /// Trains stage `index` from where the state stands to its end (or a stop or skip).
@@ -511,21 +522,28 @@ impl<'h, H: Host> Trainer<'h, H> {
         stage: &Stage,
         data: &StageData,
         live: &LiveLabels,
-    ) -> Result<ControlFlow<(), (RefCache, Option<Model>)>, TrainError> {
+    ) -> Result<ControlFlow<(), (RefCache, Option<Reference>)>, TrainError> {
         let mut cache = RefCache::new();
         let needs_ref =
             !data.pairs.is_empty() || !data.safety_pairs.is_empty() || !data.redteam.is_empty() || !live.is_empty();
         if !needs_ref {
             return Ok(ControlFlow::Continue((cache, None)));
         }
-        let model = self.reference_model(stage)?;
+        let reference = self.reference_model(stage)?;
         let all: Vec<&PairExample> = data.pairs.iter().chain(&data.safety_pairs).chain(&data.redteam).collect();
         let pad = self.pad_id();
-        let mut between = |done, total| self.between_batches(&stage.name, "reference", (done, total));
-        if fill_reference_cache(&model, &all, pad, &mut cache, &mut between)?.is_break() {
+        let mut interrupts = control::Interrupts {
+            host: &mut *self.host,
+            paused: &mut self.paused,
+            stop: &mut self.stop,
+            deferred: &mut self.deferred,
+            state: &self.state,
+        };
+        let mut between = |done, total| interrupts.between_batches(&stage.name, "reference", (done, total));
+        if reference.score(&self.policy, &all, pad, &mut cache, &mut between)?.is_break() {
             return Ok(ControlFlow::Break(()));
         }
-        Ok(ControlFlow::Continue((cache, (!live.is_empty()).then_some(model))))
+        Ok(ControlFlow::Continue((cache, (!live.is_empty()).then_some(reference))))
     }
 
     /// One sampler per term with data (the preference term also when labels may arrive), fresh
@@ -600,10 +618,14 @@ impl<'h, H: Host> Trainer<'h, H> {
         let mut sums = StepSums::new(run.opt.params().len(), accum);
         let weights = run.weights(lambdas);
         let (pref_term, safety_term) = (run.pref_term(), run.safety_pair_term());
-        for _ in 0..accum {
+        for micro in 0..accum {
             let drawn = run.draw();
             let mb = run.micro_batch(&drawn);
-            let out = evaluate(self.policy.decoder(), &mb, weights, pref_term, safety_term, self.pad_id())?;
+            // LoRA dropout masks: a function of (seed, step, micro-batch), so a resume replays them.
+            self.policy.set_dropout_seed(Some(dropout_seed(self.pipeline.run.seed, step, micro)));
+            let out = evaluate(self.policy.decoder(), &mb, weights, pref_term, safety_term, self.pad_id());
+            self.policy.set_dropout_seed(None);
+            let out = out?;
             let mut loss = (&out.loss / accum as f64)?;
             if self.options.inject_nan_at.contains(&step) {
                 loss = (loss * f64::NAN)?;
@@ -686,7 +708,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             let refs: Vec<&PairExample> = update.added.iter().collect();
             // Labels admitted at a step boundary are few: scored without interruption.
             let _never_breaks =
-                fill_reference_cache(reference, &refs, self.pad_id(), &mut run.cache, &mut never_interrupt)?;
+                reference.score(&self.policy, &refs, self.pad_id(), &mut run.cache, &mut never_interrupt)?;
         }
         let count = update.added.len();
         let first_new = run.data.pairs.len();
@@ -749,4 +771,23 @@ impl<'h, H: Host> Trainer<'h, H> {
         self.last_checkpoint = Some(step);
         self.host.save_checkpoint(step, checkpoint)
     }
+}
+
+/// The policy's adapter, when the pipeline trains LoRA: the `adapter` directory, else a fresh
+/// one from the `lora` table, drawn from the run's seed.
+fn adapter_init(pipeline: &Pipeline) -> Option<AdapterInit> {
+    match (&pipeline.model.adapter, &pipeline.model.lora) {
+        (Some(dir), _) => Some(AdapterInit::Dir(dir.clone())),
+        (None, Some(lora)) => Some(AdapterInit::Fresh {
+            spec: lora.spec(),
+            seed: crate::rng::splitmix64(pipeline.run.seed ^ 0x4C6F_5241_496E_6974),
+        }),
+        (None, None) => None,
+    }
+}
+
+/// The seed of the LoRA dropout masks of micro-batch `micro` of global step `step`.
+fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
+    use crate::rng::splitmix64;
+    splitmix64(splitmix64(seed ^ 0x4472_6F70_4F75_7453).wrapping_add(step)).wrapping_add(micro as u64)
 }

@@ -17,7 +17,7 @@ use crate::train::live::LiveLabels;
 use crate::train::loss::{LabelNoise, PreferenceLoss};
 use crate::train::objective::{MicroBatch, Outcome, PairTerm, RewardRow, Weights};
 use crate::train::optim::{gradients_of, AdamW};
-use crate::train::plan::{RefCache, StageData};
+use crate::train::plan::{fill_reference_cache, Between, RefCache, StageData};
 use crate::train::sampler::Sampler;
 use crate::train::TrainError;
 
@@ -87,8 +87,8 @@ pub(crate) struct StageRun {
     pub plan: Vec<Admission>,
     /// Reference log-probs by example hash.
     pub cache: RefCache,
-    /// The reference model, kept while labels may arrive (new pairs need their log-probs).
-    pub reference: Option<Model>,
+    /// The reference, kept while labels may arrive (new pairs need their log-probs).
+    pub reference: Option<Reference>,
     /// AdamW over the policy's parameters.
     pub opt: AdamW,
     /// One sampler per term present, in [`Term::ALL`] order.
@@ -314,5 +314,36 @@ pub(crate) fn num(v: f64) -> Value {
         json!(v)
     } else {
         Value::Null
+    }
+}
+
+/// Where DPO's reference log-probs come from.
+pub enum Reference {
+    /// A model of its own: `pref.reference`, or the weights the stage started from.
+    Model(Model),
+    /// The policy's frozen base with its LoRA adapters switched off (as TRL does with a PEFT
+    /// model): no second model in memory.
+    PolicyBase,
+}
+
+impl Reference {
+    /// Fills `cache` with the reference log-probs of `pairs` (see [`fill_reference_cache`]).
+    pub fn score(
+        &self,
+        policy: &Model,
+        pairs: &[&PairExample],
+        pad: u32,
+        cache: &mut RefCache,
+        between: &mut Between<'_>,
+    ) -> Result<std::ops::ControlFlow<()>, TrainError> {
+        match self {
+            Self::Model(model) => fill_reference_cache(model, pairs, pad, cache, between),
+            Self::PolicyBase => {
+                policy.set_adapters_enabled(false);
+                let scored = fill_reference_cache(policy, pairs, pad, cache, between);
+                policy.set_adapters_enabled(true);
+                scored
+            }
+        }
     }
 }
