@@ -35,7 +35,8 @@ fn a_lora_table_gets_peft_defaults() {
 fn a_lora_table_must_agree_with_the_adapter() {
     let tmp = tempfile::tempdir().unwrap();
     let adapter = fixtures().join("lora/adapter");
-    let agree = format!("adapter = \"{}\"\nlora = {{ r = 4, alpha = 8, target_modules = \"all-linear\" }}", adapter.display());
+    let agree =
+        format!("adapter = \"{}\"\nlora = {{ r = 4, alpha = 8, target_modules = \"all-linear\" }}", adapter.display());
     load_pipeline(&write_pipeline(tmp.path(), &agree)).unwrap();
     for (table, field) in [
         ("r = 8, alpha = 8, target_modules = \"all-linear\"", "model.lora.r"),
@@ -45,7 +46,7 @@ fn a_lora_table_must_agree_with_the_adapter() {
     ] {
         let text = format!("adapter = \"{}\"\nlora = {{ {table} }}", adapter.display());
         let e = load_pipeline(&write_pipeline(tmp.path(), &text)).unwrap_err().to_string();
-        assert!(e.contains(&format!("pipeline.toml:4:")) && e.contains(field), "{table}: {e}");
+        assert!(e.contains("pipeline.toml:4:") && e.contains(field), "{table}: {e}");
         assert!(e.contains("lora/adapter/adapter_config.json says"), "{e}");
     }
 }

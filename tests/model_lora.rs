@@ -98,7 +98,8 @@ fn one_adamw_step_on_the_adapter_alone_matches_torch() {
     let grads = loss.backward().unwrap();
     let params = model.parameters();
     let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
-    let want: Vec<&str> = opt["trainable_parameter_names"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let want: Vec<&str> =
+        opt["trainable_parameter_names"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(names, want, "only the adapter trains, in PEFT's named_parameters() order");
     let norm = grad_norm(&params, &grads).unwrap();
     let want_norm = num(&opt["grad_norm_before_step"]);
@@ -159,7 +160,8 @@ fn hone_saves_the_adapter_as_peft_does() {
     let dir = tempfile::tempdir().unwrap();
     let ours = dir.path().join("adapter");
     hone::durable::write_dir(&ours, &model.files(DType::F32).unwrap()).unwrap();
-    let mut names: Vec<String> = std::fs::read_dir(&ours).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(&ours).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     assert_eq!(names, ["adapter_config.json", "adapter_model.safetensors"]);
     let (a, b) = (
@@ -171,7 +173,10 @@ fn hone_saves_the_adapter_as_peft_does() {
         let bytes = std::fs::read(p).unwrap();
         safetensors::SafeTensors::read_metadata(&bytes).unwrap().1.metadata().clone()
     };
-    assert_eq!(metadata(&ours.join("adapter_model.safetensors")), metadata(&peft_adapter().join("adapter_model.safetensors")));
+    assert_eq!(
+        metadata(&ours.join("adapter_model.safetensors")),
+        metadata(&peft_adapter().join("adapter_model.safetensors"))
+    );
     let read = |p: &Path| -> serde_json::Map<String, Value> {
         serde_json::from_str(&std::fs::read_to_string(p.join("adapter_config.json")).unwrap()).unwrap()
     };
@@ -190,7 +195,9 @@ fn hone_saves_the_adapter_as_peft_does() {
     // Same projections targeted: PEFT lists all-linear's modules in full, hone by name.
     let modules = hone::model::lora::projection_modules(2);
     let targets = |c: &serde_json::Map<String, Value>| {
-        let t = Targets::Names(c["target_modules"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect());
+        let t = Targets::Names(
+            c["target_modules"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect(),
+        );
         modules.iter().filter(|m| t.matches(m)).cloned().collect::<Vec<_>>()
     };
     assert_eq!(targets(&ours_cfg), targets(&peft_cfg));
@@ -219,7 +226,10 @@ fn fresh_adapters_are_initialised_as_peft_from_the_seed() {
     let fan_in = var.dim(1).unwrap();
     let bound = 1.0 / (fan_in as f32).sqrt();
     let v = values(&a, 0);
-    assert!(v.iter().all(|x| x.abs() <= bound) && v.iter().any(|x| x.abs() > bound * 0.9), "U(-1/sqrt(in), 1/sqrt(in))");
+    assert!(
+        v.iter().all(|x| x.abs() <= bound) && v.iter().any(|x| x.abs() > bound * 0.9),
+        "U(-1/sqrt(in), 1/sqrt(in))"
+    );
     assert!(values(&a, 1).iter().all(|x| *x == 0.0), "B starts at zero");
 }
 
@@ -231,7 +241,8 @@ fn dropout_masks_replay_from_their_seed() {
     // The fixture adapter with lora_dropout 0.3.
     let adapter = dir.path().join("a");
     std::fs::create_dir(&adapter).unwrap();
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(peft_adapter().join("adapter_config.json")).unwrap()).unwrap();
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(peft_adapter().join("adapter_config.json")).unwrap()).unwrap();
     cfg["lora_dropout"] = 0.3.into();
     std::fs::write(adapter.join("adapter_config.json"), cfg.to_string()).unwrap();
     std::fs::copy(peft_adapter().join("adapter_model.safetensors"), adapter.join("adapter_model.safetensors")).unwrap();
@@ -264,7 +275,8 @@ fn adapters_that_do_not_fit_the_model_are_refused_with_file_and_field() {
         let d = tmp.path().join(name);
         std::fs::create_dir(&d).unwrap();
         let mut cfg: Value =
-            serde_json::from_str(&std::fs::read_to_string(peft_adapter().join("adapter_config.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(peft_adapter().join("adapter_config.json")).unwrap())
+                .unwrap();
         edit(&mut cfg);
         std::fs::write(d.join("adapter_config.json"), cfg.to_string()).unwrap();
         std::fs::copy(peft_adapter().join("adapter_model.safetensors"), d.join("adapter_model.safetensors")).unwrap();

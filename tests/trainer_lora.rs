@@ -34,12 +34,8 @@ fn pipeline(dropout: f64) -> Pipeline {
         }
         s.lr = 1e-2;
     }
-    p.model.lora = Some(LoraSettings {
-        r: 4,
-        alpha: 8.0,
-        dropout,
-        target_modules: TargetModules::One("all-linear".into()),
-    });
+    p.model.lora =
+        Some(LoraSettings { r: 4, alpha: 8.0, dropout, target_modules: TargetModules::One("all-linear".into()) });
     p
 }
 
@@ -62,7 +58,10 @@ fn a_stopped_lora_run_with_dropout_resumes_bit_exactly() {
     let mut names: Vec<String> =
         std::fs::read_dir(ck).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
-    assert_eq!(names, ["adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors", "trainer_state.json"]);
+    assert_eq!(
+        names,
+        ["adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors", "trainer_state.json"]
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let mut got: Vec<(u64, f64)> = Vec::new();

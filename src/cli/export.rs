@@ -73,4 +73,3 @@ fn stage_final_checkpoint(run: &RunDir, index: usize, stage: &str) -> Result<Pat
         run.path().display()
     )
 }
-

@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 use super::error::ConfigError;
 use super::locate::{line_column, FieldPath, Node};
 use super::types::{ModelInit, ModelSettings, Pipeline, TargetModules};
-use crate::model::lora::{AdapterConfig, LoraSpec, Targets};
 use super::validate::validate;
+use crate::model::lora::{AdapterConfig, LoraSpec, Targets};
 
 /// Where one preference file of a stage is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,7 +256,11 @@ fn check_lora(model: &ModelSettings, at: &FieldPath, locator: &Locator<'_>) -> R
         return Err(disagree("r", ours.r.to_string(), format!("r = {}", theirs.r)));
     }
     if (ours.alpha - theirs.alpha).abs() > 0.0 || theirs.rslora {
-        return Err(disagree("alpha", ours.alpha.to_string(), format!("lora_alpha = {} (use_rslora = {})", theirs.alpha, theirs.rslora)));
+        return Err(disagree(
+            "alpha",
+            ours.alpha.to_string(),
+            format!("lora_alpha = {} (use_rslora = {})", theirs.alpha, theirs.rslora),
+        ));
     }
     if (ours.dropout - theirs.dropout).abs() > 0.0 {
         return Err(disagree("dropout", ours.dropout.to_string(), format!("lora_dropout = {}", theirs.dropout)));

@@ -90,7 +90,9 @@ impl Targets {
     /// Checks a regular expression compiles (lists and `all-linear` always do).
     pub fn check(&self) -> std::result::Result<(), String> {
         match self {
-            Self::Regex(re) => regex::Regex::new(re).map(|_| ()).map_err(|e| format!("not a valid regular expression: {e}")),
+            Self::Regex(re) => {
+                regex::Regex::new(re).map(|_| ()).map_err(|e| format!("not a valid regular expression: {e}"))
+            }
             Self::Names(names) if names.is_empty() => Err("an empty list targets nothing".into()),
             _ => Ok(()),
         }
@@ -176,19 +178,29 @@ impl AdapterConfig {
         match text("peft_type") {
             Some("LORA") => {}
             other => {
-                return Err(config_error(path, "peft_type", format!("{other:?}: hone loads LoRA adapters (\"LORA\") only")))
+                return Err(config_error(
+                    path,
+                    "peft_type",
+                    format!("{other:?}: hone loads LoRA adapters (\"LORA\") only"),
+                ))
             }
         }
         if let Some(task) = obj.get("task_type").filter(|v| !v.is_null()) {
             if task.as_str() != Some("CAUSAL_LM") {
-                return Err(config_error(path, "task_type", format!("{task}: hone's models are causal LMs (\"CAUSAL_LM\")")));
+                return Err(config_error(
+                    path,
+                    "task_type",
+                    format!("{task}: hone's models are causal LMs (\"CAUSAL_LM\")"),
+                ));
             }
         }
         let r = match obj.get("r") {
             None => 8,
-            Some(v) => v.as_u64().and_then(|r| usize::try_from(r).ok()).filter(|&r| r > 0).ok_or_else(|| {
-                config_error(path, "r", format!("{v}: the rank must be a positive integer"))
-            })?,
+            Some(v) => v
+                .as_u64()
+                .and_then(|r| usize::try_from(r).ok())
+                .filter(|&r| r > 0)
+                .ok_or_else(|| config_error(path, "r", format!("{v}: the rank must be a positive integer")))?,
         };
         let alpha = match obj.get("lora_alpha") {
             None => 8.0,
@@ -304,7 +316,8 @@ pub fn adapter_config_json(spec: &LoraSpec, base_model: &str) -> Value {
     fields.insert("init_lora_weights", json!(true));
     // PEFT writes an integral alpha as an integer.
     #[allow(clippy::cast_possible_truncation)]
-    let alpha = if spec.alpha.fract() == 0.0 && spec.alpha.abs() < 1e15 { json!(spec.alpha as i64) } else { json!(spec.alpha) };
+    let alpha =
+        if spec.alpha.fract() == 0.0 && spec.alpha.abs() < 1e15 { json!(spec.alpha as i64) } else { json!(spec.alpha) };
     fields.insert("lora_alpha", alpha);
     fields.insert("lora_dropout", json!(spec.dropout));
     fields.insert("megatron_core", json!("megatron.core"));
@@ -407,7 +420,8 @@ impl LoraBuild {
         // U(-1/sqrt(in), 1/sqrt(in))), B zero, so a fresh adapter starts as the base model.
         #[allow(clippy::cast_precision_loss)]
         let bound = 1.0 / (inp as f64).sqrt();
-        let a = vb.pp("lora_A").get_with_hints((self.spec.r, inp), "weight", Init::Uniform { lo: -bound, up: bound })?;
+        let a =
+            vb.pp("lora_A").get_with_hints((self.spec.r, inp), "weight", Init::Uniform { lo: -bound, up: bound })?;
         let b = vb.pp("lora_B").get_with_hints((out, self.spec.r), "weight", Init::Const(0.0))?;
         if let Ok(mut m) = self.modules.lock() {
             m.push(module.to_string());
@@ -441,8 +455,7 @@ impl Adapter {
         let Some(rng) = guard.as_mut() else { return Ok(xs.clone()) };
         #[allow(clippy::cast_possible_truncation)]
         let (p, keep) = (self.dropout as f32, (1.0 / (1.0 - self.dropout)) as f32);
-        let mask: Vec<f32> =
-            (0..xs.elem_count()).map(|_| if unit_f32(rng) < p { 0.0 } else { keep }).collect();
+        let mask: Vec<f32> = (0..xs.elem_count()).map(|_| if unit_f32(rng) < p { 0.0 } else { keep }).collect();
         xs * Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?
     }
 

@@ -164,11 +164,15 @@ impl Model {
         }
         let switch = Arc::new(lora::LoraSwitch::default());
         let build = lora::LoraBuild::new(spec.clone(), Arc::new(adapter_store), Arc::clone(&switch));
-        let decoder = Decoder::with_lora(&config, &store.var_builder(dtype, device), Some(&build))
-            .map_err(|e| match &origin {
-                Some(path) => ModelError::Weights { path: path.with_file_name(lora::ADAPTER_WEIGHTS), message: e.to_string() },
-                None => e.into(),
-            })?;
+        let decoder =
+            Decoder::with_lora(&config, &store.var_builder(dtype, device), Some(&build)).map_err(
+                |e| match &origin {
+                    Some(path) => {
+                        ModelError::Weights { path: path.with_file_name(lora::ADAPTER_WEIGHTS), message: e.to_string() }
+                    }
+                    None => e.into(),
+                },
+            )?;
         let cfg_path = origin.clone().unwrap_or_else(|| PathBuf::from("[model] lora"));
         let modules = build.modules();
         let all = lora::projection_modules(config.num_hidden_layers);
@@ -301,7 +305,8 @@ impl Model {
     }
 
     fn adapter_files(l: &Attached, dtype: DType) -> Result<Vec<(String, Vec<u8>)>, ModelError> {
-        let tensors: Vec<(String, Tensor)> = l.store.vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+        let tensors: Vec<(String, Tensor)> =
+            l.store.vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
         let config = lora::adapter_config_json(&l.spec, &l.base_name);
         let text = serde_json::to_string_pretty(&config).map_err(|e| ModelError::Dtype(e.to_string()))?;
         Ok(vec![

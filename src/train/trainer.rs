@@ -115,7 +115,9 @@ impl<'h, H: Host> Trainer<'h, H> {
     ) -> Result<Self, TrainError> {
         let policy = match (pipeline.model.init, adapter_init(&pipeline)) {
             (ModelInit::Pretrained, None) => Model::load(&pipeline.model.path, &device, dtype)?,
-            (ModelInit::Pretrained, Some(init)) => Model::load_with_adapter(&pipeline.model.path, &device, dtype, &init)?,
+            (ModelInit::Pretrained, Some(init)) => {
+                Model::load_with_adapter(&pipeline.model.path, &device, dtype, &init)?
+            }
             // Refused when the pipeline is loaded: an adapter needs a pretrained base.
             (ModelInit::Scratch, _) => Model::scratch(&pipeline.model.path, &device, dtype, pipeline.run.seed)?,
         };
@@ -363,7 +365,7 @@ impl<'h, H: Host> Trainer<'h, H> {
 
     fn reference_model(&mut self, stage: &Stage) -> Result<Reference, TrainError> {
         if let Some(dir) = stage.pref.as_ref().and_then(|p| p.reference.clone()) {
-            return Ok(Reference::Model(Model::load(&dir, &self.device, self.dtype)?));
+            return Ok(Reference::Model(Box::new(Model::load(&dir, &self.device, self.dtype)?)));
         }
         if self.policy.lora().is_some() {
             return Ok(Reference::PolicyBase);
@@ -373,7 +375,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             // The stage starts from the current weights; they are its frozen reference.
             None => self.host.save_reference(&stage.name, self.policy.files(DType::F32)?)?,
         };
-        Ok(Reference::Model(Model::load(&dir, &self.device, self.dtype)?))
+        Ok(Reference::Model(Box::new(Model::load(&dir, &self.device, self.dtype)?)))
     }
 
     /// Trains stage `index` from where the state stands to its end (or a stop or skip).

@@ -320,7 +320,7 @@ pub(crate) fn num(v: f64) -> Value {
 /// Where DPO's reference log-probs come from.
 pub enum Reference {
     /// A model of its own: `pref.reference`, or the weights the stage started from.
-    Model(Model),
+    Model(Box<Model>),
     /// The policy's frozen base with its LoRA adapters switched off (as TRL does with a PEFT
     /// model): no second model in memory.
     PolicyBase,
