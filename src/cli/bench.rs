@@ -263,12 +263,13 @@ pub fn run_with(
         pref: Some(PairTerm { beta: 0.1, loss: PreferenceLoss::Sigmoid, noise: LabelNoise::Clean }),
         safety_pair: None,
         pad_id: 0,
+        dropout: None,
     };
     let mut times = Vec::with_capacity(steps);
     let mut last_loss = 0f64;
     for i in 0..warmup + steps {
         let start = Instant::now();
-        let sums = forward_backward(model.decoder(), &opt, std::slice::from_ref(&micro_batch), objective, false)?;
+        let sums = forward_backward(&model, &opt, std::slice::from_ref(&micro_batch), objective, false)?;
         let norm = global_norm(&sums.grads)?;
         apply_update(&mut opt, &sums, norm, 1.0)?;
         last_loss = sums.loss;

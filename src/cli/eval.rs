@@ -20,6 +20,8 @@ use crate::sanitize::sanitize;
 pub struct EvalArgs {
     /// The candidate model directory.
     pub model: PathBuf,
+    /// A PEFT LoRA adapter directory applied to the candidate.
+    pub adapter: Option<PathBuf>,
     /// The suite (JSONL).
     pub suite: PathBuf,
     /// The baseline model directory, for the win rate and the baseline-relative gates.
@@ -115,7 +117,7 @@ pub fn run(args: &EvalArgs, device: &Device, out: &mut impl Write) -> Result<boo
         None => Vec::new(),
     };
     let dtype = candle_core::DType::F32;
-    let candidate = Loaded::open(&args.model, device, dtype)?;
+    let candidate = Loaded::open_with_adapter(&args.model, args.adapter.as_deref(), device, dtype)?;
     let responses = match &args.best_of {
         Some(best_of) => answer_best_of(&candidate, best_of, &items, args, device)?,
         None => answer_all(&candidate, &items, args)?,

@@ -37,12 +37,13 @@ fn prompt_of(value: &Value) -> std::result::Result<Text, String> {
 /// Runs the command, one JSON line per prompt to `out`.
 pub fn run(
     model_dir: &std::path::Path,
+    adapter: Option<&std::path::Path>,
     prompts: &Prompts,
     sampling: &Sampling,
     device: &Device,
     out: &mut impl Write,
 ) -> Result<()> {
-    let loaded = Loaded::open(model_dir, device, candle_core::DType::F32)?;
+    let loaded = Loaded::open_with_adapter(model_dir, adapter, device, candle_core::DType::F32)?;
     let texts: Vec<(String, Text)> = match prompts {
         Prompts::Text(t) => vec![("--prompt".into(), Text::Plain(t.clone()))],
         Prompts::File(path) => read_jsonl(path)?

@@ -6,6 +6,7 @@ pub mod check;
 pub mod demo;
 pub mod detach;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod label;
 pub mod metrics;
@@ -217,6 +218,9 @@ pub enum Command {
         /// The candidate model directory.
         #[arg(long)]
         model: PathBuf,
+        /// A PEFT LoRA adapter directory applied to --model.
+        #[arg(long, value_name = "DIR")]
+        adapter: Option<PathBuf>,
         /// The eval suite (JSONL: id, prompt, reference?, kind, segment, checks, attack?).
         #[arg(long)]
         suite: PathBuf,
@@ -256,6 +260,22 @@ pub enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Write a stage's trained weights out of a run: the PEFT adapter directory of a LoRA run
+    /// (adapter_config.json + adapter_model.safetensors), or with --merge a full model directory
+    /// transformers loads (the adapter merged into its base). Prints the directory.
+    Export {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// The stage whose final checkpoint to export.
+        #[arg(long)]
+        stage: String,
+        /// Merge a LoRA adapter into the base model.
+        #[arg(long)]
+        merge: bool,
+        /// Output directory (default: <run>/exports/<stage>, or <stage>-merged with --merge).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Validate a pipeline and its data before training: per dataset, record counts, a
     /// token-length histogram, truncation, and one example with its trained tokens marked.
     /// Exit 1 on any error.
@@ -269,6 +289,9 @@ pub enum Command {
         /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
         #[arg(long)]
         model: PathBuf,
+        /// A PEFT LoRA adapter directory applied to --model (the reference stays --ref's).
+        #[arg(long, value_name = "DIR")]
+        adapter: Option<PathBuf>,
         /// Reference model directory for preference data (DPO's frozen policy).
         #[arg(long = "ref")]
         reference: Option<PathBuf>,
@@ -290,6 +313,9 @@ pub enum Command {
         /// Hugging Face model directory.
         #[arg(long)]
         model: PathBuf,
+        /// A PEFT LoRA adapter directory applied to --model.
+        #[arg(long, value_name = "DIR")]
+        adapter: Option<PathBuf>,
         /// JSONL of {"messages": [...]} (chat-templated) or {"prompt": "..."} records.
         #[arg(long, conflicts_with = "prompt", required_unless_present = "prompt")]
         data: Option<PathBuf>,
@@ -431,6 +457,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Eval {
             model,
+            adapter,
             suite,
             baseline,
             config,
@@ -457,6 +484,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let args = eval::EvalArgs {
                 best_of,
                 model,
+                adapter,
                 suite,
                 baseline,
                 config,
@@ -485,17 +513,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Metrics { run_dir, format, out } => {
             metrics::run(&run_dir, format, out.as_deref(), &mut stdout.lock())?;
         }
+        Command::Export { run_dir, stage, merge, out } => {
+            export::run(&export::ExportArgs { run_dir, stage, merge, out }, &mut stdout.lock())?;
+        }
         Command::Check { pipeline } => {
             return Ok(if check::run(&pipeline, &mut stdout.lock())? { ExitCode::SUCCESS } else { ExitCode::from(1) });
         }
-        Command::Score { model, reference, data, beta, loss, device } => {
+        Command::Score { model, adapter, reference, data, beta, loss, device } => {
             if !(beta > 0.0 && beta.is_finite()) {
                 anyhow::bail!("--beta must be a positive number, got {beta}");
             }
-            let args = score::ScoreArgs { model, reference, data, beta, loss };
+            let args = score::ScoreArgs { model, adapter, reference, data, beta, loss };
             score::run(&args, &parse_device(&device)?, &mut stdout.lock())?;
         }
-        Command::Generate { model, data, prompt, max_new_tokens, temperature, top_p, seed, device } => {
+        Command::Generate { model, adapter, data, prompt, max_new_tokens, temperature, top_p, seed, device } => {
             let temperature_ok = temperature >= 0.0 && temperature.is_finite();
             let top_p_ok = top_p > 0.0 && top_p <= 1.0;
             if !(temperature_ok && top_p_ok) {
@@ -507,7 +538,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 (None, None) => anyhow::bail!("give --data FILE or --prompt TEXT"),
             };
             let sampling = Sampling { temperature, top_p, seed, max_new_tokens };
-            generate::run(&model, &prompts, &sampling, &parse_device(&device)?, &mut stdout.lock())?;
+            let device = parse_device(&device)?;
+            generate::run(&model, adapter.as_deref(), &prompts, &sampling, &device, &mut stdout.lock())?;
         }
         Command::Label { candidates, labels, labeler, rubric, run, repeat_share, seed, runs } => {
             let runs_dir = runs.resolve();

@@ -18,6 +18,8 @@ use crate::train::score::{neg_log_sigmoid, pair_logps, sequence_logps, summarize
 pub struct ScoreArgs {
     /// The policy model directory.
     pub model: PathBuf,
+    /// A PEFT LoRA adapter directory applied to the policy.
+    pub adapter: Option<PathBuf>,
     /// The reference model directory (preference data only).
     pub reference: Option<PathBuf>,
     /// The JSONL file.
@@ -41,8 +43,21 @@ pub struct Loaded {
 impl Loaded {
     /// Loads model, tokenizer and template from one directory, checking they fit together.
     pub fn open(dir: &Path, device: &Device, dtype: candle_core::DType) -> Result<Self> {
+        Self::open_with_adapter(dir, None, device, dtype)
+    }
+
+    /// [`Loaded::open`], with a PEFT LoRA adapter directory on top of the model when given.
+    pub fn open_with_adapter(
+        dir: &Path,
+        adapter: Option<&Path>,
+        device: &Device,
+        dtype: candle_core::DType,
+    ) -> Result<Self> {
         let tokenizer = TextTokenizer::from_dir(dir)?;
-        let model = Model::load(dir, device, dtype)?;
+        let model = match adapter {
+            Some(a) => Model::load_with_adapter(dir, device, dtype, &crate::model::AdapterInit::Dir(a.to_path_buf()))?,
+            None => Model::load(dir, device, dtype)?,
+        };
         model.check_tokenizer_len(tokenizer.len())?;
         let template = ChatTemplate::for_tokenizer(&tokenizer)?;
         Ok(Self { model, tokenizer, template })
@@ -61,7 +76,7 @@ fn at(path: &Path, line: usize) -> String {
 /// Runs the command, writing JSON lines to `out`.
 pub fn run(args: &ScoreArgs, device: &Device, out: &mut impl Write) -> Result<()> {
     let dtype = candle_core::DType::F32;
-    let policy = Loaded::open(&args.model, device, dtype)?;
+    let policy = Loaded::open_with_adapter(&args.model, args.adapter.as_deref(), device, dtype)?;
     let (records, lines) = read_records_with_lines(&args.data)?;
     match records {
         Records::Sft(recs) => {

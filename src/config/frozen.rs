@@ -142,6 +142,14 @@ pub fn freeze(loaded: &LoadedPipeline, extras: &FrozenExtras) -> Result<Frozen, 
         let sha256 = if path.is_file() { Some(hash(&path)?) } else { None };
         files.push(FrozenFile { field: "model.path".into(), path, sha256, run_relative: false });
     }
+    if let Some(dir) = &loaded.pipeline.model.adapter {
+        // A changed starting adapter refuses a resume like any other changed input.
+        for name in [crate::model::lora::ADAPTER_CONFIG, crate::model::lora::ADAPTER_WEIGHTS] {
+            let path = dir.join(name);
+            let sha256 = Some(hash(&path)?);
+            files.push(FrozenFile { field: "model.adapter".into(), path, sha256, run_relative: false });
+        }
+    }
     for (i, stage) in loaded.pipeline.stages.iter().enumerate() {
         // `None` for a run-relative file: recorded, never hashed.
         let mut add = |field: String, path: &Path, hashed: bool| -> Result<(), ConfigError> {

@@ -8,8 +8,9 @@ use serde::de::DeserializeOwned;
 
 use super::error::ConfigError;
 use super::locate::{line_column, FieldPath, Node};
-use super::types::{ModelInit, ModelSettings, Pipeline};
+use super::types::{ModelInit, ModelSettings, Pipeline, TargetModules};
 use super::validate::validate;
+use crate::model::lora::{AdapterConfig, LoraSpec, Targets};
 
 /// Where one preference file of a stage is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +245,78 @@ fn check_reward_model_dir(locator: &Locator<'_>, at: &FieldPath, dir: &Path) -> 
     Ok(())
 }
 
+impl super::types::LoraSettings {
+    /// The adapter settings this table describes.
+    pub fn spec(&self) -> LoraSpec {
+        let targets = match &self.target_modules {
+            TargetModules::One(s) if s == "all-linear" => Targets::AllLinear,
+            TargetModules::One(s) => Targets::Regex(s.clone()),
+            TargetModules::List(names) => Targets::Names(names.clone()),
+        };
+        LoraSpec { r: self.r, alpha: self.alpha, dropout: self.dropout, targets, rslora: false }
+    }
+}
+
+/// The `lora` table's values, the adapter directory's config, and their agreement; LoRA on a
+/// `scratch` model is refused (the frozen base would be noise).
+fn check_lora(model: &ModelSettings, at: &FieldPath, locator: &Locator<'_>) -> Result<(), ConfigError> {
+    if let Some(lora) = &model.lora {
+        let at = at.key("lora");
+        if lora.r == 0 {
+            return Err(locator.error(&at.key("r"), "must be at least 1"));
+        }
+        if !lora.alpha.is_finite() {
+            return Err(locator.error(&at.key("alpha"), "must be a finite number"));
+        }
+        if !(0.0..1.0).contains(&lora.dropout) {
+            return Err(locator.error(&at.key("dropout"), "must be in [0, 1)"));
+        }
+        lora.spec().targets.check().map_err(|m| locator.error(&at.key("target_modules"), m))?;
+    }
+    let scratch = model.init == ModelInit::Scratch;
+    if scratch && (model.lora.is_some() || model.adapter.is_some()) {
+        let field = if model.adapter.is_some() { "adapter" } else { "lora" };
+        return Err(locator.error(
+            &at.key(field),
+            "an adapter trains on a frozen pretrained base; with init = \"scratch\" the base would be noise",
+        ));
+    }
+    let Some(dir) = &model.adapter else { return Ok(()) };
+    let config = AdapterConfig::read(dir).map_err(|e| locator.error(&at.key("adapter"), e.to_string()))?;
+    let Some(lora) = &model.lora else { return Ok(()) };
+    let (ours, theirs) = (lora.spec(), &config.spec);
+    let file = config.path.display();
+    let disagree = |field: &str, ours: String, theirs: String| {
+        locator.error(&at.key("lora").key(field), format!("{ours}, but {file} says {theirs}"))
+    };
+    if ours.r != theirs.r {
+        return Err(disagree("r", ours.r.to_string(), format!("r = {}", theirs.r)));
+    }
+    if (ours.alpha - theirs.alpha).abs() > 0.0 || theirs.rslora {
+        return Err(disagree(
+            "alpha",
+            ours.alpha.to_string(),
+            format!("lora_alpha = {} (use_rslora = {})", theirs.alpha, theirs.rslora),
+        ));
+    }
+    if (ours.dropout - theirs.dropout).abs() > 0.0 {
+        return Err(disagree("dropout", ours.dropout.to_string(), format!("lora_dropout = {}", theirs.dropout)));
+    }
+    // Targets agree when they pick the same projections of this model.
+    let layers = crate::model::ModelConfig::from_dir(&model.path).map_or(0, |c| c.num_hidden_layers);
+    let modules = crate::model::lora::projection_modules(layers);
+    let pick = |t: &Targets| modules.iter().filter(|m| t.matches(m)).cloned().collect::<Vec<_>>();
+    let same = if layers == 0 { ours.targets == theirs.targets } else { pick(&ours.targets) == pick(&theirs.targets) };
+    if !same {
+        return Err(disagree(
+            "target_modules",
+            ours.targets.to_json().to_string(),
+            format!("target_modules = {}", theirs.targets.to_json()),
+        ));
+    }
+    Ok(())
+}
+
 fn resolve(
     mut pipeline: Pipeline,
     base: &Path,
@@ -253,6 +326,19 @@ fn resolve(
     let root = FieldPath::default();
     pipeline.model.path = existing(locator, &root.key("model").key("path"), base, &pipeline.model.path, true)?;
     check_model_init(&pipeline.model, &root.key("model"), locator)?;
+    if let Some(adapter) = &mut pipeline.model.adapter {
+        *adapter = existing(locator, &root.key("model").key("adapter"), base, adapter, true)?;
+    }
+    check_lora(&pipeline.model, &root.key("model"), locator)?;
+    if pipeline.model.lora.is_some() || pipeline.model.adapter.is_some() {
+        // The TRL engine's stage spec carries no adapter: training it there would drop the LoRA.
+        if let Some(i) = pipeline.stages.iter().position(|s| s.engine == super::engine::Engine::Trl) {
+            return Err(locator.error(
+                &root.key("stage").index(i).key("engine"),
+                "LoRA ([model] lora or adapter) is trained by hone's engine only; the TRL engine would train every weight",
+            ));
+        }
+    }
     let mut pref_sources = Vec::with_capacity(pipeline.stages.len());
     for (i, stage) in pipeline.stages.iter_mut().enumerate() {
         let at = root.key("stage").index(i);

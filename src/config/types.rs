@@ -208,6 +208,57 @@ pub struct ModelSettings {
     /// only `config.json` and the tokenizer files).
     #[serde(default)]
     pub init: ModelInit,
+    /// Train a LoRA adapter instead of every weight: `lora = { r, alpha, dropout, target_modules }`
+    /// with PEFT's names and defaults. The base stays frozen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSettings>,
+    /// Start from a PEFT LoRA adapter directory (`adapter_config.json` +
+    /// `adapter_model.safetensors`); its settings come from its config (a `lora` table given too
+    /// must agree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<PathBuf>,
+}
+
+/// The `[model] lora` table: PEFT's `LoraConfig` fields hone implements, with its defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSettings {
+    /// Rank (PEFT's `r`, default 8).
+    #[serde(default = "default_lora_r")]
+    pub r: usize,
+    /// Scaling numerator (PEFT's `lora_alpha`, default 8): the adapter adds `alpha / r · B A x`.
+    #[serde(default = "default_lora_alpha")]
+    pub alpha: f64,
+    /// Dropout on the adapter path's input (PEFT's `lora_dropout`, default 0).
+    #[serde(default)]
+    pub dropout: f64,
+    /// `"all-linear"` (q/k/v/o/gate/up/down), a list of module names (a module matches an entry
+    /// equal to its name or to a dotted suffix of it), or a regular expression over the whole
+    /// name; default PEFT's for Llama/Qwen2: `["q_proj", "v_proj"]`.
+    #[serde(default = "default_lora_targets")]
+    pub target_modules: TargetModules,
+}
+
+/// `target_modules` as written: one string (`"all-linear"` or a regular expression) or a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TargetModules {
+    /// `"all-linear"` or a regular expression.
+    One(String),
+    /// Module names.
+    List(Vec<String>),
+}
+
+fn default_lora_r() -> usize {
+    8
+}
+
+fn default_lora_alpha() -> f64 {
+    8.0
+}
+
+fn default_lora_targets() -> TargetModules {
+    TargetModules::List(vec!["q_proj".into(), "v_proj".into()])
 }
 
 /// How the pipeline's model gets its starting weights.

@@ -9,6 +9,7 @@ use candle_nn::{Init, VarBuilder};
 use super::checkpoint::{checkpoint, SideGrads};
 use super::config::ModelConfig;
 use super::fused::{self, fused_path, CausalMask};
+use super::lora::{LoraBuild, Projection};
 use super::ops::{matmul_in, softmax_last_dim, Linear, RmsNorm, Rotary};
 
 /// Keys and values of the positions seen so far, one entry per layer.
@@ -83,16 +84,21 @@ fn linear(vb: &VarBuilder, out: usize, inp: usize, bias: bool) -> Result<Linear>
     Ok(Linear::new(weight, bias))
 }
 
+/// A projection of a decoder layer: the linear layer, with a LoRA adapter when `lora` targets it.
+fn projection(vb: &VarBuilder, out: usize, inp: usize, bias: bool, lora: Option<&LoraBuild>) -> Result<Projection> {
+    Projection::new(linear(vb, out, inp, bias)?, vb, out, inp, lora)
+}
+
 fn rms_norm(vb: &VarBuilder, size: usize, eps: f64) -> Result<RmsNorm> {
     Ok(RmsNorm::new(vb.get_with_hints(size, "weight", Init::Const(1.0))?, eps))
 }
 
 #[derive(Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Projection,
+    k_proj: Projection,
+    v_proj: Projection,
+    o_proj: Projection,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -102,13 +108,13 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &ModelConfig, window: Option<usize>, vb: &VarBuilder) -> Result<Self> {
+    fn new(cfg: &ModelConfig, window: Option<usize>, vb: &VarBuilder, lora: Option<&LoraBuild>) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         Ok(Self {
-            q_proj: linear(&vb.pp("q_proj"), cfg.num_attention_heads * d, h, cfg.qkv_bias)?,
-            k_proj: linear(&vb.pp("k_proj"), cfg.num_key_value_heads * d, h, cfg.qkv_bias)?,
-            v_proj: linear(&vb.pp("v_proj"), cfg.num_key_value_heads * d, h, cfg.qkv_bias)?,
-            o_proj: linear(&vb.pp("o_proj"), h, cfg.num_attention_heads * d, cfg.o_bias)?,
+            q_proj: projection(&vb.pp("q_proj"), cfg.num_attention_heads * d, h, cfg.qkv_bias, lora)?,
+            k_proj: projection(&vb.pp("k_proj"), cfg.num_key_value_heads * d, h, cfg.qkv_bias, lora)?,
+            v_proj: projection(&vb.pp("v_proj"), cfg.num_key_value_heads * d, h, cfg.qkv_bias, lora)?,
+            o_proj: projection(&vb.pp("o_proj"), h, cfg.num_attention_heads * d, cfg.o_bias, lora)?,
             heads: cfg.num_attention_heads,
             kv_heads: cfg.num_key_value_heads,
             head_dim: d,
@@ -237,18 +243,18 @@ fn padding_mask(
 
 #[derive(Clone)]
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: Projection,
+    up_proj: Projection,
+    down_proj: Projection,
 }
 
 impl Mlp {
-    fn new(cfg: &ModelConfig, vb: &VarBuilder) -> Result<Self> {
+    fn new(cfg: &ModelConfig, vb: &VarBuilder, lora: Option<&LoraBuild>) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: linear(&vb.pp("gate_proj"), i, h, cfg.mlp_bias)?,
-            up_proj: linear(&vb.pp("up_proj"), i, h, cfg.mlp_bias)?,
-            down_proj: linear(&vb.pp("down_proj"), h, i, cfg.mlp_bias)?,
+            gate_proj: projection(&vb.pp("gate_proj"), i, h, cfg.mlp_bias, lora)?,
+            up_proj: projection(&vb.pp("up_proj"), i, h, cfg.mlp_bias, lora)?,
+            down_proj: projection(&vb.pp("down_proj"), h, i, cfg.mlp_bias, lora)?,
         })
     }
 }
@@ -271,10 +277,11 @@ struct Block {
 }
 
 impl Block {
-    fn new(cfg: &ModelConfig, layer: usize, vb: &VarBuilder) -> Result<Self> {
+    fn new(cfg: &ModelConfig, layer: usize, vb: &VarBuilder, lora: Option<&LoraBuild>) -> Result<Self> {
         // Requested in transformers' named_parameters() order: attention, MLP, then the norms.
-        let self_attn = Attention::new(cfg, cfg.sliding_windows.get(layer).copied().flatten(), &vb.pp("self_attn"))?;
-        let mlp = Mlp::new(cfg, &vb.pp("mlp"))?;
+        let window = cfg.sliding_windows.get(layer).copied().flatten();
+        let self_attn = Attention::new(cfg, window, &vb.pp("self_attn"), lora)?;
+        let mlp = Mlp::new(cfg, &vb.pp("mlp"), lora)?;
         Ok(Self {
             self_attn,
             mlp,
@@ -327,6 +334,12 @@ pub struct Decoder {
 impl Decoder {
     /// Builds the model, requesting every tensor from `vb` by its transformers name.
     pub fn new(cfg: &ModelConfig, vb: &VarBuilder) -> Result<Self> {
+        Self::with_lora(cfg, vb, None)
+    }
+
+    /// Builds the model with a LoRA adapter on every projection `lora` targets (the adapters'
+    /// tensors come from `lora`'s store, the base's from `vb`).
+    pub fn with_lora(cfg: &ModelConfig, vb: &VarBuilder, lora: Option<&LoraBuild>) -> Result<Self> {
         let m = vb.pp("model");
         let embed_tokens = m.pp("embed_tokens").get_with_hints(
             (cfg.vocab_size, cfg.hidden_size),
@@ -334,7 +347,7 @@ impl Decoder {
             Init::Randn { mean: 0.0, stdev: 0.02 },
         )?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Block::new(cfg, i, &m.pp("layers").pp(i)))
+            .map(|i| Block::new(cfg, i, &m.pp("layers").pp(i), lora))
             .collect::<Result<Vec<_>>>()?;
         let norm = rms_norm(&m.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
         let lm_head = if cfg.tie_word_embeddings {

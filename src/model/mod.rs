@@ -9,6 +9,7 @@ pub mod decoder;
 pub mod device;
 pub mod fused;
 pub mod generate;
+pub mod lora;
 pub mod ops;
 pub mod reward;
 pub mod weights;
@@ -21,6 +22,7 @@ use candle_core::{DType, Device, Tensor, Var};
 pub use config::{Family, GenerationConfig, ModelConfig};
 pub use decoder::{Decoder, KvCache};
 pub use device::{parse_device, parse_dtype};
+pub use lora::{AdapterInit, LoraSpec, Targets};
 pub use reward::RewardModel;
 use weights::ParamStore;
 
@@ -113,6 +115,16 @@ pub struct Model {
     store: Arc<ParamStore>,
     decoder: Decoder,
     source_dir: Option<PathBuf>,
+    lora: Option<Attached>,
+}
+
+/// The LoRA adapter of a model: its settings, weights and switch.
+struct Attached {
+    spec: LoraSpec,
+    store: Arc<ParamStore>,
+    switch: Arc<lora::LoraSwitch>,
+    /// `base_model_name_or_path` of the adapter files written.
+    base_name: String,
 }
 
 impl Model {
@@ -122,14 +134,85 @@ impl Model {
         let generation = GenerationConfig::from_dir(dir, &config)?;
         let store = Arc::new(ParamStore::open(dir)?);
         let decoder = Decoder::new(&config, &store.var_builder(dtype, device))?;
-        Ok(Self { config, generation, store, decoder, source_dir: Some(dir.to_path_buf()) })
+        Ok(Self { config, generation, store, decoder, source_dir: Some(dir.to_path_buf()), lora: None })
+    }
+
+    /// Loads a model directory as a frozen base (held once, no gradients) with a LoRA adapter,
+    /// fresh or from a PEFT adapter directory. Only the adapter is trainable
+    /// ([`Model::parameters`]), and [`Model::files`] are the adapter's files.
+    pub fn load_with_adapter(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        adapter: &AdapterInit,
+    ) -> Result<Self, ModelError> {
+        let config = ModelConfig::from_dir(dir)?;
+        let generation = GenerationConfig::from_dir(dir, &config)?;
+        let store = Arc::new(ParamStore::open(dir)?.frozen());
+        let (spec, adapter_store, origin) = match adapter {
+            AdapterInit::Fresh { spec, seed } => (spec.clone(), ParamStore::fresh(*seed), None),
+            AdapterInit::Dir(adir) => {
+                let cfg = lora::AdapterConfig::read(adir)?;
+                let weights = adir.join(lora::ADAPTER_WEIGHTS);
+                if !weights.is_file() {
+                    return Err(ModelError::MissingFile { path: weights, what: "the adapter's weights" });
+                }
+                (cfg.spec, ParamStore::open_files(vec![weights])?, Some(cfg.path))
+            }
+        };
+        if spec.r == 0 {
+            return Err(ModelError::Dtype("LoRA rank r must be at least 1".into()));
+        }
+        let switch = Arc::new(lora::LoraSwitch::default());
+        let build = lora::LoraBuild::new(spec.clone(), Arc::new(adapter_store), Arc::clone(&switch));
+        let decoder =
+            Decoder::with_lora(&config, &store.var_builder(dtype, device), Some(&build)).map_err(
+                |e| match &origin {
+                    Some(path) => {
+                        ModelError::Weights { path: path.with_file_name(lora::ADAPTER_WEIGHTS), message: e.to_string() }
+                    }
+                    None => e.into(),
+                },
+            )?;
+        let cfg_path = origin.clone().unwrap_or_else(|| PathBuf::from("[model] lora"));
+        let modules = build.modules();
+        let all = lora::projection_modules(config.num_hidden_layers);
+        let unmatched = spec.targets.unmatched(&modules);
+        if modules.is_empty() || !unmatched.is_empty() {
+            return Err(ModelError::Config {
+                path: cfg_path,
+                field: "target_modules".into(),
+                message: format!(
+                    "{} match no projection of {} (hone adapts {})",
+                    if unmatched.is_empty() { "the targets".to_string() } else { unmatched.join(", ") },
+                    dir.display(),
+                    lora::ALL_LINEAR.join(", ")
+                ),
+            });
+        }
+        debug_assert!(modules.iter().all(|m| all.contains(m)));
+        let unused = build.store.unused();
+        if let Some((name, file)) = unused.first() {
+            return Err(ModelError::Weights {
+                path: file.clone(),
+                message: format!(
+                    "{name}: {} tensor(s) of the adapter belong to no targeted projection of {} (target_modules \
+                     and the weights disagree, or the adapter is for another model)",
+                    unused.len(),
+                    dir.display()
+                ),
+            });
+        }
+        let base_name = dir.display().to_string();
+        let attached = Attached { spec, store: Arc::clone(&build.store), switch, base_name };
+        Ok(Self { config, generation, store, decoder, source_dir: Some(dir.to_path_buf()), lora: Some(attached) })
     }
 
     /// A freshly initialised model (for tests and benchmarks), reproducible from `seed`.
     pub fn fresh(config: ModelConfig, device: &Device, dtype: DType, seed: u64) -> Result<Self, ModelError> {
         let store = Arc::new(ParamStore::fresh(seed));
         let decoder = Decoder::new(&config, &store.var_builder(dtype, device))?;
-        Ok(Self { config, generation: GenerationConfig::default(), store, decoder, source_dir: None })
+        Ok(Self { config, generation: GenerationConfig::default(), store, decoder, source_dir: None, lora: None })
     }
 
     /// A model from a directory's `config.json` (and `generation_config.json`, tokenizer files)
@@ -140,7 +223,28 @@ impl Model {
         let generation = GenerationConfig::from_dir(dir, &config)?;
         let store = Arc::new(ParamStore::fresh(seed));
         let decoder = Decoder::new(&config, &store.var_builder(dtype, device))?;
-        Ok(Self { config, generation, store, decoder, source_dir: Some(dir.to_path_buf()) })
+        Ok(Self { config, generation, store, decoder, source_dir: Some(dir.to_path_buf()), lora: None })
+    }
+
+    /// The LoRA settings, when the model carries an adapter.
+    pub fn lora(&self) -> Option<&LoraSpec> {
+        self.lora.as_ref().map(|l| &l.spec)
+    }
+
+    /// Turns the adapters on or off (off: the frozen base, e.g. as DPO's reference). No-op
+    /// without an adapter.
+    pub fn set_adapters_enabled(&self, on: bool) {
+        if let Some(l) = &self.lora {
+            l.switch.set_enabled(on);
+        }
+    }
+
+    /// Dropout masks of the adapters for the next forwards come from `seed` (replayable);
+    /// `None`: no dropout (evaluation, scoring, reference log-probs).
+    pub fn set_dropout_seed(&self, seed: Option<u64>) {
+        if let Some(l) = &self.lora {
+            l.switch.set_dropout_seed(seed);
+        }
     }
 
     /// The network.
@@ -164,9 +268,13 @@ impl Model {
     }
 
     /// Trainable parameters with their transformers names, in `named_parameters()` order. A tied
-    /// LM head is the embedding: it appears once.
+    /// LM head is the embedding: it appears once. With a LoRA adapter, only the adapter's A and B
+    /// (PEFT's keys, PEFT's order); the base is frozen.
     pub fn parameters(&self) -> Vec<(String, Var)> {
-        self.store.vars()
+        match &self.lora {
+            Some(l) => l.store.vars(),
+            None => self.store.vars(),
+        }
     }
 
     /// Fails when the tokenizer has more ids than the embedding matrix has rows.
@@ -197,9 +305,47 @@ impl Model {
     /// The files of a Hugging Face model directory holding this model's current weights (in
     /// `dtype`): `model.safetensors`, `config.json` and the tokenizer/generation files of the
     /// source directory.
+    /// With a LoRA adapter: the PEFT adapter directory's files instead (`adapter_config.json`,
+    /// `adapter_model.safetensors`); [`Model::merged_files`] gives the full model.
     pub fn files(&self, dtype: DType) -> Result<Vec<(String, Vec<u8>)>, ModelError> {
+        match &self.lora {
+            Some(l) => Self::adapter_files(l, dtype),
+            None => self.model_files(dtype, None),
+        }
+    }
+
+    /// A full model directory's files with every adapter merged into its base weight
+    /// (`W + scaling · B A`); without an adapter, [`Model::files`].
+    pub fn merged_files(&self, dtype: DType) -> Result<Vec<(String, Vec<u8>)>, ModelError> {
+        self.model_files(dtype, self.lora.as_ref())
+    }
+
+    fn adapter_files(l: &Attached, dtype: DType) -> Result<Vec<(String, Vec<u8>)>, ModelError> {
         let tensors: Vec<(String, Tensor)> =
-            self.parameters().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+            l.store.vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+        let config = lora::adapter_config_json(&l.spec, &l.base_name);
+        let text = serde_json::to_string_pretty(&config).map_err(|e| ModelError::Dtype(e.to_string()))?;
+        Ok(vec![
+            (lora::ADAPTER_CONFIG.to_string(), text.into_bytes()),
+            (lora::ADAPTER_WEIGHTS.to_string(), weights::safetensors_bytes(&tensors, dtype)?),
+        ])
+    }
+
+    fn model_files(&self, dtype: DType, merge: Option<&Attached>) -> Result<Vec<(String, Vec<u8>)>, ModelError> {
+        let mut tensors: Vec<(String, Tensor)> =
+            self.store.vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+        if let Some(l) = merge {
+            let scaling = l.spec.scaling();
+            for (name, t) in &mut tensors {
+                let Some(module) = name.strip_suffix(".weight") else { continue };
+                let key = lora::peft_key(module);
+                if let (Some(a), Some(b)) =
+                    (l.store.get(&format!("{key}.lora_A.weight")), l.store.get(&format!("{key}.lora_B.weight")))
+                {
+                    *t = lora::merged_weight(t, &a, &b, scaling)?;
+                }
+            }
+        }
         let mut files = vec![("model.safetensors".to_string(), weights::safetensors_bytes(&tensors, dtype)?)];
         let mut config = self.config.raw.clone();
         if let Some(obj) = config.as_object_mut() {

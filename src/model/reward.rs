@@ -101,7 +101,7 @@ impl RewardModel {
         let score = vb.pp("score").get((1, config.hidden_size), "weight")?;
         let generation = GenerationConfig::from_dir(dir, &config)?;
         let pad_token_id = pad_id_of(&raw);
-        let model = Model { config, generation, store, decoder, source_dir: Some(dir.to_path_buf()) };
+        let model = Model { config, generation, store, decoder, source_dir: Some(dir.to_path_buf()), lora: None };
         Ok(Self { model, score, fresh_head: None, pad_token_id })
     }
 
@@ -126,7 +126,7 @@ impl RewardModel {
         )?;
         let pad_token_id =
             pad_id_of(&config.raw).or(generation.pad_token_id).or_else(|| generation.eos_token_ids.first().copied());
-        let model = Model { config, generation, store, decoder, source_dir: Some(dir.to_path_buf()) };
+        let model = Model { config, generation, store, decoder, source_dir: Some(dir.to_path_buf()), lora: None };
         Ok(Self { model, score, fresh_head: Some(head), pad_token_id })
     }
 

@@ -27,6 +27,9 @@ enum Source {
 /// Trainable parameters in the order the model first requested them.
 pub struct ParamStore {
     source: Source,
+    /// Frozen: tensors are handed out detached, so no gradient is ever computed or kept for them
+    /// (the base under a LoRA adapter). The store still holds each once, for saving and merging.
+    frozen: bool,
     params: Mutex<Vec<(String, Var)>>,
     by_name: Mutex<HashMap<String, usize>>,
 }
@@ -59,6 +62,11 @@ impl ParamStore {
                 what: "model weights (model.safetensors or model.safetensors.index.json)",
             });
         };
+        Self::open_files(files)
+    }
+
+    /// Opens the given safetensors files (e.g. a PEFT adapter's `adapter_model.safetensors`).
+    pub fn open_files(files: Vec<PathBuf>) -> Result<Self, ModelError> {
         let mut buffers = Vec::with_capacity(files.len());
         let mut index = HashMap::new();
         for (i, path) in files.into_iter().enumerate() {
@@ -80,7 +88,34 @@ impl ParamStore {
     }
 
     fn with_source(source: Source) -> Self {
-        Self { source, params: Mutex::new(Vec::new()), by_name: Mutex::new(HashMap::new()) }
+        Self { source, frozen: false, params: Mutex::new(Vec::new()), by_name: Mutex::new(HashMap::new()) }
+    }
+
+    /// The same store, frozen: every tensor it hands out is detached from autograd.
+    #[must_use]
+    pub fn frozen(mut self) -> Self {
+        self.frozen = true;
+        self
+    }
+
+    /// The tensor of this name, if the model requested it.
+    pub fn get(&self, name: &str) -> Option<Tensor> {
+        let by_name = self.by_name.lock().ok()?;
+        let params = self.params.lock().ok()?;
+        by_name.get(name).map(|&i| params[i].1.as_tensor().detach())
+    }
+
+    /// Tensors of the underlying files the model never requested, sorted, with their file.
+    pub fn unused(&self) -> Vec<(String, PathBuf)> {
+        let Source::Files { buffers, index } = &self.source else { return Vec::new() };
+        let Ok(by_name) = self.by_name.lock() else { return Vec::new() };
+        let mut out: Vec<(String, PathBuf)> = index
+            .iter()
+            .filter(|(n, _)| !by_name.contains_key(*n))
+            .map(|(n, &f)| (n.clone(), buffers[f].0.clone()))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Whether the underlying files hold a tensor of this name.
@@ -112,7 +147,7 @@ impl ParamStore {
         let by_name = self.by_name.lock().map_err(|_| candle_core::Error::Msg("parameter store poisoned".into()))?;
         if let Some(&i) = by_name.get(name) {
             let params = self.params.lock().map_err(|_| candle_core::Error::Msg("parameter store poisoned".into()))?;
-            let t = params[i].1.as_tensor().clone();
+            let t = if self.frozen { params[i].1.as_tensor().detach() } else { params[i].1.as_tensor().clone() };
             if t.shape() != shape {
                 candle_core::bail!("tensor {name}: expected shape {shape:?}, found {:?}", t.shape());
             }
@@ -155,7 +190,7 @@ impl ParamStore {
                 Var::from_tensor(&init_tensor(shape, init, &mut rng, device)?.to_dtype(dtype)?)?
             }
         };
-        let tensor = var.as_tensor().clone();
+        let tensor = if self.frozen { var.as_tensor().detach() } else { var.as_tensor().clone() };
         let mut params = self.params.lock().map_err(|_| candle_core::Error::Msg("parameter store poisoned".into()))?;
         let mut by_name =
             self.by_name.lock().map_err(|_| candle_core::Error::Msg("parameter store poisoned".into()))?;

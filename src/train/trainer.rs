@@ -37,11 +37,11 @@ use super::TrainError;
 use crate::config::{Engine, EvalSettings, ModelInit, NanPolicy, Pipeline, Stage};
 use crate::data::{ChatTemplate, TextTokenizer};
 use crate::eval::{read_suite, Contamination, Decision, EvalItem, Judge, Report};
-use crate::model::{Model, Precision, RewardModel};
+use crate::model::{AdapterInit, Model, Precision, RewardModel};
 use control::Boundary;
 pub use control::{stage_prompts, DEFAULT_SAMPLE_PROMPTS};
 pub(crate) use stage::{apply_update, forward_backward, Objective, StepSums};
-use stage::{main_term, num, term_len, term_lengths, Lambdas, StageRun};
+use stage::{main_term, num, term_len, term_lengths, Lambdas, Reference, StageRun};
 pub use stage::{sampler_seed, Term};
 
 /// The suite, judge and contamination set of a pipeline with an `[eval]` table, and the
@@ -146,9 +146,13 @@ impl<'h, H: Host> Trainer<'h, H> {
         dtype: DType,
     ) -> Result<Self, TrainError> {
         let master = Precision::for_training(dtype).master;
-        let policy = match pipeline.model.init {
-            ModelInit::Pretrained => Model::load(&pipeline.model.path, &device, master)?,
-            ModelInit::Scratch => Model::scratch(&pipeline.model.path, &device, master, pipeline.run.seed)?,
+        let policy = match (pipeline.model.init, adapter_init(&pipeline)) {
+            (ModelInit::Pretrained, None) => Model::load(&pipeline.model.path, &device, master)?,
+            (ModelInit::Pretrained, Some(init)) => {
+                Model::load_with_adapter(&pipeline.model.path, &device, master, &init)?
+            }
+            // Refused when the pipeline is loaded: an adapter needs a pretrained base.
+            (ModelInit::Scratch, _) => Model::scratch(&pipeline.model.path, &device, master, pipeline.run.seed)?,
         };
         let dir = (pipeline.model.init == ModelInit::Pretrained).then(|| pipeline.model.path.clone());
         let start = Start { policy, state: TrainerState::default(), optimizer: None, reward: None };
@@ -166,7 +170,14 @@ impl<'h, H: Host> Trainer<'h, H> {
         dtype: DType,
         checkpoint: &std::path::Path,
     ) -> Result<Self, TrainError> {
-        let policy = Model::load(checkpoint, &device, Precision::for_training(dtype).master)?;
+        let master = Precision::for_training(dtype).master;
+        let policy = if adapter_init(&pipeline).is_some() {
+            // A LoRA run's checkpoint holds the adapter; the base is the pipeline's model.
+            let init = AdapterInit::Dir(checkpoint.to_path_buf());
+            Model::load_with_adapter(&pipeline.model.path, &device, master, &init)?
+        } else {
+            Model::load(checkpoint, &device, master)?
+        };
         let saved = host.read_checkpoint(checkpoint)?;
         let state: TrainerState = serde_json::from_slice(&saved.trainer_state)
             .map_err(|e| TrainError::Data(format!("{}: {e}", saved.source)))?;
@@ -484,16 +495,19 @@ impl<'h, H: Host> Trainer<'h, H> {
         total
     }
 
-    fn reference_model(&mut self, stage: &Stage) -> Result<Model, TrainError> {
+    fn reference_model(&mut self, stage: &Stage) -> Result<Reference, TrainError> {
         if let Some(dir) = stage.pref.as_ref().and_then(|p| p.reference.clone()) {
-            return Ok(self.precision.load(&dir, &self.device)?);
+            return Ok(Reference::Model(Box::new(self.precision.load(&dir, &self.device)?)));
+        }
+        if self.policy.lora().is_some() {
+            return Ok(Reference::PolicyBase);
         }
         let dir = match self.host.reference(&stage.name) {
             Some(dir) => dir,
             // The stage starts from the current weights; they are its frozen reference.
             None => self.host.save_reference(&stage.name, self.policy.files(DType::F32)?)?,
         };
-        Ok(self.precision.load(&dir, &self.device)?)
+        Ok(Reference::Model(Box::new(self.precision.load(&dir, &self.device)?)))
     }
 
     /// The reward model a reward-model stage trains: from `start` (a sequence-classification or
@@ -706,21 +720,28 @@ impl<'h, H: Host> Trainer<'h, H> {
         stage: &Stage,
         data: &StageData,
         live: &LiveLabels,
-    ) -> Result<ControlFlow<(), (RefCache, Option<Model>)>, TrainError> {
+    ) -> Result<ControlFlow<(), (RefCache, Option<Reference>)>, TrainError> {
         let mut cache = RefCache::new();
         let needs_ref =
             !data.pairs.is_empty() || !data.safety_pairs.is_empty() || !data.redteam.is_empty() || !live.is_empty();
         if !needs_ref {
             return Ok(ControlFlow::Continue((cache, None)));
         }
-        let model = self.reference_model(stage)?;
+        let reference = self.reference_model(stage)?;
         let all: Vec<&PairExample> = data.pairs.iter().chain(&data.safety_pairs).chain(&data.redteam).collect();
         let pad = self.pad_id();
-        let mut between = |done, total| self.between_batches(&stage.name, "reference", (done, total));
-        if fill_reference_cache(&model, &all, pad, &mut cache, &mut between)?.is_break() {
+        let mut interrupts = control::Interrupts {
+            host: &mut *self.host,
+            paused: &mut self.paused,
+            stop: &mut self.stop,
+            deferred: &mut self.deferred,
+            state: &self.state,
+        };
+        let mut between = |done, total| interrupts.between_batches(&stage.name, "reference", (done, total));
+        if reference.score(&self.policy, &all, pad, &mut cache, &mut between)?.is_break() {
             return Ok(ControlFlow::Break(()));
         }
-        Ok(ControlFlow::Continue((cache, (!live.is_empty()).then_some(model))))
+        Ok(ControlFlow::Continue((cache, (!live.is_empty()).then_some(reference))))
     }
 
     /// One sampler per term with data (the preference term also when labels may arrive), fresh
@@ -814,11 +835,12 @@ impl<'h, H: Host> Trainer<'h, H> {
             pref: run.pref_term(),
             safety_pair: run.safety_pair_term(),
             pad_id: self.pad_id(),
+            dropout: Some((self.pipeline.run.seed, step)),
         };
         let drawn: Vec<_> = (0..run.stage.grad_accum.max(1)).map(|_| run.draw()).collect();
         let micro_batches: Vec<_> = drawn.iter().map(|d| run.micro_batch(d)).collect();
         let inject_nan = self.options.inject_nan_at.contains(&step);
-        forward_backward(self.policy.decoder(), &run.opt, &micro_batches, objective, inject_nan)
+        forward_backward(&self.policy, &run.opt, &micro_batches, objective, inject_nan)
     }
 
     /// A reward-model step: each micro-batch's pairs scored together (chosen then rejected, as
@@ -930,7 +952,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             let refs: Vec<&PairExample> = update.added.iter().collect();
             // Labels admitted at a step boundary are few: scored without interruption.
             let _never_breaks =
-                fill_reference_cache(reference, &refs, self.pad_id(), &mut run.cache, &mut never_interrupt)?;
+                reference.score(&self.policy, &refs, self.pad_id(), &mut run.cache, &mut never_interrupt)?;
         }
         let count = update.added.len();
         let first_new = run.data.pairs.len();
@@ -995,5 +1017,18 @@ impl<'h, H: Host> Trainer<'h, H> {
         let step = self.state.global_step;
         self.last_checkpoint = Some(step);
         self.host.save_checkpoint(step, checkpoint)
+    }
+}
+
+/// The policy's adapter, when the pipeline trains LoRA: the `adapter` directory, else a fresh
+/// one from the `lora` table, drawn from the run's seed.
+fn adapter_init(pipeline: &Pipeline) -> Option<AdapterInit> {
+    match (&pipeline.model.adapter, &pipeline.model.lora) {
+        (Some(dir), _) => Some(AdapterInit::Dir(dir.clone())),
+        (None, Some(lora)) => Some(AdapterInit::Fresh {
+            spec: lora.spec(),
+            seed: crate::rng::splitmix64(pipeline.run.seed ^ 0x4C6F_5241_496E_6974),
+        }),
+        (None, None) => None,
     }
 }

@@ -10,14 +10,14 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{PrefLossKind, SafetyLossKind, Stage};
 use crate::data::Text;
-use crate::model::{Decoder, Model, RewardModel};
+use crate::model::{Model, RewardModel};
 use crate::train::examples::PairExample;
 use crate::train::host::Admission;
 use crate::train::live::LiveLabels;
 use crate::train::loss::{LabelNoise, PreferenceLoss};
 use crate::train::objective::{evaluate, MicroBatch, Outcome, PairTerm, RewardRow, Weights};
 use crate::train::optim::{clip_coefficient, gradients_of, AdamW};
-use crate::train::plan::{RefCache, RmPair, StageData};
+use crate::train::plan::{fill_reference_cache, Between, RefCache, RmPair, StageData};
 use crate::train::sampler::Sampler;
 use crate::train::TrainError;
 
@@ -90,8 +90,8 @@ pub(crate) struct StageRun {
     pub plan: Vec<Admission>,
     /// Reference log-probs by example hash.
     pub cache: RefCache,
-    /// The reference model, kept while labels may arrive (new pairs need their log-probs).
-    pub reference: Option<Model>,
+    /// The reference, kept while labels may arrive (new pairs need their log-probs).
+    pub reference: Option<Reference>,
     /// AdamW over the policy's parameters.
     pub opt: AdamW,
     /// One sampler per term present, in [`Term::ALL`] order.
@@ -201,6 +201,15 @@ pub(crate) struct Objective {
     pub pref: Option<PairTerm>,
     pub safety_pair: Option<PairTerm>,
     pub pad_id: u32,
+    /// (run seed, global step) of the LoRA dropout masks; `None` draws none (no LoRA dropout,
+    /// or a benchmark).
+    pub dropout: Option<(u64, u64)>,
+}
+
+/// The seed of micro-batch `micro`'s LoRA dropout masks at global step `step`.
+fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
+    use crate::rng::splitmix64;
+    splitmix64(splitmix64(seed ^ 0x4472_6F70_4F75_7453).wrapping_add(step)).wrapping_add(micro as u64)
 }
 
 /// The forward and backward passes of one step: each micro-batch through `policy` and
@@ -208,7 +217,7 @@ pub(crate) struct Objective {
 /// `opt`'s parameters summed. `hone run` and `hone bench` both step through this function and
 /// [`apply_update`], so the benchmark times the trainer's own code.
 pub(crate) fn forward_backward(
-    policy: &Decoder,
+    policy: &Model,
     opt: &AdamW,
     micro_batches: &[MicroBatch<'_>],
     objective: Objective,
@@ -216,14 +225,18 @@ pub(crate) fn forward_backward(
 ) -> Result<StepSums, TrainError> {
     let accum = micro_batches.len().max(1);
     let mut sums = StepSums::new(opt.params().len(), accum);
-    for mb in micro_batches {
-        let Objective { weights, pref, safety_pair, pad_id } = objective;
-        let out = evaluate(policy, mb, weights, pref, safety_pair, pad_id)?;
+    for (micro, mb) in micro_batches.iter().enumerate() {
+        let Objective { weights, pref, safety_pair, pad_id, dropout } = objective;
+        // LoRA dropout masks: a function of (seed, step, micro-batch), so a resume replays them.
+        policy.set_dropout_seed(dropout.map(|(seed, step)| dropout_seed(seed, step, micro)));
+        let out = evaluate(policy.decoder(), mb, weights, pref, safety_pair, pad_id);
+        policy.set_dropout_seed(None);
+        let out = out?;
         let mut loss = (&out.loss / accum as f64)?;
         if inject_nan {
             loss = (loss * f64::NAN)?;
         }
-        let store = policy.backward(&loss)?;
+        let store = policy.decoder().backward(&loss)?;
         sums.add(&loss, out)?;
         sums.add_grads(opt, &store)?;
     }
@@ -402,5 +415,36 @@ pub(crate) fn num(v: f64) -> Value {
         json!(v)
     } else {
         Value::Null
+    }
+}
+
+/// Where DPO's reference log-probs come from.
+pub enum Reference {
+    /// A model of its own: `pref.reference`, or the weights the stage started from.
+    Model(Box<Model>),
+    /// The policy's frozen base with its LoRA adapters switched off (as TRL does with a PEFT
+    /// model): no second model in memory.
+    PolicyBase,
+}
+
+impl Reference {
+    /// Fills `cache` with the reference log-probs of `pairs` (see [`fill_reference_cache`]).
+    pub fn score(
+        &self,
+        policy: &Model,
+        pairs: &[&PairExample],
+        pad: u32,
+        cache: &mut RefCache,
+        between: &mut Between<'_>,
+    ) -> Result<std::ops::ControlFlow<()>, TrainError> {
+        match self {
+            Self::Model(model) => fill_reference_cache(model, pairs, pad, cache, between),
+            Self::PolicyBase => {
+                policy.set_adapters_enabled(false);
+                let scored = fill_reference_cache(policy, pairs, pad, cache, between);
+                policy.set_adapters_enabled(true);
+                scored
+            }
+        }
     }
 }

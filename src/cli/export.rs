@@ -1,0 +1,75 @@
+//! `hone export RUN --stage S [--merge]`: a stage's trained weights out of a run, as a PEFT
+//! adapter directory (LoRA runs) or a full model directory transformers loads (`--merge` merges
+//! a LoRA adapter into its base; a full fine-tune is a full model already).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+
+use crate::config::load_frozen;
+use crate::model::{AdapterInit, Model};
+use crate::run::{list_checkpoints, RunDir, TRAINER_STATE_FILE};
+use crate::train::trainer::TrainerState;
+
+/// What `hone export` was asked.
+pub struct ExportArgs {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// The stage whose final weights to export.
+    pub stage: String,
+    /// Merge a LoRA adapter into the base (a full model directory).
+    pub merge: bool,
+    /// Where to write (default `<run>/exports/<stage>`, `<stage>-merged` with `--merge`).
+    pub out: Option<PathBuf>,
+}
+
+/// Writes the export and prints its directory; returns it.
+pub fn run(args: &ExportArgs, out: &mut impl Write) -> Result<PathBuf> {
+    let run = RunDir::open(&args.run_dir)?;
+    let frozen = load_frozen(&run.config_path())?;
+    let pipeline = &frozen.loaded.pipeline;
+    let Some(index) = pipeline.stages.iter().position(|s| s.name == args.stage) else {
+        let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+        bail!("--stage {}: the run has no such stage (stages: {})", args.stage, names.join(", "));
+    };
+    let checkpoint = stage_final_checkpoint(&run, index, &args.stage)?;
+    let device = Device::Cpu;
+    let lora = pipeline.model.lora.is_some() || pipeline.model.adapter.is_some();
+    let model = if lora {
+        Model::load_with_adapter(&pipeline.model.path, &device, DType::F32, &AdapterInit::Dir(checkpoint.clone()))?
+    } else {
+        Model::load(&checkpoint, &device, DType::F32)?
+    };
+    let files = if args.merge { model.merged_files(DType::F32)? } else { model.files(DType::F32)? };
+    let name = crate::run::dir_component(&args.stage);
+    let target = match &args.out {
+        Some(dir) => dir.clone(),
+        None if args.merge => run.exports_dir().join(format!("{name}-merged")),
+        None => run.exports_dir().join(name),
+    };
+    if target.exists() {
+        bail!("{}: already exists; remove it or give --out", target.display());
+    }
+    crate::durable::write_dir(&target, &files).with_context(|| target.display().to_string())?;
+    writeln!(out, "{}", target.display())?;
+    Ok(target)
+}
+
+/// The checkpoint a stage finished with (its last, written when the stage ended).
+fn stage_final_checkpoint(run: &RunDir, index: usize, stage: &str) -> Result<PathBuf> {
+    for checkpoint in list_checkpoints(run)?.into_iter().rev() {
+        let path = checkpoint.path(TRAINER_STATE_FILE);
+        let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
+        let state: TrainerState =
+            serde_json::from_slice(&bytes).with_context(|| format!("{}: not a trainer state", path.display()))?;
+        if state.stage_index == index && state.stage_done {
+            return Ok(checkpoint.dir);
+        }
+    }
+    bail!(
+        "{}: no checkpoint ends stage {stage} (it has not finished, or retention removed its last checkpoint)",
+        run.path().display()
+    )
+}
