@@ -330,6 +330,13 @@ fn resolve(
         *adapter = existing(locator, &root.key("model").key("adapter"), base, adapter, true)?;
     }
     check_lora(&pipeline.model, &root.key("model"), locator)?;
+    if pipeline.run.gradient_checkpointing && pipeline.model.lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
+        // The recompute in the backward pass would draw no dropout mask: wrong gradients.
+        return Err(locator.error(
+            &root.key("model").key("lora").key("dropout"),
+            "LoRA dropout with [run] gradient_checkpointing = true is not supported yet; use dropout = 0.0",
+        ));
+    }
     if pipeline.model.lora.is_some() || pipeline.model.adapter.is_some() {
         // The TRL engine's stage spec carries no adapter: training it there would drop the LoRA.
         if let Some(i) = pipeline.stages.iter().position(|s| s.engine == super::engine::Engine::Trl) {

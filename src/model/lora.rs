@@ -492,7 +492,7 @@ impl Projection {
     }
 
     /// The dtype the base matmul runs in (mixed precision); the adapter runs in its own dtype.
-    pub fn set_compute_dtype(&mut self, dtype: DType) {
+    pub fn set_compute_dtype(&mut self, dtype: Option<DType>) {
         self.base.set_compute_dtype(dtype);
     }
 }

@@ -27,7 +27,7 @@ pub use super::host::{Admission, CheckpointData, Control, Host, Position, PrefFi
 use super::iterate::{next_stage, round_name, round_seed_salt, sequence_from, Next};
 use super::live::{LiveLabels, LiveUpdate};
 use super::optim::{global_norm, AdamW, AdamWConfig, Moments};
-use super::plan::{fill_reference_cache, load_stage_data, never_interrupt, RefCache, RmPair, StageData};
+use super::plan::{load_stage_data, never_interrupt, RefCache, RmPair, StageData};
 use super::reward::BradleyTerry;
 use super::sampler::Sampler;
 use super::schedule::learning_rate;

@@ -140,7 +140,11 @@ impl<H: Host> Trainer<'_, H> {
             Some(dir) => {
                 let tokenizer = TextTokenizer::from_dir(dir)?;
                 let template = ChatTemplate::for_tokenizer(&tokenizer)?;
-                Some(RewardScorer { model: RewardModel::load(dir, &self.device, self.precision.compute)?, tokenizer, template })
+                Some(RewardScorer {
+                    model: RewardModel::load(dir, &self.device, self.precision.compute)?,
+                    tokenizer,
+                    template,
+                })
             }
             None => None,
         };
@@ -269,7 +273,9 @@ impl<H: Host> Trainer<'_, H> {
             let (policy, mask) = per_sequence_rows(&flat, &batch.targets_per_sequence, &device)?;
             let reference = match &run.reference {
                 Some(reference) => {
-                    let flat = tempered_target_logps(reference.decoder(), &batch, term.temperature)?.detach();
+                    let flat = reference
+                        .with_decoder(&self.policy, |d| tempered_target_logps(d, &batch, term.temperature))?
+                        .detach();
                     Some(per_sequence_rows(&flat, &batch.targets_per_sequence, &device)?.0)
                 }
                 None => None,

@@ -254,7 +254,9 @@ impl<H: Host> Trainer<'_, H> {
             }
             let tokens = TokenBatch::new(&seqs, pad, &device)?;
             let policy = per_sequence_sum(&target_logps(self.policy.decoder(), &tokens)?, &tokens)?;
-            let reference = per_sequence_sum(&target_logps(reference.decoder(), &tokens)?, &tokens)?.detach();
+            let reference =
+                per_sequence_sum(&reference.with_decoder(&self.policy, |d| target_logps(d, &tokens))?, &tokens)?
+                    .detach();
             let labels: Vec<bool> = batch.iter().map(|e| e.label).collect();
             let out = kto_loss(
                 &cfg,

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{PrefLossKind, SafetyLossKind, Stage};
 use crate::data::Text;
-use crate::model::{Model, RewardModel};
+use crate::model::{Decoder, Model, RewardModel};
 use crate::train::examples::PairExample;
 use crate::train::host::Admission;
 use crate::train::live::LiveLabels;
@@ -428,6 +428,20 @@ pub enum Reference {
 }
 
 impl Reference {
+    /// Runs `f` on the reference's network: its own model, or the policy with its adapters off
+    /// for the length of the call.
+    pub fn with_decoder<T, E>(&self, policy: &Model, f: impl FnOnce(&Decoder) -> Result<T, E>) -> Result<T, E> {
+        match self {
+            Self::Model(model) => f(model.decoder()),
+            Self::PolicyBase => {
+                policy.set_adapters_enabled(false);
+                let out = f(policy.decoder());
+                policy.set_adapters_enabled(true);
+                out
+            }
+        }
+    }
+
     /// Fills `cache` with the reference log-probs of `pairs` (see [`fill_reference_cache`]).
     pub fn score(
         &self,
