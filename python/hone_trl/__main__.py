@@ -119,4 +119,10 @@ def export_model(trainer, tokenizer, export_dir: str, stage: str, step: int, ran
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip the C++ destructors at interpreter exit: with gloo, a rank whose work is done (events
+    # written and synced, export renamed) could still abort there ("terminate called without an
+    # active exception"), failing a finished stage.
+    os._exit(code)
