@@ -140,7 +140,11 @@ impl<H: Host> Trainer<'_, H> {
             Some(dir) => {
                 let tokenizer = TextTokenizer::from_dir(dir)?;
                 let template = ChatTemplate::for_tokenizer(&tokenizer)?;
-                Some(RewardScorer { model: RewardModel::load(dir, &self.device, self.precision.compute)?, tokenizer, template })
+                Some(RewardScorer {
+                    model: RewardModel::load(dir, &self.device, self.precision.compute)?,
+                    tokenizer,
+                    template,
+                })
             }
             None => None,
         };
