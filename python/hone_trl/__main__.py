@@ -68,6 +68,21 @@ def main(argv: list[str] | None = None) -> int:
         if writer is not None:
             writer.emit("error", spec.stage, None, message=f"{type(e).__name__}: {e}", engine="trl")
         return 1
+    finally:
+        close_process_group()
+
+
+def close_process_group() -> None:
+    """Tears the distributed process group down before the interpreter exits: left to the C++
+    destructors at exit, gloo's threads can abort a rank ("terminate called without an active
+    exception") after its work is done, failing a stage that finished."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - best effort on the way out
+        pass
 
 
 def die_with_parent() -> None:
