@@ -117,10 +117,8 @@ batch_size = 4
 }
 
 fn fake_python(dir: &Path) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
     let path = dir.join("fake-python");
-    std::fs::write(&path, FAKE).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    live::write_executable(&path, FAKE);
     path
 }
 

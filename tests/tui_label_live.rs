@@ -70,8 +70,7 @@ fn hone_label_in_a_real_terminal_labels_undoes_and_edits() {
     }
     drop(f);
     let editor = dir.path().join("editor.sh");
-    std::fs::write(&editor, "#!/bin/sh\nprintf 'a better answer' > \"$1\"\n").unwrap();
-    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    live::write_executable(&editor, "#!/bin/sh\nprintf 'a better answer' > \"$1\"\n");
     let labels = dir.path().join("labels.jsonl");
     let command = format!(
         "EDITOR='{}' '{}' label --candidates '{}' --labels '{}' --labeler ann --seed 5 --repeat-share 0; echo \"EXITED $?\"; sleep 30",

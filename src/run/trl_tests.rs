@@ -171,13 +171,9 @@ fn a_requested_stop_is_relayed_once() {
 fn the_package_check_reports_versions_or_why_not() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good");
-    std::fs::write(&good, "#!/bin/sh\necho '{\"torch\":\"2.15.0\",\"trl\":\"1.16.0\"}'\n").unwrap();
+    write_executable(&good, "#!/bin/sh\necho '{\"torch\":\"2.15.0\",\"trl\":\"1.16.0\"}'\n");
     let bad = dir.path().join("bad");
-    std::fs::write(&bad, "#!/bin/sh\necho \"ModuleNotFoundError: No module named 'trl'\" >&2\nexit 1\n").unwrap();
-    for p in [&good, &bad] {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    write_executable(&bad, "#!/bin/sh\necho \"ModuleNotFoundError: No module named 'trl'\" >&2\nexit 1\n");
     let versions = check_packages(&good).unwrap();
     let loaded =
         load(dir.path(), &pipeline_text(&TORCHRUN.replace("/venv/bin/python", &good.display().to_string()), ""))
@@ -221,4 +217,14 @@ fn launch_lines_name_each_trl_stage_and_refuse_a_missing_interpreter() {
         load(dir.path(), &pipeline_text(&TORCHRUN.replace("/venv/bin/python", "/nowhere/python"), "")).unwrap();
     let err = launch_lines(&missing.pipeline, Path::new("/runs/r1")).unwrap_err().to_string();
     assert_eq!(err, "[engine.trl] python: no such interpreter: /nowhere/python");
+}
+
+/// Writes an executable script without this process ever holding a writable descriptor to it:
+/// another test thread's fork could inherit that descriptor and make running the script fail
+/// with ETXTBSY ("Text file busy"). `install` writes the file in its own, finished process.
+fn write_executable(path: &std::path::Path, text: &str) {
+    let source = path.with_extension("source");
+    std::fs::write(&source, text).unwrap();
+    let status = std::process::Command::new("install").args(["-m", "755"]).arg(&source).arg(path).status().unwrap();
+    assert!(status.success(), "install {} failed", path.display());
 }

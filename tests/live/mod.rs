@@ -106,3 +106,19 @@ pub fn tmux_available(what: &str) -> bool {
     eprintln!("HONE_SKIP_TMUX=1: SKIPPING {what} (tmux is not installed)");
     false
 }
+
+/// Writes an executable script at `path` without ever holding a writable descriptor to it in
+/// this process: a test that writes a script and runs it while another test thread forks can
+/// otherwise meet ETXTBSY ("Text file busy"), because the forked child briefly inherits the
+/// writer. `install` writes the final file in its own process, which has exited when this returns.
+pub fn write_executable(path: &std::path::Path, text: &str) {
+    let source = path.with_extension("source");
+    std::fs::write(&source, text).expect("write the script's source");
+    let status = std::process::Command::new("install")
+        .args(["-m", "755"])
+        .arg(&source)
+        .arg(path)
+        .status()
+        .expect("run install");
+    assert!(status.success(), "install {} failed", path.display());
+}
