@@ -1,8 +1,9 @@
 //! Durable writes, the one way hone writes a file or a directory that must never be seen half
 //! written: the content goes to a temporary name beside the target, is fsynced, renamed into
 //! place, and the parent directory is fsynced, so after a crash a reader finds the old version or
-//! the new one (and at worst a leftover `.tmp-*` entry), never a mix. Used by model saving,
-//! checkpoints, references, evaluations, exports and the run directory's small files.
+//! the new one (and at worst a leftover `.tmp-*` entry, which [`remove_dead_temps`] clears), never
+//! a mix. Used by model saving, checkpoints, references, evaluations, exports and the run
+//! directory's small files.
 //!
 //! Owns no file names; knows nothing of runs, tensors or the terminal.
 
@@ -68,6 +69,7 @@ pub fn write_dir(dir: &Path, files: &[(String, Vec<u8>)]) -> io::Result<()> {
         fs::create_dir(&tmp).map_err(|e| at(&tmp, e))?;
         for (name, bytes) in files {
             write_new(&tmp.join(name), bytes)?;
+            crate::fault::point("durable.dir.file");
         }
         fsync_dir(&tmp)?;
         crate::fault::point("durable.dir");
@@ -81,6 +83,48 @@ pub fn write_dir(dir: &Path, files: &[(String, Vec<u8>)]) -> io::Result<()> {
     }
     result?;
     fsync_dir(parent)
+}
+
+/// Removes what writers of `path` that died left beside it: `.<name>.tmp-<pid>-<n>` entries
+/// (see [`temp_beside`]) whose process no longer exists. Entries of live processes (a write in
+/// progress) stay. Returns how many were removed.
+pub fn remove_dead_temps(path: &Path) -> io::Result<usize> {
+    let dir = parent(path);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let prefix = format!(".{name}.tmp-");
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(at(dir, e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| at(dir, e))?;
+        let file = entry.file_name();
+        let pid = file.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|rest| rest.split('-').next());
+        let Some(pid) = pid.and_then(|p| p.parse::<i32>().ok()) else { continue };
+        if process_exists(pid) {
+            continue;
+        }
+        let path = entry.path();
+        let gone = if entry.file_type().is_ok_and(|t| t.is_dir()) { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        gone.map_err(|e| at(&path, e))?;
+        removed += 1;
+    }
+    if removed > 0 {
+        fsync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
+/// Whether a process `pid` exists (one of another user's counts: it cannot be signalled, but
+/// it is there).
+fn process_exists(pid: i32) -> bool {
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else { return false };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => true,
+        Err(e) => e != rustix::io::Errno::SRCH,
+    }
 }
 
 #[cfg(test)]
@@ -109,5 +153,25 @@ mod tests {
         assert!(write_dir(&dir, &[("x/y".into(), b"4".to_vec())]).is_err());
         assert_eq!(fs::read(dir.join("c")).unwrap(), b"3");
         assert_eq!(fs::read_dir(tmp.path().join("out")).unwrap().count(), 1, "no temporary left");
+    }
+
+    #[test]
+    fn temporaries_of_dead_writers_are_removed_and_a_live_writers_stays() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("model");
+        // A child that has exited and been reaped: its pid names no process (until reused).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let mine = std::process::id();
+        for name in [format!(".model.tmp-{dead}-0"), format!(".model.tmp-{mine}-3"), ".other.tmp-1-0".into()] {
+            fs::create_dir(tmp.path().join(name)).unwrap();
+        }
+        fs::write(tmp.path().join(format!(".model.tmp-{dead}-1")), b"half").unwrap();
+        assert_eq!(remove_dead_temps(&target).unwrap(), 2);
+        let mut left: Vec<String> =
+            fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, [format!(".model.tmp-{mine}-3"), ".other.tmp-1-0".to_string()]);
     }
 }

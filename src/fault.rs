@@ -10,8 +10,11 @@
 //!   `checkpoint_saved` event yet;
 //! - `labels.read`: new label lines read, not yet admitted into training;
 //! - `eval.report`: an evaluation's failures and responses written, its `report.json` not yet;
-//! - `durable.dir`: a directory (an export, a reference cache) complete under its temporary name,
-//!   not yet renamed into place.
+//! - `durable.dir.file`: a file of a directory (an export, a reference model) written under the
+//!   directory's temporary name, others pending;
+//! - `durable.dir`: a directory (an export, a reference model) complete under its temporary name,
+//!   not yet renamed into place;
+//! - `reference.logps`: a chunk of a stage's reference log-probs written, the next being computed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -21,7 +24,16 @@ pub const ENV: &str = "HONE_FAULT";
 
 /// Every point's name, for tests that visit them all.
 pub const POINTS: &[&str] =
-    &["checkpoint.file", "checkpoint.manifest", "checkpoint.saved", "labels.read", "eval.report", "durable.dir"];
+    &[
+        "checkpoint.file",
+        "checkpoint.manifest",
+        "checkpoint.saved",
+        "labels.read",
+        "eval.report",
+        "durable.dir.file",
+        "durable.dir",
+        "reference.logps",
+    ];
 
 struct Armed {
     point: String,

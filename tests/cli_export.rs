@@ -76,19 +76,25 @@ fn a_lora_run_exports_its_adapter_and_a_merged_model() {
             && names(&merged).contains(&"tokenizer.json".to_string())
     );
     let base = Model::load(&sample().join("model"), &Device::Cpu, DType::F32).unwrap();
-    let with = Model::load_with_adapter(&sample().join("model"), &Device::Cpu, DType::F32, &AdapterInit::Dir(adapter))
+    let with = Model::load_with_adapter(&sample().join("model"), &Device::Cpu, DType::F32, &AdapterInit::Dir(adapter.clone()))
         .unwrap();
     let full = Model::load(&merged, &Device::Cpu, DType::F32).unwrap();
     let (b, w, f) = (logits(&base), logits(&with), logits(&full));
     assert!(max_diff(&w, &f) < 1e-4, "merged model = base + adapter");
     assert!(max_diff(&b, &w) > 1e-3, "training moved the adapter");
-    // An existing export is never overwritten.
+    // The same export again (as after a crash) succeeds and changes nothing; an export directory
+    // with other contents is never overwritten.
+    let config = std::fs::read(adapter.join("adapter_config.json")).unwrap();
+    assert_eq!(hone(&["export", run.to_str().unwrap(), "--stage", "sft"]), adapter.display().to_string());
+    assert_eq!(std::fs::read(adapter.join("adapter_config.json")).unwrap(), config);
+    std::fs::write(adapter.join("adapter_config.json"), b"{}").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_hone"))
         .args(["export", run.to_str().unwrap(), "--stage", "sft"])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists with other contents"));
+    assert_eq!(std::fs::read(adapter.join("adapter_config.json")).unwrap(), b"{}");
     let out = Command::new(env!("CARGO_BIN_EXE_hone"))
         .args(["export", run.to_str().unwrap(), "--stage", "dpo"])
         .output()

@@ -1,9 +1,11 @@
 //! `hone export RUN --stage S [--merge]`: a stage's trained weights out of a run, as a PEFT
 //! adapter directory (LoRA runs) or a full model directory transformers loads (`--merge` merges
-//! a LoRA adapter into its base; a full fine-tune is a full model already).
+//! a LoRA adapter into its base; a full fine-tune is a full model already). The directory appears
+//! whole or not at all (`durable::write_dir`), and running the same export again after a crash
+//! succeeds: a complete one is left as it is, an interrupted one's temporary is cleared.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -49,12 +51,36 @@ pub fn run(args: &ExportArgs, out: &mut impl Write) -> Result<PathBuf> {
         None if args.merge => run.exports_dir().join(format!("{name}-merged")),
         None => run.exports_dir().join(name),
     };
+    // What an export killed before its rename left (a hidden temporary, never the target).
+    crate::durable::remove_dead_temps(&target).with_context(|| target.display().to_string())?;
     if target.exists() {
-        bail!("{}: already exists; remove it or give --out", target.display());
+        if !holds_exactly(&target, &files)? {
+            bail!("{}: already exists with other contents; remove it or give --out", target.display());
+        }
+    } else {
+        crate::durable::write_dir(&target, &files).with_context(|| target.display().to_string())?;
     }
-    crate::durable::write_dir(&target, &files).with_context(|| target.display().to_string())?;
     writeln!(out, "{}", target.display())?;
     Ok(target)
+}
+
+/// Whether `dir` holds exactly `files`, byte for byte: the same export made before (a re-run
+/// after an interrupted one whose rename had happened succeeds, and changes nothing).
+fn holds_exactly(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<bool> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| dir.display().to_string())? {
+        names.push(entry.with_context(|| dir.display().to_string())?.file_name());
+    }
+    if names.len() != files.len() {
+        return Ok(false);
+    }
+    for (name, bytes) in files {
+        match std::fs::read(dir.join(name)) {
+            Ok(on_disk) if on_disk == *bytes => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 /// The checkpoint a stage finished with (its last, written when the stage ended).

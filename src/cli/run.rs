@@ -19,8 +19,8 @@ use crate::model::{parse_device, parse_dtype};
 use crate::run::control::ControlServer;
 use crate::run::worker::RunHost;
 use crate::run::{
-    discard_after, kind, latest_checkpoint, list_checkpoints, Event, EventReader, RunDir, RunError, Shutdown,
-    WorkerLock,
+    discard_after, kind, latest_checkpoint, list_checkpoints, verify_for_resume, Event, EventReader, RunDir, RunError,
+    Shutdown, WorkerLock,
 };
 use crate::sanitize::sanitize;
 use crate::train::trainer::{Finished, PrefFile, RunOptions, Trainer};
@@ -333,7 +333,13 @@ fn resume_locked(
         }
     };
     if let Some(c) = &checkpoint {
-        c.verify().with_context(|| format!("checkpoint {}", c.dir.display()))?;
+        let started = Instant::now();
+        let verified = verify_for_resume(&mut host, c).with_context(|| format!("checkpoint {}", c.dir.display()))?;
+        if verified.is_break() {
+            host.append(Event::new(kind::RUN_FINISHED, None, None).with("status", "stopped").with("seconds", started.elapsed().as_secs_f64()))?;
+            host.sync()?;
+            return Ok(());
+        }
         let discarded = discard_after(host.lock(), c.step)?;
         if !discarded.is_empty() {
             host.append(Event::new(kind::WARNING, None, Some(c.step)).with(

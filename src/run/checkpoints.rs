@@ -8,6 +8,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,9 @@ use super::lock::WorkerLock;
 pub(crate) const MANIFEST: &str = "MANIFEST.json";
 /// Prefix of checkpoints being written.
 pub(crate) const TMP_PREFIX: &str = ".tmp-";
+/// Bytes read between two calls of [`Checkpoint::verify_with`]'s `between`: hashing one takes
+/// about a millisecond.
+const VERIFY_BLOCK: usize = 1 << 20;
 /// Prefix of checkpoints being deleted.
 const TRASH_PREFIX: &str = ".trash-";
 
@@ -92,11 +96,23 @@ impl Checkpoint {
 
     /// Re-reads every listed file and checks its size and sha256.
     pub fn verify(&self) -> Result<(), RunError> {
+        self.verify_with(&mut |_, _| ControlFlow::Continue(())).map(|_| ())
+    }
+
+    /// [`Checkpoint::verify`], asking `between(done, total)` (bytes read of all listed) after
+    /// every block read, so a caller can end a long verification (a large model's checkpoint)
+    /// there: `Break` stops it unfinished, and nothing is known about the rest.
+    pub fn verify_with(
+        &self,
+        between: &mut dyn FnMut(u64, u64) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>, RunError> {
+        let total: u64 = self.manifest.files.iter().map(|f| f.size).sum();
+        let mut done = 0u64;
+        let mut buf = vec![0u8; VERIFY_BLOCK];
         for file in &self.manifest.files {
             let path = self.path(&file.name);
             let mut f = File::open(&path).ctx("open", &path)?;
             let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
             let mut size = 0u64;
             loop {
                 let n = match f.read(&mut buf) {
@@ -107,6 +123,10 @@ impl Checkpoint {
                 };
                 hasher.update(&buf[..n]);
                 size += n as u64;
+                done += n as u64;
+                if between(done, total).is_break() {
+                    return Ok(ControlFlow::Break(()));
+                }
             }
             let sha256 = crate::hex::encode(&hasher.finalize());
             if size != file.size || sha256 != file.sha256 {
@@ -119,7 +139,7 @@ impl Checkpoint {
                 });
             }
         }
-        Ok(())
+        Ok(ControlFlow::Continue(()))
     }
 }
 

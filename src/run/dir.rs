@@ -19,6 +19,7 @@ const CHECKPOINTS: &str = "checkpoints";
 const EVAL: &str = "eval";
 const EXPORTS: &str = "exports";
 const REFERENCES: &str = "references";
+const REFERENCE_LOGPS: &str = "reference-logps";
 const CONTROL_SOCK: &str = "control.sock";
 const CONTROL_PATH: &str = "control.path";
 const CANDIDATES: &str = "candidates.jsonl";
@@ -191,6 +192,13 @@ impl RunDir {
     /// The stage name is made a safe path component as in [`RunDir::eval_dir`].
     pub fn reference_dir(&self, stage: &str) -> PathBuf {
         self.path.join(REFERENCES).join(safe_component(stage))
+    }
+
+    /// `reference-logps/<stage>/chunk-NNNNNN.bin`: chunk `index` of the reference log-probs a
+    /// preference stage computed (kept so that a resume computes only the rest). The stage is
+    /// made a safe path component as in [`RunDir::eval_dir`].
+    pub fn reference_logps_path(&self, stage: &str, index: usize) -> PathBuf {
+        self.path.join(REFERENCE_LOGPS).join(safe_component(stage)).join(format!("chunk-{index:06}.bin"))
     }
 
     /// `exports/`.

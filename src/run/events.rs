@@ -66,6 +66,8 @@ pub mod kind {
     pub const CANDIDATES_GENERATED: &str = "candidates_generated";
     /// `sample`.
     pub const SAMPLE: &str = "sample";
+    /// `phase_interrupted`: a stop ended a long phase between two of its batches.
+    pub const PHASE_INTERRUPTED: &str = "phase_interrupted";
 }
 
 /// Keys written by hone itself at the start of every line; `fields` may not use them.

@@ -18,6 +18,7 @@
 //!   eval/<stage>/     (path accessor)
 //!   exports/          (path accessor)
 //!   references/<stage>/  frozen reference weights of a preference stage (path accessor)
+//!   reference-logps/<stage>/chunk-000000.bin  its reference log-probs, stored as computed
 //! ```
 //!
 //! Crash safety in one paragraph: whole files that must never be seen half-written (run.toml,
@@ -39,6 +40,7 @@ mod lock;
 mod signals;
 mod status;
 pub mod trl;
+mod verify;
 pub mod worker;
 
 pub use checkpoint::{
@@ -53,3 +55,4 @@ pub use events::{kind, BadLine, Event, EventReader, EventWriter, ReadBatch};
 pub use lock::{LiveWorker, WorkerLock};
 pub use signals::Shutdown;
 pub use status::{Ending, RunState};
+pub use verify::verify_for_resume;

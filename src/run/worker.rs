@@ -2,6 +2,7 @@
 //! `checkpoints/` (atomically, then pruned), the stop flag comes from SIGINT/SIGTERM, and a
 //! stage's frozen reference lives in `references/<stage>/`.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +16,7 @@ use super::{
 };
 use crate::train::evaluate::{EvalInputs, StageEval};
 use crate::train::host::{ExternalOutcome, ExternalStage, ModelInput, PlannedControl};
+use crate::train::logps_chunk::LogpsChunk;
 use crate::train::trainer::{Admission, CheckpointData, Control, Host, Position, PrefFile, SavedTraining};
 use crate::train::TrainError;
 
@@ -33,6 +35,9 @@ pub struct RunHost {
     best: BestTracker,
     inbox: Option<Inbox>,
     controls: Vec<PlannedControl>,
+    /// Requests received before the trainer ran (while a resume verified its checkpoint), given
+    /// to it first.
+    held: VecDeque<Control>,
 }
 
 /// The "best" checkpoint kept by pruning: within the current stage, the one whose preceding
@@ -119,6 +124,7 @@ impl RunHost {
             best: BestTracker::default(),
             inbox: None,
             controls: Vec::new(),
+            held: VecDeque::new(),
         };
         let torn = host.writer.discarded_tail_bytes();
         if torn > 0 {
@@ -184,6 +190,11 @@ impl RunHost {
     /// Takes commands from a control socket's inbox.
     pub fn set_inbox(&mut self, inbox: Inbox) {
         self.inbox = Some(inbox);
+    }
+
+    /// Keeps a control request received before the trainer ran, for its first step boundary.
+    pub fn hold_control(&mut self, control: Control) {
+        self.held.push_back(control);
     }
 
     /// Sets the function that sees every event.
@@ -273,6 +284,35 @@ impl Host for RunHost {
         Ok(dir)
     }
 
+    fn load_reference_logps(&self, stage: &str) -> Result<Vec<LogpsChunk>, TrainError> {
+        let mut chunks = Vec::new();
+        loop {
+            let path = self.lock.run().reference_logps_path(stage, chunks.len());
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) => return Err(TrainError::Host(format!("{}: {e}", path.display()))),
+            };
+            // A damaged chunk ends the list: the pairs from there on are scored again.
+            let Some(chunk) = LogpsChunk::from_bytes(&bytes) else { break };
+            chunks.push(chunk);
+        }
+        Ok(chunks)
+    }
+
+    fn save_reference_logps(&mut self, stage: &str, index: usize, chunk: &LogpsChunk) -> Result<(), TrainError> {
+        let path = self.lock.run().reference_logps_path(stage, index);
+        let io = |e: std::io::Error| TrainError::Host(e.to_string());
+        if let Some(dir) = path.parent().filter(|d| !d.exists()) {
+            std::fs::create_dir_all(dir).map_err(|e| TrainError::Host(format!("{}: {e}", dir.display())))?;
+            // The new directories' entries are durable before a chunk is counted on.
+            for made in [dir.parent(), Some(self.lock.run().path())].into_iter().flatten() {
+                crate::durable::fsync_dir(made).map_err(io)?;
+            }
+        }
+        crate::durable::write_file(&path, &chunk.to_bytes()).map_err(io)
+    }
+
     fn preference_files(&self, index: usize) -> Vec<PrefFile> {
         self.preference_files.get(index).cloned().unwrap_or_default()
     }
@@ -286,6 +326,9 @@ impl Host for RunHost {
     }
 
     fn next_control(&mut self, wait: Option<Duration>) -> Option<Control> {
+        if let Some(control) = self.held.pop_front() {
+            return Some(control);
+        }
         let inbox = self.inbox.as_ref()?;
         loop {
             let control = match inbox.next(wait)? {

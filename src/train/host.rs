@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::evaluate::{EvalInputs, StageEval};
+use super::logps_chunk::LogpsChunk;
 use super::TrainError;
 use crate::config::Pipeline;
 
@@ -33,6 +34,16 @@ pub trait Host {
     /// Stores the frozen reference weights of `stage` (a model directory's files, written once
     /// at the stage's start, atomically and durably) and returns where they are.
     fn save_reference(&mut self, stage: &str, files: Vec<(String, Vec<u8>)>) -> Result<PathBuf, TrainError>;
+    /// The reference log-probs of `stage` stored so far ([`Host::save_reference_logps`]), chunk
+    /// 0, 1, ... up to the first missing or unreadable one; none by default.
+    fn load_reference_logps(&self, _stage: &str) -> Result<Vec<LogpsChunk>, TrainError> {
+        Ok(Vec::new())
+    }
+    /// Stores chunk `index` of `stage`'s reference log-probs, atomically and durably (replacing
+    /// an older chunk of that index); by default nothing is stored.
+    fn save_reference_logps(&mut self, _stage: &str, _index: usize, _chunk: &LogpsChunk) -> Result<(), TrainError> {
+        Ok(())
+    }
     /// The preference files of stage `index`; `live` ones (the labeling pane's) may grow.
     fn preference_files(&self, index: usize) -> Vec<PrefFile>;
     /// Label admissions a previous worker made after the checkpoint being resumed (from the

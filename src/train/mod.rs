@@ -11,6 +11,7 @@ pub mod grpo;
 pub mod host;
 pub mod iterate;
 pub mod live;
+pub mod logps_chunk;
 pub mod loss;
 pub mod objective;
 pub mod optim;

@@ -16,6 +16,9 @@ use crate::data::{
 };
 use crate::model::Model;
 
+/// Pairs per reference scoring batch (two sequences each).
+pub const PAIRS_PER_BATCH: usize = if SCORE_BATCH >= 2 { SCORE_BATCH / 2 } else { 1 };
+
 /// One pair a reward model is trained on: `prompt + chosen` and `prompt + rejected` as TRL's
 /// `RewardTrainer` tokenizes them, and the record's `margin` (0 when it has none).
 #[derive(Debug, Clone, PartialEq)]
@@ -217,6 +220,13 @@ pub fn never_interrupt(_done: usize, _total: usize) -> Result<ControlFlow<()>, T
     Ok(ControlFlow::Continue(()))
 }
 
+/// Reference log-probs of one scoring batch, `(hash, (chosen, rejected))` in the pairs' order.
+pub type ScoredBatch = [(u64, (f64, f64))];
+
+/// Told after each batch of [`fill_reference_slice`]: the batch's entries and `(done, total)`
+/// pairs of the slice; `Break` ends the phase there.
+pub type AfterBatch<'a> = dyn FnMut(&ScoredBatch, usize, usize) -> Result<ControlFlow<()>, TrainError> + 'a;
+
 /// Computes reference log-probs for every pair not yet cached, one scoring batch at a time
 /// (the batches [`pair_logps`] would form over all of them, so the numbers are the same), asking
 /// `between` after each: on `Break` it returns there, the pairs scored so far cached.
@@ -228,17 +238,36 @@ pub fn fill_reference_cache(
     between: &mut Between<'_>,
 ) -> Result<ControlFlow<()>, TrainError> {
     let missing: Vec<&PairExample> = pairs.iter().copied().filter(|p| !cache.contains_key(&p.hash)).collect();
-    let per_batch = (SCORE_BATCH / 2).max(1);
+    let mut after = |_: &ScoredBatch, done: usize, total: usize| {
+        if done < total {
+            between(done, total)
+        } else {
+            Ok(ControlFlow::Continue(()))
+        }
+    };
+    fill_reference_slice(reference, &missing, pad_id, cache, &mut after)
+}
+
+/// Scores `pairs` in order into `cache`, [`SCORE_BATCH`] sequences at a time, telling `after`
+/// each batch's entries (the last batch too). A slice that starts at a batch boundary of a longer
+/// list is scored in the batches the whole list would be, so its numbers are the same bits.
+pub fn fill_reference_slice(
+    reference: &Model,
+    pairs: &[&PairExample],
+    pad_id: u32,
+    cache: &mut RefCache,
+    after: &mut AfterBatch<'_>,
+) -> Result<ControlFlow<()>, TrainError> {
     let mut done = 0;
-    for chunk in missing.chunks(per_batch) {
+    for chunk in pairs.chunks(PAIRS_PER_BATCH) {
         let triples: Vec<(Vec<u32>, Vec<u32>, Vec<u32>)> =
             chunk.iter().map(|p| (p.prompt.clone(), p.chosen.clone(), p.rejected.clone())).collect();
         let scored = pair_logps(reference.decoder(), &triples, pad_id)?;
-        for (p, s) in chunk.iter().zip(scored) {
-            cache.insert(p.hash, (s.chosen, s.rejected));
-        }
+        let entries: Vec<(u64, (f64, f64))> =
+            chunk.iter().zip(scored).map(|(p, s)| (p.hash, (s.chosen, s.rejected))).collect();
+        cache.extend(entries.iter().copied());
         done += chunk.len();
-        if done < missing.len() && between(done, missing.len())?.is_break() {
+        if after(&entries, done, pairs.len())?.is_break() {
             return Ok(ControlFlow::Break(()));
         }
     }

@@ -8,6 +8,7 @@ mod control;
 mod external;
 mod grpo;
 mod kto;
+mod reference;
 mod stage;
 
 use std::collections::{HashMap, VecDeque};
@@ -712,35 +713,25 @@ impl<'h, H: Host> Trainer<'h, H> {
         Ok(())
     }
 
-    /// Reference log-probs of every pair, computed once; the reference model is kept while
-    /// labels may arrive (their pairs need log-probs too). A stop between two scoring batches
-    /// ends it (`Break`); a resume computes them again.
+    /// Reference log-probs of every pair, computed once (kept through the host as they are
+    /// computed, see [`reference`]); the reference model is kept while labels may arrive (their
+    /// pairs need log-probs too). A stop between two scoring batches ends it (`Break`).
     fn reference_log_probs(
         &mut self,
         stage: &Stage,
         data: &StageData,
         live: &LiveLabels,
     ) -> Result<ControlFlow<(), (RefCache, Option<Reference>)>, TrainError> {
-        let mut cache = RefCache::new();
         let needs_ref =
             !data.pairs.is_empty() || !data.safety_pairs.is_empty() || !data.redteam.is_empty() || !live.is_empty();
         if !needs_ref {
-            return Ok(ControlFlow::Continue((cache, None)));
+            return Ok(ControlFlow::Continue((RefCache::new(), None)));
         }
         let reference = self.reference_model(stage)?;
         let all: Vec<&PairExample> = data.pairs.iter().chain(&data.safety_pairs).chain(&data.redteam).collect();
-        let pad = self.pad_id();
-        let mut interrupts = control::Interrupts {
-            host: &mut *self.host,
-            paused: &mut self.paused,
-            stop: &mut self.stop,
-            deferred: &mut self.deferred,
-            state: &self.state,
-        };
-        let mut between = |done, total| interrupts.between_batches(&stage.name, "reference", (done, total));
-        if reference.score(&self.policy, &all, pad, &mut cache, &mut between)?.is_break() {
+        let ControlFlow::Continue(cache) = self.precompute_reference(stage, &reference, &all)? else {
             return Ok(ControlFlow::Break(()));
-        }
+        };
         Ok(ControlFlow::Continue((cache, (!live.is_empty()).then_some(reference))))
     }
 

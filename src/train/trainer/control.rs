@@ -316,7 +316,8 @@ impl<H: Host> Trainer<'_, H> {
     }
 
     /// Live samples: greedy answers to the fixed prompts (`[run] sample_prompts`, or the stage's
-    /// first few), one `sample` event each.
+    /// first few), one `sample` event each. A stop between two answers ends them there (the step
+    /// is done; the next boundary checkpoints it and stops); a pause waits there.
     pub(super) fn live_samples(&mut self, run: &mut StageRun) -> Result<(), TrainError> {
         let every = self.pipeline.run.sample_every;
         let step = self.state.global_step;
@@ -336,7 +337,10 @@ impl<H: Host> Trainer<'_, H> {
         };
         let stops = self.policy.generation.eos_token_ids.clone();
         let sampling = Sampling { max_new_tokens: self.pipeline.run.sample_max_tokens, ..Sampling::default() };
-        for prompt in &fixed {
+        for (i, prompt) in fixed.iter().enumerate() {
+            if i > 0 && self.between_batches(run.name(), "samples", (i, fixed.len()))?.is_break() {
+                break;
+            }
             let ids = encode_generation_prompt(&self.tokenizer, self.template.as_ref(), prompt)?;
             let out = generate(&self.policy, &ids, &stops, &sampling)?;
             let mut f = Map::new();
@@ -377,7 +381,7 @@ impl<H: Host> Interrupts<'_, H> {
     }
 
     /// Between two batches of a long phase (`phase`: `reference` log-probs, `eval`,
-    /// `candidates`) of `stage`, `done` of `total` items complete: pending stop and pause
+    /// `candidates`, `samples`) of `stage`, `done` of `total` items complete: pending stop and pause
     /// commands and the stop signal take effect here; a pause waits here (without using the
     /// CPU) for resume or stop. Other commands wait for the next step boundary. On `Break` the
     /// phase ends now and the run stops; a `phase_interrupted` event says where.

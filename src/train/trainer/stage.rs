@@ -17,7 +17,9 @@ use crate::train::live::LiveLabels;
 use crate::train::loss::{LabelNoise, PreferenceLoss};
 use crate::train::objective::{evaluate, MicroBatch, Outcome, PairTerm, RewardRow, Weights};
 use crate::train::optim::{clip_coefficient, gradients_of, AdamW};
-use crate::train::plan::{fill_reference_cache, Between, RefCache, RmPair, StageData};
+use crate::train::plan::{
+    fill_reference_cache, fill_reference_slice, AfterBatch, Between, RefCache, RmPair, StageData,
+};
 use crate::train::sampler::Sampler;
 use crate::train::TrainError;
 
@@ -431,15 +433,7 @@ impl Reference {
     /// Runs `f` on the reference's network: its own model, or the policy with its adapters off
     /// for the length of the call.
     pub fn with_decoder<T, E>(&self, policy: &Model, f: impl FnOnce(&Decoder) -> Result<T, E>) -> Result<T, E> {
-        match self {
-            Self::Model(model) => f(model.decoder()),
-            Self::PolicyBase => {
-                policy.set_adapters_enabled(false);
-                let out = f(policy.decoder());
-                policy.set_adapters_enabled(true);
-                out
-            }
-        }
+        self.with_model(policy, |model| f(model.decoder()))
     }
 
     /// Fills `cache` with the reference log-probs of `pairs` (see [`fill_reference_cache`]).
@@ -451,14 +445,43 @@ impl Reference {
         cache: &mut RefCache,
         between: &mut Between<'_>,
     ) -> Result<std::ops::ControlFlow<()>, TrainError> {
+        self.with_model(policy, |model| fill_reference_cache(model, pairs, pad, cache, between))
+    }
+
+    /// Scores `pairs` in order into `cache`, telling `after` each batch (see
+    /// [`fill_reference_slice`]).
+    pub fn score_slice(
+        &self,
+        policy: &Model,
+        pairs: &[&PairExample],
+        pad: u32,
+        cache: &mut RefCache,
+        after: &mut AfterBatch<'_>,
+    ) -> Result<std::ops::ControlFlow<()>, TrainError> {
+        self.with_model(policy, |model| fill_reference_slice(model, pairs, pad, cache, after))
+    }
+
+    /// Runs `f` on the reference as a whole model: its own, or the policy with its adapters off
+    /// for the length of the call.
+    fn with_model<T>(&self, policy: &Model, f: impl FnOnce(&Model) -> T) -> T {
         match self {
-            Self::Model(model) => fill_reference_cache(model, pairs, pad, cache, between),
+            Self::Model(model) => f(model),
             Self::PolicyBase => {
                 policy.set_adapters_enabled(false);
-                let scored = fill_reference_cache(policy, pairs, pad, cache, between);
+                let out = f(policy);
                 policy.set_adapters_enabled(true);
-                scored
+                out
             }
+        }
+    }
+
+    /// What the reference is, for the key of its stored log-probs: the numbers stored under one
+    /// key were computed by the same network.
+    pub fn describe(&self, stage: &crate::config::Stage) -> String {
+        match (self, stage.pref.as_ref().and_then(|p| p.reference.as_ref())) {
+            (Self::PolicyBase, _) => "the policy's base".to_string(),
+            (Self::Model(_), Some(dir)) => format!("pref.reference {}", dir.display()),
+            (Self::Model(_), None) => "the stage's starting weights".to_string(),
         }
     }
 }
