@@ -1,7 +1,9 @@
 //! Kills at the worst moments: the worker is SIGKILLed by a named crash point (`hone::fault`,
 //! armed with `HONE_FAULT=<point>@<n>`) inside a checkpoint write, between reading new labels and
-//! admitting them, between an evaluation's files and its report, and inside a directory's durable
-//! write (the DPO stage's reference cache), then resumed until it finishes. Labels are appended
+//! admitting them, between an evaluation's files and its report, inside a directory's durable
+//! write (the DPO stage's reference weights: between its files, and complete before its rename)
+//! and after a chunk of the stage's reference log-probs is stored (the resume uses it), then
+//! resumed until it finishes. Labels are appended
 //! only while the worker is dead, at the same moment in every trial and in the reference, so an
 //! uninterrupted-after-that reference sees the same labels at the same steps. Every trial must end
 //! with every step's loss bit-identical to the reference, every listed checkpoint verifying after
@@ -17,57 +19,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
-use hone::run::{list_checkpoints, RunDir, WorkerLock};
-use live::{events, fixture, HONE};
+use hone::run::{list_checkpoints, RunDir};
+use live::{events, HONE};
+use torture::pipeline::{check_after_kill, killed, losses, only_run, sft_dpo_pipeline, SftDpo};
 
 /// SFT then DPO (its pairs plus the run's live labels.jsonl), 8 steps each, a checkpoint every 3
 /// steps, both evaluated on the tiny suite and DPO gated against SFT.
 fn pipeline(dir: &Path) -> PathBuf {
-    let f = fixture();
-    let suite = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval/tiny_suite.jsonl");
-    let text = format!(
-        r#"[run]
-name = "faults"
-seed = 5
-checkpoint_every = 3
-keep_checkpoints = 2
-sample_every = 0
-
-[model]
-path = "{model}"
-
-[[stage]]
-name = "sft"
-epochs = 50
-max_steps = 8
-batch_size = 2
-lr = 1e-3
-max_length = 128
-sft = {{ data = ["{sft}"] }}
-
-[[stage]]
-name = "dpo"
-epochs = 50
-max_steps = 8
-batch_size = 2
-lr = 1e-3
-max_length = 128
-sft = {{ on_chosen = true, weight = 0.2 }}
-pref = {{ data = ["{prefs}", "labels.jsonl"], lambda = 0.5, beta = 0.1 }}
-
-[eval]
-suite = "{suite}"
-baseline = "sft"
-max_new_tokens = 4
-"#,
-        model = f.join("model").display(),
-        sft = f.join("sft.jsonl").display(),
-        prefs = f.join("prefs.jsonl").display(),
-        suite = suite.display(),
-    );
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    sft_dpo_pipeline(dir, SftDpo { name: "faults", seed: 5, steps: 8, live_labels: true, eval: true })
 }
 
 /// Runs (no run yet) or resumes the only run in `runs`, with `fault` armed if given.
@@ -83,14 +42,6 @@ fn go(pipeline: &Path, runs: &Path, fault: Option<&str>) -> (ExitStatus, String)
     }
     let out = cmd.output().unwrap();
     (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn killed(status: ExitStatus) -> bool {
-    std::os::unix::process::ExitStatusExt::signal(&status) == Some(9)
-}
-
-fn only_run(runs: &Path) -> Option<RunDir> {
-    RunDir::list(runs).ok().and_then(|mut v| v.pop())
 }
 
 /// Two preference pairs a labeler added while the worker was down.
@@ -109,14 +60,6 @@ fn append_labels(run: &RunDir) {
     }
 }
 
-/// Every listed checkpoint verifies, and nobody holds the lock.
-fn check_after_kill(run: &RunDir, what: &str) {
-    for ck in list_checkpoints(run).unwrap() {
-        ck.verify().unwrap_or_else(|e| panic!("{what}: listed checkpoint {} does not verify: {e}", ck.step));
-    }
-    assert!(WorkerLock::is_live(run).unwrap().is_none(), "{what}: the lock is released");
-}
-
 /// What a finished run must agree on: each step's loss bits (a step logged again after a resume
 /// replaces the earlier line), the stages evaluated, the gate decisions and the labels admitted.
 #[derive(Debug, PartialEq)]
@@ -133,11 +76,7 @@ fn outcome(run: &RunDir) -> Outcome {
     let mut evaluated: Vec<String> = all.iter().filter(|e| e.event == "eval_finished").map(stage).collect();
     evaluated.dedup();
     Outcome {
-        losses: all
-            .iter()
-            .filter(|e| e.event == "metrics")
-            .map(|e| (e.step.unwrap(), e.fields["loss"].as_f64().unwrap().to_bits()))
-            .collect(),
+        losses: losses(run),
         evaluated,
         decisions: all
             .iter()
@@ -161,7 +100,9 @@ fn schedule() -> Vec<(Phase, String)> {
         (Phase::Before, "checkpoint.manifest@1"),
         (Phase::Before, "eval.report@1"),
         (Phase::Before, "eval.report@2"),
+        (Phase::Before, "durable.dir.file@1"),
         (Phase::Before, "durable.dir@1"),
+        (Phase::Before, "reference.logps@1"),
         (Phase::After, "labels.read@1"),
         (Phase::After, "checkpoint.file@3"),
         (Phase::After, "checkpoint.manifest@2"),

@@ -11,75 +11,16 @@
 mod live;
 mod torture;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hone::run::{list_checkpoints, RunDir, WorkerLock};
-use live::{events, fixture, HONE};
+use live::{events, HONE};
+use torture::pipeline::{check_after_kill, losses, only_run, sft_dpo_pipeline, SftDpo};
 
 /// SFT then DPO, 10 steps each, a checkpoint every 3 steps.
 fn pipeline(dir: &Path) -> PathBuf {
-    let f = fixture();
-    let text = format!(
-        r#"[run]
-name = "kills"
-seed = 11
-checkpoint_every = 3
-keep_checkpoints = 2
-sample_every = 0
-
-[model]
-path = "{model}"
-
-[[stage]]
-name = "sft"
-epochs = 50
-max_steps = 10
-batch_size = 2
-lr = 1e-3
-max_length = 128
-sft = {{ data = ["{sft}"] }}
-
-[[stage]]
-name = "dpo"
-epochs = 50
-max_steps = 10
-batch_size = 2
-lr = 1e-3
-max_length = 128
-sft = {{ on_chosen = true, weight = 0.2 }}
-pref = {{ data = ["{prefs}"], lambda = 0.5, beta = 0.1 }}
-"#,
-        model = f.join("model").display(),
-        sft = f.join("sft.jsonl").display(),
-        prefs = f.join("prefs.jsonl").display(),
-    );
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// Loss bits per step, by the readers' rule (a later line for a step replaces an earlier one).
-fn losses(run: &RunDir) -> BTreeMap<u64, u64> {
-    events(run)
-        .iter()
-        .filter(|e| e.event == "metrics")
-        .map(|e| (e.step.unwrap(), e.fields["loss"].as_f64().unwrap().to_bits()))
-        .collect()
-}
-
-fn only_run(runs: &Path) -> Option<RunDir> {
-    RunDir::list(runs).ok().and_then(|mut v| v.pop())
-}
-
-/// Every listed checkpoint verifies, and nobody holds the lock.
-fn check_after_kill(run: &RunDir, what: &str) {
-    for ck in list_checkpoints(run).unwrap() {
-        ck.verify().unwrap_or_else(|e| panic!("{what}: listed checkpoint {} does not verify: {e}", ck.step));
-    }
-    assert!(WorkerLock::is_live(run).unwrap().is_none(), "{what}: the lock is released");
+    sft_dpo_pipeline(dir, SftDpo { name: "kills", seed: 11, steps: 10, live_labels: false, eval: false })
 }
 
 #[test]

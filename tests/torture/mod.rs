@@ -3,6 +3,8 @@
 //! test prints with its figures.
 #![allow(dead_code)]
 
+pub mod pipeline;
+
 /// Whether `HONE_TORTURE=long` asks for the long mode.
 pub fn long() -> bool {
     std::env::var("HONE_TORTURE").is_ok_and(|v| v == "long")
