@@ -66,7 +66,7 @@ path = "{model}"
 
 [[stage]]
 name = "dpo"
-epochs = 1
+epochs = {steps}
 max_steps = {steps}
 batch_size = 4
 lr = 1e-3
