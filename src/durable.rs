@@ -107,7 +107,11 @@ pub fn remove_dead_temps(path: &Path) -> io::Result<usize> {
             continue;
         }
         let path = entry.path();
-        let gone = if entry.file_type().is_ok_and(|t| t.is_dir()) { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        let gone = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
         gone.map_err(|e| at(&path, e))?;
         removed += 1;
     }

@@ -23,17 +23,16 @@ use std::sync::OnceLock;
 pub const ENV: &str = "HONE_FAULT";
 
 /// Every point's name, for tests that visit them all.
-pub const POINTS: &[&str] =
-    &[
-        "checkpoint.file",
-        "checkpoint.manifest",
-        "checkpoint.saved",
-        "labels.read",
-        "eval.report",
-        "durable.dir.file",
-        "durable.dir",
-        "reference.logps",
-    ];
+pub const POINTS: &[&str] = &[
+    "checkpoint.file",
+    "checkpoint.manifest",
+    "checkpoint.saved",
+    "labels.read",
+    "eval.report",
+    "durable.dir.file",
+    "durable.dir",
+    "reference.logps",
+];
 
 struct Armed {
     point: String,

@@ -76,8 +76,9 @@ fn a_lora_run_exports_its_adapter_and_a_merged_model() {
             && names(&merged).contains(&"tokenizer.json".to_string())
     );
     let base = Model::load(&sample().join("model"), &Device::Cpu, DType::F32).unwrap();
-    let with = Model::load_with_adapter(&sample().join("model"), &Device::Cpu, DType::F32, &AdapterInit::Dir(adapter.clone()))
-        .unwrap();
+    let with =
+        Model::load_with_adapter(&sample().join("model"), &Device::Cpu, DType::F32, &AdapterInit::Dir(adapter.clone()))
+            .unwrap();
     let full = Model::load(&merged, &Device::Cpu, DType::F32).unwrap();
     let (b, w, f) = (logits(&base), logits(&with), logits(&full));
     assert!(max_diff(&w, &f) < 1e-4, "merged model = base + adapter");

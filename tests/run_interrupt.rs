@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use hone::run::control::Request;
 use hone::run::{Event, Manifest, ManifestFile, RunDir};
-use sha2::{Digest, Sha256};
 use hone::train::logps_chunk::LogpsChunk;
+use sha2::{Digest, Sha256};
 
 mod live;
 use live::{connect, events, fixture, only_run, wait_for, HONE};
@@ -329,7 +329,7 @@ fn pad_checkpoint(run: &RunDir, step: u64) {
     }
     let manifest_path = dir.join("MANIFEST.json");
     let mut manifest: Manifest = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
-    let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let sha256 = hone::hex::encode(&hasher.finalize());
     manifest.files.push(ManifestFile { name: "padding.bin".into(), size: PADDING, sha256 });
     std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
 }

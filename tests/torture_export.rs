@@ -46,7 +46,8 @@ fn a_killed_export_is_absent_or_complete_and_running_it_again_gives_the_same_byt
     let tmp = tempfile::tempdir().unwrap();
     let p = sft_dpo_pipeline(tmp.path(), SftDpo { name: "export", seed: 3, steps: 2, live_labels: false, eval: false });
     let runs = tmp.path().join("runs");
-    let out = Command::new(HONE).args(["run", p.to_str().unwrap(), "--headless", "--runs-dir"]).arg(&runs).output().unwrap();
+    let out =
+        Command::new(HONE).args(["run", p.to_str().unwrap(), "--headless", "--runs-dir"]).arg(&runs).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = only_run(&runs).unwrap();
 

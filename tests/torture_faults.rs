@@ -117,6 +117,9 @@ fn schedule() -> Vec<(Phase, String)> {
             out.push((Phase::Before, format!("checkpoint.file@{n}")));
             out.push((Phase::After, format!("checkpoint.file@{}", n + 2)));
         }
+        for n in 2..=4 {
+            out.push((Phase::Before, format!("durable.dir.file@{n}")));
+        }
         for n in 2..=3 {
             out.push((Phase::Before, format!("checkpoint.manifest@{n}")));
             out.push((Phase::Before, format!("checkpoint.saved@{n}")));

@@ -336,7 +336,11 @@ fn resume_locked(
         let started = Instant::now();
         let verified = verify_for_resume(&mut host, c).with_context(|| format!("checkpoint {}", c.dir.display()))?;
         if verified.is_break() {
-            host.append(Event::new(kind::RUN_FINISHED, None, None).with("status", "stopped").with("seconds", started.elapsed().as_secs_f64()))?;
+            host.append(
+                Event::new(kind::RUN_FINISHED, None, None)
+                    .with("status", "stopped")
+                    .with("seconds", started.elapsed().as_secs_f64()),
+            )?;
             host.sync()?;
             return Ok(());
         }

@@ -86,24 +86,28 @@ impl Gate<'_> {
         }
         loop {
             let wait = self.paused.then_some(PAUSE_POLL);
-            match self.host.next_control(wait) {
-                None if !self.paused || self.host.stop_requested() => break,
-                None => {}
-                Some(Control::Pause) if !self.paused => {
+            let Some(control) = self.host.next_control(wait) else {
+                if !self.paused || self.host.stop_requested() {
+                    break;
+                }
+                continue;
+            };
+            match control {
+                Control::Pause if !self.paused => {
                     self.paused = true;
                     self.log(Event::new(kind::PAUSED, None, Some(self.step)));
                     self.publish("paused");
                 }
-                Some(Control::Resume) if self.paused => {
+                Control::Resume if self.paused => {
                     self.unpause();
                     self.publish("verifying");
                 }
-                Some(Control::Pause | Control::Resume) => {}
-                Some(Control::Stop) => {
+                Control::Pause | Control::Resume => {}
+                Control::Stop => {
                     self.log(Event::new(kind::STOP_REQUESTED, None, Some(self.step)).with("source", "control"));
                     return self.stop();
                 }
-                Some(other) => self.held.push(other),
+                other => self.held.push(other),
             }
         }
         if self.host.stop_requested() {

@@ -89,7 +89,8 @@ mod tests {
         let bytes = chunk.to_bytes();
         let back = LogpsChunk::from_bytes(&bytes).unwrap();
         assert_eq!(back.key, chunk.key);
-        let bits = |c: &LogpsChunk| c.entries.iter().map(|(h, (a, b))| (*h, a.to_bits(), b.to_bits())).collect::<Vec<_>>();
+        let bits =
+            |c: &LogpsChunk| c.entries.iter().map(|(h, (a, b))| (*h, a.to_bits(), b.to_bits())).collect::<Vec<_>>();
         assert_eq!(bits(&back), bits(&chunk));
         for cut in [0, 1, 8, bytes.len() / 2, bytes.len() - 1] {
             assert!(LogpsChunk::from_bytes(&bytes[..cut]).is_none(), "cut at {cut}");

@@ -62,7 +62,8 @@ impl<H: Host> Trainer<'_, H> {
         all: &[&PairExample],
     ) -> Result<ControlFlow<(), RefCache>, TrainError> {
         let pad = self.pad_id();
-        let key = format!("{} on {:?} in {:?}, pad {pad}", reference.describe(stage), self.device.location(), self.precision);
+        let key =
+            format!("{} on {:?} in {:?}, pad {pad}", reference.describe(stage), self.device.location(), self.precision);
         let (mut cache, covered, index) = self.stored_logps(&stage.name, &key, all)?;
         let mut pending = Pending { key, entries: Vec::new(), index, since: Instant::now() };
         let mut interrupts = control::Interrupts {
