@@ -114,11 +114,7 @@ pub fn tmux_available(what: &str) -> bool {
 pub fn write_executable(path: &std::path::Path, text: &str) {
     let source = path.with_extension("source");
     std::fs::write(&source, text).expect("write the script's source");
-    let status = std::process::Command::new("install")
-        .args(["-m", "755"])
-        .arg(&source)
-        .arg(path)
-        .status()
-        .expect("run install");
+    let status =
+        std::process::Command::new("install").args(["-m", "755"]).arg(&source).arg(path).status().expect("run install");
     assert!(status.success(), "install {} failed", path.display());
 }
