@@ -129,6 +129,10 @@ fn a_resumed_kto_stage_admits_live_thumbs_at_the_same_steps_bit_exactly() {
     let admitted: Vec<_> =
         full.events.iter().filter(|e| e.0 == "labels_admitted").map(|e| (e.2, e.3["count"].clone())).collect();
     assert_eq!(admitted, [(Some(label_step), json!(3))]);
+    // What a resumed worker replays the read to.
+    let event = &full.events.iter().find(|e| e.0 == "labels_admitted").unwrap().3;
+    assert_eq!(event["byte_offset"].as_u64(), Some(lines.len() as u64));
+    assert!(event["file"].as_str().unwrap().ends_with("labels.jsonl"), "{event:?}");
     let want = trajectory(&full);
     assert_eq!(want.len(), 8);
 

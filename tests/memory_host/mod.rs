@@ -72,15 +72,18 @@ impl MemoryHost {
     }
 
     /// The `labels_admitted` events after global step `step`, as the worker plans them for a
-    /// trainer resumed from a checkpoint at that step.
+    /// trainer resumed from a checkpoint at that step (one without a file and offset replays
+    /// nothing).
     pub fn admissions_after(&self, step: u64) -> Vec<Admission> {
         self.events
             .iter()
             .filter(|e| e.0 == "labels_admitted" && e.2.is_some_and(|s| s > step))
-            .map(|e| Admission {
-                step: e.2.unwrap(),
-                file: e.3["file"].as_str().unwrap().to_string(),
-                offset: e.3["byte_offset"].as_u64().unwrap(),
+            .filter_map(|e| {
+                Some(Admission {
+                    step: e.2?,
+                    file: e.3.get("file")?.as_str()?.to_string(),
+                    offset: e.3.get("byte_offset")?.as_u64()?,
+                })
             })
             .collect()
     }
