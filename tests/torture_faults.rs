@@ -328,3 +328,37 @@ fn kills_around_a_kto_stages_thumbs_lose_nothing() {
         assert_eq!(got, reference, "{fault}: the run after the crash agrees with the reference");
     }
 }
+
+/// `hone` in `dir` with `args`, `fault` armed if given.
+fn hone_in(dir: &Path, args: &[&str], fault: Option<&str>) -> ExitStatus {
+    let mut cmd = Command::new(HONE);
+    cmd.current_dir(dir).args(args).env_remove(hone::fault::ENV);
+    if let Some(fault) = fault {
+        cmd.env(hone::fault::ENV, fault);
+    }
+    cmd.status().unwrap()
+}
+
+/// A KTO run started with a relative `--runs-dir`, killed after it read thumbs, resumes from
+/// another directory through the run's absolute path and still ends as the reference does: the
+/// live labels file keeps one name whatever directory the worker runs from.
+#[test]
+fn a_kto_run_resumes_from_another_directory_after_reading_thumbs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = kto_pipeline(tmp.path());
+    let reference = kto_trial(&p, &tmp.path().join("reference"), None);
+    let pipeline = p.to_str().unwrap();
+    let status =
+        hone_in(tmp.path(), &["run", pipeline, "--headless", "--runs-dir", "runs"], Some("checkpoint.saved@1"));
+    assert!(killed(status), "{status}");
+    let run = only_run(&tmp.path().join("runs")).unwrap();
+    append_thumbs(&run);
+    let relative = format!("runs/{}", run.path().file_name().unwrap().to_str().unwrap());
+    // Killed after the checkpoint at step 4, which holds the read of the thumbs at step 2.
+    let status = hone_in(tmp.path(), &["resume", &relative, "--headless"], Some("checkpoint.saved@1"));
+    assert!(killed(status), "{status}");
+    let absolute = std::fs::canonicalize(run.path()).unwrap();
+    let status = hone_in(Path::new("/"), &["resume", absolute.to_str().unwrap(), "--headless"], None);
+    assert!(status.success(), "{status}");
+    assert_eq!(outcome(&run), reference);
+}

@@ -102,7 +102,12 @@ fn trajectory(host: &MemoryHost) -> Vec<(u64, u64, u64)> {
 fn resume_from(p: &Pipeline, dir: &Path, stopped: &MemoryHost, step: u64) -> Result<MemoryHost, String> {
     let ck = &stopped.checkpoints.iter().find(|c| c.0 == step).unwrap().1;
     let mut host = MemoryHost::new(dir, p);
+    // The logged file named another way (as an older worker may have saved it) is the same file.
     host.plan = stopped.admissions_after(step);
+    for admission in &mut host.plan {
+        admission.file = admission.file.replace("/labels.jsonl", "/./labels.jsonl");
+        assert!(admission.file.ends_with("/./labels.jsonl"), "{admission:?}");
+    }
     let mut trainer = Trainer::resume(p.clone(), RunOptions::default(), &mut host, Device::Cpu, DType::F32, ck)
         .map_err(|e| e.to_string())?;
     trainer.run().map_err(|e| e.to_string())?;

@@ -190,8 +190,11 @@ impl<K: LiveKind> LiveLabels<K> {
             return Ok(updates);
         };
         for (file, offset) in history {
-            let limits: Vec<Limit> =
-                self.sources.iter().map(|s| if &s.name == file { Limit::UpTo(*offset) } else { Limit::Skip }).collect();
+            let limits: Vec<Limit> = self
+                .sources
+                .iter()
+                .map(|s| if same_file(&s.name, file) { Limit::UpTo(*offset) } else { Limit::Skip })
+                .collect();
             let update = self.read(&limits, pool, max_len, tok, template)?;
             pool += update.added.len();
             updates.push(update);
@@ -215,7 +218,7 @@ impl<K: LiveKind> LiveLabels<K> {
             .sources
             .iter()
             .map(|s| {
-                let mine: Vec<&Admission> = plan.iter().filter(|a| a.file == s.name).collect();
+                let mine: Vec<&Admission> = plan.iter().filter(|a| same_file(&a.file, &s.name)).collect();
                 match mine.iter().map(|a| a.step).max() {
                     Some(last) if step <= last => {
                         mine.iter().find(|a| a.step == step).map_or(Limit::Skip, |a| Limit::UpTo(a.offset))
@@ -283,4 +286,15 @@ impl<K: LiveKind> LiveLabels<K> {
         }
         Ok(update)
     }
+}
+
+/// Whether two names of labels files (a source's, and one a checkpoint or an event kept) are the
+/// same file: a name spelled otherwise (relative, saved by an older worker resumed from the same
+/// directory; or with `.` components) still replays its reads.
+fn same_file(a: &str, b: &str) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
 }
