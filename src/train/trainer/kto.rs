@@ -109,24 +109,7 @@ impl<H: Host> Trainer<'_, H> {
     pub(super) fn open_kto_stage(&mut self, index: usize, stage: &Stage) -> Result<StageRun, TrainError> {
         let sources = self.host.preference_files(index);
         let statics: Vec<_> = sources.iter().filter(|f| !f.live).map(|f| f.path.clone()).collect();
-        let mut records: Vec<ThumbsRecord> = Vec::new();
-        for path in &statics {
-            records.extend(read_thumbs(path)?.into_iter().map(|(_, r)| r));
-        }
-        if !records.is_empty() && records.iter().all(|r| r.label == records[0].label) {
-            // Located at the first record of the first file (every file lacks the same label).
-            if let Some(first) = statics.first() {
-                read_thumbs_for_kto(first)?;
-            }
-        }
-        let mut run_examples = Vec::new();
-        let mut dropped = 0usize;
-        for rec in &records {
-            match kto_example(&self.tokenizer, self.template.as_ref(), rec, stage.max_length)? {
-                Some(ex) => run_examples.push(ex),
-                None => dropped += 1,
-            }
-        }
+        let (records, run_examples, dropped) = self.static_thumbs(stage, &statics)?;
         let mut live = LiveLabels::<Thumbs>::new(sources.iter().filter(|f| f.live).map(|f| f.path.clone()).collect());
         let mut examples = run_examples;
         let mut retracted = Vec::new();
@@ -197,6 +180,34 @@ impl<H: Host> Trainer<'_, H> {
             reward: None,
             kto: Some(Box::new(KtoRun { beta, examples, live, sampler })),
         })
+    }
+
+    /// The thumbs of the stage's static files (both labels required among them): the records, the
+    /// examples that fit `max_length`, and how many did not.
+    fn static_thumbs(
+        &self,
+        stage: &Stage,
+        statics: &[std::path::PathBuf],
+    ) -> Result<(Vec<ThumbsRecord>, Vec<KtoExample>, usize), TrainError> {
+        let mut records: Vec<ThumbsRecord> = Vec::new();
+        for path in statics {
+            records.extend(read_thumbs(path)?.into_iter().map(|(_, r)| r));
+        }
+        if !records.is_empty() && records.iter().all(|r| r.label == records[0].label) {
+            // Located at the first record of the first file (every file lacks the same label).
+            if let Some(first) = statics.first() {
+                read_thumbs_for_kto(first)?;
+            }
+        }
+        let mut examples = Vec::new();
+        let mut dropped = 0usize;
+        for rec in &records {
+            match kto_example(&self.tokenizer, self.template.as_ref(), rec, stage.max_length)? {
+                Some(ex) => examples.push(ex),
+                None => dropped += 1,
+            }
+        }
+        Ok((records, examples, dropped))
     }
 
     /// Reads the live labels files at this step boundary (where a previous worker of this run
