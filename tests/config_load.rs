@@ -33,6 +33,13 @@ fn located(error: &ConfigError) -> (usize, usize, Option<&str>) {
     }
 }
 
+/// The message in an invalid fixture's `.err` file, for the fixture at `path`.
+fn expected_error(expected_path: &Path, path: &Path, dir: &Path) -> String {
+    let expected = fs::read_to_string(expected_path)
+        .unwrap_or_else(|e| panic!("{}: every invalid fixture needs a .err file: {e}", path.display()));
+    expected.trim_end().replace("{path}", &path.display().to_string()).replace("{dir}", &dir.display().to_string())
+}
+
 #[test]
 fn every_invalid_fixture_fails_with_its_expected_message() {
     let dir = canonical_fixtures();
@@ -42,12 +49,7 @@ fn every_invalid_fixture_fails_with_its_expected_message() {
     entries.sort();
     for path in entries.iter().filter(|p| p.extension().is_some_and(|e| e == "toml")) {
         let expected_path = path.with_extension("err");
-        let expected = fs::read_to_string(&expected_path)
-            .unwrap_or_else(|e| panic!("{}: every invalid fixture needs a .err file: {e}", path.display()));
-        let expected = expected
-            .trim_end()
-            .replace("{path}", &path.display().to_string())
-            .replace("{dir}", &dir.display().to_string());
+        let expected = expected_error(&expected_path, path, &dir);
         let error = load_pipeline(path).expect_err("an invalid fixture must not load");
         assert_eq!(error.to_string(), expected, "{}", path.display());
         checked += 1;
@@ -56,6 +58,26 @@ fn every_invalid_fixture_fails_with_its_expected_message() {
         assert!(path.with_extension("toml").exists(), "{}: .err without .toml", path.display());
     }
     assert!(checked >= 8, "only {checked} invalid fixtures");
+}
+
+/// The bad inputs of GRPO and robust DPO, through `hone check` itself: the check fails with the
+/// located line, and nothing else.
+#[test]
+fn hone_check_locates_bad_grpo_and_label_smoothing_settings() {
+    let dir = canonical_fixtures();
+    for name in [
+        "grpo_no_prompts",
+        "grpo_group_size",
+        "grpo_unknown_reward",
+        "label_smoothing_half",
+        "label_smoothing_negative",
+    ] {
+        let path = fixture(&format!("invalid/{name}.toml"));
+        let expected = expected_error(&path.with_extension("err"), &path, &dir);
+        let mut out = Vec::new();
+        assert!(!hone::cli::check::run(&path, &mut out).unwrap(), "{name}");
+        assert_eq!(String::from_utf8(out).unwrap(), format!("error: {expected}\n"), "{name}");
+    }
 }
 
 #[test]

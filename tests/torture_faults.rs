@@ -8,7 +8,8 @@
 //! uninterrupted-after-that reference sees the same labels at the same steps. Every trial must end
 //! with every step's loss bit-identical to the reference, every listed checkpoint verifying after
 //! every kill, the lock free, each stage evaluated and gated once with the reference's decisions.
-//! Short mode: every point at least once; `HONE_TORTURE=long`: later passes too.
+//! Short mode: every point at least once; `HONE_TORTURE=long`: later passes too. A KTO stage gets
+//! the same treatment for thumbs appended while its worker is dead.
 #![allow(clippy::unwrap_used, clippy::float_cmp)] // bit-exact equality is the point
 
 mod live;
@@ -204,4 +205,104 @@ fn kills_inside_checkpoints_label_reads_reports_and_durable_writes_lose_nothing(
     figures.push(("trials", trials));
     figures.push(("seconds", format!("{:.1}", start.elapsed().as_secs_f64())));
     torture::figures("faults", &figures);
+}
+
+/// One KTO stage on the sample model's thumbs plus the run's live labels.jsonl, 8 steps, a
+/// checkpoint every 2 steps.
+fn kto_pipeline(dir: &Path) -> PathBuf {
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample");
+    let text = format!(
+        "[run]\nname = \"kto-faults\"\nseed = 3\ncheckpoint_every = 2\nsample_every = 0\n\n\
+         [model]\npath = \"{model}\"\n\n[[stage]]\nname = \"kto\"\nepochs = 20\nmax_steps = 8\nbatch_size = 4\n\
+         lr = 3e-3\nmax_length = 256\npref = {{ data = [\"{thumbs}\", \"labels.jsonl\"], loss = \"kto\" }}\n",
+        model = sample.join("model").display(),
+        thumbs = sample.join("thumbs.jsonl").display(),
+    );
+    let path = dir.join("kto.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Three thumbs a labeler gave while the worker was down.
+fn append_thumbs(run: &RunDir) {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(run.labels_path()).unwrap();
+    for (i, (answer, up)) in [("Paris.", true), ("Lyon.", false), ("It is Paris.", true)].iter().enumerate() {
+        let line = serde_json::json!({
+            "id": format!("thumb-{i}"),
+            "prompt": [{"role": "user", "content": "Capital of France?"}],
+            "completion": [{"role": "assistant", "content": answer}],
+            "label": up,
+            "labeler": "torture",
+            "ts": 1_700_000_000_000u64 + i as u64,
+        });
+        writeln!(file, "{line}").unwrap();
+    }
+}
+
+/// A KTO run killed after its checkpoint at step 2, thumbs appended while it is dead, then (with
+/// `fault`) killed once more by that crash point, then resumed to its end.
+fn kto_trial(p: &Path, runs: &Path, fault: Option<&str>) -> Outcome {
+    let (status, err) = go(p, runs, Some("checkpoint.saved@1"));
+    assert!(killed(status), "the first checkpoint's kill fired ({status}): {err}");
+    let run = only_run(runs).unwrap();
+    append_thumbs(&run);
+    if let Some(fault) = fault {
+        let (status, err) = go(p, runs, Some(fault));
+        assert!(killed(status), "{fault} fired ({status}): {err}");
+        check_after_kill(&run, fault);
+    }
+    let (status, err) = go(p, runs, None);
+    assert!(status.success(), "{fault:?}: the last resume finishes: {err}");
+    outcome(&run)
+}
+
+/// Kills inside the thumbs read, inside the next checkpoint's write (the resume goes back before
+/// the logged admission and replays it at its step) and after later checkpoints (the resume
+/// replays the stage's earlier reads): every step's loss stays bit-identical to the reference.
+#[test]
+fn kills_around_a_kto_stages_thumbs_lose_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = kto_pipeline(tmp.path());
+    let reference = kto_trial(&p, &tmp.path().join("reference"), None);
+    assert_eq!(reference.losses.keys().copied().collect::<Vec<_>>(), (1..=8).collect::<Vec<_>>());
+    let admitted: Vec<(u64, u64)> = reference.admitted.iter().map(|(step, n)| (*step, *n)).collect();
+    assert_eq!(admitted, [(2, 3)], "admitted at the resume's first boundary");
+    for fault in ["labels.read@1", "checkpoint.file@1", "checkpoint.saved@1", "checkpoint.saved@2"] {
+        let got = kto_trial(&p, &tmp.path().join(fault.replace(['.', '@'], "-")), Some(fault));
+        assert_eq!(got, reference, "{fault}: the run after the crash agrees with the reference");
+    }
+}
+
+/// `hone` in `dir` with `args`, `fault` armed if given.
+fn hone_in(dir: &Path, args: &[&str], fault: Option<&str>) -> ExitStatus {
+    let mut cmd = Command::new(HONE);
+    cmd.current_dir(dir).args(args).env_remove(hone::fault::ENV);
+    if let Some(fault) = fault {
+        cmd.env(hone::fault::ENV, fault);
+    }
+    cmd.status().unwrap()
+}
+
+/// A KTO run started with a relative `--runs-dir`, killed after it read thumbs, resumes from
+/// another directory through the run's absolute path and still ends as the reference does: the
+/// live labels file keeps one name whatever directory the worker runs from.
+#[test]
+fn a_kto_run_resumes_from_another_directory_after_reading_thumbs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = kto_pipeline(tmp.path());
+    let reference = kto_trial(&p, &tmp.path().join("reference"), None);
+    let pipeline = p.to_str().unwrap();
+    let status =
+        hone_in(tmp.path(), &["run", pipeline, "--headless", "--runs-dir", "runs"], Some("checkpoint.saved@1"));
+    assert!(killed(status), "{status}");
+    let run = only_run(&tmp.path().join("runs")).unwrap();
+    append_thumbs(&run);
+    let relative = format!("runs/{}", run.path().file_name().unwrap().to_str().unwrap());
+    // Killed after the checkpoint at step 4, which holds the read of the thumbs at step 2.
+    let status = hone_in(tmp.path(), &["resume", &relative, "--headless"], Some("checkpoint.saved@1"));
+    assert!(killed(status), "{status}");
+    let absolute = std::fs::canonicalize(run.path()).unwrap();
+    let status = hone_in(Path::new("/"), &["resume", absolute.to_str().unwrap(), "--headless"], None);
+    assert!(status.success(), "{status}");
+    assert_eq!(outcome(&run), reference);
 }

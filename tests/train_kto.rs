@@ -1,7 +1,7 @@
 //! KTO on thumbs labels: a `pref.loss = "kto"` stage trains on TRL's unpaired records with TRL's
 //! metrics, thumbs the labeling pane appends to the run's labels file join at the next step
-//! boundary (undone and disputed ones do not), and `hone check` refuses KTO data with only one
-//! kind of label, located.
+//! boundary (undone and disputed ones do not) and a resumed stage admits them at the same steps
+//! as an uninterrupted one, and `hone check` refuses KTO data with only one kind of label, located.
 #![allow(clippy::unwrap_used, clippy::float_cmp)] // the first step's rewards are exactly 0
 
 mod memory_host;
@@ -13,6 +13,7 @@ use hone::config::Pipeline;
 use hone::train::trainer::{Finished, RunOptions, Trainer};
 use memory_host::MemoryHost;
 use serde_json::json;
+use std::path::Path;
 
 fn sample() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample")
@@ -86,6 +87,84 @@ fn live_thumbs_join_at_the_next_step_and_undone_or_disputed_ones_do_not() {
     let (_, stage, step, f) = admitted[0];
     assert_eq!((stage.as_deref(), *step), (Some("kto"), Some(2)));
     assert_eq!((f["count"].as_u64(), f["held_back"].as_u64(), f["lines"].as_u64()), (Some(1), Some(1), Some(5)));
+}
+
+/// Every metrics event's (global step, loss bits, grad-norm bits).
+fn trajectory(host: &MemoryHost) -> Vec<(u64, u64, u64)> {
+    host.metrics()
+        .iter()
+        .map(|m| (m.1, m.2["loss"].as_f64().unwrap().to_bits(), m.2["grad_norm"].as_f64().unwrap().to_bits()))
+        .collect()
+}
+
+/// Resumes the stopped run in `dir` from its checkpoint at `step`, with the admissions its
+/// events logged after that step replayed as the worker does; the resumed host.
+fn resume_from(p: &Pipeline, dir: &Path, stopped: &MemoryHost, step: u64) -> Result<MemoryHost, String> {
+    let ck = &stopped.checkpoints.iter().find(|c| c.0 == step).unwrap().1;
+    let mut host = MemoryHost::new(dir, p);
+    // The logged file named another way (as an older worker may have saved it) is the same file.
+    host.plan = stopped.admissions_after(step);
+    for admission in &mut host.plan {
+        admission.file = admission.file.replace("/labels.jsonl", "/./labels.jsonl");
+        assert!(admission.file.ends_with("/./labels.jsonl"), "{admission:?}");
+    }
+    let mut trainer = Trainer::resume(p.clone(), RunOptions::default(), &mut host, Device::Cpu, DType::F32, ck)
+        .map_err(|e| e.to_string())?;
+    trainer.run().map_err(|e| e.to_string())?;
+    drop(trainer);
+    Ok(host)
+}
+
+#[test]
+fn a_resumed_kto_stage_admits_live_thumbs_at_the_same_steps_bit_exactly() {
+    let mut p = pipeline(8);
+    p.run.checkpoint_every = 2;
+    let lines = [
+        thumbs("t-1", "What is 2+2?", "4", true),
+        thumbs("t-2", "What is 2+3?", "6", false),
+        thumbs("t-3", "Capital of France?", "Paris", true),
+    ]
+    .join("\n")
+        + "\n";
+    let label_step = 3;
+    let full_dir = tempfile::tempdir().unwrap();
+    let mut full = MemoryHost::new(full_dir.path(), &p);
+    full.label_at = Some((label_step, lines.clone()));
+    Trainer::new(p.clone(), RunOptions::default(), &mut full, Device::Cpu, DType::F32).unwrap().run().unwrap();
+    let admitted: Vec<_> =
+        full.events.iter().filter(|e| e.0 == "labels_admitted").map(|e| (e.2, e.3["count"].clone())).collect();
+    assert_eq!(admitted, [(Some(label_step), json!(3))]);
+    // What a resumed worker replays the read to.
+    let event = &full.events.iter().find(|e| e.0 == "labels_admitted").unwrap().3;
+    assert_eq!(event["byte_offset"].as_u64(), Some(lines.len() as u64));
+    assert!(event["file"].as_str().unwrap().ends_with("labels.jsonl"), "{event:?}");
+    let want = trajectory(&full);
+    assert_eq!(want.len(), 8);
+
+    // Stopped after step 5: checkpoints at 2 (before the thumbs arrived) and 4 (after).
+    let dir = tempfile::tempdir().unwrap();
+    let mut stopped = MemoryHost::new(dir.path(), &p);
+    stopped.label_at = Some((label_step, lines));
+    stopped.stop_after_metrics = Some(5);
+    let finished =
+        Trainer::new(p.clone(), RunOptions::default(), &mut stopped, Device::Cpu, DType::F32).unwrap().run().unwrap();
+    assert_eq!(finished, Finished::Stopped);
+    assert_eq!(trajectory(&stopped)[..], want[..5]);
+    for step in [2, 4] {
+        let resumed = resume_from(&p, dir.path(), &stopped, step).unwrap();
+        let admitted: Vec<_> = resumed.events.iter().filter(|e| e.0 == "labels_admitted").map(|e| e.2).collect();
+        // From step 2 the thumbs, already in the file, wait for step 3; from step 4 they are in
+        // the rebuilt pool from the start, with the indices they had.
+        assert_eq!(admitted, if step == 2 { vec![Some(label_step)] } else { vec![] }, "resumed from {step}");
+        assert_eq!(trajectory(&resumed)[..], want[step as usize..], "resumed from {step}");
+    }
+
+    // Editing thumbs the stage already trained on makes the resume refuse.
+    let labels = dir.path().join("labels.jsonl");
+    let original = std::fs::read_to_string(&labels).unwrap();
+    std::fs::write(&labels, original.replacen("Paris", "Lyon", 1)).unwrap();
+    let err = resume_from(&p, dir.path(), &stopped, 4).err().unwrap();
+    assert!(err.contains("refusing to resume") && err.contains("labels.jsonl"), "{err}");
 }
 
 #[test]

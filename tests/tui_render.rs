@@ -307,12 +307,16 @@ fn dashboard_mid_grpo_shows_grpo_rewards() {
                    "stage_step": k - 100, "total_steps": 20}),
         ));
     }
-    let screen = render_to_string(&app_with(events), 120, 40);
+    let app = app_with(events);
+    let screen = render_to_string(&app, 120, 40);
     assert!(screen.contains("GRPO rewards · len 12.5"), "{screen}");
-    for label in ["reward", "std", "kl", "zero-std"] {
+    // Each curve's legend carries its newest value.
+    for label in ["reward 1.000", "std 0.400", "kl 0.020", "zero-std 0.250"] {
         assert!(screen.contains(&format!("━ {label} ")), "{label}: {screen}");
     }
     assert!(!screen.contains("DPO rewards"), "{screen}");
+    insta::assert_snapshot!("dashboard_mid_grpo_120x40", screen);
+    insta::assert_snapshot!("dashboard_mid_grpo_80x24", render_to_string(&app, 80, 24));
     // Before the GRPO stage reports, the DPO chart stands.
     assert!(render_to_string(&app_with(mid_dpo()), 120, 40).contains("DPO rewards"));
 }

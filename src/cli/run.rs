@@ -173,12 +173,13 @@ fn hone_version() -> String {
 }
 
 fn resolve_prefs(loaded: &LoadedPipeline, run: &RunDir) -> Vec<Vec<PrefFile>> {
+    // Absolute: checkpoints and events name the live labels files a resume replays reads of, and
+    // `hone resume` may run from another directory than `hone run --runs-dir <relative>` did.
+    let dir = std::path::absolute(run.path()).unwrap_or_else(|_| run.path().to_path_buf());
     loaded
         .pref_sources
         .iter()
-        .map(|stage| {
-            stage.iter().map(|s| PrefFile { path: s.resolve(run.path()), live: s.is_run_relative() }).collect()
-        })
+        .map(|stage| stage.iter().map(|s| PrefFile { path: s.resolve(&dir), live: s.is_run_relative() }).collect())
         .collect()
 }
 

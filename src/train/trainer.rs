@@ -8,6 +8,7 @@ mod control;
 mod external;
 mod grpo;
 mod kto;
+mod labels;
 mod reference;
 mod stage;
 
@@ -665,18 +666,8 @@ impl<'h, H: Host> Trainer<'h, H> {
         data: &mut StageData,
     ) -> Result<Vec<usize>, TrainError> {
         let on_chosen = stage.sft.as_ref().is_some_and(|t| t.on_chosen);
-        live.verify_prefixes(&self.state.label_prefixes)?;
-        let history = self.state.label_reads.clone();
-        // A stage resumed after some steps replays its own reads, even none.
-        let resumed = self.state.stage_step > 0;
         let mut retracted = Vec::new();
-        let replay = resumed.then_some(history.as_slice());
-        for update in
-            live.read_initial(replay, data.pairs.len(), stage.max_length, &self.tokenizer, self.template.as_ref())?
-        {
-            if !resumed {
-                self.state.label_reads.extend(update.offsets.iter().cloned());
-            }
+        for update in self.initial_reads(stage, live, data.pairs.len())? {
             retracted.extend(update.retracted);
             for p in update.added {
                 if on_chosen {
@@ -916,26 +907,14 @@ impl<'h, H: Host> Trainer<'h, H> {
 
     /// Reads the live labels files at this step boundary and applies what they say.
     fn admit_labels(&mut self, run: &mut StageRun, step: u64) -> Result<(), TrainError> {
-        let update = run.live.read_at_step(
-            step,
-            &run.plan,
-            run.data.pairs.len(),
-            run.stage.max_length,
-            &self.tokenizer,
-            self.template.as_ref(),
-        )?;
+        let pool_len = run.data.pairs.len();
+        let update = self.read_at_boundary(&run.stage, &mut run.live, &run.plan, pool_len)?;
         self.admit(run, step, update)
     }
 
     /// Applies newly read labels: new agreeing pairs join the pool (with reference log-probs),
     /// retracted or now-disputed ones leave it; one `labels_admitted` event says what happened.
     fn admit(&mut self, run: &mut StageRun, step: u64, update: LiveUpdate) -> Result<(), TrainError> {
-        self.state.label_reads.extend(update.offsets.iter().cloned());
-        for message in &update.problems {
-            let mut f = Map::new();
-            f.insert("message".into(), json!(message));
-            self.host.emit("warning", Some(run.name()), Some(step), f)?;
-        }
         if update.lines == 0 {
             return Ok(());
         }
@@ -945,7 +924,7 @@ impl<'h, H: Host> Trainer<'h, H> {
             let _never_breaks =
                 reference.score(&self.policy, &refs, self.pad_id(), &mut run.cache, &mut never_interrupt)?;
         }
-        let count = update.added.len();
+        let fields = update.event_fields();
         let first_new = run.data.pairs.len();
         if run.samplers.iter().any(|(t, _)| *t == Term::Pref) {
             for p in update.added {
@@ -972,22 +951,14 @@ impl<'h, H: Host> Trainer<'h, H> {
                 }
             }
         }
-        let mut f = Map::new();
-        f.insert("count".into(), json!(count));
-        f.insert("retracted".into(), json!(update.retracted.len()));
-        f.insert("held_back".into(), json!(update.held_back));
-        f.insert("lines".into(), json!(update.lines));
-        if let Some((file, offset)) = update.offsets.last() {
-            f.insert("file".into(), json!(file));
-            f.insert("byte_offset".into(), json!(offset));
-        }
-        self.host.emit("labels_admitted", Some(run.name()), Some(step), f)
+        self.host.emit("labels_admitted", Some(run.name()), Some(step), fields)
     }
 
     /// Saves a checkpoint at this step boundary (once per boundary): the policy, AdamW's
     /// moments and the trainer state with every sampler's position and the live labels read.
     fn checkpoint(&mut self, run: &StageRun) -> Result<(), TrainError> {
         self.state.label_prefixes = run.live.consumed_prefixes()?;
+        self.state.label_prefixes.extend(kto::consumed_prefixes(run)?);
         if self.last_checkpoint == Some(self.state.global_step) && !self.state.stage_done {
             // Already saved at this step boundary (a periodic checkpoint just before a stop, or
             // the checkpoint this trainer resumed from).

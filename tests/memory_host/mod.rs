@@ -12,7 +12,7 @@ use hone::eval::Report;
 use hone::run::worker::read_checkpoint_files;
 use hone::run::{OPTIMIZER_FILE, REWARD_MODEL_FILE, TRAINER_STATE_FILE};
 use hone::train::evaluate::{EvalInputs, StageEval};
-use hone::train::trainer::{CheckpointData, Host, PrefFile, SavedTraining};
+use hone::train::trainer::{Admission, CheckpointData, Host, PrefFile, SavedTraining};
 use hone::train::TrainError;
 use serde_json::{Map, Value};
 
@@ -46,6 +46,9 @@ pub struct MemoryHost {
     /// lines to `overrides.jsonl` in `dir` (read by the evaluations after it, with
     /// `human_inputs`).
     pub overrides_at: Option<(String, String)>,
+    /// The label admissions [`Host::planned_admissions`] gives a resumed trainer (see
+    /// [`MemoryHost::admissions_after`]).
+    pub plan: Vec<Admission>,
 }
 
 impl MemoryHost {
@@ -66,6 +69,23 @@ impl MemoryHost {
     /// One metric of every metrics event of `stage` that has it.
     pub fn series(&self, stage: &str, key: &str) -> Vec<f64> {
         self.metrics().iter().filter(|m| m.0 == stage).filter_map(|m| m.2.get(key).and_then(Value::as_f64)).collect()
+    }
+
+    /// The `labels_admitted` events after global step `step`, as the worker plans them for a
+    /// trainer resumed from a checkpoint at that step (one without a file and offset replays
+    /// nothing).
+    pub fn admissions_after(&self, step: u64) -> Vec<Admission> {
+        self.events
+            .iter()
+            .filter(|e| e.0 == "labels_admitted" && e.2.is_some_and(|s| s > step))
+            .filter_map(|e| {
+                Some(Admission {
+                    step: e.2?,
+                    file: e.3.get("file")?.as_str()?.to_string(),
+                    offset: e.3.get("byte_offset")?.as_u64()?,
+                })
+            })
+            .collect()
     }
 
     /// One metric of every metrics event that has it, whatever the stage.
@@ -142,6 +162,10 @@ impl Host for MemoryHost {
                 }
             })
             .collect()
+    }
+
+    fn planned_admissions(&self) -> Vec<Admission> {
+        self.plan.clone()
     }
 
     fn save_eval(&mut self, stage: &str, eval: &StageEval) -> Result<(), TrainError> {

@@ -5,7 +5,6 @@
 //! KL estimate. Thumbs the labeling pane appends to a live labels file join at the next step
 //! boundary (`labels_admitted`), as pairs join a DPO stage; undone or disputed ones leave.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::DType;
@@ -14,10 +13,10 @@ use serde_json::{json, Map};
 use super::stage::{num, Lambdas, StageRun, StepSums, Term};
 use super::{Host, Trainer};
 use crate::config::Stage;
-use crate::data::labels::LabelLog;
-use crate::data::{encode_sft, read_thumbs, read_thumbs_for_kto, SftRecord, ThumbsRecord};
+use crate::data::labels::{text_key, LabelLog};
+use crate::data::{encode_sft, read_thumbs, read_thumbs_for_kto, ChatTemplate, SftRecord, TextTokenizer, ThumbsRecord};
 use crate::train::batch::{Sequence, TokenBatch};
-use crate::train::live::LiveLabels;
+use crate::train::live::{LiveKind, LiveLabels};
 use crate::train::loss::{per_sequence_sum, target_logps};
 use crate::train::optim::{global_norm, AdamW, AdamWConfig};
 use crate::train::plan::{RefCache, StageData};
@@ -48,17 +47,36 @@ impl KtoExample {
 /// rejected log-probs (`None` without examples of that label).
 type BatchStats = (f64, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
 
-/// A live labels file and the thumbs items admitted from it (item → pool index).
-struct LiveThumbs {
-    log: LabelLog,
-    admitted: HashMap<String, usize>,
+/// Thumbs labels, for KTO: what a KTO stage's live labels files admit.
+pub(crate) struct Thumbs;
+
+impl LiveKind for Thumbs {
+    type Record = ThumbsRecord;
+    type Example = KtoExample;
+
+    fn resolve(log: &LabelLog) -> (Vec<(String, ThumbsRecord)>, Vec<String>) {
+        log.resolve_thumbs()
+    }
+
+    fn key(rec: &ThumbsRecord) -> String {
+        serde_json::to_string(&(text_key(&rec.prompt), text_key(&rec.completion), rec.label)).unwrap_or_default()
+    }
+
+    fn example(
+        tok: &TextTokenizer,
+        template: Option<&ChatTemplate>,
+        rec: &ThumbsRecord,
+        max_len: usize,
+    ) -> Result<Option<KtoExample>, TrainError> {
+        kto_example(tok, template, rec, max_len)
+    }
 }
 
 /// What a KTO stage keeps between steps.
 pub(crate) struct KtoRun {
     beta: f64,
     examples: Vec<KtoExample>,
-    live: Vec<LiveThumbs>,
+    live: LiveLabels<Thumbs>,
     /// Which examples each micro-batch takes, saved in checkpoints.
     pub sampler: Sampler,
 }
@@ -66,8 +84,8 @@ pub(crate) struct KtoRun {
 /// Tokenizes one thumbs record; `None` when it does not fit `max_length` or has no completion
 /// token.
 fn kto_example(
-    tok: &crate::data::TextTokenizer,
-    template: Option<&crate::data::ChatTemplate>,
+    tok: &TextTokenizer,
+    template: Option<&ChatTemplate>,
     rec: &ThumbsRecord,
     max: usize,
 ) -> Result<Option<KtoExample>, TrainError> {
@@ -86,39 +104,18 @@ fn kto_example(
 
 impl<H: Host> Trainer<'_, H> {
     /// Makes a KTO stage ready: the static thumbs files (both labels required among them), the
-    /// live labels files read so far, the reference, the optimizer and the sampler.
+    /// live labels files read so far (on resume, as far as the checkpointed run had read them),
+    /// the reference, the optimizer and the sampler.
     pub(super) fn open_kto_stage(&mut self, index: usize, stage: &Stage) -> Result<StageRun, TrainError> {
         let sources = self.host.preference_files(index);
         let statics: Vec<_> = sources.iter().filter(|f| !f.live).map(|f| f.path.clone()).collect();
-        let mut records: Vec<ThumbsRecord> = Vec::new();
-        for path in &statics {
-            records.extend(read_thumbs(path)?.into_iter().map(|(_, r)| r));
-        }
-        if !records.is_empty() && records.iter().all(|r| r.label == records[0].label) {
-            // Located at the first record of the first file (every file lacks the same label).
-            if let Some(first) = statics.first() {
-                read_thumbs_for_kto(first)?;
-            }
-        }
-        let mut run_examples = Vec::new();
-        let mut dropped = 0usize;
-        for rec in &records {
-            match kto_example(&self.tokenizer, self.template.as_ref(), rec, stage.max_length)? {
-                Some(ex) => run_examples.push(ex),
-                None => dropped += 1,
-            }
-        }
-        let mut live: Vec<LiveThumbs> = sources
-            .iter()
-            .filter(|f| f.live)
-            .map(|f| LiveThumbs { log: LabelLog::new(&f.path), admitted: HashMap::new() })
-            .collect();
+        let (records, run_examples, dropped) = self.static_thumbs(stage, &statics)?;
+        let mut live = LiveLabels::<Thumbs>::new(sources.iter().filter(|f| f.live).map(|f| f.path.clone()).collect());
         let mut examples = run_examples;
         let mut retracted = Vec::new();
-        for source in &mut live {
-            let (added, gone, _, _) = admit_thumbs(self, stage, source, examples.len())?;
-            examples.extend(added);
-            retracted.extend(gone);
+        for update in self.initial_reads(stage, &mut live, examples.len())? {
+            examples.extend(update.added);
+            retracted.extend(update.retracted);
         }
         if examples.is_empty() {
             return Err(TrainError::Data(format!("stage {}: no thumbs labels to train on", stage.name)));
@@ -170,7 +167,7 @@ impl<H: Host> Trainer<'_, H> {
             static_files: statics,
             data: StageData::default(),
             live: LiveLabels::new(Vec::new()),
-            plan: Vec::new(),
+            plan: self.host.planned_admissions(),
             cache: RefCache::new(),
             reference: Some(reference),
             opt,
@@ -185,43 +182,54 @@ impl<H: Host> Trainer<'_, H> {
         })
     }
 
-    /// Reads the live labels files at this step boundary: new agreeing thumbs join the pool,
-    /// undone or disputed ones leave it; one `labels_admitted` event says what happened.
-    fn admit_live_thumbs(&mut self, run: &mut StageRun) -> Result<(), TrainError> {
-        let step = self.state.global_step;
-        let Some(mut kto) = run.kto.take() else { return Ok(()) };
-        let mut totals = (0usize, 0usize, 0usize, 0usize);
-        let mut outcome = Ok(());
-        for source in &mut kto.live {
-            match admit_thumbs(self, &run.stage, source, kto.examples.len()) {
-                Ok((added, gone, held, lines)) => {
-                    totals = (totals.0 + added.len(), totals.1 + gone.len(), totals.2 + held, totals.3 + lines);
-                    for ex in added {
-                        kto.sampler.add(ex.prompt.len() + ex.completion.len());
-                        kto.examples.push(ex);
-                    }
-                    for i in gone {
-                        kto.sampler.set_active(i, false);
-                    }
-                }
-                Err(e) => {
-                    outcome = Err(e);
-                    break;
-                }
+    /// The thumbs of the stage's static files (both labels required among them): the records, the
+    /// examples that fit `max_length`, and how many did not.
+    fn static_thumbs(
+        &self,
+        stage: &Stage,
+        statics: &[std::path::PathBuf],
+    ) -> Result<(Vec<ThumbsRecord>, Vec<KtoExample>, usize), TrainError> {
+        let mut records: Vec<ThumbsRecord> = Vec::new();
+        for path in statics {
+            records.extend(read_thumbs(path)?.into_iter().map(|(_, r)| r));
+        }
+        if !records.is_empty() && records.iter().all(|r| r.label == records[0].label) {
+            // Located at the first record of the first file (every file lacks the same label).
+            if let Some(first) = statics.first() {
+                read_thumbs_for_kto(first)?;
             }
         }
-        run.kto = Some(kto);
-        outcome?;
-        if totals.3 == 0 {
+        let mut examples = Vec::new();
+        let mut dropped = 0usize;
+        for rec in &records {
+            match kto_example(&self.tokenizer, self.template.as_ref(), rec, stage.max_length)? {
+                Some(ex) => examples.push(ex),
+                None => dropped += 1,
+            }
+        }
+        Ok((records, examples, dropped))
+    }
+
+    /// Reads the live labels files at this step boundary (where a previous worker of this run
+    /// read them, on resume): new agreeing thumbs join the pool, undone or disputed ones leave
+    /// it; one `labels_admitted` event says what happened.
+    fn admit_live_thumbs(&mut self, run: &mut StageRun) -> Result<(), TrainError> {
+        let step = self.state.global_step;
+        let Some(kto) = run.kto.as_deref_mut() else { return Ok(()) };
+        let update = self.read_at_boundary(&run.stage, &mut kto.live, &run.plan, kto.examples.len())?;
+        if update.lines == 0 {
             return Ok(());
         }
-        let mut f = Map::new();
-        f.insert("count".into(), json!(totals.0));
-        f.insert("retracted".into(), json!(totals.1));
-        f.insert("held_back".into(), json!(totals.2));
-        f.insert("lines".into(), json!(totals.3));
+        let mut f = update.event_fields();
         f.insert("kind".into(), json!("thumbs"));
-        self.host.emit("labels_admitted", Some(run.name()), Some(step), f)
+        for ex in update.added {
+            kto.sampler.add(ex.prompt.len() + ex.completion.len());
+            kto.examples.push(ex);
+        }
+        for i in update.retracted {
+            kto.sampler.set_active(i, false);
+        }
+        self.host.emit("labels_admitted", Some(&run.stage.name), Some(step), f)
     }
 
     /// One KTO optimizer step.
@@ -323,44 +331,13 @@ impl<H: Host> Trainer<'_, H> {
     }
 }
 
-/// Reads what is new in one live labels file and resolves its thumbs: the examples to add (pool
-/// indices from `pool_len` on), the pool indices that left, the items held back, lines read.
-fn admit_thumbs<H: Host>(
-    trainer: &mut Trainer<'_, H>,
-    stage: &Stage,
-    source: &mut LiveThumbs,
-    pool_len: usize,
-) -> Result<(Vec<KtoExample>, Vec<usize>, usize, usize), TrainError> {
-    let update = source.log.read_new(None)?;
-    for problem in &update.problems {
-        let mut f = Map::new();
-        f.insert("message".into(), json!(problem.message));
-        trainer.host.emit("warning", Some(&stage.name), Some(trainer.state.global_step), f)?;
-    }
-    let (admitted, held) = source.log.resolve_thumbs();
-    let live: HashMap<&str, &ThumbsRecord> = admitted.iter().map(|(item, r)| (item.as_str(), r)).collect();
-    let mut gone: Vec<usize> = Vec::new();
-    source.admitted.retain(|item, index| {
-        let keep = live.contains_key(item.as_str());
-        if !keep {
-            gone.push(*index);
-        }
-        keep
-    });
-    let mut added = Vec::new();
-    for (item, rec) in &admitted {
-        if source.admitted.contains_key(item) {
-            continue;
-        }
-        if let Some(ex) = kto_example(&trainer.tokenizer, trainer.template.as_ref(), rec, stage.max_length)? {
-            source.admitted.insert(item.clone(), pool_len + added.len());
-            added.push(ex);
-        }
-    }
-    Ok((added, gone, held.len(), update.lines))
-}
-
 /// The KTO sampler's position for a checkpoint, when `run` is a KTO stage.
 pub(super) fn sampler_state(run: &StageRun) -> Option<(String, crate::train::sampler::SamplerState)> {
     run.kto.as_ref().map(|k| (SAMPLER.to_string(), k.sampler.state.clone()))
+}
+
+/// The consumed prefix of each of a KTO stage's live labels files, for a checkpoint (a resume
+/// refuses files whose already-trained part changed).
+pub(super) fn consumed_prefixes(run: &StageRun) -> Result<Vec<(String, u64, String)>, TrainError> {
+    run.kto.as_ref().map_or(Ok(Vec::new()), |k| k.live.consumed_prefixes())
 }
