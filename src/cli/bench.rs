@@ -359,7 +359,9 @@ fn bench_estimate(preset: &Preset, model: &Model, options: &BenchOptions) -> Mem
     crate::memory::estimate(&MemoryPlan {
         config: &model.config,
         total_params: parameter_count(&model.config),
-        trainable_params: spec.as_ref().map_or_else(|| parameter_count(&model.config), |s| adapter_parameters(&model.config, s)),
+        trainable_params: spec
+            .as_ref()
+            .map_or_else(|| parameter_count(&model.config), |s| adapter_parameters(&model.config, s)),
         reference: false,
         sequences: preset.batch,
         seq_len: preset.seq,

@@ -9,9 +9,9 @@ use anyhow::Result;
 
 use candle_core::Device;
 
+use crate::config::ModelSettings;
 use crate::config::{load_pipeline, Stage};
 use crate::data::{ChatTemplate, TextTokenizer};
-use crate::config::ModelSettings;
 use crate::memory::{
     adapter_parameters, device_total_bytes, estimate, human_bytes, parameter_count, MemoryEstimate, MemoryPlan,
 };
@@ -203,7 +203,9 @@ impl StageMemory<'_> {
         lines.retain(|l| !l.is_empty());
         lines.push(match (needs_reference, self.live_labels) {
             (false, _) => "    reference: none".to_string(),
-            (true, _) if !separate => "    reference: the policy's frozen base with its adapters off (no second model)".to_string(),
+            (true, _) if !separate => {
+                "    reference: the policy's frozen base with its adapters off (no second model)".to_string()
+            }
             (true, true) => "    reference: held while training (live labels need its log-probs)".to_string(),
             (true, false) => format!(
                 "    reference: scored before training, then freed (that phase holds {} of weights)",

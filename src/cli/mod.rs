@@ -553,7 +553,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let runs_dir = runs.resolve();
             label::run(&label::LabelArgs { candidates, labels, labeler, rubric, run, repeat_share, seed, runs_dir })?;
         }
-        Command::Bench { preset, seq, batch, mode, steps, warmup, threads, device, gradient_checkpointing, lora, dtype } => {
+        Command::Bench {
+            preset,
+            seq,
+            batch,
+            mode,
+            steps,
+            warmup,
+            threads,
+            device,
+            gradient_checkpointing,
+            lora,
+            dtype,
+        } => {
             let mut preset = bench::preset(&preset)?;
             if let Some(seq) = seq {
                 preset = preset.with_seq(seq);

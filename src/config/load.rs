@@ -260,7 +260,11 @@ impl super::types::LoraSettings {
 /// The `lora` table's values, the adapter directory's config, and their agreement; LoRA on a
 /// `scratch` model is refused (the frozen base would be noise). Returns the adapter directory's
 /// settings when there is one.
-fn check_lora(model: &ModelSettings, at: &FieldPath, locator: &Locator<'_>) -> Result<Option<AdapterConfig>, ConfigError> {
+fn check_lora(
+    model: &ModelSettings,
+    at: &FieldPath,
+    locator: &Locator<'_>,
+) -> Result<Option<AdapterConfig>, ConfigError> {
     if let Some(lora) = &model.lora {
         let at = at.key("lora");
         if lora.r == 0 {

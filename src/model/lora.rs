@@ -480,7 +480,9 @@ impl Projection {
     /// targets it. With `lora` the base is frozen, targeted or not.
     pub fn new(base: Linear, vb: &VarBuilder, out: usize, inp: usize, lora: Option<&LoraBuild>) -> Result<Self> {
         match lora {
-            Some(l) => Ok(Self { base: base.frozen(), adapter: l.adapter(&vb.prefix(), out, inp, vb.dtype(), vb.device())? }),
+            Some(l) => {
+                Ok(Self { base: base.frozen(), adapter: l.adapter(&vb.prefix(), out, inp, vb.dtype(), vb.device())? })
+            }
             None => Ok(Self { base, adapter: None }),
         }
     }

@@ -91,7 +91,13 @@ impl ParamStore {
     }
 
     fn with_source(source: Source) -> Self {
-        Self { source, frozen: false, matrices: None, params: Mutex::new(Vec::new()), by_name: Mutex::new(HashMap::new()) }
+        Self {
+            source,
+            frozen: false,
+            matrices: None,
+            params: Mutex::new(Vec::new()),
+            by_name: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The same store, frozen: every tensor it hands out is detached from autograd.
