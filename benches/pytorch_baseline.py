@@ -28,6 +28,19 @@ Modes:
                      (TRL's default when no precomputed reference log-probs are given).
     `--ref forward` step times include that reference forward.
 
+Memory options (issue 13), compared with `hone bench --lora R --gradient-checkpointing`:
+
+* `--lora R`: PEFT LoRA on the seven projections (`target_modules="all-linear"`), r R, alpha 2R,
+  dropout 0, PEFT's default init; only the adapters are trained (AdamW over them alone). With
+  `--ref forward` the reference is the same model with its adapters disabled
+  (`model.disable_adapter()`), as TRL does with a PEFT model: no second copy.
+* `--gradient-checkpointing`: transformers' activation checkpointing on every decoder layer
+  (non-reentrant, transformers' default).
+
+The JSON line also carries `peak_rss_bytes`: the whole process's peak resident set size
+(`getrusage` ru_maxrss, interpreter and imports included), read after the timed steps, as hone
+reports `VmHWM`.
+
 `--preset cpu-135m` is the real 135M Llama shape (SmolLM-135M): vocab 49152, hidden 576,
 30 layers, 9 heads / 3 KV heads, MLP 1536, tied, rms_norm_eps 1e-6, batch 8 x 128 with the first
 32 tokens masked. `--seq N` / `--batch N` change the batch shape as hone's flags do (the prompt
@@ -40,7 +53,8 @@ line shaped like hone's:
 
     {"impl": "pytorch-eager", "torch": ..., "mode": ..., "ref": ..., "threads": ..., "steps": ...,
      "warmup": ..., "tokens_per_step": 2048, "median_step_s": ..., "tokens_per_second": ...,
-     "nominal_gflop_per_step": ..., "gflop_per_s": ..., "final_loss": ...}
+     "nominal_gflop_per_step": ..., "gflop_per_s": ..., "final_loss": ..., "lora": ...,
+     "gradient_checkpointing": ..., "trainable_params": ..., "peak_rss_bytes": ...}
 
 with the same nominal FLOP count as hone (`Preset::nominal_step_flops`: 6 per parameter per
 token, the LM head on every position, the full attention matrix).
@@ -54,6 +68,8 @@ Python). Run it by hand with a Python that has torch and transformers, e.g.
     python benches/pytorch_baseline.py --mode sft --threads 2
     python benches/pytorch_baseline.py --mode dpo --ref cached --threads 2
     python benches/pytorch_baseline.py --mode dpo --ref forward --threads 2
+    python benches/pytorch_baseline.py --preset cpu-135m --mode dpo --steps 2 --warmup 0 \
+        --lora 16 --gradient-checkpointing --threads 2
 
 and compare with `target/release/hone bench --preset cpu-small --mode sft|dpo --threads 2`
 on the same machine, with nothing else running.
@@ -64,6 +80,7 @@ import copy
 import json
 import os
 import random
+import resource
 import statistics
 import time
 
@@ -152,6 +169,15 @@ def build_model():
     return model
 
 
+def with_lora(model, r):
+    """The model wrapped by PEFT: a LoRA of rank r (alpha 2r, dropout 0) on every projection."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules="all-linear",
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
 def sequence_logps(model, input_ids, labels):
     """Per-sequence sum of log p(label) over the unmasked (completion) targets, TRL-style."""
     logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1, :]
@@ -176,12 +202,18 @@ def main():
     parser.add_argument("--ref", choices=["cached", "forward"], default="cached",
                         help="DPO reference log-probs: cached once up front, or a frozen "
                              "reference forward under no_grad every step (ignored for sft)")
+    parser.add_argument("--lora", type=int, metavar="R",
+                        help="train a PEFT LoRA of rank R (alpha 2R, all-linear) instead of every weight")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute each decoder layer's activations in the backward pass")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=default_threads())
     args = parser.parse_args()
     if args.steps < 1:
         parser.error("--steps must be at least 1")
+    if args.lora is not None and args.lora < 1:
+        parser.error("--lora must be at least 1")
 
     torch.set_num_threads(args.threads)
     global VOCAB, BATCH, SEQ, PROMPT, PAIRS
@@ -202,6 +234,10 @@ def main():
     torch.manual_seed(SEED)
 
     model = build_model()
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    if args.lora:
+        model = with_lora(model, args.lora)
     model.train()
     input_ids = token_ids()
     labels = input_ids.clone()
@@ -210,7 +246,9 @@ def main():
     ref_model = None
     ref_logps = None
     if args.mode == "dpo":
-        if args.ref == "forward":
+        if args.ref == "forward" and args.lora:
+            ref_model = model  # run with its adapters disabled below
+        elif args.ref == "forward":
             ref_model = copy.deepcopy(model)
             ref_model.eval()
             ref_model.requires_grad_(False)
@@ -218,7 +256,8 @@ def main():
             with torch.no_grad():
                 ref_logps = sequence_logps(model, input_ids, labels)
 
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8,
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-4, betas=(0.9, 0.999), eps=1e-8,
                             weight_decay=0.0)
 
     times = []
@@ -230,20 +269,24 @@ def main():
             loss = model(input_ids=input_ids, labels=labels, use_cache=False).loss
         else:
             policy = sequence_logps(model, input_ids, labels)
-            if ref_model is not None:
+            if ref_model is model:
+                with torch.no_grad(), model.disable_adapter():
+                    ref = sequence_logps(model, input_ids, labels)
+            elif ref_model is not None:
                 with torch.no_grad():
                     ref = sequence_logps(ref_model, input_ids, labels)
             else:
                 ref = ref_logps
             loss = dpo_loss(policy, ref)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         loss_value = loss.item()
         elapsed = time.perf_counter() - start
         if i >= args.warmup:
             times.append(elapsed)
 
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     med = statistics.median(times)
     tokens = BATCH * SEQ
     print(json.dumps({
@@ -263,6 +306,10 @@ def main():
         "nominal_gflop_per_step": nominal_step_flops() / 1e9,
         "gflop_per_s": nominal_step_flops() / med / 1e9,
         "final_loss": loss_value,
+        "lora": args.lora,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "trainable_params": sum(p.numel() for p in trainable),
+        "peak_rss_bytes": peak_rss,
     }))
 
 

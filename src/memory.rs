@@ -16,14 +16,15 @@ use candle_core::{DType, Device, DeviceLocation};
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::Nvml;
 
-use crate::model::{ModelConfig, Precision};
+use crate::model::lora::projection_modules;
+use crate::model::{LoraSpec, ModelConfig, Precision};
 
 /// What a training step holds, as the inputs of [`estimate`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MemoryPlan<'a> {
     /// The model's shape.
     pub config: &'a ModelConfig,
-    /// Every parameter of the model (a tied head once).
+    /// Every parameter of the model (a tied head once), adapters not included.
     pub total_params: u64,
     /// The parameters the optimizer updates (all of them for full fine-tuning; the adapters
     /// with LoRA): they have gradients and AdamW moments.
@@ -42,12 +43,16 @@ pub struct MemoryPlan<'a> {
     pub precision: Precision,
     /// Gradient checkpointing: each layer's activations recomputed in backward.
     pub checkpointing: bool,
+    /// A LoRA adapter: the model's parameters are then a frozen base held in
+    /// [`Precision::frozen_base`], `trainable_params` are the adapter's ([`adapter_parameters`]),
+    /// and each adapted projection keeps its own activations ([`adapter_floats`]).
+    pub lora: Option<&'a LoraSpec>,
 }
 
 /// Estimated peak bytes of a training step, by what holds them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MemoryEstimate {
-    /// The policy's weights.
+    /// The policy's weights (a LoRA's frozen base and its adapters).
     pub weights: u64,
     /// Gradients of the trainable parameters.
     pub gradients: u64,
@@ -125,13 +130,18 @@ pub fn estimate(plan: &MemoryPlan) -> MemoryEstimate {
     let layers = cfg.num_hidden_layers as u64;
     let h = cfg.hidden_size as u64;
     let (layer_master, layer_compute) = layer_floats(cfg, plan.seq_len, mixed);
-    let one_layer = tokens * (layer_master * master + layer_compute * compute);
+    let adapters = plan.lora.map(|spec| adapter_floats(cfg, spec)).unwrap_or_default();
+    let one_layer = |i: usize| {
+        let extra = adapters.get(i).copied().unwrap_or(0);
+        tokens * ((layer_master + extra) * master + layer_compute * compute)
+    };
     let kept_layers = if plan.checkpointing {
         // Each layer's input (the custom op's argument) and the last output, plus one layer
         // recomputed at a time in the backward pass with a copy of its input.
-        (layers + 2) * tokens * h * master + one_layer
+        let widest = (0..cfg.num_hidden_layers).map(one_layer).max().unwrap_or(0);
+        (layers + 2) * tokens * h * master + widest
     } else {
-        layers * one_layer
+        (0..cfg.num_hidden_layers).map(one_layer).sum()
     };
     // The embedding's output and the final norm's (kept either way), the target rows gathered,
     // and the logits of those rows (in the compute dtype too when mixed, and cast to f32 for
@@ -139,17 +149,85 @@ pub fn estimate(plan: &MemoryPlan) -> MemoryEstimate {
     let rows = plan.target_rows as u64;
     let vocab = cfg.vocab_size as u64;
     let head = 2 * tokens * h * master + rows * h * (master + compute) + rows * vocab * (master + compute);
-    // Casting the weights for the matmuls keeps a compute-dtype copy of every weight matrix in
-    // the graph until the step ends.
-    let weight_casts = if mixed { plan.total_params * compute } else { 0 };
+    // Full fine-tuning in mixed precision casts every master weight for its matmul and the graph
+    // keeps the copies until the step ends; a frozen LoRA base is already in the compute dtype.
+    let base = if plan.lora.is_some() { bytes(plan.precision.frozen_base()) } else { master };
+    let weight_casts = if mixed && plan.lora.is_none() { plan.total_params * compute } else { 0 };
+    let adapter_weights = if plan.lora.is_some() { plan.trainable_params * master } else { 0 };
+    // A frozen base stores its matrices narrow and its vectors (norms, biases) in the master dtype.
+    let vectors = if plan.lora.is_some() { vector_parameters(cfg).min(plan.total_params) } else { 0 };
     MemoryEstimate {
-        weights: plan.total_params * master,
+        weights: (plan.total_params - vectors) * base + vectors * master + adapter_weights,
         gradients: plan.trainable_params * master,
         optimizer: 2 * plan.trainable_params * master,
         reference: if plan.reference { plan.total_params * bytes(plan.precision.compute) } else { 0 },
         activations: kept_layers + head + weight_casts,
         runtime: RUNTIME_BYTES,
     }
+}
+
+/// The `(out, in)` widths of a decoder projection by its module name's last part.
+fn projection_shape(config: &ModelConfig, module: &str) -> (u64, u64) {
+    let h = config.hidden_size as u64;
+    let q = (config.num_attention_heads * config.head_dim) as u64;
+    let kv = (config.num_key_value_heads * config.head_dim) as u64;
+    let i = config.intermediate_size as u64;
+    match module.rsplit('.').next().unwrap_or(module) {
+        "q_proj" => (q, h),
+        "k_proj" | "v_proj" => (kv, h),
+        "o_proj" => (h, q),
+        "down_proj" => (h, i),
+        _ => (i, h),
+    }
+}
+
+/// The projections of `config` that `spec` adapts, with their `(out, in)` widths, by layer.
+fn adapted(config: &ModelConfig, spec: &LoraSpec) -> Vec<(usize, (u64, u64))> {
+    projection_modules(config.num_hidden_layers)
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| spec.targets.matches(m))
+        .map(|(k, m)| (k / crate::model::lora::ALL_LINEAR.len(), projection_shape(config, m)))
+        .collect()
+}
+
+/// The parameters of a LoRA adapter of `spec` on a model of this shape: `r · (in + out)` per
+/// adapted projection (A is `[r, in]`, B `[out, r]`).
+pub fn adapter_parameters(config: &ModelConfig, spec: &LoraSpec) -> u64 {
+    let r = spec.r as u64;
+    adapted(config, spec).iter().map(|(_, (out, inp))| r * (inp + out)).sum()
+}
+
+/// Numbers per token each decoder layer's adapters keep for the backward pass, by layer, in the
+/// master dtype: per adapted projection, `x Aᵀ` (r), its product with `Bᵀ`, the product scaled,
+/// and the sum with the base's output (3 · out); the input is the base matmul's, already counted.
+/// With dropout, the mask and the dropped input too (2 · in).
+pub fn adapter_floats(config: &ModelConfig, spec: &LoraSpec) -> Vec<u64> {
+    let mut by_layer = vec![0u64; config.num_hidden_layers];
+    let dropped = u64::from(spec.dropout > 0.0);
+    for (layer, (out, inp)) in adapted(config, spec) {
+        by_layer[layer] += spec.r as u64 + 3 * out + 2 * dropped * inp;
+    }
+    by_layer
+}
+
+/// The parameters of a model of this shape held in vectors: the norms' weights and the biases.
+fn vector_parameters(config: &ModelConfig) -> u64 {
+    let h = config.hidden_size as u64;
+    let q = (config.num_attention_heads * config.head_dim) as u64;
+    let kv = (config.num_key_value_heads * config.head_dim) as u64;
+    let i = config.intermediate_size as u64;
+    let mut layer = 2 * h;
+    if config.qkv_bias {
+        layer += q + 2 * kv;
+    }
+    if config.o_bias {
+        layer += h;
+    }
+    if config.mlp_bias {
+        layer += 2 * i + h;
+    }
+    config.num_hidden_layers as u64 * layer + h
 }
 
 /// The parameters of a model of this shape (a tied head once), without loading it.
@@ -256,6 +334,69 @@ mod tests {
         let text = "Name:\thone\nVmPeak:\t  123456 kB\nVmHWM:\t    2048 kB\n";
         assert_eq!(kib_field(text, "VmHWM:"), Some(2048));
         assert_eq!(kib_field(text, "VmRSS:"), None);
+    }
+
+    fn shape_135m() -> ModelConfig {
+        let json = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "vocab_size": 49152, "hidden_size": 576,
+            "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+            "num_key_value_heads": 3, "rms_norm_eps": 1e-5, "tie_word_embeddings": true
+        });
+        ModelConfig::from_value(json, std::path::Path::new("<135m>")).unwrap()
+    }
+
+    fn lora(r: usize, targets: crate::model::Targets) -> LoraSpec {
+        #[allow(clippy::cast_precision_loss)]
+        LoraSpec { r, alpha: 2.0 * r as f64, dropout: 0.0, targets, rslora: false }
+    }
+
+    fn plan<'a>(config: &'a ModelConfig, spec: Option<&'a LoraSpec>, dtype: DType) -> MemoryPlan<'a> {
+        let params = parameter_count(config);
+        MemoryPlan {
+            config,
+            total_params: params,
+            trainable_params: spec.map_or(params, |s| adapter_parameters(config, s)),
+            reference: false,
+            sequences: 8,
+            seq_len: 128,
+            target_rows: 8 * 96,
+            precision: Precision::for_training(dtype),
+            checkpointing: false,
+            lora: spec,
+        }
+    }
+
+    #[test]
+    fn adapter_parameters_count_a_and_b_of_each_adapted_projection() {
+        let config = shape_135m();
+        // r (in + out) over q, k, v, o (576+576, 576+192, 576+192, 576+576) and gate, up, down
+        // (576+1536 each), 30 layers: PEFT's print_trainable_parameters says 4,884,480 at r 16.
+        assert_eq!(adapter_parameters(&config, &lora(16, crate::model::Targets::AllLinear)), 4_884_480);
+        let qv = crate::model::Targets::Names(vec!["q_proj".into(), "v_proj".into()]);
+        assert_eq!(adapter_parameters(&config, &lora(8, qv)), 8 * 30 * (576 + 576 + 576 + 192));
+    }
+
+    #[test]
+    fn lora_holds_the_base_once_and_optimizer_state_for_the_adapters_only() {
+        let config = shape_135m();
+        let spec = lora(16, crate::model::Targets::AllLinear);
+        let (base, adapters) = (parameter_count(&config), adapter_parameters(&config, &spec));
+        let full = estimate(&plan(&config, None, DType::F32));
+        let f32_lora = estimate(&plan(&config, Some(&spec), DType::F32));
+        assert_eq!(f32_lora.weights, 4 * (base + adapters));
+        assert_eq!((f32_lora.gradients, f32_lora.optimizer), (4 * adapters, 8 * adapters));
+        assert_eq!((full.gradients, full.optimizer), (4 * base, 8 * base));
+        // Each adapted projection keeps its own activations on top of the full fine-tuning ones.
+        assert!(f32_lora.activations > full.activations);
+        // bf16: the frozen base in bf16, the adapters and their moments still f32, and no cast
+        // copies of the base for the matmuls (full fine-tuning in bf16 keeps one per weight).
+        let bf16_lora = estimate(&plan(&config, Some(&spec), DType::BF16));
+        let vectors = 30 * 2 * 576 + 576;
+        assert_eq!(bf16_lora.weights, 2 * (base - vectors) + 4 * vectors + 4 * adapters);
+        assert_eq!((bf16_lora.gradients, bf16_lora.optimizer), (f32_lora.gradients, f32_lora.optimizer));
+        let bf16_full = estimate(&plan(&config, None, DType::BF16));
+        let adapter_activations = f32_lora.activations - full.activations;
+        assert_eq!(bf16_full.activations + adapter_activations, bf16_lora.activations + 2 * base);
     }
 
     #[test]

@@ -179,6 +179,7 @@ fn checkpointing_keeps_at_most_a_third_of_the_activations_at_30_layers() {
         target_rows: data.target_ids.dim(0).unwrap(),
         precision: Precision::for_training(DType::F32),
         checkpointing,
+        lora: None,
     };
     let estimated = estimate(&plan(false)).activations;
     let ratio = estimated as f64 / plain as f64;
@@ -187,4 +188,36 @@ fn checkpointing_keeps_at_most_a_third_of_the_activations_at_30_layers() {
     let estimated = estimate(&plan(true)).activations - one_layer;
     let ratio = estimated as f64 / checkpointed as f64;
     assert!((0.8..=1.25).contains(&ratio), "estimated {estimated} bytes checkpointed, the graph holds {checkpointed}");
+}
+
+#[test]
+fn the_estimate_counts_what_a_lora_graph_keeps_for_backward() {
+    let (layers, seq, rows) = (6, 64, 4);
+    let cfg = config("LlamaForCausalLM", true, layers, 64, 256);
+    let data = batch(256, &vec![seq; rows]);
+    let spec = hone::model::LoraSpec {
+        r: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        targets: hone::model::Targets::AllLinear,
+        rslora: false,
+    };
+    let precision = Precision::for_training(DType::F32);
+    let model = Model::fresh_with_adapter(cfg.clone(), &Device::Cpu, precision, &spec, 3).unwrap();
+    let kept = kept_for_backward(&model, &data);
+    let plan = MemoryPlan {
+        config: &cfg,
+        total_params: hone::memory::parameter_count(&cfg),
+        trainable_params: hone::memory::adapter_parameters(&cfg, &spec),
+        reference: false,
+        sequences: rows,
+        seq_len: seq,
+        target_rows: data.target_ids.dim(0).unwrap(),
+        precision,
+        checkpointing: false,
+        lora: Some(&spec),
+    };
+    let estimated = estimate(&plan).activations;
+    let ratio = estimated as f64 / kept as f64;
+    assert!((0.9..=1.1).contains(&ratio), "estimated {estimated} bytes of activations, the graph holds {kept}");
 }

@@ -80,3 +80,22 @@ fn check_warns_when_the_estimate_exceeds_the_device() {
     assert_eq!(out.matches("warning: estimated peak").count(), stages, "{out}");
     assert!(out.contains("exceeds the device's") && out.contains("gradient_checkpointing = true"), "{out}");
 }
+
+#[test]
+fn check_counts_a_lora_run_as_a_frozen_base_and_its_adapters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lora =
+        |t: String| t.replace("[model]\n", "[model]\nlora = { r = 8, alpha = 16, target_modules = \"all-linear\" }\n");
+    let out = check(&world(tmp.path(), |_| {}, lora));
+    let stages = out.lines().filter(|l| l.starts_with("stage ")).count();
+    assert_eq!(out.matches("LoRA r 8 (alpha 16):").count(), stages, "{out}");
+    assert!(out.contains("frozen base (1312384 parameters) in f32"), "{out}");
+    // Gradients and AdamW's two moments for the 116,736 adapter parameters only.
+    assert!(out.contains("gradients 467 kB + AdamW 934 kB"), "{out}");
+    // No second model: the live-label reference is the base with the adapters off.
+    assert!(out.contains("reference: the policy's frozen base with its adapters off"), "{out}");
+    assert!(!out.contains("reference: held while training"), "{out}");
+    let bf16 = |t: String| lora(t).replace("[run]\n", "[run]\ndtype = \"bf16\"\n");
+    let out = check(&world(tmp.path(), |_| {}, bf16));
+    assert!(out.contains("frozen base (1312384 parameters) in bf16"), "{out}");
+}

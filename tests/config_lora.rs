@@ -70,3 +70,33 @@ fn a_changed_adapter_refuses_the_resume() {
     let diff = diff_frozen(&before, &after);
     assert!(diff.iter().any(|d| d.contains("model.adapter") && d.contains("adapter_model.safetensors")), "{diff:?}");
 }
+
+#[test]
+fn lora_dropout_with_gradient_checkpointing_is_refused_at_its_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let adapter = tmp.path().join("adapter");
+    std::fs::create_dir(&adapter).unwrap();
+    std::fs::copy(fixtures().join("lora/adapter/adapter_model.safetensors"), adapter.join("adapter_model.safetensors"))
+        .unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("lora/adapter/adapter_config.json")).unwrap()).unwrap();
+    config["lora_dropout"] = 0.1.into();
+    std::fs::write(adapter.join("adapter_config.json"), config.to_string()).unwrap();
+    let cases = [
+        // The `lora` table's dropout, and an adapter directory whose config carries it.
+        ("lora = { r = 4, dropout = 0.05, target_modules = \"all-linear\" }".to_string(), "model.lora.dropout"),
+        (format!("adapter = \"{}\"", adapter.display()), "model.adapter"),
+    ];
+    for (model_extra, field) in &cases {
+        let path = write_pipeline(tmp.path(), model_extra);
+        // Without checkpointing both load.
+        load_pipeline(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("[run]\ngradient_checkpointing = true\n\n{text}")).unwrap();
+        let e = load_pipeline(&path).unwrap_err().to_string();
+        assert!(e.contains("pipeline.toml:6:") && e.contains(&format!("{field}:")), "{model_extra}: {e}");
+        assert!(e.contains("gradient_checkpointing"), "{e}");
+    }
+    let e = load_pipeline(&tmp.path().join("pipeline.toml")).unwrap_err().to_string();
+    assert!(e.contains("adapter/adapter_config.json: lora_dropout = 0.1"), "{e}");
+}

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
 use common::{assert_close, expected, fixture, floats, ids, num};
-use hone::model::{AdapterInit, LoraSpec, Model, Targets};
+use hone::model::{AdapterInit, LoraSpec, Model, Precision, Targets};
 use hone::train::batch::{Sequence, TokenBatch};
 use hone::train::loss::{sft_loss, target_logps};
 use hone::train::optim::{grad_norm, AdamW, AdamWConfig};
@@ -299,4 +299,56 @@ fn adapters_that_do_not_fit_the_model_are_refused_with_file_and_field() {
     std::fs::create_dir(&d).unwrap();
     let e = load_err(&d);
     assert!(e.contains("empty/adapter_config.json") && e.contains("missing"), "{e}");
+}
+
+/// The fixture adapter over the fixture base, held for training in `dtype`.
+fn training(dtype: DType) -> Model {
+    let init = AdapterInit::Dir(peft_adapter());
+    Model::load_lora_training(&base(), &Device::Cpu, Precision::for_training(dtype), &init).unwrap()
+}
+
+#[test]
+fn a_bf16_frozen_base_under_f32_adapters_tracks_the_f32_path() {
+    let (full, half) = (training(DType::F32), training(DType::BF16));
+    let batch = sft_batch();
+    let (want, got) = (loss_of(&full, &batch), loss_of(&half, &batch));
+    // bf16 keeps 8 bits of mantissa (relative rounding 2^-9 ≈ 0.2% per operand): through every
+    // matmul of the network, 1% on the loss and 5% on the gradient norm.
+    let (w, g) = (scalar(&want), scalar(&got));
+    assert!((w - g).abs() <= 1e-2 * w.abs(), "loss: f32 {w} vs bf16 base {g}");
+    assert!(w.to_bits() != g.to_bits(), "the bf16 path ran in f32");
+    let (gw, gg) = (want.backward().unwrap(), got.backward().unwrap());
+    let (nw, ng) = (grad_norm(&full.parameters(), &gw).unwrap(), grad_norm(&half.parameters(), &gg).unwrap());
+    assert!((nw - ng).abs() <= 5e-2 * nw, "grad norm: f32 {nw} vs bf16 base {ng}");
+    // The adapters, their gradients and so AdamW's moments stay f32.
+    for (name, var) in half.parameters() {
+        assert_eq!(var.dtype(), DType::F32, "{name}");
+        assert_eq!(gg.get(var.as_tensor()).unwrap().dtype(), DType::F32, "{name}'s gradient");
+    }
+}
+
+#[test]
+fn the_memory_estimate_counts_the_weights_as_held() {
+    for dtype in [DType::F32, DType::BF16] {
+        let model = training(dtype);
+        let spec = model.lora().unwrap().clone();
+        let plan = hone::memory::MemoryPlan {
+            config: &model.config,
+            total_params: hone::memory::parameter_count(&model.config),
+            trainable_params: hone::memory::adapter_parameters(&model.config, &spec),
+            reference: false,
+            sequences: 1,
+            seq_len: 8,
+            target_rows: 8,
+            precision: Precision::for_training(dtype),
+            checkpointing: false,
+            lora: Some(&spec),
+        };
+        let estimate = hone::memory::estimate(&plan);
+        assert_eq!(estimate.weights, model.weight_bytes(), "{dtype:?}");
+        assert_eq!(plan.trainable_params, model.num_parameters() as u64, "{dtype:?}");
+    }
+    // The base's matrices are what halve: bf16 saves 2 bytes on every base matrix element.
+    let (f32_bytes, bf16_bytes) = (training(DType::F32).weight_bytes(), training(DType::BF16).weight_bytes());
+    assert!(bf16_bytes < f32_bytes && 2 * bf16_bytes > f32_bytes, "{f32_bytes} vs {bf16_bytes}");
 }

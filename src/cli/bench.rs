@@ -9,8 +9,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
+use crate::memory::{adapter_parameters, parameter_count, MemoryEstimate, MemoryPlan};
 use crate::model::generate::{generate, generate_batch, Sampling};
-use crate::model::{Model, ModelConfig};
+use crate::model::{LoraSpec, Model, ModelConfig, Precision, Targets};
 use crate::train::batch::Sequence;
 use crate::train::examples::{fit_pair, PairExample, TruncationStats};
 use crate::train::loss::{LabelNoise, PreferenceLoss};
@@ -186,10 +187,56 @@ pub fn gemm_gflops(n: usize, runs: usize, device: &Device) -> Result<f64> {
 }
 
 /// Settings of a training benchmark beyond its shape.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct BenchOptions {
     /// Recompute each layer's activations in the backward pass (`--gradient-checkpointing`).
     pub gradient_checkpointing: bool,
+    /// Train a LoRA of this rank on a frozen base (`--lora R`) instead of every weight.
+    pub lora: Option<usize>,
+    /// The run's dtype (`--dtype`), as `[run] dtype` means it ([`Precision::for_training`]).
+    pub dtype: DType,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self { gradient_checkpointing: false, lora: None, dtype: DType::F32 }
+    }
+}
+
+impl BenchOptions {
+    /// The adapter `--lora R` means: rank R, alpha 2R, dropout 0, all seven projections.
+    pub fn lora_spec(&self) -> Option<LoraSpec> {
+        #[allow(clippy::cast_precision_loss)]
+        self.lora.map(|r| LoraSpec {
+            r,
+            alpha: 2.0 * r as f64,
+            dropout: 0.0,
+            targets: Targets::AllLinear,
+            rslora: false,
+        })
+    }
+}
+
+/// `--lora`'s value: a rank of at least 1, written `16` or `r16`.
+pub fn parse_lora_rank(text: &str) -> std::result::Result<usize, String> {
+    let digits = text.strip_prefix('r').unwrap_or(text);
+    match digits.parse::<usize>() {
+        Ok(r) if r > 0 => Ok(r),
+        _ => Err(format!("{text:?}: a LoRA rank of at least 1, as 16 or r16")),
+    }
+}
+
+/// The benchmark's model: every weight trainable, or a frozen base with a fresh adapter.
+fn bench_model(config: ModelConfig, device: &Device, options: &BenchOptions) -> Result<Model> {
+    let precision = Precision::for_training(options.dtype);
+    let mut model = match options.lora_spec() {
+        Some(spec) => Model::fresh_with_adapter(config, device, precision, &spec, 0),
+        None => Model::fresh(config, device, precision.master, 0),
+    }
+    .context("building the preset model")?;
+    model.set_compute_dtype(precision.compute);
+    model.set_gradient_checkpointing(options.gradient_checkpointing);
+    Ok(model)
 }
 
 /// Runs the benchmark with default [`BenchOptions`] and returns its JSON line.
@@ -227,9 +274,7 @@ pub fn run_with(
             "threads": rayon::current_num_threads(), "runs": steps, "gflop_per_s": gflops,
         }));
     }
-    let config = preset.config()?;
-    let mut model = Model::fresh(config, device, DType::F32, 0).context("building the preset model")?;
-    model.set_gradient_checkpointing(options.gradient_checkpointing);
+    let model = bench_model(preset.config()?, device, &options)?;
     if mode == BenchMode::Generate {
         return bench_generate(preset, &model, steps, warmup);
     }
@@ -251,8 +296,12 @@ pub fn run_with(
         .collect();
     let mut cache = RefCache::new();
     if mode == BenchMode::Dpo {
+        // With LoRA the reference is the base with its adapters off, as `hone run` scores it.
         let all: Vec<&PairExample> = pairs.iter().collect();
-        let _ = fill_reference_cache(&model, &all, 0, &mut cache, &mut never_interrupt)?;
+        model.set_adapters_enabled(false);
+        let filled = fill_reference_cache(&model, &all, 0, &mut cache, &mut never_interrupt);
+        model.set_adapters_enabled(true);
+        let _ = filled?;
     }
     let micro_batch = match mode {
         BenchMode::Sft => MicroBatch { sft: seqs, ..MicroBatch::default() },
@@ -278,7 +327,7 @@ pub fn run_with(
         }
     }
     let peak_rss = crate::memory::peak_rss_bytes();
-    let estimate = bench_estimate(preset, &model, options);
+    let estimate = bench_estimate(preset, &model, &options);
     let med = median(&mut times);
     let tokens = preset.batch * preset.seq;
     let gflops = preset.nominal_step_flops() / med / 1e9;
@@ -294,25 +343,32 @@ pub fn run_with(
         "final_loss": last_loss,
     });
     out["gradient_checkpointing"] = json!(options.gradient_checkpointing);
+    out["lora"] = json!(options.lora);
+    out["dtype"] = json!(options.dtype.as_str());
+    out["trainable_params"] = json!(model.num_parameters());
     out["estimated_peak_bytes"] = json!(estimate.total());
     out["peak_rss_bytes"] = json!(peak_rss);
     Ok(out)
 }
 
-/// The memory estimate of this benchmark's step: every parameter trained, no reference model
-/// (its log-probs are cached constants), the preset's batch with its prompt unscored.
-fn bench_estimate(preset: &Preset, model: &Model, options: BenchOptions) -> crate::memory::MemoryEstimate {
-    let params = model.num_parameters() as u64;
-    crate::memory::estimate(&crate::memory::MemoryPlan {
+/// The memory estimate of this benchmark's step: no reference model (its log-probs are cached
+/// constants), the preset's batch with its prompt unscored; every weight trained, or with LoRA
+/// the adapter on a frozen base.
+fn bench_estimate(preset: &Preset, model: &Model, options: &BenchOptions) -> MemoryEstimate {
+    let spec = options.lora_spec();
+    crate::memory::estimate(&MemoryPlan {
         config: &model.config,
-        total_params: params,
-        trainable_params: params,
+        total_params: parameter_count(&model.config),
+        trainable_params: spec
+            .as_ref()
+            .map_or_else(|| parameter_count(&model.config), |s| adapter_parameters(&model.config, s)),
         reference: false,
         sequences: preset.batch,
         seq_len: preset.seq,
         target_rows: preset.batch * (preset.seq - preset.prompt),
-        precision: crate::model::Precision::for_training(model.decoder().dtype()),
+        precision: Precision::for_training(options.dtype),
         checkpointing: options.gradient_checkpointing,
+        lora: spec.as_ref(),
     })
 }
 

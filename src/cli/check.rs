@@ -9,10 +9,14 @@ use anyhow::Result;
 
 use candle_core::Device;
 
+use crate::config::ModelSettings;
 use crate::config::{load_pipeline, Stage};
 use crate::data::{ChatTemplate, TextTokenizer};
-use crate::memory::{device_total_bytes, estimate, human_bytes, parameter_count, MemoryEstimate, MemoryPlan};
-use crate::model::{ModelConfig, Precision};
+use crate::memory::{
+    adapter_parameters, device_total_bytes, estimate, human_bytes, parameter_count, MemoryEstimate, MemoryPlan,
+};
+use crate::model::lora::AdapterConfig;
+use crate::model::{LoraSpec, ModelConfig, Precision};
 use crate::sanitize::sanitize;
 use crate::train::batch::Sequence;
 use crate::train::plan::{load_stage_data, StageData};
@@ -123,6 +127,18 @@ struct StageMemory<'a> {
     checkpointing: bool,
     /// Labels may arrive while the stage trains: the reference model stays loaded.
     live_labels: bool,
+    /// The LoRA adapter trained instead of every weight.
+    lora: Option<LoraSpec>,
+}
+
+/// The adapter a LoRA pipeline trains: its `lora` table, else its adapter directory's config
+/// (validation has read both).
+fn lora_spec(model: &ModelSettings) -> Option<LoraSpec> {
+    match (&model.lora, &model.adapter) {
+        (Some(table), _) => Some(table.spec()),
+        (None, Some(dir)) => AdapterConfig::read(dir).ok().map(|c| c.spec),
+        (None, None) => None,
+    }
 }
 
 impl StageMemory<'_> {
@@ -143,17 +159,20 @@ impl StageMemory<'_> {
         .map(|(_, n)| n)
         .sum::<usize>();
         let needs_reference = !data.pairs.is_empty() || !data.safety_pairs.is_empty() || self.live_labels;
+        // With LoRA and no reference directory the reference is the policy's own base.
+        let separate = self.lora.is_none() || stage.pref.as_ref().is_some_and(|p| p.reference.is_some());
         let params = parameter_count(self.config);
         let plan = |checkpointing| MemoryPlan {
             config: self.config,
             total_params: params,
-            trainable_params: params,
-            reference: needs_reference && self.live_labels,
+            trainable_params: self.lora.as_ref().map_or(params, |s| adapter_parameters(self.config, s)),
+            reference: needs_reference && self.live_labels && separate,
             sequences,
             seq_len: stage.max_length,
             target_rows: sequences * stage.max_length,
             precision: self.precision,
             checkpointing,
+            lora: self.lora.as_ref(),
         };
         let (plain, ckpt) = (estimate(&plan(false)), estimate(&plan(true)));
         let chosen = if self.checkpointing { ckpt } else { plain };
@@ -171,6 +190,7 @@ impl StageMemory<'_> {
                 format!("peak {}", human_bytes(chosen.total())),
                 total.map_or_else(|| " (device memory unknown)".to_string(), |t| format!(" of {}", human_bytes(t))),
             ),
+            self.lora_line(),
             format!("    {}", parts(&chosen)),
             format!(
                 "    gradient checkpointing {}: {}; {}: {}",
@@ -180,8 +200,12 @@ impl StageMemory<'_> {
                 human_bytes(if self.checkpointing { plain.total() } else { ckpt.total() }),
             ),
         ];
+        lines.retain(|l| !l.is_empty());
         lines.push(match (needs_reference, self.live_labels) {
             (false, _) => "    reference: none".to_string(),
+            (true, _) if !separate => {
+                "    reference: the policy's frozen base with its adapters off (no second model)".to_string()
+            }
             (true, true) => "    reference: held while training (live labels need its log-probs)".to_string(),
             (true, false) => format!(
                 "    reference: scored before training, then freed (that phase holds {} of weights)",
@@ -197,6 +221,22 @@ impl StageMemory<'_> {
             ));
         }
         lines
+    }
+}
+
+impl StageMemory<'_> {
+    /// What a LoRA run holds, in words (empty without one).
+    fn lora_line(&self) -> String {
+        let Some(spec) = &self.lora else { return String::new() };
+        format!(
+            "    LoRA r {} (alpha {}): {} trainable parameters in {}, frozen base ({} parameters) in {}",
+            spec.r,
+            spec.alpha,
+            adapter_parameters(self.config, spec),
+            self.precision.master.as_str(),
+            parameter_count(self.config),
+            self.precision.frozen_base().as_str()
+        )
     }
 }
 
@@ -340,6 +380,7 @@ pub fn run(pipeline: &Path, out: &mut impl Write) -> Result<bool> {
             precision,
             checkpointing: loaded.pipeline.run.gradient_checkpointing,
             live_labels: loaded.pref_sources[i].iter().any(crate::config::DataSource::is_run_relative),
+            lora: lora_spec(&loaded.pipeline.model),
         };
         for line in memory.lines(stage, &data, &device) {
             writeln!(out, "  {line}")?;

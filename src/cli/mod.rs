@@ -402,6 +402,14 @@ pub enum Command {
         /// Recompute each decoder layer's activations in the backward pass.
         #[arg(long)]
         gradient_checkpointing: bool,
+        /// Train a LoRA of rank R (`16` or `r16`: alpha 2R, dropout 0, all seven projections) on
+        /// a frozen base instead of every weight.
+        #[arg(long, value_name = "R", value_parser = bench::parse_lora_rank)]
+        lora: Option<usize>,
+        /// f32, or bf16 (bf16 matmuls over f32 master weights; with --lora a bf16 frozen base
+        /// under f32 adapters).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
     },
 }
 
@@ -545,7 +553,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let runs_dir = runs.resolve();
             label::run(&label::LabelArgs { candidates, labels, labeler, rubric, run, repeat_share, seed, runs_dir })?;
         }
-        Command::Bench { preset, seq, batch, mode, steps, warmup, threads, device, gradient_checkpointing } => {
+        Command::Bench {
+            preset,
+            seq,
+            batch,
+            mode,
+            steps,
+            warmup,
+            threads,
+            device,
+            gradient_checkpointing,
+            lora,
+            dtype,
+        } => {
             let mut preset = bench::preset(&preset)?;
             if let Some(seq) = seq {
                 preset = preset.with_seq(seq);
@@ -555,7 +575,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             set_threads(threads);
             let device = parse_device(&device)?;
-            let options = bench::BenchOptions { gradient_checkpointing };
+            let dtype = crate::model::parse_dtype(&dtype)?;
+            let options = bench::BenchOptions { gradient_checkpointing, lora, dtype };
             println!("{}", bench::run_with(&preset, mode, steps, warmup, &device, options)?);
         }
     }

@@ -258,8 +258,13 @@ impl super::types::LoraSettings {
 }
 
 /// The `lora` table's values, the adapter directory's config, and their agreement; LoRA on a
-/// `scratch` model is refused (the frozen base would be noise).
-fn check_lora(model: &ModelSettings, at: &FieldPath, locator: &Locator<'_>) -> Result<(), ConfigError> {
+/// `scratch` model is refused (the frozen base would be noise). Returns the adapter directory's
+/// settings when there is one.
+fn check_lora(
+    model: &ModelSettings,
+    at: &FieldPath,
+    locator: &Locator<'_>,
+) -> Result<Option<AdapterConfig>, ConfigError> {
     if let Some(lora) = &model.lora {
         let at = at.key("lora");
         if lora.r == 0 {
@@ -281,9 +286,9 @@ fn check_lora(model: &ModelSettings, at: &FieldPath, locator: &Locator<'_>) -> R
             "an adapter trains on a frozen pretrained base; with init = \"scratch\" the base would be noise",
         ));
     }
-    let Some(dir) = &model.adapter else { return Ok(()) };
+    let Some(dir) = &model.adapter else { return Ok(None) };
     let config = AdapterConfig::read(dir).map_err(|e| locator.error(&at.key("adapter"), e.to_string()))?;
-    let Some(lora) = &model.lora else { return Ok(()) };
+    let Some(lora) = &model.lora else { return Ok(Some(config)) };
     let (ours, theirs) = (lora.spec(), &config.spec);
     let file = config.path.display();
     let disagree = |field: &str, ours: String, theirs: String| {
@@ -314,6 +319,32 @@ fn check_lora(model: &ModelSettings, at: &FieldPath, locator: &Locator<'_>) -> R
             format!("target_modules = {}", theirs.targets.to_json()),
         ));
     }
+    Ok(Some(config))
+}
+
+/// LoRA dropout, from the `lora` table or the adapter directory, is refused with gradient
+/// checkpointing: the recompute in the backward pass would draw no dropout mask, so the
+/// gradients would be those of another forward.
+fn check_dropout_with_checkpointing(
+    model: &ModelSettings,
+    adapter: Option<&AdapterConfig>,
+    at: &FieldPath,
+    locator: &Locator<'_>,
+) -> Result<(), ConfigError> {
+    const WHY: &str = "LoRA dropout with [run] gradient_checkpointing = true is not supported yet";
+    if model.lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
+        return Err(locator.error(&at.key("lora").key("dropout"), format!("{WHY}; use dropout = 0.0")));
+    }
+    if let Some(config) = adapter.filter(|c| c.spec.dropout > 0.0) {
+        return Err(locator.error(
+            &at.key("adapter"),
+            format!(
+                "{}: lora_dropout = {}: {WHY}; turn checkpointing off, or set lora_dropout to 0 in that file",
+                config.path.display(),
+                config.spec.dropout
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -329,13 +360,9 @@ fn resolve(
     if let Some(adapter) = &mut pipeline.model.adapter {
         *adapter = existing(locator, &root.key("model").key("adapter"), base, adapter, true)?;
     }
-    check_lora(&pipeline.model, &root.key("model"), locator)?;
-    if pipeline.run.gradient_checkpointing && pipeline.model.lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
-        // The recompute in the backward pass would draw no dropout mask: wrong gradients.
-        return Err(locator.error(
-            &root.key("model").key("lora").key("dropout"),
-            "LoRA dropout with [run] gradient_checkpointing = true is not supported yet; use dropout = 0.0",
-        ));
+    let adapter = check_lora(&pipeline.model, &root.key("model"), locator)?;
+    if pipeline.run.gradient_checkpointing {
+        check_dropout_with_checkpointing(&pipeline.model, adapter.as_ref(), &root.key("model"), locator)?;
     }
     if pipeline.model.lora.is_some() || pipeline.model.adapter.is_some() {
         // The TRL engine's stage spec carries no adapter: training it there would drop the LoRA.

@@ -92,12 +92,52 @@ where
     F: Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
 {
     // The layer's graph lives only for this statement: just the output's values are kept.
-    let output = layer(&xs.detach())?.detach();
-    let layout = output.layout();
-    if !layout.is_contiguous() || layout.start_offset() != 0 {
-        candle_core::bail!("checkpoint: a layer's output must be a fresh contiguous tensor");
+    let output = Handover::new(layer(&xs.detach())?.detach())?;
+    xs.apply_op1(Checkpointed { layer: Box::new(layer), output, side: side.clone() })
+}
+
+/// A tensor computed outside a custom op, handed over as the op's forward result: the op's
+/// forward copies its storage and drops it. Shared by [`checkpoint`] and the frozen product of
+/// `model::frozen`.
+pub(crate) struct Handover(Mutex<Option<Tensor>>);
+
+impl Handover {
+    /// Holds `output`, which must be a fresh contiguous tensor.
+    pub(crate) fn new(output: Tensor) -> Result<Self> {
+        let layout = output.layout();
+        if !layout.is_contiguous() || layout.start_offset() != 0 {
+            candle_core::bail!("custom op: a precomputed output must be a fresh contiguous tensor");
+        }
+        Ok(Self(Mutex::new(Some(output))))
     }
-    xs.apply_op1(Checkpointed { layer: Box::new(layer), output: Mutex::new(Some(output)), side: side.clone() })
+
+    fn take(&self) -> Result<Tensor> {
+        self.0
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("custom op: poisoned".into()))?
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("custom op: forward ran twice".into()))
+    }
+
+    /// The output's CPU storage.
+    pub(crate) fn cpu(&self) -> Result<(CpuStorage, Shape)> {
+        let output = self.take()?;
+        let (storage, layout) = output.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => candle_core::bail!("custom op: the output is not on the CPU"),
+        }
+    }
+
+    /// The output's GPU storage.
+    pub(crate) fn cuda(&self) -> Result<(CudaStorage, Shape)> {
+        let output = self.take()?;
+        let (storage, layout) = output.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => candle_core::bail!("custom op: the output is not on the GPU"),
+        }
+    }
 }
 
 /// The custom op of [`checkpoint`]: forward hands over the precomputed output, backward
@@ -105,18 +145,8 @@ where
 struct Checkpointed {
     layer: Layer,
     /// The output computed in [`checkpoint`], taken (and so freed) by the forward pass.
-    output: Mutex<Option<Tensor>>,
+    output: Handover,
     side: SideGrads,
-}
-
-impl Checkpointed {
-    fn take_output(&self) -> Result<Tensor> {
-        self.output
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("checkpoint: poisoned".into()))?
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("checkpoint: forward ran twice".into()))
-    }
 }
 
 impl CustomOp1 for Checkpointed {
@@ -125,21 +155,11 @@ impl CustomOp1 for Checkpointed {
     }
 
     fn cpu_fwd(&self, _input: &CpuStorage, _layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let output = self.take_output()?;
-        let (storage, layout) = output.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
-            _ => candle_core::bail!("checkpoint: the layer's output is not on the CPU"),
-        }
+        self.output.cpu()
     }
 
     fn cuda_fwd(&self, _input: &CudaStorage, _layout: &Layout) -> Result<(CudaStorage, Shape)> {
-        let output = self.take_output()?;
-        let (storage, layout) = output.storage_and_layout();
-        match &*storage {
-            Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
-            _ => candle_core::bail!("checkpoint: the layer's output is not on the GPU"),
-        }
+        self.output.cuda()
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {

@@ -355,6 +355,8 @@ impl Decoder {
         } else {
             linear(&vb.pp("lm_head"), cfg.vocab_size, cfg.hidden_size, false)?
         };
+        // Under a LoRA adapter the head is part of the frozen base.
+        let lm_head = if lora.is_some() { lm_head.frozen() } else { lm_head };
         let rotary = Rotary::new(
             cfg.head_dim,
             cfg.max_position_embeddings,
@@ -458,7 +460,9 @@ impl Decoder {
         let offset = cache.as_ref().map_or(0, |c| c.len());
         let (b, s) = ids.dims2()?;
         let hidden = self.embed_tokens.dim(1)?;
-        let mut xs = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, hidden))?;
+        // A bf16 frozen base's embedding rows join the master-dtype residual stream.
+        let mut xs =
+            self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, hidden))?.to_dtype(self.dtype)?;
         // Checkpointing serves training passes; a pass with a cache (generation) keeps state
         // across calls and runs plainly.
         let checkpointing = self.checkpointing.as_ref().filter(|_| cache.is_none() && pads.is_none());

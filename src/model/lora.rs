@@ -477,13 +477,14 @@ pub struct Projection {
 
 impl Projection {
     /// Builds the projection at `vb`'s path (`.weight`, `.bias`), with an adapter when `lora`
-    /// targets it.
+    /// targets it. With `lora` the base is frozen, targeted or not.
     pub fn new(base: Linear, vb: &VarBuilder, out: usize, inp: usize, lora: Option<&LoraBuild>) -> Result<Self> {
-        let adapter = match lora {
-            Some(l) => l.adapter(&vb.prefix(), out, inp, vb.dtype(), vb.device())?,
-            None => None,
-        };
-        Ok(Self { base, adapter })
+        match lora {
+            Some(l) => {
+                Ok(Self { base: base.frozen(), adapter: l.adapter(&vb.prefix(), out, inp, vb.dtype(), vb.device())? })
+            }
+            None => Ok(Self { base, adapter: None }),
+        }
     }
 
     /// The `[out, in]` base weight.

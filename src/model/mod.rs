@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod decoder;
 pub mod device;
+pub mod frozen;
 pub mod fused;
 pub mod generate;
 pub mod lora;
@@ -138,17 +139,65 @@ impl Model {
     }
 
     /// Loads a model directory as a frozen base (held once, no gradients) with a LoRA adapter,
-    /// fresh or from a PEFT adapter directory. Only the adapter is trainable
-    /// ([`Model::parameters`]), and [`Model::files`] are the adapter's files.
+    /// fresh or from a PEFT adapter directory, base and adapter in `dtype`. Only the adapter is
+    /// trainable ([`Model::parameters`]), and [`Model::files`] are the adapter's files.
     pub fn load_with_adapter(
         dir: &Path,
         device: &Device,
         dtype: DType,
         adapter: &AdapterInit,
     ) -> Result<Self, ModelError> {
-        let config = ModelConfig::from_dir(dir)?;
-        let generation = GenerationConfig::from_dir(dir, &config)?;
-        let store = Arc::new(ParamStore::open(dir)?.frozen());
+        let base = ParamStore::open(dir)?.frozen();
+        Self::with_adapter(ModelConfig::from_dir(dir)?, Some(dir), base, (dtype, device), adapter)
+    }
+
+    /// [`Model::load_with_adapter`] for training in `precision`: the adapters (and so their
+    /// gradients and AdamW moments) and the activations in the master dtype, the frozen base's
+    /// matrices in [`Precision::frozen_base`] (bf16 for a bf16 run: half the base's memory).
+    /// The compute dtype is set.
+    pub fn load_lora_training(
+        dir: &Path,
+        device: &Device,
+        precision: Precision,
+        adapter: &AdapterInit,
+    ) -> Result<Self, ModelError> {
+        let base = ParamStore::open(dir)?.frozen_in(precision.frozen_base());
+        let mut model =
+            Self::with_adapter(ModelConfig::from_dir(dir)?, Some(dir), base, (precision.master, device), adapter)?;
+        model.set_compute_dtype(precision.compute);
+        Ok(model)
+    }
+
+    /// A freshly initialised frozen base (reproducible from `seed`) with a fresh adapter of
+    /// `spec`, held as [`Model::load_lora_training`] holds them (benchmarks and tests).
+    pub fn fresh_with_adapter(
+        config: ModelConfig,
+        device: &Device,
+        precision: Precision,
+        spec: &LoraSpec,
+        seed: u64,
+    ) -> Result<Self, ModelError> {
+        let base = ParamStore::fresh(seed).frozen_in(precision.frozen_base());
+        let adapter = AdapterInit::Fresh { spec: spec.clone(), seed: seed.wrapping_add(1) };
+        let mut model = Self::with_adapter(config, None, base, (precision.master, device), &adapter)?;
+        model.set_compute_dtype(precision.compute);
+        Ok(model)
+    }
+
+    /// Builds the decoder over the frozen `base` store with `adapter` attached, checking that
+    /// the adapter's targets and tensors fit the model. `dir` is the base's model directory.
+    fn with_adapter(
+        config: ModelConfig,
+        dir: Option<&Path>,
+        base: ParamStore,
+        (dtype, device): (DType, &Device),
+        adapter: &AdapterInit,
+    ) -> Result<Self, ModelError> {
+        let generation = match dir {
+            Some(d) => GenerationConfig::from_dir(d, &config)?,
+            None => GenerationConfig::default(),
+        };
+        let store = Arc::new(base);
         let (spec, adapter_store, origin) = match adapter {
             AdapterInit::Fresh { spec, seed } => (spec.clone(), ParamStore::fresh(*seed), None),
             AdapterInit::Dir(adir) => {
@@ -174,38 +223,11 @@ impl Model {
                     None => e.into(),
                 },
             )?;
-        let cfg_path = origin.clone().unwrap_or_else(|| PathBuf::from("[model] lora"));
-        let modules = build.modules();
-        let all = lora::projection_modules(config.num_hidden_layers);
-        let unmatched = spec.targets.unmatched(&modules);
-        if modules.is_empty() || !unmatched.is_empty() {
-            return Err(ModelError::Config {
-                path: cfg_path,
-                field: "target_modules".into(),
-                message: format!(
-                    "{} match no projection of {} (hone adapts {})",
-                    if unmatched.is_empty() { "the targets".to_string() } else { unmatched.join(", ") },
-                    dir.display(),
-                    lora::ALL_LINEAR.join(", ")
-                ),
-            });
-        }
-        debug_assert!(modules.iter().all(|m| all.contains(m)));
-        let unused = build.store.unused();
-        if let Some((name, file)) = unused.first() {
-            return Err(ModelError::Weights {
-                path: file.clone(),
-                message: format!(
-                    "{name}: {} tensor(s) of the adapter belong to no targeted projection of {} (target_modules \
-                     and the weights disagree, or the adapter is for another model)",
-                    unused.len(),
-                    dir.display()
-                ),
-            });
-        }
-        let base_name = dir.display().to_string();
+        let base_name = dir.map_or_else(|| "<fresh base>".to_string(), |d| d.display().to_string());
+        check_adapter_fit(&config, &build, origin.as_deref(), &base_name)?;
         let attached = Attached { spec, store: Arc::clone(&build.store), switch, base_name };
-        Ok(Self { config, generation, store, decoder, source_dir: Some(dir.to_path_buf()), lora: Some(attached) })
+        let source_dir = dir.map(Path::to_path_buf);
+        Ok(Self { config, generation, store, decoder, source_dir, lora: Some(attached) })
     }
 
     /// A freshly initialised model (for tests and benchmarks), reproducible from `seed`.
@@ -265,6 +287,15 @@ impl Model {
     /// Number of parameters (a tied head counted once).
     pub fn num_parameters(&self) -> usize {
         self.parameters().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Bytes the model's weights occupy: every parameter at its stored dtype (a LoRA's frozen
+    /// base and its adapters both), what `memory::estimate` calls weights.
+    pub fn weight_bytes(&self) -> u64 {
+        let held = |vars: Vec<(String, Var)>| -> u64 {
+            vars.iter().map(|(_, v)| (v.elem_count() * v.dtype().size_in_bytes()) as u64).sum()
+        };
+        held(self.store.vars()) + self.lora.as_ref().map_or(0, |l| held(l.store.vars()))
     }
 
     /// Trainable parameters with their transformers names, in `named_parameters()` order. A tied
@@ -366,6 +397,42 @@ impl Model {
     }
 }
 
+/// Refuses an adapter whose `target_modules` pick no projection of the model, or whose weights
+/// hold tensors no targeted projection asked for (another model's adapter).
+fn check_adapter_fit(
+    config: &ModelConfig,
+    build: &lora::LoraBuild,
+    origin: Option<&Path>,
+    base_name: &str,
+) -> Result<(), ModelError> {
+    let modules = build.modules();
+    let unmatched = build.spec.targets.unmatched(&modules);
+    if modules.is_empty() || !unmatched.is_empty() {
+        return Err(ModelError::Config {
+            path: origin.map_or_else(|| PathBuf::from("[model] lora"), Path::to_path_buf),
+            field: "target_modules".into(),
+            message: format!(
+                "{} match no projection of {base_name} (hone adapts {})",
+                if unmatched.is_empty() { "the targets".to_string() } else { unmatched.join(", ") },
+                lora::ALL_LINEAR.join(", ")
+            ),
+        });
+    }
+    debug_assert!(modules.iter().all(|m| lora::projection_modules(config.num_hidden_layers).contains(m)));
+    let unused = build.store.unused();
+    if let Some((name, file)) = unused.first() {
+        return Err(ModelError::Weights {
+            path: file.clone(),
+            message: format!(
+                "{name}: {} tensor(s) of the adapter belong to no targeted projection of {base_name} (target_modules \
+                 and the weights disagree, or the adapter is for another model)",
+                unused.len(),
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// How a model being trained holds its numbers: weights (and AdamW's moments) in `master`,
 /// matmuls in `compute`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -383,6 +450,16 @@ impl Precision {
     pub fn for_training(dtype: DType) -> Self {
         let master = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
         Self { master, compute: dtype }
+    }
+
+    /// The dtype a frozen LoRA base keeps its matrices in: the compute dtype when it is a 16-bit
+    /// float (the matmuls read it as is, and nothing of it is ever updated, so no update is lost
+    /// to rounding), else the master dtype.
+    pub fn frozen_base(self) -> DType {
+        match self.compute {
+            DType::BF16 | DType::F16 => self.compute,
+            _ => self.master,
+        }
     }
 
     /// Loads `dir` in this precision.

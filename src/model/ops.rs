@@ -100,12 +100,21 @@ pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     compute: Option<DType>,
+    /// The weight is never trained (a LoRA base): its product gives only the input a gradient
+    /// ([`super::frozen::frozen_product`]).
+    frozen: bool,
 }
 
 impl Linear {
     /// `weight` is `[out, in]` as Hugging Face stores it.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias, compute: None }
+        Self { weight, bias, compute: None, frozen: false }
+    }
+
+    /// The same layer with its weight frozen: the backward pass computes no gradient for it.
+    #[must_use]
+    pub fn frozen(self) -> Self {
+        Self { frozen: true, ..self }
     }
 
     /// The `[out, in]` weight.
@@ -113,9 +122,9 @@ impl Linear {
         &self.weight
     }
 
-    /// Runs the product in `dtype` (`None` or the weight's own dtype: no casts).
+    /// Runs the product in `dtype` (`None` or the dtype of both operands: no casts).
     pub fn set_compute_dtype(&mut self, dtype: Option<DType>) {
-        self.compute = dtype.filter(|d| *d != self.weight.dtype());
+        self.compute = dtype;
     }
 }
 
@@ -125,7 +134,15 @@ impl Module for Linear {
         let (last, lead) = dims.split_last().ok_or_else(|| candle_core::Error::Msg("linear on a scalar".into()))?;
         let rows: usize = lead.iter().product();
         let out = self.weight.dim(0)?;
-        let flat = matmul_in(&xs.reshape((rows, *last))?, &self.weight.t()?, self.compute)?;
+        // A weight held narrower than the activations (a bf16 frozen base under f32 master
+        // activations) multiplies in its own dtype when no compute dtype is set.
+        let compute = self.compute.or_else(|| (xs.dtype() != self.weight.dtype()).then(|| self.weight.dtype()));
+        let rows = xs.reshape((rows, *last))?;
+        let flat = if self.frozen {
+            super::frozen::frozen_product(&rows, &self.weight, compute)?
+        } else {
+            matmul_in(&rows, &self.weight.t()?, compute)?
+        };
         let flat = match &self.bias {
             Some(b) => flat.broadcast_add(b)?,
             None => flat,

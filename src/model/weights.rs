@@ -30,6 +30,9 @@ pub struct ParamStore {
     /// Frozen: tensors are handed out detached, so no gradient is ever computed or kept for them
     /// (the base under a LoRA adapter). The store still holds each once, for saving and merging.
     frozen: bool,
+    /// The dtype a frozen store keeps its matrices in, whatever dtype the model asks for (a bf16
+    /// base under f32 adapters); vectors (norms, biases) stay in the requested dtype.
+    matrices: Option<DType>,
     params: Mutex<Vec<(String, Var)>>,
     by_name: Mutex<HashMap<String, usize>>,
 }
@@ -88,7 +91,13 @@ impl ParamStore {
     }
 
     fn with_source(source: Source) -> Self {
-        Self { source, frozen: false, params: Mutex::new(Vec::new()), by_name: Mutex::new(HashMap::new()) }
+        Self {
+            source,
+            frozen: false,
+            matrices: None,
+            params: Mutex::new(Vec::new()),
+            by_name: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The same store, frozen: every tensor it hands out is detached from autograd.
@@ -96,6 +105,14 @@ impl ParamStore {
     pub fn frozen(mut self) -> Self {
         self.frozen = true;
         self
+    }
+
+    /// The same store, frozen, with its matrices (rank 2: projections, embedding, LM head) held in
+    /// `dtype`: a frozen base is never updated, so storing it narrower loses nothing to rounded
+    /// updates and halves its memory in bf16.
+    #[must_use]
+    pub fn frozen_in(self, dtype: DType) -> Self {
+        Self { matrices: Some(dtype), ..self.frozen() }
     }
 
     /// The tensor of this name, if the model requested it.
@@ -154,6 +171,10 @@ impl ParamStore {
             return Ok(t);
         }
         drop(by_name);
+        let dtype = match self.matrices {
+            Some(narrow) if shape.rank() == 2 => narrow,
+            _ => dtype,
+        };
         let var = match &self.source {
             Source::Files { buffers, index } => {
                 let Some(&file) = index.get(name) else {

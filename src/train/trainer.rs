@@ -151,7 +151,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         let policy = match (pipeline.model.init, adapter_init(&pipeline)) {
             (ModelInit::Pretrained, None) => Model::load(&pipeline.model.path, &device, master)?,
             (ModelInit::Pretrained, Some(init)) => {
-                Model::load_with_adapter(&pipeline.model.path, &device, master, &init)?
+                Model::load_lora_training(&pipeline.model.path, &device, Precision::for_training(dtype), &init)?
             }
             // Refused when the pipeline is loaded: an adapter needs a pretrained base.
             (ModelInit::Scratch, _) => Model::scratch(&pipeline.model.path, &device, master, pipeline.run.seed)?,
@@ -176,7 +176,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         let policy = if adapter_init(&pipeline).is_some() {
             // A LoRA run's checkpoint holds the adapter; the base is the pipeline's model.
             let init = AdapterInit::Dir(checkpoint.to_path_buf());
-            Model::load_with_adapter(&pipeline.model.path, &device, master, &init)?
+            Model::load_lora_training(&pipeline.model.path, &device, Precision::for_training(dtype), &init)?
         } else {
             Model::load(checkpoint, &device, master)?
         };
