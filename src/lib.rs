@@ -10,6 +10,7 @@ pub mod durable;
 pub mod eval;
 pub mod fault;
 pub mod hex;
+pub mod kind;
 pub mod memory;
 pub mod model;
 pub mod rng;

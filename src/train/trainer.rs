@@ -33,12 +33,13 @@ pub use super::state::{Finished, RunOptions, TrainerState};
 use super::TrainError;
 use crate::config::{Engine, ModelInit, Pipeline, Stage};
 use crate::data::{ChatTemplate, TextTokenizer};
+use crate::kind;
 use crate::model::{AdapterInit, Model, Precision, RewardModel};
 use control::Boundary;
 pub use control::{stage_prompts, DEFAULT_SAMPLE_PROMPTS};
-use evaluation::EvalSetup;
 pub use evaluation::best_of_name;
-pub(crate) use stage::{apply_update, forward_backward, Objective, StepSums};
+use evaluation::EvalSetup;
+pub(crate) use stage::{apply_update, forward_backward, Objective};
 use stage::{main_term, term_len, term_lengths, Lambdas, Reference, StageRun};
 pub use stage::{sampler_seed, Term};
 
@@ -198,7 +199,6 @@ impl<'h, H: Host> Trainer<'h, H> {
         })
     }
 
-
     /// The current policy.
     pub fn policy(&self) -> &Model {
         &self.policy
@@ -207,7 +207,6 @@ impl<'h, H: Host> Trainer<'h, H> {
     fn pad_id(&self) -> u32 {
         super::score::pad_id(&self.tokenizer, &self.policy)
     }
-
 
     fn total_steps(&self, stage: &Stage, main_len: usize) -> u64 {
         let per_step = (stage.batch_size * stage.grad_accum).max(1);
@@ -265,7 +264,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         if let Some(path) = self.host.export(stage, reward.files(DType::F32)?)? {
             f.insert("path".into(), json!(path.display().to_string()));
         }
-        self.host.emit("reward_model_saved", Some(stage), Some(self.state.global_step), f)
+        self.host.emit(kind::REWARD_MODEL_SAVED, Some(stage), Some(self.state.global_step), f)
     }
 
     /// Trains stage `index` from where the state stands to its end (or a stop or skip).
@@ -303,7 +302,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         if skipped {
             f.insert("skipped".into(), json!(true));
         }
-        self.host.emit("stage_finished", Some(run.name()), Some(self.state.global_step), f)?;
+        self.host.emit(kind::STAGE_FINISHED, Some(run.name()), Some(self.state.global_step), f)?;
         Ok(Finished::Completed)
     }
 
@@ -420,8 +419,8 @@ impl<'h, H: Host> Trainer<'h, H> {
         fields.insert("examples".into(), json!({"sft": data.sft.len(), "lm": data.lm.len(), "pref": data.pairs.len(), "unsafe": data.unsafe_seqs.len(), "safety_pairs": data.safety_pairs.len(), "redteam": data.redteam.len(), "rm": data.rm_pairs.len()}));
         fields.insert("truncation".into(), json!(data.truncation));
         self.add_round(&mut fields);
-        let kind = if self.state.stage_step > 0 { "stage_resumed" } else { "stage_started" };
-        self.host.emit(kind, Some(&stage.name), Some(step), fields)?;
+        let event = if self.state.stage_step > 0 { kind::STAGE_RESUMED } else { kind::STAGE_STARTED };
+        self.host.emit(event, Some(&stage.name), Some(step), fields)?;
         for (k, t) in &data.truncation {
             if t.truncated + t.dropped > 0 {
                 let message = format!(
@@ -430,7 +429,7 @@ impl<'h, H: Host> Trainer<'h, H> {
                 );
                 let mut f = Map::new();
                 f.insert("message".into(), json!(message));
-                self.host.emit("warning", Some(&stage.name), Some(step), f)?;
+                self.host.emit(kind::WARNING, Some(&stage.name), Some(step), f)?;
             }
         }
         Ok(())
@@ -497,7 +496,6 @@ impl<'h, H: Host> Trainer<'h, H> {
         }
         samplers
     }
-
 }
 
 /// The policy's adapter, when the pipeline trains LoRA: the `adapter` directory, else a fresh

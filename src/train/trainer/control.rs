@@ -12,6 +12,7 @@ use super::stage::{Lambdas, StageRun};
 use super::{Host, Trainer, TrainerState};
 use crate::config::Stage;
 use crate::data::{encode_generation_prompt, read_records_with_lines, Message, Records, SftRecord, Text};
+use crate::kind;
 use crate::model::generate::{generate, Sampling};
 use crate::train::host::{Control, Position};
 use crate::train::TrainError;
@@ -139,7 +140,7 @@ impl<H: Host> Trainer<'_, H> {
             match control {
                 Control::Pause if !self.paused => {
                     self.paused = true;
-                    self.host.emit("paused", Some(run.name()), Some(step), Map::new())?;
+                    self.host.emit(kind::PAUSED, Some(run.name()), Some(step), Map::new())?;
                 }
                 Control::Resume if self.paused => {
                     self.paused = false;
@@ -150,7 +151,7 @@ impl<H: Host> Trainer<'_, H> {
                     self.stop = true;
                     let mut f = Map::new();
                     f.insert("source".into(), json!("control"));
-                    self.host.emit("stop_requested", Some(run.name()), Some(step), f)?;
+                    self.host.emit(kind::STOP_REQUESTED, Some(run.name()), Some(step), f)?;
                     break;
                 }
                 other => {
@@ -227,7 +228,7 @@ impl<H: Host> Trainer<'_, H> {
                 if replayed {
                     f.insert("replayed".into(), json!(true));
                 }
-                self.host.emit("lambda_changed", Some(run.name()), Some(step), f)?;
+                self.host.emit(kind::LAMBDA_CHANGED, Some(run.name()), Some(step), f)?;
             }
             Control::SkipStage { stage } => {
                 if let Some(meant) = stage.filter(|s| s != run.name()) {
@@ -235,7 +236,7 @@ impl<H: Host> Trainer<'_, H> {
                         "message".into(),
                         json!(format!("skip_stage for stage {meant:?} ignored: stage {:?} is running", run.name())),
                     );
-                    self.host.emit("warning", Some(run.name()), Some(step), f)?;
+                    self.host.emit(kind::WARNING, Some(run.name()), Some(step), f)?;
                     return Ok(Boundary::Train);
                 }
                 f.insert("stage_step".into(), json!(self.state.stage_step));
@@ -243,13 +244,13 @@ impl<H: Host> Trainer<'_, H> {
                 if replayed {
                     f.insert("replayed".into(), json!(true));
                 }
-                self.host.emit("stage_skipped", Some(run.name()), Some(step), f)?;
+                self.host.emit(kind::STAGE_SKIPPED, Some(run.name()), Some(step), f)?;
                 return Ok(Boundary::Skip);
             }
             Control::CheckpointNow => {
                 if self.last_checkpoint == Some(step) {
                     f.insert("message".into(), json!(format!("checkpoint_now: step {step} is already checkpointed")));
-                    self.host.emit("warning", Some(run.name()), Some(step), f)?;
+                    self.host.emit(kind::WARNING, Some(run.name()), Some(step), f)?;
                 } else {
                     self.checkpoint(run)?;
                 }
@@ -268,7 +269,7 @@ impl<H: Host> Trainer<'_, H> {
         if all.is_empty() {
             let mut f = Map::new();
             f.insert("message".into(), json!("generate_candidates: the stage has no prompts"));
-            return self.host.emit("warning", Some(run.name()), Some(step), f);
+            return self.host.emit(kind::WARNING, Some(run.name()), Some(step), f);
         }
         let stops = self.policy.generation.eos_token_ids.clone();
         let mut lines = Vec::new();
@@ -312,7 +313,7 @@ impl<H: Host> Trainer<'_, H> {
         if let Some(file) = file {
             f.insert("file".into(), json!(file));
         }
-        self.host.emit("candidates_generated", Some(run.name()), Some(step), f)
+        self.host.emit(kind::CANDIDATES_GENERATED, Some(run.name()), Some(step), f)
     }
 
     /// Live samples: greedy answers to the fixed prompts (`[run] sample_prompts`, or the stage's
@@ -342,7 +343,7 @@ impl<H: Host> Trainer<'_, H> {
             let mut f = Map::new();
             f.insert("prompt".into(), json!(prompt_display(prompt)));
             f.insert("response".into(), json!(self.tokenizer.decode(&out.new_token_ids, true)?));
-            self.host.emit("sample", Some(run.name()), Some(step), f)?;
+            self.host.emit(kind::SAMPLE, Some(run.name()), Some(step), f)?;
         }
         Ok(())
     }
@@ -399,7 +400,7 @@ impl<H: Host> Interrupts<'_, H> {
             match control {
                 Control::Pause if !*self.paused => {
                     *self.paused = true;
-                    self.host.emit("paused", Some(stage), Some(step), Map::new())?;
+                    self.host.emit(kind::PAUSED, Some(stage), Some(step), Map::new())?;
                     self.publish("paused", stage);
                 }
                 Control::Resume if *self.paused => self.unpaused(stage)?,
@@ -408,7 +409,7 @@ impl<H: Host> Interrupts<'_, H> {
                     *self.stop = true;
                     let mut f = Map::new();
                     f.insert("source".into(), json!("control"));
-                    self.host.emit("stop_requested", Some(stage), Some(step), f)?;
+                    self.host.emit(kind::STOP_REQUESTED, Some(stage), Some(step), f)?;
                     break;
                 }
                 other => self.deferred.push_back(other),
@@ -426,7 +427,7 @@ impl<H: Host> Interrupts<'_, H> {
         f.insert("phase".into(), json!(phase));
         f.insert("done".into(), json!(done));
         f.insert("total".into(), json!(total));
-        self.host.emit("phase_interrupted", Some(stage), Some(step), f)?;
+        self.host.emit(kind::PHASE_INTERRUPTED, Some(stage), Some(step), f)?;
         Ok(ControlFlow::Break(()))
     }
 }
@@ -438,5 +439,5 @@ fn emit_unpaused<H: Host>(host: &mut H, stage: &str, step: u64) -> Result<(), Tr
     f.insert("from_step".into(), json!(step));
     f.insert("reason".into(), json!("unpause"));
     f.insert("pid".into(), json!(std::process::id()));
-    host.emit("resumed", Some(stage), Some(step), f)
+    host.emit(kind::RESUMED, Some(stage), Some(step), f)
 }

@@ -15,10 +15,9 @@ use super::stage::num;
 use super::{Host, Trainer};
 use crate::config::{EvalSettings, Pipeline};
 use crate::eval::{read_suite, Contamination, Decision, EvalItem, Judge, Report};
+use crate::kind;
 use crate::model::RewardModel;
-use crate::train::evaluate::{
-    evaluate_best_of, evaluate_stage, training_prompts, EvalContext, HumanInputs, StageEval,
-};
+use crate::train::evaluate::{evaluate_best_of, evaluate_stage, training_prompts, EvalContext, HumanInputs, StageEval};
 use crate::train::TrainError;
 
 /// The suite, judge and contamination set of a pipeline with an `[eval]` table, and the
@@ -155,7 +154,7 @@ impl<H: Host> Trainer<'_, H> {
         let mut f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
         self.add_round(&mut f);
         self.host.save_eval(stage, &result)?;
-        self.host.emit("eval_finished", Some(stage), Some(step), f)?;
+        self.host.emit(kind::EVAL_FINISHED, Some(stage), Some(step), f)?;
         let mut decision = result.report.decision();
         setup.done.insert(stage.to_string(), result);
         if let (Some(best_of), Some(reward)) = (setup.settings.best_of.clone(), setup.reward.as_ref()) {
@@ -188,7 +187,7 @@ impl<H: Host> Trainer<'_, H> {
             let Some(result) = result else { return Ok(ControlFlow::Break(())) };
             let f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
             self.host.save_eval(&name, &result)?;
-            self.host.emit("eval_finished", Some(&name), Some(step), f)?;
+            self.host.emit(kind::EVAL_FINISHED, Some(&name), Some(step), f)?;
             if best_of.gate {
                 // The pipeline gates on the reranked answers.
                 decision = result.report.decision();
@@ -213,18 +212,18 @@ impl<H: Host> Trainer<'_, H> {
                 if let Some(path) = self.host.export(stage, files)? {
                     g.insert("export".into(), json!(path.display().to_string()));
                 }
-                self.host.emit("gate_decided", Some(stage), Some(step), g)
+                self.host.emit(kind::GATE_DECIDED, Some(stage), Some(step), g)
             }
             Decision::Iterate { failing } => {
                 g.insert("decision".into(), json!("iterate"));
                 g.insert("failing".into(), json!(failing));
-                self.host.emit("gate_decided", Some(stage), Some(step), g.clone())?;
-                self.host.emit("iterate", Some(stage), Some(step), g)
+                self.host.emit(kind::GATE_DECIDED, Some(stage), Some(step), g.clone())?;
+                self.host.emit(kind::ITERATE, Some(stage), Some(step), g)
             }
             Decision::Incomplete { missing } => {
                 g.insert("decision".into(), json!("incomplete"));
                 g.insert("missing".into(), json!(missing));
-                self.host.emit("gate_decided", Some(stage), Some(step), g)
+                self.host.emit(kind::GATE_DECIDED, Some(stage), Some(step), g)
             }
         }
     }

@@ -12,10 +12,12 @@ use candle_core::{DType, Tensor};
 use serde_json::{json, Map};
 
 use super::stage::{num, Lambdas, StageRun, StepSums, Term};
+use super::step::StepDone;
 use super::{Host, Trainer};
 use crate::config::{GrpoTerm, Stage};
 use crate::data::{encode_generation_prompt, encode_sft, ChatTemplate, Message, SftRecord, Text, TextTokenizer};
 use crate::eval::{read_suite, EvalItem, Judge, JudgeConfig, Prompt};
+use crate::kind;
 use crate::model::generate::{generate_batch_seeded, Sampling};
 use crate::model::RewardModel;
 use crate::train::batch::{Sequence, TokenBatch};
@@ -126,13 +128,13 @@ impl<H: Host> Trainer<'_, H> {
         f.insert("total_steps".into(), json!(total));
         f.insert("examples".into(), json!({ "grpo_prompts": kept.len() }));
         f.insert("group_size".into(), json!(term.group_size));
-        let kind = if self.state.stage_step > 0 { "stage_resumed" } else { "stage_started" };
-        self.host.emit(kind, Some(&stage.name), Some(step), f)?;
+        let event = if self.state.stage_step > 0 { kind::STAGE_RESUMED } else { kind::STAGE_STARTED };
+        self.host.emit(event, Some(&stage.name), Some(step), f)?;
         if dropped > 0 {
             let mut f = Map::new();
             let message = format!("grpo prompts: {dropped} not shorter than max_length {} dropped", stage.max_length);
             f.insert("message".into(), json!(message));
-            self.host.emit("warning", Some(&stage.name), Some(step), f)?;
+            self.host.emit(kind::WARNING, Some(&stage.name), Some(step), f)?;
         }
         let judge_config = self.pipeline.eval.as_ref().map_or_else(JudgeConfig::default, |e| e.judge.clone());
         let judge = Judge::new(&judge_config).map_err(|e| TrainError::Data(e.to_string()))?;
@@ -304,11 +306,8 @@ impl<H: Host> Trainer<'_, H> {
             clip_sum += out.clip_region * tokens as f64;
         }
         let norm = global_norm(&sums.grads)?;
-        self.update(run, &sums, norm, step)?;
-        self.state.global_step += 1;
-        self.state.stage_step += 1;
-        let elapsed = started.elapsed().as_secs_f64();
-        if self.state.global_step % self.pipeline.run.log_every.max(1) == 0 || self.state.stage_step == run.total {
+        let done = StepDone { sums: &sums, norm, lr, started };
+        self.finish_step(run, &done, || {
             let lengths: Vec<usize> = rollouts.iter().flat_map(|r| r.lengths.iter().copied()).collect();
             let completions = lengths.len().max(1) as f64;
             let truncated = rollouts.iter().flat_map(|r| r.stopped.iter()).filter(|s| !**s).count();
@@ -333,21 +332,8 @@ impl<H: Host> Trainer<'_, H> {
                     m.insert(format!("rewards/{name}/mean"), num(mean));
                 }
             }
-            m.insert("learning_rate".into(), json!(lr));
-            m.insert("grad_norm".into(), num(norm));
-            m.insert("tokens_per_second".into(), json!(sums.tokens as f64 / elapsed.max(1e-9)));
-            let epoch = run.grpo.as_ref().map_or(0.0, |g| g.sampler.progress());
-            m.insert("epoch".into(), json!(epoch));
-            m.insert("stage_step".into(), json!(self.state.stage_step));
-            m.insert("total_steps".into(), json!(run.total));
-            self.host.emit("metrics", Some(run.name()), Some(self.state.global_step), m)?;
-        }
-        self.live_samples(run)?;
-        let every = self.pipeline.run.checkpoint_every;
-        if every > 0 && self.state.global_step % every == 0 && self.state.stage_step < run.total {
-            self.checkpoint(run)?;
-        }
-        Ok(())
+            m
+        })
     }
 }
 

@@ -12,6 +12,7 @@ use candle_core::DType;
 use serde_json::{json, Map};
 
 use super::stage::{num, Lambdas, StageRun, StepSums, Term};
+use super::step::StepDone;
 use super::{Host, Trainer};
 use crate::config::Stage;
 use crate::data::labels::LabelLog;
@@ -279,11 +280,8 @@ impl<H: Host> Trainer<'_, H> {
             stats.push((out.kl, out.rewards_chosen, out.rewards_rejected, out.logps_chosen, out.logps_rejected));
         }
         let norm = global_norm(&sums.grads)?;
-        self.update(run, &sums, norm, step)?;
-        self.state.global_step += 1;
-        self.state.stage_step += 1;
-        let elapsed = started.elapsed().as_secs_f64();
-        if self.state.global_step % self.pipeline.run.log_every.max(1) == 0 || self.state.stage_step == run.total {
+        let done = StepDone { sums: &sums, norm, lr, started };
+        self.finish_step(run, &done, || {
             let mean =
                 |values: Vec<f64>| (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64);
             let mut m = Map::new();
@@ -305,21 +303,8 @@ impl<H: Host> Trainer<'_, H> {
                     m.insert(key.into(), num(v));
                 }
             }
-            m.insert("learning_rate".into(), json!(lr));
-            m.insert("grad_norm".into(), num(norm));
-            m.insert("tokens_per_second".into(), json!(sums.tokens as f64 / elapsed.max(1e-9)));
-            let epoch = run.kto.as_ref().map_or(0.0, |k| k.sampler.progress());
-            m.insert("epoch".into(), json!(epoch));
-            m.insert("stage_step".into(), json!(self.state.stage_step));
-            m.insert("total_steps".into(), json!(run.total));
-            self.host.emit("metrics", Some(run.name()), Some(self.state.global_step), m)?;
-        }
-        self.live_samples(run)?;
-        let every = self.pipeline.run.checkpoint_every;
-        if every > 0 && self.state.global_step % every == 0 && self.state.stage_step < run.total {
-            self.checkpoint(run)?;
-        }
-        Ok(())
+            m
+        })
     }
 }
 

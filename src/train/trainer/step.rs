@@ -6,11 +6,12 @@
 use std::time::Instant;
 
 use candle_core::DType;
-use serde_json::{json, Map};
+use serde_json::{json, Map, Value};
 
 use super::stage::{apply_update, forward_backward, num, Lambdas, Objective, StageRun, StepSums, Term};
 use super::{grpo, kto, CheckpointData, Host, Trainer};
 use crate::config::NanPolicy;
+use crate::kind;
 use crate::train::evaluate::unsafe_rate_proxy;
 use crate::train::examples::PairExample;
 use crate::train::live::LiveUpdate;
@@ -21,9 +22,21 @@ use crate::train::schedule::learning_rate;
 use crate::train::state::optimizer_bytes;
 use crate::train::TrainError;
 
+/// What a step measured, for the end every kind of step shares ([`Trainer::finish_step`]).
+pub(super) struct StepDone<'a> {
+    /// The loss and the summed gradients.
+    pub sums: &'a StepSums,
+    /// Their global norm before clipping.
+    pub norm: f64,
+    /// The learning rate of the update.
+    pub lr: f64,
+    /// When the step began (for `tokens_per_second`).
+    pub started: Instant,
+}
+
 impl<H: Host> Trainer<'_, H> {
     /// One optimizer step: labels that arrived, the micro-batches' forward and backward passes,
-    /// the update (or the non-finite policy), metrics, adaptive λ, live samples, checkpoint.
+    /// then [`Self::finish_step`]. GRPO and KTO stages step in their own modules.
     pub(super) fn step(&mut self, run: &mut StageRun) -> Result<(), TrainError> {
         if run.grpo.is_some() {
             return self.grpo_step(run);
@@ -42,15 +55,29 @@ impl<H: Host> Trainer<'_, H> {
         run.opt.config.lr = lr;
         let sums = self.forward_backward(run, lambdas, step)?;
         let norm = global_norm(&sums.grads)?;
-        self.update(run, &sums, norm, step)?;
+        let done = StepDone { sums: &sums, norm, lr, started };
+        self.finish_step(run, &done, || sums.loss_fields(lambdas))
+    }
+
+    /// The end every kind of step shares: the update (or the NaN policy), the step counters, the
+    /// `metrics` event (the step's own `fields`, then the common ones), adaptive λ, live samples
+    /// and the periodic checkpoint.
+    pub(super) fn finish_step(
+        &mut self,
+        run: &mut StageRun,
+        done: &StepDone<'_>,
+        fields: impl FnOnce() -> Map<String, Value>,
+    ) -> Result<(), TrainError> {
+        let step = self.state.global_step;
+        self.update(run, done.sums, done.norm, step)?;
         self.state.global_step += 1;
         self.state.stage_step += 1;
-        let elapsed = started.elapsed().as_secs_f64();
+        let elapsed = done.started.elapsed().as_secs_f64();
         if self.state.global_step % self.pipeline.run.log_every.max(1) == 0 || self.state.stage_step == run.total {
-            let mut m = sums.loss_fields(lambdas);
-            m.insert("learning_rate".into(), json!(lr));
-            m.insert("grad_norm".into(), num(norm));
-            m.insert("tokens_per_second".into(), json!(sums.tokens as f64 / elapsed.max(1e-9)));
+            let mut m = fields();
+            m.insert("learning_rate".into(), json!(done.lr));
+            m.insert("grad_norm".into(), num(done.norm));
+            m.insert("tokens_per_second".into(), json!(done.sums.tokens as f64 / elapsed.max(1e-9)));
             if let Some(now) = self.host.peak_memory_bytes(&self.device) {
                 self.peak_memory = self.peak_memory.max(now);
                 m.insert("memory/peak_bytes".into(), json!(self.peak_memory));
@@ -58,7 +85,7 @@ impl<H: Host> Trainer<'_, H> {
             m.insert("epoch".into(), json!(run.epoch()));
             m.insert("stage_step".into(), json!(self.state.stage_step));
             m.insert("total_steps".into(), json!(run.total));
-            self.host.emit("metrics", Some(run.name()), Some(self.state.global_step), m)?;
+            self.host.emit(kind::METRICS, Some(run.name()), Some(self.state.global_step), m)?;
         }
         self.adapt_lambda(run)?;
         if run.reward.is_none() {
@@ -134,7 +161,13 @@ impl<H: Host> Trainer<'_, H> {
 
     /// Applies the summed gradients (clipped), or, when the loss or gradient is not finite,
     /// skips the update with a warning or halts, as the run's NaN policy says.
-    pub(super) fn update(&mut self, run: &mut StageRun, sums: &StepSums, norm: f64, step: u64) -> Result<(), TrainError> {
+    pub(super) fn update(
+        &mut self,
+        run: &mut StageRun,
+        sums: &StepSums,
+        norm: f64,
+        step: u64,
+    ) -> Result<(), TrainError> {
         if sums.loss.is_finite() && norm.is_finite() {
             self.state.consecutive_nan = 0;
             return apply_update(&mut run.opt, sums, norm, run.stage.max_grad_norm);
@@ -146,7 +179,7 @@ impl<H: Host> Trainer<'_, H> {
         f.insert("batch".into(), json!(self.state.stage_step));
         let halt = self.pipeline.run.nan_policy == NanPolicy::Halt
             || self.state.consecutive_nan > self.pipeline.run.max_consecutive_nan;
-        self.host.emit(if halt { "error" } else { "warning" }, Some(run.name()), Some(step), f)?;
+        self.host.emit(if halt { kind::ERROR } else { kind::WARNING }, Some(run.name()), Some(step), f)?;
         if halt {
             return Err(TrainError::NonFinite { stage: run.name().to_string(), step });
         }
@@ -168,7 +201,7 @@ impl<H: Host> Trainer<'_, H> {
         f.insert("to".into(), json!(run.lambdas.safe));
         f.insert("unsafe_rate".into(), json!(rate));
         f.insert("reason".into(), json!("adaptive"));
-        self.host.emit("lambda_changed", Some(run.name()), Some(self.state.global_step), f)
+        self.host.emit(kind::LAMBDA_CHANGED, Some(run.name()), Some(self.state.global_step), f)
     }
 
     /// Reads the live labels files at this step boundary and applies what they say.
@@ -191,7 +224,7 @@ impl<H: Host> Trainer<'_, H> {
         for message in &update.problems {
             let mut f = Map::new();
             f.insert("message".into(), json!(message));
-            self.host.emit("warning", Some(run.name()), Some(step), f)?;
+            self.host.emit(kind::WARNING, Some(run.name()), Some(step), f)?;
         }
         if update.lines == 0 {
             return Ok(());
@@ -238,7 +271,7 @@ impl<H: Host> Trainer<'_, H> {
             f.insert("file".into(), json!(file));
             f.insert("byte_offset".into(), json!(offset));
         }
-        self.host.emit("labels_admitted", Some(run.name()), Some(step), f)
+        self.host.emit(kind::LABELS_ADMITTED, Some(run.name()), Some(step), f)
     }
 
     /// Saves a checkpoint at this step boundary (once per boundary): the policy, AdamW's
