@@ -206,3 +206,17 @@ impl Scanner<'_> {
         }
     }
 }
+
+/// The complete lines appended to a growing file since `offset`, which moves past them: a torn
+/// last line waits for its newline. A file that is missing or cannot be read has none yet.
+pub fn new_lines(path: &Path, offset: &mut u64) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else { return Vec::new() };
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(*offset)).is_err() || file.read_to_end(&mut bytes).is_err() {
+        return Vec::new();
+    }
+    let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else { return Vec::new() };
+    *offset += end as u64 + 1;
+    bytes[..end].split(|&b| b == b'\n').map(|l| String::from_utf8_lossy(l).into_owned()).collect()
+}

@@ -453,15 +453,9 @@ impl<'h, H: Host> Trainer<'h, H> {
         let reference = self.reference_model(stage)?;
         let all: Vec<&PairExample> = data.pairs.iter().chain(&data.safety_pairs).chain(&data.redteam).collect();
         let pad = self.pad_id();
-        let mut interrupts = control::Interrupts {
-            host: &mut *self.host,
-            paused: &mut self.paused,
-            stop: &mut self.stop,
-            deferred: &mut self.deferred,
-            state: &self.state,
-        };
+        let control::Phase { mut interrupts, policy, .. } = self.phase();
         let mut between = |done, total| interrupts.between_batches(&stage.name, "reference", (done, total));
-        if reference.score(&self.policy, &all, pad, &mut cache, &mut between)?.is_break() {
+        if reference.score(policy, &all, pad, &mut cache, &mut between)?.is_break() {
             return Ok(ControlFlow::Break(()));
         }
         Ok(ControlFlow::Continue((cache, (!live.is_empty()).then_some(reference))))

@@ -56,6 +56,7 @@ pub use runtime::attach;
 pub use series::{
     compact, min_max_buckets, CacheKey, Series, SeriesCache, Window, EMA_WEIGHT, RECENT_STEPS, SERIES_CAP,
 };
+pub use terminal::TerminalGuard;
 pub use theme::{Role, Theme, BUILTIN_THEMES};
 
 use ratatui::backend::TestBackend;

@@ -11,9 +11,12 @@ use serde_json::{json, Map, Value};
 use super::stage::{Lambdas, StageRun};
 use super::{Host, Trainer, TrainerState};
 use crate::config::Stage;
-use crate::data::{encode_generation_prompt, read_records_with_lines, Message, Records, SftRecord, Text};
+use crate::data::{
+    encode_generation_prompt, read_records_with_lines, ChatTemplate, Message, Records, SftRecord, Text, TextTokenizer,
+};
 use crate::kind;
 use crate::model::generate::{generate, Sampling};
+use crate::model::Model;
 use crate::train::host::{Control, Position};
 use crate::train::TrainError;
 
@@ -100,15 +103,7 @@ fn cached_prompts(run: &mut StageRun) -> Result<&[Text], TrainError> {
 
 impl<H: Host> Trainer<'_, H> {
     pub(super) fn position(&self, state: &'static str, stage: Option<&str>, lambdas: Option<Lambdas>) -> Position {
-        Position {
-            state,
-            stage: stage.map(String::from),
-            step: self.state.global_step,
-            stage_step: self.state.stage_step,
-            stage_total: self.state.stage_total,
-            lambda_pref: lambdas.map(|l| l.pref),
-            lambda_safe: lambdas.map(|l| l.safe),
-        }
+        position_of(&self.state, state, stage, lambdas)
     }
 
     /// Everything between two steps: controls replayed from a previous worker, then every
@@ -137,24 +132,9 @@ impl<H: Host> Trainer<'_, H> {
                 }
                 continue;
             };
-            match control {
-                Control::Pause if !self.paused => {
-                    self.paused = true;
-                    self.host.emit(kind::PAUSED, Some(run.name()), Some(step), Map::new())?;
-                }
-                Control::Resume if self.paused => {
-                    self.paused = false;
-                    self.unpaused(run.name())?;
-                }
-                Control::Pause | Control::Resume => {}
-                Control::Stop => {
-                    self.stop = true;
-                    let mut f = Map::new();
-                    f.insert("source".into(), json!("control"));
-                    self.host.emit(kind::STOP_REQUESTED, Some(run.name()), Some(step), f)?;
-                    break;
-                }
-                other => {
+            match self.interrupts().react(control, run.name())? {
+                Reaction::Stopped => break,
+                Reaction::Other(other) => {
                     if self.apply(run, other, false)? == Boundary::Skip {
                         return Ok(Boundary::Skip);
                     }
@@ -162,6 +142,7 @@ impl<H: Host> Trainer<'_, H> {
                         break;
                     }
                 }
+                Reaction::Paused | Reaction::Done => {}
             }
         }
         if self.stop || self.host.stop_requested() {
@@ -192,15 +173,25 @@ impl<H: Host> Trainer<'_, H> {
         self.interrupts().between_batches(stage, phase, progress)
     }
 
-    /// What a long phase needs to honour stop and pause between its batches, borrowed apart
-    /// from the policy (which an evaluation borrows at the same time).
+    /// What a long phase needs to honour stop and pause between its batches.
     pub(super) fn interrupts(&mut self) -> Interrupts<'_, H> {
-        Interrupts {
-            host: &mut *self.host,
-            paused: &mut self.paused,
-            stop: &mut self.stop,
-            deferred: &mut self.deferred,
-            state: &self.state,
+        self.phase().interrupts
+    }
+
+    /// A long phase's borrows at once: the interrupts, and apart from them the policy with its
+    /// tokenizer and template (which an evaluation or the reference scoring uses meanwhile).
+    pub(super) fn phase(&mut self) -> Phase<'_, H> {
+        Phase {
+            interrupts: Interrupts {
+                host: &mut *self.host,
+                paused: &mut self.paused,
+                stop: &mut self.stop,
+                deferred: &mut self.deferred,
+                state: &self.state,
+            },
+            policy: &self.policy,
+            tokenizer: &self.tokenizer,
+            template: self.template.as_ref(),
         }
     }
 
@@ -349,6 +340,26 @@ impl<H: Host> Trainer<'_, H> {
     }
 }
 
+/// See [`Trainer::phase`].
+pub(super) struct Phase<'t, H: Host> {
+    pub interrupts: Interrupts<'t, H>,
+    pub policy: &'t Model,
+    pub tokenizer: &'t TextTokenizer,
+    pub template: Option<&'t ChatTemplate>,
+}
+
+/// What [`Interrupts::react`] did with a command.
+enum Reaction {
+    /// Paused now.
+    Paused,
+    /// Stop requested: the phase or step loop ends.
+    Stopped,
+    /// A command for the step boundary.
+    Other(Control),
+    /// Nothing more to do (resumed, or a pause or resume that changed nothing).
+    Done,
+}
+
 /// The trainer's fields a long phase uses between its batches (see [`Trainer::interrupts`]).
 pub(super) struct Interrupts<'t, H: Host> {
     pub host: &'t mut H,
@@ -360,16 +371,33 @@ pub(super) struct Interrupts<'t, H: Host> {
 
 impl<H: Host> Interrupts<'_, H> {
     fn publish(&mut self, state: &'static str, stage: &str) {
-        let position = Position {
-            state,
-            stage: Some(stage.to_string()),
-            step: self.state.global_step,
-            stage_step: self.state.stage_step,
-            stage_total: self.state.stage_total,
-            lambda_pref: None,
-            lambda_safe: None,
-        };
-        self.host.publish(&position);
+        self.host.publish(&position_of(self.state, state, Some(stage), None));
+    }
+
+    /// Pause, resume and stop, handled the same at a step boundary and between the batches of
+    /// a long phase; any other command is given back.
+    fn react(&mut self, control: Control, stage: &str) -> Result<Reaction, TrainError> {
+        let step = self.state.global_step;
+        match control {
+            Control::Pause if !*self.paused => {
+                *self.paused = true;
+                self.host.emit(kind::PAUSED, Some(stage), Some(step), Map::new())?;
+                Ok(Reaction::Paused)
+            }
+            Control::Resume if *self.paused => {
+                self.unpaused(stage)?;
+                Ok(Reaction::Done)
+            }
+            Control::Pause | Control::Resume => Ok(Reaction::Done),
+            Control::Stop => {
+                *self.stop = true;
+                let mut f = Map::new();
+                f.insert("source".into(), json!("control"));
+                self.host.emit(kind::STOP_REQUESTED, Some(stage), Some(step), f)?;
+                Ok(Reaction::Stopped)
+            }
+            other => Ok(Reaction::Other(other)),
+        }
     }
 
     fn unpaused(&mut self, stage: &str) -> Result<(), TrainError> {
@@ -397,22 +425,11 @@ impl<H: Host> Interrupts<'_, H> {
                 }
                 continue;
             };
-            match control {
-                Control::Pause if !*self.paused => {
-                    *self.paused = true;
-                    self.host.emit(kind::PAUSED, Some(stage), Some(step), Map::new())?;
-                    self.publish("paused", stage);
-                }
-                Control::Resume if *self.paused => self.unpaused(stage)?,
-                Control::Pause | Control::Resume => {}
-                Control::Stop => {
-                    *self.stop = true;
-                    let mut f = Map::new();
-                    f.insert("source".into(), json!("control"));
-                    self.host.emit(kind::STOP_REQUESTED, Some(stage), Some(step), f)?;
-                    break;
-                }
-                other => self.deferred.push_back(other),
+            match self.react(control, stage)? {
+                Reaction::Paused => self.publish("paused", stage),
+                Reaction::Stopped => break,
+                Reaction::Other(other) => self.deferred.push_back(other),
+                Reaction::Done => {}
             }
         }
         if !(*self.stop || self.host.stop_requested()) {
@@ -429,6 +446,19 @@ impl<H: Host> Interrupts<'_, H> {
         f.insert("total".into(), json!(total));
         self.host.emit(kind::PHASE_INTERRUPTED, Some(stage), Some(step), f)?;
         Ok(ControlFlow::Break(()))
+    }
+}
+
+/// Where the trainer stands in `trainer`'s terms, `state` being what it is doing.
+fn position_of(trainer: &TrainerState, state: &'static str, stage: Option<&str>, lambdas: Option<Lambdas>) -> Position {
+    Position {
+        state,
+        stage: stage.map(String::from),
+        step: trainer.global_step,
+        stage_step: trainer.stage_step,
+        stage_total: trainer.stage_total,
+        lambda_pref: lambdas.map(|l| l.pref),
+        lambda_safe: lambdas.map(|l| l.safe),
     }
 }
 

@@ -132,24 +132,9 @@ impl<H: Host> Trainer<'_, H> {
             human: &human,
         };
         let checkpoint = format!("step {step}");
-        let mut interrupts = control::Interrupts {
-            host: &mut *self.host,
-            paused: &mut self.paused,
-            stop: &mut self.stop,
-            deferred: &mut self.deferred,
-            state: &self.state,
-        };
+        let control::Phase { mut interrupts, policy, tokenizer, template } = self.phase();
         let mut between = |done, total| interrupts.between_batches(stage, "eval", (done, total));
-        let template = self.template.as_ref();
-        let result = evaluate_stage(
-            &ctx,
-            &self.policy,
-            &self.tokenizer,
-            template,
-            (stage, &checkpoint),
-            baseline,
-            &mut between,
-        )?;
+        let result = evaluate_stage(&ctx, policy, tokenizer, template, (stage, &checkpoint), baseline, &mut between)?;
         let Some(result) = result else { return Ok(ControlFlow::Break(())) };
         let mut f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
         self.add_round(&mut f);
@@ -162,23 +147,17 @@ impl<H: Host> Trainer<'_, H> {
             let started = Instant::now();
             let baseline = setup.done.get(&baseline_name);
             let previous = self.host.load_eval(&name);
-            let mut interrupts = control::Interrupts {
-                host: &mut *self.host,
-                paused: &mut self.paused,
-                stop: &mut self.stop,
-                deferred: &mut self.deferred,
-                state: &self.state,
-            };
+            let control::Phase { mut interrupts, policy, tokenizer, template } = self.phase();
             let mut between = |done, total| interrupts.between_batches(stage, "eval", (done, total));
             let result = match previous {
                 Some(previous) => Some(previous),
                 None => evaluate_best_of(
                     &ctx,
-                    &self.policy,
+                    policy,
                     reward,
                     &best_of,
-                    &self.tokenizer,
-                    self.template.as_ref(),
+                    tokenizer,
+                    template,
                     (&name, &checkpoint),
                     baseline,
                     &mut between,
