@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod data;
 pub mod durable;
 pub mod eval;

@@ -22,7 +22,7 @@ use serde_json::{json, Map};
 
 use super::examples::PairExample;
 use super::host::PlannedControl;
-pub use super::host::{Admission, CheckpointData, Control, Host, Position, PrefFile, SavedTraining};
+pub use super::host::{Admission, CheckpointData, Host, PrefFile, SavedTraining};
 use super::iterate::round_seed_salt;
 use super::live::LiveLabels;
 use super::optim::{AdamW, AdamWConfig, Moments};
@@ -32,6 +32,7 @@ use super::state::load_optimizer;
 pub use super::state::{Finished, RunOptions, TrainerState};
 use super::TrainError;
 use crate::config::{Engine, ModelInit, Pipeline, Stage};
+use crate::control::Request;
 use crate::data::{ChatTemplate, TextTokenizer};
 use crate::kind;
 use crate::model::{AdapterInit, Model, Precision, RewardModel};
@@ -86,7 +87,7 @@ pub struct Trainer<'h, H: Host> {
     /// Where the next `generate_candidates` continues in the stage's prompts.
     candidate_cursor: usize,
     /// Commands received between batches of a long phase, applied at the next step boundary.
-    deferred: VecDeque<Control>,
+    deferred: VecDeque<Request>,
     /// The model directory the policy equals, while it does (the pipeline's model, a TRL
     /// stage's export): a stage on another engine starts from it instead of a fresh copy.
     policy_dir: Option<PathBuf>,

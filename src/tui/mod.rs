@@ -39,7 +39,7 @@ mod theme;
 
 pub use action::{update, Action, Loaded};
 pub use app::{App, NOTICES_KEPT, SFT_HINT};
-pub use control::{Control, ControlHandle, ControlRequest, NoWorker, Recording, Socket};
+pub use control::{describe, Control, ControlHandle, NoWorker, Recording, Socket};
 pub use draw::draw;
 pub use error::TuiError;
 pub use gpu::{gpu_lines, GpuReading, GpuStatus};

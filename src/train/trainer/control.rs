@@ -11,13 +11,13 @@ use serde_json::{json, Map, Value};
 use super::stage::{Lambdas, StageRun};
 use super::{Host, Trainer, TrainerState};
 use crate::config::Stage;
+use crate::control::{LambdaTerm, Request, Status};
 use crate::data::{
     encode_generation_prompt, read_records_with_lines, ChatTemplate, Message, Records, SftRecord, Text, TextTokenizer,
 };
 use crate::kind;
 use crate::model::generate::{generate, Sampling};
 use crate::model::Model;
-use crate::train::host::{Control, Position};
 use crate::train::TrainError;
 
 /// How long one wait for a command lasts while paused (a stop signal is noticed this quickly).
@@ -102,7 +102,7 @@ fn cached_prompts(run: &mut StageRun) -> Result<&[Text], TrainError> {
 }
 
 impl<H: Host> Trainer<'_, H> {
-    pub(super) fn position(&self, state: &'static str, stage: Option<&str>, lambdas: Option<Lambdas>) -> Position {
+    pub(super) fn position(&self, state: &'static str, stage: Option<&str>, lambdas: Option<Lambdas>) -> Status {
         position_of(&self.state, state, stage, lambdas)
     }
 
@@ -110,7 +110,7 @@ impl<H: Host> Trainer<'_, H> {
     /// pending command; while paused, waits here for commands without using the CPU.
     pub(super) fn boundary(&mut self, run: &mut StageRun) -> Result<Boundary, TrainError> {
         let step = self.state.global_step;
-        let due: Vec<Control> = {
+        let due: Vec<Request> = {
             let (now, later): (Vec<_>, Vec<_>) =
                 std::mem::take(&mut self.planned).into_iter().partition(|p| p.stage == run.name() && p.step == step);
             self.planned = later;
@@ -200,19 +200,18 @@ impl<H: Host> Trainer<'_, H> {
         emit_unpaused(&mut *self.host, stage, self.state.global_step)
     }
 
-    fn apply(&mut self, run: &mut StageRun, control: Control, replayed: bool) -> Result<Boundary, TrainError> {
+    fn apply(&mut self, run: &mut StageRun, control: Request, replayed: bool) -> Result<Boundary, TrainError> {
         let step = self.state.global_step;
         let mut f = Map::new();
         match control {
-            Control::SetLambda { term, value } => {
-                let slot = match term.as_str() {
-                    "pref" => &mut run.lambdas.pref,
-                    "safe" => &mut run.lambdas.safe,
-                    other => return Err(TrainError::Host(format!("set_lambda: no λ named {other:?}"))),
+            Request::SetLambda { term, value } => {
+                let slot = match term {
+                    LambdaTerm::Pref => &mut run.lambdas.pref,
+                    LambdaTerm::Safe => &mut run.lambdas.safe,
                 };
                 let from = *slot;
                 *slot = value;
-                f.insert("lambda".into(), json!(term));
+                f.insert("lambda".into(), json!(term.as_str()));
                 f.insert("from".into(), json!(from));
                 f.insert("to".into(), json!(value));
                 f.insert("reason".into(), json!("control"));
@@ -221,7 +220,7 @@ impl<H: Host> Trainer<'_, H> {
                 }
                 self.host.emit(kind::LAMBDA_CHANGED, Some(run.name()), Some(step), f)?;
             }
-            Control::SkipStage { stage } => {
+            Request::SkipStage { stage } => {
                 if let Some(meant) = stage.filter(|s| s != run.name()) {
                     f.insert(
                         "message".into(),
@@ -238,7 +237,7 @@ impl<H: Host> Trainer<'_, H> {
                 self.host.emit(kind::STAGE_SKIPPED, Some(run.name()), Some(step), f)?;
                 return Ok(Boundary::Skip);
             }
-            Control::CheckpointNow => {
+            Request::CheckpointNow => {
                 if self.last_checkpoint == Some(step) {
                     f.insert("message".into(), json!(format!("checkpoint_now: step {step} is already checkpointed")));
                     self.host.emit(kind::WARNING, Some(run.name()), Some(step), f)?;
@@ -246,8 +245,8 @@ impl<H: Host> Trainer<'_, H> {
                     self.checkpoint(run)?;
                 }
             }
-            Control::GenerateCandidates { count } => self.candidates(run, count)?,
-            Control::Pause | Control::Resume | Control::Stop => {}
+            Request::GenerateCandidates { count } => self.candidates(run, count)?,
+            Request::Pause | Request::Resume | Request::Stop | Request::Status => {}
         }
         Ok(Boundary::Train)
     }
@@ -355,7 +354,7 @@ enum Reaction {
     /// Stop requested: the phase or step loop ends.
     Stopped,
     /// A command for the step boundary.
-    Other(Control),
+    Other(Request),
     /// Nothing more to do (resumed, or a pause or resume that changed nothing).
     Done,
 }
@@ -365,7 +364,7 @@ pub(super) struct Interrupts<'t, H: Host> {
     pub host: &'t mut H,
     pub paused: &'t mut bool,
     pub stop: &'t mut bool,
-    pub deferred: &'t mut VecDeque<Control>,
+    pub deferred: &'t mut VecDeque<Request>,
     pub state: &'t TrainerState,
 }
 
@@ -376,20 +375,20 @@ impl<H: Host> Interrupts<'_, H> {
 
     /// Pause, resume and stop, handled the same at a step boundary and between the batches of
     /// a long phase; any other command is given back.
-    fn react(&mut self, control: Control, stage: &str) -> Result<Reaction, TrainError> {
+    fn react(&mut self, control: Request, stage: &str) -> Result<Reaction, TrainError> {
         let step = self.state.global_step;
         match control {
-            Control::Pause if !*self.paused => {
+            Request::Pause if !*self.paused => {
                 *self.paused = true;
                 self.host.emit(kind::PAUSED, Some(stage), Some(step), Map::new())?;
                 Ok(Reaction::Paused)
             }
-            Control::Resume if *self.paused => {
+            Request::Resume if *self.paused => {
                 self.unpaused(stage)?;
                 Ok(Reaction::Done)
             }
-            Control::Pause | Control::Resume => Ok(Reaction::Done),
-            Control::Stop => {
+            Request::Pause | Request::Resume => Ok(Reaction::Done),
+            Request::Stop => {
                 *self.stop = true;
                 let mut f = Map::new();
                 f.insert("source".into(), json!("control"));
@@ -450,15 +449,18 @@ impl<H: Host> Interrupts<'_, H> {
 }
 
 /// Where the trainer stands in `trainer`'s terms, `state` being what it is doing.
-fn position_of(trainer: &TrainerState, state: &'static str, stage: Option<&str>, lambdas: Option<Lambdas>) -> Position {
-    Position {
-        state,
+fn position_of(trainer: &TrainerState, state: &'static str, stage: Option<&str>, lambdas: Option<Lambdas>) -> Status {
+    Status {
+        pid: std::process::id(),
+        state: state.to_string(),
         stage: stage.map(String::from),
         step: trainer.global_step,
         stage_step: trainer.stage_step,
         stage_total: trainer.stage_total,
         lambda_pref: lambdas.map(|l| l.pref),
         lambda_safe: lambdas.map(|l| l.safe),
+        // The host's queue knows what is pending.
+        pending: 0,
     }
 }
 
