@@ -236,3 +236,14 @@ fn ctrl_c_always_detaches_even_in_a_dialog() {
     assert!(app.quit);
     assert!(app.take_requests().is_empty(), "detaching never stops training");
 }
+
+#[test]
+fn a_lambda_the_worker_does_not_have_is_refused_in_the_dialog() {
+    let mut app = app_with(mid_dpo());
+    update(&mut app, Action::EditLambda("sft".into()));
+    type_text(&mut app, "1");
+    press(&mut app, KeyCode::Enter);
+    let Some(Modal::EditLambda { error, .. }) = &app.modal else { panic!("still open: {:?}", app.modal) };
+    assert!(error.as_ref().unwrap().contains("no λ named \"sft\""), "{error:?}");
+    assert!(app.take_requests().is_empty());
+}

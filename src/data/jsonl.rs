@@ -220,3 +220,25 @@ pub fn new_lines(path: &Path, offset: &mut u64) -> Vec<String> {
     *offset += end as u64 + 1;
     bytes[..end].split(|&b| b == b'\n').map(|l| String::from_utf8_lossy(l).into_owned()).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::new_lines;
+    use std::io::Write;
+
+    #[test]
+    fn new_lines_are_the_complete_ones_and_a_torn_line_waits_for_its_newline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("grow.jsonl");
+        let mut offset = 0;
+        assert!(new_lines(&path, &mut offset).is_empty(), "a missing file has no lines yet");
+        let mut file = std::fs::File::create(&path).expect("create");
+        file.write_all(b"{\"a\":1}\n\n{\"b\":").expect("write");
+        assert_eq!(new_lines(&path, &mut offset), vec!["{\"a\":1}".to_string(), String::new()]);
+        assert_eq!(offset, 9);
+        assert!(new_lines(&path, &mut offset).is_empty(), "the torn line is not read");
+        file.write_all(b"2}\n").expect("write");
+        assert_eq!(new_lines(&path, &mut offset), vec!["{\"b\":2}".to_string()]);
+        assert_eq!(offset, 17);
+    }
+}
