@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use serde_json::{json, Map};
+use serde_json::{json, Map, Value};
 
 use super::stage::{num, Lambdas, StageRun, StepSums, Term};
 use super::step::StepDone;
@@ -27,7 +27,7 @@ use crate::train::grpo::{
 use crate::train::live::LiveLabels;
 use crate::train::optim::{global_norm, AdamW, AdamWConfig};
 use crate::train::plan::{RefCache, StageData};
-use crate::train::rl::{group_advantages, grpo_loss, GrpoConfig, GrpoInputs, GrpoLossType, ScaleRewards};
+use crate::train::rl::{group_advantages, grpo_loss, Advantages, GrpoConfig, GrpoInputs, GrpoLossType, ScaleRewards};
 use crate::train::sampler::Sampler;
 use crate::train::schedule::learning_rate;
 use crate::train::TrainError;
@@ -307,34 +307,48 @@ impl<H: Host> Trainer<'_, H> {
         }
         let norm = global_norm(&sums.grads)?;
         let done = StepDone { sums: &sums, norm, lr, started };
-        self.finish_step(run, &done, || {
-            let lengths: Vec<usize> = rollouts.iter().flat_map(|r| r.lengths.iter().copied()).collect();
-            let completions = lengths.len().max(1) as f64;
-            let truncated = rollouts.iter().flat_map(|r| r.stopped.iter()).filter(|s| !**s).count();
-            let per_token = |sum: f64| if step_tokens == 0 { 0.0 } else { sum / step_tokens as f64 };
-            let mut m = Map::new();
-            m.insert("loss".into(), num(sums.loss));
-            m.insert("reward".into(), num(adv.reward_mean));
-            m.insert("reward_std".into(), num(adv.reward_std));
-            m.insert("frac_reward_zero_std".into(), num(adv.frac_zero_std));
-            if term.beta > 0.0 {
-                m.insert("kl".into(), num(per_token(kl_sum)));
-            }
-            m.insert("clip_ratio/region_mean".into(), num(per_token(clip_sum)));
-            m.insert("completions/mean_length".into(), num(step_tokens as f64 / completions));
-            m.insert("completions/min_length".into(), json!(lengths.iter().min().copied().unwrap_or(0)));
-            m.insert("completions/max_length".into(), json!(lengths.iter().max().copied().unwrap_or(0)));
-            m.insert("completions/clipped_ratio".into(), num(truncated as f64 / completions));
-            for (f, name) in stage_rewards(&term).iter().enumerate() {
-                let values: Vec<Option<f64>> =
-                    rollouts.iter().flat_map(|r| r.per_function[f].iter().copied()).collect();
-                if let Some(mean) = present_mean(&values) {
-                    m.insert(format!("rewards/{name}/mean"), num(mean));
-                }
-            }
-            m
-        })
+        let measures = GrpoMeasures { rollouts: &rollouts, adv: &adv, step_tokens, kl_sum, clip_sum };
+        self.finish_step(run, &done, || grpo_metrics(&term, sums.loss, &measures))
     }
+}
+
+/// What a GRPO step measured besides its loss: the step's rollouts, their advantages, and the
+/// step's completion tokens with the token-summed KL and clipped share.
+struct GrpoMeasures<'a> {
+    rollouts: &'a [Rollout],
+    adv: &'a Advantages,
+    step_tokens: usize,
+    kl_sum: f64,
+    clip_sum: f64,
+}
+
+/// The GRPO fields of a `metrics` event (TRL's names), before the fields every step logs.
+fn grpo_metrics(term: &GrpoTerm, loss: f64, measures: &GrpoMeasures<'_>) -> Map<String, Value> {
+    let GrpoMeasures { rollouts, adv, step_tokens, kl_sum, clip_sum } = *measures;
+    let lengths: Vec<usize> = rollouts.iter().flat_map(|r| r.lengths.iter().copied()).collect();
+    let completions = lengths.len().max(1) as f64;
+    let truncated = rollouts.iter().flat_map(|r| r.stopped.iter()).filter(|s| !**s).count();
+    let per_token = |sum: f64| if step_tokens == 0 { 0.0 } else { sum / step_tokens as f64 };
+    let mut m = Map::new();
+    m.insert("loss".into(), num(loss));
+    m.insert("reward".into(), num(adv.reward_mean));
+    m.insert("reward_std".into(), num(adv.reward_std));
+    m.insert("frac_reward_zero_std".into(), num(adv.frac_zero_std));
+    if term.beta > 0.0 {
+        m.insert("kl".into(), num(per_token(kl_sum)));
+    }
+    m.insert("clip_ratio/region_mean".into(), num(per_token(clip_sum)));
+    m.insert("completions/mean_length".into(), num(step_tokens as f64 / completions));
+    m.insert("completions/min_length".into(), json!(lengths.iter().min().copied().unwrap_or(0)));
+    m.insert("completions/max_length".into(), json!(lengths.iter().max().copied().unwrap_or(0)));
+    m.insert("completions/clipped_ratio".into(), num(truncated as f64 / completions));
+    for (f, name) in stage_rewards(term).iter().enumerate() {
+        let values: Vec<Option<f64>> = rollouts.iter().flat_map(|r| r.per_function[f].iter().copied()).collect();
+        if let Some(mean) = present_mean(&values) {
+            m.insert(format!("rewards/{name}/mean"), num(mean));
+        }
+    }
+    m
 }
 
 /// The reward model's score of each completion, the conversation encoded with the reward
