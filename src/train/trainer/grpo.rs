@@ -66,6 +66,9 @@ struct Rollout {
     per_function: Vec<Vec<Option<f64>>>,
 }
 
+/// A GRPO stage's prompts: the items kept, their token ids, and how many were dropped.
+type GrpoPrompts = (Vec<EvalItem>, Vec<Vec<u32>>, usize);
+
 /// An eval item's prompt as the data module's text.
 fn prompt_text(prompt: &Prompt) -> Text {
     match prompt {
@@ -99,22 +102,7 @@ impl<H: Host> Trainer<'_, H> {
         stage: &Stage,
         term: &GrpoTerm,
     ) -> Result<StageRun, TrainError> {
-        let mut items = Vec::new();
-        for path in &term.prompts {
-            items.extend(read_suite(path).map_err(|e| TrainError::Data(e.to_string()))?);
-        }
-        let mut kept = Vec::with_capacity(items.len());
-        let mut prompt_ids = Vec::with_capacity(items.len());
-        let mut dropped = 0usize;
-        for item in items {
-            let ids = encode_generation_prompt(&self.tokenizer, self.template.as_ref(), &prompt_text(&item.prompt))?;
-            if ids.is_empty() || ids.len() >= stage.max_length {
-                dropped += 1;
-                continue;
-            }
-            prompt_ids.push(ids);
-            kept.push(item);
-        }
+        let (kept, prompt_ids, dropped) = self.grpo_prompts(stage, term)?;
         if kept.is_empty() {
             return Err(TrainError::Data(format!(
                 "stage {}: no GRPO prompt shorter than max_length {}",
@@ -182,6 +170,28 @@ impl<H: Host> Trainer<'_, H> {
             kto: None,
             reward: None,
         })
+    }
+
+    /// The stage's prompts (the eval-suite files), each with its tokenized generation prompt, and
+    /// how many were dropped for not being shorter than `max_length`.
+    fn grpo_prompts(&self, stage: &Stage, term: &GrpoTerm) -> Result<GrpoPrompts, TrainError> {
+        let mut items = Vec::new();
+        for path in &term.prompts {
+            items.extend(read_suite(path).map_err(|e| TrainError::Data(e.to_string()))?);
+        }
+        let mut kept = Vec::with_capacity(items.len());
+        let mut prompt_ids = Vec::with_capacity(items.len());
+        let mut dropped = 0usize;
+        for item in items {
+            let ids = encode_generation_prompt(&self.tokenizer, self.template.as_ref(), &prompt_text(&item.prompt))?;
+            if ids.is_empty() || ids.len() >= stage.max_length {
+                dropped += 1;
+                continue;
+            }
+            prompt_ids.push(ids);
+            kept.push(item);
+        }
+        Ok((kept, prompt_ids, dropped))
     }
 
     /// Samples `grad_accum` micro-batches of groups from the current policy and scores them.
