@@ -5,11 +5,13 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod data;
 pub mod durable;
 pub mod eval;
 pub mod fault;
 pub mod hex;
+pub mod kind;
 pub mod memory;
 pub mod model;
 pub mod rng;

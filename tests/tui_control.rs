@@ -9,9 +9,9 @@ mod tui_support;
 use std::path::Path;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use hone::control::{LambdaTerm, Request};
 use hone::tui::{
-    key_action, render_to_string, update, Action, App, ControlRequest, Keymap, Level, Loaded, Modal, Pane, TuiError,
-    Window,
+    key_action, render_to_string, update, Action, App, Keymap, Level, Loaded, Modal, Pane, TuiError, Window,
 };
 use tui_support::{completed, mid_dpo, runs_list};
 
@@ -43,7 +43,7 @@ fn stop_and_skip_ask_first_and_only_yes_sends() {
     let mut app = app_with(mid_dpo());
     update(&mut app, Action::SwitchPane(Pane::Stages));
     press(&mut app, KeyCode::Char('x'));
-    assert_eq!(app.modal, Some(Modal::Confirm(ControlRequest::Stop)));
+    assert_eq!(app.modal, Some(Modal::Confirm(Request::Stop)));
     press(&mut app, KeyCode::Char('q'));
     assert!(!app.quit, "a dialog takes every key: q does not detach under it");
     press(&mut app, KeyCode::Char('n'));
@@ -51,9 +51,9 @@ fn stop_and_skip_ask_first_and_only_yes_sends() {
     assert!(app.take_requests().is_empty(), "no means nothing is sent");
 
     press(&mut app, KeyCode::Char('n'));
-    assert_eq!(app.modal, Some(Modal::Confirm(ControlRequest::SkipStage)));
+    assert_eq!(app.modal, Some(Modal::Confirm(Request::SkipStage { stage: None })));
     press(&mut app, KeyCode::Char('y'));
-    assert_eq!(app.take_requests(), vec![ControlRequest::SkipStage]);
+    assert_eq!(app.take_requests(), vec![Request::SkipStage { stage: None }]);
     assert!(app.take_requests().is_empty(), "taken once");
     assert!(app.status_line.as_ref().unwrap().text.contains("skip the rest of the running stage"));
 }
@@ -64,11 +64,11 @@ fn pause_resume_and_checkpoint_send_at_once_and_replies_show() {
     press(&mut app, KeyCode::Char('p'));
     press(&mut app, KeyCode::Char('r'));
     press(&mut app, KeyCode::Char('c'));
-    assert_eq!(app.take_requests(), vec![ControlRequest::Pause, ControlRequest::Resume, ControlRequest::CheckpointNow]);
-    update(&mut app, Action::ControlReplied(ControlRequest::Pause, Ok("paused at step 86".into())));
+    assert_eq!(app.take_requests(), vec![Request::Pause, Request::Resume, Request::CheckpointNow]);
+    update(&mut app, Action::ControlReplied(Request::Pause, Ok("paused at step 86".into())));
     let status = app.status_line.clone().unwrap();
     assert_eq!((status.level, status.text.as_str()), (Level::Info, "pause: paused at step 86"));
-    update(&mut app, Action::ControlReplied(ControlRequest::CheckpointNow, Err("no live worker".into())));
+    update(&mut app, Action::ControlReplied(Request::CheckpointNow, Err("no live worker".into())));
     let status = app.status_line.clone().unwrap();
     assert_eq!((status.level, status.text.as_str()), (Level::Error, "checkpoint_now failed: no live worker"));
     assert!(render_to_string(&app, 80, 24).contains("checkpoint_now failed: no live worker"));
@@ -93,7 +93,7 @@ fn lambda_is_typed_checked_and_sent() {
     type_text(&mut app, ".25");
     press(&mut app, KeyCode::Enter);
     assert_eq!(app.modal, None);
-    assert_eq!(app.take_requests(), vec![ControlRequest::SetLambda { term: "pref".into(), value: 1.25 }]);
+    assert_eq!(app.take_requests(), vec![Request::SetLambda { term: LambdaTerm::Pref, value: 1.25 }]);
 
     press(&mut app, KeyCode::Char('E'));
     assert!(matches!(&app.modal, Some(Modal::EditLambda { term, .. }) if term == "safe"));
@@ -148,10 +148,10 @@ fn a_keymap_file_rebinds_and_the_help_shows_it() {
     press(&mut app, KeyCode::Char('p'));
     assert!(app.take_requests().is_empty(), "p is no longer bound");
     press(&mut app, KeyCode::Char('P'));
-    assert_eq!(app.take_requests(), vec![ControlRequest::Pause]);
+    assert_eq!(app.take_requests(), vec![Request::Pause]);
     let action = key_action(&app, KeyEvent::new(KeyCode::Char('p'), KeyModifiers::CONTROL)).unwrap();
     update(&mut app, action);
-    assert_eq!(app.take_requests(), vec![ControlRequest::Pause]);
+    assert_eq!(app.take_requests(), vec![Request::Pause]);
     press(&mut app, KeyCode::Char('q'));
     assert!(!app.quit);
     update(&mut app, Action::ShowHelp);
@@ -212,7 +212,7 @@ fn the_history_replaces_the_tail_and_keeps_the_view() {
     update(&mut app, Action::SwitchPane(Pane::Stages));
     update(&mut app, Action::ToggleWindow);
     update(&mut app, Action::ShowHelp);
-    update(&mut app, Action::Send(ControlRequest::Pause));
+    update(&mut app, Action::Send(Request::Pause));
 
     let mut history = App::default();
     for event in &all {
@@ -223,16 +223,27 @@ fn the_history_replaces_the_tail_and_keeps_the_view() {
     assert_eq!(app.run_id.as_deref(), Some("20250220-000000-demo"));
     assert_eq!(app.stages.len(), 3);
     assert_eq!((app.pane, app.window, app.show_help), (Pane::Stages, Window::Whole, true), "the view is kept");
-    assert_eq!(app.take_requests(), vec![ControlRequest::Pause], "queued requests survive");
+    assert_eq!(app.take_requests(), vec![Request::Pause], "queued requests survive");
     assert_eq!(app.series["loss"].len(), app_with(all).series["loss"].len());
 }
 
 #[test]
 fn ctrl_c_always_detaches_even_in_a_dialog() {
     let mut app = App::default();
-    update(&mut app, Action::AskToConfirm(ControlRequest::Stop));
+    update(&mut app, Action::AskToConfirm(Request::Stop));
     let action = key_action(&app, KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)).unwrap();
     update(&mut app, action);
     assert!(app.quit);
     assert!(app.take_requests().is_empty(), "detaching never stops training");
+}
+
+#[test]
+fn a_lambda_the_worker_does_not_have_is_refused_in_the_dialog() {
+    let mut app = app_with(mid_dpo());
+    update(&mut app, Action::EditLambda("sft".into()));
+    type_text(&mut app, "1");
+    press(&mut app, KeyCode::Enter);
+    let Some(Modal::EditLambda { error, .. }) = &app.modal else { panic!("still open: {:?}", app.modal) };
+    assert!(error.as_ref().unwrap().contains("no λ named \"sft\""), "{error:?}");
+    assert!(app.take_requests().is_empty());
 }

@@ -265,10 +265,10 @@ fn help_overlay_120x40() {
 
 #[test]
 fn confirm_and_lambda_dialogs_80x24() {
-    use hone::tui::ControlRequest;
+    use hone::control::Request;
     let mut app = app_with(mid_dpo());
     update(&mut app, Action::SwitchPane(Pane::Stages));
-    update(&mut app, Action::AskToConfirm(ControlRequest::Stop));
+    update(&mut app, Action::AskToConfirm(Request::Stop));
     insta::assert_snapshot!("confirm_stop_80x24", render_to_string(&app, 80, 24));
     update(&mut app, Action::CloseOverlay);
     update(&mut app, Action::EditLambda("pref".into()));

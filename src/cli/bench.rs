@@ -428,3 +428,15 @@ fn bench_generate_batch(preset: &Preset, model: &Model, steps: usize, warmup: us
         "batch_n_tokens_per_second": median(&mut batched),
     }))
 }
+
+/// candle's CPU kernels size their thread pool from `RAYON_NUM_THREADS` on first use.
+///
+/// This stays an environment variable, not `rayon::ThreadPoolBuilder::build_global`: candle-core
+/// (0.11, `utils::get_num_threads`) reads `RAYON_NUM_THREADS` itself to size its matmul's
+/// parallelism and, when `CANDLE_NUM_THREADS` is unset, its own element-wise pool; a global rayon
+/// pool built in code would leave both at the core count. Called before any worker thread starts.
+pub(super) fn set_threads(threads: Option<usize>) {
+    if let Some(n) = threads {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}

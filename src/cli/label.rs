@@ -4,7 +4,7 @@
 //! the labels file (agreement), the run's `candidates.jsonl` (new pairs) and `events.jsonl`
 //! (`labels_admitted`: pairs the running DPO stage consumed).
 
-use std::io::{self, Stdout, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
@@ -12,21 +12,17 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use crossterm::event::{self, Event, KeyCode, KeyModifiers};
-use crossterm::execute;
-use crossterm::terminal::{disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen};
-use ratatui::backend::CrosstermBackend;
 use ratatui::layout::{Constraint, Layout};
 use ratatui::text::Line;
-use ratatui::Terminal;
 use serde_json::Value as Json;
 
-use crate::data::label_store::{agreement, read_candidates, served_again, Candidate, LabelWriter};
-use crate::data::labels::LabelLog;
+use crate::data::jsonl::new_lines;
+use crate::data::label_store::{read_candidates, Candidate, LabelWriter};
 use crate::run::{kind, now_ms, RunDir, WorkerLock};
 use crate::sanitize::sanitize;
-use crate::tui::label::attach::{read_candidates_from, spawn_generate};
+use crate::tui::label::attach::{spawn_generate, LabelFeed};
 use crate::tui::label::{LabelEffect, LabelPane};
-use crate::tui::{Role, Theme};
+use crate::tui::{Role, TerminalGuard, Theme};
 
 /// What `hone label` was asked.
 #[derive(Debug, Clone)]
@@ -145,40 +141,6 @@ pub fn run(args: &LabelArgs) -> Result<()> {
     result
 }
 
-/// Raw mode and the alternate screen, restored on drop (also while unwinding from a panic).
-struct Screen {
-    terminal: Terminal<CrosstermBackend<Stdout>>,
-}
-
-impl Screen {
-    fn enter() -> Result<Screen> {
-        enable_raw_mode()?;
-        execute!(io::stdout(), EnterAlternateScreen)?;
-        Ok(Screen { terminal: Terminal::new(CrosstermBackend::new(io::stdout()))? })
-    }
-
-    fn suspend(&mut self) -> Result<()> {
-        self.terminal.flush()?;
-        execute!(io::stdout(), LeaveAlternateScreen)?;
-        disable_raw_mode()?;
-        Ok(())
-    }
-
-    fn resume(&mut self) -> Result<()> {
-        enable_raw_mode()?;
-        execute!(io::stdout(), EnterAlternateScreen)?;
-        self.terminal.clear()?;
-        Ok(())
-    }
-}
-
-impl Drop for Screen {
-    fn drop(&mut self) {
-        let _ = disable_raw_mode();
-        let _ = execute!(io::stdout(), LeaveAlternateScreen, crossterm::cursor::Show);
-    }
-}
-
 /// The UI's side of the background threads: their messages, a sender for `generate` threads and
 /// the run (if any) whose worker `g` asks for candidates.
 struct Background {
@@ -189,7 +151,8 @@ struct Background {
 
 fn ui(pane: &mut LabelPane, theme: &Theme, labels: &Path, bg: &Background, writer: &Sender<Json>) -> Result<()> {
     let rx = &bg.rx;
-    let mut screen = Screen::enter()?;
+    // Raw mode and the alternate screen, restored on drop (also while unwinding from a panic).
+    let mut screen = TerminalGuard::enter()?;
     let title = format!(
         " hone label · {} · {}",
         sanitize(&pane.labeler, false),
@@ -260,14 +223,15 @@ fn ui(pane: &mut LabelPane, theme: &Theme, labels: &Path, bg: &Background, write
 /// text saved, or `None` when the editor failed.
 fn edit(initial: &str) -> Result<Option<String>> {
     use std::os::unix::fs::OpenOptionsExt;
+    let editor = std::env::var("VISUAL").or_else(|_| std::env::var("EDITOR")).unwrap_or_else(|_| "vi".to_string());
+    // Split as a shell would (`code --wait`, a quoted path with spaces), without running a shell.
+    let words = shell_words::split(&editor).with_context(|| format!("the editor command {editor:?} does not parse"))?;
+    let (program, args) = words.split_first().map_or(("vi", &[][..]), |(p, a)| (p.as_str(), a));
     let path = std::env::temp_dir().join(format!("hone-answer-{}-{}.md", std::process::id(), now_ms()));
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
     file.write_all(initial.as_bytes())?;
     drop(file);
-    let editor = std::env::var("VISUAL").or_else(|_| std::env::var("EDITOR")).unwrap_or_else(|_| "vi".to_string());
-    let mut parts = editor.split_whitespace();
-    let program = parts.next().unwrap_or("vi");
-    let status = std::process::Command::new(program).args(parts).arg(&path).status();
+    let status = std::process::Command::new(program).args(args).arg(&path).status();
     let text = std::fs::read_to_string(&path);
     let _ = std::fs::remove_file(&path);
     match status {
@@ -284,46 +248,25 @@ struct Watch {
     tx: Sender<Msg>,
 }
 
-/// Complete new lines of a growing file from `offset` (a torn last line waits).
-fn new_lines(path: &Path, offset: &mut u64) -> Vec<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut file) = std::fs::File::open(path) else { return Vec::new() };
-    let mut bytes = Vec::new();
-    if file.seek(SeekFrom::Start(*offset)).is_err() || file.read_to_end(&mut bytes).is_err() {
-        return Vec::new();
-    }
-    let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else { return Vec::new() };
-    *offset += end as u64 + 1;
-    bytes[..end].split(|&b| b == b'\n').map(|l| String::from_utf8_lossy(l).into_owned()).collect()
-}
-
 impl Watch {
     fn run(self) {
-        let mut log = LabelLog::new(&self.labels);
-        let (mut cand_offset, mut cand_line, mut events_offset, mut consumed) = (0u64, 0usize, 0u64, 0u64);
+        let candidates = self.run.as_ref().map(|run| run.join("candidates.jsonl"));
+        let mut feed = LabelFeed::new(&self.labels, candidates);
+        let (mut events_offset, mut consumed) = (0u64, 0u64);
         loop {
-            match log.read_new(None) {
-                Ok(update) if update.lines > 0 => {
-                    let judged = log.judgements();
-                    let msg = Msg::Agreement { pairs: agreement(&judged), again: served_again(&judged) };
-                    if self.tx.send(msg).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = self.tx.send(Msg::Problem(e.to_string()));
+            let news = feed.poll();
+            if let Some((pairs, again)) = news.agreement {
+                if self.tx.send(Msg::Agreement { pairs, again }).is_err() {
+                    return;
                 }
             }
+            if news.problems.into_iter().any(|p| self.tx.send(Msg::Problem(p)).is_err()) {
+                return;
+            }
+            if !news.candidates.is_empty() && self.tx.send(Msg::Candidates(news.candidates)).is_err() {
+                return;
+            }
             if let Some(run) = &self.run {
-                let path = run.join("candidates.jsonl");
-                let (fresh, problems) = read_candidates_from(&path, &mut cand_offset, &mut cand_line);
-                if problems.into_iter().any(|p| self.tx.send(Msg::Problem(p)).is_err()) {
-                    return;
-                }
-                if !fresh.is_empty() && self.tx.send(Msg::Candidates(fresh)).is_err() {
-                    return;
-                }
                 let before = consumed;
                 for text in new_lines(&run.join("events.jsonl"), &mut events_offset) {
                     let Ok(v) = serde_json::from_str::<Json>(&text) else { continue };

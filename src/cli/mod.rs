@@ -5,6 +5,7 @@ pub mod bench;
 pub mod check;
 pub mod demo;
 pub mod detach;
+pub mod error;
 pub mod eval;
 pub mod export;
 pub mod generate;
@@ -26,6 +27,8 @@ use std::path::{Path, PathBuf};
 use crate::model::generate::Sampling;
 use crate::model::parse_device;
 use crate::train::loss::PreferenceLoss;
+pub use error::error_text;
+use error::is_broken_pipe;
 
 /// hone: a terminal workbench for post-training language models.
 #[derive(Debug, Parser)]
@@ -573,7 +576,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(batch) = batch {
                 preset = preset.with_batch(batch);
             }
-            set_threads(threads);
+            bench::set_threads(threads);
             let device = parse_device(&device)?;
             let dtype = crate::model::parse_dtype(&dtype)?;
             let options = bench::BenchOptions { gradient_checkpointing, lora, dtype };
@@ -603,45 +606,4 @@ pub fn start_run(
     let pid = detach::spawn_worker(&run, &args)?;
     detach::attach_or_print(&run, pid, theme)?;
     Ok(run.path().to_path_buf())
-}
-
-/// An error and its causes on one line, each cause once: a message that already quotes its
-/// source (`nope.jsonl: No such file or directory`) is not followed by it again. A missing file
-/// says what to do about it.
-pub fn error_text(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    let missing = e
-        .chain()
-        .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound));
-    if missing {
-        out.push_str(" (check the path: relative paths start from the current directory)");
-    }
-    out
-}
-
-/// A closed stdout (`hone score ... | head`) ends the command quietly, as for any Unix filter.
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
-}
-
-/// candle's CPU kernels size their thread pool from `RAYON_NUM_THREADS` on first use.
-///
-/// This stays an environment variable, not `rayon::ThreadPoolBuilder::build_global`: candle-core
-/// (0.11, `utils::get_num_threads`) reads `RAYON_NUM_THREADS` itself to size its matmul's
-/// parallelism and, when `CANDLE_NUM_THREADS` is unset, its own element-wise pool; a global rayon
-/// pool built in code would leave both at the core count. Called before any worker thread starts.
-fn set_threads(threads: Option<usize>) {
-    if let Some(n) = threads {
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
 }

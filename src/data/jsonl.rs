@@ -206,3 +206,39 @@ impl Scanner<'_> {
         }
     }
 }
+
+/// The complete lines appended to a growing file since `offset`, which moves past them: a torn
+/// last line waits for its newline. A file that is missing or cannot be read has none yet.
+pub fn new_lines(path: &Path, offset: &mut u64) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else { return Vec::new() };
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(*offset)).is_err() || file.read_to_end(&mut bytes).is_err() {
+        return Vec::new();
+    }
+    let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else { return Vec::new() };
+    *offset += end as u64 + 1;
+    bytes[..end].split(|&b| b == b'\n').map(|l| String::from_utf8_lossy(l).into_owned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_lines;
+    use std::io::Write;
+
+    #[test]
+    fn new_lines_are_the_complete_ones_and_a_torn_line_waits_for_its_newline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("grow.jsonl");
+        let mut offset = 0;
+        assert!(new_lines(&path, &mut offset).is_empty(), "a missing file has no lines yet");
+        let mut file = std::fs::File::create(&path).expect("create");
+        file.write_all(b"{\"a\":1}\n\n{\"b\":").expect("write");
+        assert_eq!(new_lines(&path, &mut offset), vec!["{\"a\":1}".to_string(), String::new()]);
+        assert_eq!(offset, 9);
+        assert!(new_lines(&path, &mut offset).is_empty(), "the torn line is not read");
+        file.write_all(b"2}\n").expect("write");
+        assert_eq!(new_lines(&path, &mut offset), vec!["{\"b\":2}".to_string()]);
+        assert_eq!(offset, 17);
+    }
+}

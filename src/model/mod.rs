@@ -384,15 +384,7 @@ impl Model {
         }
         let text = serde_json::to_string_pretty(&config).map_err(|e| ModelError::Dtype(e.to_string()))?;
         files.push(("config.json".into(), text.into_bytes()));
-        if let Some(src) = &self.source_dir {
-            for name in COMPANION_FILES {
-                let from = src.join(name);
-                if from.exists() {
-                    let bytes = std::fs::read(&from).map_err(|source| ModelError::Io { path: from.clone(), source })?;
-                    files.push(((*name).to_string(), bytes));
-                }
-            }
-        }
+        files.extend(companion_files(self.source_dir.as_deref())?);
         Ok(files)
     }
 }
@@ -431,6 +423,21 @@ fn check_adapter_fit(
         });
     }
     Ok(())
+}
+
+/// The tokenizer and generation files of the model directory `src` that a saved directory
+/// carries along (those of [`COMPANION_FILES`] that exist), as (name, bytes).
+fn companion_files(src: Option<&std::path::Path>) -> Result<Vec<(String, Vec<u8>)>, ModelError> {
+    let Some(src) = src else { return Ok(Vec::new()) };
+    let mut files = Vec::new();
+    for name in COMPANION_FILES {
+        let from = src.join(name);
+        if from.exists() {
+            let bytes = std::fs::read(&from).map_err(|source| ModelError::Io { path: from.clone(), source })?;
+            files.push(((*name).to_string(), bytes));
+        }
+    }
+    Ok(files)
 }
 
 /// How a model being trained holds its numbers: weights (and AdamW's moments) in `master`,

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::config::read_json;
 use super::weights::{self, NamedVar, ParamStore};
-use super::{Decoder, GenerationConfig, Model, ModelConfig, ModelError, COMPANION_FILES};
+use super::{Decoder, GenerationConfig, Model, ModelConfig, ModelError};
 
 /// The sequence-classification architectures hone reads and writes, with the causal-LM
 /// architecture whose decoder they share.
@@ -248,15 +248,7 @@ impl RewardModel {
         let text = serde_json::to_string_pretty(&self.config_json(dtype)?)
             .map_err(|e| config_error(Path::new("config.json"), "", e.to_string()))?;
         files.push(("config.json".into(), text.into_bytes()));
-        if let Some(src) = &self.model.source_dir {
-            for name in COMPANION_FILES {
-                let from = src.join(name);
-                if from.exists() {
-                    let bytes = std::fs::read(&from).map_err(|source| ModelError::Io { path: from.clone(), source })?;
-                    files.push(((*name).to_string(), bytes));
-                }
-            }
-        }
+        files.extend(super::companion_files(self.model.source_dir.as_deref())?);
         Ok(files)
     }
 

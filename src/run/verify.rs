@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use super::worker::RunHost;
 use super::{kind, Checkpoint, Event, RunError};
-use crate::train::host::{Control, Host, Position};
+use crate::control::{Request, Status};
+use crate::train::host::Host;
 
 /// How long a paused verification waits for a request before looking at the stop signal again.
 const PAUSE_POLL: Duration = Duration::from_millis(200);
@@ -54,14 +55,14 @@ struct Gate<'h> {
     step: u64,
     paused: bool,
     /// Requests for the trainer, handed back once verification ends.
-    held: Vec<Control>,
+    held: Vec<Request>,
     /// An event that could not be written (the closure cannot return it).
     failed: Option<RunError>,
 }
 
 impl Gate<'_> {
     fn publish(&mut self, state: &'static str) {
-        self.host.publish(&Position { state, step: self.step, ..Position::default() });
+        self.host.publish(&Status { state: state.to_string(), step: self.step, ..Status::default() });
     }
 
     fn log(&mut self, event: Event) {
@@ -93,17 +94,17 @@ impl Gate<'_> {
                 continue;
             };
             match control {
-                Control::Pause if !self.paused => {
+                Request::Pause if !self.paused => {
                     self.paused = true;
                     self.log(Event::new(kind::PAUSED, None, Some(self.step)));
                     self.publish("paused");
                 }
-                Control::Resume if self.paused => {
+                Request::Resume if self.paused => {
                     self.unpause();
                     self.publish("verifying");
                 }
-                Control::Pause | Control::Resume => {}
-                Control::Stop => {
+                Request::Pause | Request::Resume => {}
+                Request::Stop => {
                     self.log(Event::new(kind::STOP_REQUESTED, None, Some(self.step)).with("source", "control"));
                     return self.stop();
                 }

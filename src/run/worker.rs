@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use super::control::{Inbox, Request, Status};
+use super::control::{Inbox, LambdaTerm, Request, Status};
 use super::{
     clean_incomplete, kind, now_ms, prune, CheckpointWriter, Event, EventWriter, RunError, Shutdown, WorkerLock,
     OPTIMIZER_FILE, REWARD_MODEL_FILE, TRAINER_STATE_FILE,
@@ -17,7 +17,7 @@ use super::{
 use crate::train::evaluate::{EvalInputs, StageEval};
 use crate::train::host::{ExternalOutcome, ExternalStage, ModelInput, PlannedControl};
 use crate::train::logps_chunk::LogpsChunk;
-use crate::train::trainer::{Admission, CheckpointData, Control, Host, Position, PrefFile, SavedTraining};
+use crate::train::trainer::{Admission, CheckpointData, Host, PrefFile, SavedTraining};
 use crate::train::TrainError;
 
 /// Called with every event the worker writes (the headless progress line, tests).
@@ -37,7 +37,7 @@ pub struct RunHost {
     controls: Vec<PlannedControl>,
     /// Requests received before the trainer ran (while a resume verified its checkpoint), given
     /// to it first.
-    held: VecDeque<Control>,
+    held: VecDeque<Request>,
 }
 
 /// The "best" checkpoint kept by pruning: within the current stage, the one whose preceding
@@ -173,12 +173,12 @@ impl RunHost {
             .filter_map(|e| {
                 let control = match e.event.as_str() {
                     kind::LAMBDA_CHANGED if e.fields.get("reason").and_then(Value::as_str) == Some("control") => {
-                        Control::SetLambda {
-                            term: e.fields.get("lambda")?.as_str()?.to_string(),
+                        Request::SetLambda {
+                            term: LambdaTerm::from_name(e.fields.get("lambda")?.as_str()?)?,
                             value: e.fields.get("to")?.as_f64()?,
                         }
                     }
-                    kind::STAGE_SKIPPED => Control::SkipStage { stage: None },
+                    kind::STAGE_SKIPPED => Request::SkipStage { stage: None },
                     _ => return None,
                 };
                 Some(PlannedControl { stage: e.stage.clone()?, step: e.step?, control })
@@ -193,8 +193,8 @@ impl RunHost {
     }
 
     /// Keeps a control request received before the trainer ran, for its first step boundary.
-    pub fn hold_control(&mut self, control: Control) {
-        self.held.push_back(control);
+    pub fn hold_control(&mut self, request: Request) {
+        self.held.push_back(request);
     }
 
     /// Sets the function that sees every event.
@@ -325,40 +325,16 @@ impl Host for RunHost {
         self.controls.clone()
     }
 
-    fn next_control(&mut self, wait: Option<Duration>) -> Option<Control> {
-        if let Some(control) = self.held.pop_front() {
-            return Some(control);
+    fn next_control(&mut self, wait: Option<Duration>) -> Option<Request> {
+        if let Some(request) = self.held.pop_front() {
+            return Some(request);
         }
-        let inbox = self.inbox.as_ref()?;
-        loop {
-            let control = match inbox.next(wait)? {
-                Request::Pause => Control::Pause,
-                Request::Resume => Control::Resume,
-                Request::Stop => Control::Stop,
-                Request::SkipStage { stage } => Control::SkipStage { stage },
-                Request::SetLambda { term, value } => Control::SetLambda { term: term.as_str().to_string(), value },
-                Request::CheckpointNow => Control::CheckpointNow,
-                Request::GenerateCandidates { count } => Control::GenerateCandidates { count },
-                // Answered by the server itself; never queued.
-                Request::Status => continue,
-            };
-            return Some(control);
-        }
+        self.inbox.as_ref()?.next(wait)
     }
 
-    fn publish(&mut self, position: &Position) {
+    fn publish(&mut self, status: &Status) {
         if let Some(inbox) = &self.inbox {
-            inbox.publish(Status {
-                pid: self.lock.pid(),
-                state: position.state.to_string(),
-                stage: position.stage.clone(),
-                step: position.step,
-                stage_step: position.stage_step,
-                stage_total: position.stage_total,
-                lambda_pref: position.lambda_pref,
-                lambda_safe: position.lambda_safe,
-                pending: 0,
-            });
+            inbox.publish(Status { pid: self.lock.pid(), ..status.clone() });
         }
     }
 

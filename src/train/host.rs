@@ -10,6 +10,7 @@ use super::evaluate::{EvalInputs, StageEval};
 use super::logps_chunk::LogpsChunk;
 use super::TrainError;
 use crate::config::Pipeline;
+use crate::control::{Request, Status};
 
 /// What the trainer needs from whoever runs it (the worker, a test).
 pub trait Host {
@@ -65,12 +66,12 @@ pub trait Host {
     }
     /// The next control command (from the control socket), if any; with `wait`, blocks up to that
     /// long for one (the trainer waits this way while paused, so a pause burns no CPU).
-    fn next_control(&mut self, _wait: Option<Duration>) -> Option<Control> {
+    fn next_control(&mut self, _wait: Option<Duration>) -> Option<Request> {
         None
     }
     /// Where the trainer stands, for whoever asks (`status` requests); called at every step
     /// boundary and when the state changes.
-    fn publish(&mut self, _position: &Position) {}
+    fn publish(&mut self, _status: &Status) {}
     /// Controls that change training (λ changes, stage skips) a previous worker applied after the
     /// checkpoint being resumed, from the event log: a resume applies them at the same steps.
     fn planned_controls(&self) -> Vec<PlannedControl> {
@@ -184,36 +185,6 @@ pub struct Admission {
     pub offset: u64,
 }
 
-/// A command to the running trainer, applied at the next step boundary.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Control {
-    /// Wait between steps until [`Control::Resume`].
-    Pause,
-    /// Continue after a pause.
-    Resume,
-    /// Checkpoint, then end the run ([`super::state::Finished::Stopped`]).
-    Stop,
-    /// End the running stage now (only if it is `stage`, when given).
-    SkipStage {
-        /// The stage the request meant.
-        stage: Option<String>,
-    },
-    /// Set λ_pref (`term` "pref") or λ_safe ("safe") from the next step on.
-    SetLambda {
-        /// `pref` or `safe`.
-        term: String,
-        /// The new value.
-        value: f64,
-    },
-    /// Save a checkpoint now.
-    CheckpointNow,
-    /// Sample two responses per prompt for `count` prompts of the stage.
-    GenerateCandidates {
-        /// How many prompts.
-        count: usize,
-    },
-}
-
 /// A control to replay on resume: `control` was applied in `stage` at the step boundary where
 /// `step` optimizer steps were complete.
 #[derive(Debug, Clone, PartialEq)]
@@ -222,25 +193,6 @@ pub struct PlannedControl {
     pub stage: String,
     /// Global steps complete when it applied.
     pub step: u64,
-    /// What it was ([`Control::SetLambda`] or [`Control::SkipStage`]).
-    pub control: Control,
-}
-
-/// Where the trainer stands.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Position {
-    /// `running`, `paused`, `evaluating` or `stopping`.
-    pub state: &'static str,
-    /// The stage being trained or evaluated.
-    pub stage: Option<String>,
-    /// Global steps complete.
-    pub step: u64,
-    /// Steps complete in the stage.
-    pub stage_step: u64,
-    /// The stage's length.
-    pub stage_total: Option<u64>,
-    /// λ_pref in effect.
-    pub lambda_pref: Option<f64>,
-    /// λ_safe in effect.
-    pub lambda_safe: Option<f64>,
+    /// What it was ([`Request::SetLambda`] or [`Request::SkipStage`]).
+    pub control: Request,
 }

@@ -5,87 +5,46 @@
 //! flag and where a stage's reference weights live. It never learns a run-directory file name.
 
 mod control;
+mod evaluation;
 mod external;
 mod grpo;
 mod kto;
 mod labels;
 mod reference;
+mod route;
 mod stage;
+mod step;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use candle_core::{DType, Device};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Map};
 
-use super::evaluate::{
-    evaluate_best_of, evaluate_stage, training_prompts, unsafe_rate_proxy, EvalContext, HumanInputs, StageEval,
-};
 use super::examples::PairExample;
 use super::host::PlannedControl;
-pub use super::host::{Admission, CheckpointData, Control, Host, Position, PrefFile, SavedTraining};
-use super::iterate::{next_stage, round_name, round_seed_salt, sequence_from, Next};
-use super::live::{LiveLabels, LiveUpdate};
-use super::optim::{global_norm, AdamW, AdamWConfig, Moments};
-use super::plan::{load_stage_data, never_interrupt, RefCache, RmPair, StageData};
-use super::reward::BradleyTerry;
+pub use super::host::{Admission, CheckpointData, Host, PrefFile, SavedTraining};
+use super::iterate::round_seed_salt;
+use super::live::LiveLabels;
+use super::optim::{AdamW, AdamWConfig, Moments};
+use super::plan::{load_stage_data, RefCache, StageData};
 use super::sampler::Sampler;
-use super::schedule::learning_rate;
-use super::state::{load_optimizer, optimizer_bytes};
+use super::state::load_optimizer;
 pub use super::state::{Finished, RunOptions, TrainerState};
 use super::TrainError;
-use crate::config::{Engine, EvalSettings, ModelInit, NanPolicy, Pipeline, Stage};
+use crate::config::{Engine, ModelInit, Pipeline, Stage};
+use crate::control::Request;
 use crate::data::{ChatTemplate, TextTokenizer};
-use crate::eval::{read_suite, Contamination, Decision, EvalItem, Judge, Report};
+use crate::kind;
 use crate::model::{AdapterInit, Model, Precision, RewardModel};
 use control::Boundary;
 pub use control::{stage_prompts, DEFAULT_SAMPLE_PROMPTS};
-pub(crate) use stage::{apply_update, forward_backward, Objective, StepSums};
-use stage::{main_term, num, term_len, term_lengths, Lambdas, Reference, StageRun};
+pub use evaluation::best_of_name;
+use evaluation::EvalSetup;
+pub(crate) use stage::{apply_update, forward_backward, Objective};
+use stage::{main_term, term_len, term_lengths, Lambdas, Reference, StageRun};
 pub use stage::{sampler_seed, Term};
-
-/// The suite, judge and contamination set of a pipeline with an `[eval]` table, and the
-/// evaluations made so far (the baseline among them).
-struct EvalSetup {
-    settings: EvalSettings,
-    items: Vec<EvalItem>,
-    judge: Judge,
-    contamination: Contamination,
-    done: HashMap<String, StageEval>,
-    /// The reranker of `[eval] best_of`, loaded once.
-    reward: Option<RewardModel>,
-}
-
-/// The evaluation name of a stage's best-of-n answers (`eval/<stage>-best-of-<n>/`).
-pub fn best_of_name(stage: &str, n: usize) -> String {
-    format!("{stage}-best-of-{n}")
-}
-
-/// The fields of an `eval_finished` event.
-fn eval_fields(r: &Report, failures: usize, seconds: f64) -> Map<String, Value> {
-    let mut f = Map::new();
-    for (k, v) in [
-        ("task_success_rate", r.task_success_rate),
-        ("instruction_following_rate", r.instruction_following_rate),
-        ("win_rate", r.win_rate),
-        ("unsafe_rate", r.unsafe_rate),
-        ("jailbreak_success_rate", r.jailbreak_success_rate),
-        ("hallucination_rate", r.hallucination_rate),
-        ("latency_p50_s", r.latency_p50_s),
-        ("latency_p95_s", r.latency_p95_s),
-    ] {
-        f.insert(k.into(), v.map_or(Value::Null, num));
-    }
-    f.insert("items".into(), json!(r.n_items));
-    f.insert("overrides_applied".into(), json!(r.overrides_applied));
-    f.insert("human_labels_applied".into(), json!(r.human_labels_applied));
-    f.insert("contaminated".into(), json!(r.contaminated.count));
-    f.insert("failures".into(), json!(failures));
-    f.insert("seconds".into(), json!(seconds));
-    f
-}
 
 /// Where a trainer starts: the policy's weights, the trainer state and (on resume) AdamW's moments
 /// or, from a reward-model stage's checkpoint, the reward model being trained.
@@ -130,7 +89,7 @@ pub struct Trainer<'h, H: Host> {
     /// Where the next `generate_candidates` continues in the stage's prompts.
     candidate_cursor: usize,
     /// Commands received between batches of a long phase, applied at the next step boundary.
-    deferred: VecDeque<Control>,
+    deferred: VecDeque<Request>,
     /// The model directory the policy equals, while it does (the pipeline's model, a TRL
     /// stage's export): a stage on another engine starts from it instead of a fresh copy.
     policy_dir: Option<PathBuf>,
@@ -243,182 +202,6 @@ impl<'h, H: Host> Trainer<'h, H> {
         })
     }
 
-    fn eval_setup(
-        pipeline: &Pipeline,
-        settings: &EvalSettings,
-        host: &H,
-        (device, dtype): (&Device, DType),
-    ) -> Result<EvalSetup, TrainError> {
-        let items = read_suite(&settings.suite).map_err(|e| TrainError::Data(e.to_string()))?;
-        let judge = Judge::new(&settings.judge).map_err(|e| TrainError::Data(e.to_string()))?;
-        let mut files: Vec<PathBuf> = Vec::new();
-        for (i, stage) in pipeline.stages.iter().enumerate() {
-            files.extend(stage.sft.iter().flat_map(|t| t.data.clone()));
-            // Live files (labels) are read at each evaluation, with the other human inputs.
-            files.extend(host.preference_files(i).into_iter().filter(|f| !f.live).map(|f| f.path));
-            files.extend(stage.safety.iter().flat_map(|t| t.data.clone()));
-        }
-        let refs: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
-        let contamination = Contamination::from_prompts(training_prompts(&refs)?);
-        let reward = match &settings.best_of {
-            Some(b) => Some(RewardModel::load(&b.reward_model, device, dtype)?),
-            None => None,
-        };
-        Ok(EvalSetup { settings: settings.clone(), items, judge, contamination, done: HashMap::new(), reward })
-    }
-
-    /// Evaluates the current policy as `stage` (unless an earlier worker did), then applies the
-    /// gates against the baseline: deploy exports the model, iterate names the failing gates.
-    /// Continues with the gates' decision (`None` for a stage that is not gated, or without
-    /// `[eval]`). A stop between two batches of answers ends it (`Break`; nothing saved, a resume
-    /// redoes it).
-    fn evaluate(&mut self, stage: &str) -> Result<ControlFlow<(), Option<Decision>>, TrainError> {
-        if self.eval.is_none() {
-            return Ok(ControlFlow::Continue(None));
-        }
-        let position = self.position("evaluating", Some(stage), None);
-        self.host.publish(&position);
-        let Some(mut setup) = self.eval.take() else { return Ok(ControlFlow::Continue(None)) };
-        let outcome = self.evaluate_with(&mut setup, stage);
-        self.eval = Some(setup);
-        outcome
-    }
-
-    fn evaluate_with(
-        &mut self,
-        setup: &mut EvalSetup,
-        stage: &str,
-    ) -> Result<ControlFlow<(), Option<Decision>>, TrainError> {
-        let gated = stage != "base" && stage != setup.settings.baseline;
-        if let Some(done) = setup.done.get(stage) {
-            return Ok(ControlFlow::Continue(gated.then(|| done.report.decision())));
-        }
-        if let Some(previous) = self.host.load_eval(stage) {
-            let decision = gated.then(|| previous.report.decision());
-            setup.done.insert(stage.to_string(), previous);
-            return Ok(ControlFlow::Continue(decision));
-        }
-        let step = self.state.global_step;
-        let started = Instant::now();
-        let baseline_name = setup.settings.baseline.clone();
-        let baseline = if stage == baseline_name { None } else { setup.done.get(&baseline_name) };
-        let human = HumanInputs::read(&self.host.eval_inputs(), stage, &baseline_name)?;
-        let mut contamination = setup.contamination.clone();
-        contamination.extend(&human.label_prompts);
-        let ctx = EvalContext {
-            settings: &setup.settings,
-            items: &setup.items,
-            judge: &setup.judge,
-            contamination: &contamination,
-            human: &human,
-        };
-        let checkpoint = format!("step {step}");
-        let mut interrupts = control::Interrupts {
-            host: &mut *self.host,
-            paused: &mut self.paused,
-            stop: &mut self.stop,
-            deferred: &mut self.deferred,
-            state: &self.state,
-        };
-        let mut between = |done, total| interrupts.between_batches(stage, "eval", (done, total));
-        let template = self.template.as_ref();
-        let result = evaluate_stage(
-            &ctx,
-            &self.policy,
-            &self.tokenizer,
-            template,
-            (stage, &checkpoint),
-            baseline,
-            &mut between,
-        )?;
-        let Some(result) = result else { return Ok(ControlFlow::Break(())) };
-        let mut f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
-        self.add_round(&mut f);
-        self.host.save_eval(stage, &result)?;
-        self.host.emit("eval_finished", Some(stage), Some(step), f)?;
-        let mut decision = result.report.decision();
-        setup.done.insert(stage.to_string(), result);
-        if let (Some(best_of), Some(reward)) = (setup.settings.best_of.clone(), setup.reward.as_ref()) {
-            let name = best_of_name(stage, best_of.n);
-            let started = Instant::now();
-            let baseline = setup.done.get(&baseline_name);
-            let previous = self.host.load_eval(&name);
-            let mut interrupts = control::Interrupts {
-                host: &mut *self.host,
-                paused: &mut self.paused,
-                stop: &mut self.stop,
-                deferred: &mut self.deferred,
-                state: &self.state,
-            };
-            let mut between = |done, total| interrupts.between_batches(stage, "eval", (done, total));
-            let result = match previous {
-                Some(previous) => Some(previous),
-                None => evaluate_best_of(
-                    &ctx,
-                    &self.policy,
-                    reward,
-                    &best_of,
-                    &self.tokenizer,
-                    self.template.as_ref(),
-                    (&name, &checkpoint),
-                    baseline,
-                    &mut between,
-                )?,
-            };
-            let Some(result) = result else { return Ok(ControlFlow::Break(())) };
-            let f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
-            self.host.save_eval(&name, &result)?;
-            self.host.emit("eval_finished", Some(&name), Some(step), f)?;
-            if best_of.gate {
-                // The pipeline gates on the reranked answers.
-                decision = result.report.decision();
-            }
-        }
-        if !gated {
-            return Ok(ControlFlow::Continue(None));
-        }
-        self.gate(stage, step, decision.clone())?;
-        Ok(ControlFlow::Continue(Some(decision)))
-    }
-
-    /// `round` (and the fix stage's own name) in the fields of a fix stage's events.
-    fn add_round(&self, fields: &mut Map<String, Value>) {
-        if let Some(round) = self.state.round {
-            fields.insert("round".into(), json!(round.number));
-            if let Some(stage) = self.pipeline.stages.get(self.state.stage_index) {
-                fields.insert("fix_stage".into(), json!(stage.name));
-            }
-        }
-    }
-
-    /// Acts on a gated stage's decision: deploy exports the model, iterate names the failing
-    /// gates, incomplete the gates without input; `gate_decided` says which.
-    fn gate(&mut self, stage: &str, step: u64, decision: Decision) -> Result<(), TrainError> {
-        let mut g = Map::new();
-        self.add_round(&mut g);
-        match decision {
-            Decision::Deploy => {
-                g.insert("decision".into(), json!("deploy"));
-                let files = self.policy.files(DType::F32)?;
-                if let Some(path) = self.host.export(stage, files)? {
-                    g.insert("export".into(), json!(path.display().to_string()));
-                }
-                self.host.emit("gate_decided", Some(stage), Some(step), g)
-            }
-            Decision::Iterate { failing } => {
-                g.insert("decision".into(), json!("iterate"));
-                g.insert("failing".into(), json!(failing));
-                self.host.emit("gate_decided", Some(stage), Some(step), g.clone())?;
-                self.host.emit("iterate", Some(stage), Some(step), g)
-            }
-            Decision::Incomplete { missing } => {
-                g.insert("decision".into(), json!("incomplete"));
-                g.insert("missing".into(), json!(missing));
-                self.host.emit("gate_decided", Some(stage), Some(step), g)
-            }
-        }
-    }
-
     /// The current policy.
     pub fn policy(&self) -> &Model {
         &self.policy
@@ -426,65 +209,6 @@ impl<'h, H: Host> Trainer<'h, H> {
 
     fn pad_id(&self) -> u32 {
         super::score::pad_id(&self.tokenizer, &self.policy)
-    }
-
-    /// Runs the remaining stages: the sequence in order, and the rounds of an `[[iterate]]`'s fix
-    /// stage where a gate decision calls for them (see [`super::iterate`]).
-    pub fn run(&mut self) -> Result<Finished, TrainError> {
-        let stages = self.pipeline.stages.clone();
-        if let Some(setup) = self.eval.as_mut() {
-            // Evaluations an earlier worker of this run made (a resumed run needs its baseline;
-            // rounds after the first are loaded when they come).
-            for name in std::iter::once("base".to_string()).chain(stages.iter().map(|s| s.name.clone())) {
-                if let Some(previous) = self.host.load_eval(&name) {
-                    setup.done.insert(name, previous);
-                }
-            }
-        }
-        let at_start = self.state.stage_index == 0 && self.state.stage_step == 0 && !self.state.stage_done;
-        if at_start && self.eval.as_ref().is_some_and(|e| e.settings.base) && self.evaluate("base")?.is_break() {
-            return Ok(Finished::Stopped);
-        }
-        if self.state.round.is_none() {
-            // A fix stage runs only in its loop's rounds.
-            self.state.stage_index = sequence_from(&self.pipeline, self.state.stage_index);
-        }
-        while self.state.stage_index < stages.len() {
-            let index = self.state.stage_index;
-            let selected = self.options.stages.as_ref().is_none_or(|s| s.iter().any(|n| n == &stages[index].name));
-            // A round runs the fix stage under the round's name (its events, evaluation, reference).
-            let mut stage = stages[index].clone();
-            stage.name = round_name(&stage.name, self.state.round);
-            if selected && !self.state.stage_done && self.run_stage(index, &stage)? == Finished::Stopped {
-                return Ok(Finished::Stopped);
-            }
-            // A reward-model stage leaves the policy as it was: nothing new to evaluate.
-            let decision = if selected && stage.rm.is_none() {
-                match self.evaluate(&stage.name)? {
-                    ControlFlow::Break(()) => return Ok(Finished::Stopped),
-                    ControlFlow::Continue(decision) => decision,
-                }
-            } else {
-                None
-            };
-            self.advance(next_stage(&self.pipeline, index, self.state.round, decision.as_ref()));
-        }
-        Ok(Finished::Completed)
-    }
-
-    /// Moves the state to the start of the stage (or round) `next`.
-    fn advance(&mut self, next: Next) {
-        self.state.stage_index = next.stage_index;
-        self.state.round = next.round;
-        self.state.stage_step = 0;
-        self.state.stage_done = false;
-        self.state.samplers.clear();
-        self.state.label_reads.clear();
-        self.state.label_prefixes.clear();
-        self.state.stage_total = None;
-        self.state.lambda_pref = None;
-        self.state.lambda_safe = None;
-        self.resume_optimizer = None;
     }
 
     fn total_steps(&self, stage: &Stage, main_len: usize) -> u64 {
@@ -543,7 +267,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         if let Some(path) = self.host.export(stage, reward.files(DType::F32)?)? {
             f.insert("path".into(), json!(path.display().to_string()));
         }
-        self.host.emit("reward_model_saved", Some(stage), Some(self.state.global_step), f)
+        self.host.emit(kind::REWARD_MODEL_SAVED, Some(stage), Some(self.state.global_step), f)
     }
 
     /// Trains stage `index` from where the state stands to its end (or a stop or skip).
@@ -581,7 +305,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         if skipped {
             f.insert("skipped".into(), json!(true));
         }
-        self.host.emit("stage_finished", Some(run.name()), Some(self.state.global_step), f)?;
+        self.host.emit(kind::STAGE_FINISHED, Some(run.name()), Some(self.state.global_step), f)?;
         Ok(Finished::Completed)
     }
 
@@ -688,8 +412,8 @@ impl<'h, H: Host> Trainer<'h, H> {
         fields.insert("examples".into(), json!({"sft": data.sft.len(), "lm": data.lm.len(), "pref": data.pairs.len(), "unsafe": data.unsafe_seqs.len(), "safety_pairs": data.safety_pairs.len(), "redteam": data.redteam.len(), "rm": data.rm_pairs.len()}));
         fields.insert("truncation".into(), json!(data.truncation));
         self.add_round(&mut fields);
-        let kind = if self.state.stage_step > 0 { "stage_resumed" } else { "stage_started" };
-        self.host.emit(kind, Some(&stage.name), Some(step), fields)?;
+        let event = if self.state.stage_step > 0 { kind::STAGE_RESUMED } else { kind::STAGE_STARTED };
+        self.host.emit(event, Some(&stage.name), Some(step), fields)?;
         for (k, t) in &data.truncation {
             if t.truncated + t.dropped > 0 {
                 let message = format!(
@@ -698,7 +422,7 @@ impl<'h, H: Host> Trainer<'h, H> {
                 );
                 let mut f = Map::new();
                 f.insert("message".into(), json!(message));
-                self.host.emit("warning", Some(&stage.name), Some(step), f)?;
+                self.host.emit(kind::WARNING, Some(&stage.name), Some(step), f)?;
             }
         }
         Ok(())
@@ -754,231 +478,6 @@ impl<'h, H: Host> Trainer<'h, H> {
             samplers.push((term, sampler));
         }
         samplers
-    }
-
-    /// One optimizer step: labels that arrived, the micro-batches' forward and backward passes,
-    /// the update (or the non-finite policy), metrics, adaptive λ, live samples, checkpoint.
-    fn step(&mut self, run: &mut StageRun) -> Result<(), TrainError> {
-        if run.grpo.is_some() {
-            return self.grpo_step(run);
-        }
-        if run.kto.is_some() {
-            return self.kto_step(run);
-        }
-        let lambdas = run.lambdas;
-        let step = self.state.global_step;
-        if !run.live.is_empty() {
-            self.admit_labels(run, step)?;
-        }
-        let started = Instant::now();
-        let stage = &run.stage;
-        let lr = learning_rate(stage.schedule, stage.lr, self.state.stage_step, stage.warmup_steps, run.total);
-        run.opt.config.lr = lr;
-        let sums = self.forward_backward(run, lambdas, step)?;
-        let norm = global_norm(&sums.grads)?;
-        self.update(run, &sums, norm, step)?;
-        self.state.global_step += 1;
-        self.state.stage_step += 1;
-        let elapsed = started.elapsed().as_secs_f64();
-        if self.state.global_step % self.pipeline.run.log_every.max(1) == 0 || self.state.stage_step == run.total {
-            let mut m = sums.loss_fields(lambdas);
-            m.insert("learning_rate".into(), json!(lr));
-            m.insert("grad_norm".into(), num(norm));
-            m.insert("tokens_per_second".into(), json!(sums.tokens as f64 / elapsed.max(1e-9)));
-            if let Some(now) = self.host.peak_memory_bytes(&self.device) {
-                self.peak_memory = self.peak_memory.max(now);
-                m.insert("memory/peak_bytes".into(), json!(self.peak_memory));
-            }
-            m.insert("epoch".into(), json!(run.epoch()));
-            m.insert("stage_step".into(), json!(self.state.stage_step));
-            m.insert("total_steps".into(), json!(run.total));
-            self.host.emit("metrics", Some(run.name()), Some(self.state.global_step), m)?;
-        }
-        self.adapt_lambda(run)?;
-        if run.reward.is_none() {
-            // A reward-model stage leaves the policy unchanged: its samples would say nothing new.
-            self.live_samples(run)?;
-        }
-        let every = self.pipeline.run.checkpoint_every;
-        if every > 0 && self.state.global_step % every == 0 && self.state.stage_step < run.total {
-            self.checkpoint(run)?;
-        }
-        Ok(())
-    }
-
-    /// The step's micro-batches (drawn in order, then each through the policy, or the reward model, and backward),
-    /// gradients summed.
-    fn forward_backward(&self, run: &mut StageRun, lambdas: Lambdas, step: u64) -> Result<StepSums, TrainError> {
-        if run.reward.is_some() {
-            return self.reward_forward_backward(run, step);
-        }
-        let objective = Objective {
-            weights: run.weights(lambdas),
-            pref: run.pref_term(),
-            safety_pair: run.safety_pair_term(),
-            pad_id: self.pad_id(),
-            dropout: Some((self.pipeline.run.seed, step)),
-        };
-        let drawn: Vec<_> = (0..run.stage.grad_accum.max(1)).map(|_| run.draw()).collect();
-        let micro_batches: Vec<_> = drawn.iter().map(|d| run.micro_batch(d)).collect();
-        let inject_nan = self.options.inject_nan_at.contains(&step);
-        forward_backward(&self.policy, &run.opt, &micro_batches, objective, inject_nan)
-    }
-
-    /// A reward-model step: each micro-batch's pairs scored together (chosen then rejected, as
-    /// TRL's collator stacks them), TRL's Bradley-Terry loss, backward, gradients summed.
-    fn reward_forward_backward(&self, run: &mut StageRun, step: u64) -> Result<StepSums, TrainError> {
-        let accum = run.stage.grad_accum.max(1);
-        let mut sums = StepSums::new(run.opt.params().len(), accum);
-        let bt = BradleyTerry {
-            center_rewards_coefficient: run.stage.rm.as_ref().and_then(|r| r.center_rewards_coefficient),
-        };
-        for _ in 0..accum {
-            let drawn = run.draw();
-            let Some(reward) = run.reward.as_ref() else { break };
-            let pairs: Vec<&RmPair> = drawn
-                .iter()
-                .filter(|(t, _)| *t == Term::Reward)
-                .flat_map(|(_, idx)| idx.iter().map(|&i| &run.data.rm_pairs[i]))
-                .collect();
-            let n = pairs.len();
-            let seqs: Vec<Vec<u32>> =
-                pairs.iter().map(|p| p.chosen.clone()).chain(pairs.iter().map(|p| p.rejected.clone())).collect();
-            let scores = reward.scores(&seqs)?;
-            let (chosen, rejected) = (scores.narrow(0, 0, n)?, scores.narrow(0, n, n)?);
-            // A pair without a margin subtracts nothing, so margins are passed only when some pair has one.
-            let margins = if pairs.iter().any(|p| p.margin != 0.0) {
-                let m: Vec<f32> = pairs.iter().map(|p| p.margin as f32).collect();
-                Some(candle_core::Tensor::new(m, &self.device)?)
-            } else {
-                None
-            };
-            let mut loss = (bt.loss(&chosen, &rejected, margins.as_ref())? / accum as f64)?;
-            if self.options.inject_nan_at.contains(&step) {
-                loss = (loss * f64::NAN)?;
-            }
-            let store = loss.backward()?;
-            let c: Vec<f64> = chosen.to_dtype(DType::F64)?.to_vec1()?;
-            let r: Vec<f64> = rejected.to_dtype(DType::F64)?.to_vec1()?;
-            sums.add_rm(&loss, c.into_iter().zip(r).collect(), seqs.iter().map(Vec::len).sum())?;
-            sums.add_grads(&run.opt, &store)?;
-        }
-        Ok(sums)
-    }
-
-    /// Applies the summed gradients (clipped), or, when the loss or gradient is not finite,
-    /// skips the update with a warning or halts, as the run's NaN policy says.
-    fn update(&mut self, run: &mut StageRun, sums: &StepSums, norm: f64, step: u64) -> Result<(), TrainError> {
-        if sums.loss.is_finite() && norm.is_finite() {
-            self.state.consecutive_nan = 0;
-            return apply_update(&mut run.opt, sums, norm, run.stage.max_grad_norm);
-        }
-        self.state.consecutive_nan += 1;
-        let what = if sums.loss.is_finite() { "gradient" } else { "loss" };
-        let mut f = Map::new();
-        f.insert("message".into(), json!(format!("non-finite {what} at step {step}; update skipped")));
-        f.insert("batch".into(), json!(self.state.stage_step));
-        let halt = self.pipeline.run.nan_policy == NanPolicy::Halt
-            || self.state.consecutive_nan > self.pipeline.run.max_consecutive_nan;
-        self.host.emit(if halt { "error" } else { "warning" }, Some(run.name()), Some(step), f)?;
-        if halt {
-            return Err(TrainError::NonFinite { stage: run.name().to_string(), step });
-        }
-        Ok(())
-    }
-
-    /// Adaptive λ_safe: every `every` steps, moves λ_safe by η·(measured unsafe rate − ε).
-    fn adapt_lambda(&mut self, run: &mut StageRun) -> Result<(), TrainError> {
-        let Some(adaptive) = run.stage.safety.as_ref().and_then(|s| s.adaptive.clone()) else { return Ok(()) };
-        if self.state.stage_step % adaptive.every.max(1) != 0 || run.data.redteam.is_empty() {
-            return Ok(());
-        }
-        let rate = unsafe_rate_proxy(&self.policy, &run.data, &run.cache, self.pad_id())?;
-        let before = run.lambdas.safe;
-        run.lambdas.safe = (before + adaptive.eta * (rate - adaptive.epsilon)).max(0.0);
-        let mut f = Map::new();
-        f.insert("lambda".into(), json!("safe"));
-        f.insert("from".into(), json!(before));
-        f.insert("to".into(), json!(run.lambdas.safe));
-        f.insert("unsafe_rate".into(), json!(rate));
-        f.insert("reason".into(), json!("adaptive"));
-        self.host.emit("lambda_changed", Some(run.name()), Some(self.state.global_step), f)
-    }
-
-    /// Reads the live labels files at this step boundary and applies what they say.
-    fn admit_labels(&mut self, run: &mut StageRun, step: u64) -> Result<(), TrainError> {
-        let pool_len = run.data.pairs.len();
-        let update = self.read_at_boundary(&run.stage, &mut run.live, &run.plan, pool_len)?;
-        self.admit(run, step, update)
-    }
-
-    /// Applies newly read labels: new agreeing pairs join the pool (with reference log-probs),
-    /// retracted or now-disputed ones leave it; one `labels_admitted` event says what happened.
-    fn admit(&mut self, run: &mut StageRun, step: u64, update: LiveUpdate) -> Result<(), TrainError> {
-        if update.lines == 0 {
-            return Ok(());
-        }
-        if let Some(reference) = &run.reference {
-            let refs: Vec<&PairExample> = update.added.iter().collect();
-            // Labels admitted at a step boundary are few: scored without interruption.
-            let _never_breaks =
-                reference.score(&self.policy, &refs, self.pad_id(), &mut run.cache, &mut never_interrupt)?;
-        }
-        let fields = update.event_fields();
-        let first_new = run.data.pairs.len();
-        if run.samplers.iter().any(|(t, _)| *t == Term::Pref) {
-            for p in update.added {
-                if let Some(pref) = run.sampler_mut(Term::Pref) {
-                    pref.add(p.num_tokens());
-                }
-                run.data.pairs.push(p);
-            }
-            if let Some(pref) = run.sampler_mut(Term::Pref) {
-                for &i in &update.retracted {
-                    pref.set_active(i, false);
-                }
-            }
-        }
-        if run.on_chosen() {
-            // The chosen answers of new pairs also feed the SFT term.
-            let new: Vec<_> = run.data.pairs[first_new..].iter().map(PairExample::chosen_sequence).collect();
-            if run.samplers.iter().any(|(t, _)| *t == Term::Sft) {
-                for seq in new {
-                    if let Some(sft) = run.sampler_mut(Term::Sft) {
-                        sft.add(seq.ids.len());
-                    }
-                    run.data.sft.push(seq);
-                }
-            }
-        }
-        self.host.emit("labels_admitted", Some(run.name()), Some(step), fields)
-    }
-
-    /// Saves a checkpoint at this step boundary (once per boundary): the policy, AdamW's
-    /// moments and the trainer state with every sampler's position and the live labels read.
-    fn checkpoint(&mut self, run: &StageRun) -> Result<(), TrainError> {
-        self.state.label_prefixes = run.live.consumed_prefixes()?;
-        self.state.label_prefixes.extend(kto::consumed_prefixes(run)?);
-        if self.last_checkpoint == Some(self.state.global_step) && !self.state.stage_done {
-            // Already saved at this step boundary (a periodic checkpoint just before a stop, or
-            // the checkpoint this trainer resumed from).
-            return Ok(());
-        }
-        self.state.samplers = run.samplers.iter().map(|(t, s)| (t.name().to_string(), s.state.clone())).collect();
-        self.state.samplers.extend(grpo::sampler_state(run));
-        self.state.samplers.extend(kto::sampler_state(run));
-        self.state.lambda_pref = Some(run.lambdas.pref);
-        self.state.lambda_safe = Some(run.lambdas.safe);
-        self.state.optimizer_steps = run.opt.step_count();
-        let checkpoint = CheckpointData {
-            model: self.policy.files(DType::F32)?,
-            trainer_state: serde_json::to_vec_pretty(&self.state).map_err(|e| TrainError::Data(e.to_string()))?,
-            optimizer: optimizer_bytes(&run.opt)?,
-            reward_model: run.reward.as_ref().map(|r| r.weights(DType::F32)).transpose()?,
-        };
-        let step = self.state.global_step;
-        self.last_checkpoint = Some(step);
-        self.host.save_checkpoint(step, checkpoint)
     }
 }
 

@@ -3,11 +3,11 @@
 //! new events, GPU readings and control replies.
 
 use super::app::App;
-use super::control::ControlRequest;
 use super::gpu::GpuStatus;
 use super::model::{Level, Modal, Notice, Pane, Worker};
 use super::runs::{RunState, RunSummary};
 use super::series::Window;
+use crate::control::{LambdaTerm, Request};
 use crate::run::{BadLine, Event};
 
 /// A change to the UI state.
@@ -34,9 +34,9 @@ pub enum Action {
     /// Act on the selected row (Runs pane: attach the selected run).
     Activate,
     /// Send a request to the worker now.
-    Send(ControlRequest),
+    Send(Request),
     /// Ask before sending a request (stop, skip stage).
-    AskToConfirm(ControlRequest),
+    AskToConfirm(Request),
     /// Open the input field for a λ (`pref` or `safe`).
     EditLambda(String),
     /// A character typed into the open input field.
@@ -46,7 +46,7 @@ pub enum Action {
     /// Confirm the open dialog (send the request, or the typed λ).
     Confirm,
     /// The worker answered a request (or sending it failed).
-    ControlReplied(ControlRequest, Result<String, String>),
+    ControlReplied(Request, Result<String, String>),
     /// The GPU was read.
     GpuRead(GpuStatus),
     /// A frame tick (~30 per second); state does not depend on wall time, so nothing changes.
@@ -217,13 +217,21 @@ fn activate(app: &mut App) {
 fn confirm(app: &mut App) {
     match app.modal.take() {
         Some(Modal::Confirm(request)) => app.request(request),
-        Some(Modal::EditLambda { term, input, .. }) => match input.trim().parse::<f64>() {
-            Ok(value) if value.is_finite() && value >= 0.0 => app.request(ControlRequest::SetLambda { term, value }),
-            _ => {
-                let error = Some(format!("{:?} is not a number ≥ 0", input.trim()));
-                app.modal = Some(Modal::EditLambda { term, input, error });
+        Some(Modal::EditLambda { term, input, .. }) => {
+            match (LambdaTerm::from_name(&term), input.trim().parse::<f64>()) {
+                (None, _) => {
+                    let error = Some(format!("no λ named {term:?} (pref or safe)"));
+                    app.modal = Some(Modal::EditLambda { term, input, error });
+                }
+                (Some(lambda), Ok(value)) if value.is_finite() && value >= 0.0 => {
+                    app.request(Request::SetLambda { term: lambda, value });
+                }
+                _ => {
+                    let error = Some(format!("{:?} is not a number ≥ 0", input.trim()));
+                    app.modal = Some(Modal::EditLambda { term, input, error });
+                }
             }
-        },
+        }
         None => {}
     }
 }

@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde_json::{Map, Value};
 
-use super::control::ControlRequest;
 use super::gpu::GpuStatus;
 use super::keymap::Keymap;
 use super::layout;
@@ -19,6 +18,7 @@ use super::model::{
 use super::runs::RunSummary;
 use super::series::{recent_slope, Series, Window};
 use super::theme::Theme;
+use crate::control::Request;
 use crate::run::{kind, Event};
 
 /// How many warnings and errors are kept.
@@ -102,7 +102,7 @@ pub struct App {
     /// True while the history behind the first frame is still loading.
     pub loading_history: bool,
     /// Requests to send to the worker, taken by the event loop ([`App::take_requests`]).
-    outbox: Vec<ControlRequest>,
+    outbox: Vec<Request>,
     /// A run (by id) the user asked to attach to, taken by the event loop.
     attach_to: Option<String>,
     /// (ts, global step) of recent metrics in the running stage.
@@ -189,13 +189,13 @@ impl App {
     }
 
     /// Queues a request for the worker and says so on the status line.
-    pub fn request(&mut self, request: ControlRequest) {
-        self.set_status(Level::Info, format!("sent: {}", request.describe()));
+    pub fn request(&mut self, request: Request) {
+        self.set_status(Level::Info, format!("sent: {}", super::control::describe(&request)));
         self.outbox.push(request);
     }
 
     /// The requests queued since the last call, oldest first.
-    pub fn take_requests(&mut self) -> Vec<ControlRequest> {
+    pub fn take_requests(&mut self) -> Vec<Request> {
         std::mem::take(&mut self.outbox)
     }
 

@@ -7,9 +7,9 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use super::action::Action;
 use super::app::App;
-use super::control::ControlRequest;
 use super::keymap::Command;
 use super::model::{Modal, Pane};
+use crate::control::Request;
 
 /// The action a key press asks for in the current state, if any.
 pub fn key_action(app: &App, key: KeyEvent) -> Option<Action> {
@@ -57,11 +57,11 @@ pub fn command_action(command: Command) -> Action {
         Command::Smoothing => Action::ToggleSmoothing,
         Command::LogScale => Action::ToggleLogScale,
         Command::Window => Action::ToggleWindow,
-        Command::Pause => Action::Send(ControlRequest::Pause),
-        Command::Resume => Action::Send(ControlRequest::Resume),
-        Command::Stop => Action::AskToConfirm(ControlRequest::Stop),
-        Command::SkipStage => Action::AskToConfirm(ControlRequest::SkipStage),
-        Command::Checkpoint => Action::Send(ControlRequest::CheckpointNow),
+        Command::Pause => Action::Send(Request::Pause),
+        Command::Resume => Action::Send(Request::Resume),
+        Command::Stop => Action::AskToConfirm(Request::Stop),
+        Command::SkipStage => Action::AskToConfirm(Request::SkipStage { stage: None }),
+        Command::Checkpoint => Action::Send(Request::CheckpointNow),
         Command::EditLambdaPref => Action::EditLambda("pref".to_string()),
         Command::EditLambdaSafe => Action::EditLambda("safe".to_string()),
         Command::Help => Action::ShowHelp,

@@ -39,7 +39,7 @@ mod theme;
 
 pub use action::{update, Action, Loaded};
 pub use app::{App, NOTICES_KEPT, SFT_HINT};
-pub use control::{Control, ControlHandle, ControlRequest, NoWorker, Recording, Socket};
+pub use control::{describe, Control, ControlHandle, NoWorker, Recording, Socket};
 pub use draw::draw;
 pub use error::TuiError;
 pub use gpu::{gpu_lines, GpuReading, GpuStatus};
@@ -56,6 +56,7 @@ pub use runtime::attach;
 pub use series::{
     compact, min_max_buckets, CacheKey, Series, SeriesCache, Window, EMA_WEIGHT, RECENT_STEPS, SERIES_CAP,
 };
+pub use terminal::TerminalGuard;
 pub use theme::{Role, Theme, BUILTIN_THEMES};
 
 use ratatui::backend::TestBackend;

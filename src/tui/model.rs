@@ -234,7 +234,7 @@ pub struct Sample {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Modal {
     /// "Really do this?": `y`/Enter sends the request, `n`/Esc drops it.
-    Confirm(crate::tui::control::ControlRequest),
+    Confirm(crate::control::Request),
     /// A λ being typed: Enter sends it, Esc drops it.
     EditLambda {
         /// Which λ (`pref`, `safe`).

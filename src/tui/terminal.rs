@@ -2,6 +2,7 @@
 //! left when the guard drops, and a panic hook that restores the terminal only when the panic
 //! happens on the UI thread (a panicking background thread leaves the UI running, so restoring
 //! the terminal under it would break the screen). The hook chains to the one installed before.
+//! The dashboard and `hone label` both take the terminal through [`TerminalGuard`].
 
 use std::cell::Cell;
 use std::io::{self, Stdout};
@@ -85,6 +86,26 @@ impl TerminalGuard {
                 Err(TuiError::Terminal { op: "set up the screen", source })
             }
         }
+    }
+}
+
+impl TerminalGuard {
+    /// Gives the terminal back for a while (an external editor): leaves the alternate screen and
+    /// raw mode; [`TerminalGuard::resume`] takes it again.
+    pub fn suspend(&mut self) -> Result<(), TuiError> {
+        let err = |op| move |source| TuiError::Terminal { op, source };
+        self.terminal.flush().map_err(err("flush the screen"))?;
+        restore();
+        Ok(())
+    }
+
+    /// Takes the terminal again after [`TerminalGuard::suspend`] and redraws from scratch.
+    pub fn resume(&mut self) -> Result<(), TuiError> {
+        let err = |op| move |source| TuiError::Terminal { op, source };
+        enable_raw_mode().map_err(err("enter raw mode"))?;
+        ACTIVE.store(true, Ordering::SeqCst);
+        execute!(io::stdout(), EnterAlternateScreen, Hide).map_err(err("enter the alternate screen"))?;
+        self.terminal.clear().map_err(err("clear the screen"))
     }
 }
 

@@ -11,9 +11,13 @@ use serde_json::{json, Map, Value};
 use super::stage::{Lambdas, StageRun};
 use super::{Host, Trainer, TrainerState};
 use crate::config::Stage;
-use crate::data::{encode_generation_prompt, read_records_with_lines, Message, Records, SftRecord, Text};
+use crate::control::{LambdaTerm, Request, Status};
+use crate::data::{
+    encode_generation_prompt, read_records_with_lines, ChatTemplate, Message, Records, SftRecord, Text, TextTokenizer,
+};
+use crate::kind;
 use crate::model::generate::{generate, Sampling};
-use crate::train::host::{Control, Position};
+use crate::model::Model;
 use crate::train::TrainError;
 
 /// How long one wait for a command lasts while paused (a stop signal is noticed this quickly).
@@ -98,23 +102,15 @@ fn cached_prompts(run: &mut StageRun) -> Result<&[Text], TrainError> {
 }
 
 impl<H: Host> Trainer<'_, H> {
-    pub(super) fn position(&self, state: &'static str, stage: Option<&str>, lambdas: Option<Lambdas>) -> Position {
-        Position {
-            state,
-            stage: stage.map(String::from),
-            step: self.state.global_step,
-            stage_step: self.state.stage_step,
-            stage_total: self.state.stage_total,
-            lambda_pref: lambdas.map(|l| l.pref),
-            lambda_safe: lambdas.map(|l| l.safe),
-        }
+    pub(super) fn position(&self, state: &'static str, stage: Option<&str>, lambdas: Option<Lambdas>) -> Status {
+        position_of(&self.state, state, stage, lambdas)
     }
 
     /// Everything between two steps: controls replayed from a previous worker, then every
     /// pending command; while paused, waits here for commands without using the CPU.
     pub(super) fn boundary(&mut self, run: &mut StageRun) -> Result<Boundary, TrainError> {
         let step = self.state.global_step;
-        let due: Vec<Control> = {
+        let due: Vec<Request> = {
             let (now, later): (Vec<_>, Vec<_>) =
                 std::mem::take(&mut self.planned).into_iter().partition(|p| p.stage == run.name() && p.step == step);
             self.planned = later;
@@ -136,24 +132,9 @@ impl<H: Host> Trainer<'_, H> {
                 }
                 continue;
             };
-            match control {
-                Control::Pause if !self.paused => {
-                    self.paused = true;
-                    self.host.emit("paused", Some(run.name()), Some(step), Map::new())?;
-                }
-                Control::Resume if self.paused => {
-                    self.paused = false;
-                    self.unpaused(run.name())?;
-                }
-                Control::Pause | Control::Resume => {}
-                Control::Stop => {
-                    self.stop = true;
-                    let mut f = Map::new();
-                    f.insert("source".into(), json!("control"));
-                    self.host.emit("stop_requested", Some(run.name()), Some(step), f)?;
-                    break;
-                }
-                other => {
+            match self.interrupts().react(control, run.name())? {
+                Reaction::Stopped => break,
+                Reaction::Other(other) => {
                     if self.apply(run, other, false)? == Boundary::Skip {
                         return Ok(Boundary::Skip);
                     }
@@ -161,6 +142,7 @@ impl<H: Host> Trainer<'_, H> {
                         break;
                     }
                 }
+                Reaction::Paused | Reaction::Done => {}
             }
         }
         if self.stop || self.host.stop_requested() {
@@ -191,15 +173,25 @@ impl<H: Host> Trainer<'_, H> {
         self.interrupts().between_batches(stage, phase, progress)
     }
 
-    /// What a long phase needs to honour stop and pause between its batches, borrowed apart
-    /// from the policy (which an evaluation borrows at the same time).
+    /// What a long phase needs to honour stop and pause between its batches.
     pub(super) fn interrupts(&mut self) -> Interrupts<'_, H> {
-        Interrupts {
-            host: &mut *self.host,
-            paused: &mut self.paused,
-            stop: &mut self.stop,
-            deferred: &mut self.deferred,
-            state: &self.state,
+        self.phase().interrupts
+    }
+
+    /// A long phase's borrows at once: the interrupts, and apart from them the policy with its
+    /// tokenizer and template (which an evaluation or the reference scoring uses meanwhile).
+    pub(super) fn phase(&mut self) -> Phase<'_, H> {
+        Phase {
+            interrupts: Interrupts {
+                host: &mut *self.host,
+                paused: &mut self.paused,
+                stop: &mut self.stop,
+                deferred: &mut self.deferred,
+                state: &self.state,
+            },
+            policy: &self.policy,
+            tokenizer: &self.tokenizer,
+            template: self.template.as_ref(),
         }
     }
 
@@ -208,34 +200,33 @@ impl<H: Host> Trainer<'_, H> {
         emit_unpaused(&mut *self.host, stage, self.state.global_step)
     }
 
-    fn apply(&mut self, run: &mut StageRun, control: Control, replayed: bool) -> Result<Boundary, TrainError> {
+    fn apply(&mut self, run: &mut StageRun, control: Request, replayed: bool) -> Result<Boundary, TrainError> {
         let step = self.state.global_step;
         let mut f = Map::new();
         match control {
-            Control::SetLambda { term, value } => {
-                let slot = match term.as_str() {
-                    "pref" => &mut run.lambdas.pref,
-                    "safe" => &mut run.lambdas.safe,
-                    other => return Err(TrainError::Host(format!("set_lambda: no λ named {other:?}"))),
+            Request::SetLambda { term, value } => {
+                let slot = match term {
+                    LambdaTerm::Pref => &mut run.lambdas.pref,
+                    LambdaTerm::Safe => &mut run.lambdas.safe,
                 };
                 let from = *slot;
                 *slot = value;
-                f.insert("lambda".into(), json!(term));
+                f.insert("lambda".into(), json!(term.as_str()));
                 f.insert("from".into(), json!(from));
                 f.insert("to".into(), json!(value));
                 f.insert("reason".into(), json!("control"));
                 if replayed {
                     f.insert("replayed".into(), json!(true));
                 }
-                self.host.emit("lambda_changed", Some(run.name()), Some(step), f)?;
+                self.host.emit(kind::LAMBDA_CHANGED, Some(run.name()), Some(step), f)?;
             }
-            Control::SkipStage { stage } => {
+            Request::SkipStage { stage } => {
                 if let Some(meant) = stage.filter(|s| s != run.name()) {
                     f.insert(
                         "message".into(),
                         json!(format!("skip_stage for stage {meant:?} ignored: stage {:?} is running", run.name())),
                     );
-                    self.host.emit("warning", Some(run.name()), Some(step), f)?;
+                    self.host.emit(kind::WARNING, Some(run.name()), Some(step), f)?;
                     return Ok(Boundary::Train);
                 }
                 f.insert("stage_step".into(), json!(self.state.stage_step));
@@ -243,19 +234,19 @@ impl<H: Host> Trainer<'_, H> {
                 if replayed {
                     f.insert("replayed".into(), json!(true));
                 }
-                self.host.emit("stage_skipped", Some(run.name()), Some(step), f)?;
+                self.host.emit(kind::STAGE_SKIPPED, Some(run.name()), Some(step), f)?;
                 return Ok(Boundary::Skip);
             }
-            Control::CheckpointNow => {
+            Request::CheckpointNow => {
                 if self.last_checkpoint == Some(step) {
                     f.insert("message".into(), json!(format!("checkpoint_now: step {step} is already checkpointed")));
-                    self.host.emit("warning", Some(run.name()), Some(step), f)?;
+                    self.host.emit(kind::WARNING, Some(run.name()), Some(step), f)?;
                 } else {
                     self.checkpoint(run)?;
                 }
             }
-            Control::GenerateCandidates { count } => self.candidates(run, count)?,
-            Control::Pause | Control::Resume | Control::Stop => {}
+            Request::GenerateCandidates { count } => self.candidates(run, count)?,
+            Request::Pause | Request::Resume | Request::Stop | Request::Status => {}
         }
         Ok(Boundary::Train)
     }
@@ -268,7 +259,7 @@ impl<H: Host> Trainer<'_, H> {
         if all.is_empty() {
             let mut f = Map::new();
             f.insert("message".into(), json!("generate_candidates: the stage has no prompts"));
-            return self.host.emit("warning", Some(run.name()), Some(step), f);
+            return self.host.emit(kind::WARNING, Some(run.name()), Some(step), f);
         }
         let stops = self.policy.generation.eos_token_ids.clone();
         let mut lines = Vec::new();
@@ -312,7 +303,7 @@ impl<H: Host> Trainer<'_, H> {
         if let Some(file) = file {
             f.insert("file".into(), json!(file));
         }
-        self.host.emit("candidates_generated", Some(run.name()), Some(step), f)
+        self.host.emit(kind::CANDIDATES_GENERATED, Some(run.name()), Some(step), f)
     }
 
     /// Live samples: greedy answers to the fixed prompts (`[run] sample_prompts`, or the stage's
@@ -346,10 +337,30 @@ impl<H: Host> Trainer<'_, H> {
             let mut f = Map::new();
             f.insert("prompt".into(), json!(prompt_display(prompt)));
             f.insert("response".into(), json!(self.tokenizer.decode(&out.new_token_ids, true)?));
-            self.host.emit("sample", Some(run.name()), Some(step), f)?;
+            self.host.emit(kind::SAMPLE, Some(run.name()), Some(step), f)?;
         }
         Ok(())
     }
+}
+
+/// See [`Trainer::phase`].
+pub(super) struct Phase<'t, H: Host> {
+    pub interrupts: Interrupts<'t, H>,
+    pub policy: &'t Model,
+    pub tokenizer: &'t TextTokenizer,
+    pub template: Option<&'t ChatTemplate>,
+}
+
+/// What [`Interrupts::react`] did with a command.
+enum Reaction {
+    /// Paused now.
+    Paused,
+    /// Stop requested: the phase or step loop ends.
+    Stopped,
+    /// A command for the step boundary.
+    Other(Request),
+    /// Nothing more to do (resumed, or a pause or resume that changed nothing).
+    Done,
 }
 
 /// The trainer's fields a long phase uses between its batches (see [`Trainer::interrupts`]).
@@ -357,22 +368,39 @@ pub(super) struct Interrupts<'t, H: Host> {
     pub host: &'t mut H,
     pub paused: &'t mut bool,
     pub stop: &'t mut bool,
-    pub deferred: &'t mut VecDeque<Control>,
+    pub deferred: &'t mut VecDeque<Request>,
     pub state: &'t TrainerState,
 }
 
 impl<H: Host> Interrupts<'_, H> {
     fn publish(&mut self, state: &'static str, stage: &str) {
-        let position = Position {
-            state,
-            stage: Some(stage.to_string()),
-            step: self.state.global_step,
-            stage_step: self.state.stage_step,
-            stage_total: self.state.stage_total,
-            lambda_pref: None,
-            lambda_safe: None,
-        };
-        self.host.publish(&position);
+        self.host.publish(&position_of(self.state, state, Some(stage), None));
+    }
+
+    /// Pause, resume and stop, handled the same at a step boundary and between the batches of
+    /// a long phase; any other command is given back.
+    fn react(&mut self, control: Request, stage: &str) -> Result<Reaction, TrainError> {
+        let step = self.state.global_step;
+        match control {
+            Request::Pause if !*self.paused => {
+                *self.paused = true;
+                self.host.emit(kind::PAUSED, Some(stage), Some(step), Map::new())?;
+                Ok(Reaction::Paused)
+            }
+            Request::Resume if *self.paused => {
+                self.unpaused(stage)?;
+                Ok(Reaction::Done)
+            }
+            Request::Pause | Request::Resume => Ok(Reaction::Done),
+            Request::Stop => {
+                *self.stop = true;
+                let mut f = Map::new();
+                f.insert("source".into(), json!("control"));
+                self.host.emit(kind::STOP_REQUESTED, Some(stage), Some(step), f)?;
+                Ok(Reaction::Stopped)
+            }
+            other => Ok(Reaction::Other(other)),
+        }
     }
 
     fn unpaused(&mut self, stage: &str) -> Result<(), TrainError> {
@@ -400,22 +428,11 @@ impl<H: Host> Interrupts<'_, H> {
                 }
                 continue;
             };
-            match control {
-                Control::Pause if !*self.paused => {
-                    *self.paused = true;
-                    self.host.emit("paused", Some(stage), Some(step), Map::new())?;
-                    self.publish("paused", stage);
-                }
-                Control::Resume if *self.paused => self.unpaused(stage)?,
-                Control::Pause | Control::Resume => {}
-                Control::Stop => {
-                    *self.stop = true;
-                    let mut f = Map::new();
-                    f.insert("source".into(), json!("control"));
-                    self.host.emit("stop_requested", Some(stage), Some(step), f)?;
-                    break;
-                }
-                other => self.deferred.push_back(other),
+            match self.react(control, stage)? {
+                Reaction::Paused => self.publish("paused", stage),
+                Reaction::Stopped => break,
+                Reaction::Other(other) => self.deferred.push_back(other),
+                Reaction::Done => {}
             }
         }
         if !(*self.stop || self.host.stop_requested()) {
@@ -430,8 +447,24 @@ impl<H: Host> Interrupts<'_, H> {
         f.insert("phase".into(), json!(phase));
         f.insert("done".into(), json!(done));
         f.insert("total".into(), json!(total));
-        self.host.emit("phase_interrupted", Some(stage), Some(step), f)?;
+        self.host.emit(kind::PHASE_INTERRUPTED, Some(stage), Some(step), f)?;
         Ok(ControlFlow::Break(()))
+    }
+}
+
+/// Where the trainer stands in `trainer`'s terms, `state` being what it is doing.
+fn position_of(trainer: &TrainerState, state: &'static str, stage: Option<&str>, lambdas: Option<Lambdas>) -> Status {
+    Status {
+        pid: std::process::id(),
+        state: state.to_string(),
+        stage: stage.map(String::from),
+        step: trainer.global_step,
+        stage_step: trainer.stage_step,
+        stage_total: trainer.stage_total,
+        lambda_pref: lambdas.map(|l| l.pref),
+        lambda_safe: lambdas.map(|l| l.safe),
+        // The host's queue knows what is pending.
+        pending: 0,
     }
 }
 
@@ -442,5 +475,5 @@ fn emit_unpaused<H: Host>(host: &mut H, stage: &str, step: u64) -> Result<(), Tr
     f.insert("from_step".into(), json!(step));
     f.insert("reason".into(), json!("unpause"));
     f.insert("pid".into(), json!(std::process::id()));
-    host.emit("resumed", Some(stage), Some(step), f)
+    host.emit(kind::RESUMED, Some(stage), Some(step), f)
 }

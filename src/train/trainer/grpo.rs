@@ -9,13 +9,15 @@
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use serde_json::{json, Map};
+use serde_json::{json, Map, Value};
 
 use super::stage::{num, Lambdas, StageRun, StepSums, Term};
+use super::step::StepDone;
 use super::{Host, Trainer};
 use crate::config::{GrpoTerm, Stage};
 use crate::data::{encode_generation_prompt, encode_sft, ChatTemplate, Message, SftRecord, Text, TextTokenizer};
 use crate::eval::{read_suite, EvalItem, Judge, JudgeConfig, Prompt};
+use crate::kind;
 use crate::model::generate::{generate_batch_seeded, Sampling};
 use crate::model::RewardModel;
 use crate::train::batch::{Sequence, TokenBatch};
@@ -25,7 +27,7 @@ use crate::train::grpo::{
 use crate::train::live::LiveLabels;
 use crate::train::optim::{global_norm, AdamW, AdamWConfig};
 use crate::train::plan::{RefCache, StageData};
-use crate::train::rl::{group_advantages, grpo_loss, GrpoConfig, GrpoInputs, GrpoLossType, ScaleRewards};
+use crate::train::rl::{group_advantages, grpo_loss, Advantages, GrpoConfig, GrpoInputs, GrpoLossType, ScaleRewards};
 use crate::train::sampler::Sampler;
 use crate::train::schedule::learning_rate;
 use crate::train::TrainError;
@@ -64,6 +66,9 @@ struct Rollout {
     per_function: Vec<Vec<Option<f64>>>,
 }
 
+/// A GRPO stage's prompts: the items kept, their token ids, and how many were dropped.
+type GrpoPrompts = (Vec<EvalItem>, Vec<Vec<u32>>, usize);
+
 /// An eval item's prompt as the data module's text.
 fn prompt_text(prompt: &Prompt) -> Text {
     match prompt {
@@ -97,22 +102,7 @@ impl<H: Host> Trainer<'_, H> {
         stage: &Stage,
         term: &GrpoTerm,
     ) -> Result<StageRun, TrainError> {
-        let mut items = Vec::new();
-        for path in &term.prompts {
-            items.extend(read_suite(path).map_err(|e| TrainError::Data(e.to_string()))?);
-        }
-        let mut kept = Vec::with_capacity(items.len());
-        let mut prompt_ids = Vec::with_capacity(items.len());
-        let mut dropped = 0usize;
-        for item in items {
-            let ids = encode_generation_prompt(&self.tokenizer, self.template.as_ref(), &prompt_text(&item.prompt))?;
-            if ids.is_empty() || ids.len() >= stage.max_length {
-                dropped += 1;
-                continue;
-            }
-            prompt_ids.push(ids);
-            kept.push(item);
-        }
+        let (kept, prompt_ids, dropped) = self.grpo_prompts(stage, term)?;
         if kept.is_empty() {
             return Err(TrainError::Data(format!(
                 "stage {}: no GRPO prompt shorter than max_length {}",
@@ -126,13 +116,13 @@ impl<H: Host> Trainer<'_, H> {
         f.insert("total_steps".into(), json!(total));
         f.insert("examples".into(), json!({ "grpo_prompts": kept.len() }));
         f.insert("group_size".into(), json!(term.group_size));
-        let kind = if self.state.stage_step > 0 { "stage_resumed" } else { "stage_started" };
-        self.host.emit(kind, Some(&stage.name), Some(step), f)?;
+        let event = if self.state.stage_step > 0 { kind::STAGE_RESUMED } else { kind::STAGE_STARTED };
+        self.host.emit(event, Some(&stage.name), Some(step), f)?;
         if dropped > 0 {
             let mut f = Map::new();
             let message = format!("grpo prompts: {dropped} not shorter than max_length {} dropped", stage.max_length);
             f.insert("message".into(), json!(message));
-            self.host.emit("warning", Some(&stage.name), Some(step), f)?;
+            self.host.emit(kind::WARNING, Some(&stage.name), Some(step), f)?;
         }
         let judge_config = self.pipeline.eval.as_ref().map_or_else(JudgeConfig::default, |e| e.judge.clone());
         let judge = Judge::new(&judge_config).map_err(|e| TrainError::Data(e.to_string()))?;
@@ -180,6 +170,28 @@ impl<H: Host> Trainer<'_, H> {
             kto: None,
             reward: None,
         })
+    }
+
+    /// The stage's prompts (the eval-suite files), each with its tokenized generation prompt, and
+    /// how many were dropped for not being shorter than `max_length`.
+    fn grpo_prompts(&self, stage: &Stage, term: &GrpoTerm) -> Result<GrpoPrompts, TrainError> {
+        let mut items = Vec::new();
+        for path in &term.prompts {
+            items.extend(read_suite(path).map_err(|e| TrainError::Data(e.to_string()))?);
+        }
+        let mut kept = Vec::with_capacity(items.len());
+        let mut prompt_ids = Vec::with_capacity(items.len());
+        let mut dropped = 0usize;
+        for item in items {
+            let ids = encode_generation_prompt(&self.tokenizer, self.template.as_ref(), &prompt_text(&item.prompt))?;
+            if ids.is_empty() || ids.len() >= stage.max_length {
+                dropped += 1;
+                continue;
+            }
+            prompt_ids.push(ids);
+            kept.push(item);
+        }
+        Ok((kept, prompt_ids, dropped))
     }
 
     /// Samples `grad_accum` micro-batches of groups from the current policy and scores them.
@@ -304,51 +316,49 @@ impl<H: Host> Trainer<'_, H> {
             clip_sum += out.clip_region * tokens as f64;
         }
         let norm = global_norm(&sums.grads)?;
-        self.update(run, &sums, norm, step)?;
-        self.state.global_step += 1;
-        self.state.stage_step += 1;
-        let elapsed = started.elapsed().as_secs_f64();
-        if self.state.global_step % self.pipeline.run.log_every.max(1) == 0 || self.state.stage_step == run.total {
-            let lengths: Vec<usize> = rollouts.iter().flat_map(|r| r.lengths.iter().copied()).collect();
-            let completions = lengths.len().max(1) as f64;
-            let truncated = rollouts.iter().flat_map(|r| r.stopped.iter()).filter(|s| !**s).count();
-            let per_token = |sum: f64| if step_tokens == 0 { 0.0 } else { sum / step_tokens as f64 };
-            let mut m = Map::new();
-            m.insert("loss".into(), num(sums.loss));
-            m.insert("reward".into(), num(adv.reward_mean));
-            m.insert("reward_std".into(), num(adv.reward_std));
-            m.insert("frac_reward_zero_std".into(), num(adv.frac_zero_std));
-            if term.beta > 0.0 {
-                m.insert("kl".into(), num(per_token(kl_sum)));
-            }
-            m.insert("clip_ratio/region_mean".into(), num(per_token(clip_sum)));
-            m.insert("completions/mean_length".into(), num(step_tokens as f64 / completions));
-            m.insert("completions/min_length".into(), json!(lengths.iter().min().copied().unwrap_or(0)));
-            m.insert("completions/max_length".into(), json!(lengths.iter().max().copied().unwrap_or(0)));
-            m.insert("completions/clipped_ratio".into(), num(truncated as f64 / completions));
-            for (f, name) in stage_rewards(&term).iter().enumerate() {
-                let values: Vec<Option<f64>> =
-                    rollouts.iter().flat_map(|r| r.per_function[f].iter().copied()).collect();
-                if let Some(mean) = present_mean(&values) {
-                    m.insert(format!("rewards/{name}/mean"), num(mean));
-                }
-            }
-            m.insert("learning_rate".into(), json!(lr));
-            m.insert("grad_norm".into(), num(norm));
-            m.insert("tokens_per_second".into(), json!(sums.tokens as f64 / elapsed.max(1e-9)));
-            let epoch = run.grpo.as_ref().map_or(0.0, |g| g.sampler.progress());
-            m.insert("epoch".into(), json!(epoch));
-            m.insert("stage_step".into(), json!(self.state.stage_step));
-            m.insert("total_steps".into(), json!(run.total));
-            self.host.emit("metrics", Some(run.name()), Some(self.state.global_step), m)?;
-        }
-        self.live_samples(run)?;
-        let every = self.pipeline.run.checkpoint_every;
-        if every > 0 && self.state.global_step % every == 0 && self.state.stage_step < run.total {
-            self.checkpoint(run)?;
-        }
-        Ok(())
+        let done = StepDone { sums: &sums, norm, lr, started };
+        let measures = GrpoMeasures { rollouts: &rollouts, adv: &adv, step_tokens, kl_sum, clip_sum };
+        self.finish_step(run, &done, || grpo_metrics(&term, sums.loss, &measures))
     }
+}
+
+/// What a GRPO step measured besides its loss: the step's rollouts, their advantages, and the
+/// step's completion tokens with the token-summed KL and clipped share.
+struct GrpoMeasures<'a> {
+    rollouts: &'a [Rollout],
+    adv: &'a Advantages,
+    step_tokens: usize,
+    kl_sum: f64,
+    clip_sum: f64,
+}
+
+/// The GRPO fields of a `metrics` event (TRL's names), before the fields every step logs.
+fn grpo_metrics(term: &GrpoTerm, loss: f64, measures: &GrpoMeasures<'_>) -> Map<String, Value> {
+    let GrpoMeasures { rollouts, adv, step_tokens, kl_sum, clip_sum } = *measures;
+    let lengths: Vec<usize> = rollouts.iter().flat_map(|r| r.lengths.iter().copied()).collect();
+    let completions = lengths.len().max(1) as f64;
+    let truncated = rollouts.iter().flat_map(|r| r.stopped.iter()).filter(|s| !**s).count();
+    let per_token = |sum: f64| if step_tokens == 0 { 0.0 } else { sum / step_tokens as f64 };
+    let mut m = Map::new();
+    m.insert("loss".into(), num(loss));
+    m.insert("reward".into(), num(adv.reward_mean));
+    m.insert("reward_std".into(), num(adv.reward_std));
+    m.insert("frac_reward_zero_std".into(), num(adv.frac_zero_std));
+    if term.beta > 0.0 {
+        m.insert("kl".into(), num(per_token(kl_sum)));
+    }
+    m.insert("clip_ratio/region_mean".into(), num(per_token(clip_sum)));
+    m.insert("completions/mean_length".into(), num(step_tokens as f64 / completions));
+    m.insert("completions/min_length".into(), json!(lengths.iter().min().copied().unwrap_or(0)));
+    m.insert("completions/max_length".into(), json!(lengths.iter().max().copied().unwrap_or(0)));
+    m.insert("completions/clipped_ratio".into(), num(truncated as f64 / completions));
+    for (f, name) in stage_rewards(term).iter().enumerate() {
+        let values: Vec<Option<f64>> = rollouts.iter().flat_map(|r| r.per_function[f].iter().copied()).collect();
+        if let Some(mean) = present_mean(&values) {
+            m.insert(format!("rewards/{name}/mean"), num(mean));
+        }
+    }
+    m
 }
 
 /// The reward model's score of each completion, the conversation encoded with the reward

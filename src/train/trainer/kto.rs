@@ -11,10 +11,12 @@ use candle_core::DType;
 use serde_json::{json, Map};
 
 use super::stage::{num, Lambdas, StageRun, StepSums, Term};
+use super::step::StepDone;
 use super::{Host, Trainer};
 use crate::config::Stage;
 use crate::data::labels::{text_key, LabelLog};
 use crate::data::{encode_sft, read_thumbs, read_thumbs_for_kto, ChatTemplate, SftRecord, TextTokenizer, ThumbsRecord};
+use crate::kind;
 use crate::train::batch::{Sequence, TokenBatch};
 use crate::train::live::{LiveKind, LiveLabels};
 use crate::train::loss::{per_sequence_sum, target_logps};
@@ -130,15 +132,15 @@ impl<H: Host> Trainer<'_, H> {
             "examples".into(),
             json!({ "kto": examples.len(), "desirable": ups, "undesirable": examples.len() - ups }),
         );
-        let kind = if self.state.stage_step > 0 { "stage_resumed" } else { "stage_started" };
-        self.host.emit(kind, Some(&stage.name), Some(step), f)?;
+        let event = if self.state.stage_step > 0 { kind::STAGE_RESUMED } else { kind::STAGE_STARTED };
+        self.host.emit(event, Some(&stage.name), Some(step), f)?;
         if dropped > 0 {
             let mut f = Map::new();
             f.insert(
                 "message".into(),
                 json!(format!("kto data: {dropped} longer than max_length {} dropped", stage.max_length)),
             );
-            self.host.emit("warning", Some(&stage.name), Some(step), f)?;
+            self.host.emit(kind::WARNING, Some(&stage.name), Some(step), f)?;
         }
         let reference = self.reference_model(stage)?;
         let mut opt = AdamW::new(
@@ -229,7 +231,7 @@ impl<H: Host> Trainer<'_, H> {
         for i in update.retracted {
             kto.sampler.set_active(i, false);
         }
-        self.host.emit("labels_admitted", Some(&run.stage.name), Some(step), f)
+        self.host.emit(kind::LABELS_ADMITTED, Some(&run.stage.name), Some(step), f)
     }
 
     /// One KTO optimizer step.
@@ -287,11 +289,8 @@ impl<H: Host> Trainer<'_, H> {
             stats.push((out.kl, out.rewards_chosen, out.rewards_rejected, out.logps_chosen, out.logps_rejected));
         }
         let norm = global_norm(&sums.grads)?;
-        self.update(run, &sums, norm, step)?;
-        self.state.global_step += 1;
-        self.state.stage_step += 1;
-        let elapsed = started.elapsed().as_secs_f64();
-        if self.state.global_step % self.pipeline.run.log_every.max(1) == 0 || self.state.stage_step == run.total {
+        let done = StepDone { sums: &sums, norm, lr, started };
+        self.finish_step(run, &done, || {
             let mean =
                 |values: Vec<f64>| (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64);
             let mut m = Map::new();
@@ -313,21 +312,8 @@ impl<H: Host> Trainer<'_, H> {
                     m.insert(key.into(), num(v));
                 }
             }
-            m.insert("learning_rate".into(), json!(lr));
-            m.insert("grad_norm".into(), num(norm));
-            m.insert("tokens_per_second".into(), json!(sums.tokens as f64 / elapsed.max(1e-9)));
-            let epoch = run.kto.as_ref().map_or(0.0, |k| k.sampler.progress());
-            m.insert("epoch".into(), json!(epoch));
-            m.insert("stage_step".into(), json!(self.state.stage_step));
-            m.insert("total_steps".into(), json!(run.total));
-            self.host.emit("metrics", Some(run.name()), Some(self.state.global_step), m)?;
-        }
-        self.live_samples(run)?;
-        let every = self.pipeline.run.checkpoint_every;
-        if every > 0 && self.state.global_step % every == 0 && self.state.stage_step < run.total {
-            self.checkpoint(run)?;
-        }
-        Ok(())
+            m
+        })
     }
 }
 

@@ -7,6 +7,7 @@ use serde_json::{json, Map};
 
 use super::{Admission, Host, Trainer};
 use crate::config::Stage;
+use crate::kind;
 use crate::train::live::{LiveKind, LiveLabels, LiveUpdate};
 use crate::train::TrainError;
 
@@ -49,7 +50,7 @@ impl<H: Host> Trainer<'_, H> {
         for message in &update.problems {
             let mut f = Map::new();
             f.insert("message".into(), json!(message));
-            self.host.emit("warning", Some(&stage.name), Some(step), f)?;
+            self.host.emit(kind::WARNING, Some(&stage.name), Some(step), f)?;
         }
         Ok(update)
     }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use super::stage::Reference;
 use super::{control, Host, Trainer};
 use crate::config::Stage;
+use crate::kind;
 use crate::train::examples::PairExample;
 use crate::train::logps_chunk::LogpsChunk;
 use crate::train::plan::{RefCache, ScoredBatch, PAIRS_PER_BATCH};
@@ -121,7 +122,7 @@ impl<H: Host> Trainer<'_, H> {
             let mut f = serde_json::Map::new();
             f.insert("kept".into(), serde_json::json!(covered));
             f.insert("total".into(), serde_json::json!(all.len()));
-            self.host.emit("reference_logps_resumed", Some(stage), Some(self.state.global_step), f)?;
+            self.host.emit(kind::REFERENCE_LOGPS_RESUMED, Some(stage), Some(self.state.global_step), f)?;
         }
         Ok((cache, covered, index))
     }

@@ -130,8 +130,15 @@ impl StageRun {
         self.samplers.iter_mut().find(|(t, _)| *t == term).map(|(_, s)| s)
     }
 
-    /// Fractional epochs of the main term's sampler.
+    /// Fractional epochs of the main term's sampler (a GRPO stage's prompts, a KTO stage's
+    /// thumbs).
     pub fn epoch(&self) -> f64 {
+        if let Some(grpo) = &self.grpo {
+            return grpo.sampler.progress();
+        }
+        if let Some(kto) = &self.kto {
+            return kto.sampler.progress();
+        }
         self.samplers.iter().find(|(t, _)| *t == self.main).map_or(0.0, |(_, s)| s.progress())
     }
 

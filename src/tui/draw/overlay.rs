@@ -73,7 +73,7 @@ pub(super) fn modal(app: &App, modal: &Modal, frame: &mut Frame) {
         Modal::Confirm(request) => (
             " Confirm ",
             vec![
-                Line::styled(format!("Really {}?", request.describe()), t.style(Role::Warning)),
+                Line::styled(format!("Really {}?", crate::tui::describe(request)), t.style(Role::Warning)),
                 Line::default(),
                 Line::from(vec![
                     Span::styled("y", t.style(Role::FocusBorder)),

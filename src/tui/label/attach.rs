@@ -21,6 +21,7 @@ use serde_json::Value as Json;
 use tokio::sync::mpsc::Sender;
 
 use super::{LabelEffect, LabelPane};
+use crate::data::jsonl::new_lines;
 use crate::data::label_store::{agreement, parse_candidate, served_again, Candidate, LabelWriter, PairAgreement};
 use crate::data::labels::LabelLog;
 use crate::run::control::{Client, Request};
@@ -227,10 +228,8 @@ fn report_times(run: &Path) -> BTreeMap<PathBuf, SystemTime> {
 
 fn watch(run: &Path, tx: &Sender<Action>) {
     let send = |msg| tx.blocking_send(Action::Panes(msg)).is_ok();
-    let mut log = LabelLog::new(&run.join("labels.jsonl"));
+    let mut feed = LabelFeed::new(&run.join("labels.jsonl"), Some(run.join("candidates.jsonl")));
     let mut reports = None;
-    let candidates = run.join("candidates.jsonl");
-    let (mut offset, mut line_number) = (0u64, 0usize);
     loop {
         let times = report_times(run);
         if reports.as_ref() != Some(&times) {
@@ -240,17 +239,16 @@ fn watch(run: &Path, tx: &Sender<Action>) {
                 return;
             }
         }
-        if matches!(log.read_new(None), Ok(u) if u.lines > 0) {
-            let judged = log.judgements();
-            if !send(PaneMsg::Agreement(agreement(&judged), served_again(&judged))) {
+        let news = feed.poll();
+        if let Some((pairs, again)) = news.agreement {
+            if !send(PaneMsg::Agreement(pairs, again)) {
                 return;
             }
         }
-        let (fresh, problems) = read_candidates_from(&candidates, &mut offset, &mut line_number);
-        if problems.into_iter().any(|p| !send(PaneMsg::Problem(p))) {
+        if news.problems.into_iter().any(|p| !send(PaneMsg::Problem(p))) {
             return;
         }
-        if !fresh.is_empty() && !send(PaneMsg::Candidates(fresh)) {
+        if !news.candidates.is_empty() && !send(PaneMsg::Candidates(news.candidates)) {
             return;
         }
         thread::sleep(Duration::from_secs(1));
@@ -260,18 +258,9 @@ fn watch(run: &Path, tx: &Sender<Action>) {
 /// Complete candidate lines appended to a growing candidates file since `offset` (a torn last
 /// line waits for its newline), and the `path:line:col: field: message` of each bad line.
 pub fn read_candidates_from(path: &Path, offset: &mut u64, line_number: &mut usize) -> (Vec<Candidate>, Vec<String>) {
-    use std::io::{Read, Seek, SeekFrom};
     let (mut out, mut problems) = (Vec::new(), Vec::new());
-    let Ok(mut file) = std::fs::File::open(path) else { return (out, problems) };
-    let mut bytes = Vec::new();
-    if file.seek(SeekFrom::Start(*offset)).is_err() || file.read_to_end(&mut bytes).is_err() {
-        return (out, problems);
-    }
-    let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else { return (out, problems) };
-    *offset += end as u64 + 1;
-    for raw in bytes[..end].split(|&b| b == b'\n') {
+    for text in new_lines(path, offset) {
         *line_number += 1;
-        let text = String::from_utf8_lossy(raw).into_owned();
         if text.trim().is_empty() {
             continue;
         }
@@ -287,4 +276,50 @@ pub fn read_candidates_from(path: &Path, offset: &mut u64, line_number: &mut usi
         }
     }
     (out, problems)
+}
+
+/// What a labeling session watches, for the labeling pane's `panes` thread and `hone label`'s
+/// `label-watch` thread alike: the labels file (for agreement) and a run's candidates file.
+pub struct LabelFeed {
+    log: LabelLog,
+    candidates: Option<PathBuf>,
+    offset: u64,
+    line_number: usize,
+}
+
+/// What one [`LabelFeed::poll`] found.
+#[derive(Debug, Default)]
+pub struct FeedNews {
+    /// Agreement per labeler pair and the items served again, when new labels arrived.
+    pub agreement: Option<(Vec<PairAgreement>, usize)>,
+    /// Candidates appended since the last poll.
+    pub candidates: Vec<Candidate>,
+    /// Bad candidate lines and labels-file read errors, each one line.
+    pub problems: Vec<String>,
+}
+
+impl LabelFeed {
+    /// Watches `labels` and, when given, a run's `candidates` file, from their start.
+    pub fn new(labels: &Path, candidates: Option<PathBuf>) -> Self {
+        Self { log: LabelLog::new(labels), candidates, offset: 0, line_number: 0 }
+    }
+
+    /// What is new since the last poll.
+    pub fn poll(&mut self) -> FeedNews {
+        let mut news = FeedNews::default();
+        match self.log.read_new(None) {
+            Ok(update) if update.lines > 0 => {
+                let judged = self.log.judgements();
+                news.agreement = Some((agreement(&judged), served_again(&judged)));
+            }
+            Ok(_) => {}
+            Err(e) => news.problems.push(e.to_string()),
+        }
+        if let Some(path) = &self.candidates {
+            let (fresh, problems) = read_candidates_from(path, &mut self.offset, &mut self.line_number);
+            news.candidates = fresh;
+            news.problems.extend(problems);
+        }
+        news
+    }
 }
