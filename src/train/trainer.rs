@@ -34,7 +34,7 @@ use super::schedule::learning_rate;
 use super::state::{load_optimizer, optimizer_bytes};
 pub use super::state::{Finished, RunOptions, TrainerState};
 use super::TrainError;
-use crate::config::{Engine, EvalSettings, ModelInit, NanPolicy, Pipeline, Stage};
+use crate::config::{BestOf, Engine, EvalSettings, ModelInit, NanPolicy, Pipeline, Stage};
 use crate::data::{ChatTemplate, TextTokenizer};
 use crate::eval::{read_suite, Contamination, Decision, EvalItem, Judge, Report};
 use crate::model::{AdapterInit, Model, Precision, RewardModel};
@@ -288,18 +288,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         stage: &str,
     ) -> Result<ControlFlow<(), Option<Decision>>, TrainError> {
         let gated = stage != "base" && stage != setup.settings.baseline;
-        if let Some(done) = setup.done.get(stage) {
-            return Ok(ControlFlow::Continue(gated.then(|| done.report.decision())));
-        }
-        if let Some(previous) = self.host.load_eval(stage) {
-            let decision = gated.then(|| previous.report.decision());
-            setup.done.insert(stage.to_string(), previous);
-            return Ok(ControlFlow::Continue(decision));
-        }
-        let step = self.state.global_step;
-        let started = Instant::now();
         let baseline_name = setup.settings.baseline.clone();
-        let baseline = if stage == baseline_name { None } else { setup.done.get(&baseline_name) };
         let human = HumanInputs::read(&self.host.eval_inputs(), stage, &baseline_name)?;
         let mut contamination = setup.contamination.clone();
         contamination.extend(&human.label_prompts);
@@ -310,6 +299,84 @@ impl<'h, H: Host> Trainer<'h, H> {
             contamination: &contamination,
             human: &human,
         };
+        // A resumed run keeps the evaluations it saved (and their decisions, already acted on).
+        let saved = setup.done.get(stage).cloned().or_else(|| self.host.load_eval(stage));
+        let resumed = saved.is_some();
+        let greedy = match saved {
+            Some(previous) => previous,
+            None => {
+                let baseline = if stage == baseline_name { None } else { setup.done.get(&baseline_name) };
+                let Some(result) = self.eval_greedy(&ctx, stage, baseline)? else { return Ok(ControlFlow::Break(())) };
+                result
+            }
+        };
+        let mut decision = greedy.report.decision();
+        setup.done.insert(stage.to_string(), greedy);
+        if let (Some(best_of), Some(reward)) = (&setup.settings.best_of, setup.reward.as_ref()) {
+            // A stop between the two evaluations leaves only the greedy one saved.
+            let baseline = setup.done.get(&baseline_name);
+            let Some(result) = self.eval_best_of(&ctx, (reward, best_of), stage, baseline)? else {
+                return Ok(ControlFlow::Break(()));
+            };
+            if best_of.gate {
+                // The pipeline gates on the reranked answers.
+                decision = result.report.decision();
+            }
+        }
+        if !gated {
+            return Ok(ControlFlow::Continue(None));
+        }
+        if !resumed {
+            self.gate(stage, self.state.global_step, decision.clone())?;
+        }
+        Ok(ControlFlow::Continue(Some(decision)))
+    }
+
+    /// The greedy evaluation of the current policy as `stage`, saved and reported; `None` when
+    /// a stop interrupted it.
+    fn eval_greedy(
+        &mut self,
+        ctx: &EvalContext,
+        stage: &str,
+        baseline: Option<&StageEval>,
+    ) -> Result<Option<StageEval>, TrainError> {
+        let step = self.state.global_step;
+        let started = Instant::now();
+        let checkpoint = format!("step {step}");
+        let mut interrupts = control::Interrupts {
+            host: &mut *self.host,
+            paused: &mut self.paused,
+            stop: &mut self.stop,
+            deferred: &mut self.deferred,
+            state: &self.state,
+        };
+        let mut between = |done, total| interrupts.between_batches(stage, "eval", (done, total));
+        let names = (stage, checkpoint.as_str());
+        let template = self.template.as_ref();
+        let result = evaluate_stage(ctx, &self.policy, &self.tokenizer, template, names, baseline, &mut between)?;
+        let Some(result) = result else { return Ok(None) };
+        let mut f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
+        self.add_round(&mut f);
+        self.host.save_eval(stage, &result)?;
+        self.host.emit("eval_finished", Some(stage), Some(step), f)?;
+        Ok(Some(result))
+    }
+
+    /// The best-of-n evaluation of `stage` (`<stage>-best-of-<n>`): the saved one when a resumed
+    /// run has it, else evaluated, saved and reported; `None` when a stop interrupted it.
+    fn eval_best_of(
+        &mut self,
+        ctx: &EvalContext,
+        (reward, best_of): (&RewardModel, &BestOf),
+        stage: &str,
+        baseline: Option<&StageEval>,
+    ) -> Result<Option<StageEval>, TrainError> {
+        let name = best_of_name(stage, best_of.n);
+        if let Some(previous) = self.host.load_eval(&name) {
+            return Ok(Some(previous));
+        }
+        let step = self.state.global_step;
+        let started = Instant::now();
         let checkpoint = format!("step {step}");
         let mut interrupts = control::Interrupts {
             host: &mut *self.host,
@@ -320,63 +387,15 @@ impl<'h, H: Host> Trainer<'h, H> {
         };
         let mut between = |done, total| interrupts.between_batches(stage, "eval", (done, total));
         let template = self.template.as_ref();
-        let result = evaluate_stage(
-            &ctx,
-            &self.policy,
-            &self.tokenizer,
-            template,
-            (stage, &checkpoint),
-            baseline,
-            &mut between,
-        )?;
-        let Some(result) = result else { return Ok(ControlFlow::Break(())) };
-        let mut f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
-        self.add_round(&mut f);
-        self.host.save_eval(stage, &result)?;
-        self.host.emit("eval_finished", Some(stage), Some(step), f)?;
-        let mut decision = result.report.decision();
-        setup.done.insert(stage.to_string(), result);
-        if let (Some(best_of), Some(reward)) = (setup.settings.best_of.clone(), setup.reward.as_ref()) {
-            let name = best_of_name(stage, best_of.n);
-            let started = Instant::now();
-            let baseline = setup.done.get(&baseline_name);
-            let previous = self.host.load_eval(&name);
-            let mut interrupts = control::Interrupts {
-                host: &mut *self.host,
-                paused: &mut self.paused,
-                stop: &mut self.stop,
-                deferred: &mut self.deferred,
-                state: &self.state,
-            };
-            let mut between = |done, total| interrupts.between_batches(stage, "eval", (done, total));
-            let result = match previous {
-                Some(previous) => Some(previous),
-                None => evaluate_best_of(
-                    &ctx,
-                    &self.policy,
-                    reward,
-                    &best_of,
-                    &self.tokenizer,
-                    self.template.as_ref(),
-                    (&name, &checkpoint),
-                    baseline,
-                    &mut between,
-                )?,
-            };
-            let Some(result) = result else { return Ok(ControlFlow::Break(())) };
-            let f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
-            self.host.save_eval(&name, &result)?;
-            self.host.emit("eval_finished", Some(&name), Some(step), f)?;
-            if best_of.gate {
-                // The pipeline gates on the reranked answers.
-                decision = result.report.decision();
-            }
-        }
-        if !gated {
-            return Ok(ControlFlow::Continue(None));
-        }
-        self.gate(stage, step, decision.clone())?;
-        Ok(ControlFlow::Continue(Some(decision)))
+        let names = (name.as_str(), checkpoint.as_str());
+        let policy = &self.policy;
+        let result =
+            evaluate_best_of(ctx, policy, reward, best_of, &self.tokenizer, template, names, baseline, &mut between)?;
+        let Some(result) = result else { return Ok(None) };
+        let f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
+        self.host.save_eval(&name, &result)?;
+        self.host.emit("eval_finished", Some(&name), Some(step), f)?;
+        Ok(Some(result))
     }
 
     /// `round` (and the fix stage's own name) in the fields of a fix stage's events.
