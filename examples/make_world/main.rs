@@ -306,8 +306,13 @@ fn contrast(world: &world::World, rng: &mut StdRng, scale: f64) -> Vec<Value> {
 /// made from the training side only, so tuning on it never looks at the held-out suite.
 fn validation(world: &world::World, rng: &mut StdRng, scale: f64, train_prompts: &HashSet<String>) -> Vec<Value> {
     let mut rows = Vec::new();
+    // Compared as the eval module compares prompts (case and spacing folded), not byte for byte.
+    let train: HashSet<String> = train_prompts.iter().map(|p| hone::eval::normalise_prompt(p)).collect();
     let mut seen: HashSet<String> = HashSet::new();
-    let mut fresh = |prompt: &str| !train_prompts.contains(prompt) && seen.insert(prompt.to_string());
+    let mut fresh = |prompt: &str| {
+        let key = hone::eval::normalise_prompt(prompt);
+        !train.contains(&key) && seen.insert(key)
+    };
     let (mut n, mut tries) = (0, 0);
     // Prompt space is finite: give up on a kind after many repeats rather than loop forever.
     while n < scaled(150, scale) && tries < 100_000 {
@@ -547,7 +552,17 @@ fn main() -> Result<()> {
     let mut eval_rng = StdRng::seed_from_u64(args.seed ^ 0x5eed_e7a1);
     let suite = eval_suite(&world, &mut eval_rng, args.scale, &train_prompts);
     write_jsonl(&args.out.join("eval.jsonl"), &suite)?;
-    let check = validation(&world, &mut StdRng::seed_from_u64(args.seed ^ 0x7a11_d8e5), args.scale, &train_prompts);
+    // The labeling pool's prompts (prompts.jsonl, which candidates.jsonl draws from) can enter
+    // training through labels: the validation suite keeps clear of them too.
+    let mut not_for_validation = train_prompts.clone();
+    for line in fs::read_to_string(args.out.join("prompts.jsonl"))?.lines() {
+        let row: Value = serde_json::from_str(line)?;
+        not_for_validation.extend(
+            row["messages"].as_array().into_iter().flatten().filter_map(|m| m["content"].as_str()).map(String::from),
+        );
+    }
+    let check =
+        validation(&world, &mut StdRng::seed_from_u64(args.seed ^ 0x7a11_d8e5), args.scale, &not_for_validation);
     write_jsonl(&gen.join("validation.jsonl"), &check)?;
 
     let mut corpus = doc_texts;
