@@ -302,13 +302,12 @@ impl<'h, H: Host> Trainer<'h, H> {
         // A resumed run keeps the evaluations it saved (and their decisions, already acted on).
         let saved = setup.done.get(stage).cloned().or_else(|| self.host.load_eval(stage));
         let resumed = saved.is_some();
-        let greedy = match saved {
-            Some(previous) => previous,
-            None => {
-                let baseline = if stage == baseline_name { None } else { setup.done.get(&baseline_name) };
-                let Some(result) = self.eval_greedy(&ctx, stage, baseline)? else { return Ok(ControlFlow::Break(())) };
-                result
-            }
+        let greedy = if let Some(previous) = saved {
+            previous
+        } else {
+            let baseline = if stage == baseline_name { None } else { setup.done.get(&baseline_name) };
+            let Some(result) = self.eval_greedy(&ctx, stage, baseline)? else { return Ok(ControlFlow::Break(())) };
+            result
         };
         let mut decision = greedy.report.decision();
         setup.done.insert(stage.to_string(), greedy);
