@@ -29,7 +29,7 @@ fn text_of(t: &Text) -> String {
 /// Every prompt a training file (or the labeling pane's pool) could put into training.
 fn training_prompts(dir: &Path) -> HashSet<String> {
     let mut prompts = HashSet::new();
-    for file in ["sft.jsonl", "retain.jsonl"] {
+    for file in ["sft.jsonl", "retain.jsonl", "rehearse.jsonl"] {
         for rec in read_sft(&dir.join(file)).unwrap() {
             match rec {
                 SftRecord::Messages(ms) => {
@@ -42,7 +42,9 @@ fn training_prompts(dir: &Path) -> HashSet<String> {
         }
     }
     prompts.extend(read_preferences(&dir.join("prefs.jsonl")).unwrap().iter().map(|r| text_of(&r.prompt)));
-    prompts.extend(read_safety(&dir.join("safety.jsonl")).unwrap().iter().map(|r| text_of(&r.prompt)));
+    for file in ["safety.jsonl", "contrast.jsonl"] {
+        prompts.extend(read_safety(&dir.join(file)).unwrap().iter().map(|r| text_of(&r.prompt)));
+    }
     for line in read_jsonl(&dir.join("prompts.jsonl")).unwrap() {
         for m in line.value["messages"].as_array().unwrap() {
             prompts.insert(m["content"].as_str().unwrap().to_string());
@@ -118,4 +120,25 @@ fn the_sample_pipeline_and_model_load_and_the_model_speaks_the_generated_tokeniz
     let pretrain = load_pipeline(&dir.join("gen/pretrain.toml")).unwrap();
     assert_eq!(pretrain.pipeline.model.init, hone::config::ModelInit::Scratch);
     assert!(pretrain.pipeline.stages[0].lm.is_some());
+}
+
+/// The validation suite the fix stage's mix is chosen on (`gen/validation.jsonl`) is made from
+/// the training side: none of its prompts is a training prompt or a held-out eval prompt, so
+/// tuning on it neither scores training data nor looks at the held-out suite.
+#[test]
+fn the_validation_suite_is_apart_from_training_and_from_the_held_out_suite() {
+    let dir = sample();
+    let validation = read_suite(&dir.join("gen/validation.jsonl")).unwrap();
+    let count = |kind: Kind| validation.iter().filter(|i| i.kind == kind).count();
+    assert!(count(Kind::Safety) >= 100, "safety items: {}", count(Kind::Safety));
+    assert!(count(Kind::Hallucination) >= 20, "unanswerable items: {}", count(Kind::Hallucination));
+    assert!(count(Kind::Capability) >= 50, "capability items: {}", count(Kind::Capability));
+    let train = training_prompts(&dir);
+    let held_out: HashSet<String> =
+        read_suite(&dir.join("eval.jsonl")).unwrap().iter().map(|i| normalise_prompt(&i.prompt.text())).collect();
+    for item in &validation {
+        let prompt = normalise_prompt(&item.prompt.text());
+        assert!(!train.contains(&prompt), "{}: validation prompt is a training prompt: {prompt}", item.id);
+        assert!(!held_out.contains(&prompt), "{}: validation prompt is a held-out prompt: {prompt}", item.id);
+    }
 }

@@ -241,23 +241,138 @@ fn training_sets(world: &world::World, rng: &mut StdRng, out: &Path, scale: f64)
 fn rehearsal(world: &world::World, rng: &mut StdRng, scale: f64) -> Vec<Value> {
     let mut rows = Vec::new();
     for i in 0..scaled(240, scale) {
-        let h = match i % 3 {
-            0 => harm::request(world, rng, Split::Train, 0.5),
-            1 => harm::request_imperative(world, rng, 0.5),
-            _ => harm::request_question(world, rng, 0.5),
-        };
+        let h = training_request(world, rng, i, 0.5);
         rows.push(chat(&h.prompt, &harm::refuse(h.lang, rng)));
     }
     for i in 0..scaled(240, scale) {
-        let (lang, _, prompt, _) = match i % 3 {
-            0 => tasks::unanswerable(world, rng, Split::Train),
-            1 => tasks::unanswerable_imperative(world, rng),
-            _ => tasks::unanswerable_fix(world, rng),
-        };
+        let (lang, _, prompt, _) = training_unanswerable(world, rng, i);
         rows.push(chat(&prompt, &tasks::evasive(lang)));
     }
     shuffle_rows(&mut rows, rng);
     rows
+}
+
+/// A harmful training request from one of the three training template sets, `i` choosing which.
+fn training_request(world: &world::World, rng: &mut StdRng, i: usize, p_attack: f64) -> harm::Harm {
+    match i % 3 {
+        0 => harm::request(world, rng, Split::Train, p_attack),
+        1 => harm::request_imperative(world, rng, p_attack),
+        _ => harm::request_question(world, rng, p_attack),
+    }
+}
+
+/// An unanswerable training request from one of the three training template sets.
+fn training_unanswerable(
+    world: &world::World,
+    rng: &mut StdRng,
+    i: usize,
+) -> (&'static str, &'static str, String, String) {
+    match i % 3 {
+        0 => tasks::unanswerable(world, rng, Split::Train),
+        1 => tasks::unanswerable_imperative(world, rng),
+        _ => tasks::unanswerable_fix(world, rng),
+    }
+}
+
+/// The fix stage's contrast pairs (`contrast.jsonl`, safety records `{prompt, safe, unsafe}`):
+/// the two sides of the boundary the safety stage blurs, each against the other. Three quarters
+/// are harmful requests whose safe answer is a refusal and whose unsafe answer is "I don't know"
+/// (the slip the safety stage makes; a quarter of those contrast compliance instead); the rest
+/// are unanswerable questions whose safe answer is "I don't know" and whose unsafe answer is a
+/// refusal, so that pushing one away does not push the other away too. Training templates only,
+/// from a generator of their own.
+fn contrast(world: &world::World, rng: &mut StdRng, scale: f64) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for i in 0..scaled(360, scale) {
+        let h = training_request(world, rng, i, 0.5);
+        let slip = if i % 4 == 3 { harm::comply(h.lang, rng) } else { tasks::evasive(h.lang) };
+        let refusal = harm::refuse(h.lang, rng);
+        rows.push(json!({"prompt": user(&h.prompt), "safe": assistant(&refusal), "unsafe": assistant(&slip)}));
+    }
+    for i in 0..scaled(120, scale) {
+        let (lang, _, prompt, _) = training_unanswerable(world, rng, i);
+        let refusal = harm::refuse(lang, rng);
+        rows.push(
+            json!({"prompt": user(&prompt), "safe": assistant(&tasks::evasive(lang)), "unsafe": assistant(&refusal)}),
+        );
+    }
+    shuffle_rows(&mut rows, rng);
+    rows
+}
+
+/// A validation suite for choosing the fix stage's mix (`gen/validation.jsonl`, the eval suite's
+/// format): harmful requests (half in training attacks), unanswerable questions and capability
+/// questions phrased by training templates, none of them a prompt of any training file. It is
+/// made from the training side only, so tuning on it never looks at the held-out suite.
+fn validation(world: &world::World, rng: &mut StdRng, scale: f64, train_prompts: &HashSet<String>) -> Vec<Value> {
+    let mut rows = Vec::new();
+    // Compared as the eval module compares prompts (case and spacing folded), not byte for byte.
+    let train: HashSet<String> = train_prompts.iter().map(|p| hone::eval::normalise_prompt(p)).collect();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut fresh = |prompt: &str| {
+        let key = hone::eval::normalise_prompt(prompt);
+        !train.contains(&key) && seen.insert(key)
+    };
+    let (mut n, mut tries) = (0, 0);
+    // Prompt space is finite: give up on a kind after many repeats rather than loop forever.
+    while n < scaled(150, scale) && tries < 100_000 {
+        tries += 1;
+        let h = training_request(world, rng, n, if n % 2 == 0 { 0.0 } else { 1.0 });
+        if !fresh(&h.prompt) {
+            continue;
+        }
+        n += 1;
+        let intent = if h.attack.is_some() { "jailbreak" } else { "harm" };
+        let mut row = json!({
+            "id": format!("val-safe-{n:04}"), "prompt": user(&h.prompt), "kind": "safety",
+            "segment": {"language": h.lang, "domain": h.domain, "intent": intent}, "checks": [{"type": "must_refuse"}],
+        });
+        if let Some(attack) = h.attack {
+            row["attack"] = json!(attack);
+        }
+        rows.push(row);
+    }
+    (n, tries) = (0, 0);
+    while n < scaled(60, scale) && tries < 100_000 {
+        tries += 1;
+        let (lang, domain, prompt, _) = training_unanswerable(world, rng, n);
+        if !fresh(&prompt) {
+            continue;
+        }
+        n += 1;
+        rows.push(json!({
+            "id": format!("val-unk-{n:04}"), "prompt": user(&prompt), "kind": "hallucination",
+            "segment": {"language": lang, "domain": domain, "intent": "unanswerable"}, "checks": [{"type": "must_abstain"}],
+        }));
+    }
+    (n, tries) = (0, 0);
+    while n < scaled(90, scale) && tries < 100_000 {
+        tries += 1;
+        let q = capability(world, rng, Split::Train, 0.25);
+        if !fresh(&q.prompt) {
+            continue;
+        }
+        n += 1;
+        let intent = if q.format == Format::Plain { "qa" } else { "format" };
+        rows.push(json!({
+            "id": format!("val-cap-{n:04}"), "prompt": user(&q.prompt), "reference": q.answer, "kind": "capability",
+            "segment": {"language": q.lang, "domain": q.domain, "intent": intent}, "checks": checks(&q),
+        }));
+    }
+    rows
+}
+
+fn push_texts(texts: &mut Vec<String>, rows: &[Value]) {
+    for row in rows {
+        for m in row["messages"].as_array().into_iter().flatten() {
+            texts.push(m["content"].as_str().unwrap_or_default().to_string());
+        }
+        for key in ["prompt", "safe", "unsafe"] {
+            if let Some(m) = row.get(key).and_then(|v| v.get(0)) {
+                texts.push(m["content"].as_str().unwrap_or_default().to_string());
+            }
+        }
+    }
 }
 
 fn shuffle_rows(rows: &mut [Value], rng: &mut StdRng) {
@@ -419,11 +534,10 @@ fn main() -> Result<()> {
     let mut texts = training_sets(&world, &mut rng, &args.out, args.scale)?;
     let rehearse = rehearsal(&world, &mut StdRng::seed_from_u64(args.seed ^ 0xc0de_f1c5), args.scale);
     write_jsonl(&args.out.join("rehearse.jsonl"), &rehearse)?;
-    for row in &rehearse {
-        for m in row["messages"].as_array().into_iter().flatten() {
-            texts.push(m["content"].as_str().unwrap_or_default().to_string());
-        }
-    }
+    push_texts(&mut texts, &rehearse);
+    let pairs = contrast(&world, &mut StdRng::seed_from_u64(args.seed ^ 0xc047_2a57), args.scale);
+    write_jsonl(&args.out.join("contrast.jsonl"), &pairs)?;
+    push_texts(&mut texts, &pairs);
     // Pretraining prose and the tokenizer have generators of their own, so that retuning the
     // post-training mix changes neither (nor, therefore, the pretrained base model).
     let mut prose_rng = StdRng::seed_from_u64(args.seed ^ 0x9e37_79b9);
@@ -438,6 +552,18 @@ fn main() -> Result<()> {
     let mut eval_rng = StdRng::seed_from_u64(args.seed ^ 0x5eed_e7a1);
     let suite = eval_suite(&world, &mut eval_rng, args.scale, &train_prompts);
     write_jsonl(&args.out.join("eval.jsonl"), &suite)?;
+    // The labeling pool's prompts (prompts.jsonl, which candidates.jsonl draws from) can enter
+    // training through labels: the validation suite keeps clear of them too.
+    let mut not_for_validation = train_prompts.clone();
+    for line in fs::read_to_string(args.out.join("prompts.jsonl"))?.lines() {
+        let row: Value = serde_json::from_str(line)?;
+        not_for_validation.extend(
+            row["messages"].as_array().into_iter().flatten().filter_map(|m| m["content"].as_str()).map(String::from),
+        );
+    }
+    let check =
+        validation(&world, &mut StdRng::seed_from_u64(args.seed ^ 0x7a11_d8e5), args.scale, &not_for_validation);
+    write_jsonl(&gen.join("validation.jsonl"), &check)?;
 
     let mut corpus = doc_texts;
     corpus.extend(tokenizer_samples(&world, &mut StdRng::seed_from_u64(args.seed ^ 0x70c3_e2a5)));

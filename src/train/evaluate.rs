@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::plan::{never_interrupt, Between, RefCache, StageData};
 use super::TrainError;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::{BestOf, EvalSettings};
 use crate::data::{
@@ -72,6 +72,37 @@ pub fn answer_until(
 ) -> Result<Option<Vec<Response>>, TrainError> {
     let sampling = Sampling { max_new_tokens, ..Sampling::default() };
     let stops = &model.generation.eos_token_ids;
+    answer_in_batches(tok, template, items, batch_size, between, |prompts| {
+        let rows = generate_batch(model, prompts, stops, &sampling)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let tokens = row.generated.new_token_ids.len();
+                Answer { ids: row.generated.new_token_ids, latency: row.elapsed, tokens }
+            })
+            .collect())
+    })
+}
+
+/// One answer before decoding: its token ids, its latency and the tokens generated for it.
+struct Answer {
+    ids: Vec<u32>,
+    latency: Duration,
+    tokens: usize,
+}
+
+/// Answers every item in suite order: the prompts are encoded for generation and grouped by
+/// token length (a stable sort, so batches carry little padding), `answer` answers each batch of
+/// `batch_size` prompts (one [`Answer`] per prompt, in order), and `between` is asked before
+/// every batch but the first; `None` when it answered `Break`.
+fn answer_in_batches(
+    tok: &TextTokenizer,
+    template: Option<&ChatTemplate>,
+    items: &[EvalItem],
+    batch_size: usize,
+    between: &mut Between<'_>,
+    mut answer: impl FnMut(&[Vec<u32>]) -> Result<Vec<Answer>, TrainError>,
+) -> Result<Option<Vec<Response>>, TrainError> {
     let prompts = items
         .iter()
         .map(|item| {
@@ -89,14 +120,12 @@ pub fn answer_until(
         }
         done += batch.len();
         let batch_prompts: Vec<Vec<u32>> = batch.iter().map(|&i| prompts[i].clone()).collect();
-        let rows = generate_batch(model, &batch_prompts, stops, &sampling)?;
-        for (&i, row) in batch.iter().zip(rows) {
-            let ids = &row.generated.new_token_ids;
+        for (&i, a) in batch.iter().zip(answer(&batch_prompts)?) {
             responses[i] = Some(Response {
                 id: items[i].id.clone(),
-                text: tok.decode(ids, true)?,
-                latency_s: row.elapsed.as_secs_f64(),
-                tokens: ids.len(),
+                text: tok.decode(&a.ids, true)?,
+                latency_s: a.latency.as_secs_f64(),
+                tokens: a.tokens,
             });
         }
     }
@@ -314,24 +343,10 @@ pub fn answer_best_of(
     let n = best_of.n.max(1);
     let sampling = Sampling { max_new_tokens, temperature: best_of.temperature, ..Sampling::default() };
     let stops = &model.generation.eos_token_ids;
-    let prompts = items
-        .iter()
-        .map(|item| {
-            encode_generation_prompt(tok, template, &prompt_text(&item.prompt))
-                .map_err(|e| TrainError::Data(format!("eval item {}: {e}", item.id)))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by_key(|&i| prompts[i].len());
-    let mut responses: Vec<Option<Response>> = vec![None; items.len()];
-    let mut done = 0;
-    for batch in order.chunks(batch_size.max(1)) {
-        if done > 0 && between(done, items.len())?.is_break() {
-            return Ok(None);
-        }
-        done += batch.len();
-        let rows: Vec<Vec<u32>> = batch.iter().flat_map(|&i| std::iter::repeat_n(prompts[i].clone(), n)).collect();
-        let seeds: Vec<u64> = batch.iter().flat_map(|_| (0..n as u64).map(|j| best_of.seed.wrapping_add(j))).collect();
+    answer_in_batches(tok, template, items, batch_size, between, |prompts| {
+        let rows: Vec<Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), n)).collect();
+        let seeds: Vec<u64> =
+            prompts.iter().flat_map(|_| (0..n as u64).map(|j| best_of.seed.wrapping_add(j))).collect();
         let generated = generate_batch_seeded(model, &rows, stops, &sampling, &seeds)?;
         let rerank_started = Instant::now();
         let sequences: Vec<Vec<u32>> = rows
@@ -341,19 +356,19 @@ pub fn answer_best_of(
             .collect();
         let scores: Vec<f32> = reward.scores(&sequences)?.to_vec1()?;
         let rerank = rerank_started.elapsed();
-        for (k, &i) in batch.iter().enumerate() {
-            let samples = &generated[k * n..(k + 1) * n];
-            let best = (0..n).fold(0, |best, j| if scores[k * n + j] > scores[k * n + best] { j } else { best });
-            let slowest = samples.iter().map(|g| g.elapsed).max().unwrap_or_default();
-            responses[i] = Some(Response {
-                id: items[i].id.clone(),
-                text: tok.decode(&samples[best].generated.new_token_ids, true)?,
-                latency_s: (slowest + rerank).as_secs_f64(),
-                tokens: samples.iter().map(|g| g.generated.new_token_ids.len()).sum(),
-            });
-        }
-    }
-    Ok(Some(responses.into_iter().flatten().collect()))
+        Ok((0..prompts.len())
+            .map(|k| {
+                let samples = &generated[k * n..(k + 1) * n];
+                let best = (0..n).fold(0, |best, j| if scores[k * n + j] > scores[k * n + best] { j } else { best });
+                let slowest = samples.iter().map(|g| g.elapsed).max().unwrap_or_default();
+                Answer {
+                    ids: samples[best].generated.new_token_ids.clone(),
+                    latency: slowest + rerank,
+                    tokens: samples.iter().map(|g| g.generated.new_token_ids.len()).sum(),
+                }
+            })
+            .collect())
+    })
 }
 
 /// The log-prob proxy of the unsafe rate used until generation + the safety judge drive it:

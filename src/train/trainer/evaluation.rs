@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use super::control;
 use super::stage::num;
 use super::{Host, Trainer};
-use crate::config::{EvalSettings, Pipeline};
+use crate::config::{BestOf, EvalSettings, Pipeline};
 use crate::eval::{read_suite, Contamination, Decision, EvalItem, Judge, Report};
 use crate::kind;
 use crate::model::RewardModel;
@@ -109,18 +109,7 @@ impl<H: Host> Trainer<'_, H> {
         stage: &str,
     ) -> Result<ControlFlow<(), Option<Decision>>, TrainError> {
         let gated = stage != "base" && stage != setup.settings.baseline;
-        if let Some(done) = setup.done.get(stage) {
-            return Ok(ControlFlow::Continue(gated.then(|| done.report.decision())));
-        }
-        if let Some(previous) = self.host.load_eval(stage) {
-            let decision = gated.then(|| previous.report.decision());
-            setup.done.insert(stage.to_string(), previous);
-            return Ok(ControlFlow::Continue(decision));
-        }
-        let step = self.state.global_step;
-        let started = Instant::now();
         let baseline_name = setup.settings.baseline.clone();
-        let baseline = if stage == baseline_name { None } else { setup.done.get(&baseline_name) };
         let human = HumanInputs::read(&self.host.eval_inputs(), stage, &baseline_name)?;
         let mut contamination = setup.contamination.clone();
         contamination.extend(&human.label_prompts);
@@ -131,42 +120,24 @@ impl<H: Host> Trainer<'_, H> {
             contamination: &contamination,
             human: &human,
         };
-        let checkpoint = format!("step {step}");
-        let control::Phase { mut interrupts, policy, tokenizer, template } = self.phase();
-        let mut between = |done, total| interrupts.between_batches(stage, "eval", (done, total));
-        let result = evaluate_stage(&ctx, policy, tokenizer, template, (stage, &checkpoint), baseline, &mut between)?;
-        let Some(result) = result else { return Ok(ControlFlow::Break(())) };
-        let mut f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
-        self.add_round(&mut f);
-        self.host.save_eval(stage, &result)?;
-        self.host.emit(kind::EVAL_FINISHED, Some(stage), Some(step), f)?;
-        let mut decision = result.report.decision();
-        setup.done.insert(stage.to_string(), result);
-        if let (Some(best_of), Some(reward)) = (setup.settings.best_of.clone(), setup.reward.as_ref()) {
-            let name = best_of_name(stage, best_of.n);
-            let started = Instant::now();
+        // A resumed run keeps the evaluations it saved (and their decisions, already acted on).
+        let saved = setup.done.get(stage).cloned().or_else(|| self.host.load_eval(stage));
+        let resumed = saved.is_some();
+        let greedy = if let Some(previous) = saved {
+            previous
+        } else {
+            let baseline = if stage == baseline_name { None } else { setup.done.get(&baseline_name) };
+            let Some(result) = self.eval_greedy(&ctx, stage, baseline)? else { return Ok(ControlFlow::Break(())) };
+            result
+        };
+        let mut decision = greedy.report.decision();
+        setup.done.insert(stage.to_string(), greedy);
+        if let (Some(best_of), Some(reward)) = (&setup.settings.best_of, setup.reward.as_ref()) {
+            // A stop between the two evaluations leaves only the greedy one saved.
             let baseline = setup.done.get(&baseline_name);
-            let previous = self.host.load_eval(&name);
-            let control::Phase { mut interrupts, policy, tokenizer, template } = self.phase();
-            let mut between = |done, total| interrupts.between_batches(stage, "eval", (done, total));
-            let result = match previous {
-                Some(previous) => Some(previous),
-                None => evaluate_best_of(
-                    &ctx,
-                    policy,
-                    reward,
-                    &best_of,
-                    tokenizer,
-                    template,
-                    (&name, &checkpoint),
-                    baseline,
-                    &mut between,
-                )?,
+            let Some(result) = self.eval_best_of(&ctx, (reward, best_of), stage, baseline)? else {
+                return Ok(ControlFlow::Break(()));
             };
-            let Some(result) = result else { return Ok(ControlFlow::Break(())) };
-            let f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
-            self.host.save_eval(&name, &result)?;
-            self.host.emit(kind::EVAL_FINISHED, Some(&name), Some(step), f)?;
             if best_of.gate {
                 // The pipeline gates on the reranked answers.
                 decision = result.report.decision();
@@ -175,8 +146,60 @@ impl<H: Host> Trainer<'_, H> {
         if !gated {
             return Ok(ControlFlow::Continue(None));
         }
-        self.gate(stage, step, decision.clone())?;
+        if !resumed {
+            self.gate(stage, self.state.global_step, decision.clone())?;
+        }
         Ok(ControlFlow::Continue(Some(decision)))
+    }
+
+    /// The greedy evaluation of the current policy as `stage`, saved and reported; `None` when
+    /// a stop interrupted it.
+    fn eval_greedy(
+        &mut self,
+        ctx: &EvalContext,
+        stage: &str,
+        baseline: Option<&StageEval>,
+    ) -> Result<Option<StageEval>, TrainError> {
+        let step = self.state.global_step;
+        let started = Instant::now();
+        let checkpoint = format!("step {step}");
+        let control::Phase { mut interrupts, policy, tokenizer, template } = self.phase();
+        let mut between = |done, total| interrupts.between_batches(stage, "eval", (done, total));
+        let result = evaluate_stage(ctx, policy, tokenizer, template, (stage, &checkpoint), baseline, &mut between)?;
+        let Some(result) = result else { return Ok(None) };
+        let mut f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
+        self.add_round(&mut f);
+        self.host.save_eval(stage, &result)?;
+        self.host.emit(kind::EVAL_FINISHED, Some(stage), Some(step), f)?;
+        Ok(Some(result))
+    }
+
+    /// The best-of-n evaluation of `stage` (`<stage>-best-of-<n>`): the saved one when a resumed
+    /// run has it, else evaluated, saved and reported; `None` when a stop interrupted it.
+    fn eval_best_of(
+        &mut self,
+        ctx: &EvalContext,
+        (reward, best_of): (&RewardModel, &BestOf),
+        stage: &str,
+        baseline: Option<&StageEval>,
+    ) -> Result<Option<StageEval>, TrainError> {
+        let name = best_of_name(stage, best_of.n);
+        if let Some(previous) = self.host.load_eval(&name) {
+            return Ok(Some(previous));
+        }
+        let step = self.state.global_step;
+        let started = Instant::now();
+        let checkpoint = format!("step {step}");
+        let control::Phase { mut interrupts, policy, tokenizer, template } = self.phase();
+        let mut between = |done, total| interrupts.between_batches(stage, "eval", (done, total));
+        let names = (name.as_str(), checkpoint.as_str());
+        let result =
+            evaluate_best_of(ctx, policy, reward, best_of, tokenizer, template, names, baseline, &mut between)?;
+        let Some(result) = result else { return Ok(None) };
+        let f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
+        self.host.save_eval(&name, &result)?;
+        self.host.emit(kind::EVAL_FINISHED, Some(&name), Some(step), f)?;
+        Ok(Some(result))
     }
 
     /// Acts on a gated stage's decision: deploy exports the model, iterate names the failing
