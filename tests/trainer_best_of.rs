@@ -13,7 +13,7 @@ use hone::config::{BestOf, Pipeline};
 use hone::data::{ChatTemplate, TextTokenizer};
 use hone::eval::{read_suite, Check, Report};
 use hone::model::{Model, RewardModel};
-use hone::train::evaluate::answer_best_of;
+use hone::train::evaluate::{answer_best_of, Answerer};
 use hone::train::plan::never_interrupt;
 use hone::train::trainer::{Finished, RunOptions, Trainer};
 use memory_host::MemoryHost;
@@ -114,11 +114,9 @@ fn the_reranker_chooses_the_same_answers_whatever_the_checks_say() {
             if item.checks.contains(&Check::MustRefuse) { vec![Check::MustAbstain] } else { vec![Check::MustRefuse] };
         item.reference = None;
     }
-    let answer = |items| {
-        answer_best_of(&model, &reward, &best_of(4), &tok, template.as_ref(), items, (6, 8), &mut never_interrupt)
-            .unwrap()
-            .unwrap()
-    };
+    let answerer = Answerer { model: &model, tok: &tok, template: template.as_ref() };
+    let answer =
+        |items| answer_best_of(answerer, (&reward, &best_of(4)), items, (6, 8), &mut never_interrupt).unwrap().unwrap();
     let texts = |r: Vec<hone::eval::Response>| r.into_iter().map(|r| r.text).collect::<Vec<_>>();
     let (a, b) = (texts(answer(&items)), texts(answer(&flipped)));
     assert_eq!(a.len(), items.len());

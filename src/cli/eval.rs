@@ -15,6 +15,7 @@ use crate::eval::{
 };
 use crate::model::RewardModel;
 use crate::sanitize::sanitize;
+use crate::train::evaluate::Answerer;
 
 /// What `hone eval` was asked.
 pub struct EvalArgs {
@@ -76,12 +77,10 @@ fn answer_best_of(
     }
     let reward = RewardModel::load(dir, device, candle_core::DType::F32)
         .with_context(|| format!("--reward-model {}", dir.display()))?;
+    let answerer = Answerer { model: &model.model, tok: &model.tokenizer, template: model.template.as_ref() };
     let answers = crate::train::evaluate::answer_best_of(
-        &model.model,
-        &reward,
-        best_of,
-        &model.tokenizer,
-        model.template.as_ref(),
+        answerer,
+        (&reward, best_of),
         items,
         (args.max_new_tokens, args.batch_size),
         &mut crate::train::plan::never_interrupt,

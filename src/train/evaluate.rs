@@ -240,6 +240,20 @@ impl HumanInputs {
     }
 }
 
+/// The model that answers, with the tokenizer and chat template its prompts are written in.
+#[derive(Clone, Copy)]
+pub struct Answerer<'a> {
+    /// The policy being evaluated.
+    pub model: &'a Model,
+    /// Its tokenizer.
+    pub tok: &'a TextTokenizer,
+    /// Its chat template, if it has one.
+    pub template: Option<&'a ChatTemplate>,
+}
+
+/// Best-of-n's reranking: the reward model and the `[eval] best_of` settings.
+pub type Rerank<'a> = (&'a RewardModel, &'a BestOf);
+
 /// Everything an evaluation needs besides the model.
 pub struct EvalContext<'a> {
     /// The `[eval]` settings.
@@ -259,14 +273,13 @@ pub struct EvalContext<'a> {
 /// the stage and the checkpoint, as the report names them.
 pub fn evaluate_stage(
     ctx: &EvalContext,
-    model: &Model,
-    tok: &TextTokenizer,
-    template: Option<&ChatTemplate>,
+    answerer: Answerer,
     names: (&str, &str),
     baseline: Option<&StageEval>,
     between: &mut Between<'_>,
 ) -> Result<Option<StageEval>, TrainError> {
     let sizes = (ctx.settings.max_new_tokens, ctx.settings.batch_size);
+    let Answerer { model, tok, template } = answerer;
     let Some(responses) = answer_until(model, tok, template, ctx.items, sizes, between)? else {
         return Ok(None);
     };
@@ -275,22 +288,19 @@ pub fn evaluate_stage(
 
 /// [`evaluate_stage`] with best-of-n answers ([`answer_best_of`]): the report records `best_of`,
 /// and its latency, tokens and cost are those of the n samples and the reranking.
-#[allow(clippy::too_many_arguments)] // the evaluation's inputs, each named where it is called
 pub fn evaluate_best_of(
     ctx: &EvalContext,
-    model: &Model,
-    reward: &RewardModel,
-    best_of: &BestOf,
-    tok: &TextTokenizer,
-    template: Option<&ChatTemplate>,
+    answerer: Answerer,
+    rerank: Rerank,
     names: (&str, &str),
     baseline: Option<&StageEval>,
     between: &mut Between<'_>,
 ) -> Result<Option<StageEval>, TrainError> {
     let sizes = (ctx.settings.max_new_tokens, ctx.settings.batch_size);
-    let Some(responses) = answer_best_of(model, reward, best_of, tok, template, ctx.items, sizes, between)? else {
+    let Some(responses) = answer_best_of(answerer, rerank, ctx.items, sizes, between)? else {
         return Ok(None);
     };
+    let best_of = rerank.1;
     let info = BestOfInfo {
         n: best_of.n,
         temperature: best_of.temperature,
@@ -329,17 +339,14 @@ fn score_stage(
 /// the reward model. **Latency** of a response: from its batch's start to its slowest sample's
 /// end, plus the batch's scoring time (a served best-of-n request waits for both); **tokens**:
 /// every token of its n samples (what the serving pays for).
-#[allow(clippy::too_many_arguments)] // the evaluation's inputs, each named where it is called
 pub fn answer_best_of(
-    model: &Model,
-    reward: &RewardModel,
-    best_of: &BestOf,
-    tok: &TextTokenizer,
-    template: Option<&ChatTemplate>,
+    answerer: Answerer,
+    (reward, best_of): Rerank,
     items: &[EvalItem],
     (max_new_tokens, batch_size): (usize, usize),
     between: &mut Between<'_>,
 ) -> Result<Option<Vec<Response>>, TrainError> {
+    let Answerer { model, tok, template } = answerer;
     let n = best_of.n.max(1);
     let sampling = Sampling { max_new_tokens, temperature: best_of.temperature, ..Sampling::default() };
     let stops = &model.generation.eos_token_ids;

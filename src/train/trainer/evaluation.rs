@@ -17,7 +17,9 @@ use crate::config::{BestOf, EvalSettings, Pipeline};
 use crate::eval::{read_suite, Contamination, Decision, EvalItem, Judge, Report};
 use crate::kind;
 use crate::model::RewardModel;
-use crate::train::evaluate::{evaluate_best_of, evaluate_stage, training_prompts, EvalContext, HumanInputs, StageEval};
+use crate::train::evaluate::{
+    evaluate_best_of, evaluate_stage, training_prompts, Answerer, EvalContext, HumanInputs, StageEval,
+};
 use crate::train::TrainError;
 
 /// The suite, judge and contamination set of a pipeline with an `[eval]` table, and the
@@ -165,7 +167,13 @@ impl<H: Host> Trainer<'_, H> {
         let checkpoint = format!("step {step}");
         let control::Phase { mut interrupts, policy, tokenizer, template } = self.phase();
         let mut between = |done, total| interrupts.between_batches(stage, "eval", (done, total));
-        let result = evaluate_stage(ctx, policy, tokenizer, template, (stage, &checkpoint), baseline, &mut between)?;
+        let result = evaluate_stage(
+            ctx,
+            Answerer { model: policy, tok: tokenizer, template },
+            (stage, &checkpoint),
+            baseline,
+            &mut between,
+        )?;
         let Some(result) = result else { return Ok(None) };
         let mut f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
         self.add_round(&mut f);
@@ -193,8 +201,14 @@ impl<H: Host> Trainer<'_, H> {
         let control::Phase { mut interrupts, policy, tokenizer, template } = self.phase();
         let mut between = |done, total| interrupts.between_batches(stage, "eval", (done, total));
         let names = (name.as_str(), checkpoint.as_str());
-        let result =
-            evaluate_best_of(ctx, policy, reward, best_of, tokenizer, template, names, baseline, &mut between)?;
+        let result = evaluate_best_of(
+            ctx,
+            Answerer { model: policy, tok: tokenizer, template },
+            (reward, best_of),
+            names,
+            baseline,
+            &mut between,
+        )?;
         let Some(result) = result else { return Ok(None) };
         let f = eval_fields(&result.report, result.failures.len(), started.elapsed().as_secs_f64());
         self.host.save_eval(&name, &result)?;
