@@ -115,8 +115,10 @@ pub(super) fn sparkline(app: &App, frame: &mut Frame, area: Rect, label: &str, k
     let buckets = series.buckets(series.key(columns, first, false));
     let bars = column_maxima(&buckets, columns);
     let (lo, hi) = bars.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    // A constant series is a flat line at half height, except all zeros (λ_safe off), drawn empty.
+    let flat = if hi == 0.0 { 0 } else { 50 };
     let scaled: Vec<u64> =
-        bars.iter().map(|&v| if hi > lo { 1 + ((v - lo) / (hi - lo) * 99.0).round() as u64 } else { 50 }).collect();
+        bars.iter().map(|&v| if hi > lo { 1 + ((v - lo) / (hi - lo) * 99.0).round() as u64 } else { flat }).collect();
     frame.render_widget(Sparkline::default().data(&scaled).max(100).style(t.style(role)), inner);
 }
 
