@@ -147,6 +147,8 @@ class HoneMixin:
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
+        # Every rank has written its part (its RNG state) before the marker makes it complete.
+        self.accelerator.wait_for_everyone()
         if self.args.should_save:
             # Written last: a checkpoint without it is incomplete and never resumed from.
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")

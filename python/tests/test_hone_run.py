@@ -170,14 +170,7 @@ def test_hone_runs_trl_stages_controls_them_resumes_after_sigkill_and_gates_them
     k = stop["step"]
     assert not of(evs, "eval_finished", "dpo")
 
-    # Known race (issue 15, open): after a SIGKILL of a resumed TRL stage, the step hone resumes
-    # from and the TRL checkpoint the ranks restore can disagree by one (seen here: `resumed`
-    # 5 vs `stage_resumed` 6, a step logged twice). Until that is fixed the part below runs every
-    # time and reports XFAIL, not a pass, when it hits the race.
-    try:
-        resume_after_sigkill(run_dir, k)
-    except AssertionError as e:
-        pytest.xfail(f"TRL resume after SIGKILL, known race (issue 15): {e}")
+    resume_after_sigkill(run_dir, k)
 
 
 def resume_after_sigkill(run_dir, k):

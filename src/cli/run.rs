@@ -364,7 +364,7 @@ fn resume_locked(
     host.plan_controls_after(from)?;
     // TRL stages checkpoint on their own: metrics up to their newest checkpoint stand.
     let shown = match from_step {
-        None => crate::run::trl::resume_step(&EventReader::read_all(&run.events_path())?.events)
+        None => crate::run::trl::resume_step(run.path(), &EventReader::read_all(&run.events_path())?.events)
             .map_or(from, |s| s.max(from)),
         Some(_) => from,
     };

@@ -362,40 +362,6 @@ pub fn check(pipeline: &Pipeline) -> Result<Option<String>, TrlError> {
     )))
 }
 
-/// The global step a finished stage's export marker records (`hone_export.json`'s `step`).
-pub fn exported_step(export: &Path) -> Result<u64, TrlError> {
-    let path = export.join(EXPORT_MARKER);
-    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    serde_json::from_str::<Value>(&text).ok().and_then(|v| v.get("step").and_then(Value::as_u64)).ok_or_else(|| {
-        TrlError::Io {
-            path: path.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "no integer `step` in the export marker"),
-        }
-    })
-}
-
-/// Where a resume of the run at `run_dir` continues on the TRL engine, from its events: the
-/// highest step of a TRL checkpoint that is still complete on disk or of a TRL stage whose export
-/// is there; `None` when there is neither. A resume restarts its TRL stage from there (or skips
-/// it), so `resumed`'s `from_step` is this when it is past the newest native checkpoint.
-pub fn resume_step(events: &[super::Event]) -> Option<u64> {
-    let engine_trl = |e: &&super::Event| e.fields.get("engine").and_then(Value::as_str) == Some("trl");
-    let path_of =
-        |e: &super::Event| e.fields.get("path").or_else(|| e.fields.get("export"))?.as_str().map(PathBuf::from);
-    events
-        .iter()
-        .filter(engine_trl)
-        .filter_map(|e| {
-            let complete = match e.event.as_str() {
-                super::kind::CHECKPOINT_SAVED => path_of(e)?.join(CHECKPOINT_MARKER).is_file(),
-                super::kind::STAGE_FINISHED => path_of(e)?.join(EXPORT_MARKER).is_file(),
-                _ => false,
-            };
-            complete.then_some(e.step).flatten()
-        })
-        .max()
-}
-
 /// How a TRL stage ended, when it did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrlOutcome {
@@ -597,6 +563,10 @@ pub fn run_stage(
         std::thread::sleep(POLL);
     }
 }
+
+#[path = "trl_resume.rs"]
+mod resume;
+pub use resume::{exported_step, resume_step};
 
 #[cfg(test)]
 #[path = "trl_tests.rs"]

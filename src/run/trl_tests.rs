@@ -228,3 +228,32 @@ fn write_executable(path: &std::path::Path, text: &str) {
     let status = std::process::Command::new("install").args(["-m", "755"]).arg(&source).arg(path).status().unwrap();
     assert!(status.success(), "install {} failed", path.display());
 }
+
+#[test]
+fn the_resume_step_is_the_checkpoint_the_ranks_restore_not_the_newest_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path();
+    let out = checkpoints_dir(run, "dpo");
+    let spec = json!({"export_dir": export_dir(run, "dpo"), "output_dir": out, "step_offset": 2});
+    std::fs::create_dir_all(trl_dir(run)).unwrap();
+    std::fs::write(spec_path(run, "dpo"), spec.to_string()).unwrap();
+    // 3 and 4 complete, 5 still being written, "+9" not a name the ranks take.
+    for (name, complete) in
+        [("checkpoint-3", true), ("checkpoint-4", true), ("checkpoint-5", false), ("checkpoint-+9", true)]
+    {
+        std::fs::create_dir_all(out.join(name)).unwrap();
+        if complete {
+            std::fs::write(out.join(name).join(CHECKPOINT_MARKER), "{}").unwrap();
+        }
+    }
+    let started = crate::run::Event::new(crate::run::kind::STAGE_STARTED, Some("dpo"), Some(2)).with("engine", "trl");
+    // Killed after checkpoint-4's marker, before its `checkpoint_saved` event.
+    let saved = crate::run::Event::new(crate::run::kind::CHECKPOINT_SAVED, Some("dpo"), Some(5))
+        .with("engine", "trl")
+        .with("path", out.join("checkpoint-3").display().to_string());
+    assert_eq!(resume_step(run, &[started.clone(), saved]), Some(6));
+    assert_eq!(resume_step(run, &[]), None, "no TRL stage started");
+    std::fs::create_dir_all(export_dir(run, "dpo")).unwrap();
+    std::fs::write(export_dir(run, "dpo").join(EXPORT_MARKER), r#"{"step": 26}"#).unwrap();
+    assert_eq!(resume_step(run, &[started]), Some(26), "a finished stage resumes past its export");
+}
