@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::run::{control, RunDir};
+use crate::run::{control, Ending, EventReader, RunDir, RunState, WorkerLock};
 use crate::sanitize::sanitize;
 
 /// How long a worker may take to come up (load nothing yet: it only locks and binds).
@@ -86,6 +86,13 @@ fn wait_until_up(run: &RunDir, mut child: Child) -> Result<u32> {
     }
 }
 
+/// The run's state as `hone runs` reports it (live while a worker holds its lock).
+fn state_now(run: &RunDir) -> RunState {
+    let events = EventReader::read_all(&run.events_path()).map(|b| b.events).unwrap_or_default();
+    let live = WorkerLock::is_live(run).ok().flatten();
+    Ending::of(&events).state(live.as_ref())
+}
+
 fn log_tail(run: &RunDir) -> String {
     let Ok(file) = std::fs::File::open(run.worker_log_path()) else { return String::new() };
     let lines: Vec<String> = std::io::BufReader::new(file).lines().map_while(Result::ok).collect();
@@ -97,10 +104,16 @@ fn log_tail(run: &RunDir) -> String {
 pub fn attach_or_print(run: &RunDir, pid: u32, theme: Option<&Path>) -> Result<()> {
     if std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
         crate::tui::attach(run.path(), theme)?;
-        eprintln!(
-            "detached; the worker (pid {pid}) keeps training. `hone attach {}` reattaches.",
-            sanitize(&run.path().display().to_string(), false)
-        );
+        let path = sanitize(&run.path().display().to_string(), false);
+        match state_now(run) {
+            RunState::Live(_) => {
+                eprintln!("detached; the worker (pid {pid}) keeps training. `hone attach {path}` reattaches.");
+            }
+            RunState::Interrupted => {
+                eprintln!("the worker (pid {pid}) is gone; `hone resume {path}` continues the run.");
+            }
+            ended => eprintln!("the run is {}; `hone attach {path}` shows it again.", ended.label()),
+        }
     } else {
         eprintln!(
             "worker started (pid {pid}); its log is {}",

@@ -226,3 +226,21 @@ fn the_baseline_cannot_be_labeled_against_itself_and_the_order_varies() {
         .collect();
     assert_eq!(sides.len(), 2, "the candidate is shown on both sides across items and seeds");
 }
+
+#[test]
+fn a_reload_follows_the_newest_stage_unless_another_was_picked() {
+    use crate::tui::label::attach::{apply, PaneMsg};
+    use std::sync::Arc;
+    let mut app = crate::tui::App::new(crate::tui::theme::Theme::default());
+    // Attached while only the base was evaluated: the newest stage then is the base.
+    let mut first = sample_pane();
+    first.stages.truncate(1);
+    first.selected = 0;
+    apply(&mut app, PaneMsg::EvalLoaded(Arc::new(first)));
+    apply(&mut app, PaneMsg::EvalLoaded(Arc::new(sample_pane())));
+    assert_eq!(app.eval.as_ref().unwrap().stage().unwrap().name, "dpo", "a new stage is shown when it arrives");
+    // Picking the base keeps it across the next reload.
+    press(app.eval.as_mut().unwrap(), KeyCode::Char('['));
+    apply(&mut app, PaneMsg::EvalLoaded(Arc::new(sample_pane())));
+    assert_eq!(app.eval.as_ref().unwrap().stage().unwrap().name, "base");
+}

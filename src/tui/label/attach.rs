@@ -91,8 +91,13 @@ pub fn apply(app: &mut App, msg: PaneMsg) {
             let mut pane = Arc::unwrap_or_clone(pane);
             if let Some(old) = app.eval.take() {
                 pane.sent = old.sent;
-                if old.selected < pane.stages.len() {
-                    pane.selected = old.selected;
+                // The pane follows the newest stage until the person picks another; a pick is
+                // kept (by name) across reloads.
+                let followed_newest = old.selected + 1 >= old.stages.len();
+                let picked = old.stages.get(old.selected).map(|s| s.name.as_str());
+                let again = picked.and_then(|name| pane.stages.iter().position(|s| s.name == name));
+                if let (false, Some(i)) = (followed_newest, again) {
+                    pane.selected = i;
                     pane.blind = old.blind;
                 }
                 pane.blind_seed = old.blind_seed;
