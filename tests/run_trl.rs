@@ -22,7 +22,7 @@ const WAIT: Duration = Duration::from_secs(120);
 
 /// The fake engine. `FAKE_TRL` picks what it does: `finish` (default: one `metrics` event, then
 /// the input model exported as the stage's model), `fail` (two lines of output, status 3),
-/// `bad-export` (an export whose weights do not load), `wait-stop` (runs until `control.jsonl`
+/// `bad-export` (an export whose weights do not load), `wait-stop` (one `metrics` event at stage step 2 of 4, then runs until `control.jsonl`
 /// holds a stop, then exits 0 without an export: stopped). Every spec it sees is appended to
 /// `calls.log` beside it.
 const FAKE: &str = r#"#!/bin/sh
@@ -37,6 +37,7 @@ ev stage_started "$offset" ',"engine":"trl","world_size":2'
 case "${FAKE_TRL:-finish}" in
   fail) echo "Traceback (most recent call last):"; echo "RuntimeError: fake engine failure"; exit 3;;
   wait-stop)
+    ev metrics "$((offset + 2))" ',"loss":1.5,"lambda/pref":0.5,"stage_step":2,"total_steps":4'
     until grep -q '"stop"' "$run/trl/control.jsonl" 2>/dev/null; do sleep 0.1; done
     ev stop_requested "$((offset + 1))" ',"source":"control"'; exit 0;;
 esac
@@ -221,6 +222,12 @@ fn control_requests_and_a_stop_reach_the_trl_stage_and_a_resume_finishes_it() {
     let run: RunDir = only_run(&runs, WAIT);
     wait_for("the TRL stage", WAIT, || (!of(&events(&run), "stage_started", "dpo").is_empty()).then_some(()));
     let mut client = connect(&run, WAIT);
+    // `status` follows the metrics the stage's rank 0 writes (step 2 of 4 after the SFT step).
+    let status = wait_for("the TRL stage's status", WAIT, || {
+        client.send(&Request::Status).unwrap().status.filter(|s| s.stage_step == 2)
+    });
+    assert_eq!((status.stage.as_deref(), status.step, status.stage_total), (Some("dpo"), 3, Some(4)));
+    assert_eq!((status.state.as_str(), status.lambda_pref), ("running", Some(0.5)));
     client.send(&Request::Pause).unwrap();
     client.send(&Request::SetLambda { term: hone::run::control::LambdaTerm::Pref, value: 0.25 }).unwrap();
     client.send(&Request::Stop).unwrap();

@@ -34,8 +34,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::control::Request;
+use super::control::{Request, Status};
+use super::Event;
 use crate::config::{Launcher, Pipeline, PrefLossKind, Schedule, TrlSettings};
+use crate::kind;
 use crate::train::host::PrefFile;
 
 /// The file in an export directory that marks the stage as finished (written before the rename).
@@ -562,6 +564,23 @@ pub fn run_stage(
         child.stop_if(stop_requested())?;
         std::thread::sleep(POLL);
     }
+}
+
+/// Folds one line of `events.jsonl` written by the TRL stage's rank 0 into the status the
+/// control socket answers, so `status` during a TRL stage says its step, length and λs like a
+/// native stage's; true when the line changed it.
+pub fn follow_status(status: &mut Status, line: &str, stage: &str) -> bool {
+    let Ok(e) = Event::from_json(line) else { return false };
+    if e.event != kind::METRICS || e.stage.as_deref() != Some(stage) {
+        return false;
+    }
+    let number = |key: &str| e.fields.get(key).and_then(Value::as_f64);
+    status.step = e.step.unwrap_or(status.step);
+    status.stage_step = number("stage_step").map_or(status.stage_step, |v| v as u64);
+    status.stage_total = number("total_steps").map(|v| v as u64).or(status.stage_total);
+    status.lambda_pref = number("lambda/pref").or(status.lambda_pref);
+    status.lambda_safe = number("lambda/safe").or(status.lambda_safe);
+    true
 }
 
 #[path = "trl_resume.rs"]

@@ -257,3 +257,28 @@ fn the_resume_step_is_the_checkpoint_the_ranks_restore_not_the_newest_event() {
     std::fs::write(export_dir(run, "dpo").join(EXPORT_MARKER), r#"{"step": 26}"#).unwrap();
     assert_eq!(resume_step(run, &[started]), Some(26), "a finished stage resumes past its export");
 }
+
+#[test]
+fn status_during_a_trl_stage_follows_its_metrics() {
+    use crate::run::control::Status;
+    let mut status = Status { state: "running".into(), stage: Some("dpo".into()), step: 6, ..Status::default() };
+    let metrics = |stage: &str, step: u64| {
+        format!(
+            "{{\"ts\":1,\"event\":\"metrics\",\"stage\":\"{stage}\",\"step\":{step},\"loss\":0.5,\
+             \"lambda/pref\":0.5,\"lambda/safe\":0.0,\"stage_step\":{},\"total_steps\":12}}",
+            step - 6
+        )
+    };
+    assert!(!follow_status(&mut status, &metrics("sft", 9), "dpo"), "another stage's metrics are not this stage's");
+    assert!(!follow_status(
+        &mut status,
+        "{\"ts\":1,\"event\":\"checkpoint_saved\",\"stage\":\"dpo\",\"step\":8}",
+        "dpo"
+    ));
+    assert!(!follow_status(&mut status, "{torn", "dpo"));
+    assert_eq!((status.step, status.stage_step, status.stage_total), (6, 0, None));
+    assert!(follow_status(&mut status, &metrics("dpo", 9), "dpo"));
+    assert_eq!((status.step, status.stage_step, status.stage_total), (9, 3, Some(12)));
+    assert_eq!((status.lambda_pref, status.lambda_safe), (Some(0.5), Some(0.0)));
+    assert_eq!(status.state, "running");
+}

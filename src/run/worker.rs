@@ -420,7 +420,27 @@ impl Host for RunHost {
         let log = self.lock.run().worker_log_path();
         let (shutdown, inbox) = (self.shutdown.clone(), self.inbox.clone());
         let stop = || shutdown.as_ref().is_some_and(Shutdown::requested);
-        let mut next = || inbox.as_ref().and_then(|i| i.next(None));
+        // The stage's rank 0 writes its metrics to events.jsonl: followed for `status` replies.
+        let events = self.lock.run().events_path();
+        let mut offset = std::fs::metadata(&events).map_or(0, |m| m.len());
+        let mut status = Status {
+            pid: self.lock.pid(),
+            state: "running".into(),
+            stage: Some(name.clone()),
+            step: job.step_offset,
+            ..Status::default()
+        };
+        let mut next = || {
+            let inbox = inbox.as_ref()?;
+            let mut changed = false;
+            for line in crate::data::jsonl::new_lines(&events, &mut offset) {
+                changed |= super::trl::follow_status(&mut status, &line, &name);
+            }
+            if changed {
+                inbox.publish(status.clone());
+            }
+            inbox.next(None)
+        };
         let (_, outcome) = super::trl::run_stage(
             job.pipeline,
             &prefs,
