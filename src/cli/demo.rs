@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::run::Overrides;
 use crate::eval::Report;
-use crate::run::{kind, Event, EventReader, RunDir};
+use crate::run::{kind, Event, EventReader, RunDir, EVAL_REPORT};
 use crate::sanitize::sanitize;
 
 /// What `hone demo` was asked.
@@ -108,7 +108,7 @@ pub fn reports(run: &RunDir, events: &[Event]) -> Result<Vec<Report>> {
     let mut out = Vec::new();
     for e in events.iter().filter(|e| e.event == kind::EVAL_FINISHED) {
         let Some(stage) = &e.stage else { continue };
-        let path = run.eval_dir(stage).join("report.json");
+        let path = run.eval_dir(stage).join(EVAL_REPORT);
         let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
         let report: Report = serde_json::from_str(&text).with_context(|| path.display().to_string())?;
         out.push(report);

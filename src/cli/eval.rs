@@ -14,6 +14,7 @@ use crate::eval::{
     Report, Response, ScoreInputs,
 };
 use crate::model::RewardModel;
+use crate::run::{EVAL_FAILURES, EVAL_REPORT};
 use crate::sanitize::sanitize;
 use crate::train::evaluate::Answerer;
 
@@ -90,7 +91,7 @@ fn answer_best_of(
 
 fn write_outputs(out: &Path, report: &Report, failed: &[crate::eval::FailureRecord]) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
-    let report_path = out.join("report.json");
+    let report_path = out.join(EVAL_REPORT);
     std::fs::write(&report_path, serde_json::to_string_pretty(report)?)
         .with_context(|| report_path.display().to_string())?;
     let mut lines = String::new();
@@ -98,7 +99,7 @@ fn write_outputs(out: &Path, report: &Report, failed: &[crate::eval::FailureReco
         lines.push_str(&serde_json::to_string(f)?);
         lines.push('\n');
     }
-    let failures_path = out.join("failures.jsonl");
+    let failures_path = out.join(EVAL_FAILURES);
     std::fs::write(&failures_path, lines).with_context(|| failures_path.display().to_string())?;
     Ok(())
 }
@@ -148,6 +149,6 @@ pub fn run(args: &EvalArgs, device: &Device, out: &mut impl Write) -> Result<boo
     let failed = failures(&items, &scored.verdicts, &responses);
     write_outputs(&args.out, &scored.report, &failed)?;
     writeln!(out, "{}", sanitize(&summary_table(&scored.report), true))?;
-    writeln!(out, "report: {}", sanitize(&args.out.join("report.json").display().to_string(), false))?;
+    writeln!(out, "report: {}", sanitize(&args.out.join(EVAL_REPORT).display().to_string(), false))?;
     Ok(matches!(scored.report.decision(), Decision::Deploy))
 }

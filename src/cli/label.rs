@@ -250,7 +250,7 @@ struct Watch {
 
 impl Watch {
     fn run(self) {
-        let candidates = self.run.as_ref().map(|run| run.join("candidates.jsonl"));
+        let candidates = self.run.as_deref().map(|run| RunDir::at(run).candidates_path());
         let mut feed = LabelFeed::new(&self.labels, candidates);
         let (mut events_offset, mut consumed) = (0u64, 0u64);
         loop {
@@ -268,7 +268,7 @@ impl Watch {
             }
             if let Some(run) = &self.run {
                 let before = consumed;
-                for text in new_lines(&run.join("events.jsonl"), &mut events_offset) {
+                for text in new_lines(&RunDir::at(run).events_path(), &mut events_offset) {
                     let Ok(v) = serde_json::from_str::<Json>(&text) else { continue };
                     if v.get("event").and_then(Json::as_str) == Some(kind::LABELS_ADMITTED) {
                         consumed += v.get("count").and_then(Json::as_u64).unwrap_or(0);

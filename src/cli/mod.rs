@@ -437,7 +437,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match command {
         Command::Run { pipeline, headless, runs, theme, stages, max_steps, checkpoint_every, seed, inject_nan_at } => {
             let overrides = run::Overrides { stages, max_steps, checkpoint_every, seed, inject_nan_at };
-            let dir = start_run(&pipeline, headless, &runs.resolve(), &overrides, theme.theme.as_deref())?;
+            let dir = run::start_run(&pipeline, headless, &runs.resolve(), &overrides, theme.theme.as_deref())?;
             if headless {
                 println!("{}", dir.display());
             }
@@ -445,7 +445,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo { headless, runs, theme, data, max_steps } => {
             let args = demo::DemoArgs { headless, runs_dir: runs.resolve(), data, max_steps };
             let start = |pipeline: &Path, headless: bool, runs_dir: &Path, overrides: &run::Overrides| {
-                start_run(pipeline, headless, runs_dir, overrides, theme.theme.as_deref())
+                run::start_run(pipeline, headless, runs_dir, overrides, theme.theme.as_deref())
             };
             // Not `stdout.lock()`: without --headless `start_run` attaches the dashboard, whose UI
             // thread writes to stdout; a lock held here would block it forever (a blank screen).
@@ -584,26 +584,4 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// What `hone run PIPELINE [--headless]` does: headless, the worker runs in the foreground; otherwise
-/// it starts detached and the terminal attaches to it. `hone demo` starts its pipeline through it
-/// too. Returns the run directory.
-pub fn start_run(
-    pipeline: &Path,
-    headless: bool,
-    runs_dir: &Path,
-    overrides: &run::Overrides,
-    theme: Option<&Path>,
-) -> Result<PathBuf> {
-    if headless {
-        return run::run(pipeline, runs_dir, overrides);
-    }
-    let inject_nan_at = overrides.inject_nan_at.clone();
-    let overrides = run::Overrides { inject_nan_at: Vec::new(), ..overrides.clone() };
-    let run = run::create(pipeline, runs_dir, &overrides)?;
-    let args = detach::WorkerArgs { inject_nan_at, ..detach::WorkerArgs::default() };
-    let pid = detach::spawn_worker(&run, &args)?;
-    detach::attach_or_print(&run, pid, theme)?;
-    Ok(run.path().to_path_buf())
 }

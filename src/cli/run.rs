@@ -426,3 +426,25 @@ fn train(
     host.sync()?;
     Ok(())
 }
+
+/// What `hone run PIPELINE [--headless]` does: headless, the worker runs in the foreground; otherwise
+/// it starts detached and the terminal attaches to it. `hone demo` starts its pipeline through it
+/// too. Returns the run directory.
+pub fn start_run(
+    pipeline: &Path,
+    headless: bool,
+    runs_dir: &Path,
+    overrides: &Overrides,
+    theme: Option<&Path>,
+) -> Result<PathBuf> {
+    if headless {
+        return run(pipeline, runs_dir, overrides);
+    }
+    let inject_nan_at = overrides.inject_nan_at.clone();
+    let overrides = Overrides { inject_nan_at: Vec::new(), ..overrides.clone() };
+    let run = create(pipeline, runs_dir, &overrides)?;
+    let args = super::detach::WorkerArgs { inject_nan_at, ..super::detach::WorkerArgs::default() };
+    let pid = super::detach::spawn_worker(&run, &args)?;
+    super::detach::attach_or_print(&run, pid, theme)?;
+    Ok(run.path().to_path_buf())
+}

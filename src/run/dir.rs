@@ -25,6 +25,14 @@ const CONTROL_PATH: &str = "control.path";
 const CANDIDATES: &str = "candidates.jsonl";
 const WORKER_LOG: &str = "worker.log";
 
+/// The files of one evaluation directory (`eval/<stage>/`, or `hone eval --out`); the report is
+/// written last, so its presence marks the evaluation complete.
+pub const EVAL_REPORT: &str = "report.json";
+/// The failed items of an evaluation, one JSON record per line.
+pub const EVAL_FAILURES: &str = "failures.jsonl";
+/// Every response of an evaluation, one JSON record per line.
+pub const EVAL_RESPONSES: &str = "responses.jsonl";
+
 /// Highest `-N` suffix tried when several runs with one name start in the same second.
 const MAX_SUFFIX: u32 = 10_000;
 
@@ -64,6 +72,13 @@ impl RunDir {
         }
         let id = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(RunDir { path: path.to_path_buf(), id })
+    }
+
+    /// The run directory at `path` for a reader that was handed it (the TUI's threads, `hone
+    /// label --run`): file names only, nothing checked; a missing file reads as absent.
+    pub fn at(path: &Path) -> RunDir {
+        let id = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        RunDir { path: path.to_path_buf(), id }
     }
 
     /// Every run directory directly inside `runs_dir`, oldest first (see [`RunDir::newest`] for the
@@ -179,6 +194,11 @@ impl RunDir {
     /// directory may not exist; use [`crate::run::list_checkpoints`] for complete ones.
     pub fn checkpoint_dir(&self, step: u64) -> PathBuf {
         self.checkpoints_dir().join(step_dir_name(step))
+    }
+
+    /// `eval/`, holding one directory per evaluated stage.
+    pub fn eval_root(&self) -> PathBuf {
+        self.path.join(EVAL)
     }
 
     /// `eval/<stage>/`. The stage is used as one path component: characters other than ASCII

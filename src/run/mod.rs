@@ -49,7 +49,7 @@ pub use checkpoint::{
 pub use checkpoints::{
     clean_incomplete, discard_after, latest_checkpoint, list_checkpoints, prune, Checkpoint, Manifest, ManifestFile,
 };
-pub use dir::{now_ms, safe_component as dir_component, RunDir};
+pub use dir::{now_ms, safe_component as dir_component, RunDir, EVAL_FAILURES, EVAL_REPORT, EVAL_RESPONSES};
 pub use error::RunError;
 pub use events::{kind, BadLine, Event, EventReader, EventWriter, ReadBatch};
 pub use lock::{LiveWorker, WorkerLock};

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use super::control::{Inbox, LambdaTerm, Request, Status};
 use super::{
     clean_incomplete, kind, now_ms, prune, CheckpointWriter, Event, EventWriter, RunError, Shutdown, WorkerLock,
-    OPTIMIZER_FILE, REWARD_MODEL_FILE, TRAINER_STATE_FILE,
+    EVAL_FAILURES, EVAL_REPORT, EVAL_RESPONSES, OPTIMIZER_FILE, REWARD_MODEL_FILE, TRAINER_STATE_FILE,
 };
 use crate::train::evaluate::{EvalInputs, StageEval};
 use crate::train::host::{ExternalOutcome, ExternalStage, ModelInput, PlannedControl};
@@ -364,11 +364,11 @@ impl Host for RunHost {
         // report.json last: its presence marks a complete evaluation (each write is durable
         // before the next begins, so the order holds after a crash too).
         for (name, text) in [
-            ("failures.jsonl", failures),
-            ("responses.jsonl", responses),
-            ("report.json", serde_json::to_string_pretty(&eval.report).map_err(ser)?),
+            (EVAL_FAILURES, failures),
+            (EVAL_RESPONSES, responses),
+            (EVAL_REPORT, serde_json::to_string_pretty(&eval.report).map_err(ser)?),
         ] {
-            if name == "report.json" {
+            if name == EVAL_REPORT {
                 crate::fault::point("eval.report");
             }
             crate::durable::write_file(&dir.join(name), text.as_bytes())
@@ -379,14 +379,14 @@ impl Host for RunHost {
 
     fn load_eval(&self, stage: &str) -> Option<StageEval> {
         let dir = self.lock.run().eval_dir(stage);
-        let report = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).ok()?).ok()?;
+        let report = serde_json::from_str(&std::fs::read_to_string(dir.join(EVAL_REPORT)).ok()?).ok()?;
         let parse_lines = |name: &str| -> Option<Vec<String>> {
             Some(std::fs::read_to_string(dir.join(name)).ok()?.lines().map(String::from).collect())
         };
         let responses =
-            parse_lines("responses.jsonl")?.iter().map(|l| serde_json::from_str(l).ok()).collect::<Option<Vec<_>>>()?;
+            parse_lines(EVAL_RESPONSES)?.iter().map(|l| serde_json::from_str(l).ok()).collect::<Option<Vec<_>>>()?;
         let failures =
-            parse_lines("failures.jsonl")?.iter().map(|l| serde_json::from_str(l).ok()).collect::<Option<Vec<_>>>()?;
+            parse_lines(EVAL_FAILURES)?.iter().map(|l| serde_json::from_str(l).ok()).collect::<Option<Vec<_>>>()?;
         Some(StageEval { report, responses, failures })
     }
 

@@ -124,38 +124,9 @@ impl<H: Host> Trainer<'_, H> {
         }
         let total = self.state.stage_total.unwrap_or_else(|| self.total_steps(stage, examples.len()));
         self.state.stage_total = Some(total);
-        let step = self.state.global_step;
-        let ups = examples.iter().filter(|e| e.label).count();
-        let mut f = Map::new();
-        f.insert("total_steps".into(), json!(total));
-        f.insert(
-            "examples".into(),
-            json!({ "kto": examples.len(), "desirable": ups, "undesirable": examples.len() - ups }),
-        );
-        let event = if self.state.stage_step > 0 { kind::STAGE_RESUMED } else { kind::STAGE_STARTED };
-        self.host.emit(event, Some(&stage.name), Some(step), f)?;
-        if dropped > 0 {
-            let mut f = Map::new();
-            f.insert(
-                "message".into(),
-                json!(format!("kto data: {dropped} longer than max_length {} dropped", stage.max_length)),
-            );
-            self.host.emit(kind::WARNING, Some(&stage.name), Some(step), f)?;
-        }
+        self.announce_kto_stage(stage, &examples, total, dropped)?;
         let reference = self.reference_model(stage)?;
-        let mut opt = AdamW::new(
-            self.policy.parameters(),
-            AdamWConfig { lr: stage.lr, weight_decay: stage.weight_decay, ..AdamWConfig::default() },
-        )?;
-        if let Some(moments) = self.resume_optimizer.take() {
-            opt.restore(self.state.optimizer_steps, moments)?;
-        }
-        let seed = super::sampler_seed(self.pipeline.run.seed, index, Term::Pref) ^ 0x006b_746f;
-        let lengths = examples.iter().map(|e| e.prompt.len() + e.completion.len()).collect();
-        let mut sampler = Sampler::new(seed, lengths, stage.batch_size, self.state.samplers.get(SAMPLER).cloned());
-        for i in retracted {
-            sampler.set_active(i, false);
-        }
+        let (opt, sampler) = self.kto_optimizer_and_sampler(index, stage, &examples, retracted)?;
         let beta = stage.pref.as_ref().map_or(0.1, |p| p.beta);
         // Live samples and candidates answer the thumbs' prompts.
         let mut prompts: Vec<crate::data::Text> = Vec::new();
@@ -182,6 +153,61 @@ impl<H: Host> Trainer<'_, H> {
             reward: None,
             kto: Some(Box::new(KtoRun { beta, examples, live, sampler })),
         })
+    }
+
+    /// `stage_started` (or `stage_resumed`) with the thumbs' counts, and a warning for records
+    /// longer than `max_length`.
+    fn announce_kto_stage(
+        &mut self,
+        stage: &Stage,
+        examples: &[KtoExample],
+        total: u64,
+        dropped: usize,
+    ) -> Result<(), TrainError> {
+        let step = self.state.global_step;
+        let ups = examples.iter().filter(|e| e.label).count();
+        let mut f = Map::new();
+        f.insert("total_steps".into(), json!(total));
+        f.insert(
+            "examples".into(),
+            json!({ "kto": examples.len(), "desirable": ups, "undesirable": examples.len() - ups }),
+        );
+        let event = if self.state.stage_step > 0 { kind::STAGE_RESUMED } else { kind::STAGE_STARTED };
+        self.host.emit(event, Some(&stage.name), Some(step), f)?;
+        if dropped > 0 {
+            let mut f = Map::new();
+            f.insert(
+                "message".into(),
+                json!(format!("kto data: {dropped} longer than max_length {} dropped", stage.max_length)),
+            );
+            self.host.emit(kind::WARNING, Some(&stage.name), Some(step), f)?;
+        }
+        Ok(())
+    }
+
+    /// AdamW over the policy (with the resumed moments) and the thumbs' sampler, `retracted`
+    /// examples inactive.
+    fn kto_optimizer_and_sampler(
+        &mut self,
+        index: usize,
+        stage: &Stage,
+        examples: &[KtoExample],
+        retracted: Vec<usize>,
+    ) -> Result<(AdamW, Sampler), TrainError> {
+        let mut opt = AdamW::new(
+            self.policy.parameters(),
+            AdamWConfig { lr: stage.lr, weight_decay: stage.weight_decay, ..AdamWConfig::default() },
+        )?;
+        if let Some(moments) = self.resume_optimizer.take() {
+            opt.restore(self.state.optimizer_steps, moments)?;
+        }
+        let seed = super::sampler_seed(self.pipeline.run.seed, index, Term::Pref) ^ 0x006b_746f;
+        let lengths = examples.iter().map(|e| e.prompt.len() + e.completion.len()).collect();
+        let mut sampler = Sampler::new(seed, lengths, stage.batch_size, self.state.samplers.get(SAMPLER).cloned());
+        for i in retracted {
+            sampler.set_active(i, false);
+        }
+        Ok((opt, sampler))
     }
 
     /// The thumbs of the stage's static files (both labels required among them): the records, the

@@ -9,6 +9,7 @@ use crate::config::load_frozen;
 use crate::eval::{
     read_overrides, read_pairwise_labels, read_suite, EvalItem, FailureRecord, GateConfig, Judge, Report, Response,
 };
+use crate::run::{RunDir, EVAL_FAILURES, EVAL_REPORT, EVAL_RESPONSES};
 
 /// One evaluated stage.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,12 +54,12 @@ fn jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, String> 
 
 /// Reads one `eval/<stage>/` directory.
 pub fn read_stage(dir: &Path) -> Result<StageEval, String> {
-    let report_path = dir.join("report.json");
+    let report_path = dir.join(EVAL_REPORT);
     let text = std::fs::read_to_string(&report_path).map_err(|e| format!("{}: {e}", report_path.display()))?;
     let report: Report = serde_json::from_str(&text)
         .map_err(|e| format!("{}:{}:{}: report: {e}", report_path.display(), e.line(), e.column()))?;
-    let failures = jsonl(&dir.join("failures.jsonl"))?;
-    let responses = jsonl(&dir.join("responses.jsonl")).ok();
+    let failures = jsonl(&dir.join(EVAL_FAILURES))?;
+    let responses = jsonl(&dir.join(EVAL_RESPONSES)).ok();
     let name = dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let original_contaminated = report.contaminated.ids.clone();
     Ok(StageEval { name, report, failures, responses, original_contaminated })
@@ -82,14 +83,14 @@ fn inputs(run_dir: &Path) -> Result<Inputs, String> {
 pub fn load(run_dir: &Path, user: &str, session: &str) -> EvalPane {
     let mut problems = Vec::new();
     let mut stages: Vec<(std::time::SystemTime, StageEval)> = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(run_dir.join("eval")) {
+    if let Ok(entries) = std::fs::read_dir(RunDir::at(run_dir).eval_root()) {
         for entry in entries.flatten() {
             let dir = entry.path();
-            if !dir.join("report.json").exists() {
+            if !dir.join(EVAL_REPORT).exists() {
                 continue;
             }
             let modified =
-                std::fs::metadata(dir.join("report.json")).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+                std::fs::metadata(dir.join(EVAL_REPORT)).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
             match read_stage(&dir) {
                 Ok(stage) => stages.push((modified, stage)),
                 Err(e) => problems.push(e),
@@ -97,14 +98,14 @@ pub fn load(run_dir: &Path, user: &str, session: &str) -> EvalPane {
         }
     }
     stages.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
-    let overrides = read_overrides(&run_dir.join("overrides.jsonl")).unwrap_or_else(|e| {
+    let overrides = read_overrides(&RunDir::at(run_dir).overrides_path()).unwrap_or_else(|e| {
         problems.push(e.to_string());
         Vec::new()
     });
     let inputs = inputs(run_dir).map_err(|e| problems.push(format!("recompute unavailable: {e}"))).ok();
     let mut pane = EvalPane::new(stages.into_iter().map(|(_, s)| s).collect(), inputs, overrides, user, session);
     if let Some(baseline) = pane.inputs.as_ref().map(|i| i.baseline.clone()) {
-        let labels = run_dir.join("labels.jsonl");
+        let labels = RunDir::at(run_dir).labels_path();
         for stage in pane.stages.iter().map(|s| s.name.clone()).filter(|s| *s != baseline) {
             match read_pairwise_labels(&labels, &stage, &baseline) {
                 Ok(l) if !l.is_empty() => {

@@ -25,7 +25,7 @@ use crate::data::jsonl::new_lines;
 use crate::data::label_store::{agreement, parse_candidate, served_again, Candidate, LabelWriter, PairAgreement};
 use crate::data::labels::LabelLog;
 use crate::run::control::{Client, Request};
-use crate::run::now_ms;
+use crate::run::{now_ms, RunDir, EVAL_REPORT};
 use crate::tui::eval_pane::{self, EvalEffect, EvalPane};
 use crate::tui::keymap::PANE_GLOBAL;
 use crate::tui::{Action, App, Pane};
@@ -144,7 +144,7 @@ pub fn route_key(app: &mut App, key: KeyEvent, run: &Path, tx: &Sender<Action>) 
     if key.kind == KeyEventKind::Release || app.show_help || is_global(app, &key) {
         return false;
     }
-    let labels = run.join("labels.jsonl");
+    let labels = RunDir::at(run).labels_path();
     match app.pane {
         Pane::Label => {
             let Some(pane) = app.label.as_mut() else { return false };
@@ -166,7 +166,7 @@ pub fn route_key(app: &mut App, key: KeyEvent, run: &Path, tx: &Sender<Action>) 
             let Some(pane) = app.eval.as_mut() else { return false };
             match pane.key(key) {
                 Some(EvalEffect::AppendOverride(o)) => {
-                    append(run.join("overrides.jsonl"), o, tx.clone(), PaneMsg::OverrideSaved);
+                    append(RunDir::at(run).overrides_path(), o, tx.clone(), PaneMsg::OverrideSaved);
                 }
                 Some(EvalEffect::AppendLabel(record)) => append(labels, record, tx.clone(), PaneMsg::EvalLabelSaved),
                 Some(EvalEffect::Edit(_)) => {
@@ -220,11 +220,11 @@ pub fn spawn_watch(run: PathBuf, tx: Sender<Action>) -> std::io::Result<()> {
 
 /// report.json modification times, by stage directory.
 fn report_times(run: &Path) -> BTreeMap<PathBuf, SystemTime> {
-    let Ok(entries) = std::fs::read_dir(run.join("eval")) else { return BTreeMap::new() };
+    let Ok(entries) = std::fs::read_dir(RunDir::at(run).eval_root()) else { return BTreeMap::new() };
     entries
         .flatten()
         .filter_map(|e| {
-            let report = e.path().join("report.json");
+            let report = e.path().join(EVAL_REPORT);
             let modified = std::fs::metadata(&report).and_then(|m| m.modified()).ok()?;
             Some((report, modified))
         })
@@ -233,7 +233,8 @@ fn report_times(run: &Path) -> BTreeMap<PathBuf, SystemTime> {
 
 fn watch(run: &Path, tx: &Sender<Action>) {
     let send = |msg| tx.blocking_send(Action::Panes(msg)).is_ok();
-    let mut feed = LabelFeed::new(&run.join("labels.jsonl"), Some(run.join("candidates.jsonl")));
+    let dir = RunDir::at(run);
+    let mut feed = LabelFeed::new(&dir.labels_path(), Some(dir.candidates_path()));
     let mut reports = None;
     loop {
         let times = report_times(run);
