@@ -11,7 +11,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::{contiguous, Real};
+use super::{contiguous, ternary, Real, Ternary};
 
 /// The scalars of one AdamW step, as `train::optim::AdamW::step_with` derives them.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +69,14 @@ fn moments<T: Real>(m: &[T], v: &[T], g: &[T], s: AdamWStep) -> Vec<T> {
     out
 }
 
+impl Ternary for MomentsOp {
+    const LABEL: &'static str = "adamw";
+
+    fn kernel<T: Real>(&self, [m, v, g]: [&[T]; 3], _: [&Layout; 3]) -> Result<Vec<T>> {
+        Ok(moments::<T>(m, v, g, self.0))
+    }
+}
+
 impl CustomOp3 for MomentsOp {
     fn name(&self) -> &'static str {
         "hone-adamw-moments"
@@ -86,22 +94,7 @@ impl CustomOp3 for MomentsOp {
         if l1.shape() != l2.shape() || l1.shape() != l3.shape() {
             bail!("adamw: m {:?}, v {:?} and gradient {:?} differ", l1.shape(), l2.shape(), l3.shape());
         }
-        let name = self.name();
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(moments::<f32>(
-                contiguous(s1, l1, name)?,
-                contiguous(s2, l2, name)?,
-                contiguous(s3, l3, name)?,
-                self.0,
-            )),
-            DType::F64 => f64::to_cpu_storage_owned(moments::<f64>(
-                contiguous(s1, l1, name)?,
-                contiguous(s2, l2, name)?,
-                contiguous(s3, l3, name)?,
-                self.0,
-            )),
-            other => bail!("adamw: no fused kernel for {other:?}"),
-        };
+        let out = ternary(self, [(s1, l1), (s2, l2), (s3, l3)])?;
         let mut dims = vec![2];
         dims.extend_from_slice(l1.dims());
         Ok((out, Shape::from(dims)))

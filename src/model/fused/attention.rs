@@ -13,11 +13,10 @@
 
 use std::sync::Mutex;
 
-use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 
 use super::softmax::{SoftmaxBwd, SoftmaxOp};
-use super::{contiguous, CausalMask, Real};
+use super::{ternary, CausalMask, Real, Ternary};
 
 /// Query positions per block of [`causal_attention`] in the decoder.
 pub const ATTENTION_BLOCK: usize = 64;
@@ -151,6 +150,14 @@ fn dims_of(lq: &Layout, lk: &Layout) -> Result<Dims> {
     Ok(Dims { b, kv, g: rows / s.max(1), s, d })
 }
 
+impl Ternary for AttentionOp {
+    const LABEL: &'static str = "causal_attention";
+
+    fn kernel<T: Real>(&self, [q, k, v]: [&[T]; 3], [lq, lk, _]: [&Layout; 3]) -> Result<Vec<T>> {
+        self.forward::<T>(q, k, v, dims_of(lq, lk)?)
+    }
+}
+
 impl CustomOp3 for AttentionOp {
     fn name(&self) -> &'static str {
         "hone-causal-attention"
@@ -165,23 +172,7 @@ impl CustomOp3 for AttentionOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = dims_of(l1, l2)?;
-        let name = self.name();
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(self.forward::<f32>(
-                contiguous(s1, l1, name)?,
-                contiguous(s2, l2, name)?,
-                contiguous(s3, l3, name)?,
-                dims,
-            )?),
-            DType::F64 => f64::to_cpu_storage_owned(self.forward::<f64>(
-                contiguous(s1, l1, name)?,
-                contiguous(s2, l2, name)?,
-                contiguous(s3, l3, name)?,
-                dims,
-            )?),
-            other => bail!("causal_attention: no fused kernel for {other:?}"),
-        };
+        let out = ternary(self, [(s1, l1), (s2, l2), (s3, l3)])?;
         Ok((out, l1.shape().clone()))
     }
 

@@ -102,6 +102,30 @@ fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Resu
     }
 }
 
+/// A kernel over three inputs of one float dtype, written once for f32 and f64 and run by
+/// [`ternary`] from a `CustomOp3::cpu_fwd`.
+trait Ternary: CustomOp3 {
+    /// How errors name the op.
+    const LABEL: &'static str;
+    /// The output of the three contiguous inputs (`layouts` are theirs).
+    fn kernel<T: Real>(&self, inputs: [&[T]; 3], layouts: [&Layout; 3]) -> Result<Vec<T>>;
+}
+
+/// Runs `op`'s kernel in the dtype of the first input (f32 or f64; others are an error).
+fn ternary<K: Ternary>(op: &K, [(s1, l1), (s2, l2), (s3, l3)]: [(&CpuStorage, &Layout); 3]) -> Result<CpuStorage> {
+    let name = op.name();
+    let layouts = [l1, l2, l3];
+    Ok(match s1.dtype() {
+        DType::F32 => f32::to_cpu_storage_owned(
+            op.kernel([contiguous(s1, l1, name)?, contiguous(s2, l2, name)?, contiguous(s3, l3, name)?], layouts)?,
+        ),
+        DType::F64 => f64::to_cpu_storage_owned(
+            op.kernel([contiguous(s1, l1, name)?, contiguous(s2, l2, name)?, contiguous(s3, l3, name)?], layouts)?,
+        ),
+        other => bail!("{}: no fused kernel for {other:?}", K::LABEL),
+    })
+}
+
 fn last_dim(l: &Layout, op: &str) -> Result<usize> {
     match l.dims().last() {
         Some(&n) if n > 0 => Ok(n),
@@ -272,25 +296,16 @@ impl CustomOp3 for RmsNormBwd {
     ) -> Result<(CpuStorage, Shape)> {
         let n = last_dim(l1, self.name())?;
         let rows = l1.shape().elem_count() / n;
-        let name = self.name();
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(rms_bwd(
-                contiguous(s1, l1, name)?,
-                contiguous(s2, l2, name)?,
-                contiguous(s3, l3, name)?,
-                n,
-                self.eps,
-            )),
-            DType::F64 => f64::to_cpu_storage_owned(rms_bwd(
-                contiguous(s1, l1, name)?,
-                contiguous(s2, l2, name)?,
-                contiguous(s3, l3, name)?,
-                n,
-                self.eps,
-            )),
-            other => bail!("rms_norm bwd: no fused kernel for {other:?}"),
-        };
+        let out = ternary(self, [(s1, l1), (s2, l2), (s3, l3)])?;
         Ok((out, Shape::from((rows + 1, n))))
+    }
+}
+
+impl Ternary for RmsNormBwd {
+    const LABEL: &'static str = "rms_norm bwd";
+
+    fn kernel<T: Real>(&self, [x, w, g]: [&[T]; 3], [lx, ..]: [&Layout; 3]) -> Result<Vec<T>> {
+        Ok(rms_bwd(x, w, g, last_dim(lx, self.name())?, self.eps))
     }
 }
 

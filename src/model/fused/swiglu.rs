@@ -4,7 +4,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::{contiguous, Real};
+use super::{contiguous, ternary, Real, Ternary};
 
 /// `silu(gate) · up`, element-wise (same shapes).
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
@@ -88,22 +88,17 @@ impl CustomOp3 for SwiGluBwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(swiglu_bwd(
-                contiguous(s1, l1, name)?,
-                contiguous(s2, l2, name)?,
-                contiguous(s3, l3, name)?,
-            )),
-            DType::F64 => f64::to_cpu_storage_owned(swiglu_bwd(
-                contiguous(s1, l1, name)?,
-                contiguous(s2, l2, name)?,
-                contiguous(s3, l3, name)?,
-            )),
-            other => bail!("swiglu bwd: no fused kernel for {other:?}"),
-        };
+        let out = ternary(self, [(s1, l1), (s2, l2), (s3, l3)])?;
         let mut dims = vec![2];
         dims.extend_from_slice(l1.dims());
         Ok((out, Shape::from(dims)))
+    }
+}
+
+impl Ternary for SwiGluBwd {
+    const LABEL: &'static str = "swiglu bwd";
+
+    fn kernel<T: Real>(&self, [g, u, grad]: [&[T]; 3], _: [&Layout; 3]) -> Result<Vec<T>> {
+        Ok(swiglu_bwd(g, u, grad))
     }
 }
