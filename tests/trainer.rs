@@ -92,33 +92,8 @@ fn a_stopped_run_resumes_bit_exactly() {
     let want: Vec<(u64, f64)> = full.metrics().iter().map(|m| (m.1, m.2["loss"].as_f64().unwrap())).collect();
 
     // Stop at a few points (mid SFT, mid DPO, mid safety), resume each time from the newest checkpoint.
-    let dir = tempfile::tempdir().unwrap();
-    let mut got: Vec<(u64, f64)> = Vec::new();
-    let mut resume_from: Option<PathBuf> = None;
-    for stop_at in [5usize, 17, 31, usize::MAX] {
-        let mut host = MemoryHost::new(dir.path(), &p);
-        host.stop_after_metrics = (stop_at != usize::MAX).then_some(stop_at - got.len());
-        let mut trainer = match &resume_from {
-            None => Trainer::new(p.clone(), RunOptions::default(), &mut host, Device::Cpu, DType::F32).unwrap(),
-            Some(ck) => {
-                Trainer::resume(p.clone(), RunOptions::default(), &mut host, Device::Cpu, DType::F32, ck).unwrap()
-            }
-        };
-        let finished = trainer.run().unwrap();
-        drop(trainer);
-        got.extend(host.metrics().iter().map(|m| (m.1, m.2["loss"].as_f64().unwrap())));
-        if stop_at == usize::MAX {
-            assert_eq!(finished, Finished::Completed);
-        } else {
-            assert_eq!(finished, Finished::Stopped);
-            resume_from = Some(host.checkpoints.last().unwrap().1.clone());
-        }
-    }
-    assert_eq!(got.len(), want.len());
-    for (g, w) in got.iter().zip(&want) {
-        assert_eq!(g.0, w.0, "global steps");
-        assert_eq!(g.1.to_bits(), w.1.to_bits(), "loss at step {}: {} vs {}", g.0, g.1, w.1);
-    }
+    let got = memory_host::losses_through_stops(&p, &RunOptions::default(), &[5, 17, 31]);
+    memory_host::assert_same_losses(&got, &want);
 }
 
 #[test]

@@ -7,12 +7,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use candle_core::{DType, Device};
 use hone::config::Pipeline;
 use hone::eval::Report;
 use hone::run::worker::read_checkpoint_files;
 use hone::run::{OPTIMIZER_FILE, REWARD_MODEL_FILE, TRAINER_STATE_FILE};
 use hone::train::evaluate::{EvalInputs, StageEval};
-use hone::train::trainer::{Admission, CheckpointData, Host, PrefFile, SavedTraining};
+use hone::train::trainer::{Admission, CheckpointData, Finished, Host, PrefFile, RunOptions, SavedTraining, Trainer};
 use hone::train::TrainError;
 use serde_json::{Map, Value};
 
@@ -193,5 +194,41 @@ impl Host for MemoryHost {
         } else {
             EvalInputs::default()
         }
+    }
+}
+
+/// Runs `p` to its end, stopping after `stops[i]` metrics in all (ascending) and resuming each
+/// time from the newest checkpoint, all in one directory; returns every step's (global step,
+/// loss), the resumed parts' after the stopped parts'.
+pub fn losses_through_stops(p: &Pipeline, options: &RunOptions, stops: &[usize]) -> Vec<(u64, f64)> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut got: Vec<(u64, f64)> = Vec::new();
+    let mut resume_from: Option<PathBuf> = None;
+    for stop_at in stops.iter().copied().map(Some).chain([None]) {
+        let mut host = MemoryHost::new(dir.path(), p);
+        host.stop_after_metrics = stop_at.map(|at| at - got.len());
+        let mut trainer = match &resume_from {
+            None => Trainer::new(p.clone(), options.clone(), &mut host, Device::Cpu, DType::F32).unwrap(),
+            Some(ck) => Trainer::resume(p.clone(), options.clone(), &mut host, Device::Cpu, DType::F32, ck).unwrap(),
+        };
+        let finished = trainer.run().unwrap();
+        drop(trainer);
+        got.extend(host.metrics().iter().map(|m| (m.1, m.2["loss"].as_f64().unwrap())));
+        if stop_at.is_none() {
+            assert_eq!(finished, Finished::Completed);
+        } else {
+            assert_eq!(finished, Finished::Stopped);
+            resume_from = Some(host.checkpoints.last().unwrap().1.clone());
+        }
+    }
+    got
+}
+
+/// Asserts two runs' (global step, loss) lists are equal to the bit.
+pub fn assert_same_losses(got: &[(u64, f64)], want: &[(u64, f64)]) {
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.0, w.0, "global steps");
+        assert_eq!(g.1.to_bits(), w.1.to_bits(), "loss at step {}: {} vs {}", g.0, g.1, w.1);
     }
 }
