@@ -9,7 +9,7 @@ mod memory_host;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
-use hone::config::{BestOf, Pipeline};
+use hone::config::{load_pipeline, BestOf, Pipeline};
 use hone::data::{ChatTemplate, TextTokenizer};
 use hone::eval::{read_suite, Check, Report};
 use hone::model::{Model, RewardModel};
@@ -34,21 +34,11 @@ fn best_of(n: usize) -> BestOf {
 /// sft → safety on the tiny fixture, three steps a stage, evaluated (no base evaluation) with
 /// `best_of`, a checkpoint at the end of every stage.
 fn pipeline(n: usize) -> Pipeline {
-    let text = std::fs::read_to_string(sample().join("pipeline.toml")).unwrap();
-    let mut p: Pipeline = toml::from_str(&text).unwrap();
-    p.model.path = sample().join(&p.model.path);
+    // Paths resolved against the fixture directory, as `hone run` resolves them.
+    let mut p = load_pipeline(&sample().join("pipeline.toml")).unwrap().pipeline;
     p.run.checkpoint_every = 3;
     p.stages.retain(|s| s.name != "dpo");
-    for s in &mut p.stages {
-        if let Some(t) = &mut s.sft {
-            t.data = t.data.iter().map(|d| sample().join(d)).collect();
-        }
-        if let Some(t) = &mut s.safety {
-            t.data = t.data.iter().map(|d| sample().join(d)).collect();
-        }
-    }
     let eval = p.eval.as_mut().unwrap();
-    eval.suite = sample().join(&eval.suite);
     eval.base = false;
     eval.max_new_tokens = 4;
     eval.price_per_device_hour = 2.0;

@@ -12,7 +12,7 @@ mod memory_host;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
-use hone::config::{Iterate, Pipeline};
+use hone::config::{load_pipeline, Iterate, Pipeline};
 use hone::train::trainer::{Finished, RunOptions, Trainer};
 use memory_host::MemoryHost;
 use serde_json::Value;
@@ -24,25 +24,15 @@ fn sample() -> PathBuf {
 /// sft → safety, then the fix stage `fix` (a copy of safety) in up to `max_rounds` rounds when
 /// safety fails only `unsafe_rate`; three steps a stage (see [`options`]).
 fn pipeline(max_rounds: u32) -> Pipeline {
-    let text = std::fs::read_to_string(sample().join("pipeline.toml")).unwrap();
-    let mut p: Pipeline = toml::from_str(&text).unwrap();
-    p.model.path = sample().join(&p.model.path);
+    // Paths resolved against the fixture directory, as `hone run` resolves them.
+    let mut p = load_pipeline(&sample().join("pipeline.toml")).unwrap().pipeline;
     p.run.checkpoint_every = 0;
     p.stages.retain(|s| s.name != "dpo");
-    for s in &mut p.stages {
-        if let Some(t) = &mut s.sft {
-            t.data = t.data.iter().map(|d| sample().join(d)).collect();
-        }
-        if let Some(t) = &mut s.safety {
-            t.data = t.data.iter().map(|d| sample().join(d)).collect();
-        }
-    }
     let mut fix = p.stages[1].clone();
     fix.name = "fix".into();
     p.stages.push(fix);
     p.iterates = vec![Iterate { after: None, when: vec!["unsafe_rate".into()], stage: "fix".into(), max_rounds }];
     let eval = p.eval.as_mut().unwrap();
-    eval.suite = sample().join(&eval.suite);
     eval.base = false;
     eval.max_new_tokens = 4;
     eval.gates.min_win_rate_gain = -0.5;
