@@ -57,9 +57,7 @@ pub(super) fn line_chart(app: &App, frame: &mut Frame, area: Rect, title: &str, 
             data.push((points, style));
         }
     }
-    // The legend takes a second row when one is too narrow for it.
-    let legend_width: usize = legend.iter().map(Span::width).sum();
-    let legend_rows = if legend_width > usize::from(inner.width) { 2 } else { 1 };
+    let legend_rows = legend_rows(&mut legend, inner.width);
     let [legend_area, plot_area] =
         Layout::vertical([Constraint::Length(legend_rows), Constraint::Fill(1)]).areas(inner);
     if data.is_empty() {
@@ -122,6 +120,21 @@ pub(super) fn sparkline(app: &App, frame: &mut Frame, area: Rect, label: &str, k
     frame.render_widget(Sparkline::default().data(&scaled).max(100).style(t.style(role)), inner);
 }
 
+/// The rows the legend needs at `width`: one, or two when it does not fit. The last entry's
+/// separating space is dropped first, so a legend that fits exactly keeps the plot its row.
+fn legend_rows(legend: &mut [Span<'_>], width: u16) -> u16 {
+    if let Some(last) = legend.last_mut() {
+        let trimmed = last.content.trim_end().to_owned();
+        last.content = trimmed.into();
+    }
+    let needed: usize = legend.iter().map(Span::width).sum();
+    if needed > usize::from(width) {
+        2
+    } else {
+        1
+    }
+}
+
 /// One value per column: the maximum of the buckets that fall in it (or every bucket when there
 /// are fewer buckets than columns).
 fn column_maxima(buckets: &[(f64, f64)], columns: usize) -> Vec<f64> {
@@ -136,7 +149,19 @@ fn column_maxima(buckets: &[(f64, f64)], columns: usize) -> Vec<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::column_maxima;
+    use ratatui::text::Span;
+
+    use super::{column_maxima, legend_rows};
+
+    #[test]
+    fn a_legend_that_fits_exactly_takes_one_row() {
+        let mut legend = vec![Span::raw("━ loss "), Span::raw("1.25 ")];
+        assert_eq!(legend_rows(&mut legend, 11), 1, "the trailing space must not count");
+        assert_eq!(legend[1].content, "1.25");
+        let mut legend = vec![Span::raw("━ loss "), Span::raw("1.25 ")];
+        assert_eq!(legend_rows(&mut legend, 10), 2);
+        assert_eq!(legend_rows(&mut [], 0), 1);
+    }
 
     #[test]
     fn column_maxima_keep_the_peaks() {
