@@ -38,7 +38,7 @@ use super::control::{Request, Status};
 use super::Event;
 use crate::config::{Launcher, Pipeline, PrefLossKind, Schedule, TrlSettings};
 use crate::kind;
-use crate::train::host::PrefFile;
+use crate::train::host::{DataOrders, PrefFile};
 
 /// The file in an export directory that marks the stage as finished (written before the rename).
 pub const EXPORT_MARKER: &str = "hone_export.json";
@@ -517,8 +517,9 @@ fn settings_of<'p>(pipeline: &'p Pipeline, stage: &str) -> Result<&'p TrlSetting
 /// writes the spec, starts the launcher (its command line first in `log`), and until it exits
 /// relays what `next_request` yields and a stop once `stop_requested` turns true. `model` is the
 /// HF directory the stage starts from (the previous stage's export, or the pipeline's model);
-/// the stage's own export is [`export_dir`]; `orders` is hone's data order (the spec's `orders`,
-/// one permutation of the files' examples per epoch). Returns the command it ran with the outcome.
+/// the stage's own export is [`export_dir`]; `orders` is hone's data order (the spec's `orders`
+/// and `sft_orders`, one permutation of the files' examples per epoch). Returns the command it
+/// ran with the outcome.
 #[allow(clippy::too_many_arguments)]
 pub fn run_stage(
     pipeline: &Pipeline,
@@ -527,7 +528,7 @@ pub fn run_stage(
     run_dir: &Path,
     model: &Path,
     step_offset: u64,
-    orders: Option<&[Vec<usize>]>,
+    orders: Option<&DataOrders>,
     log: &Path,
     stop_requested: &dyn Fn() -> bool,
     next_request: &mut dyn FnMut() -> Option<Request>,
@@ -543,7 +544,10 @@ pub fn run_stage(
     check_packages(&python)?;
     let mut spec = stage_spec(pipeline, index, run_dir, model, step_offset, pref_files)?;
     if let Some(orders) = orders {
-        spec["orders"] = json!(orders);
+        spec["orders"] = json!(orders.main);
+        if let Some(sft) = &orders.sft {
+            spec["sft_orders"] = json!(sft);
+        }
     }
     write_spec(run_dir, &stage.name, &spec)?;
     let header = format!("hone: stage {} on the TRL engine: {}\n", stage.name, command.display());

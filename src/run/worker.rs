@@ -448,7 +448,7 @@ impl Host for RunHost {
             &run_dir,
             &model,
             job.step_offset,
-            job.orders.as_deref(),
+            job.orders.as_ref(),
             &log,
             &stop,
             &mut next,
