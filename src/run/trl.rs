@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 
 use super::control::{Request, Status};
 use super::Event;
-use crate::config::{Launcher, Pipeline, PrefLossKind, Schedule, TrlSettings};
+use crate::config::{Launcher, LoraSettings, Pipeline, PrefLossKind, Schedule, TrlSettings};
 use crate::kind;
 use crate::train::host::{DataOrders, PrefFile};
 
@@ -110,6 +110,9 @@ pub enum TrlError {
     /// A stage index that the pipeline does not have.
     #[error("stage index {0} is out of range")]
     NoStage(usize),
+    /// The pipeline's model directory, read for a LoRA stage's target modules.
+    #[error("{0}")]
+    Model(#[from] crate::model::ModelError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrlError + '_ {
@@ -237,7 +240,21 @@ pub fn stage_spec(
             "reference": pref.reference,
         });
     }
+    if let Some(lora) = &pipeline.model.lora {
+        spec["lora"] = lora_spec(lora, &pipeline.model.path)?;
+    }
     Ok(spec)
+}
+
+/// A LoRA stage's `lora`: its settings, with `target_modules` resolved to the full names of the
+/// decoder projections hone's rule targets in the pipeline's model, which PEFT then matches
+/// exactly (a regular expression or a suffix means the same modules on both engines).
+fn lora_spec(lora: &LoraSettings, model: &Path) -> Result<Value, TrlError> {
+    let layers = crate::model::ModelConfig::from_dir(model)?.num_hidden_layers;
+    let targets = lora.spec().targets;
+    let modules: Vec<String> =
+        crate::model::lora::projection_modules(layers).into_iter().filter(|m| targets.matches(m)).collect();
+    Ok(json!({"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": modules}))
 }
 
 /// Writes a stage's spec to [`spec_path`] (atomically) and returns the path.

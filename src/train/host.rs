@@ -155,8 +155,9 @@ pub struct CheckpointData {
     pub model: Vec<(String, Vec<u8>)>,
     /// The trainer state, as JSON.
     pub trainer_state: Vec<u8>,
-    /// AdamW's moments, as safetensors.
-    pub optimizer: Vec<u8>,
+    /// AdamW's moments, as safetensors (`None` at the end of a stage another engine trained: its
+    /// moments are that engine's, and the next stage starts fresh ones).
+    pub optimizer: Option<Vec<u8>>,
     /// In a reward-model stage: the reward model's weights (safetensors, transformers' names);
     /// `optimizer` then holds its moments, and `model` the policy, unchanged.
     pub reward_model: Option<Vec<u8>>,
