@@ -127,6 +127,9 @@ class HoneMixin:
 
     hone_order: HoneOrder
     hone_state: dict[str, Any]
+    # A DPO stage's SFT-on-chosen term in hone's own order (the spec's `sft_orders`), over the
+    # same pool; None elsewhere.
+    hone_sft_order: HoneOrder | None = None
 
     def hone_setup(self, pool: LivePool, per_device: int, total_steps: int, lambdas: dict[str, float],
                    orders: list[list[int]] | None = None) -> None:
@@ -142,7 +145,7 @@ class HoneMixin:
     def hone_admit(self, added: list[int], retracted: list[int], **extra: Any) -> None:
         """Admitted labels join the data order (and a DPO stage's SFT order) from the next draw;
         the SFT order's own draw position goes into the admissions log, for a resume."""
-        sft = getattr(self, "hone_sft_order", None)
+        sft = self.hone_sft_order
         if sft is not None:
             extra["sft_pos"] = sft.drawn
             sft.admit(added, retracted)
@@ -199,8 +202,6 @@ class HoneDPOTrainer(HoneMixin, DPOTrainer):
 
     hone_pref_loss = "sigmoid"
     hone_sft_weight: float | None = None
-    # hone's order of the SFT-on-chosen term (the spec's `sft_orders`), over the same pool.
-    hone_sft_order: HoneOrder | None = None
 
     def _compute_loss(self, model, inputs, return_outputs):
         captured: list[Any] = []
