@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 
 use super::control::{Request, Status};
 use super::Event;
-use crate::config::{Launcher, LoraSettings, Pipeline, PrefLossKind, Schedule, TrlSettings};
+use crate::config::{Launcher, Pipeline, TrlSettings};
 use crate::kind;
 use crate::train::host::{DataOrders, PrefFile};
 
@@ -173,100 +173,6 @@ pub fn python_of(settings: &TrlSettings) -> Result<PathBuf, TrlError> {
         Some(p) => Err(TrlError::NoPython { expected: p.display().to_string() }),
         None => Err(TrlError::NoPython { expected: "$HOME/.cache/hone/trl-venv/bin/python".into() }),
     }
-}
-
-/// The stage spec (`python/hone_trl/spec.py` documents every key) of stage `index`, which starts
-/// from the HF directory `model` at global step `step_offset`. `pref_files` are the stage's
-/// preference files, resolved: the `live` ones are labels files that grow while it runs.
-pub fn stage_spec(
-    pipeline: &Pipeline,
-    index: usize,
-    run_dir: &Path,
-    model: &Path,
-    step_offset: u64,
-    pref_files: &[PrefFile],
-) -> Result<Value, TrlError> {
-    let stage = pipeline.stages.get(index).ok_or(TrlError::NoStage(index))?;
-    let run = &pipeline.run;
-    let schedule = match stage.schedule {
-        Schedule::Cosine => "cosine",
-        Schedule::Linear => "linear",
-        Schedule::Constant => "constant",
-    };
-    let mut spec = json!({
-        "run_dir": run_dir,
-        "stage": stage.name,
-        "kind": if stage.pref.is_some() { "dpo" } else { "sft" },
-        "model": model,
-        "output_dir": checkpoints_dir(run_dir, &stage.name),
-        "export_dir": export_dir(run_dir, &stage.name),
-        "seed": run.seed,
-        "device": run.device,
-        "dtype": run.dtype,
-        "lr": stage.lr,
-        "schedule": schedule,
-        "warmup_steps": stage.warmup_steps,
-        "weight_decay": stage.weight_decay,
-        "max_grad_norm": stage.max_grad_norm,
-        "max_length": stage.max_length,
-        "epochs": stage.epochs,
-        "max_steps": stage.max_steps,
-        "batch_size": stage.batch_size,
-        "grad_accum": stage.grad_accum,
-        "log_every": run.log_every,
-        "checkpoint_every": run.checkpoint_every,
-        "keep_checkpoints": run.keep_checkpoints,
-        "step_offset": step_offset,
-    });
-    if let Some(sft) = &stage.sft {
-        spec["sft"] = json!({"data": sft.data, "weight": sft.weight, "on_chosen": sft.on_chosen});
-    }
-    if let Some(pref) = &stage.pref {
-        let (live, data): (Vec<&PrefFile>, Vec<&PrefFile>) = pref_files.iter().partition(|f| f.live);
-        let paths = |s: &[&PrefFile]| s.iter().map(|f| f.path.clone()).collect::<Vec<_>>();
-        spec["pref"] = json!({
-            "data": paths(&data),
-            "live": paths(&live),
-            "lambda": pref.lambda,
-            "beta": pref.beta,
-            "loss": match pref.loss {
-                PrefLossKind::Sigmoid => "sigmoid",
-                PrefLossKind::Ipo => "ipo",
-                PrefLossKind::Robust => "robust",
-                // Refused for engine = "trl" by the config check.
-                PrefLossKind::Kto => "kto",
-            },
-            "label_smoothing": pref.label_smoothing,
-            "reference": pref.reference,
-        });
-    }
-    if let Some(lora) = &pipeline.model.lora {
-        spec["lora"] = lora_spec(lora, &pipeline.model.path)?;
-    }
-    Ok(spec)
-}
-
-/// A LoRA stage's `lora`: its settings, with `target_modules` resolved to the full names of the
-/// decoder projections hone's rule targets in the pipeline's model, which PEFT then matches
-/// exactly (a regular expression or a suffix means the same modules on both engines).
-fn lora_spec(lora: &LoraSettings, model: &Path) -> Result<Value, TrlError> {
-    let layers = crate::model::ModelConfig::from_dir(model)?.num_hidden_layers;
-    let targets = lora.spec().targets;
-    let modules: Vec<String> =
-        crate::model::lora::projection_modules(layers).into_iter().filter(|m| targets.matches(m)).collect();
-    Ok(json!({"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": modules}))
-}
-
-/// Writes a stage's spec to [`spec_path`] (atomically) and returns the path.
-pub fn write_spec(run_dir: &Path, stage: &str, spec: &Value) -> Result<PathBuf, TrlError> {
-    let path = spec_path(run_dir, stage);
-    let dir = trl_dir(run_dir);
-    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_string_pretty(spec).map_err(|e| TrlError::Io { path: path.clone(), source: e.into() })?;
-    std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    Ok(path)
 }
 
 /// One launcher invocation: the program, its arguments and the environment it adds.
@@ -607,6 +513,10 @@ pub fn follow_status(status: &mut Status, line: &str, stage: &str) -> bool {
 #[path = "trl_resume.rs"]
 mod resume;
 pub use resume::{exported_step, resume_step};
+
+#[path = "trl_spec.rs"]
+mod spec;
+pub use spec::{stage_spec, write_spec};
 
 #[cfg(test)]
 #[path = "trl_tests.rs"]
