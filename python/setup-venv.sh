@@ -17,7 +17,7 @@ mkdir -p "$(dirname "$venv")"
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet \
-  "torch>=2.4" "transformers>=5.0" "trl>=1.16,<2" "accelerate>=1.0" "datasets>=3.0" "pytest>=7"
+  "torch>=2.4" "transformers>=5.0" "trl>=1.16,<2" "accelerate>=1.0" "datasets>=3.0" "peft>=0.17" "pytest>=7"
 # Not editable: the venv keeps working if the checkout moves. Re-run after changing python/.
 "$venv/bin/python" -m pip install --quiet "$here"
 "$venv/bin/python" -m hone_trl --versions

@@ -264,3 +264,50 @@ fn a_missing_interpreter_is_refused_at_check_and_before_a_run_directory_exists()
     assert!(err.contains("no such interpreter"), "{err}");
     assert!(RunDir::list(&runs).map_or(true, |v| v.is_empty()));
 }
+
+#[test]
+fn a_finished_trl_stage_is_a_native_checkpoint_that_a_resume_starts_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pipeline(tmp.path(), &fake_python(tmp.path()));
+    // A native DPO stage after the TRL one: its reference log-probs are the first the run computes.
+    let prefs = fixture().join("prefs.jsonl");
+    let dpo2 = format!(
+        "\n[[stage]]\nname = \"dpo2\"\nmax_steps = 1\nbatch_size = 4\nlr = 1e-3\nmax_length = 128\n\
+         pref = {{ data = [\"{}\"], beta = 0.1 }}\n",
+        prefs.display()
+    );
+    std::fs::write(&p, std::fs::read_to_string(&p).unwrap() + &dpo2).unwrap();
+    let runs = tmp.path().join("runs");
+    // The worker dies in the native stage after the TRL stage, before that stage checkpoints.
+    let out = Command::new(HONE)
+        .args(["run", p.to_str().unwrap(), "--headless", "--runs-dir", runs.to_str().unwrap()])
+        .env("FAKE_TRL", "finish")
+        .env(hone::fault::ENV, "reference.logps")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let run = only_run(&runs, WAIT);
+    let evs = events(&run);
+    assert!(!of(&evs, "stage_started", "dpo2").is_empty());
+    // The TRL stage's end (global step 4: 1 native step, then the engine's 3) is a checkpoint.
+    let saved: Vec<_> = evs.iter().filter(|e| e.event == "checkpoint_saved").collect();
+    let last = saved.last().unwrap();
+    assert_eq!(last.step, Some(4), "{saved:?}");
+    let dir = PathBuf::from(last.fields["path"].as_str().unwrap());
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("trainer_state.json")).unwrap()).unwrap();
+    assert_eq!((state["stage_index"].clone(), state["stage_done"].clone()), (1.into(), true.into()));
+    assert!(dir.join("model.safetensors").is_file() && !dir.join("optimizer.safetensors").exists());
+    // The resume needs neither the engine nor its export: the checkpoint holds the policy. (Were
+    // it to start from the native stage's checkpoint, the TRL stage would run again and fail.)
+    std::fs::remove_dir_all(run.path().join("trl/dpo/model")).unwrap();
+    let out = hone(&["resume", run.path().to_str().unwrap(), "--headless"], "fail");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let evs = events(&run);
+    let resumed = evs.iter().rfind(|e| e.event == "resumed").unwrap();
+    assert_eq!(resumed.fields["from_step"], 4);
+    assert_eq!(of(&evs, "stage_started", "dpo").len(), 1);
+    assert_eq!(of(&evs, "stage_finished", "dpo2").len(), 1);
+    assert_eq!(evs.last().unwrap().fields["status"], "completed");
+}

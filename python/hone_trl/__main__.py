@@ -109,19 +109,27 @@ def print_versions() -> int:
     import importlib
 
     out = {}
-    for name in ("torch", "transformers", "trl", "accelerate", "datasets", "hone_trl"):
+    for name in ("torch", "transformers", "trl", "accelerate", "datasets", "peft", "hone_trl"):
         out[name] = importlib.import_module(name).__version__
     print(json.dumps(out))
     return 0
 
 
 def export_model(trainer, tokenizer, export_dir: str, stage: str, step: int, rank0: bool) -> None:
-    """Writes the final model as an HF directory beside `export_dir`, then renames it in place."""
+    """Writes the final model as an HF directory beside `export_dir`, then renames it in place. A
+    LoRA stage's adapters are merged into their weights first (PEFT's `merge_and_unload`): the
+    next stage and hone's evaluation read a full model."""
     tmp = export_dir + ".tmp"
     if rank0 and os.path.exists(tmp):
         shutil.rmtree(tmp)
     trainer.accelerator.wait_for_everyone()
-    trainer.save_model(tmp)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):
+        # Training is over: merging in place on rank 0 alone leaves nothing for the others to see.
+        if rank0:
+            model.merge_and_unload().save_pretrained(tmp)
+    else:
+        trainer.save_model(tmp)
     trainer.accelerator.wait_for_everyone()
     if rank0:
         tokenizer.save_pretrained(tmp)

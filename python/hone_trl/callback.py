@@ -153,7 +153,7 @@ class HoneCallback(TrainerCallback):
             retracted = [t.hone_items[item] for item in update["retracted"] if item in t.hone_items]
             for (item, _pair), idx in zip(update["added"], added):
                 t.hone_items[item] = idx
-            t.hone_order.admit(added, retracted, file=path, offset=update["offset"])
+            t.hone_admit(added, retracted, file=path, offset=update["offset"])
             self.emit(
                 "labels_admitted", state, count=len(added), retracted=len(retracted),
                 held_back=update["held_back"], lines=update["lines"], file=path, byte_offset=update["offset"],

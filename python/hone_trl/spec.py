@@ -11,8 +11,13 @@ Keys (all required unless marked optional):
   sft: {data: [paths], weight, on_chosen} (optional),
   pref: {data: [paths], live: [paths], lambda, beta, loss ("sigmoid" | "ipo"), reference (optional)}
   (optional), lambda_safe (optional, reported as lambda/safe),
+  lora (optional): {r, alpha, dropout, target_modules: [full module names]}: the stage trains a
+  fresh PEFT LoRA adapter on `model` and exports it merged,
   orders (optional): hone's sampler order of the main term, one permutation of the files'
   examples per epoch; the engine serves it (admitted labels first) and file order after it.
+  sft_orders (optional, dpo with sft.on_chosen): hone's order of the SFT-on-chosen term, which
+  the native engine draws from a sampler of its own (pair indices); with it the SFT term trains
+  on those pairs' chosen responses, else on the chosen responses of the preference batch.
 """
 
 from __future__ import annotations

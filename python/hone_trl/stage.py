@@ -14,7 +14,7 @@ from .callback import HoneCallback
 from .labels import LiveLabels
 from .relay import ControlRelay
 from .spec import Spec, SpecError, read_jsonl
-from .trainers import HoneDPOTrainer, HoneSFTTrainer, LivePool
+from .trainers import HoneDPOTrainer, HoneOrder, HoneSFTTrainer, LivePool
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -50,6 +50,31 @@ def common_args(spec: Spec, world: int) -> dict[str, Any]:
     )
 
 
+def lora_config(spec: Spec):
+    """PEFT's LoraConfig for the spec's `lora` (hone resolved `target_modules` to the full names
+    of the modules it targets, which PEFT matches exactly), or None."""
+    lora = spec.get("lora")
+    if not lora:
+        return None
+    from peft import LoraConfig
+
+    targets = lora.get("target_modules")
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise SpecError(f"{spec.path}: lora.target_modules: expected a non-empty list of module names")
+    return LoraConfig(
+        r=int(lora["r"]), lora_alpha=float(lora["alpha"]), lora_dropout=float(lora["dropout"]),
+        target_modules=targets, bias="none", task_type="CAUSAL_LM",
+    )
+
+
+def checked_orders(spec: Spec, key: str, examples: int) -> list[list[int]] | None:
+    """The spec's `orders` or `sft_orders`: each epoch a permutation of the files' examples."""
+    orders = spec.get(key)
+    if orders and any(sorted(o) != list(range(len(o))) or len(o) > examples for o in orders):
+        raise SpecError(f"{spec.path}: {key}: each epoch must be a permutation of the files' examples")
+    return orders
+
+
 def run_stage(spec: Spec, signals, writer) -> bool:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, SFTConfig
@@ -70,6 +95,7 @@ def run_stage(spec: Spec, signals, writer) -> bool:
         with open(os.path.join(checkpoint, "hone_state.json"), encoding="utf-8") as f:
             saved = json.load(f)
     base = common_args(spec, world)
+    peft_config = lora_config(spec)
     lambdas = {"pref": float((spec.get("pref") or {}).get("lambda", 0.0)), "safe": float(spec.get("lambda_safe") or 0.0)}
     live: dict[str, LiveLabels] | None = None
     items: dict[str, int] = {}
@@ -82,7 +108,8 @@ def run_stage(spec: Spec, signals, writer) -> bool:
 
         conversational = "messages" in rows[0]
         args = SFTConfig(**base, assistant_only_loss=conversational, packing=False, dataset_num_proc=None)
-        trainer = HoneSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+        trainer = HoneSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                                 peft_config=peft_config)
         trainer.hone_sft_weight = float(spec.sft.get("weight", 1.0))
     else:
         from datasets import Dataset
@@ -111,9 +138,13 @@ def run_stage(spec: Spec, signals, writer) -> bool:
             label_smoothing=float(pref.get("label_smoothing", 0.0)),
             precompute_ref_log_probs=False,
         )
-        ref = AutoModelForCausalLM.from_pretrained(pref.get("reference") or spec.model, dtype=dtype)
+        # With LoRA and no reference of its own, TRL's reference is the model with the adapter
+        # switched off: the stage's starting weights, without a second copy in memory.
+        reference = pref.get("reference") or (None if peft_config else spec.model)
+        ref = AutoModelForCausalLM.from_pretrained(reference, dtype=dtype) if reference else None
         trainer = HoneDPOTrainer(
-            model=model, ref_model=ref, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+            model=model, ref_model=ref, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+            peft_config=peft_config,
         )
         trainer.hone_pref_loss = losses[0]
         trainer.hone_sft_weight = float(sft["weight"]) if sft and sft.get("on_chosen") else None
@@ -121,10 +152,11 @@ def run_stage(spec: Spec, signals, writer) -> bool:
     pool = LivePool([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
     total = spec.total_steps(len(pool))
     trainer.args.max_steps = total
-    orders = spec.get("orders")
-    if orders and any(sorted(o) != list(range(len(o))) or len(o) > len(pool) for o in orders):
-        raise SpecError(f"{spec.path}: orders: each epoch must be a permutation of the files' examples")
+    orders = checked_orders(spec, "orders", len(pool))
     trainer.hone_setup(pool, per_device, total, lambdas, orders)
+    if spec.kind == "dpo" and trainer.hone_sft_weight is not None and spec.get("sft_orders"):
+        sft_orders = checked_orders(spec, "sft_orders", len(pool))
+        trainer.hone_sft_order = HoneOrder(pool, per_device, trainer.hone_order.batches, sft_orders)
     trainer.hone_items = items
     trainer.hone_base = len(pool)
     if live is not None:
@@ -166,9 +198,13 @@ def run_stage(spec: Spec, signals, writer) -> bool:
             for (item, _pair), idx in zip(update["added"], added):
                 items[item] = idx
             trainer.hone_order.admissions.append({**a, "added": added, "retracted": retracted})
+            if trainer.hone_sft_order is not None:
+                trainer.hone_sft_order.admissions.append({"pos": a["sft_pos"], "added": added, "retracted": retracted})
             trainer.hone_state["label_offsets"][a["file"]] = update["offset"]
         step = int(saved["global_step"])
-        trainer.hone_order.fast_forward(step * int(spec.grad_accum) * world * per_device)
+        for order in (trainer.hone_order, trainer.hone_sft_order):
+            if order is not None:
+                order.fast_forward(step * int(spec.grad_accum) * world * per_device)
 
     trainer.train(resume_from_checkpoint=checkpoint)
     done = trainer.state.global_step >= total

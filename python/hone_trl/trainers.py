@@ -11,6 +11,9 @@
   asks TRL for `L_pref` alone, reads `L_sft` (TRL's own "sft" formula) off the same forward's
   log-probs through a forward hook, and weighs them with the current λ (which `set_lambda`
   changes between steps). `tests/test_objective.py` checks it against stock TRL's combined loss.
+  Given hone's SFT order (`sft_orders`), the SFT term is instead the same formula on the chosen
+  responses that order draws, one more policy forward per micro-batch: the native engine draws
+  that term from a sampler of its own, so this is how the two engines train on the same batches.
 """
 
 from __future__ import annotations
@@ -112,7 +115,11 @@ class HoneOrder:
     def __iter__(self):
         total = self.batches * self.per_device
         while self.drawn < total:
-            yield [self._draw() for _ in range(self.per_device)]
+            yield self.take(self.per_device)
+
+    def take(self, n: int) -> list[int]:
+        """The next `n` examples."""
+        return [self._draw() for _ in range(n)]
 
 
 class HoneMixin:
@@ -120,6 +127,9 @@ class HoneMixin:
 
     hone_order: HoneOrder
     hone_state: dict[str, Any]
+    # A DPO stage's SFT-on-chosen term in hone's own order (the spec's `sft_orders`), over the
+    # same pool; None elsewhere.
+    hone_sft_order: HoneOrder | None = None
 
     def hone_setup(self, pool: LivePool, per_device: int, total_steps: int, lambdas: dict[str, float],
                    orders: list[list[int]] | None = None) -> None:
@@ -131,6 +141,15 @@ class HoneMixin:
         self.hone_state = {"control_offset": 0, "label_offsets": {}}
         self.hone_stopped = False
         self.hone_skipped = False
+
+    def hone_admit(self, added: list[int], retracted: list[int], **extra: Any) -> None:
+        """Admitted labels join the data order (and a DPO stage's SFT order) from the next draw;
+        the SFT order's own draw position goes into the admissions log, for a resume."""
+        sft = self.hone_sft_order
+        if sft is not None:
+            extra["sft_pos"] = sft.drawn
+            sft.admit(added, retracted)
+        self.hone_order.admit(added, retracted, **extra)
 
     def get_train_dataloader(self) -> DataLoader:
         collator = self._get_collator_with_removed_columns(self.data_collator, description="Training")
@@ -191,13 +210,16 @@ class HoneDPOTrainer(HoneMixin, DPOTrainer):
             if not captured:
                 captured.append(output)
 
-        handle = self.accelerator.unwrap_model(model).register_forward_hook(keep_first)
+        own_batch = self.hone_sft_order is not None and self.model.training
+        watched = self.hone_sft_weight is not None and not own_batch
+        handle = self.accelerator.unwrap_model(model).register_forward_hook(keep_first) if watched else None
         saved = (self.loss_types, self.loss_weights)
         self.loss_types, self.loss_weights = [self.hone_pref_loss], [1.0]
         try:
             result = super()._compute_loss(model, inputs, return_outputs)
         finally:
-            handle.remove()
+            if handle is not None:
+                handle.remove()
             self.loss_types, self.loss_weights = saved
         pref = result[0] if return_outputs else result
         lam = float(self.hone_lambdas.get("pref", 1.0))
@@ -207,15 +229,41 @@ class HoneDPOTrainer(HoneMixin, DPOTrainer):
         self.hone_metric("loss/pref", pref)
         self.hone_metric("weighted/pref", lam * pref)
         if self.hone_sft_weight is not None:
-            if not captured:
+            if own_batch:
+                sft = self.hone_drawn_sft(model)
+            elif captured:
+                # The batch is [chosen; rejected]: the term is on the chosen half.
+                log_probs = captured[0].log_probs.chunk(2, dim=0)[0]
+                sft = completion_nll(log_probs, inputs["completion_mask"].chunk(2, dim=0)[0])
+            else:
                 raise RuntimeError("the policy forward was not observed; cannot compute the SFT term")
-            mask = inputs["completion_mask"][..., 1:]
-            per_token = captured[0].log_probs[:, -mask.size(1):]
-            chosen_mask = mask.chunk(2, dim=0)[0].bool()
-            sft = -per_token.chunk(2, dim=0)[0][chosen_mask].mean()
             total = total + self.hone_sft_weight * sft
             self.hone_metric("loss/sft", sft)
         return (total, result[1]) if return_outputs else total
+
+    def hone_drawn_sft(self, model) -> torch.Tensor:
+        """The SFT term on this rank's share of the next global batch of hone's SFT order (rank r
+        takes the r-th slice, as accelerate hands global batch i to rank i mod world size)."""
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        per = self.hone_order.per_device
+        mine = self.hone_sft_order.take(world * per)[rank * per:(rank + 1) * per]
+        keys = ("prompt_ids", "chosen_ids", "rejected_ids")
+        batch = self.data_collator([{k: self.hone_pool[i][k] for k in keys} for i in mine])
+        # The collator stacks [chosen; rejected], right-padded: keep the chosen half, cut to its width.
+        n = len(mine)
+        width = int(batch["attention_mask"][:n].sum(dim=1).max())
+        ids, attention, mask = (batch[k][:n, :width].to(self.accelerator.device)
+                                for k in ("input_ids", "attention_mask", "completion_mask"))
+        labels = ids.masked_fill(mask == 0, -100)
+        out = model(input_ids=ids, attention_mask=attention, labels=labels, use_cache=False, fused_lm_head=True)
+        return completion_nll(out.log_probs, mask)
+
+
+def completion_nll(log_probs: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """TRL's "sft" loss: the mean negative log-probability over the batch's completion tokens
+    (`log_probs` per predicted token, `completion_mask` per input token)."""
+    mask = completion_mask[..., 1:]
+    return -log_probs[:, -mask.size(1):][mask.bool()].mean()
 
 
 def world_size() -> int:

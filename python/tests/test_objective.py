@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
 from conftest import FIXTURE
-from hone_trl.trainers import HoneDPOTrainer
+from hone_trl.trainers import HoneDPOTrainer, HoneOrder, LivePool
 
 
 def rows():
@@ -45,3 +45,28 @@ def test_override_equals_trl_combined_loss(tmp_path, pref_loss):
     # Changing λ (what set_lambda does) changes the next step's objective.
     ours.hone_lambdas["pref"] = 0.0
     assert abs(ours.compute_loss(ours.model, batch).item() - w * metrics["loss/sft"][-1]) < 1e-6
+
+
+def test_sft_term_in_hones_own_order_is_trls_sft_loss_on_those_pairs(tmp_path):
+    """Given hone's SFT order (the spec's `sft_orders`), the SFT term is TRL's "sft" loss on the
+    chosen responses of the pairs that order draws, not of the preference batch's pairs."""
+    lam, w = 0.5, 0.7
+    ours = trainer(HoneDPOTrainer, tmp_path / "b", loss_type=["sigmoid"])
+    pool = LivePool([ours.train_dataset[i] for i in range(4)])
+    ours.hone_setup(pool, 2, 2, {"pref": lam})
+    ours.hone_sft_order = HoneOrder(pool, 2, 2, [[3, 1, 0, 2]])
+    ours.hone_pref_loss, ours.hone_sft_weight = "sigmoid", w
+    ours.model.train()
+    got = ours.compute_loss(ours.model, ours.data_collator([pool[0], pool[1]])).item()
+    assert ours.hone_sft_order.drawn == 2
+
+    def stock_loss(loss_type, pairs):
+        stock = trainer(DPOTrainer, tmp_path / loss_type, loss_type=[loss_type])
+        stock.model.train()
+        return stock.compute_loss(stock.model, stock.data_collator([stock.train_dataset[i] for i in pairs])).item()
+
+    pref, sft = stock_loss("sigmoid", [0, 1]), stock_loss("sft", [3, 1])
+    assert abs(ours._metrics["train"]["loss/sft"][-1] - sft) < 1e-6
+    assert abs(got - (lam * pref + w * sft)) < 1e-6
+    # The preference batch's own chosen responses give another SFT loss: the order mattered.
+    assert abs(stock_loss("sft", [0, 1]) - sft) > 1e-3

@@ -4,10 +4,12 @@
 
 The SFT stage's batch (2 of the fixture's 8 records) is the first batch of hone's seeded sampler,
 not the files' first two records, so the loss only matches if the worker feeds TRL hone's order
-(the spec's `orders`); the test checks that the two differ. The DPO stage (with its SFT term)
-takes the whole file in one batch, because the native engine draws its SFT-on-chosen term from a
-sampler of its own: its step 1 checks that the two engines' SFT updates agree and that the
-combined objective does. Needs the `hone` binary (`HONE_BIN`, else `target/release/hone`)."""
+(the spec's `orders`); the test checks that the two differ. The DPO stage with an SFT term takes
+4 of the 8 pairs per batch; the native engine draws its SFT-on-chosen term from a sampler of its
+own, so its chosen responses are other pairs' than the preference batch's (the spec's
+`sft_orders`, checked to differ too): each term and their λ-weighted sum must agree, and the DPO
+stage's step 1 starts from the SFT stage's update, so that agrees as well. Needs the `hone` binary
+(`HONE_BIN`, else `target/release/hone`)."""
 
 import json
 import os
@@ -49,7 +51,7 @@ data = ["{FIXTURE / 'sft.jsonl'}"]
 name = "dpo"
 engine = "{engine}"
 max_steps = 1
-batch_size = 8
+batch_size = 4
 lr = 1e-3
 schedule = "constant"
 max_length = 256
@@ -81,6 +83,11 @@ def test_first_step_loss_equals_hone_native_in_hones_order(tmp_path):
     spec = json.loads((trl_dir / "trl" / "sft.json").read_text())
     first = spec["orders"][0][:2]
     assert sorted(spec["orders"][0]) == list(range(8)) and first != [0, 1], first
+    dpo = json.loads((trl_dir / "trl" / "dpo.json").read_text())
+    pref, sft = dpo["orders"][0][:4], dpo["sft_orders"][0][:4]
+    assert sorted(dpo["orders"][0]) == sorted(dpo["sft_orders"][0]) == list(range(8))
+    # Shuffled, and the two terms' first batches are not the same pairs.
+    assert pref != [0, 1, 2, 3] and sorted(pref) != sorted(sft), (pref, sft)
     for stage in ("sft", "dpo"):
         assert abs(trl[stage]["loss"] - native[stage]["loss"]) < 1e-4, (stage, trl[stage]["loss"], native[stage]["loss"])
     assert abs(trl["dpo"]["loss/sft"] - native["dpo"]["loss/sft"]) < 1e-4

@@ -199,6 +199,34 @@ fn check_stage(stage: &Stage, trl: &TrlSettings, at: &FieldPath, locator: &Locat
     Ok(())
 }
 
+/// LoRA with TRL stages. The TRL engine trains a fresh PEFT adapter in each stage on the stage's
+/// model and exports it merged; hone's engine trains one adapter over the whole pipeline on the
+/// original base (checkpoints hold the adapter alone). The two cannot hand a LoRA run to each
+/// other, so a LoRA pipeline with a TRL stage has every stage on the TRL engine, and starting
+/// from an adapter directory is hone's engine's alone.
+pub(crate) fn check_lora(pipeline: &Pipeline, locator: &Locator<'_>) -> Result<(), ConfigError> {
+    let Some(trl) = pipeline.stages.iter().position(|s| s.engine == Engine::Trl) else { return Ok(()) };
+    let stage = FieldPath::default().key("stage");
+    if pipeline.model.adapter.is_some() {
+        return Err(locator.error(
+            &stage.index(trl).key("engine"),
+            "[model] adapter (start from a LoRA adapter directory) is supported by hone's engine only (engine = \"hone\")",
+        ));
+    }
+    let native = pipeline.stages.iter().position(|s| s.engine != Engine::Trl);
+    if let (Some(_), Some(i)) = (&pipeline.model.lora, native) {
+        return Err(locator.error(
+            &stage.index(i).key("engine"),
+            format!(
+                "a LoRA pipeline cannot mix engines: stage {} is on the TRL engine (a fresh adapter per stage, \
+                 exported merged), this one on hone's (one adapter over the pipeline); put every stage on one engine",
+                pipeline.stages[trl].name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Makes `[engine.trl]`'s paths absolute against the pipeline file's directory `base`; a
 /// `config_file` that does not exist is an error here, at load time. `python` is checked when it
 /// runs (`hone check`, stage start): a venv may be created after the pipeline is written.

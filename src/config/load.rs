@@ -364,15 +364,7 @@ fn resolve(
     if pipeline.run.gradient_checkpointing {
         check_dropout_with_checkpointing(&pipeline.model, adapter.as_ref(), &root.key("model"), locator)?;
     }
-    if pipeline.model.lora.is_some() || pipeline.model.adapter.is_some() {
-        // The TRL engine's stage spec carries no adapter: training it there would drop the LoRA.
-        if let Some(i) = pipeline.stages.iter().position(|s| s.engine == super::engine::Engine::Trl) {
-            return Err(locator.error(
-                &root.key("stage").index(i).key("engine"),
-                "LoRA ([model] lora or adapter) is trained by hone's engine only; the TRL engine would train every weight",
-            ));
-        }
-    }
+    super::engine::check_lora(&pipeline, locator)?;
     let mut pref_sources = Vec::with_capacity(pipeline.stages.len());
     for (i, stage) in pipeline.stages.iter_mut().enumerate() {
         let at = root.key("stage").index(i);

@@ -36,9 +36,9 @@ use serde_json::{json, Value};
 
 use super::control::{Request, Status};
 use super::Event;
-use crate::config::{Launcher, Pipeline, PrefLossKind, Schedule, TrlSettings};
+use crate::config::{Launcher, Pipeline, TrlSettings};
 use crate::kind;
-use crate::train::host::PrefFile;
+use crate::train::host::{DataOrders, PrefFile};
 
 /// The file in an export directory that marks the stage as finished (written before the rename).
 pub const EXPORT_MARKER: &str = "hone_export.json";
@@ -110,6 +110,9 @@ pub enum TrlError {
     /// A stage index that the pipeline does not have.
     #[error("stage index {0} is out of range")]
     NoStage(usize),
+    /// The pipeline's model directory, read for a LoRA stage's target modules.
+    #[error("{0}")]
+    Model(#[from] crate::model::ModelError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrlError + '_ {
@@ -170,86 +173,6 @@ pub fn python_of(settings: &TrlSettings) -> Result<PathBuf, TrlError> {
         Some(p) => Err(TrlError::NoPython { expected: p.display().to_string() }),
         None => Err(TrlError::NoPython { expected: "$HOME/.cache/hone/trl-venv/bin/python".into() }),
     }
-}
-
-/// The stage spec (`python/hone_trl/spec.py` documents every key) of stage `index`, which starts
-/// from the HF directory `model` at global step `step_offset`. `pref_files` are the stage's
-/// preference files, resolved: the `live` ones are labels files that grow while it runs.
-pub fn stage_spec(
-    pipeline: &Pipeline,
-    index: usize,
-    run_dir: &Path,
-    model: &Path,
-    step_offset: u64,
-    pref_files: &[PrefFile],
-) -> Result<Value, TrlError> {
-    let stage = pipeline.stages.get(index).ok_or(TrlError::NoStage(index))?;
-    let run = &pipeline.run;
-    let schedule = match stage.schedule {
-        Schedule::Cosine => "cosine",
-        Schedule::Linear => "linear",
-        Schedule::Constant => "constant",
-    };
-    let mut spec = json!({
-        "run_dir": run_dir,
-        "stage": stage.name,
-        "kind": if stage.pref.is_some() { "dpo" } else { "sft" },
-        "model": model,
-        "output_dir": checkpoints_dir(run_dir, &stage.name),
-        "export_dir": export_dir(run_dir, &stage.name),
-        "seed": run.seed,
-        "device": run.device,
-        "dtype": run.dtype,
-        "lr": stage.lr,
-        "schedule": schedule,
-        "warmup_steps": stage.warmup_steps,
-        "weight_decay": stage.weight_decay,
-        "max_grad_norm": stage.max_grad_norm,
-        "max_length": stage.max_length,
-        "epochs": stage.epochs,
-        "max_steps": stage.max_steps,
-        "batch_size": stage.batch_size,
-        "grad_accum": stage.grad_accum,
-        "log_every": run.log_every,
-        "checkpoint_every": run.checkpoint_every,
-        "keep_checkpoints": run.keep_checkpoints,
-        "step_offset": step_offset,
-    });
-    if let Some(sft) = &stage.sft {
-        spec["sft"] = json!({"data": sft.data, "weight": sft.weight, "on_chosen": sft.on_chosen});
-    }
-    if let Some(pref) = &stage.pref {
-        let (live, data): (Vec<&PrefFile>, Vec<&PrefFile>) = pref_files.iter().partition(|f| f.live);
-        let paths = |s: &[&PrefFile]| s.iter().map(|f| f.path.clone()).collect::<Vec<_>>();
-        spec["pref"] = json!({
-            "data": paths(&data),
-            "live": paths(&live),
-            "lambda": pref.lambda,
-            "beta": pref.beta,
-            "loss": match pref.loss {
-                PrefLossKind::Sigmoid => "sigmoid",
-                PrefLossKind::Ipo => "ipo",
-                PrefLossKind::Robust => "robust",
-                // Refused for engine = "trl" by the config check.
-                PrefLossKind::Kto => "kto",
-            },
-            "label_smoothing": pref.label_smoothing,
-            "reference": pref.reference,
-        });
-    }
-    Ok(spec)
-}
-
-/// Writes a stage's spec to [`spec_path`] (atomically) and returns the path.
-pub fn write_spec(run_dir: &Path, stage: &str, spec: &Value) -> Result<PathBuf, TrlError> {
-    let path = spec_path(run_dir, stage);
-    let dir = trl_dir(run_dir);
-    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_string_pretty(spec).map_err(|e| TrlError::Io { path: path.clone(), source: e.into() })?;
-    std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    Ok(path)
 }
 
 /// One launcher invocation: the program, its arguments and the environment it adds.
@@ -517,8 +440,9 @@ fn settings_of<'p>(pipeline: &'p Pipeline, stage: &str) -> Result<&'p TrlSetting
 /// writes the spec, starts the launcher (its command line first in `log`), and until it exits
 /// relays what `next_request` yields and a stop once `stop_requested` turns true. `model` is the
 /// HF directory the stage starts from (the previous stage's export, or the pipeline's model);
-/// the stage's own export is [`export_dir`]; `orders` is hone's data order (the spec's `orders`,
-/// one permutation of the files' examples per epoch). Returns the command it ran with the outcome.
+/// the stage's own export is [`export_dir`]; `orders` is hone's data order (the spec's `orders`
+/// and `sft_orders`, one permutation of the files' examples per epoch). Returns the command it
+/// ran with the outcome.
 #[allow(clippy::too_many_arguments)]
 pub fn run_stage(
     pipeline: &Pipeline,
@@ -527,7 +451,7 @@ pub fn run_stage(
     run_dir: &Path,
     model: &Path,
     step_offset: u64,
-    orders: Option<&[Vec<usize>]>,
+    orders: Option<&DataOrders>,
     log: &Path,
     stop_requested: &dyn Fn() -> bool,
     next_request: &mut dyn FnMut() -> Option<Request>,
@@ -543,7 +467,10 @@ pub fn run_stage(
     check_packages(&python)?;
     let mut spec = stage_spec(pipeline, index, run_dir, model, step_offset, pref_files)?;
     if let Some(orders) = orders {
-        spec["orders"] = json!(orders);
+        spec["orders"] = json!(orders.main);
+        if let Some(sft) = &orders.sft {
+            spec["sft_orders"] = json!(sft);
+        }
     }
     write_spec(run_dir, &stage.name, &spec)?;
     let header = format!("hone: stage {} on the TRL engine: {}\n", stage.name, command.display());
@@ -586,6 +513,10 @@ pub fn follow_status(status: &mut Status, line: &str, stage: &str) -> bool {
 #[path = "trl_resume.rs"]
 mod resume;
 pub use resume::{exported_step, resume_step};
+
+#[path = "trl_spec.rs"]
+mod spec;
+pub use spec::{stage_spec, write_spec};
 
 #[cfg(test)]
 #[path = "trl_tests.rs"]

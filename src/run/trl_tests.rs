@@ -282,3 +282,31 @@ fn status_during_a_trl_stage_follows_its_metrics() {
     assert_eq!((status.lambda_pref, status.lambda_safe), (Some(0.5), Some(0.0)));
     assert_eq!(status.state, "running");
 }
+
+#[test]
+fn a_lora_pipeline_on_the_trl_engine_resolves_its_targets_to_module_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = format!("[model]\npath = \"{MODEL}\"\n");
+    let with = |lora: &str| pipeline_text(TORCHRUN, "").replace(&model, &format!("{model}lora = {lora}\n"));
+    let names = |lora: &str| {
+        let loaded = load(dir.path(), &with(lora)).unwrap();
+        let spec = stage_spec(&loaded.pipeline, 0, Path::new("/r"), Path::new(MODEL), 0, &[]).unwrap();
+        (spec["lora"]["r"].clone(), spec["lora"]["alpha"].clone(), spec["lora"]["target_modules"].clone())
+    };
+    // The fixture has two layers; the default targets are PEFT's q_proj and v_proj.
+    let qv = json!([
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.0.self_attn.v_proj",
+        "model.layers.1.self_attn.q_proj",
+        "model.layers.1.self_attn.v_proj"
+    ]);
+    assert_eq!(names("{ r = 4, alpha = 16 }"), (json!(4), json!(16.0), qv.clone()));
+    assert_eq!(names(r#"{ target_modules = ".*\\.[qv]_proj" }"#).2, qv);
+    let all = names(r#"{ target_modules = "all-linear" }"#).2;
+    assert_eq!(all.as_array().unwrap().len(), 14);
+    assert_eq!(all[6], "model.layers.0.mlp.down_proj");
+    assert_eq!(names(r#"{ target_modules = ["layers.1.mlp.up_proj"] }"#).2, json!(["model.layers.1.mlp.up_proj"]));
+    // Without LoRA the spec has none.
+    let loaded = load(dir.path(), &pipeline_text(TORCHRUN, "")).unwrap();
+    assert!(stage_spec(&loaded.pipeline, 0, Path::new("/r"), Path::new(MODEL), 0, &[]).unwrap().get("lora").is_none());
+}

@@ -244,7 +244,9 @@ impl Host for RunHost {
     fn save_checkpoint(&mut self, step: u64, checkpoint: CheckpointData) -> Result<(), TrainError> {
         let mut files = checkpoint.model;
         files.push((TRAINER_STATE_FILE.into(), checkpoint.trainer_state));
-        files.push((OPTIMIZER_FILE.into(), checkpoint.optimizer));
+        if let Some(optimizer) = checkpoint.optimizer {
+            files.push((OPTIMIZER_FILE.into(), optimizer));
+        }
         if let Some(weights) = checkpoint.reward_model {
             files.push((REWARD_MODEL_FILE.into(), weights));
         }
@@ -448,7 +450,7 @@ impl Host for RunHost {
             &run_dir,
             &model,
             job.step_offset,
-            job.orders.as_deref(),
+            job.orders.as_ref(),
             &log,
             &stop,
             &mut next,

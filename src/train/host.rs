@@ -110,9 +110,19 @@ pub struct ExternalStage<'a> {
     pub model: ModelInput,
     /// Global steps complete before the stage (its events count on from here).
     pub step_offset: u64,
-    /// hone's data order for the stage's main term: one permutation of its file examples per
-    /// epoch, as the native sampler would draw them (`None` when it cannot be matched).
-    pub orders: Option<Vec<Vec<usize>>>,
+    /// hone's data order for the stage (`None` when it cannot be matched).
+    pub orders: Option<DataOrders>,
+}
+
+/// The orders hone's samplers would draw a stage's examples in, one permutation of the files'
+/// examples per epoch, so that another engine trains on the same batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataOrders {
+    /// The main term's (the preference pairs of a DPO stage, the SFT records of an SFT stage).
+    pub main: Vec<Vec<usize>>,
+    /// A preference stage's SFT-on-chosen term, which the native engine draws from a sampler of
+    /// its own (indices of the pairs whose chosen responses it trains on).
+    pub sft: Option<Vec<Vec<usize>>>,
 }
 
 /// The model a stage on another engine starts from.
@@ -145,8 +155,9 @@ pub struct CheckpointData {
     pub model: Vec<(String, Vec<u8>)>,
     /// The trainer state, as JSON.
     pub trainer_state: Vec<u8>,
-    /// AdamW's moments, as safetensors.
-    pub optimizer: Vec<u8>,
+    /// AdamW's moments, as safetensors (`None` at the end of a stage another engine trained: its
+    /// moments are that engine's, and the next stage starts fresh ones).
+    pub optimizer: Option<Vec<u8>>,
     /// In a reward-model stage: the reward model's weights (safetensors, transformers' names);
     /// `optimizer` then holds its moments, and `model` the policy, unchanged.
     pub reward_model: Option<Vec<u8>>,

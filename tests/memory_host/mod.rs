@@ -122,7 +122,9 @@ impl Host for MemoryHost {
         let dir = self.dir.join(format!("checkpoints/step-{step:06}"));
         let mut files = checkpoint.model;
         files.push((TRAINER_STATE_FILE.into(), checkpoint.trainer_state));
-        files.push((OPTIMIZER_FILE.into(), checkpoint.optimizer));
+        if let Some(optimizer) = checkpoint.optimizer {
+            files.push((OPTIMIZER_FILE.into(), optimizer));
+        }
         if let Some(weights) = checkpoint.reward_model {
             files.push((REWARD_MODEL_FILE.into(), weights));
         }

@@ -272,7 +272,7 @@ impl<H: Host> Trainer<'_, H> {
         let checkpoint = CheckpointData {
             model: self.policy.files(DType::F32)?,
             trainer_state: serde_json::to_vec_pretty(&self.state).map_err(|e| TrainError::Data(e.to_string()))?,
-            optimizer: optimizer_bytes(&run.opt)?,
+            optimizer: Some(optimizer_bytes(&run.opt)?),
             reward_model: run.reward.as_ref().map(|r| r.weights(DType::F32)).transpose()?,
         };
         let step = self.state.global_step;
