@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::eval::error::EvalError;
+use crate::located::Unreadable;
 use crate::eval::gates::GateConfig;
 use crate::eval::judge::JudgeConfig;
 
@@ -42,7 +43,7 @@ impl EvalConfig {
     /// Reads and parses a TOML file.
     pub fn read(path: &Path) -> Result<Self, EvalError> {
         let text =
-            std::fs::read_to_string(path).map_err(|source| EvalError::Io { path: path.to_path_buf(), source })?;
+            std::fs::read_to_string(path).map_err(Unreadable::at(path))?;
         Self::parse(&text, path)
     }
 }

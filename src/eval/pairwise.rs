@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::eval::error::EvalError;
+use crate::located::Unreadable;
 use crate::eval::jsonl::{located, read_lines, Issue, Line, Obj};
 use crate::eval::judge::{Judge, Verdict};
 use crate::eval::text::word_count;
@@ -149,7 +150,7 @@ pub fn read_pairwise_labels(path: &Path, candidate: &str, baseline: &str) -> Res
     let text = match std::fs::read(path) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(EvalError::Io { path: path.to_path_buf(), source }),
+        Err(source) => return Err(Unreadable::at(path)(source).into()),
     };
     let complete = text.rfind('\n').map_or("", |end| &text[..end]);
     let mut records: Vec<(String, String, String, HumanLabel)> = Vec::new();

@@ -304,14 +304,7 @@ impl<H: Host> Trainer<'_, H> {
                     step_tokens: Some(step_tokens as f64),
                 },
             )?;
-            let mut loss = out.loss;
-            if self.options.inject_nan_at.contains(&step) {
-                loss = (loss * f64::NAN)?;
-            }
-            let store = self.policy.decoder().backward(&loss)?;
-            sums.loss += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            sums.tokens += batch.real_tokens;
-            sums.add_grads(&run.opt, &store)?;
+            self.backward_into(&run.opt, &mut sums, out.loss, step, batch.real_tokens)?;
             kl_sum += out.kl.unwrap_or(0.0) * tokens as f64;
             clip_sum += out.clip_region * tokens as f64;
         }

@@ -7,7 +7,6 @@
 
 use std::time::Instant;
 
-use candle_core::DType;
 use serde_json::{json, Map};
 
 use super::stage::{num, Lambdas, StageRun, StepSums, Term};
@@ -304,14 +303,7 @@ impl<H: Host> Trainer<'_, H> {
                     reference_kl: &reference.narrow(0, n, n)?,
                 },
             )?;
-            let mut loss = (out.loss / accum as f64)?;
-            if self.options.inject_nan_at.contains(&step) {
-                loss = (loss * f64::NAN)?;
-            }
-            let store = self.policy.decoder().backward(&loss)?;
-            sums.loss += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            sums.tokens += tokens.real_tokens;
-            sums.add_grads(&run.opt, &store)?;
+            self.backward_into(&run.opt, &mut sums, (out.loss / accum as f64)?, step, tokens.real_tokens)?;
             stats.push((out.kl, out.rewards_chosen, out.rewards_rejected, out.logps_chosen, out.logps_rejected));
         }
         let norm = global_norm(&sums.grads)?;

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use candle_core::DType;
+use candle_core::{DType, Tensor};
 use serde_json::{json, Map, Value};
 
 use super::stage::{apply_update, forward_backward, num, Lambdas, Objective, StageRun, StepSums, Term};
@@ -15,7 +15,7 @@ use crate::kind;
 use crate::train::evaluate::unsafe_rate_proxy;
 use crate::train::examples::PairExample;
 use crate::train::live::LiveUpdate;
-use crate::train::optim::global_norm;
+use crate::train::optim::{global_norm, AdamW};
 use crate::train::plan::{never_interrupt, RmPair};
 use crate::train::reward::BradleyTerry;
 use crate::train::schedule::learning_rate;
@@ -97,6 +97,23 @@ impl<H: Host> Trainer<'_, H> {
             self.checkpoint(run)?;
         }
         Ok(())
+    }
+
+    /// The backward pass of one GRPO or KTO micro-batch's `loss` (made NaN at the steps
+    /// `inject_nan_at` names), its loss, `tokens` and gradients added to `sums`.
+    pub(super) fn backward_into(
+        &self,
+        opt: &AdamW,
+        sums: &mut StepSums,
+        loss: Tensor,
+        step: u64,
+        tokens: usize,
+    ) -> Result<(), TrainError> {
+        let loss = if self.options.inject_nan_at.contains(&step) { (loss * f64::NAN)? } else { loss };
+        let store = self.policy.decoder().backward(&loss)?;
+        sums.loss += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        sums.tokens += tokens;
+        sums.add_grads(opt, &store)
     }
 
     /// The step's micro-batches (drawn in order, then each through the policy, or the reward model, and backward),
