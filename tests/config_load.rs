@@ -5,11 +5,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use hone::located::Located;
 use hone::config::{
     default_runs_dir, load_pipeline, user_config_dir, ConfigError, DataSource, NanPolicy, PrefLossKind, RunSettings,
     SafetyLossKind, Schedule,
 };
+use hone::located::Located;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/config");
 

@@ -28,8 +28,8 @@ use super::error::DataError;
 use super::jsonl::{byte_to_column, field_path, locate, read_jsonl, Line, Seg};
 use super::labels::{pair_hash, Decision, Judged};
 use super::records::Text;
-use crate::located::{Located, Unreadable};
 use super::template::Message;
+use crate::located::{Located, Unreadable};
 
 /// Appends label records to one labels file.
 #[derive(Debug, Clone)]

@@ -12,8 +12,8 @@ use serde_json::{Map, Value as Json};
 
 use crate::data::error::DataError;
 use crate::data::jsonl::{key, read_jsonl, Issue, Line, Seg};
-use crate::located::Located;
 use crate::data::template::Message;
+use crate::located::Located;
 
 /// A field that TRL allows to be either plain text or a list of chat messages.
 #[derive(Debug, Clone, PartialEq)]
@@ -410,8 +410,7 @@ pub fn read_thumbs_for_kto(path: &Path) -> Result<Vec<(usize, ThumbsRecord)>, Da
 /// Detects the kind of a file from its first record.
 pub fn detect_kind(path: &Path) -> Result<RecordKind, DataError> {
     let lines = read_jsonl(path)?;
-    let first =
-        lines.first().ok_or_else(|| DataError::Located(Located::new(path, 1, 1, "the file has no records")))?;
+    let first = lines.first().ok_or_else(|| DataError::Located(Located::new(path, 1, 1, "the file has no records")))?;
     RecordKind::detect(&first.value).ok_or_else(|| {
         DataError::Located(Located::new(
             path,

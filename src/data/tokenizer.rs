@@ -138,8 +138,7 @@ impl TextTokenizer {
             let jinja = dir.join("chat_template.jinja");
             let json = dir.join("chat_template.json");
             if jinja.is_file() {
-                let text =
-                    std::fs::read_to_string(&jinja).map_err(Unreadable::at(&jinja))?;
+                let text = std::fs::read_to_string(&jinja).map_err(Unreadable::at(&jinja))?;
                 chat_template = Some(text);
             } else if json.is_file() {
                 chat_template = template_from_config(&read_json(&json)?, &json)?;

@@ -2,7 +2,6 @@
 //! judge/gate configuration, or the responses handed to scoring can be wrong. Owns only
 //! [`EvalError`]; never formats reports.
 
-
 use crate::located::{Located, Unreadable};
 
 /// Everything that can go wrong in [`crate::eval`].

@@ -8,10 +8,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::eval::error::EvalError;
-use crate::located::Unreadable;
 use crate::eval::jsonl::{located, read_lines, Issue, Line, Obj};
 use crate::eval::judge::{Judge, Verdict};
 use crate::eval::text::word_count;
+use crate::located::Unreadable;
 
 /// Who won one item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -20,9 +20,9 @@ mod attention;
 mod kernel;
 mod softmax;
 mod swiglu;
-use kernel::{Fused, Inputs, Kernel};
 pub use adamw::{adamw_update, AdamWStep};
 pub use attention::{causal_attention, ATTENTION_BLOCK};
+use kernel::{Fused, Inputs, Kernel};
 pub use softmax::{softmax, softmax_left_padded, CausalMask};
 pub use swiglu::swiglu;
 
