@@ -121,9 +121,9 @@ pub fn remove_dead_temps(path: &Path) -> io::Result<usize> {
     Ok(removed)
 }
 
-/// Whether a process `pid` exists (one of another user's counts: it cannot be signalled, but
-/// it is there).
-fn process_exists(pid: i32) -> bool {
+/// Whether a process `pid` exists, by the signal-0 test (`kill(pid, 0)`) every Unix has (one of
+/// another user's counts: it cannot be signalled, but it is there).
+pub fn process_exists(pid: i32) -> bool {
     let Some(pid) = rustix::process::Pid::from_raw(pid) else { return false };
     match rustix::process::test_kill_process(pid) {
         Ok(()) => true,

@@ -12,6 +12,7 @@ pub mod eval;
 pub mod fault;
 pub mod hex;
 pub mod kind;
+pub mod located;
 pub mod memory;
 pub mod model;
 pub mod rng;

@@ -92,21 +92,9 @@ fn bytes(dtype: DType) -> u64 {
 /// (2h). Biases add their sums. With a compute dtype, every matmul also keeps its cast inputs and
 /// its output before the cast back.
 pub fn layer_floats(config: &ModelConfig, seq_len: usize, mixed: bool) -> (u64, u64) {
-    let h = config.hidden_size as u64;
-    let q = (config.num_attention_heads * config.head_dim) as u64;
-    let kv = (config.num_key_value_heads * config.head_dim) as u64;
-    let i = config.intermediate_size as u64;
+    let Widths { h, q, kv, i } = Widths::of(config);
     let scores = config.num_attention_heads as u64 * seq_len as u64;
-    let mut master = 6 * h + 4 * q + 4 * kv + 3 * i + 2 * scores;
-    if config.qkv_bias {
-        master += q + 2 * kv;
-    }
-    if config.o_bias {
-        master += h;
-    }
-    if config.mlp_bias {
-        master += 2 * i + h;
-    }
+    let master = 6 * h + 4 * q + 4 * kv + 3 * i + 2 * scores + layer_biases(config);
     let compute = if mixed {
         // Inputs cast per projection (q, k, v each cast the norm's output; gate and up too),
         // outputs before the cast back, and the attention operands.
@@ -168,10 +156,7 @@ pub fn estimate(plan: &MemoryPlan) -> MemoryEstimate {
 
 /// The `(out, in)` widths of a decoder projection by its module name's last part.
 fn projection_shape(config: &ModelConfig, module: &str) -> (u64, u64) {
-    let h = config.hidden_size as u64;
-    let q = (config.num_attention_heads * config.head_dim) as u64;
-    let kv = (config.num_key_value_heads * config.head_dim) as u64;
-    let i = config.intermediate_size as u64;
+    let Widths { h, q, kv, i } = Widths::of(config);
     match module.rsplit('.').next().unwrap_or(module) {
         "q_proj" => (q, h),
         "k_proj" | "v_proj" => (kv, h),
@@ -214,39 +199,42 @@ pub fn adapter_floats(config: &ModelConfig, spec: &LoraSpec) -> Vec<u64> {
 /// The parameters of a model of this shape held in vectors: the norms' weights and the biases.
 fn vector_parameters(config: &ModelConfig) -> u64 {
     let h = config.hidden_size as u64;
-    let q = (config.num_attention_heads * config.head_dim) as u64;
-    let kv = (config.num_key_value_heads * config.head_dim) as u64;
-    let i = config.intermediate_size as u64;
-    let mut layer = 2 * h;
-    if config.qkv_bias {
-        layer += q + 2 * kv;
+    config.num_hidden_layers as u64 * (2 * h + layer_biases(config)) + h
+}
+
+/// The widths of one decoder layer: hidden, query (H·d), key/value (K·d), intermediate.
+struct Widths {
+    h: u64,
+    q: u64,
+    kv: u64,
+    i: u64,
+}
+
+impl Widths {
+    fn of(config: &ModelConfig) -> Self {
+        Widths {
+            h: config.hidden_size as u64,
+            q: (config.num_attention_heads * config.head_dim) as u64,
+            kv: (config.num_key_value_heads * config.head_dim) as u64,
+            i: config.intermediate_size as u64,
+        }
     }
-    if config.o_bias {
-        layer += h;
-    }
-    if config.mlp_bias {
-        layer += 2 * i + h;
-    }
-    config.num_hidden_layers as u64 * layer + h
+}
+
+/// The bias elements of one layer (also the sums a layer keeps for them per token).
+fn layer_biases(config: &ModelConfig) -> u64 {
+    let Widths { h, q, kv, i } = Widths::of(config);
+    let qkv = if config.qkv_bias { q + 2 * kv } else { 0 };
+    let o = if config.o_bias { h } else { 0 };
+    let mlp = if config.mlp_bias { 2 * i + h } else { 0 };
+    qkv + o + mlp
 }
 
 /// The parameters of a model of this shape (a tied head once), without loading it.
 pub fn parameter_count(config: &ModelConfig) -> u64 {
-    let h = config.hidden_size as u64;
-    let q = (config.num_attention_heads * config.head_dim) as u64;
-    let kv = (config.num_key_value_heads * config.head_dim) as u64;
-    let i = config.intermediate_size as u64;
+    let Widths { h, q, kv, i } = Widths::of(config);
     let v = config.vocab_size as u64;
-    let mut layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h;
-    if config.qkv_bias {
-        layer += q + 2 * kv;
-    }
-    if config.o_bias {
-        layer += h;
-    }
-    if config.mlp_bias {
-        layer += 2 * i + h;
-    }
+    let layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h + layer_biases(config);
     let head = if config.tie_word_embeddings { 0 } else { v * h };
     v * h + config.num_hidden_layers as u64 * layer + h + head
 }

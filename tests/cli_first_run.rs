@@ -195,7 +195,8 @@ fn the_dashboard_commands_take_a_theme_and_eval_answers_default_to_64_tokens() {
         assert!(Cli::try_parse_from(&args).is_ok(), "{args:?}");
     }
     let cli = Cli::try_parse_from(["hone", "eval", "--model", "m", "--suite", "s"]).unwrap();
-    let Some(Sub::Eval { max_new_tokens, .. }) = cli.command else { panic!("eval") };
+    let Some(Sub::Eval { args }) = cli.command else { panic!("eval") };
+    let max_new_tokens = args.max_new_tokens;
     assert_eq!(max_new_tokens, 64);
     let eval: hone::config::EvalSettings = toml::from_str("suite = \"s\"").unwrap();
     assert_eq!(eval.max_new_tokens, max_new_tokens, "hone eval and a pipeline's [eval] agree");

@@ -9,6 +9,7 @@ use hone::config::{
     default_runs_dir, load_pipeline, user_config_dir, ConfigError, DataSource, NanPolicy, PrefLossKind, RunSettings,
     SafetyLossKind, Schedule,
 };
+use hone::located::Located;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/config");
 
@@ -27,8 +28,7 @@ fn load_error(name: &str) -> ConfigError {
 /// The located parts of an error inside a file.
 fn located(error: &ConfigError) -> (usize, usize, Option<&str>) {
     match error {
-        ConfigError::Field { line, column, field, .. } => (*line, *column, Some(field.as_str())),
-        ConfigError::Syntax { line, column, .. } => (*line, *column, None),
+        ConfigError::Located(at) => (at.line, at.column, at.field.as_deref()),
         other => panic!("not located: {other}"),
     }
 }
@@ -135,7 +135,7 @@ fn a_stage_without_terms_is_located_at_its_header() {
 #[test]
 fn syntax_errors_have_a_location_but_no_field() {
     let error = load_error("syntax");
-    assert!(matches!(error, ConfigError::Syntax { .. }), "{error:?}");
+    assert!(matches!(error, ConfigError::Located(Located { field: None, .. })), "{error:?}");
     assert_eq!(located(&error), (5, 12, None));
 }
 

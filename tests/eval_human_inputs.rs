@@ -9,7 +9,7 @@ mod memory_host;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use hone::config::Pipeline;
+use hone::config::{load_pipeline, Pipeline};
 use hone::eval::{read_pairwise_labels, read_suite, Winner};
 use hone::train::trainer::{RunOptions, Trainer};
 use memory_host::MemoryHost;
@@ -59,22 +59,11 @@ fn a_bad_pairwise_label_is_reported_at_its_line_and_column() {
     assert!(err.contains("unknown winner"), "{err}");
 }
 
-/// The fixture pipeline with absolute paths, the run's labels file in `dir`.
+/// The fixture pipeline, its paths resolved as `hone run` resolves them (the run's labels file
+/// stays in the run directory).
 fn pipeline() -> Pipeline {
-    let text = std::fs::read_to_string(sample().join("pipeline.toml")).unwrap();
-    let mut p: Pipeline = toml::from_str(&text).unwrap();
-    p.model.path = sample().join(&p.model.path);
-    let e = p.eval.as_mut().expect("the fixture pipeline has an [eval] table");
-    e.suite = sample().join(&e.suite);
-    for s in &mut p.stages {
-        for data in [s.sft.as_mut().map(|t| &mut t.data), s.safety.as_mut().map(|t| &mut t.data)].into_iter().flatten()
-        {
-            *data = data.iter().map(|d| sample().join(d)).collect();
-        }
-        if let Some(t) = &mut s.pref {
-            t.data = t.data.iter().map(|d| sample().join(d)).collect();
-        }
-    }
+    let p = load_pipeline(&sample().join("pipeline.toml")).unwrap().pipeline;
+    assert!(p.eval.is_some(), "the fixture pipeline has an [eval] table");
     p
 }
 

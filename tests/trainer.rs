@@ -7,7 +7,7 @@ mod memory_host;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
-use hone::config::Pipeline;
+use hone::config::{load_pipeline, Pipeline};
 use hone::train::trainer::{Finished, RunOptions, Trainer};
 use hone::train::TrainError;
 use memory_host::{MemoryHost, Recorded};
@@ -16,31 +16,16 @@ fn sample() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample")
 }
 
-/// The sample pipeline with every path made absolute (the config module's loader does this for
-/// the CLI; here the trainer is driven directly).
+/// The sample pipeline, its paths resolved as `hone run` resolves them.
 fn pipeline() -> Pipeline {
     pipeline_with_eval(false)
 }
 
 fn pipeline_with_eval(with_eval: bool) -> Pipeline {
-    let text = std::fs::read_to_string(sample().join("pipeline.toml")).unwrap();
-    let mut p: Pipeline = toml::from_str(&text).unwrap();
-    p.model.path = sample().join(&p.model.path);
+    let mut p = load_pipeline(&sample().join("pipeline.toml")).unwrap().pipeline;
     // Evaluation is exercised by its own test (and the CLI tests); the others train only.
-    match (&mut p.eval, with_eval) {
-        (Some(e), true) => e.suite = sample().join(&e.suite),
-        _ => p.eval = None,
-    }
-    for s in &mut p.stages {
-        if let Some(t) = &mut s.sft {
-            t.data = t.data.iter().map(|d| sample().join(d)).collect();
-        }
-        if let Some(t) = &mut s.pref {
-            t.data = t.data.iter().map(|d| sample().join(d)).collect();
-        }
-        if let Some(t) = &mut s.safety {
-            t.data = t.data.iter().map(|d| sample().join(d)).collect();
-        }
+    if !with_eval {
+        p.eval = None;
     }
     p
 }

@@ -8,7 +8,7 @@ mod memory_host;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
-use hone::config::{LoraSettings, Pipeline, TargetModules};
+use hone::config::{load_pipeline, LoraSettings, Pipeline, TargetModules};
 use hone::train::trainer::{RunOptions, Trainer};
 use memory_host::MemoryHost;
 
@@ -16,22 +16,12 @@ fn sample() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample")
 }
 
-/// The sample pipeline (paths absolute, no evaluation) training a LoRA adapter.
+/// The sample pipeline (paths resolved as `hone run` resolves them, no evaluation) training a
+/// LoRA adapter.
 fn pipeline(dropout: f64) -> Pipeline {
-    let text = std::fs::read_to_string(sample().join("pipeline.toml")).unwrap();
-    let mut p: Pipeline = toml::from_str(&text).unwrap();
-    p.model.path = sample().join(&p.model.path);
+    let mut p = load_pipeline(&sample().join("pipeline.toml")).unwrap().pipeline;
     p.eval = None;
     for s in &mut p.stages {
-        if let Some(t) = &mut s.sft {
-            t.data = t.data.iter().map(|d| sample().join(d)).collect();
-        }
-        if let Some(t) = &mut s.pref {
-            t.data = t.data.iter().map(|d| sample().join(d)).collect();
-        }
-        if let Some(t) = &mut s.safety {
-            t.data = t.data.iter().map(|d| sample().join(d)).collect();
-        }
         s.lr = 1e-2;
     }
     p.model.lora =

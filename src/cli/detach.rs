@@ -22,14 +22,17 @@ const POLL: Duration = Duration::from_millis(50);
 /// Lines of `worker.log` shown when a worker fails to start.
 const LOG_TAIL_LINES: usize = 20;
 
-/// Extra arguments of `hone worker`.
-#[derive(Debug, Clone, Default)]
+/// How to resume: the arguments `hone resume` and `hone worker` share.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct WorkerArgs {
-    /// `--force` (resume despite changed inputs).
+    /// Resume even though inputs changed.
+    #[arg(long)]
     pub force: bool,
-    /// `--from-step N`.
+    /// Resume from the checkpoint of this global step instead of the newest.
+    #[arg(long)]
     pub from_step: Option<u64>,
-    /// Fault injection for tests.
+    /// Fault injection for tests: a NaN loss at these global steps.
+    #[arg(long, hide = true, value_delimiter = ',')]
     pub inject_nan_at: Vec<u64>,
 }
 

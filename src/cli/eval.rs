@@ -19,29 +19,66 @@ use crate::sanitize::sanitize;
 use crate::train::evaluate::Answerer;
 
 /// What `hone eval` was asked.
+#[derive(Debug, Clone, clap::Args)]
 pub struct EvalArgs {
     /// The candidate model directory.
+    #[arg(long)]
     pub model: PathBuf,
-    /// A PEFT LoRA adapter directory applied to the candidate.
+    /// A PEFT LoRA adapter directory applied to --model.
+    #[arg(long, value_name = "DIR")]
     pub adapter: Option<PathBuf>,
-    /// The suite (JSONL).
+    /// The eval suite (JSONL: id, prompt, reference?, kind, segment, checks, attack?).
+    #[arg(long)]
     pub suite: PathBuf,
-    /// The baseline model directory, for the win rate and the baseline-relative gates.
+    /// The current model, for the win rate and the baseline-relative gates.
+    #[arg(long)]
     pub baseline: Option<PathBuf>,
-    /// A TOML file with `[judge]` and `[gates]` tables.
+    /// TOML with [judge] (refusal/abstention patterns) and [gates] tables.
+    #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Overrides JSONL (human verdicts).
+    /// Human verdict overrides (JSONL of {id, passed}).
+    #[arg(long)]
     pub overrides: Option<PathBuf>,
-    /// Where report.json and failures.jsonl go.
+    /// Output directory.
+    #[arg(long, default_value = "eval-out")]
     pub out: PathBuf,
-    /// Answer length bound.
+    /// Upper bound on each answer's tokens (the default of a pipeline's [eval] too).
+    #[arg(long, default_value_t = crate::config::DEFAULT_EVAL_MAX_NEW_TOKENS)]
     pub max_new_tokens: usize,
-    /// Prompts generated together (see `train::evaluate::answer_all` for the latency this gives).
-    pub batch_size: usize,
-    /// Serving price per device-hour, for the cost metric.
+    /// Prompts generated together (answers are those of one prompt alone; a response's
+    /// latency runs from its batch's start to the step its answer ended).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+    /// Serving price per device-hour (for cost per 1,000 responses).
+    #[arg(long, default_value_t = 0.0)]
     pub price_per_device_hour: f64,
-    /// Best-of-n answers of the candidate (the baseline stays greedy).
-    pub best_of: Option<crate::config::BestOf>,
+    /// Best-of-n: sample this many answers per prompt and keep the one the reward model
+    /// scores highest (latency, tokens and cost count every sample and the reranking).
+    #[arg(long, requires = "reward_model", value_parser = clap::value_parser!(u64).range(1..))]
+    pub best_of: Option<u64>,
+    /// The reranker of --best-of: a sequence-classification directory with the model's tokenizer.
+    #[arg(long, requires = "best_of")]
+    pub reward_model: Option<PathBuf>,
+    /// Sampling temperature of --best-of.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl EvalArgs {
+    /// Best-of-n answers of the candidate (the baseline stays greedy), when asked.
+    fn best_of(&self) -> Option<BestOf> {
+        let (n, reward_model) = (self.best_of?, self.reward_model.clone()?);
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        Some(BestOf { n, reward_model, temperature: self.temperature, seed: 0, gate: true })
+    }
+
+    /// Prompts generated together.
+    fn batch_size(&self) -> usize {
+        usize::try_from(self.batch_size).unwrap_or(usize::MAX)
+    }
 }
 
 /// Greedy answers to every item with a loaded model.
@@ -52,7 +89,7 @@ fn answer_all(model: &Loaded, items: &[EvalItem], args: &EvalArgs) -> Result<Vec
         model.template.as_ref(),
         items,
         args.max_new_tokens,
-        args.batch_size,
+        args.batch_size(),
     )?)
 }
 
@@ -83,7 +120,7 @@ fn answer_best_of(
         answerer,
         (&reward, best_of),
         items,
-        (args.max_new_tokens, args.batch_size),
+        (args.max_new_tokens, args.batch_size()),
         &mut crate::train::plan::never_interrupt,
     )?;
     answers.ok_or_else(|| anyhow!("answering the suite was interrupted"))
@@ -118,7 +155,8 @@ pub fn run(args: &EvalArgs, device: &Device, out: &mut impl Write) -> Result<boo
     };
     let dtype = candle_core::DType::F32;
     let candidate = Loaded::open_with_adapter(&args.model, args.adapter.as_deref(), device, dtype)?;
-    let responses = match &args.best_of {
+    let best_of = args.best_of();
+    let responses = match &best_of {
         Some(best_of) => answer_best_of(&candidate, best_of, &items, args, device)?,
         None => answer_all(&candidate, &items, args)?,
     };
@@ -140,7 +178,7 @@ pub fn run(args: &EvalArgs, device: &Device, out: &mut impl Write) -> Result<boo
     inputs.baseline_report = baseline_report.as_ref();
     inputs.overrides = &overrides;
     inputs.price_per_device_hour = args.price_per_device_hour;
-    inputs.best_of = args.best_of.as_ref().map(|b| BestOfInfo {
+    inputs.best_of = best_of.as_ref().map(|b| BestOfInfo {
         n: b.n,
         temperature: b.temperature,
         reward_model: b.reward_model.display().to_string(),

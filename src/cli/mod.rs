@@ -71,6 +71,17 @@ pub struct ThemeArg {
     pub theme: Option<PathBuf>,
 }
 
+/// `--runs-dir` and `--theme`, on the commands that start or open runs in the dashboard.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunsAndTheme {
+    /// `--runs-dir`.
+    #[command(flatten)]
+    pub runs: RunsDirArg,
+    /// `--theme`.
+    #[command(flatten)]
+    pub theme: ThemeArg,
+}
+
 /// hone's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -89,12 +100,9 @@ pub enum Command {
         /// Run in the foreground instead of detached.
         #[arg(long)]
         headless: bool,
-        /// `--runs-dir`.
+        /// `--runs-dir`, `--theme`.
         #[command(flatten)]
-        runs: RunsDirArg,
-        /// `--theme`.
-        #[command(flatten)]
-        theme: ThemeArg,
+        at: RunsAndTheme,
         /// Only these stages, comma-separated (others are skipped).
         #[arg(long, value_delimiter = ',')]
         stages: Option<Vec<String>>,
@@ -123,12 +131,9 @@ pub enum Command {
         /// Run in the foreground and print the summary.
         #[arg(long)]
         headless: bool,
-        /// `--runs-dir`.
+        /// `--runs-dir`, `--theme`.
         #[command(flatten)]
-        runs: RunsDirArg,
-        /// `--theme`.
-        #[command(flatten)]
-        theme: ThemeArg,
+        at: RunsAndTheme,
         /// Another sample world: a directory with pipeline.toml (default: the built-in one,
         /// unpacked into hone's data directory).
         #[arg(long, value_name = "DIR")]
@@ -150,15 +155,9 @@ pub enum Command {
         /// `--theme`.
         #[command(flatten)]
         theme: ThemeArg,
-        /// Resume even though inputs changed.
-        #[arg(long)]
-        force: bool,
-        /// Resume from the checkpoint of this global step instead of the newest.
-        #[arg(long)]
-        from_step: Option<u64>,
-        /// Fault injection for tests.
-        #[arg(long, hide = true, value_delimiter = ',')]
-        inject_nan_at: Vec<u64>,
+        /// `--force`, `--from-step`.
+        #[command(flatten)]
+        resume: detach::WorkerArgs,
     },
     /// The detached worker of a prepared run directory (started by `hone run`/`hone resume`).
     #[command(hide = true)]
@@ -166,27 +165,18 @@ pub enum Command {
         /// The run directory.
         #[arg(long)]
         run_dir: PathBuf,
-        /// Resume even though inputs changed.
-        #[arg(long)]
-        force: bool,
-        /// Resume from the checkpoint of this global step instead of the newest.
-        #[arg(long)]
-        from_step: Option<u64>,
-        /// Fault injection for tests.
-        #[arg(long, hide = true, value_delimiter = ',')]
-        inject_nan_at: Vec<u64>,
+        /// `--force`, `--from-step`.
+        #[command(flatten)]
+        resume: detach::WorkerArgs,
     },
     /// Open the dashboard on a run (live or finished): the loss and every λ-weighted term,
     /// DPO rewards, progress, warnings. `q` detaches; training is never stopped by the screen.
     Attach {
         /// The run directory; default: the newest run of the runs directory.
         run_dir: Option<PathBuf>,
-        /// `--runs-dir`.
+        /// `--runs-dir`, `--theme`.
         #[command(flatten)]
-        runs: RunsDirArg,
-        /// `--theme`.
-        #[command(flatten)]
-        theme: ThemeArg,
+        at: RunsAndTheme,
     },
     /// List the runs of a runs directory with their state (running, completed, stopped, failed,
     /// interrupted), last step and newest checkpoint.
@@ -218,50 +208,9 @@ pub enum Command {
     /// release gates. Writes report.json and failures.jsonl; exit 0 when every gate passes, 1
     /// when one fails or is incomplete (e.g. no baseline, no red-team items), 2 on bad input.
     Eval {
-        /// The candidate model directory.
-        #[arg(long)]
-        model: PathBuf,
-        /// A PEFT LoRA adapter directory applied to --model.
-        #[arg(long, value_name = "DIR")]
-        adapter: Option<PathBuf>,
-        /// The eval suite (JSONL: id, prompt, reference?, kind, segment, checks, attack?).
-        #[arg(long)]
-        suite: PathBuf,
-        /// The current model, for the win rate and the baseline-relative gates.
-        #[arg(long)]
-        baseline: Option<PathBuf>,
-        /// TOML with [judge] (refusal/abstention patterns) and [gates] tables.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Human verdict overrides (JSONL of {id, passed}).
-        #[arg(long)]
-        overrides: Option<PathBuf>,
-        /// Output directory.
-        #[arg(long, default_value = "eval-out")]
-        out: PathBuf,
-        /// Upper bound on each answer's tokens (the default of a pipeline's [eval] too).
-        #[arg(long, default_value_t = crate::config::DEFAULT_EVAL_MAX_NEW_TOKENS)]
-        max_new_tokens: usize,
-        /// Prompts generated together (answers are those of one prompt alone; a response's
-        /// latency runs from its batch's start to the step its answer ended).
-        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
-        batch_size: u64,
-        /// Serving price per device-hour (for cost per 1,000 responses).
-        #[arg(long, default_value_t = 0.0)]
-        price_per_device_hour: f64,
-        /// Best-of-n: sample this many answers per prompt and keep the one the reward model
-        /// scores highest (latency, tokens and cost count every sample and the reranking).
-        #[arg(long, requires = "reward_model", value_parser = clap::value_parser!(u64).range(1..))]
-        best_of: Option<u64>,
-        /// The reranker of --best-of: a sequence-classification directory with the model's tokenizer.
-        #[arg(long, requires = "best_of")]
-        reward_model: Option<PathBuf>,
-        /// Sampling temperature of --best-of.
-        #[arg(long, default_value_t = 0.8)]
-        temperature: f64,
-        /// cpu, cuda, cuda:N or auto.
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        /// The model, suite and options.
+        #[command(flatten)]
+        args: eval::EvalArgs,
     },
     /// Write a stage's trained weights out of a run: the PEFT adapter directory of a LoRA run
     /// (adapter_config.json + adapter_model.safetensors), or with --merge a full model directory
@@ -435,89 +384,51 @@ fn run(cli: Cli) -> Result<ExitCode> {
         return detach::open_default(&cli.runs.resolve(), cli.theme.theme.as_deref());
     };
     match command {
-        Command::Run { pipeline, headless, runs, theme, stages, max_steps, checkpoint_every, seed, inject_nan_at } => {
+        Command::Run { pipeline, headless, at, stages, max_steps, checkpoint_every, seed, inject_nan_at } => {
             let overrides = run::Overrides { stages, max_steps, checkpoint_every, seed, inject_nan_at };
-            let dir = run::start_run(&pipeline, headless, &runs.resolve(), &overrides, theme.theme.as_deref())?;
+            let dir = run::start_run(&pipeline, headless, &at.runs.resolve(), &overrides, at.theme.theme.as_deref())?;
             if headless {
                 println!("{}", dir.display());
             }
         }
-        Command::Demo { headless, runs, theme, data, max_steps } => {
-            let args = demo::DemoArgs { headless, runs_dir: runs.resolve(), data, max_steps };
+        Command::Demo { headless, at, data, max_steps } => {
+            let args = demo::DemoArgs { headless, runs_dir: at.runs.resolve(), data, max_steps };
             let start = |pipeline: &Path, headless: bool, runs_dir: &Path, overrides: &run::Overrides| {
-                run::start_run(pipeline, headless, runs_dir, overrides, theme.theme.as_deref())
+                run::start_run(pipeline, headless, runs_dir, overrides, at.theme.theme.as_deref())
             };
             // Not `stdout.lock()`: without --headless `start_run` attaches the dashboard, whose UI
             // thread writes to stdout; a lock held here would block it forever (a blank screen).
             demo::run(&args, start, &mut std::io::stdout())?;
         }
-        Command::Resume { run_dir, headless, theme, force, from_step, inject_nan_at } => {
+        Command::Resume { run_dir, headless, theme, resume } => {
             if headless {
-                let overrides = run::Overrides { inject_nan_at, ..run::Overrides::default() };
-                let dir = run::resume(&run_dir, force, from_step, &overrides)?;
+                let overrides = run::Overrides { inject_nan_at: resume.inject_nan_at, ..run::Overrides::default() };
+                let dir = run::resume(&run_dir, resume.force, resume.from_step, &overrides)?;
                 println!("{}", dir.display());
             } else {
                 let run = crate::run::RunDir::open(&run_dir)?;
-                let pid = detach::spawn_worker(&run, &detach::WorkerArgs { force, from_step, inject_nan_at })?;
+                let pid = detach::spawn_worker(&run, &resume)?;
                 detach::attach_or_print(&run, pid, theme.theme.as_deref())?;
             }
         }
-        Command::Worker { run_dir, force, from_step, inject_nan_at } => {
-            let overrides = run::Overrides { inject_nan_at, ..run::Overrides::default() };
-            run::worker(&run_dir, force, from_step, &overrides)?;
+        Command::Worker { run_dir, resume } => {
+            let overrides = run::Overrides { inject_nan_at: resume.inject_nan_at, ..run::Overrides::default() };
+            run::worker(&run_dir, resume.force, resume.from_step, &overrides)?;
         }
-        Command::Eval {
-            model,
-            adapter,
-            suite,
-            baseline,
-            config,
-            overrides,
-            out,
-            max_new_tokens,
-            batch_size,
-            price_per_device_hour,
-            best_of,
-            reward_model,
-            temperature,
-            device,
-        } => {
-            let best_of = match (best_of, reward_model) {
-                (Some(n), Some(reward_model)) => Some(crate::config::BestOf {
-                    n: usize::try_from(n).unwrap_or(usize::MAX),
-                    reward_model,
-                    temperature,
-                    seed: 0,
-                    gate: true,
-                }),
-                _ => None,
-            };
-            let args = eval::EvalArgs {
-                best_of,
-                model,
-                adapter,
-                suite,
-                baseline,
-                config,
-                overrides,
-                out,
-                max_new_tokens,
-                batch_size: usize::try_from(batch_size).unwrap_or(usize::MAX),
-                price_per_device_hour,
-            };
-            let passed = eval::run(&args, &parse_device(&device)?, &mut stdout.lock())?;
+        Command::Eval { args } => {
+            let passed = eval::run(&args, &parse_device(&args.device)?, &mut stdout.lock())?;
             return Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) });
         }
-        Command::Attach { run_dir, runs, theme } => {
+        Command::Attach { run_dir, at } => {
             let dir = if let Some(d) = run_dir {
                 d
             } else {
-                let runs_dir = runs.resolve();
+                let runs_dir = at.runs.resolve();
                 crate::run::RunDir::newest(&runs_dir)?
                     .map(|r| r.path().to_path_buf())
                     .ok_or_else(|| anyhow::anyhow!("{}", runs::no_runs_message(&runs_dir)))?
             };
-            crate::tui::attach(&dir, theme.theme.as_deref())?;
+            crate::tui::attach(&dir, at.theme.theme.as_deref())?;
         }
         Command::Runs { runs } => runs::run(&runs.resolve(), &mut stdout.lock())?,
         Command::Paths { runs } => paths::run(&runs, &mut stdout.lock())?,

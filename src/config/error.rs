@@ -3,10 +3,12 @@
 
 use std::path::PathBuf;
 
+use crate::located::Located;
+
 /// Everything that can go wrong in [`crate::config`].
 ///
-/// Errors inside a file carry a `path:line:column` location (1-based line, 1-based column in
-/// Unicode characters) and, where one applies, the dotted field such as `stage[1].pref.beta`.
+/// Errors inside a file carry a `path:line:column` location and, where one applies, the dotted
+/// field such as `stage[1].pref.beta` ([`Located`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A file could not be read (the pipeline file itself, or a file being hashed).
@@ -19,35 +21,11 @@ pub enum ConfigError {
         source: std::io::Error,
     },
 
-    /// The file is not valid TOML, or toml reports a problem that belongs to no field (a
-    /// missing `[model]` table).
-    #[error("{}:{line}:{column}: {message}", path.display())]
-    Syntax {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line number.
-        line: usize,
-        /// 1-based column (in characters) within that line.
-        column: usize,
-        /// What the TOML parser reported.
-        message: String,
-    },
-
-    /// A field is unknown, has the wrong type or an invalid value, or names a missing file.
-    #[error("{}:{line}:{column}: {field}: {message}", path.display())]
-    Field {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line number.
-        line: usize,
-        /// 1-based column (in characters) of the offending key or value; for a field the file
-        /// leaves out, of the enclosing table.
-        column: usize,
-        /// Dotted path of the field, e.g. `stage[1].pref.beta`.
-        field: String,
-        /// What is wrong with it.
-        message: String,
-    },
+    /// The file is not valid TOML (no field), or a field is unknown, has the wrong type or an
+    /// invalid value, or names a missing file; also a problem toml reports that belongs to no
+    /// field (a missing `[model]` table).
+    #[error("{0}")]
+    Located(Located),
 
     /// A problem with a file as a whole that has no place inside it.
     #[error("{}: {message}", path.display())]

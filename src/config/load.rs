@@ -10,6 +10,7 @@ use super::error::ConfigError;
 use super::locate::{line_column, FieldPath, Node};
 use super::types::{ModelInit, ModelSettings, Pipeline, TargetModules};
 use super::validate::validate;
+use crate::located::Located;
 use crate::model::lora::{AdapterConfig, LoraSpec, Targets};
 
 /// Where one preference file of a stage is.
@@ -91,7 +92,7 @@ pub(crate) fn read_source(path: &Path) -> Result<String, ConfigError> {
     String::from_utf8(bytes).map_err(|e| {
         let valid = std::str::from_utf8(&e.as_bytes()[..e.utf8_error().valid_up_to()]).unwrap_or_default();
         let (line, column) = super::locate::line_column(valid, valid.len());
-        ConfigError::Syntax { path: path.to_owned(), line, column, message: "invalid UTF-8".into() }
+        ConfigError::Located(Located::new(path, line, column, "invalid UTF-8"))
     })
 }
 
@@ -108,13 +109,7 @@ impl Locator<'_> {
     pub(crate) fn error(&self, field: &FieldPath, message: impl Into<String>) -> ConfigError {
         let offset = self.tree.as_ref().and_then(|tree| tree.offset_of(field)).unwrap_or(0);
         let (line, column) = line_column(self.source, offset);
-        ConfigError::Field {
-            path: self.path.to_owned(),
-            line,
-            column,
-            field: field.to_string(),
-            message: message.into(),
-        }
+        ConfigError::Located(Located::new(self.path, line, column, message).in_field(field.to_string()))
     }
 
     fn toml_error(&self, error: &toml::de::Error) -> ConfigError {
@@ -128,12 +123,11 @@ impl Locator<'_> {
             message = "invalid TOML syntax here".into();
         }
         let field = self.tree.as_ref().and_then(|tree| tree.path_within(&span)).filter(|f| !f.0.is_empty());
-        match field {
-            Some(field) => {
-                ConfigError::Field { path: self.path.to_owned(), line, column, field: field.to_string(), message }
-            }
-            None => ConfigError::Syntax { path: self.path.to_owned(), line, column, message },
-        }
+        let at = Located::new(self.path, line, column, message);
+        ConfigError::Located(match field {
+            Some(field) => at.in_field(field.to_string()),
+            None => at,
+        })
     }
 }
 

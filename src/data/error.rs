@@ -3,50 +3,22 @@
 
 use std::path::PathBuf;
 
+use crate::located::{Located, Unreadable};
+
 /// Everything that can go wrong in [`crate::data`].
 ///
-/// Dataset errors carry a `path:line:column` location (1-based line, 1-based column in
-/// Unicode characters) so that a user can jump straight to the offending value.
+/// Dataset errors carry a `path:line:column` location ([`Located`]) so that a user can jump
+/// straight to the offending value.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// A file could not be read.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file that could not be read.
-        path: PathBuf,
-        /// The underlying I/O error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] Unreadable),
 
-    /// A line (or a whole config file) is not valid JSON.
-    #[error("{}:{line}:{column}: {message}", path.display())]
-    Json {
-        /// The file holding the bad JSON.
-        path: PathBuf,
-        /// 1-based line number in the file.
-        line: usize,
-        /// 1-based column (in characters) within that line.
-        column: usize,
-        /// What the JSON parser reported.
-        message: String,
-    },
-
-    /// A record is valid JSON but a field is missing or has the wrong shape.
-    #[error("{}:{line}:{column}: {field}: {message}", path.display())]
-    Field {
-        /// The dataset file.
-        path: PathBuf,
-        /// 1-based line number in the file.
-        line: usize,
-        /// 1-based column (in characters) of the offending value, or of the enclosing object
-        /// when a field is missing.
-        column: usize,
-        /// Dotted path of the field, e.g. `messages[1].role`.
-        field: String,
-        /// What is wrong with it.
-        message: String,
-    },
+    /// A line (or a whole config file) is not valid JSON, or a record is valid JSON but a field
+    /// is missing or has the wrong shape.
+    #[error("{0}")]
+    Located(Located),
 
     /// The tokenizer could not be loaded or failed to encode/decode.
     #[error("tokenizer{}: {message}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde_json::Value as Json;
 
 use crate::data::error::DataError;
+use crate::located::{Located, Unreadable};
 
 /// One non-blank line of a JSONL file.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +27,53 @@ pub enum Seg {
     Key(String),
     /// An array index.
     Index(usize),
+}
+
+/// Appends `k` to `path`.
+pub(crate) fn key(path: &[Seg], k: &str) -> Vec<Seg> {
+    let mut p = path.to_vec();
+    p.push(Seg::Key(k.to_string()));
+    p
+}
+
+/// Appends index `i` to `path`.
+pub(crate) fn index(path: &[Seg], i: usize) -> Vec<Seg> {
+    let mut p = path.to_vec();
+    p.push(Seg::Index(i));
+    p
+}
+
+/// A problem with one field of a line, before it is given a file position.
+pub(crate) struct Issue {
+    /// The field named in the message (empty: the line as a whole).
+    pub field: Vec<Seg>,
+    /// Where the column points (the field's value, or its parent object when it is missing).
+    pub at: Vec<Seg>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Issue {
+    /// A problem with the value at `path`.
+    pub(crate) fn bad(path: Vec<Seg>, message: impl Into<String>) -> Self {
+        Issue { at: path.clone(), field: path, message: message.into() }
+    }
+
+    /// Field `k` of the object at `parent` is missing.
+    pub(crate) fn missing(parent: &[Seg], k: &str) -> Self {
+        Issue { field: key(parent, k), at: parent.to_vec(), message: "missing required field".into() }
+    }
+
+    /// The issue at its place on `line` of the file `path`.
+    pub(crate) fn located(self, path: &Path, line: &Line) -> Located {
+        let column = locate(&line.text, &self.at).map_or(1, |b| byte_to_column(&line.text, b));
+        let at = Located::new(path, line.number, column, self.message);
+        if self.field.is_empty() {
+            at
+        } else {
+            at.in_field(field_path(&self.field))
+        }
+    }
 }
 
 /// Renders a path as `messages[1].role`.
@@ -73,7 +121,7 @@ pub fn byte_to_column(line: &str, byte: usize) -> usize {
 /// is ignored, and every other line must be one JSON value. The first bad line is reported
 /// as `path:line:column: message`.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Line>, DataError> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(Unreadable::at(path))?;
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let mut lines = Vec::new();
     for (idx, raw) in bytes.split(|b| *b == b'\n').enumerate() {
@@ -81,21 +129,14 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Line>, DataError> {
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         let text = std::str::from_utf8(raw).map_err(|e| {
             let valid = std::str::from_utf8(&raw[..e.valid_up_to()]).unwrap_or_default();
-            DataError::Json {
-                path: path.to_path_buf(),
-                line: number,
-                column: valid.chars().count() + 1,
-                message: "invalid UTF-8".to_string(),
-            }
+            DataError::Located(Located::new(path, number, valid.chars().count() + 1, "invalid UTF-8"))
         })?;
         if text.trim().is_empty() {
             continue;
         }
-        let value: Json = serde_json::from_str(text).map_err(|e| DataError::Json {
-            path: path.to_path_buf(),
-            line: number,
-            column: byte_to_column(text, e.column().saturating_sub(1)),
-            message: strip_serde_position(&e.to_string()),
+        let value: Json = serde_json::from_str(text).map_err(|e| {
+            let column = byte_to_column(text, e.column().saturating_sub(1));
+            DataError::Located(Located::new(path, number, column, strip_serde_position(&e.to_string())))
         })?;
         lines.push(Line { number, text: text.to_string(), value });
     }

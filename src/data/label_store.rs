@@ -29,6 +29,7 @@ use super::jsonl::{byte_to_column, field_path, locate, read_jsonl, Line, Seg};
 use super::labels::{pair_hash, Decision, Judged};
 use super::records::Text;
 use super::template::Message;
+use crate::located::{Located, Unreadable};
 
 /// Appends label records to one labels file.
 #[derive(Debug, Clone)]
@@ -50,7 +51,7 @@ impl LabelWriter {
     /// Appends `record` as one line and returns once it is on disk (fsynced). Holds an exclusive
     /// lock on the file while writing, so concurrent appends never interleave.
     pub fn append(&self, record: &Json) -> Result<(), DataError> {
-        let io = |source| DataError::Io { path: self.path.clone(), source };
+        let io = Unreadable::at(&self.path);
         let mut line = serde_json::to_string(record).map_err(|e| io(std::io::Error::other(e)))?;
         line.push('\n');
         let mut file = std::fs::OpenOptions::new().create(true).append(true).read(true).open(&self.path).map_err(io)?;
@@ -70,7 +71,7 @@ impl LabelWriter {
         })();
         // Closing the file releases the lock as well; unlocking first is only tidier.
         let _ = FileExt::unlock(&file);
-        result.map_err(io)
+        Ok(result.map_err(io)?)
     }
 }
 
@@ -91,13 +92,7 @@ pub struct Candidate {
 
 fn field_error(path: &Path, line: &Line, at: &[Seg], message: impl Into<String>) -> DataError {
     let column = locate(&line.text, at).map_or(1, |b| byte_to_column(&line.text, b));
-    DataError::Field {
-        path: path.to_path_buf(),
-        line: line.number,
-        column,
-        field: field_path(at),
-        message: message.into(),
-    }
+    DataError::Located(Located::new(path, line.number, column, message).in_field(field_path(at)))
 }
 
 fn parse_text(value: &Json) -> Option<Text> {

@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 use super::error::DataError;
 use super::jsonl::Line;
 use super::records::{parse_preference_line, parse_thumbs_line, PreferenceRecord, Text, ThumbsRecord};
+use crate::located::Unreadable;
 
 /// What one label record says.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,9 +135,9 @@ impl LabelLog {
         let mut file = match std::fs::File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(update),
-            Err(source) => return Err(DataError::Io { path: self.path.clone(), source }),
+            Err(source) => return Err(Unreadable::at(&self.path)(source).into()),
         };
-        let io = |source| DataError::Io { path: self.path.clone(), source };
+        let io = Unreadable::at(&self.path);
         file.seek(SeekFrom::Start(self.offset)).map_err(io)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io)?;
@@ -343,9 +344,9 @@ pub struct Judged {
 pub fn prefix_sha256(path: &Path, len: u64) -> Result<String, DataError> {
     let mut h = Sha256::new();
     if len > 0 {
-        let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+        let file = std::fs::File::open(path).map_err(Unreadable::at(path))?;
         let mut prefix = Vec::new();
-        file.take(len).read_to_end(&mut prefix).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+        file.take(len).read_to_end(&mut prefix).map_err(Unreadable::at(path))?;
         if (prefix.len() as u64) < len {
             return Ok(format!("short:{}", prefix.len()));
         }

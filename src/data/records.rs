@@ -11,8 +11,9 @@ use std::path::Path;
 use serde_json::{Map, Value as Json};
 
 use crate::data::error::DataError;
-use crate::data::jsonl::{byte_to_column, field_path, locate, read_jsonl, Line, Seg};
+use crate::data::jsonl::{key, read_jsonl, Issue, Line, Seg};
 use crate::data::template::Message;
+use crate::located::Located;
 
 /// A field that TRL allows to be either plain text or a list of chat messages.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,40 +124,12 @@ pub enum Records {
     Safety(Vec<SafetyRecord>),
 }
 
-/// A problem with one field, before it is given a file position.
-struct Issue {
-    field: Vec<Seg>,
-    at: Vec<Seg>,
-    message: String,
-}
-
-fn key(path: &[Seg], k: &str) -> Vec<Seg> {
-    let mut p = path.to_vec();
-    p.push(Seg::Key(k.to_string()));
-    p
-}
-
 fn bad(path: Vec<Seg>, message: impl Into<String>) -> Issue {
-    Issue { at: path.clone(), field: path, message: message.into() }
-}
-
-fn missing(parent: &[Seg], k: &str) -> Issue {
-    Issue { field: key(parent, k), at: parent.to_vec(), message: "missing required field".into() }
+    Issue::bad(path, message)
 }
 
 fn to_error(path: &Path, line: &Line, issue: Issue) -> DataError {
-    let column = locate(&line.text, &issue.at).map_or(1, |b| byte_to_column(&line.text, b));
-    if issue.field.is_empty() {
-        DataError::Json { path: path.to_path_buf(), line: line.number, column, message: issue.message }
-    } else {
-        DataError::Field {
-            path: path.to_path_buf(),
-            line: line.number,
-            column,
-            field: field_path(&issue.field),
-            message: issue.message,
-        }
-    }
+    DataError::Located(issue.located(path, line))
 }
 
 fn object<'a>(v: &'a Json, path: &[Seg], what: &str) -> Result<&'a Map<String, Json>, Issue> {
@@ -166,14 +139,14 @@ fn object<'a>(v: &'a Json, path: &[Seg], what: &str) -> Result<&'a Map<String, J
 fn parse_message(v: &Json, path: &[Seg]) -> Result<Message, Issue> {
     let obj = object(v, path, "a message object with \"role\" and \"content\"")?;
     let role = match obj.get("role") {
-        None => return Err(missing(path, "role")),
+        None => return Err(Issue::missing(path, "role")),
         Some(Json::String(s)) => s.clone(),
         Some(_) => return Err(bad(key(path, "role"), "expected a string")),
     };
     let content = match obj.get("content") {
         Some(Json::String(s)) => s.clone(),
         None | Some(Json::Null) if obj.contains_key("tool_calls") => String::new(),
-        None => return Err(missing(path, "content")),
+        None => return Err(Issue::missing(path, "content")),
         Some(Json::Array(_)) => {
             return Err(bad(key(path, "content"), "expected a string (lists of content parts are not supported)"))
         }
@@ -206,7 +179,7 @@ fn parse_messages(v: &Json, path: &[Seg]) -> Result<Vec<Message>, Issue> {
 fn parse_text(obj: &Map<String, Json>, k: &str) -> Result<Text, Issue> {
     let path = vec![Seg::Key(k.to_string())];
     match obj.get(k) {
-        None => Err(missing(&[], k)),
+        None => Err(Issue::missing(&[], k)),
         Some(Json::String(s)) => Ok(Text::Plain(s.clone())),
         Some(v @ Json::Array(_)) => Ok(Text::Messages(parse_messages(v, &path)?)),
         Some(_) => Err(bad(path, "expected a string or a list of messages")),
@@ -387,7 +360,7 @@ pub fn read_text_records(path: &Path) -> Result<Vec<(usize, String)>, DataError>
 fn parse_text_record(v: &Json) -> Result<String, Issue> {
     let obj = object(v, &[], "a JSON object with \"text\"")?;
     match obj.get("text") {
-        None => Err(missing(&[], "text")),
+        None => Err(Issue::missing(&[], "text")),
         Some(Json::String(s)) if s.is_empty() => Err(bad(vec![Seg::Key("text".into())], "empty text")),
         Some(Json::String(s)) => Ok(s.clone()),
         Some(_) => Err(bad(vec![Seg::Key("text".into())], "expected a string")),
@@ -400,7 +373,7 @@ fn parse_thumbs(v: &Json) -> Result<ThumbsRecord, Issue> {
     let completion = parse_text(obj, "completion")?;
     same_kind(&completion, "completion", &prompt, "prompt")?;
     let label = match obj.get("label") {
-        None => return Err(missing(&[], "label")),
+        None => return Err(Issue::missing(&[], "label")),
         Some(Json::Bool(b)) => *b,
         Some(_) => return Err(bad(vec![Seg::Key("label".into())], "expected true (thumbs up) or false (thumbs down)")),
     };
@@ -429,12 +402,7 @@ pub fn read_thumbs_for_kto(path: &Path) -> Result<Vec<(usize, ThumbsRecord)>, Da
         return Err(to_error(path, first, bad(vec![Seg::Key("label".into())], message)));
     }
     if lines.is_empty() {
-        return Err(DataError::Json {
-            path: path.to_path_buf(),
-            line: 1,
-            column: 1,
-            message: "the file has no records".into(),
-        });
+        return Err(DataError::Located(Located::new(path, 1, 1, "the file has no records")));
     }
     Ok(records)
 }
@@ -442,19 +410,15 @@ pub fn read_thumbs_for_kto(path: &Path) -> Result<Vec<(usize, ThumbsRecord)>, Da
 /// Detects the kind of a file from its first record.
 pub fn detect_kind(path: &Path) -> Result<RecordKind, DataError> {
     let lines = read_jsonl(path)?;
-    let first = lines.first().ok_or_else(|| DataError::Json {
-        path: path.to_path_buf(),
-        line: 1,
-        column: 1,
-        message: "the file has no records".into(),
-    })?;
-    RecordKind::detect(&first.value).ok_or_else(|| DataError::Json {
-        path: path.to_path_buf(),
-        line: first.number,
-        column: 1,
-        message: "unknown record format: expected `messages`, `prompt` + `completion`, \
-                  `chosen` + `rejected`, or `prompt` + `unsafe`"
-            .into(),
+    let first = lines.first().ok_or_else(|| DataError::Located(Located::new(path, 1, 1, "the file has no records")))?;
+    RecordKind::detect(&first.value).ok_or_else(|| {
+        DataError::Located(Located::new(
+            path,
+            first.number,
+            1,
+            "unknown record format: expected `messages`, `prompt` + `completion`, \
+             `chosen` + `rejected`, or `prompt` + `unsafe`",
+        ))
     })
 }
 

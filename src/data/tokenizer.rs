@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value as Json;
 
 use crate::data::error::DataError;
+use crate::located::{Located, Unreadable};
 
 /// The special tokens named in `tokenizer_config.json`, each as `(text, id)`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,12 +48,10 @@ fn tok_err(path: Option<&Path>, message: impl std::fmt::Display) -> DataError {
 fn read_json(path: &Path) -> Result<Json, DataError> {
     // Bytes, not a String: serde_json locates invalid UTF-8 at its line and column. serde_json's
     // column is 0 for an error at a line's newline; columns here are 1-based.
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_slice(&bytes).map_err(|e| DataError::Json {
-        path: path.to_path_buf(),
-        line: e.line(),
-        column: e.column().max(1),
-        message: crate::data::jsonl::strip_serde_position(&e.to_string()),
+    let bytes = std::fs::read(path).map_err(Unreadable::at(path))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        let message = crate::data::jsonl::strip_serde_position(&e.to_string());
+        DataError::Located(Located::new(path, e.line(), e.column().max(1), message))
     })
 }
 
@@ -139,8 +138,7 @@ impl TextTokenizer {
             let jinja = dir.join("chat_template.jinja");
             let json = dir.join("chat_template.json");
             if jinja.is_file() {
-                let text =
-                    std::fs::read_to_string(&jinja).map_err(|source| DataError::Io { path: jinja.clone(), source })?;
+                let text = std::fs::read_to_string(&jinja).map_err(Unreadable::at(&jinja))?;
                 chat_template = Some(text);
             } else if json.is_file() {
                 chat_template = template_from_config(&read_json(&json)?, &json)?;

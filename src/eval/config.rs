@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::eval::error::EvalError;
 use crate::eval::gates::GateConfig;
 use crate::eval::judge::JudgeConfig;
+use crate::located::Unreadable;
 
 /// `[judge]` and `[gates]` (both optional). A larger config can embed [`JudgeConfig`] and
 /// [`GateConfig`] directly instead.
@@ -41,8 +42,7 @@ impl EvalConfig {
 
     /// Reads and parses a TOML file.
     pub fn read(path: &Path) -> Result<Self, EvalError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| EvalError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(Unreadable::at(path))?;
         Self::parse(&text, path)
     }
 }

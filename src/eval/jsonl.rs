@@ -8,55 +8,15 @@ use std::path::Path;
 
 use serde_json::{Map, Value as Json};
 
-use crate::data::jsonl::{byte_to_column, field_path, locate, read_jsonl};
-pub(crate) use crate::data::jsonl::{Line, Seg};
+use crate::data::jsonl::read_jsonl;
+pub(crate) use crate::data::jsonl::{index, key, Issue, Line, Seg};
 use crate::data::DataError;
 use crate::eval::error::EvalError;
-
-/// A problem with one field, before it is given a file position.
-pub(crate) struct Issue {
-    /// The field named in the message.
-    field: Vec<Seg>,
-    /// Where the column points (the field's value, or its parent object when it is missing).
-    at: Vec<Seg>,
-    message: String,
-}
-
-impl Issue {
-    /// A problem with the value at `path`.
-    pub(crate) fn bad(path: Vec<Seg>, message: impl Into<String>) -> Self {
-        Issue { at: path.clone(), field: path, message: message.into() }
-    }
-}
-
-/// Appends `k` to `path`.
-pub(crate) fn key(path: &[Seg], k: &str) -> Vec<Seg> {
-    let mut p = path.to_vec();
-    p.push(Seg::Key(k.to_string()));
-    p
-}
-
-/// Appends index `i` to `path`.
-pub(crate) fn index(path: &[Seg], i: usize) -> Vec<Seg> {
-    let mut p = path.to_vec();
-    p.push(Seg::Index(i));
-    p
-}
+use crate::located::Located;
 
 /// Gives `issue` its file position.
 pub(crate) fn located(path: &Path, line: &Line, issue: Issue) -> EvalError {
-    let column = locate(&line.text, &issue.at).map_or(1, |b| byte_to_column(&line.text, b));
-    if issue.field.is_empty() {
-        EvalError::Json { path: path.to_path_buf(), line: line.number, column, message: issue.message }
-    } else {
-        EvalError::Field {
-            path: path.to_path_buf(),
-            line: line.number,
-            column,
-            field: field_path(&issue.field),
-            message: issue.message,
-        }
-    }
+    EvalError::Located(issue.located(path, line))
 }
 
 /// Reads a JSONL file: blank lines are skipped, a UTF-8 BOM is ignored, every other line must
@@ -66,9 +26,9 @@ pub(crate) fn read_lines(path: &Path, missing_ok: bool) -> Result<Vec<Line>, Eva
         return Ok(Vec::new());
     }
     read_jsonl(path).map_err(|e| match e {
-        DataError::Io { path, source } => EvalError::Io { path, source },
-        DataError::Json { path, line, column, message } => EvalError::Json { path, line, column, message },
-        other => EvalError::Json { path: path.to_path_buf(), line: 1, column: 1, message: other.to_string() },
+        DataError::Io(e) => EvalError::Io(e),
+        DataError::Located(at) => EvalError::Located(at),
+        other => EvalError::Located(Located::new(path, 1, 1, other.to_string())),
     })
 }
 
@@ -109,11 +69,7 @@ impl<'a> Obj<'a> {
 
     /// Field `k`, which must be present.
     pub(crate) fn req(&self, k: &str) -> Result<&'a Json, Issue> {
-        self.opt(k).ok_or_else(|| Issue {
-            field: self.path_of(k),
-            at: self.path.clone(),
-            message: "missing required field".to_string(),
-        })
+        self.opt(k).ok_or_else(|| Issue::missing(&self.path, k))
     }
 
     /// Field `k` as a string, if present.

@@ -11,6 +11,7 @@ use crate::eval::error::EvalError;
 use crate::eval::jsonl::{located, read_lines, Issue, Line, Obj};
 use crate::eval::judge::{Judge, Verdict};
 use crate::eval::text::word_count;
+use crate::located::Unreadable;
 
 /// Who won one item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -149,7 +150,7 @@ pub fn read_pairwise_labels(path: &Path, candidate: &str, baseline: &str) -> Res
     let text = match std::fs::read(path) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(EvalError::Io { path: path.to_path_buf(), source }),
+        Err(source) => return Err(Unreadable::at(path)(source).into()),
     };
     let complete = text.rfind('\n').map_or("", |end| &text[..end]);
     let mut records: Vec<(String, String, String, HumanLabel)> = Vec::new();

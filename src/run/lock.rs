@@ -15,7 +15,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use fs4::fs_std::FileExt;
 use super::dir::RunDir;
 use super::error::RunError;
 use super::fsutil::{write_atomic, IoContext};
+use crate::durable::process_exists;
 
 const ACQUIRE_TRIES: u32 = 10;
 const PID_READ_TRIES: u32 = 50;
@@ -126,19 +126,10 @@ fn read_live_pid(run: &RunDir) -> Option<u32> {
         }
         let pid = fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u32>().ok());
         if let Some(pid) = pid {
-            if process_exists(pid) {
+            if i32::try_from(pid).is_ok_and(process_exists) {
                 return Some(pid);
             }
         }
     }
     None
-}
-
-/// On Linux, whether /proc has an entry for `pid`; elsewhere assume yes.
-fn process_exists(pid: u32) -> bool {
-    let proc = Path::new("/proc");
-    if !proc.join("self").exists() {
-        return true;
-    }
-    proc.join(pid.to_string()).exists()
 }

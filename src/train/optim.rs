@@ -110,15 +110,7 @@ impl AdamW {
             let Some(g) = g else { continue };
             if fused_path(g) && g.dtype() == var.dtype() && mom.m.dtype() == var.dtype() {
                 // The same operations per element in two passes (bit-identical results).
-                let step = AdamWStep {
-                    grad_scale: ((grad_scale - 1.0).abs() > 0.0).then_some(grad_scale),
-                    beta1: c.beta1,
-                    beta2: c.beta2,
-                    inv_bias2_sqrt: 1.0 / bias2_sqrt,
-                    eps: c.eps,
-                    decay: (c.weight_decay != 0.0).then_some(1.0 - c.lr * c.weight_decay),
-                    step_size,
-                };
+                let step = fused_step(&c, grad_scale, step_size, bias2_sqrt);
                 let [next, m, v] = adamw_update(var.as_tensor(), &mom.m, &mom.v, g, step)?;
                 var.set(&next)?;
                 mom.m = m;
@@ -137,6 +129,19 @@ impl AdamW {
 /// The update of one parameter from candle's element-wise ops (every device and dtype; on the
 /// CPU in f32/f64 `fused::adamw_update` computes the same values bit for bit): the new
 /// parameter and moments.
+/// The scalars of the fused update for `c` at this step.
+fn fused_step(c: &AdamWConfig, grad_scale: f64, step_size: f64, bias2_sqrt: f64) -> AdamWStep {
+    AdamWStep {
+        grad_scale: ((grad_scale - 1.0).abs() > 0.0).then_some(grad_scale),
+        beta1: c.beta1,
+        beta2: c.beta2,
+        inv_bias2_sqrt: 1.0 / bias2_sqrt,
+        eps: c.eps,
+        decay: (c.weight_decay != 0.0).then_some(1.0 - c.lr * c.weight_decay),
+        step_size,
+    }
+}
+
 fn composed_update(
     theta: &Tensor,
     mom: &Moments,
@@ -188,8 +193,8 @@ mod tests {
 
     use candle_core::{DType, Device, Tensor};
 
-    use super::{composed_update, AdamWConfig, Moments};
-    use crate::model::fused::{adamw_update, AdamWStep};
+    use super::{composed_update, fused_step, AdamWConfig, Moments};
+    use crate::model::fused::adamw_update;
 
     fn values(n: usize, seed: u64, dtype: DType) -> Tensor {
         let mut state = seed;
@@ -220,15 +225,7 @@ mod tests {
                 let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
                 let step_size = c.lr / bias1;
                 let want = composed_update(&theta, &mom, &g, &c, grad_scale, step_size, bias2_sqrt).unwrap();
-                let step = AdamWStep {
-                    grad_scale: ((grad_scale - 1.0).abs() > 0.0).then_some(grad_scale),
-                    beta1: c.beta1,
-                    beta2: c.beta2,
-                    inv_bias2_sqrt: 1.0 / bias2_sqrt,
-                    eps: c.eps,
-                    decay: (c.weight_decay != 0.0).then_some(1.0 - c.lr * c.weight_decay),
-                    step_size,
-                };
+                let step = fused_step(&c, grad_scale, step_size, bias2_sqrt);
                 let got = adamw_update(&theta, &mom.m, &mom.v, &g, step).unwrap();
                 for (k, (a, b)) in got.iter().zip(&want).enumerate() {
                     let a = a.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();

@@ -15,7 +15,8 @@
 //! completion costs `w_d·(1 − σ(β·(r − z)))` and an undesirable one `w_u·(1 − σ(β·(z − r)))`, with
 //! `r = log π(y|x) − log π_ref(y|x)`; the loss is the mean over the batch.
 //!
-//! Nothing here generates, scores or batches: the stage that does is not built yet.
+//! Nothing here generates, scores or batches: the GRPO and KTO stages do (`trainer::grpo`,
+//! `trainer::kto`).
 
 use candle_core::{DType, Result, Tensor, D};
 

@@ -7,11 +7,10 @@
 //! is `x · (1/c) + 0`, `x + c` is `x · 1 + c`), so the results are bit-identical to the composed
 //! path: checkpoints and golden metrics do not move.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{bail, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous, ternary, Real, Ternary};
+use super::{stacked, Fused, Inputs, Kernel, Real};
 
 /// The scalars of one AdamW step, as `train::optim::AdamW::step_with` derives them.
 #[derive(Debug, Clone, Copy)]
@@ -35,8 +34,8 @@ pub struct AdamWStep {
 /// The updated `(parameter, m, v)` of one parameter `theta` with moments `m`, `v` and gradient
 /// `g` (all of one shape and dtype; CPU, f32 or f64).
 pub fn adamw_update(theta: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, step: AdamWStep) -> Result<[Tensor; 3]> {
-    let moments = m.contiguous()?.apply_op3_no_bwd(&v.contiguous()?, &g.contiguous()?, &MomentsOp(step))?;
-    let next = theta.contiguous()?.apply_op2_no_bwd(&moments, &ParamOp(step))?;
+    let moments = m.contiguous()?.apply_op3_no_bwd(&v.contiguous()?, &g.contiguous()?, &Fused(MomentsOp(step)))?;
+    let next = theta.contiguous()?.apply_op2_no_bwd(&moments, &Fused(ParamOp(step)))?;
     Ok([next, moments.get(0)?, moments.get(1)?])
 }
 
@@ -69,35 +68,19 @@ fn moments<T: Real>(m: &[T], v: &[T], g: &[T], s: AdamWStep) -> Vec<T> {
     out
 }
 
-impl Ternary for MomentsOp {
-    const LABEL: &'static str = "adamw";
+impl Kernel<3> for MomentsOp {
+    const NAME: &'static str = "hone-adamw-moments";
 
-    fn kernel<T: Real>(&self, [m, v, g]: [&[T]; 3], _: [&Layout; 3]) -> Result<Vec<T>> {
-        Ok(moments::<T>(m, v, g, self.0))
-    }
-}
-
-impl CustomOp3 for MomentsOp {
-    fn name(&self) -> &'static str {
-        "hone-adamw-moments"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() || l1.shape() != l3.shape() {
-            bail!("adamw: m {:?}, v {:?} and gradient {:?} differ", l1.shape(), l2.shape(), l3.shape());
+    fn shape(&self, [lm, lv, lg]: [&Layout; 3]) -> Result<Shape> {
+        if lm.shape() != lv.shape() || lm.shape() != lg.shape() {
+            bail!("adamw: m {:?}, v {:?} and gradient {:?} differ", lm.shape(), lv.shape(), lg.shape());
         }
-        let out = ternary(self, [(s1, l1), (s2, l2), (s3, l3)])?;
-        let mut dims = vec![2];
-        dims.extend_from_slice(l1.dims());
-        Ok((out, Shape::from(dims)))
+        Ok(stacked(2, lm))
+    }
+
+    fn kernel<T: Real>(&self, inputs: &Inputs<'_, 3>) -> Result<Vec<T>> {
+        let [m, v, g] = inputs.floats()?;
+        Ok(moments::<T>(m, v, g, self.0))
     }
 }
 
@@ -126,25 +109,18 @@ fn param<T: Real>(theta: &[T], mv: &[T], s: AdamWStep) -> Vec<T> {
     out
 }
 
-impl CustomOp2 for ParamOp {
-    fn name(&self) -> &'static str {
-        "hone-adamw-param"
+impl Kernel<2> for ParamOp {
+    const NAME: &'static str = "hone-adamw-param";
+
+    fn shape(&self, [lt, lmv]: [&Layout; 2]) -> Result<Shape> {
+        if lmv.shape().elem_count() != 2 * lt.shape().elem_count() {
+            bail!("adamw: moments {:?} for a parameter {:?}", lmv.shape(), lt.shape());
+        }
+        Ok(lt.shape().clone())
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        if l2.shape().elem_count() != 2 * l1.shape().elem_count() {
-            bail!("adamw: moments {:?} for a parameter {:?}", l2.shape(), l1.shape());
-        }
-        let name = self.name();
-        let out = match s1.dtype() {
-            DType::F32 => {
-                f32::to_cpu_storage_owned(param::<f32>(contiguous(s1, l1, name)?, contiguous(s2, l2, name)?, self.0))
-            }
-            DType::F64 => {
-                f64::to_cpu_storage_owned(param::<f64>(contiguous(s1, l1, name)?, contiguous(s2, l2, name)?, self.0))
-            }
-            other => bail!("adamw: no fused kernel for {other:?}"),
-        };
-        Ok((out, l1.shape().clone()))
+    fn kernel<T: Real>(&self, inputs: &Inputs<'_, 2>) -> Result<Vec<T>> {
+        let [theta, mv] = inputs.floats()?;
+        Ok(param::<T>(theta, mv, self.0))
     }
 }

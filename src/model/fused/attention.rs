@@ -13,10 +13,10 @@
 
 use std::sync::Mutex;
 
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{bail, DType, Device, Layout, Result, Shape, Tensor};
 
 use super::softmax::{SoftmaxBwd, SoftmaxOp};
-use super::{ternary, CausalMask, Real, Ternary};
+use super::{CausalMask, Fused, Inputs, Kernel, Real};
 
 /// Query positions per block of [`causal_attention`] in the decoder.
 pub const ATTENTION_BLOCK: usize = 64;
@@ -33,7 +33,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, window: 
         bail!("causal_attention: q {:?}, k {:?}, v {:?} do not fit together", q.dims(), k.dims(), v.dims());
     }
     let op = AttentionOp { scale, window, block, probs: Mutex::new(Vec::new()) };
-    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, Fused(op))
 }
 
 struct AttentionOp {
@@ -74,7 +74,7 @@ impl AttentionOp {
     fn block_probs(&self, q_block: &Tensor, k: &Tensor, (r0, r1): (usize, usize)) -> Result<Tensor> {
         let scores = q_block.matmul(&k.narrow(2, 0, r1)?.t()?)?;
         let mask = CausalMask { s: r1 - r0, offset: r0, window: self.window };
-        scores.apply_op1_no_bwd(&SoftmaxOp { scale: self.scale, mask: Some(mask) })
+        scores.apply_op1_no_bwd(&Fused(SoftmaxOp { scale: self.scale, mask: Some(mask) }))
     }
 
     fn forward<T: Real>(&self, q: &[T], k: &[T], v: &[T], dims: Dims) -> Result<Vec<T>> {
@@ -122,7 +122,7 @@ impl AttentionOp {
             let (kb, vb) = (k.narrow(2, 0, r1)?, v.narrow(2, 0, r1)?);
             add_rows(&mut dv, &p.t()?.matmul(&gb)?, s, r1, d)?;
             let dp = gb.matmul(&vb.t()?)?;
-            let ds = p.apply_op2_no_bwd(&dp, &SoftmaxBwd { scale: self.scale })?;
+            let ds = p.apply_op2_no_bwd(&dp, &Fused(SoftmaxBwd { scale: self.scale }))?;
             dq.push(ds.matmul(&kb)?.reshape((b, kv, dims.g, r1 - r0, d))?);
             add_rows(&mut dk, &ds.t()?.matmul(&qb)?, s, r1, d)?;
         }
@@ -150,45 +150,24 @@ fn dims_of(lq: &Layout, lk: &Layout) -> Result<Dims> {
     Ok(Dims { b, kv, g: rows / s.max(1), s, d })
 }
 
-impl Ternary for AttentionOp {
-    const LABEL: &'static str = "causal_attention";
+impl Kernel<3> for AttentionOp {
+    const NAME: &'static str = "hone-causal-attention";
 
-    fn kernel<T: Real>(&self, [q, k, v]: [&[T]; 3], [lq, lk, _]: [&Layout; 3]) -> Result<Vec<T>> {
-        self.forward::<T>(q, k, v, dims_of(lq, lk)?)
-    }
-}
-
-impl CustomOp3 for AttentionOp {
-    fn name(&self) -> &'static str {
-        "hone-causal-attention"
+    fn shape(&self, [lq, ..]: [&Layout; 3]) -> Result<Shape> {
+        Ok(lq.shape().clone())
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let out = ternary(self, [(s1, l1), (s2, l2), (s3, l3)])?;
-        Ok((out, l1.shape().clone()))
+    fn kernel<T: Real>(&self, inputs: &Inputs<'_, 3>) -> Result<Vec<T>> {
+        let [q, k, v] = inputs.floats()?;
+        self.forward::<T>(q, k, v, dims_of(inputs.layout(0), inputs.layout(1))?)
     }
 
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn grads(&self, [q, k, v]: [&Tensor; 3], _res: &Tensor, grad: &Tensor) -> Result<[Option<Tensor>; 3]> {
         let [dq, dk, dv] = match q.dtype() {
             DType::F32 => self.backward::<f32>(q, k, v, grad)?,
             DType::F64 => self.backward::<f64>(q, k, v, grad)?,
             other => bail!("causal_attention bwd: no fused kernel for {other:?}"),
         };
-        Ok((Some(dq), Some(dk), Some(dv)))
+        Ok([Some(dq), Some(dk), Some(dv)])
     }
 }

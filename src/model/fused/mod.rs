@@ -11,17 +11,18 @@
 
 use std::sync::Arc;
 
-use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{bail, DType, Layout, Result, Shape, Tensor, WithDType};
 use num_traits::Float;
 use rayon::prelude::*;
 
 mod adamw;
 mod attention;
+mod kernel;
 mod softmax;
 mod swiglu;
 pub use adamw::{adamw_update, AdamWStep};
 pub use attention::{causal_attention, ATTENTION_BLOCK};
+use kernel::{Fused, Inputs, Kernel};
 pub use softmax::{softmax, softmax_left_padded, CausalMask};
 pub use swiglu::swiglu;
 
@@ -94,38 +95,6 @@ fn exp_into<T: Real>(x: &[T], shift: T, out: &mut [T]) -> f64 {
 /// Rows per parallel task: fixed, so results never depend on the thread count.
 const ROW_CHUNK: usize = 32;
 
-fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
-    let data = s.as_slice::<T>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("{op}: the fused kernel needs a contiguous input"),
-    }
-}
-
-/// A kernel over three inputs of one float dtype, written once for f32 and f64 and run by
-/// [`ternary`] from a `CustomOp3::cpu_fwd`.
-trait Ternary: CustomOp3 {
-    /// How errors name the op.
-    const LABEL: &'static str;
-    /// The output of the three contiguous inputs (`layouts` are theirs).
-    fn kernel<T: Real>(&self, inputs: [&[T]; 3], layouts: [&Layout; 3]) -> Result<Vec<T>>;
-}
-
-/// Runs `op`'s kernel in the dtype of the first input (f32 or f64; others are an error).
-fn ternary<K: Ternary>(op: &K, [(s1, l1), (s2, l2), (s3, l3)]: [(&CpuStorage, &Layout); 3]) -> Result<CpuStorage> {
-    let name = op.name();
-    let layouts = [l1, l2, l3];
-    Ok(match s1.dtype() {
-        DType::F32 => f32::to_cpu_storage_owned(
-            op.kernel([contiguous(s1, l1, name)?, contiguous(s2, l2, name)?, contiguous(s3, l3, name)?], layouts)?,
-        ),
-        DType::F64 => f64::to_cpu_storage_owned(
-            op.kernel([contiguous(s1, l1, name)?, contiguous(s2, l2, name)?, contiguous(s3, l3, name)?], layouts)?,
-        ),
-        other => bail!("{}: no fused kernel for {other:?}", K::LABEL),
-    })
-}
-
 fn last_dim(l: &Layout, op: &str) -> Result<usize> {
     match l.dims().last() {
         Some(&n) if n > 0 => Ok(n),
@@ -169,6 +138,13 @@ fn map_rows<T: Real>(n: usize, rows: usize, f: impl Fn(usize, &mut [T]) + Sync) 
     out
 }
 
+/// The shape of `k` outputs of `l`'s shape stacked along a new first dimension.
+fn stacked(k: usize, l: &Layout) -> Shape {
+    let mut dims = vec![k];
+    dims.extend_from_slice(l.dims());
+    Shape::from(dims)
+}
+
 fn cast<T: Real>(v: f32) -> T {
     T::from_f64(f64::from(v))
 }
@@ -178,7 +154,7 @@ fn cast<T: Real>(v: f32) -> T {
 
 /// `x · rsqrt(mean x² + eps) · w` over the last dimension of `xs`, with `w` of that size.
 pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    xs.contiguous()?.apply_op2(&weight.contiguous()?, RmsNormOp { eps })
+    xs.contiguous()?.apply_op2(&weight.contiguous()?, Fused(RmsNormOp { eps }))
 }
 
 struct RmsNormOp {
@@ -203,39 +179,26 @@ fn rms_fwd<T: Real>(x: &[T], w: &[T], n: usize, eps: f64) -> Result<Vec<T>> {
     }))
 }
 
-impl CustomOp2 for RmsNormOp {
-    fn name(&self) -> &'static str {
-        "hone-rms-norm"
+impl Kernel<2> for RmsNormOp {
+    const NAME: &'static str = "hone-rms-norm";
+
+    fn shape(&self, [lx, _]: [&Layout; 2]) -> Result<Shape> {
+        Ok(lx.shape().clone())
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let n = last_dim(l1, self.name())?;
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(rms_fwd(
-                contiguous(s1, l1, self.name())?,
-                contiguous(s2, l2, self.name())?,
-                n,
-                self.eps,
-            )?),
-            DType::F64 => f64::to_cpu_storage_owned(rms_fwd(
-                contiguous(s1, l1, self.name())?,
-                contiguous(s2, l2, self.name())?,
-                n,
-                self.eps,
-            )?),
-            other => bail!("rms_norm: no fused kernel for {other:?}"),
-        };
-        Ok((out, l1.shape().clone()))
+    fn kernel<T: Real>(&self, inputs: &Inputs<'_, 2>) -> Result<Vec<T>> {
+        let [x, w] = inputs.floats()?;
+        rms_fwd(x, w, last_dim(inputs.layout(0), Self::NAME)?, self.eps)
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn grads(&self, [x, w]: [&Tensor; 2], _res: &Tensor, grad: &Tensor) -> Result<[Option<Tensor>; 2]> {
         let n = w.elem_count();
         let rows = x.elem_count() / n;
         // One kernel returns `[rows + 1, n]`: the input gradient, then the weight gradient.
-        let both = x.apply_op3_no_bwd(w, &grad.contiguous()?, &RmsNormBwd { eps: self.eps })?;
+        let both = x.apply_op3_no_bwd(w, &grad.contiguous()?, &Fused(RmsNormBwd { eps: self.eps }))?;
         let dx = both.narrow(0, 0, rows)?.reshape(x.shape())?;
         let dw = both.narrow(0, rows, 1)?.reshape(w.shape())?;
-        Ok((Some(dx), Some(dw)))
+        Ok([Some(dx), Some(dw)])
     }
 }
 
@@ -280,32 +243,17 @@ fn rms_bwd<T: Real>(x: &[T], w: &[T], g: &[T], n: usize, eps: f64) -> Vec<T> {
     out
 }
 
-impl CustomOp3 for RmsNormBwd {
-    fn name(&self) -> &'static str {
-        "hone-rms-norm-bwd"
+impl Kernel<3> for RmsNormBwd {
+    const NAME: &'static str = "hone-rms-norm-bwd";
+
+    fn shape(&self, [lx, ..]: [&Layout; 3]) -> Result<Shape> {
+        let n = last_dim(lx, Self::NAME)?;
+        Ok(Shape::from((lx.shape().elem_count() / n + 1, n)))
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let n = last_dim(l1, self.name())?;
-        let rows = l1.shape().elem_count() / n;
-        let out = ternary(self, [(s1, l1), (s2, l2), (s3, l3)])?;
-        Ok((out, Shape::from((rows + 1, n))))
-    }
-}
-
-impl Ternary for RmsNormBwd {
-    const LABEL: &'static str = "rms_norm bwd";
-
-    fn kernel<T: Real>(&self, [x, w, g]: [&[T]; 3], [lx, ..]: [&Layout; 3]) -> Result<Vec<T>> {
-        Ok(rms_bwd(x, w, g, last_dim(lx, self.name())?, self.eps))
+    fn kernel<T: Real>(&self, inputs: &Inputs<'_, 3>) -> Result<Vec<T>> {
+        let [x, w, g] = inputs.floats()?;
+        Ok(rms_bwd(x, w, g, last_dim(inputs.layout(0), Self::NAME)?, self.eps))
     }
 }
 
@@ -326,7 +274,7 @@ pub struct RopeTables {
 /// Rotates `xs` `[batch, heads, seq, head_dim]` (any strides) for positions `offset..`; the
 /// result is contiguous.
 pub fn rope(xs: &Tensor, tables: &Arc<RopeTables>, offset: usize) -> Result<Tensor> {
-    xs.apply_op1(RopeOp { tables: tables.clone(), offset, inverse: false })
+    xs.apply_op1(Fused(RopeOp { tables: tables.clone(), offset, inverse: false }))
 }
 
 struct RopeOp {
@@ -374,27 +322,20 @@ fn rope_fwd<T: Real>(x: &[T], l: &Layout, t: &RopeTables, offset: usize, inverse
     Ok(out)
 }
 
-impl CustomOp1 for RopeOp {
-    fn name(&self) -> &'static str {
-        "hone-rope"
+impl Kernel<1> for RopeOp {
+    const NAME: &'static str = "hone-rope";
+
+    fn shape(&self, [l]: [&Layout; 1]) -> Result<Shape> {
+        Ok(l.shape().clone())
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = match s.dtype() {
-            DType::F32 => {
-                f32::to_cpu_storage_owned(rope_fwd(s.as_slice()?, l, &self.tables, self.offset, self.inverse)?)
-            }
-            DType::F64 => {
-                f64::to_cpu_storage_owned(rope_fwd(s.as_slice()?, l, &self.tables, self.offset, self.inverse)?)
-            }
-            other => bail!("rope: no fused kernel for {other:?}"),
-        };
-        Ok((out, l.shape().clone()))
+    fn kernel<T: Real>(&self, inputs: &Inputs<'_, 1>) -> Result<Vec<T>> {
+        rope_fwd(inputs.strided(0)?, inputs.layout(0), &self.tables, self.offset, self.inverse)
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    fn grads(&self, _args: [&Tensor; 1], _res: &Tensor, grad: &Tensor) -> Result<[Option<Tensor>; 1]> {
         let op = RopeOp { tables: self.tables.clone(), offset: self.offset, inverse: !self.inverse };
-        Ok(Some(grad.apply_op1(op)?))
+        Ok([Some(grad.apply_op1(Fused(op))?)])
     }
 }
 
@@ -405,20 +346,22 @@ impl CustomOp1 for RopeOp {
 /// returns `[n]`.
 pub fn target_logps(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let targets = targets.flatten_all()?.contiguous()?;
-    logits.contiguous()?.apply_op2(&targets, TargetLogpOp)
+    logits.contiguous()?.apply_op2(&targets, Fused(TargetLogpOp))
 }
 
 struct TargetLogpOp;
 
-fn targets_of<'a>(s: &'a CpuStorage, l: &Layout, rows: usize, vocab: usize) -> Result<&'a [u32]> {
-    let t: &[u32] = contiguous(s, l, "target_logps")?;
+/// The targets (input 1) of `logits` `[rows, vocab]` (input 0), checked, and `vocab`.
+fn targets_of<'a, const N: usize>(inputs: &Inputs<'a, N>) -> Result<(&'a [u32], usize)> {
+    let (rows, vocab) = inputs.layout(0).shape().dims2()?;
+    let t: &[u32] = inputs.float(1)?;
     if t.len() != rows {
         bail!("target_logps: {} targets for {rows} rows", t.len());
     }
     if let Some(&bad) = t.iter().find(|&&y| y as usize >= vocab) {
         bail!("target_logps: target {bad} out of a vocabulary of {vocab}");
     }
-    Ok(t)
+    Ok((t, vocab))
 }
 
 /// The maximum of a row.
@@ -456,31 +399,21 @@ fn target_fwd<T: Real>(x: &[T], t: &[u32], vocab: usize) -> Vec<T> {
     out
 }
 
-impl CustomOp2 for TargetLogpOp {
-    fn name(&self) -> &'static str {
-        "hone-target-logp"
+impl Kernel<2> for TargetLogpOp {
+    const NAME: &'static str = "hone-target-logp";
+
+    fn shape(&self, [l, _]: [&Layout; 2]) -> Result<Shape> {
+        Ok(Shape::from(l.shape().dims2()?.0))
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (rows, vocab) = l1.shape().dims2()?;
-        let t = targets_of(s2, l2, rows, vocab)?;
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(target_fwd(contiguous(s1, l1, self.name())?, t, vocab)),
-            DType::F64 => f64::to_cpu_storage_owned(target_fwd(contiguous(s1, l1, self.name())?, t, vocab)),
-            other => bail!("target_logps: no fused kernel for {other:?}"),
-        };
-        Ok((out, Shape::from(rows)))
+    fn kernel<T: Real>(&self, inputs: &Inputs<'_, 2>) -> Result<Vec<T>> {
+        let (t, vocab) = targets_of(inputs)?;
+        Ok(target_fwd(inputs.float(0)?, t, vocab))
     }
 
-    fn bwd(
-        &self,
-        logits: &Tensor,
-        targets: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn grads(&self, [logits, targets]: [&Tensor; 2], _res: &Tensor, grad: &Tensor) -> Result<[Option<Tensor>; 2]> {
         let grad = grad.to_dtype(logits.dtype())?.contiguous()?;
-        Ok((Some(logits.apply_op3_no_bwd(targets, &grad, &TargetLogpBwd)?), None))
+        Ok([Some(logits.apply_op3_no_bwd(targets, &grad, &Fused(TargetLogpBwd))?), None])
     }
 }
 
@@ -500,32 +433,15 @@ fn target_bwd<T: Real>(x: &[T], t: &[u32], g: &[T], vocab: usize) -> Vec<T> {
     })
 }
 
-impl CustomOp3 for TargetLogpBwd {
-    fn name(&self) -> &'static str {
-        "hone-target-logp-bwd"
+impl Kernel<3> for TargetLogpBwd {
+    const NAME: &'static str = "hone-target-logp-bwd";
+
+    fn shape(&self, [l, ..]: [&Layout; 3]) -> Result<Shape> {
+        Ok(l.shape().clone())
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (rows, vocab) = l1.shape().dims2()?;
-        let t = targets_of(s2, l2, rows, vocab)?;
-        let name = self.name();
-        let out = match s1.dtype() {
-            DType::F32 => {
-                f32::to_cpu_storage_owned(target_bwd(contiguous(s1, l1, name)?, t, contiguous(s3, l3, name)?, vocab))
-            }
-            DType::F64 => {
-                f64::to_cpu_storage_owned(target_bwd(contiguous(s1, l1, name)?, t, contiguous(s3, l3, name)?, vocab))
-            }
-            other => bail!("target_logps bwd: no fused kernel for {other:?}"),
-        };
-        Ok((out, l1.shape().clone()))
+    fn kernel<T: Real>(&self, inputs: &Inputs<'_, 3>) -> Result<Vec<T>> {
+        let (t, vocab) = targets_of(inputs)?;
+        Ok(target_bwd(inputs.float(0)?, t, inputs.float(2)?, vocab))
     }
 }

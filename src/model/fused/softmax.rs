@@ -1,12 +1,11 @@
 //! Softmax over attention scores, optionally scaled and causally masked, with its backward pass;
 //! and the forward-only left-padded variant batched generation uses.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{bail, Layout, Result, Shape, Tensor};
 
 use num_traits::Float;
 
-use super::{contiguous, dot, last_dim, map_rows, sum_wide, wide, Real};
+use super::{dot, last_dim, map_rows, sum_wide, wide, Fused, Inputs, Kernel, Real};
 
 /// The causal (and optionally sliding-window) mask of attention scores `[.., s, kv_len]` for
 /// queries at positions `offset..offset+s`.
@@ -22,7 +21,7 @@ pub struct CausalMask {
 
 /// `softmax(scale · x)` over the last dimension, with masked positions excluded (probability 0).
 pub fn softmax(xs: &Tensor, scale: f64, mask: Option<CausalMask>) -> Result<Tensor> {
-    xs.contiguous()?.apply_op1(SoftmaxOp { scale, mask })
+    xs.contiguous()?.apply_op1(Fused(SoftmaxOp { scale, mask }))
 }
 
 pub(super) struct SoftmaxOp {
@@ -78,28 +77,20 @@ fn exp_into_self<T: Real>(y: &mut [T], shift: T) -> f64 {
     sum_wide(y)
 }
 
-impl CustomOp1 for SoftmaxOp {
-    fn name(&self) -> &'static str {
-        "hone-softmax"
+impl Kernel<1> for SoftmaxOp {
+    const NAME: &'static str = "hone-softmax";
+
+    fn shape(&self, [l]: [&Layout; 1]) -> Result<Shape> {
+        Ok(l.shape().clone())
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let n = last_dim(l, self.name())?;
-        let out = match s.dtype() {
-            DType::F32 => {
-                f32::to_cpu_storage_owned(softmax_fwd(contiguous(s, l, self.name())?, n, self.scale, self.mask))
-            }
-            DType::F64 => {
-                f64::to_cpu_storage_owned(softmax_fwd(contiguous(s, l, self.name())?, n, self.scale, self.mask))
-            }
-            other => bail!("softmax: no fused kernel for {other:?}"),
-        };
-        Ok((out, l.shape().clone()))
+    fn kernel<T: Real>(&self, inputs: &Inputs<'_, 1>) -> Result<Vec<T>> {
+        let n = last_dim(inputs.layout(0), Self::NAME)?;
+        Ok(softmax_fwd(inputs.float(0)?, n, self.scale, self.mask))
     }
 
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let dx = res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwd { scale: self.scale })?;
-        Ok(Some(dx))
+    fn grads(&self, _args: [&Tensor; 1], res: &Tensor, grad: &Tensor) -> Result<[Option<Tensor>; 1]> {
+        Ok([Some(res.apply_op2_no_bwd(&grad.contiguous()?, &Fused(SoftmaxBwd { scale: self.scale }))?)])
     }
 }
 
@@ -120,30 +111,16 @@ fn softmax_bwd<T: Real>(y: &[T], g: &[T], n: usize, scale: f64) -> Vec<T> {
     })
 }
 
-impl CustomOp2 for SoftmaxBwd {
-    fn name(&self) -> &'static str {
-        "hone-softmax-bwd"
+impl Kernel<2> for SoftmaxBwd {
+    const NAME: &'static str = "hone-softmax-bwd";
+
+    fn shape(&self, [l, _]: [&Layout; 2]) -> Result<Shape> {
+        Ok(l.shape().clone())
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let n = last_dim(l1, self.name())?;
-        let name = self.name();
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(softmax_bwd(
-                contiguous(s1, l1, name)?,
-                contiguous(s2, l2, name)?,
-                n,
-                self.scale,
-            )),
-            DType::F64 => f64::to_cpu_storage_owned(softmax_bwd(
-                contiguous(s1, l1, name)?,
-                contiguous(s2, l2, name)?,
-                n,
-                self.scale,
-            )),
-            other => bail!("softmax bwd: no fused kernel for {other:?}"),
-        };
-        Ok((out, l1.shape().clone()))
+    fn kernel<T: Real>(&self, inputs: &Inputs<'_, 2>) -> Result<Vec<T>> {
+        let [y, g] = inputs.floats()?;
+        Ok(softmax_bwd(y, g, last_dim(inputs.layout(0), Self::NAME)?, self.scale))
     }
 }
 
@@ -160,7 +137,7 @@ pub fn softmax_left_padded(xs: &Tensor, scale: f64, mask: CausalMask, key_start:
     if key_start.len() != batch {
         bail!("softmax_left_padded: {} padding counts for a batch of {batch}", key_start.len());
     }
-    xs.contiguous()?.apply_op1(PaddedSoftmaxOp { scale, mask, key_start: key_start.to_vec() })
+    xs.contiguous()?.apply_op1(Fused(PaddedSoftmaxOp { scale, mask, key_start: key_start.to_vec() }))
 }
 
 struct PaddedSoftmaxOp {
@@ -180,18 +157,14 @@ impl PaddedSoftmaxOp {
     }
 }
 
-impl CustomOp1 for PaddedSoftmaxOp {
-    fn name(&self) -> &'static str {
-        "hone-softmax-left-padded"
+impl Kernel<1> for PaddedSoftmaxOp {
+    const NAME: &'static str = "hone-softmax-left-padded";
+
+    fn shape(&self, [l]: [&Layout; 1]) -> Result<Shape> {
+        Ok(l.shape().clone())
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let n = last_dim(l, self.name())?;
-        let out = match s.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(self.run(contiguous(s, l, self.name())?, n)),
-            DType::F64 => f64::to_cpu_storage_owned(self.run(contiguous(s, l, self.name())?, n)),
-            other => bail!("softmax_left_padded: no fused kernel for {other:?}"),
-        };
-        Ok((out, l.shape().clone()))
+    fn kernel<T: Real>(&self, inputs: &Inputs<'_, 1>) -> Result<Vec<T>> {
+        Ok(self.run(inputs.float(0)?, last_dim(inputs.layout(0), Self::NAME)?))
     }
 }

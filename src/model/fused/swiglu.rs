@@ -1,14 +1,13 @@
 //! SwiGLU, `silu(gate) · up`, fused forward and backward.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{bail, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous, ternary, Real, Ternary};
+use super::{Fused, Inputs, Kernel, Real};
 
 /// `silu(gate) · up`, element-wise (same shapes).
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGluOp)
+    gate.contiguous()?.apply_op2(&up.contiguous()?, Fused(SwiGluOp))
 }
 
 struct SwiGluOp;
@@ -23,34 +22,25 @@ fn swiglu_fwd<T: Real>(g: &[T], u: &[T]) -> Vec<T> {
     out
 }
 
-impl CustomOp2 for SwiGluOp {
-    fn name(&self) -> &'static str {
-        "hone-swiglu"
-    }
+impl Kernel<2> for SwiGluOp {
+    const NAME: &'static str = "hone-swiglu";
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            bail!("swiglu: gate {:?} and up {:?} differ", l1.shape(), l2.shape());
+    fn shape(&self, [lg, lu]: [&Layout; 2]) -> Result<Shape> {
+        if lg.shape() != lu.shape() {
+            bail!("swiglu: gate {:?} and up {:?} differ", lg.shape(), lu.shape());
         }
-        let name = self.name();
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(swiglu_fwd(contiguous(s1, l1, name)?, contiguous(s2, l2, name)?)),
-            DType::F64 => f64::to_cpu_storage_owned(swiglu_fwd(contiguous(s1, l1, name)?, contiguous(s2, l2, name)?)),
-            other => bail!("swiglu: no fused kernel for {other:?}"),
-        };
-        Ok((out, l1.shape().clone()))
+        Ok(lg.shape().clone())
     }
 
-    fn bwd(
-        &self,
-        gate: &Tensor,
-        up: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn kernel<T: Real>(&self, inputs: &Inputs<'_, 2>) -> Result<Vec<T>> {
+        let [g, u] = inputs.floats()?;
+        Ok(swiglu_fwd(g, u))
+    }
+
+    fn grads(&self, [gate, up]: [&Tensor; 2], _res: &Tensor, grad: &Tensor) -> Result<[Option<Tensor>; 2]> {
         // One kernel returns `[2, ..]`: the gate gradient, then the up gradient.
-        let both = gate.apply_op3_no_bwd(up, &grad.contiguous()?, &SwiGluBwd)?;
-        Ok((Some(both.get(0)?), Some(both.get(1)?)))
+        let both = gate.apply_op3_no_bwd(up, &grad.contiguous()?, &Fused(SwiGluBwd))?;
+        Ok([Some(both.get(0)?), Some(both.get(1)?)])
     }
 }
 
@@ -74,31 +64,15 @@ fn swiglu_bwd<T: Real>(g: &[T], u: &[T], grad: &[T]) -> Vec<T> {
     out
 }
 
-impl CustomOp3 for SwiGluBwd {
-    fn name(&self) -> &'static str {
-        "hone-swiglu-bwd"
+impl Kernel<3> for SwiGluBwd {
+    const NAME: &'static str = "hone-swiglu-bwd";
+
+    fn shape(&self, [l, ..]: [&Layout; 3]) -> Result<Shape> {
+        Ok(super::stacked(2, l))
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let out = ternary(self, [(s1, l1), (s2, l2), (s3, l3)])?;
-        let mut dims = vec![2];
-        dims.extend_from_slice(l1.dims());
-        Ok((out, Shape::from(dims)))
-    }
-}
-
-impl Ternary for SwiGluBwd {
-    const LABEL: &'static str = "swiglu bwd";
-
-    fn kernel<T: Real>(&self, [g, u, grad]: [&[T]; 3], _: [&Layout; 3]) -> Result<Vec<T>> {
+    fn kernel<T: Real>(&self, inputs: &Inputs<'_, 3>) -> Result<Vec<T>> {
+        let [g, u, grad] = inputs.floats()?;
         Ok(swiglu_bwd(g, u, grad))
     }
 }

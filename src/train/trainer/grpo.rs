@@ -25,11 +25,10 @@ use crate::train::grpo::{
     completion_seed, per_sequence_rows, present_mean, rule_reward, tempered_target_logps, total_rewards,
 };
 use crate::train::live::LiveLabels;
-use crate::train::optim::{global_norm, AdamW, AdamWConfig};
+use crate::train::optim::global_norm;
 use crate::train::plan::{RefCache, StageData};
 use crate::train::rl::{group_advantages, grpo_loss, Advantages, GrpoConfig, GrpoInputs, GrpoLossType, ScaleRewards};
 use crate::train::sampler::Sampler;
-use crate::train::schedule::learning_rate;
 use crate::train::TrainError;
 
 /// The name of the prompt sampler in `trainer_state.json`.
@@ -139,13 +138,7 @@ impl<H: Host> Trainer<'_, H> {
             None => None,
         };
         let reference = if term.beta > 0.0 { Some(self.reference_model(stage)?) } else { None };
-        let mut opt = AdamW::new(
-            self.policy.parameters(),
-            AdamWConfig { lr: stage.lr, weight_decay: stage.weight_decay, ..AdamWConfig::default() },
-        )?;
-        if let Some(moments) = self.resume_optimizer.take() {
-            opt.restore(self.state.optimizer_steps, moments)?;
-        }
+        let opt = self.policy_optimizer(stage)?;
         let seed = completion_seed(self.pipeline.run.seed, index, u64::MAX, 0);
         let lengths = prompt_ids.iter().map(Vec::len).collect();
         let sampler = Sampler::new(seed, lengths, stage.batch_size, self.state.samplers.get(SAMPLER).cloned());
@@ -247,9 +240,8 @@ impl<H: Host> Trainer<'_, H> {
     pub(super) fn grpo_step(&mut self, run: &mut StageRun) -> Result<(), TrainError> {
         let step = self.state.global_step;
         let started = Instant::now();
+        let lr = self.set_learning_rate(run);
         let stage = &run.stage;
-        let lr = learning_rate(stage.schedule, stage.lr, self.state.stage_step, stage.warmup_steps, run.total);
-        run.opt.config.lr = lr;
         let accum = stage.grad_accum.max(1);
         let Some(grpo) = run.grpo.as_deref_mut() else {
             return Err(TrainError::Data(format!("stage {}: not a GRPO stage", stage.name)));
@@ -304,14 +296,7 @@ impl<H: Host> Trainer<'_, H> {
                     step_tokens: Some(step_tokens as f64),
                 },
             )?;
-            let mut loss = out.loss;
-            if self.options.inject_nan_at.contains(&step) {
-                loss = (loss * f64::NAN)?;
-            }
-            let store = self.policy.decoder().backward(&loss)?;
-            sums.loss += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            sums.tokens += batch.real_tokens;
-            sums.add_grads(&run.opt, &store)?;
+            self.backward_into(&run.opt, &mut sums, out.loss, step, batch.real_tokens)?;
             kl_sum += out.kl.unwrap_or(0.0) * tokens as f64;
             clip_sum += out.clip_region * tokens as f64;
         }

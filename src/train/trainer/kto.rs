@@ -7,7 +7,6 @@
 
 use std::time::Instant;
 
-use candle_core::DType;
 use serde_json::{json, Map};
 
 use super::stage::{num, Lambdas, StageRun, StepSums, Term};
@@ -20,11 +19,10 @@ use crate::kind;
 use crate::train::batch::{Sequence, TokenBatch};
 use crate::train::live::{LiveKind, LiveLabels};
 use crate::train::loss::{per_sequence_sum, target_logps};
-use crate::train::optim::{global_norm, AdamW, AdamWConfig};
+use crate::train::optim::{global_norm, AdamW};
 use crate::train::plan::{RefCache, StageData};
 use crate::train::rl::{kl_completion_order, kto_loss, KtoConfig, KtoInputs};
 use crate::train::sampler::Sampler;
-use crate::train::schedule::learning_rate;
 use crate::train::TrainError;
 
 /// The name of the example sampler in `trainer_state.json`.
@@ -194,13 +192,7 @@ impl<H: Host> Trainer<'_, H> {
         examples: &[KtoExample],
         retracted: Vec<usize>,
     ) -> Result<(AdamW, Sampler), TrainError> {
-        let mut opt = AdamW::new(
-            self.policy.parameters(),
-            AdamWConfig { lr: stage.lr, weight_decay: stage.weight_decay, ..AdamWConfig::default() },
-        )?;
-        if let Some(moments) = self.resume_optimizer.take() {
-            opt.restore(self.state.optimizer_steps, moments)?;
-        }
+        let opt = self.policy_optimizer(stage)?;
         let seed = super::sampler_seed(self.pipeline.run.seed, index, Term::Pref) ^ 0x006b_746f;
         let lengths = examples.iter().map(|e| e.prompt.len() + e.completion.len()).collect();
         let mut sampler = Sampler::new(seed, lengths, stage.batch_size, self.state.samplers.get(SAMPLER).cloned());
@@ -265,9 +257,8 @@ impl<H: Host> Trainer<'_, H> {
         self.admit_live_thumbs(run)?;
         let step = self.state.global_step;
         let started = Instant::now();
+        let lr = self.set_learning_rate(run);
         let stage = &run.stage;
-        let lr = learning_rate(stage.schedule, stage.lr, self.state.stage_step, stage.warmup_steps, run.total);
-        run.opt.config.lr = lr;
         let accum = stage.grad_accum.max(1);
         let mut sums = StepSums::new(run.opt.params().len(), accum);
         let pad = self.pad_id();
@@ -304,14 +295,7 @@ impl<H: Host> Trainer<'_, H> {
                     reference_kl: &reference.narrow(0, n, n)?,
                 },
             )?;
-            let mut loss = (out.loss / accum as f64)?;
-            if self.options.inject_nan_at.contains(&step) {
-                loss = (loss * f64::NAN)?;
-            }
-            let store = self.policy.decoder().backward(&loss)?;
-            sums.loss += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            sums.tokens += tokens.real_tokens;
-            sums.add_grads(&run.opt, &store)?;
+            self.backward_into(&run.opt, &mut sums, (out.loss / accum as f64)?, step, tokens.real_tokens)?;
             stats.push((out.kl, out.rewards_chosen, out.rewards_rejected, out.logps_chosen, out.logps_rejected));
         }
         let norm = global_norm(&sums.grads)?;

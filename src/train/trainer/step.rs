@@ -5,17 +5,17 @@
 
 use std::time::Instant;
 
-use candle_core::DType;
+use candle_core::{DType, Tensor};
 use serde_json::{json, Map, Value};
 
 use super::stage::{apply_update, forward_backward, num, Lambdas, Objective, StageRun, StepSums, Term};
 use super::{grpo, kto, CheckpointData, Host, Trainer};
-use crate::config::NanPolicy;
+use crate::config::{NanPolicy, Stage};
 use crate::kind;
 use crate::train::evaluate::unsafe_rate_proxy;
 use crate::train::examples::PairExample;
 use crate::train::live::LiveUpdate;
-use crate::train::optim::global_norm;
+use crate::train::optim::{global_norm, AdamW, AdamWConfig};
 use crate::train::plan::{never_interrupt, RmPair};
 use crate::train::reward::BradleyTerry;
 use crate::train::schedule::learning_rate;
@@ -50,9 +50,7 @@ impl<H: Host> Trainer<'_, H> {
             self.admit_labels(run, step)?;
         }
         let started = Instant::now();
-        let stage = &run.stage;
-        let lr = learning_rate(stage.schedule, stage.lr, self.state.stage_step, stage.warmup_steps, run.total);
-        run.opt.config.lr = lr;
+        let lr = self.set_learning_rate(run);
         let sums = self.forward_backward(run, lambdas, step)?;
         let norm = global_norm(&sums.grads)?;
         let done = StepDone { sums: &sums, norm, lr, started };
@@ -97,6 +95,42 @@ impl<H: Host> Trainer<'_, H> {
             self.checkpoint(run)?;
         }
         Ok(())
+    }
+
+    /// Sets the optimizer's learning rate for this step of `run`'s schedule and returns it.
+    pub(super) fn set_learning_rate(&self, run: &mut StageRun) -> f64 {
+        let stage = &run.stage;
+        let lr = learning_rate(stage.schedule, stage.lr, self.state.stage_step, stage.warmup_steps, run.total);
+        run.opt.config.lr = lr;
+        lr
+    }
+
+    /// The policy's optimizer for a GRPO or KTO `stage`, with the moments of the checkpoint a
+    /// resume starts from, if any.
+    pub(super) fn policy_optimizer(&mut self, stage: &Stage) -> Result<AdamW, TrainError> {
+        let config = AdamWConfig { lr: stage.lr, weight_decay: stage.weight_decay, ..AdamWConfig::default() };
+        let mut opt = AdamW::new(self.policy.parameters(), config)?;
+        if let Some(moments) = self.resume_optimizer.take() {
+            opt.restore(self.state.optimizer_steps, moments)?;
+        }
+        Ok(opt)
+    }
+
+    /// The backward pass of one GRPO or KTO micro-batch's `loss` (made NaN at the steps
+    /// `inject_nan_at` names), its loss, `tokens` and gradients added to `sums`.
+    pub(super) fn backward_into(
+        &self,
+        opt: &AdamW,
+        sums: &mut StepSums,
+        loss: Tensor,
+        step: u64,
+        tokens: usize,
+    ) -> Result<(), TrainError> {
+        let loss = if self.options.inject_nan_at.contains(&step) { (loss * f64::NAN)? } else { loss };
+        let store = self.policy.decoder().backward(&loss)?;
+        sums.loss += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        sums.tokens += tokens;
+        sums.add_grads(opt, &store)
     }
 
     /// The step's micro-batches (drawn in order, then each through the policy, or the reward model, and backward),
