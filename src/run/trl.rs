@@ -436,26 +436,37 @@ fn settings_of<'p>(pipeline: &'p Pipeline, stage: &str) -> Result<&'p TrlSetting
         .ok_or_else(|| TrlError::NoSettings { stage: stage.to_string() })
 }
 
-/// Runs stage `index` on the TRL engine to its end: checks that the venv's packages import,
-/// writes the spec, starts the launcher (its command line first in `log`), and until it exits
-/// relays what `next_request` yields and a stop once `stop_requested` turns true. `model` is the
-/// HF directory the stage starts from (the previous stage's export, or the pipeline's model);
-/// the stage's own export is [`export_dir`]; `orders` is hone's data order (the spec's `orders`
-/// and `sft_orders`, one permutation of the files' examples per epoch). Returns the command it
-/// ran with the outcome.
-#[allow(clippy::too_many_arguments)]
+/// What one TRL stage starts from.
+pub struct StageLaunch<'a> {
+    /// The pipeline.
+    pub pipeline: &'a Pipeline,
+    /// Its preference files, resolved.
+    pub pref_files: &'a [PrefFile],
+    /// The stage's index in the pipeline.
+    pub index: usize,
+    /// The run directory.
+    pub run_dir: &'a Path,
+    /// The HF directory the stage starts from: the previous stage's export, or the pipeline's model.
+    pub model: &'a Path,
+    /// The run's step the stage continues from.
+    pub step_offset: u64,
+    /// hone's data order (the spec's `orders` and `sft_orders`, one permutation of the files'
+    /// examples per epoch).
+    pub orders: Option<&'a DataOrders>,
+    /// The log the launcher's output goes to.
+    pub log: &'a Path,
+}
+
+/// Runs a stage on the TRL engine to its end: checks that the venv's packages import, writes the
+/// spec, starts the launcher (its command line first in the log), and until it exits relays what
+/// `next_request` yields and a stop once `stop_requested` turns true. The stage's own export is
+/// [`export_dir`]. Returns the command it ran with the outcome.
 pub fn run_stage(
-    pipeline: &Pipeline,
-    pref_files: &[PrefFile],
-    index: usize,
-    run_dir: &Path,
-    model: &Path,
-    step_offset: u64,
-    orders: Option<&DataOrders>,
-    log: &Path,
+    launch_of: &StageLaunch<'_>,
     stop_requested: &dyn Fn() -> bool,
     next_request: &mut dyn FnMut() -> Option<Request>,
 ) -> Result<(Launch, TrlOutcome), TrlError> {
+    let StageLaunch { pipeline, pref_files, index, run_dir, model, step_offset, orders, log } = *launch_of;
     let stage = pipeline.stages.get(index).ok_or(TrlError::NoStage(index))?;
     let settings = settings_of(pipeline, &stage.name)?;
     let python = python_of(settings)?;

@@ -443,19 +443,18 @@ impl Host for RunHost {
             }
             inbox.next(None)
         };
-        let (_, outcome) = super::trl::run_stage(
-            job.pipeline,
-            &prefs,
-            job.index,
-            &run_dir,
-            &model,
-            job.step_offset,
-            job.orders.as_ref(),
-            &log,
-            &stop,
-            &mut next,
-        )
-        .map_err(|e| TrainError::Host(e.to_string()))?;
+        let launch = super::trl::StageLaunch {
+            pipeline: job.pipeline,
+            pref_files: &prefs,
+            index: job.index,
+            run_dir: &run_dir,
+            model: &model,
+            step_offset: job.step_offset,
+            orders: job.orders.as_ref(),
+            log: &log,
+        };
+        let (_, outcome) =
+            super::trl::run_stage(&launch, &stop, &mut next).map_err(|e| TrainError::Host(e.to_string()))?;
         // The stage's own events (started, metrics, finished) were written by its rank 0.
         self.writer.sync().map_err(host_err)?;
         match outcome {
