@@ -1,5 +1,6 @@
-//! Gradient checkpointing (`model::checkpoint`): the gradients are bit-identical to the plain
-//! graph's on the CPU (one backward pass of both families, and whole training runs), and the
+//! Gradient checkpointing and released layer graphs (`model::checkpoint`): the gradients are
+//! bit-identical to the plain graph's on the CPU (one backward pass of both families, adapters
+//! under a frozen base, and whole training runs), and the
 //! activations the graph keeps for the backward pass shrink at least 3x at 30 layers. The kept
 //! bytes are measured on the graph itself: every distinct storage reachable from the loss
 //! (candle's `sorted_nodes`, the nodes backward will visit), parameters excluded. The same
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use hone::config::load_pipeline;
 use hone::memory::{estimate, layer_floats, MemoryPlan};
-use hone::model::{Model, ModelConfig, Precision};
+use hone::model::{LayerGraphs, LoraSpec, Model, ModelConfig, Precision, Targets};
 use hone::train::batch::{Sequence, TokenBatch};
 use hone::train::loss::{sft_loss, target_logps};
 use hone::train::trainer::{RunOptions, Trainer};
@@ -64,23 +65,48 @@ fn gradients(model: &Model, batch: &TokenBatch) -> Vec<(String, Vec<u32>)> {
         .collect()
 }
 
+/// The gradients of `model` with its layers' graphs kept each way equal the shared graph's, bit
+/// for bit, twice in a row (a second backward pass must not see the first one's gradients).
+fn assert_same_gradients_in_every_mode(what: &str, model: &mut Model, data: &TokenBatch) {
+    model.set_layer_graphs(LayerGraphs::Shared);
+    let plain = gradients(model, data);
+    for graphs in [LayerGraphs::Released, LayerGraphs::Recomputed] {
+        model.set_layer_graphs(graphs);
+        let got = gradients(model, data);
+        let again = gradients(model, data);
+        assert_eq!(plain.len(), got.len());
+        for ((name, a), (_, b)) in plain.iter().zip(&got) {
+            assert!(a == b, "{what}, {graphs:?}: {name}: the gradient differs");
+        }
+        assert!(got == again, "{what}, {graphs:?}: a second backward pass differs");
+    }
+}
+
 #[test]
-fn checkpointed_gradients_are_bit_identical_for_both_families() {
+fn released_and_checkpointed_gradients_are_bit_identical_for_both_families() {
     for (arch, tied) in [("LlamaForCausalLM", true), ("Qwen2ForCausalLM", false)] {
         let cfg = config(arch, tied, 3, 32, 97);
         let data = batch(97, &[23, 17, 9]);
         let mut model = Model::fresh(cfg, &Device::Cpu, DType::F32, 11).unwrap();
-        let plain = gradients(&model, &data);
-        model.set_gradient_checkpointing(true);
-        let checkpointed = gradients(&model, &data);
-        // A second backward pass must not see the first one's parameter gradients again.
-        let again = gradients(&model, &data);
-        assert_eq!(plain.len(), checkpointed.len());
-        for ((name, a), (_, b)) in plain.iter().zip(&checkpointed) {
-            assert!(a == b, "{arch}: {name}: checkpointed gradient differs");
-        }
-        assert!(checkpointed == again, "{arch}: a second checkpointed backward pass differs");
+        assert_same_gradients_in_every_mode(arch, &mut model, &data);
     }
+}
+
+#[test]
+fn adapters_on_a_frozen_base_get_their_gradients_in_every_mode() {
+    // The frozen embedding's output tracks no gradient: a layer op on it must still join the graph.
+    let cfg = config("LlamaForCausalLM", true, 3, 32, 97);
+    let data = batch(97, &[23, 17, 9]);
+    let spec = LoraSpec { r: 4, alpha: 8.0, dropout: 0.0, targets: Targets::AllLinear, rslora: false };
+    let precision = Precision::for_training(DType::F32);
+    let mut model = Model::fresh_with_adapter(cfg, &Device::Cpu, precision, &spec, 5).unwrap();
+    // Fresh adapters have B = 0, so A's gradient would be 0 whatever happened: move B off zero.
+    for (name, var) in model.parameters() {
+        if name.contains("lora_B") {
+            var.set(&var.as_tensor().ones_like().unwrap().affine(0.01, 0.0).unwrap()).unwrap();
+        }
+    }
+    assert_same_gradients_in_every_mode("LoRA", &mut model, &data);
 }
 
 fn root() -> PathBuf {
@@ -120,6 +146,8 @@ fn sample_run(checkpointing: bool) -> (Vec<String>, Vec<Vec<u32>>) {
     (metrics, weights)
 }
 
+/// The trainer releases each layer's graph without checkpointing and recomputes it with; both
+/// give the shared graph's gradients (above), so the runs agree to the bit.
 #[test]
 fn a_checkpointed_run_logs_the_same_metrics_and_ends_with_the_same_weights() {
     let (plain_metrics, plain_weights) = sample_run(false);
