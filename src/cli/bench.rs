@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::memory::{adapter_parameters, parameter_count, MemoryEstimate, MemoryPlan};
 use crate::model::generate::{generate, generate_batch, Sampling};
-use crate::model::{LayerGraphs, LoraSpec, Model, ModelConfig, Precision, Targets};
+use crate::model::{LoraSpec, Model, ModelConfig, Precision, Targets};
 use crate::train::batch::Sequence;
 use crate::train::examples::{fit_pair, PairExample, TruncationStats};
 use crate::train::loss::{LabelNoise, PreferenceLoss};
@@ -235,7 +235,7 @@ fn bench_model(config: ModelConfig, device: &Device, options: &BenchOptions) -> 
     }
     .context("building the preset model")?;
     model.set_compute_dtype(precision.compute);
-    model.set_layer_graphs(LayerGraphs::for_training(options.gradient_checkpointing));
+    model.set_gradient_checkpointing(options.gradient_checkpointing);
     Ok(model)
 }
 

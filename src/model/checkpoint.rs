@@ -13,12 +13,6 @@
 //! The recomputation runs the same kernels on the same values, and every parameter of a layer is
 //! used by that layer only, so the gradients are bit-identical to those of the plain graph on the
 //! CPU (`tests/checkpointing.rs`). Owns no model structure: the layer is a closure.
-//!
-//! [`released`] is the same op without the recomputation: the layer's graph is kept, but as the
-//! op's own, and its backward pass drops it once it has gone through the layer. candle frees a
-//! graph only when the loss is dropped, so in one plain graph every activation is still held when
-//! the last parameter gradient is made; with each layer's graph released on the way down, the
-//! gradients fill the memory the activations leave ([`LayerGraphs`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -90,30 +84,6 @@ impl SideGrads {
 /// The layer as the op sees it: input to output, with a graph when the input tracks gradients.
 type Layer = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
 
-/// How a training pass keeps a decoder layer's activations for the backward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LayerGraphs {
-    /// In the pass's one graph, freed when the loss is dropped (candle's own way; gradients can
-    /// come from `loss.backward()`).
-    #[default]
-    Shared,
-    /// In a graph of the layer's own, freed as the backward pass leaves the layer ([`released`]).
-    Released,
-    /// Not kept: recomputed in the backward pass ([`checkpoint`], gradient checkpointing).
-    Recomputed,
-}
-
-impl LayerGraphs {
-    /// How a trainer keeps them: recomputed with gradient checkpointing, else released.
-    pub fn for_training(checkpointing: bool) -> Self {
-        if checkpointing {
-            Self::Recomputed
-        } else {
-            Self::Released
-        }
-    }
-}
-
 /// `layer(xs)` whose intermediate activations are recomputed in the backward pass instead of
 /// being kept. `layer` must be deterministic and must not read or write state outside its
 /// parameters (no cache): it runs twice.
@@ -124,31 +94,6 @@ where
     // The layer's graph lives only for this statement: just the output's values are kept.
     let output = Handover::new(layer(&xs.detach())?.detach())?;
     xs.apply_op1(Checkpointed { layer: Box::new(layer), output, side: side.clone() })
-}
-
-/// `layer(xs)` whose activations are kept for the backward pass in a graph of the layer's own,
-/// dropped as soon as the backward pass has gone through the layer. Costs a copy of the layer's
-/// input and of its output (the op's own result).
-pub fn released<F>(xs: &Tensor, layer: F, side: &SideGrads) -> Result<Tensor>
-where
-    F: FnOnce(&Tensor) -> Result<Tensor>,
-{
-    let input = Var::from_tensor(&xs.detach())?;
-    let output = layer(input.as_tensor())?;
-    let handed = Handover::new(output.detach())?;
-    let graph = Mutex::new(Some((input, output)));
-    xs.apply_op1(Released { graph, output: handed, side: side.clone() })
-}
-
-/// The backward pass through one layer's own graph, from `input` (a `Var`) to `output`, for the
-/// outer graph's gradient `grad_res` of the output: the parameters' gradients go to `side`, the
-/// input's is returned.
-fn layer_backward(input: &Var, output: &Tensor, grad_res: &Tensor, side: &SideGrads) -> Result<Option<Tensor>> {
-    // d/dθ Σ(y · g) = gᵀ ∂y/∂θ: the vector-Jacobian product the outer graph asks for. The sum's
-    // backward hands `g · 1 = g` to `y` exactly, so the layer sees the same gradient.
-    let grads = output.mul(&grad_res.detach())?.sum_all()?.backward()?;
-    side.absorb(&grads, input.as_tensor().id())?;
-    Ok(grads.get(input.as_tensor()).map(Tensor::detach))
 }
 
 /// A tensor computed outside a custom op, handed over as the op's forward result: the op's
@@ -220,37 +165,10 @@ impl CustomOp1 for Checkpointed {
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let input = Var::from_tensor(&arg.detach())?;
         let output = (self.layer)(input.as_tensor())?;
-        layer_backward(&input, &output, grad_res, &self.side)
-    }
-}
-
-/// The custom op of [`released`]: forward hands over the output, backward goes through the
-/// layer's kept graph and drops it.
-struct Released {
-    /// The layer's input (a `Var` copy) and output with its graph, taken by the backward pass.
-    graph: Mutex<Option<(Var, Tensor)>>,
-    output: Handover,
-    side: SideGrads,
-}
-
-impl CustomOp1 for Released {
-    fn name(&self) -> &'static str {
-        "released-layer"
-    }
-
-    fn cpu_fwd(&self, _input: &CpuStorage, _layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.output.cpu()
-    }
-
-    fn cuda_fwd(&self, _input: &CudaStorage, _layout: &Layout) -> Result<(CudaStorage, Shape)> {
-        self.output.cuda()
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let taken = self.graph.lock().map_err(|_| candle_core::Error::Msg("released layer: poisoned".into()))?.take();
-        let Some((input, output)) = taken else {
-            candle_core::bail!("released layer: its graph is gone (one backward pass per forward pass)")
-        };
-        layer_backward(&input, &output, grad_res, &self.side)
+        // d/dθ Σ(y · g) = gᵀ ∂y/∂θ: the vector-Jacobian product the outer graph asks for. The sum's
+        // backward hands `g · 1 = g` to `y` exactly, so the layer sees the same gradient.
+        let grads = output.mul(&grad_res.detach())?.sum_all()?.backward()?;
+        self.side.absorb(&grads, input.as_tensor().id())?;
+        Ok(grads.get(input.as_tensor()).map(Tensor::detach))
     }
 }

@@ -6,7 +6,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::checkpoint::{checkpoint, released, LayerGraphs, SideGrads};
+use super::checkpoint::{checkpoint, SideGrads};
 use super::config::ModelConfig;
 use super::fused::{self, fused_path, CausalMask};
 use super::lora::{LoraBuild, Projection};
@@ -325,11 +325,9 @@ pub struct Decoder {
     rotary: Rotary,
     dtype: DType,
     device: Device,
-    /// How training passes keep each layer's activations for the backward pass.
-    graphs: LayerGraphs,
-    /// Where released and recomputed layers leave their parameters' gradients until
-    /// [`Decoder::backward`] collects them.
-    side: SideGrads,
+    /// Set when gradient checkpointing is on: where checkpointed layers leave their parameters'
+    /// gradients until [`Decoder::backward`] collects them.
+    checkpointing: Option<SideGrads>,
     compute: Option<DType>,
 }
 
@@ -375,8 +373,7 @@ impl Decoder {
             rotary,
             dtype: vb.dtype(),
             device: vb.device().clone(),
-            graphs: LayerGraphs::Shared,
-            side: SideGrads::new(),
+            checkpointing: None,
             compute: None,
         })
     }
@@ -385,19 +382,12 @@ impl Decoder {
     /// keeps only each layer's input for the backward pass and recomputes the layer there
     /// (`model::checkpoint`). Gradients must then come from [`Decoder::backward`].
     pub fn set_gradient_checkpointing(&mut self, on: bool) {
-        self.set_layer_graphs(if on { LayerGraphs::Recomputed } else { LayerGraphs::Shared });
-    }
-
-    /// How a training forward pass (no KV cache) keeps each layer's activations
-    /// ([`LayerGraphs`]). With anything but `Shared`, gradients must come from
-    /// [`Decoder::backward`].
-    pub fn set_layer_graphs(&mut self, graphs: LayerGraphs) {
-        self.graphs = graphs;
+        self.checkpointing = on.then(SideGrads::new);
     }
 
     /// Whether gradient checkpointing is on.
     pub fn gradient_checkpointing(&self) -> bool {
-        self.graphs == LayerGraphs::Recomputed
+        self.checkpointing.is_some()
     }
 
     /// Runs every matmul (projections, attention, LM head) in `dtype`, keeping the weights and
@@ -422,13 +412,16 @@ impl Decoder {
     /// parameter's gradient attached to the ops that made it, so a kept gradient would keep
     /// every activation of the forward pass alive until it is dropped.
     pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
-        let mut store = match loss.backward() {
-            Ok(mut store) => {
-                self.side.drain_into(&mut store)?;
+        let mut store = match (loss.backward(), &self.checkpointing) {
+            (Ok(mut store), Some(side)) => {
+                side.drain_into(&mut store)?;
                 store
             }
-            Err(e) => {
-                self.side.clear()?;
+            (Ok(store), None) => store,
+            (Err(e), side) => {
+                if let Some(side) = side {
+                    side.clear()?;
+                }
                 return Err(e);
             }
         };
@@ -470,27 +463,22 @@ impl Decoder {
         // A bf16 frozen base's embedding rows join the master-dtype residual stream.
         let mut xs =
             self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, hidden))?.to_dtype(self.dtype)?;
-        // Released and recomputed layers serve training passes; a pass with a cache (generation)
-        // keeps state across calls and runs plainly.
-        let graphs = if cache.is_none() && pads.is_none() { self.graphs } else { LayerGraphs::Shared };
-        if graphs != LayerGraphs::Shared && !xs.track_op() {
-            // A layer's op joins the graph only when its input tracks gradients; under a frozen
-            // embedding (a LoRA base) the input is made a variable, or no adapter would get one.
+        // Checkpointing serves training passes; a pass with a cache (generation) keeps state
+        // across calls and runs plainly.
+        let checkpointing = self.checkpointing.as_ref().filter(|_| cache.is_none() && pads.is_none());
+        if checkpointing.is_some() && !xs.track_op() {
+            // A checkpointed layer's op joins the graph only when its input tracks gradients;
+            // under a frozen embedding (a LoRA base) the input is made a variable, or no adapter
+            // would get a gradient.
             xs = candle_core::Var::from_tensor(&xs)?.into_inner();
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = match graphs {
-                LayerGraphs::Recomputed => {
-                    let (layer, rotary) = (layer.clone(), self.rotary.clone());
-                    checkpoint(&xs, move |x| layer.forward(x, &rotary, 0, None, None), &self.side)?
-                }
-                LayerGraphs::Released => {
-                    released(&xs, |x| layer.forward(x, &self.rotary, 0, None, None), &self.side)?
-                }
-                LayerGraphs::Shared => {
-                    let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-                    layer.forward(&xs, &self.rotary, offset, pads, slot)?
-                }
+            xs = if let Some(side) = checkpointing {
+                let (layer, rotary) = (layer.clone(), self.rotary.clone());
+                checkpoint(&xs, move |x| layer.forward(x, &rotary, 0, None, None), side)?
+            } else {
+                let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+                layer.forward(&xs, &self.rotary, offset, pads, slot)?
             };
         }
         self.norm.forward(&xs)

@@ -21,7 +21,6 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-pub use checkpoint::LayerGraphs;
 pub use config::{Family, GenerationConfig, ModelConfig};
 pub use decoder::{Decoder, KvCache};
 pub use device::{parse_device, parse_dtype};
@@ -282,11 +281,6 @@ impl Model {
         self.decoder.set_gradient_checkpointing(on);
     }
 
-    /// How training passes keep each layer's activations ([`Decoder::set_layer_graphs`]).
-    pub fn set_layer_graphs(&mut self, graphs: LayerGraphs) {
-        self.decoder.set_layer_graphs(graphs);
-    }
-
     /// Sets the dtype the matmuls run in ([`Decoder::set_compute_dtype`]).
     pub fn set_compute_dtype(&mut self, dtype: DType) {
         self.decoder.set_compute_dtype(dtype);
@@ -392,8 +386,7 @@ impl Model {
                 }
             }
         }
-        let mut files =
-            vec![("model.safetensors".to_string(), FileOut::Tensors(SafetensorsOut::new(tensors, dtype)?))];
+        let mut files = vec![("model.safetensors".to_string(), FileOut::Tensors(SafetensorsOut::new(tensors, dtype)?))];
         let mut config = self.config.raw.clone();
         if let Some(obj) = config.as_object_mut() {
             set_config_dtype(obj, dtype);

@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use super::checkpoints::{Checkpoint, Manifest, ManifestFile, MANIFEST, TMP_PREFIX};
 use super::dir::{step_dir_name, RunDir};
 use super::error::RunError;
-use crate::model::FileOut;
 use super::fsutil::{check_component, fsync_dir, fsync_file, IoContext};
+use crate::model::FileOut;
 
 /// The trainer state's file in a checkpoint (JSON).
 pub const TRAINER_STATE_FILE: &str = "trainer_state.json";

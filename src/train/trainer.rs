@@ -37,7 +37,7 @@ use crate::config::{Engine, ModelInit, Pipeline, Stage};
 use crate::control::Request;
 use crate::data::{ChatTemplate, TextTokenizer};
 use crate::kind;
-use crate::model::{AdapterInit, LayerGraphs, Model, Precision, RewardModel};
+use crate::model::{AdapterInit, Model, Precision, RewardModel};
 use control::Boundary;
 pub use control::{stage_prompts, DEFAULT_SAMPLE_PROMPTS};
 pub use evaluation::best_of_name;
@@ -169,7 +169,7 @@ impl<'h, H: Host> Trainer<'h, H> {
         let Start { mut policy, state, optimizer: resume_optimizer, reward: resume_reward } = start;
         let precision = Precision::for_training(dtype);
         policy.set_compute_dtype(precision.compute);
-        policy.set_layer_graphs(LayerGraphs::for_training(pipeline.run.gradient_checkpointing));
+        policy.set_gradient_checkpointing(pipeline.run.gradient_checkpointing);
         let tokenizer = TextTokenizer::from_dir(&pipeline.model.path)?;
         policy.check_tokenizer_len(tokenizer.len())?;
         let template = ChatTemplate::for_tokenizer(&tokenizer)?;
