@@ -125,9 +125,10 @@ pub fn estimate(plan: &MemoryPlan) -> MemoryEstimate {
     };
     let kept_layers = if plan.checkpointing {
         // Each layer's input (the custom op's argument) and the last output, plus one layer
-        // recomputed at a time in the backward pass with a copy of its input.
+        // recomputed at a time in the backward pass with a copy of its input, and the gradients
+        // of its activations as that backward pass makes them (up to another layer's worth).
         let widest = (0..cfg.num_hidden_layers).map(one_layer).max().unwrap_or(0);
-        (layers + 2) * tokens * h * master + widest
+        (layers + 2) * tokens * h * master + 2 * widest
     } else {
         (0..cfg.num_hidden_layers).map(one_layer).sum()
     };

@@ -5,9 +5,10 @@
 //!
 //! Tolerance: the estimate is within 30% of the measured peak without checkpointing (at this
 //! shape it has read 1.01–1.25x; allocator slack and pages never touched make the difference).
-//! With checkpointing at this small shape the estimate is an upper bound only (it has read
-//! 1.6x: the recomputed layer's activations are freed as its backward pass goes, which the
-//! estimate does not model), so that case checks the bound.
+//! With checkpointing the estimate is an upper bound only (it counts the recomputed layer and
+//! its activation gradients as two whole layers held at once; candle frees them as that layer's
+//! backward pass goes), so that case checks the bound. (It used to read 1.6x here because a
+//! checkpointed LoRA step computed no gradients at all.)
 
 use std::process::Command;
 

@@ -466,6 +466,12 @@ impl Decoder {
         // Checkpointing serves training passes; a pass with a cache (generation) keeps state
         // across calls and runs plainly.
         let checkpointing = self.checkpointing.as_ref().filter(|_| cache.is_none() && pads.is_none());
+        if checkpointing.is_some() && !xs.track_op() {
+            // A checkpointed layer's op joins the graph only when its input tracks gradients;
+            // under a frozen embedding (a LoRA base) the input is made a variable, or no adapter
+            // would get a gradient.
+            xs = candle_core::Var::from_tensor(&xs)?.into_inner();
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             xs = if let Some(side) = checkpointing {
                 let (layer, rotary) = (layer.clone(), self.rotary.clone());

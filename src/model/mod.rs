@@ -13,6 +13,7 @@ pub mod generate;
 pub mod lora;
 pub mod ops;
 pub mod reward;
+pub mod tensor_io;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ pub use decoder::{Decoder, KvCache};
 pub use device::{parse_device, parse_dtype};
 pub use lora::{AdapterInit, LoraSpec, Targets};
 pub use reward::RewardModel;
+pub use tensor_io::{FileOut, SafetensorsOut};
 use weights::ParamStore;
 
 /// Everything that can go wrong loading, running or saving a model.
@@ -339,6 +341,13 @@ impl Model {
     /// With a LoRA adapter: the PEFT adapter directory's files instead (`adapter_config.json`,
     /// `adapter_model.safetensors`); [`Model::merged_files`] gives the full model.
     pub fn files(&self, dtype: DType) -> Result<Vec<(String, Vec<u8>)>, ModelError> {
+        in_memory(self.files_out(dtype)?)
+    }
+
+    /// [`Model::files`] with the weights left as tensors, serialised only as each file is
+    /// written ([`FileOut::write_to`]): a checkpoint then never holds the weights twice. Write
+    /// them before the model is updated again.
+    pub fn files_out(&self, dtype: DType) -> Result<Vec<(String, FileOut)>, ModelError> {
         match &self.lora {
             Some(l) => Self::adapter_files(l, dtype),
             None => self.model_files(dtype, None),
@@ -348,21 +357,21 @@ impl Model {
     /// A full model directory's files with every adapter merged into its base weight
     /// (`W + scaling · B A`); without an adapter, [`Model::files`].
     pub fn merged_files(&self, dtype: DType) -> Result<Vec<(String, Vec<u8>)>, ModelError> {
-        self.model_files(dtype, self.lora.as_ref())
+        in_memory(self.model_files(dtype, self.lora.as_ref())?)
     }
 
-    fn adapter_files(l: &Attached, dtype: DType) -> Result<Vec<(String, Vec<u8>)>, ModelError> {
+    fn adapter_files(l: &Attached, dtype: DType) -> Result<Vec<(String, FileOut)>, ModelError> {
         let tensors: Vec<(String, Tensor)> =
             l.store.vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
         let config = lora::adapter_config_json(&l.spec, &l.base_name);
         let text = serde_json::to_string_pretty(&config).map_err(|e| ModelError::Dtype(e.to_string()))?;
         Ok(vec![
-            (lora::ADAPTER_CONFIG.to_string(), text.into_bytes()),
-            (lora::ADAPTER_WEIGHTS.to_string(), weights::safetensors_bytes(&tensors, dtype)?),
+            (lora::ADAPTER_CONFIG.to_string(), FileOut::Bytes(text.into_bytes())),
+            (lora::ADAPTER_WEIGHTS.to_string(), FileOut::Tensors(SafetensorsOut::new(tensors, dtype)?)),
         ])
     }
 
-    fn model_files(&self, dtype: DType, merge: Option<&Attached>) -> Result<Vec<(String, Vec<u8>)>, ModelError> {
+    fn model_files(&self, dtype: DType, merge: Option<&Attached>) -> Result<Vec<(String, FileOut)>, ModelError> {
         let mut tensors: Vec<(String, Tensor)> =
             self.store.vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
         if let Some(l) = merge {
@@ -377,16 +386,21 @@ impl Model {
                 }
             }
         }
-        let mut files = vec![("model.safetensors".to_string(), weights::safetensors_bytes(&tensors, dtype)?)];
+        let mut files = vec![("model.safetensors".to_string(), FileOut::Tensors(SafetensorsOut::new(tensors, dtype)?))];
         let mut config = self.config.raw.clone();
         if let Some(obj) = config.as_object_mut() {
             set_config_dtype(obj, dtype);
         }
         let text = serde_json::to_string_pretty(&config).map_err(|e| ModelError::Dtype(e.to_string()))?;
-        files.push(("config.json".into(), text.into_bytes()));
-        files.extend(companion_files(self.source_dir.as_deref())?);
+        files.push(("config.json".into(), FileOut::Bytes(text.into_bytes())));
+        files.extend(companion_files(self.source_dir.as_deref())?.into_iter().map(|(n, b)| (n, FileOut::Bytes(b))));
         Ok(files)
     }
+}
+
+/// Files with their contents in memory.
+fn in_memory(files: Vec<(String, FileOut)>) -> Result<Vec<(String, Vec<u8>)>, ModelError> {
+    files.into_iter().map(|(name, f)| Ok((name, f.into_bytes()?))).collect()
 }
 
 /// Refuses an adapter whose `target_modules` pick no projection of the model, or whose weights

@@ -15,7 +15,8 @@ use candle_nn::Init;
 use serde_json::Value;
 
 use super::config::read_json;
-use super::weights::{self, NamedVar, ParamStore};
+use super::tensor_io::SafetensorsOut;
+use super::weights::{NamedVar, ParamStore};
 use super::{Decoder, GenerationConfig, Model, ModelConfig, ModelError};
 
 /// The sequence-classification architectures hone reads and writes, with the causal-LM
@@ -255,9 +256,14 @@ impl RewardModel {
     /// Every parameter ([`RewardModel::parameters`], transformers' names) as safetensors bytes in
     /// `dtype`: what a checkpoint keeps of a reward model being trained.
     pub fn weights(&self, dtype: DType) -> Result<Vec<u8>, ModelError> {
+        self.weights_out(dtype)?.to_bytes()
+    }
+
+    /// [`RewardModel::weights`] left as tensors, serialised as the file is written.
+    pub fn weights_out(&self, dtype: DType) -> Result<SafetensorsOut, ModelError> {
         let tensors: Vec<(String, Tensor)> =
             self.parameters().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
-        weights::safetensors_bytes(&tensors, dtype)
+        SafetensorsOut::new(tensors, dtype)
     }
 
     /// Sets every parameter from safetensors bytes written by [`RewardModel::weights`] (a

@@ -5,20 +5,23 @@
 //! order, and the store checks the shape, converts the dtype, and remembers the `Var`. That order
 //! is the one the optimizer and checkpoints use.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::rng::{seeded, unit_f64, StableRng};
-use candle_core::{safetensors::Load, DType, Device, Shape, Tensor, Var};
+use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
+use super::tensor_io::{SafetensorsOut, TensorFile};
 use super::ModelError;
 
 /// Where parameters come from when the store is asked for one it has not seen.
 enum Source {
-    /// Raw safetensors files, read into memory; each name maps to its file index.
-    Files { buffers: Vec<(PathBuf, Vec<u8>)>, index: HashMap<String, usize> },
+    /// Safetensors files, their headers read; each tensor is read from its file when the model
+    /// requests it, so the files' bytes are never held (`model::tensor_io`). Each name maps to
+    /// its file's index.
+    Files { files: Vec<TensorFile>, index: HashMap<String, usize> },
     /// A fresh model, initialised from each tensor's hint and a seeded generator (candle's CPU
     /// generator cannot be seeded, so hone draws its own).
     Init(Box<Mutex<StableRng>>),
@@ -70,18 +73,14 @@ impl ParamStore {
 
     /// Opens the given safetensors files (e.g. a PEFT adapter's `adapter_model.safetensors`).
     pub fn open_files(files: Vec<PathBuf>) -> Result<Self, ModelError> {
-        let mut buffers = Vec::with_capacity(files.len());
+        let files = files.iter().map(|p| TensorFile::open(p)).collect::<Result<Vec<_>, _>>()?;
         let mut index = HashMap::new();
-        for (i, path) in files.into_iter().enumerate() {
-            let bytes = std::fs::read(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
-            let st = safetensors::SafeTensors::deserialize(&bytes)
-                .map_err(|e| ModelError::Weights { path: path.clone(), message: e.to_string() })?;
-            for name in st.names() {
-                index.insert(name.to_string(), i);
+        for (i, file) in files.iter().enumerate() {
+            for name in file.names() {
+                index.insert(name, i);
             }
-            buffers.push((path, bytes));
         }
-        Ok(Self::with_source(Source::Files { buffers, index }))
+        Ok(Self::with_source(Source::Files { files, index }))
     }
 
     /// A store that initialises every requested tensor from its hint (for fresh models and
@@ -124,12 +123,12 @@ impl ParamStore {
 
     /// Tensors of the underlying files the model never requested, sorted, with their file.
     pub fn unused(&self) -> Vec<(String, PathBuf)> {
-        let Source::Files { buffers, index } = &self.source else { return Vec::new() };
+        let Source::Files { files, index } = &self.source else { return Vec::new() };
         let Ok(by_name) = self.by_name.lock() else { return Vec::new() };
         let mut out: Vec<(String, PathBuf)> = index
             .iter()
             .filter(|(n, _)| !by_name.contains_key(*n))
-            .map(|(n, &f)| (n.clone(), buffers[f].0.clone()))
+            .map(|(n, &f)| (n.clone(), files[f].path().to_path_buf()))
             .collect();
         out.sort();
         out
@@ -176,27 +175,22 @@ impl ParamStore {
             _ => dtype,
         };
         let var = match &self.source {
-            Source::Files { buffers, index } => {
+            Source::Files { files, index } => {
                 let Some(&file) = index.get(name) else {
-                    let files: Vec<String> = buffers.iter().map(|(p, _)| p.display().to_string()).collect();
+                    let files: Vec<String> = files.iter().map(|f| f.path().display().to_string()).collect();
                     candle_core::bail!("tensor {name} is missing from {}", files.join(", "));
                 };
-                let (path, bytes) = &buffers[file];
-                let st = safetensors::SafeTensors::deserialize(bytes)
-                    .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
-                let view =
-                    st.tensor(name).map_err(|e| candle_core::Error::Msg(format!("{}: {name}: {e}", path.display())))?;
-                if view.shape() != shape.dims() {
+                let file = &files[file];
+                let path = file.path();
+                if file.shape(name) != Some(shape.dims()) {
                     candle_core::bail!(
                         "tensor {name} in {}: expected shape {:?} from config.json, found {:?}",
                         path.display(),
                         shape.dims(),
-                        view.shape()
+                        file.shape(name).unwrap_or_default()
                     );
                 }
-                let t = view
-                    .load(device)
-                    .map_err(|e| candle_core::Error::Msg(format!("tensor {name} in {}: {e}", path.display())))?;
+                let t = file.read(name, device)?;
                 if !t.dtype().is_float() {
                     candle_core::bail!(
                         "tensor {name} in {} has dtype {:?}; hone loads float weights only",
@@ -269,60 +263,8 @@ impl candle_nn::var_builder::SimpleBackend for Backend {
 }
 
 /// `tensors` as the bytes of one safetensors file in `dtype`, names sorted, with the
-/// `format: pt` metadata transformers expects.
+/// `format: pt` metadata transformers expects ([`SafetensorsOut`] writes the same bytes without
+/// holding them).
 pub fn safetensors_bytes(tensors: &[(String, Tensor)], dtype: DType) -> Result<Vec<u8>, ModelError> {
-    let mut map: BTreeMap<String, Tensor> = BTreeMap::new();
-    for (name, t) in tensors {
-        map.insert(name.clone(), t.to_dtype(dtype)?.to_device(&Device::Cpu)?.contiguous()?);
-    }
-    let views: Vec<(String, Tensor)> = map.into_iter().collect();
-    let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    let data: Vec<(&str, TensorBytes)> =
-        views.iter().map(|(n, t)| Ok((n.as_str(), TensorBytes::new(t)?))).collect::<Result<_, ModelError>>()?;
-    safetensors::serialize(data, Some(metadata))
-        .map_err(|e| ModelError::Weights { path: PathBuf::from("<safetensors>"), message: e.to_string() })
-}
-
-/// A tensor flattened to little-endian bytes for `safetensors::serialize`.
-struct TensorBytes {
-    dtype: safetensors::Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
-}
-
-impl TensorBytes {
-    fn new(t: &Tensor) -> Result<Self, ModelError> {
-        let flat = t.flatten_all()?;
-        let (dtype, bytes) = match t.dtype() {
-            DType::F32 => {
-                (safetensors::Dtype::F32, flat.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect())
-            }
-            DType::BF16 => {
-                (safetensors::Dtype::BF16, flat.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect())
-            }
-            DType::F16 => {
-                (safetensors::Dtype::F16, flat.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect())
-            }
-            DType::F64 => {
-                (safetensors::Dtype::F64, flat.to_vec1::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect())
-            }
-            other => return Err(ModelError::Dtype(format!("cannot save dtype {other:?}"))),
-        };
-        Ok(Self { dtype, shape: t.dims().to_vec(), bytes })
-    }
-}
-
-impl safetensors::View for TensorBytes {
-    fn dtype(&self) -> safetensors::Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
-    }
+    SafetensorsOut::new(tensors.to_vec(), dtype)?.to_bytes()
 }

@@ -14,6 +14,7 @@ use super::checkpoints::{Checkpoint, Manifest, ManifestFile, MANIFEST, TMP_PREFI
 use super::dir::{step_dir_name, RunDir};
 use super::error::RunError;
 use super::fsutil::{check_component, fsync_dir, fsync_file, IoContext};
+use crate::model::FileOut;
 
 /// The trainer state's file in a checkpoint (JSON).
 pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
@@ -87,8 +88,23 @@ impl PendingCheckpoint {
 
     /// Writes a whole file named `name` (a plain file name, not MANIFEST.json, each name once).
     pub fn write_file(&mut self, name: &str, bytes: &[u8]) -> Result<(), RunError> {
+        self.write_with(name, |file| file.write_all(bytes))
+    }
+
+    /// Writes a file named `name` from `contents`, tensors serialised as they are written (see
+    /// [`PendingCheckpoint::write_file`]).
+    pub fn write_out(&mut self, name: &str, contents: &FileOut) -> Result<(), RunError> {
+        self.write_with(name, |file| contents.write_to(file))
+    }
+
+    fn write_with(
+        &mut self,
+        name: &str,
+        write: impl FnOnce(&mut CheckpointFile<'_>) -> io::Result<()>,
+    ) -> Result<(), RunError> {
         let mut file = self.create_file(name)?;
-        file.write_all(bytes).ctx("write", &file.path)?;
+        let path = file.path.clone();
+        write(&mut file).ctx("write", &path)?;
         file.close()?;
         crate::fault::point("checkpoint.file");
         Ok(())

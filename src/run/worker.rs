@@ -14,6 +14,7 @@ use super::{
     clean_incomplete, kind, now_ms, prune, CheckpointWriter, Event, EventWriter, RunError, Shutdown, WorkerLock,
     EVAL_FAILURES, EVAL_REPORT, EVAL_RESPONSES, OPTIMIZER_FILE, REWARD_MODEL_FILE, TRAINER_STATE_FILE,
 };
+use crate::model::FileOut;
 use crate::train::evaluate::{EvalInputs, StageEval};
 use crate::train::host::{ExternalOutcome, ExternalStage, ModelInput, PlannedControl};
 use crate::train::logps_chunk::LogpsChunk;
@@ -243,17 +244,17 @@ impl Host for RunHost {
 
     fn save_checkpoint(&mut self, step: u64, checkpoint: CheckpointData) -> Result<(), TrainError> {
         let mut files = checkpoint.model;
-        files.push((TRAINER_STATE_FILE.into(), checkpoint.trainer_state));
+        files.push((TRAINER_STATE_FILE.into(), FileOut::Bytes(checkpoint.trainer_state)));
         if let Some(optimizer) = checkpoint.optimizer {
-            files.push((OPTIMIZER_FILE.into(), optimizer));
+            files.push((OPTIMIZER_FILE.into(), FileOut::Tensors(optimizer)));
         }
         if let Some(weights) = checkpoint.reward_model {
-            files.push((REWARD_MODEL_FILE.into(), weights));
+            files.push((REWARD_MODEL_FILE.into(), FileOut::Tensors(weights)));
         }
         let mut pending = CheckpointWriter::begin(self.lock.run(), step).map_err(host_err)?;
-        let bytes: usize = files.iter().map(|(_, b)| b.len()).sum();
+        let bytes: u64 = files.iter().map(|(_, f)| f.len()).sum();
         for (name, data) in &files {
-            pending.write_file(name, data).map_err(host_err)?;
+            pending.write_out(name, data).map_err(host_err)?;
         }
         let checkpoint = pending.finish(json!({"step": step})).map_err(host_err)?;
         crate::fault::point("checkpoint.saved");

@@ -11,6 +11,7 @@ use super::logps_chunk::LogpsChunk;
 use super::TrainError;
 use crate::config::Pipeline;
 use crate::control::{Request, Status};
+use crate::model::{FileOut, SafetensorsOut};
 
 /// What the trainer needs from whoever runs it (the worker, a test).
 pub trait Host {
@@ -148,19 +149,21 @@ pub enum ExternalOutcome {
     Stopped,
 }
 
-/// A checkpoint as the trainer produces it.
+/// A checkpoint as the trainer produces it. The weights and moments are the training state's own
+/// tensors, serialised only as each file is written ([`FileOut::write_to`]), so saving needs
+/// memory for one tensor's bytes, not the checkpoint's; the host writes them before returning.
 #[derive(Debug, Clone)]
 pub struct CheckpointData {
-    /// The policy as a model directory's files (name, bytes).
-    pub model: Vec<(String, Vec<u8>)>,
+    /// The policy as a model directory's files (name, contents).
+    pub model: Vec<(String, FileOut)>,
     /// The trainer state, as JSON.
     pub trainer_state: Vec<u8>,
     /// AdamW's moments, as safetensors (`None` at the end of a stage another engine trained: its
     /// moments are that engine's, and the next stage starts fresh ones).
-    pub optimizer: Option<Vec<u8>>,
+    pub optimizer: Option<SafetensorsOut>,
     /// In a reward-model stage: the reward model's weights (safetensors, transformers' names);
     /// `optimizer` then holds its moments, and `model` the policy, unchanged.
-    pub reward_model: Option<Vec<u8>>,
+    pub reward_model: Option<SafetensorsOut>,
 }
 
 /// The trainer's part of a checkpoint, read back for a resume.

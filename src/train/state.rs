@@ -11,19 +11,20 @@ use super::sampler::SamplerState;
 
 use super::optim::{AdamW, Moments};
 use super::TrainError;
-use crate::model::weights::safetensors_bytes;
+use crate::model::SafetensorsOut;
 
-/// The optimizer's moments as safetensors bytes (f32).
-pub fn optimizer_bytes(opt: &AdamW) -> Result<Vec<u8>, TrainError> {
+/// The optimizer's moments as a safetensors file (f32), serialised as it is written: write it
+/// before the next step replaces them.
+pub fn optimizer_out(opt: &AdamW) -> Result<SafetensorsOut, TrainError> {
     let mut tensors = Vec::new();
     for (name, m) in opt.state() {
         tensors.push((format!("m.{name}"), m.m.clone()));
         tensors.push((format!("v.{name}"), m.v.clone()));
     }
-    Ok(safetensors_bytes(&tensors, DType::F32)?)
+    Ok(SafetensorsOut::new(tensors, DType::F32)?)
 }
 
-/// Restores moments saved by [`optimizer_bytes`], aligned with `params`; `source` names where
+/// Restores moments saved by [`optimizer_out`], aligned with `params`; `source` names where
 /// the bytes came from in errors.
 pub fn load_optimizer(
     bytes: &[u8],

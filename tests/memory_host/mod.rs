@@ -120,13 +120,14 @@ impl Host for MemoryHost {
 
     fn save_checkpoint(&mut self, step: u64, checkpoint: CheckpointData) -> Result<(), TrainError> {
         let dir = self.dir.join(format!("checkpoints/step-{step:06}"));
-        let mut files = checkpoint.model;
+        let mut files: Vec<(String, Vec<u8>)> =
+            checkpoint.model.into_iter().map(|(name, f)| (name, f.into_bytes().unwrap())).collect();
         files.push((TRAINER_STATE_FILE.into(), checkpoint.trainer_state));
         if let Some(optimizer) = checkpoint.optimizer {
-            files.push((OPTIMIZER_FILE.into(), optimizer));
+            files.push((OPTIMIZER_FILE.into(), optimizer.to_bytes().unwrap()));
         }
         if let Some(weights) = checkpoint.reward_model {
-            files.push((REWARD_MODEL_FILE.into(), weights));
+            files.push((REWARD_MODEL_FILE.into(), weights.to_bytes().unwrap()));
         }
         hone::durable::write_dir(&dir, &files).unwrap();
         self.checkpoints.push((step, dir));

@@ -52,7 +52,7 @@ impl<H: Host> Trainer<'_, H> {
     fn checkpoint_stage_end(&mut self) -> Result<(), TrainError> {
         let step = self.state.global_step;
         let checkpoint = CheckpointData {
-            model: self.policy.files(DType::F32)?,
+            model: self.policy.files_out(DType::F32)?,
             trainer_state: serde_json::to_vec_pretty(&self.state).map_err(|e| TrainError::Data(e.to_string()))?,
             optimizer: None,
             reward_model: None,

@@ -19,7 +19,7 @@ use crate::train::optim::{global_norm, AdamW, AdamWConfig};
 use crate::train::plan::{never_interrupt, RmPair};
 use crate::train::reward::BradleyTerry;
 use crate::train::schedule::learning_rate;
-use crate::train::state::optimizer_bytes;
+use crate::train::state::optimizer_out;
 use crate::train::TrainError;
 
 /// What a step measured, for the end every kind of step shares ([`Trainer::finish_step`]).
@@ -304,10 +304,10 @@ impl<H: Host> Trainer<'_, H> {
         self.state.lambda_safe = Some(run.lambdas.safe);
         self.state.optimizer_steps = run.opt.step_count();
         let checkpoint = CheckpointData {
-            model: self.policy.files(DType::F32)?,
+            model: self.policy.files_out(DType::F32)?,
             trainer_state: serde_json::to_vec_pretty(&self.state).map_err(|e| TrainError::Data(e.to_string()))?,
-            optimizer: Some(optimizer_bytes(&run.opt)?),
-            reward_model: run.reward.as_ref().map(|r| r.weights(DType::F32)).transpose()?,
+            optimizer: Some(optimizer_out(&run.opt)?),
+            reward_model: run.reward.as_ref().map(|r| r.weights_out(DType::F32)).transpose()?,
         };
         let step = self.state.global_step;
         self.last_checkpoint = Some(step);
