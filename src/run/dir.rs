@@ -285,12 +285,9 @@ fn is_stamp(s: &str) -> bool {
     s.len() == 15 && s.bytes().enumerate().all(|(i, b)| if i == 8 { b == b'-' } else { b.is_ascii_digit() })
 }
 
-/// Formats Unix seconds as `YYYYMMDD-HHMMSS` in UTC (proleptic Gregorian calendar).
+/// Formats Unix seconds as `YYYYMMDD-HHMMSS` in UTC.
 pub(crate) fn format_utc(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (y, m, d) = crate::data::date::civil_from_days(i64::try_from(days).unwrap_or(i64::MAX / 2));
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    crate::data::date::utc_stamp(secs)
 }
 
 /// A stage name as one path component: characters other than ASCII letters, digits, '-', '_' and
