@@ -137,7 +137,9 @@ impl Module for Linear {
         // A weight held narrower than the activations (a bf16 frozen base under f32 master
         // activations) multiplies in its own dtype when no compute dtype is set.
         let compute = self.compute.or_else(|| (xs.dtype() != self.weight.dtype()).then(|| self.weight.dtype()));
-        let rows = xs.reshape((rows, *last))?;
+        // Rows already (the decoder's activations) stay as they are: a reshape is a graph node,
+        // and its backward zero-fills and adds a full-size copy of the gradient.
+        let rows = if lead.len() == 1 { xs.clone() } else { xs.reshape((rows, *last))? };
         let flat = if self.frozen {
             super::frozen::frozen_product(&rows, &self.weight, compute)?
         } else {
@@ -147,6 +149,9 @@ impl Module for Linear {
             Some(b) => flat.broadcast_add(b)?,
             None => flat,
         };
+        if lead.len() == 1 {
+            return Ok(flat);
+        }
         let mut shape = lead.to_vec();
         shape.push(out);
         flat.reshape(shape)
@@ -269,6 +274,11 @@ impl Rotary {
         } else {
             self.apply_composed(xs, offset)
         }
+    }
+
+    /// The tables of the fused kernel, for `xs` when the fused rotation applies to it.
+    pub fn fused_tables(&self, xs: &Tensor) -> Option<&Arc<RopeTables>> {
+        (fused_path(xs) && xs.dtype() == self.cos.dtype()).then_some(&self.tables)
     }
 
     fn check_positions(&self, xs: &Tensor, offset: usize) -> Result<()> {

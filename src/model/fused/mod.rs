@@ -18,10 +18,12 @@ use rayon::prelude::*;
 
 mod adamw;
 mod attention;
+mod attention_rows;
 mod softmax;
 mod swiglu;
 pub use adamw::{adamw_update, AdamWStep};
 pub use attention::{causal_attention, ATTENTION_BLOCK};
+pub use attention_rows::{attention_rows, HeadShape};
 pub use softmax::{softmax, softmax_left_padded, CausalMask};
 pub use swiglu::swiglu;
 
@@ -327,6 +329,12 @@ pub struct RopeTables {
 /// result is contiguous.
 pub fn rope(xs: &Tensor, tables: &Arc<RopeTables>, offset: usize) -> Result<Tensor> {
     xs.apply_op1(RopeOp { tables: tables.clone(), offset, inverse: false })
+}
+
+/// The inverse rotation of [`rope`] (its backward) for `xs` `[batch, heads, seq, head_dim]` (any
+/// strides), outside the graph; the result is contiguous.
+pub(super) fn rope_inverse(xs: &Tensor, tables: &Arc<RopeTables>, offset: usize) -> Result<Tensor> {
+    xs.apply_op1_no_bwd(&RopeOp { tables: tables.clone(), offset, inverse: true })
 }
 
 struct RopeOp {
