@@ -286,6 +286,20 @@ fn fused_target_logps_match_composed() {
     });
 }
 
+#[test]
+fn fused_head_logps_match_composed() {
+    let (rows, weight) = (random(&[5, 4], 18), (random(&[9, 4], 19) * 2.0).unwrap());
+    let targets = Tensor::from_vec(vec![0u32, 8, 3, 3, 5], (5, 1), &Device::Cpu).unwrap();
+    let inputs = [rows, weight];
+    let f = |xs: &[Tensor]| fused::head_target_logps(&xs[0], &xs[1], &targets).unwrap();
+    check("fused head logps", &inputs, |xs| weighted_sum(&f(xs)));
+    same_as_composed("head logps", &inputs, f, |xs| {
+        let logits = xs[0].matmul(&xs[1].t().unwrap()).unwrap();
+        let picked = logits.gather(&targets, 1).unwrap().squeeze(1).unwrap();
+        picked.sub(&logsumexp_last(&logits).unwrap()).unwrap()
+    });
+}
+
 /// The composed reference blocks keep their own finite-difference checks (they run on every
 /// device the fused kernels do not cover).
 #[test]

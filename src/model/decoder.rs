@@ -495,6 +495,14 @@ impl Decoder {
         self.lm_head.forward(hidden)
     }
 
+    /// `log softmax(lm_head(rows))[targets]` `[n]` through the fused head kernel
+    /// ([`fused::head_target_logps`]: no `[n, vocab]` gradient buffer in the graph), or `None`
+    /// where it does not apply (not the CPU in f32/f64, a compute dtype, a biased head).
+    pub fn fused_head_logps(&self, rows: &Tensor, targets: &Tensor) -> Option<Result<Tensor>> {
+        let weight = self.lm_head.plain_weight(rows).filter(|_| fused_path(rows))?;
+        Some(fused::head_target_logps(rows, weight, targets))
+    }
+
     /// Logits `[batch, seq, vocab]` for every position.
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         self.lm_head(&self.hidden_states(ids, cache)?)

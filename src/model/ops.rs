@@ -122,6 +122,12 @@ impl Linear {
         &self.weight
     }
 
+    /// The weight, when the layer is the plain product `x Wᵀ` for `xs` (no bias, no compute dtype,
+    /// the weight in `xs`'s dtype), so a fused kernel may multiply by it directly.
+    pub fn plain_weight(&self, xs: &Tensor) -> Option<&Tensor> {
+        (self.bias.is_none() && self.compute.is_none() && self.weight.dtype() == xs.dtype()).then_some(&self.weight)
+    }
+
     /// Runs the product in `dtype` (`None` or the dtype of both operands: no casts).
     pub fn set_compute_dtype(&mut self, dtype: Option<DType>) {
         self.compute = dtype;

@@ -12,6 +12,9 @@ use crate::model::Decoder;
 /// that predict a target go through the LM head; `log p = logit[y] − logsumexp(logits)`.
 pub fn target_logps(decoder: &Decoder, batch: &TokenBatch) -> Result<Tensor> {
     let rows = decoder.hidden_rows(&batch.ids)?.index_select(&batch.predictor_rows, 0)?;
+    if let Some(logps) = decoder.fused_head_logps(&rows, &batch.target_ids) {
+        return logps?.to_dtype(accumulation_dtype(rows.dtype()));
+    }
     let logits = decoder.lm_head(&rows)?;
     let logits = logits.to_dtype(accumulation_dtype(logits.dtype()))?;
     if crate::model::fused::fused_path(&logits) {

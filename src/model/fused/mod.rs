@@ -19,11 +19,13 @@ use rayon::prelude::*;
 mod adamw;
 mod attention;
 mod attention_rows;
+mod head;
 mod softmax;
 mod swiglu;
 pub use adamw::{adamw_update, AdamWStep};
 pub use attention::{causal_attention, ATTENTION_BLOCK};
 pub use attention_rows::{attention_rows, HeadShape};
+pub use head::head_target_logps;
 pub use softmax::{softmax, softmax_left_padded, CausalMask};
 pub use swiglu::swiglu;
 
@@ -416,6 +418,13 @@ pub fn target_logps(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     logits.contiguous()?.apply_op2(&targets, TargetLogpOp)
 }
 
+/// The gradient of [`target_logps`] with respect to `logits`, for the incoming gradient `grad`
+/// `[n]`, outside the graph (`targets` flat and contiguous).
+pub(super) fn target_logps_grad(logits: &Tensor, targets: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    let grad = grad.to_dtype(logits.dtype())?.contiguous()?;
+    logits.apply_op3_no_bwd(targets, &grad, &TargetLogpBwd)
+}
+
 struct TargetLogpOp;
 
 fn targets_of<'a>(s: &'a CpuStorage, l: &Layout, rows: usize, vocab: usize) -> Result<&'a [u32]> {
@@ -487,8 +496,7 @@ impl CustomOp2 for TargetLogpOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.to_dtype(logits.dtype())?.contiguous()?;
-        Ok((Some(logits.apply_op3_no_bwd(targets, &grad, &TargetLogpBwd)?), None))
+        Ok((Some(target_logps_grad(logits, targets, grad)?), None))
     }
 }
 
