@@ -343,7 +343,13 @@ fn blocked_causal_attention_matches_composed_and_finite_differences() {
 
 /// Attention from projection rows to output rows the composed way: RoPE, head layout, every
 /// score, the mask, softmax, `P·V`, back to rows.
-fn attention_rows_composed(xs: &[Tensor], shape: fused::HeadShape, rotary: &Rotary, scale: f64, window: usize) -> Tensor {
+fn attention_rows_composed(
+    xs: &[Tensor],
+    shape: fused::HeadShape,
+    rotary: &Rotary,
+    scale: f64,
+    window: usize,
+) -> Tensor {
     let fused::HeadShape { batch: b, seq: s, heads, kv_heads: kv, head_dim: d } = shape;
     let heads_of = |x: &Tensor, n: usize| x.reshape((b, s, n, d)).unwrap().transpose(1, 2).unwrap();
     let q = rotary.apply_composed(&heads_of(&xs[0], heads), 0).unwrap().contiguous().unwrap();

@@ -41,7 +41,9 @@ impl HeadShape {
 
     /// `x` `[b, n, s, d]` (any strides) as rows `[b·s, n·d]` (contiguous).
     fn rows_of(self, x: &Tensor, n: usize) -> Result<Tensor> {
-        x.reshape((self.batch, n, self.seq, self.head_dim))?.transpose(1, 2)?.reshape((self.batch * self.seq, n * self.head_dim))
+        x.reshape((self.batch, n, self.seq, self.head_dim))?
+            .transpose(1, 2)?
+            .reshape((self.batch * self.seq, n * self.head_dim))
     }
 }
 
@@ -57,7 +59,12 @@ pub fn attention_rows(
     (scale, window): (f64, usize),
 ) -> Result<Tensor> {
     let HeadShape { batch: b, seq: s, heads, kv_heads: kv, head_dim: d } = shape;
-    if kv == 0 || heads % kv != 0 || q.dims() != [b * s, heads * d] || k.dims() != [b * s, kv * d] || v.dims() != k.dims() {
+    if kv == 0
+        || heads % kv != 0
+        || q.dims() != [b * s, heads * d]
+        || k.dims() != [b * s, kv * d]
+        || v.dims() != k.dims()
+    {
         bail!("attention_rows: q {:?}, k {:?}, v {:?} do not fit {shape:?}", q.dims(), k.dims(), v.dims());
     }
     let qr = rope(&shape.heads_of(&q.detach(), heads)?, tables, 0)?.reshape((b, kv, heads / kv * s, d))?;

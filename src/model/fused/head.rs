@@ -44,8 +44,15 @@ impl CustomOp2 for HeadOp {
         self.output.cpu()
     }
 
-    fn bwd(&self, rows: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let taken = self.logits.lock().map_err(|_| candle_core::Error::Msg("head logps: a poisoned lock".into()))?.take();
+    fn bwd(
+        &self,
+        rows: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let taken =
+            self.logits.lock().map_err(|_| candle_core::Error::Msg("head logps: a poisoned lock".into()))?.take();
         let Some(logits) = taken else { bail!("head logps: backward ran twice") };
         let d_logits = target_logps_grad(&logits, &self.targets, grad)?;
         drop(logits);
