@@ -287,6 +287,14 @@ fn fused_target_logps_match_composed() {
 }
 
 #[test]
+fn fused_linear_matches_composed() {
+    let inputs = [random(&[6, 5], 41), random(&[3, 5], 42)];
+    let f = |xs: &[Tensor]| fused::linear(&xs[0], &xs[1]).unwrap();
+    check("fused linear", &inputs, |xs| weighted_sum(&f(xs)));
+    same_as_composed("linear", &inputs, f, |xs| xs[0].matmul(&xs[1].t().unwrap()).unwrap());
+}
+
+#[test]
 fn fused_head_logps_match_composed() {
     let (rows, weight) = (random(&[5, 4], 18), (random(&[9, 4], 19) * 2.0).unwrap());
     let targets = Tensor::from_vec(vec![0u32, 8, 3, 3, 5], (5, 1), &Device::Cpu).unwrap();

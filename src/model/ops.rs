@@ -148,6 +148,9 @@ impl Module for Linear {
         let rows = if lead.len() == 1 { xs.clone() } else { xs.reshape((rows, *last))? };
         let flat = if self.frozen {
             super::frozen::frozen_product(&rows, &self.weight, compute)?
+        } else if compute.is_none() && fused_path(&rows) && rows.dtype() == self.weight.dtype() {
+            note_matmul(rows.dtype());
+            fused::linear(&rows, &self.weight)?
         } else {
             matmul_in(&rows, &self.weight.t()?, compute)?
         };
@@ -172,12 +175,17 @@ thread_local! {
 /// `a @ b` for the model's forward pass: every matmul of the decoder goes through here, so
 /// [`record_matmul_dtypes`] can tell which dtype they ran in.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    note_matmul(a.dtype());
+    a.matmul(b)
+}
+
+/// Records a forward matmul in `dtype` for [`record_matmul_dtypes`].
+fn note_matmul(dtype: DType) {
     MATMUL_DTYPES.with(|log| {
         if let Some(log) = log.borrow_mut().as_mut() {
-            log.push(a.dtype());
+            log.push(dtype);
         }
     });
-    a.matmul(b)
 }
 
 /// `a @ b` computed in `compute` (both operands cast) and cast back to `a`'s dtype; plain

@@ -20,12 +20,14 @@ mod adamw;
 mod attention;
 mod attention_rows;
 mod head;
+mod linear;
 mod softmax;
 mod swiglu;
 pub use adamw::{adamw_update, AdamWStep};
 pub use attention::{causal_attention, ATTENTION_BLOCK};
 pub use attention_rows::{attention_rows, HeadShape};
 pub use head::head_target_logps;
+pub use linear::linear;
 pub use softmax::{softmax, softmax_left_padded, CausalMask};
 pub use swiglu::swiglu;
 
