@@ -500,6 +500,7 @@ impl Decoder {
     /// where it does not apply (not the CPU in f32/f64, a compute dtype, a biased head).
     pub fn fused_head_logps(&self, rows: &Tensor, targets: &Tensor) -> Option<Result<Tensor>> {
         let weight = self.lm_head.plain_weight(rows).filter(|_| fused_path(rows))?;
+        super::ops::note_matmul(rows.dtype());
         Some(fused::head_target_logps(rows, weight, targets))
     }
 

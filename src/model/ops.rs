@@ -179,8 +179,9 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.matmul(b)
 }
 
-/// Records a forward matmul in `dtype` for [`record_matmul_dtypes`].
-fn note_matmul(dtype: DType) {
+/// Records a forward matmul in `dtype` for [`record_matmul_dtypes`] (for kernels that multiply
+/// without [`matmul`]).
+pub(crate) fn note_matmul(dtype: DType) {
     MATMUL_DTYPES.with(|log| {
         if let Some(log) = log.borrow_mut().as_mut() {
             log.push(dtype);
