@@ -286,6 +286,28 @@ fn fused_target_logps_match_composed() {
     });
 }
 
+#[test]
+fn fused_linear_matches_composed() {
+    let inputs = [random(&[6, 5], 41), random(&[3, 5], 42)];
+    let f = |xs: &[Tensor]| fused::linear(&xs[0], &xs[1]).unwrap();
+    check("fused linear", &inputs, |xs| weighted_sum(&f(xs)));
+    same_as_composed("linear", &inputs, f, |xs| xs[0].matmul(&xs[1].t().unwrap()).unwrap());
+}
+
+#[test]
+fn fused_head_logps_match_composed() {
+    let (rows, weight) = (random(&[5, 4], 18), (random(&[9, 4], 19) * 2.0).unwrap());
+    let targets = Tensor::from_vec(vec![0u32, 8, 3, 3, 5], (5, 1), &Device::Cpu).unwrap();
+    let inputs = [rows, weight];
+    let f = |xs: &[Tensor]| fused::head_target_logps(&xs[0], &xs[1], &targets).unwrap();
+    check("fused head logps", &inputs, |xs| weighted_sum(&f(xs)));
+    same_as_composed("head logps", &inputs, f, |xs| {
+        let logits = xs[0].matmul(&xs[1].t().unwrap()).unwrap();
+        let picked = logits.gather(&targets, 1).unwrap().squeeze(1).unwrap();
+        picked.sub(&logsumexp_last(&logits).unwrap()).unwrap()
+    });
+}
+
 /// The composed reference blocks keep their own finite-difference checks (they run on every
 /// device the fused kernels do not cover).
 #[test]
@@ -324,6 +346,46 @@ fn blocked_causal_attention_matches_composed_and_finite_differences() {
     let small = [random(&[1, 2, 10, 2], 24), random(&[1, 2, 5, 2], 25), random(&[1, 2, 5, 2], 26)];
     check("blocked attention", &small, |xs| {
         weighted_sum(&fused::causal_attention(&xs[0], &xs[1], &xs[2], 0.7, usize::MAX, 2).unwrap())
+    });
+}
+
+/// Attention from projection rows to output rows the composed way: RoPE, head layout, every
+/// score, the mask, softmax, `P·V`, back to rows.
+fn attention_rows_composed(
+    xs: &[Tensor],
+    shape: fused::HeadShape,
+    rotary: &Rotary,
+    scale: f64,
+    window: usize,
+) -> Tensor {
+    let fused::HeadShape { batch: b, seq: s, heads, kv_heads: kv, head_dim: d } = shape;
+    let heads_of = |x: &Tensor, n: usize| x.reshape((b, s, n, d)).unwrap().transpose(1, 2).unwrap();
+    let q = rotary.apply_composed(&heads_of(&xs[0], heads), 0).unwrap().contiguous().unwrap();
+    let k = rotary.apply_composed(&heads_of(&xs[1], kv), 0).unwrap().contiguous().unwrap();
+    let v = heads_of(&xs[2], kv).contiguous().unwrap();
+    let out = attention_composed(&q.reshape((b, kv, heads / kv * s, d)).unwrap(), &k, &v, scale, window);
+    out.reshape((b, heads, s, d)).unwrap().transpose(1, 2).unwrap().reshape((b * s, heads * d)).unwrap()
+}
+
+#[test]
+fn attention_rows_matches_composed_and_finite_differences() {
+    // 70 positions: two blocks of the kernel (64 + 6), 2 query heads per KV head.
+    let shape = fused::HeadShape { batch: 2, seq: 70, heads: 4, kv_heads: 2, head_dim: 4 };
+    let rotary = Rotary::new(4, 80, 10_000.0, &RopeScaling::Default, DType::F64, &Device::Cpu).unwrap();
+    let inputs = [random(&[140, 16], 31), random(&[140, 8], 32), random(&[140, 8], 33)];
+    let tables = rotary.fused_tables(&inputs[0]).unwrap().clone();
+    for window in [usize::MAX, 9] {
+        same_as_composed(
+            &format!("attention rows window {window}"),
+            &inputs,
+            |xs| fused::attention_rows(&xs[0], &xs[1], &xs[2], shape, &tables, (0.5, window)).unwrap(),
+            |xs| attention_rows_composed(xs, shape, &rotary, 0.5, window),
+        );
+    }
+    let small = fused::HeadShape { batch: 1, seq: 5, heads: 2, kv_heads: 1, head_dim: 4 };
+    let inputs = [random(&[5, 8], 34), random(&[5, 4], 35), random(&[5, 4], 36)];
+    check("attention rows", &inputs, |xs| {
+        weighted_sum(&fused::attention_rows(&xs[0], &xs[1], &xs[2], small, &tables, (0.7, usize::MAX)).unwrap())
     });
 }
 

@@ -316,7 +316,11 @@ pub fn run_with(
     };
     let mut times = Vec::with_capacity(steps);
     let mut last_loss = 0f64;
+    let mut cpu_start = None;
     for i in 0..warmup + steps {
+        if i == warmup {
+            cpu_start = process_cpu_seconds();
+        }
         let start = Instant::now();
         let sums = forward_backward(&model, &opt, std::slice::from_ref(&micro_batch), objective, false)?;
         let norm = global_norm(&sums.grads)?;
@@ -326,6 +330,7 @@ pub fn run_with(
             times.push(start.elapsed().as_secs_f64());
         }
     }
+    let cpu_per_step = cpu_start.zip(process_cpu_seconds()).map(|(a, b)| (b - a) / steps as f64);
     let peak_rss = crate::memory::peak_rss_bytes();
     let estimate = bench_estimate(preset, &model, &options);
     let med = median(&mut times);
@@ -340,7 +345,7 @@ pub fn run_with(
         "tokens_per_step": tokens, "median_step_s": med, "tokens_per_second": tokens as f64 / med,
         "nominal_gflop_per_step": preset.nominal_step_flops() / 1e9, "gflop_per_s": gflops,
         "gemm_peak_gflop_per_s": peak, "share_of_gemm_peak": gflops / peak,
-        "final_loss": last_loss,
+        "final_loss": last_loss, "cpu_s_per_step": cpu_per_step,
     });
     out["gradient_checkpointing"] = json!(options.gradient_checkpointing);
     out["lora"] = json!(options.lora);
@@ -349,6 +354,19 @@ pub fn run_with(
     out["estimated_peak_bytes"] = json!(estimate.total());
     out["peak_rss_bytes"] = json!(peak_rss);
     Ok(out)
+}
+
+/// CPU time this process's threads have run, in seconds (the sum of `/proc/self/task/*/schedstat`,
+/// nanoseconds), or `None` where there is no such file. On a loaded machine a step's CPU time
+/// varies far less than its wall time, so it is the number to compare builds by there.
+fn process_cpu_seconds() -> Option<f64> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    let mut ns = 0u64;
+    for task in tasks.flatten() {
+        let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 / 1e9)
 }
 
 /// The memory estimate of this benchmark's step: no reference model (its log-probs are cached

@@ -29,8 +29,8 @@ impl Clock {
         Some(Clock::Fixed { date })
     }
 
-    fn now(&self) -> DateTime {
-        match *self {
+    fn now(self) -> DateTime {
+        match self {
             Clock::Fixed { date } => date.to_datetime(Time::midnight()),
             Clock::SystemUtc => TimeZone::UTC.to_datetime(Timestamp::now()),
         }
@@ -54,7 +54,7 @@ impl Clock {
         self.format(fmt)
     }
 
-    fn format(&self, fmt: &str) -> Result<String, Error> {
+    fn format(self, fmt: &str) -> Result<String, Error> {
         jiff::fmt::strtime::format(fmt, self.now()).map_err(|e| unsupported(&e.to_string()))
     }
 }

@@ -123,22 +123,33 @@ impl Attention {
         })
     }
 
+    /// `xs` is `[b·s, hidden]`: the decoder carries its activations as rows, so the projections
+    /// need no reshape (each reshape is a node whose backward zero-fills and adds a full copy).
     fn forward(
         &self,
         xs: &Tensor,
+        (b, s): (usize, usize),
         rotary: &Rotary,
         offset: usize,
         pads: Option<&[usize]>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
-        let (b, s, _) = xs.dims3()?;
         let d = self.head_dim;
         // A whole sequence (training, scoring) takes the blocked kernel that skips the masked
         // half of the scores; one block's worth of positions gains nothing from it.
         let whole = cache.is_none() && pads.is_none() && offset == 0 && s > fused::ATTENTION_BLOCK;
-        let q = self.q_proj.forward(xs)?.reshape((b, s, self.heads, d))?.transpose(1, 2)?;
-        let k = self.k_proj.forward(xs)?.reshape((b, s, self.kv_heads, d))?.transpose(1, 2)?;
-        let v = self.v_proj.forward(xs)?.reshape((b, s, self.kv_heads, d))?.transpose(1, 2)?;
+        let (q, k, v) = (self.q_proj.forward(xs)?, self.k_proj.forward(xs)?, self.v_proj.forward(xs)?);
+        #[allow(clippy::cast_precision_loss)]
+        let scale = 1.0 / (d as f64).sqrt();
+        if let Some(tables) = rotary.fused_tables(&q).filter(|_| whole) {
+            // Rows in, rows out: one graph node from the projections to the output projection.
+            let shape = fused::HeadShape { batch: b, seq: s, heads: self.heads, kv_heads: self.kv_heads, head_dim: d };
+            let window = self.window.unwrap_or(usize::MAX);
+            return self.o_proj.forward(&fused::attention_rows(&q, &k, &v, shape, tables, (scale, window))?);
+        }
+        let q = q.reshape((b, s, self.heads, d))?.transpose(1, 2)?;
+        let k = k.reshape((b, s, self.kv_heads, d))?.transpose(1, 2)?;
+        let v = v.reshape((b, s, self.kv_heads, d))?.transpose(1, 2)?;
         let (q, k) = match pads {
             Some(p) => (rotate_left_padded(rotary, &q, offset, p)?, rotate_left_padded(rotary, &k, offset, p)?),
             None => (rotary.apply(&q, offset)?, rotary.apply(&k, offset)?),
@@ -159,14 +170,6 @@ impl Attention {
         // are stacked along the sequence axis, so one batched matmul serves the whole group.
         let groups = self.heads / self.kv_heads;
         let q = q.contiguous()?.reshape((b, self.kv_heads, groups * s, d))?;
-        #[allow(clippy::cast_precision_loss)]
-        let scale = 1.0 / (d as f64).sqrt();
-        if whole && fused_path(&q) {
-            let window = self.window.unwrap_or(usize::MAX);
-            let out = fused::causal_attention(&q, &k, &v, scale, window, fused::ATTENTION_BLOCK)?;
-            let out = out.reshape((b, self.heads, s, d))?.transpose(1, 2)?.reshape((b, s, self.heads * d))?;
-            return self.o_proj.forward(&out);
-        }
         let probs = if fused_path(&q) {
             // Scale, causal/window mask and softmax in one kernel; k's transpose is a strided view.
             let scores = matmul_in(&q, &k.t()?, self.compute)?;
@@ -191,7 +194,7 @@ impl Attention {
             softmax_last_dim(&scores)?.reshape((b, self.kv_heads, groups * s, kv_len))?
         };
         let out = matmul_in(&probs, &v.contiguous()?, self.compute)?;
-        let out = out.reshape((b, self.heads, s, d))?.transpose(1, 2)?.reshape((b, s, self.heads * d))?;
+        let out = out.reshape((b, self.heads, s, d))?.transpose(1, 2)?.reshape((b * s, self.heads * d))?;
         self.o_proj.forward(&out)
     }
 }
@@ -290,16 +293,18 @@ impl Block {
         })
     }
 
+    /// `xs` is `[b·s, hidden]` for a batch of `b` sequences of `s` positions.
     fn forward(
         &self,
         xs: &Tensor,
+        dims: (usize, usize),
         rotary: &Rotary,
         offset: usize,
         pads: Option<&[usize]>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(xs)?;
-        let xs = (xs + self.self_attn.forward(&h, rotary, offset, pads, cache)?)?;
+        let xs = (xs + self.self_attn.forward(&h, dims, rotary, offset, pads, cache)?)?;
         let h = self.post_attention_layernorm.forward(&xs)?;
         xs + self.mlp.forward(&h)?
     }
@@ -448,9 +453,18 @@ impl Decoder {
     /// positions `cache.len()..` when a cache is given. Right padding needs no mask: causal
     /// attention keeps valid positions from seeing the padding after them.
     pub fn hidden_states(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        self.hidden_states_inner(ids, None, cache)
+        let (b, s) = ids.dims2()?;
+        let rows = self.hidden_states_inner(ids, None, cache)?;
+        rows.reshape((b, s, rows.dim(1)?))
     }
 
+    /// The same hidden states as rows `[batch·seq, hidden]` (row `i·seq + t` is sequence `i`'s
+    /// position `t`), as the decoder computes them: no reshape node in the graph.
+    pub fn hidden_rows(&self, ids: &Tensor) -> Result<Tensor> {
+        self.hidden_states_inner(ids, None, None)
+    }
+
+    /// Final-norm hidden states as rows `[b·s, hidden]`.
     fn hidden_states_inner(
         &self,
         ids: &Tensor,
@@ -458,11 +472,9 @@ impl Decoder {
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let offset = cache.as_ref().map_or(0, |c| c.len());
-        let (b, s) = ids.dims2()?;
-        let hidden = self.embed_tokens.dim(1)?;
+        let dims = ids.dims2()?;
         // A bf16 frozen base's embedding rows join the master-dtype residual stream.
-        let mut xs =
-            self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, hidden))?.to_dtype(self.dtype)?;
+        let mut xs = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.to_dtype(self.dtype)?;
         // Checkpointing serves training passes; a pass with a cache (generation) keeps state
         // across calls and runs plainly.
         let checkpointing = self.checkpointing.as_ref().filter(|_| cache.is_none() && pads.is_none());
@@ -475,10 +487,10 @@ impl Decoder {
         for (i, layer) in self.layers.iter().enumerate() {
             xs = if let Some(side) = checkpointing {
                 let (layer, rotary) = (layer.clone(), self.rotary.clone());
-                checkpoint(&xs, move |x| layer.forward(x, &rotary, 0, None, None), side)?
+                checkpoint(&xs, move |x| layer.forward(x, dims, &rotary, 0, None, None), side)?
             } else {
                 let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-                layer.forward(&xs, &self.rotary, offset, pads, slot)?
+                layer.forward(&xs, dims, &self.rotary, offset, pads, slot)?
             };
         }
         self.norm.forward(&xs)
@@ -487,6 +499,15 @@ impl Decoder {
     /// Logits for the given hidden states (any leading shape).
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
         self.lm_head.forward(hidden)
+    }
+
+    /// `log softmax(lm_head(rows))[targets]` `[n]` through the fused head kernel
+    /// ([`fused::head_target_logps`]: no `[n, vocab]` gradient buffer in the graph), or `None`
+    /// where it does not apply (not the CPU in f32/f64, a compute dtype, a biased head).
+    pub fn fused_head_logps(&self, rows: &Tensor, targets: &Tensor) -> Option<Result<Tensor>> {
+        let weight = self.lm_head.plain_weight(rows).filter(|_| fused_path(rows))?;
+        super::ops::note_matmul(rows.dtype());
+        Some(fused::head_target_logps(rows, weight, targets))
     }
 
     /// Logits `[batch, seq, vocab]` for every position.
@@ -513,8 +534,9 @@ impl Decoder {
                 ids.dim(0)?
             );
         }
-        let h = self.hidden_states_inner(ids, Some(pads), Some(cache))?;
-        let s = h.dim(1)?;
+        let (b, s) = ids.dims2()?;
+        let rows = self.hidden_states_inner(ids, Some(pads), Some(cache))?;
+        let h = rows.reshape((b, s, rows.dim(1)?))?;
         self.lm_head(&h.narrow(1, s - 1, 1)?.squeeze(1)?)?.to_dtype(DType::F32)
     }
 

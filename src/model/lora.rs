@@ -505,6 +505,9 @@ impl Module for Projection {
         let dims = xs.dims();
         let (last, lead) = dims.split_last().ok_or_else(|| candle_core::Error::Msg("linear on a scalar".into()))?;
         let rows: usize = lead.iter().product();
+        if lead.len() == 1 {
+            return out + adapter.forward(xs)?;
+        }
         let delta = adapter.forward(&xs.reshape((rows, *last))?)?;
         let delta = delta.reshape(out.shape())?;
         out + delta

@@ -122,6 +122,12 @@ impl Linear {
         &self.weight
     }
 
+    /// The weight, when the layer is the plain product `x Wᵀ` for `xs` (no bias, no compute dtype,
+    /// the weight in `xs`'s dtype), so a fused kernel may multiply by it directly.
+    pub fn plain_weight(&self, xs: &Tensor) -> Option<&Tensor> {
+        (self.bias.is_none() && self.compute.is_none() && self.weight.dtype() == xs.dtype()).then_some(&self.weight)
+    }
+
     /// Runs the product in `dtype` (`None` or the dtype of both operands: no casts).
     pub fn set_compute_dtype(&mut self, dtype: Option<DType>) {
         self.compute = dtype;
@@ -137,9 +143,14 @@ impl Module for Linear {
         // A weight held narrower than the activations (a bf16 frozen base under f32 master
         // activations) multiplies in its own dtype when no compute dtype is set.
         let compute = self.compute.or_else(|| (xs.dtype() != self.weight.dtype()).then(|| self.weight.dtype()));
-        let rows = xs.reshape((rows, *last))?;
+        // Rows already (the decoder's activations) stay as they are: a reshape is a graph node,
+        // and its backward zero-fills and adds a full-size copy of the gradient.
+        let rows = if lead.len() == 1 { xs.clone() } else { xs.reshape((rows, *last))? };
         let flat = if self.frozen {
             super::frozen::frozen_product(&rows, &self.weight, compute)?
+        } else if compute.is_none() && fused_path(&rows) && rows.dtype() == self.weight.dtype() {
+            note_matmul(rows.dtype());
+            fused::linear(&rows, &self.weight)?
         } else {
             matmul_in(&rows, &self.weight.t()?, compute)?
         };
@@ -147,6 +158,9 @@ impl Module for Linear {
             Some(b) => flat.broadcast_add(b)?,
             None => flat,
         };
+        if lead.len() == 1 {
+            return Ok(flat);
+        }
         let mut shape = lead.to_vec();
         shape.push(out);
         flat.reshape(shape)
@@ -161,12 +175,18 @@ thread_local! {
 /// `a @ b` for the model's forward pass: every matmul of the decoder goes through here, so
 /// [`record_matmul_dtypes`] can tell which dtype they ran in.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    note_matmul(a.dtype());
+    a.matmul(b)
+}
+
+/// Records a forward matmul in `dtype` for [`record_matmul_dtypes`] (for kernels that multiply
+/// without [`matmul`]).
+pub(crate) fn note_matmul(dtype: DType) {
     MATMUL_DTYPES.with(|log| {
         if let Some(log) = log.borrow_mut().as_mut() {
-            log.push(a.dtype());
+            log.push(dtype);
         }
     });
-    a.matmul(b)
 }
 
 /// `a @ b` computed in `compute` (both operands cast) and cast back to `a`'s dtype; plain
@@ -269,6 +289,11 @@ impl Rotary {
         } else {
             self.apply_composed(xs, offset)
         }
+    }
+
+    /// The tables of the fused kernel, for `xs` when the fused rotation applies to it.
+    pub fn fused_tables(&self, xs: &Tensor) -> Option<&Arc<RopeTables>> {
+        (fused_path(xs) && xs.dtype() == self.cos.dtype()).then_some(&self.tables)
     }
 
     fn check_positions(&self, xs: &Tensor, offset: usize) -> Result<()> {

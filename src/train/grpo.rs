@@ -62,9 +62,7 @@ pub fn tempered_target_logps(decoder: &Decoder, batch: &TokenBatch, temperature:
     if (temperature - 1.0).abs() < f64::EPSILON {
         return target_logps(decoder, batch);
     }
-    let hidden = decoder.hidden_states(&batch.ids, None)?;
-    let (b, s, h) = hidden.dims3()?;
-    let rows = hidden.reshape((b * s, h))?.index_select(&batch.predictor_rows, 0)?;
+    let rows = decoder.hidden_rows(&batch.ids)?.index_select(&batch.predictor_rows, 0)?;
     let logits = decoder.lm_head(&rows)?.to_dtype(DType::F32)?;
     let logits = (logits / temperature)?;
     let picked = logits.gather(&batch.target_ids, 1)?.squeeze(1)?;

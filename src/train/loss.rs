@@ -11,9 +11,10 @@ use crate::model::Decoder;
 /// Log-probability `[n]` (f32) of every target token in `batch` under `decoder`. Only the rows
 /// that predict a target go through the LM head; `log p = logit[y] − logsumexp(logits)`.
 pub fn target_logps(decoder: &Decoder, batch: &TokenBatch) -> Result<Tensor> {
-    let hidden = decoder.hidden_states(&batch.ids, None)?;
-    let (b, s, h) = hidden.dims3()?;
-    let rows = hidden.reshape((b * s, h))?.index_select(&batch.predictor_rows, 0)?;
+    let rows = decoder.hidden_rows(&batch.ids)?.index_select(&batch.predictor_rows, 0)?;
+    if let Some(logps) = decoder.fused_head_logps(&rows, &batch.target_ids) {
+        return logps?.to_dtype(accumulation_dtype(rows.dtype()));
+    }
     let logits = decoder.lm_head(&rows)?;
     let logits = logits.to_dtype(accumulation_dtype(logits.dtype()))?;
     if crate::model::fused::fused_path(&logits) {

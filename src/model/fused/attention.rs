@@ -32,11 +32,12 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, window: 
     if (kb, kkv, kd) != (b, kv, d) || v.dims() != k.dims() || s == 0 || rows % s != 0 || block == 0 {
         bail!("causal_attention: q {:?}, k {:?}, v {:?} do not fit together", q.dims(), k.dims(), v.dims());
     }
-    let op = AttentionOp { scale, window, block, probs: Mutex::new(Vec::new()) };
-    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, Fused(op))
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, Fused(AttentionOp::new(scale, window, block)))
 }
 
-struct AttentionOp {
+/// The op of [`causal_attention`], for kernels that run it inside their own op
+/// (`attention_rows`): its forward on contiguous inputs, its `bwd` called directly.
+pub(super) struct AttentionOp {
     scale: f64,
     window: usize,
     block: usize,
@@ -56,6 +57,10 @@ struct Dims {
 }
 
 impl AttentionOp {
+    pub(super) fn new(scale: f64, window: usize, block: usize) -> Self {
+        Self { scale, window, block, probs: Mutex::new(Vec::new()) }
+    }
+
     /// The query blocks `(r0, r1)`.
     fn blocks(&self, s: usize) -> Vec<(usize, usize)> {
         (0..s.div_ceil(self.block)).map(|j| (j * self.block, ((j + 1) * self.block).min(s))).collect()

@@ -17,12 +17,18 @@ use rayon::prelude::*;
 
 mod adamw;
 mod attention;
+mod attention_rows;
+mod head;
 mod kernel;
+mod linear;
 mod softmax;
 mod swiglu;
 pub use adamw::{adamw_update, AdamWStep};
 pub use attention::{causal_attention, ATTENTION_BLOCK};
+pub use attention_rows::{attention_rows, HeadShape};
+pub use head::head_target_logps;
 use kernel::{Fused, Inputs, Kernel};
+pub use linear::linear;
 pub use softmax::{softmax, softmax_left_padded, CausalMask};
 pub use swiglu::swiglu;
 
@@ -277,6 +283,12 @@ pub fn rope(xs: &Tensor, tables: &Arc<RopeTables>, offset: usize) -> Result<Tens
     xs.apply_op1(Fused(RopeOp { tables: tables.clone(), offset, inverse: false }))
 }
 
+/// The inverse rotation of [`rope`] (its backward) for `xs` `[batch, heads, seq, head_dim]` (any
+/// strides), outside the graph; the result is contiguous.
+pub(super) fn rope_inverse(xs: &Tensor, tables: &Arc<RopeTables>, offset: usize) -> Result<Tensor> {
+    xs.apply_op1_no_bwd(&Fused(RopeOp { tables: tables.clone(), offset, inverse: true }))
+}
+
 struct RopeOp {
     tables: Arc<RopeTables>,
     offset: usize,
@@ -349,6 +361,13 @@ pub fn target_logps(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     logits.contiguous()?.apply_op2(&targets, Fused(TargetLogpOp))
 }
 
+/// The gradient of [`target_logps`] with respect to `logits`, for the incoming gradient `grad`
+/// `[n]`, outside the graph (`targets` flat and contiguous).
+pub(super) fn target_logps_grad(logits: &Tensor, targets: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    let grad = grad.to_dtype(logits.dtype())?.contiguous()?;
+    logits.apply_op3_no_bwd(targets, &grad, &Fused(TargetLogpBwd))
+}
+
 struct TargetLogpOp;
 
 /// The targets (input 1) of `logits` `[rows, vocab]` (input 0), checked, and `vocab`.
@@ -412,8 +431,7 @@ impl Kernel<2> for TargetLogpOp {
     }
 
     fn grads(&self, [logits, targets]: [&Tensor; 2], _res: &Tensor, grad: &Tensor) -> Result<[Option<Tensor>; 2]> {
-        let grad = grad.to_dtype(logits.dtype())?.contiguous()?;
-        Ok([Some(logits.apply_op3_no_bwd(targets, &grad, &Fused(TargetLogpBwd))?), None])
+        Ok([Some(target_logps_grad(logits, targets, grad)?), None])
     }
 }
 
