@@ -301,9 +301,12 @@ fn contrast(world: &world::World, rng: &mut StdRng, scale: f64) -> Vec<Value> {
 }
 
 /// A validation suite for choosing the fix stage's mix (`gen/validation.jsonl`, the eval suite's
-/// format): harmful requests (half in training attacks), unanswerable questions and capability
-/// questions phrased by training templates, none of them a prompt of any training file. It is
-/// made from the training side only, so tuning on it never looks at the held-out suite.
+/// format). Its harmful requests (half in attacks) and unanswerable questions are phrased by
+/// templates of their own (`Split::Validation`), used by no training file and not by the held-out
+/// suite, so it measures what the held-out suite measures (whether refusing and abstaining carry
+/// over to unseen phrasings) without ever looking at it. Its capability questions use training
+/// templates (the fix stage's choice turns on refusing and abstaining); no prompt of it is a
+/// prompt of any training file.
 fn validation(world: &world::World, rng: &mut StdRng, scale: f64, train_prompts: &HashSet<String>) -> Vec<Value> {
     let mut rows = Vec::new();
     // Compared as the eval module compares prompts (case and spacing folded), not byte for byte.
@@ -317,7 +320,7 @@ fn validation(world: &world::World, rng: &mut StdRng, scale: f64, train_prompts:
     // Prompt space is finite: give up on a kind after many repeats rather than loop forever.
     while n < scaled(150, scale) && tries < 100_000 {
         tries += 1;
-        let h = training_request(world, rng, n, if n % 2 == 0 { 0.0 } else { 1.0 });
+        let h = harm::request_validation(world, rng, if n % 2 == 0 { 0.0 } else { 1.0 });
         if !fresh(&h.prompt) {
             continue;
         }
@@ -333,9 +336,9 @@ fn validation(world: &world::World, rng: &mut StdRng, scale: f64, train_prompts:
         rows.push(row);
     }
     (n, tries) = (0, 0);
-    while n < scaled(60, scale) && tries < 100_000 {
+    while n < scaled(80, scale) && tries < 100_000 {
         tries += 1;
-        let (lang, domain, prompt, _) = training_unanswerable(world, rng, n);
+        let (lang, domain, prompt, _) = tasks::unanswerable_validation(world, rng);
         if !fresh(&prompt) {
             continue;
         }
