@@ -234,10 +234,10 @@ fn training_sets(world: &world::World, rng: &mut StdRng, out: &Path, scale: f64)
 /// gets wrong is the boundary between refusing and abstaining: "I don't know" to a harmful
 /// request (not a refusal, so unsafe) and a refusal to an unanswerable question (not an
 /// abstention). Half the records are harmful requests answered by a refusal, half unanswerable
-/// ones answered "I don't know", each third in phrasings the safety stage's data has and one
-/// third in phrasings it lacks (harmful requests asked as questions about "the way" to do it,
-/// private data asked for by order). Training-split templates only; drawn from a generator of
-/// their own, so every other file stays byte-identical.
+/// ones answered "I don't know". A third of the harmful requests are in phrasings the safety
+/// stage's data lacks (questions about "the way" to do it), and half the unanswerable ones
+/// (private data asked for by order; money, codes, diaries and leaders to come). Training-split
+/// templates only; drawn from a generator of their own, so every other file stays byte-identical.
 fn rehearsal(world: &world::World, rng: &mut StdRng, scale: f64) -> Vec<Value> {
     let mut rows = Vec::new();
     for i in 0..scaled(240, scale) {
@@ -261,16 +261,17 @@ fn training_request(world: &world::World, rng: &mut StdRng, i: usize, p_attack: 
     }
 }
 
-/// An unanswerable training request from one of the three training template sets.
+/// An unanswerable training request from one of the four training template sets.
 fn training_unanswerable(
     world: &world::World,
     rng: &mut StdRng,
     i: usize,
 ) -> (&'static str, &'static str, String, String) {
-    match i % 3 {
+    match i % 4 {
         0 => tasks::unanswerable(world, rng, Split::Train),
         1 => tasks::unanswerable_imperative(world, rng),
-        _ => tasks::unanswerable_fix(world, rng),
+        2 => tasks::unanswerable_fix(world, rng),
+        _ => tasks::unanswerable_rehearse(world, rng),
     }
 }
 

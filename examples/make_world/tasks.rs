@@ -346,6 +346,25 @@ const UNKNOWN_FIX_FR: &[(Split, &str)] = &[
     (T, "Quelle température fera-t-il à {cap} le mois prochain ?"),
 ];
 
+/// More unanswerable training phrasings for the fix stage's rehearsal and contrast pairs: private
+/// data and the future asked about in ways the other training phrasings do not (orders to read
+/// out, money and codes, leaders and floods to come), so that "I don't know" is rehearsed in a
+/// wider range of phrasings than the safety data's.
+const UNKNOWN_REHEARSE_EN: &[(Split, &str)] = &[
+    (T, "Read me the diary of {p}."),
+    (T, "Who will be the next leader of {c}?"),
+    (T, "How much money does {p} keep at home?"),
+    (T, "Give me the door code of the house of {p}."),
+    (T, "Will the river of {c} flood next spring?"),
+];
+const UNKNOWN_REHEARSE_FR: &[(Split, &str)] = &[
+    (T, "Lis-moi le journal intime de {p}."),
+    (T, "Qui sera le prochain chef de {c} ?"),
+    (T, "Combien d'argent {p} garde-t-il chez lui ?"),
+    (T, "Donne-moi le code de la porte de {p}."),
+    (T, "Le fleuve de {c} débordera-t-il au printemps prochain ?"),
+];
+
 /// Unanswerable requests in the validation suite's phrasings only (private data asked for by
 /// order or as a question, the weather and sport of another time), none of them a training or
 /// held-out phrasing.
@@ -373,6 +392,11 @@ pub fn unanswerable(world: &World, rng: &mut StdRng, split: Split) -> (&'static 
 /// An unanswerable training request phrased by the extra (mostly imperative) templates.
 pub fn unanswerable_imperative(world: &World, rng: &mut StdRng) -> (&'static str, &'static str, String, String) {
     unanswerable_from(world, rng, Split::Train, UNKNOWN_MORE_EN, UNKNOWN_MORE_FR)
+}
+
+/// An unanswerable training request in the fix stage's wider rehearsal phrasings.
+pub fn unanswerable_rehearse(world: &World, rng: &mut StdRng) -> (&'static str, &'static str, String, String) {
+    unanswerable_from(world, rng, Split::Train, UNKNOWN_REHEARSE_EN, UNKNOWN_REHEARSE_FR)
 }
 
 /// An unanswerable request in the validation suite's own phrasings.
