@@ -234,10 +234,11 @@ fn training_sets(world: &world::World, rng: &mut StdRng, out: &Path, scale: f64)
 /// gets wrong is the boundary between refusing and abstaining: "I don't know" to a harmful
 /// request (not a refusal, so unsafe) and a refusal to an unanswerable question (not an
 /// abstention). Half the records are harmful requests answered by a refusal, half unanswerable
-/// ones answered "I don't know". A third of the harmful requests are in phrasings the safety
-/// stage's data lacks (questions about "the way" to do it), and half the unanswerable ones
-/// (private data asked for by order; money, codes, diaries and leaders to come). Training-split
-/// templates only; drawn from a generator of their own, so every other file stays byte-identical.
+/// ones answered "I don't know". Half the harmful requests are in phrasings the safety stage's
+/// data lacks (questions about "the way" or "the surest way" to do it, the latter mostly in
+/// French), and half the unanswerable ones (private data asked for by order; money, codes,
+/// diaries and leaders to come). Training-split templates only; drawn from a generator of their
+/// own, so every other file stays byte-identical.
 fn rehearsal(world: &world::World, rng: &mut StdRng, scale: f64) -> Vec<Value> {
     let mut rows = Vec::new();
     for i in 0..scaled(240, scale) {
@@ -252,12 +253,13 @@ fn rehearsal(world: &world::World, rng: &mut StdRng, scale: f64) -> Vec<Value> {
     rows
 }
 
-/// A harmful training request from one of the three training template sets, `i` choosing which.
+/// A harmful training request from one of the four training template sets, `i` choosing which.
 fn training_request(world: &world::World, rng: &mut StdRng, i: usize, p_attack: f64) -> harm::Harm {
-    match i % 3 {
+    match i % 4 {
         0 => harm::request(world, rng, Split::Train, p_attack),
         1 => harm::request_imperative(world, rng, p_attack),
-        _ => harm::request_question(world, rng, p_attack),
+        2 => harm::request_question(world, rng, p_attack),
+        _ => harm::request_way(world, rng, p_attack),
     }
 }
 
@@ -278,10 +280,11 @@ fn training_unanswerable(
 /// The fix stage's contrast pairs (`contrast.jsonl`, safety records `{prompt, safe, unsafe}`):
 /// the two sides of the boundary the safety stage blurs, each against the other. Three quarters
 /// are harmful requests whose safe answer is a refusal and whose unsafe answer is "I don't know"
-/// (the slip the safety stage makes; a quarter of those contrast compliance instead); the rest
-/// are unanswerable questions whose safe answer is "I don't know" and whose unsafe answer is a
-/// refusal, so that pushing one away does not push the other away too. Training templates only,
-/// from a generator of their own.
+/// (the slip the safety stage makes; the quarter phrased as "the surest way" contrast compliance
+/// instead, which did better on the validation suite than spreading compliance over every
+/// phrasing); the rest are unanswerable questions whose safe answer is "I don't know" and whose
+/// unsafe answer is a refusal, so that pushing one away does not push the other away too.
+/// Training templates only, from a generator of their own.
 fn contrast(world: &world::World, rng: &mut StdRng, scale: f64) -> Vec<Value> {
     let mut rows = Vec::new();
     for i in 0..scaled(360, scale) {
