@@ -26,8 +26,14 @@ fn text_of(t: &Text) -> String {
     }
 }
 
-/// Every prompt a training file (or the labeling pane's pool) could put into training.
+/// Every prompt a training file (or the labeling pane's pool) could put into training, folded as
+/// the eval module compares prompts.
 fn training_prompts(dir: &Path) -> HashSet<String> {
+    training_prompts_verbatim(dir).iter().map(|p| normalise_prompt(p)).collect()
+}
+
+/// Every prompt a training file (or the labeling pane's pool) could put into training, as written.
+fn training_prompts_verbatim(dir: &Path) -> HashSet<String> {
     let mut prompts = HashSet::new();
     for file in ["sft.jsonl", "retain.jsonl", "rehearse.jsonl"] {
         for rec in read_sft(&dir.join(file)).unwrap() {
@@ -56,7 +62,7 @@ fn training_prompts(dir: &Path) -> HashSet<String> {
         prompts.insert(text);
         assert!(line.value["responses"].as_array().unwrap().len() >= 2, "line {}", line.number);
     }
-    prompts.into_iter().map(|p| normalise_prompt(&p)).collect()
+    prompts
 }
 
 #[test]
@@ -122,23 +128,49 @@ fn the_sample_pipeline_and_model_load_and_the_model_speaks_the_generated_tokeniz
     assert!(pretrain.pipeline.stages[0].lm.is_some());
 }
 
+/// A prompt's phrasing with the world's names masked: every capitalised word that does not open
+/// a sentence (countries, capitals, rivers, people) becomes `X`, so prompts of one template about
+/// different subjects share a skeleton. Lower-case names (animals, words to translate) stay, which
+/// can only hide a shared template, never invent one.
+fn skeleton(prompt: &str) -> String {
+    let mut out = Vec::new();
+    let mut opens_sentence = true;
+    for word in prompt.split_whitespace() {
+        let capitalised = word.chars().next().is_some_and(char::is_uppercase);
+        out.push(if capitalised && !opens_sentence { "X".to_string() } else { word.to_lowercase() });
+        opens_sentence = word.ends_with(['.', ':', '?', '!']);
+    }
+    out.join(" ")
+}
+
 /// The validation suite the fix stage's mix is chosen on (`gen/validation.jsonl`) is made from
 /// the training side: none of its prompts is a training prompt or a held-out eval prompt, so
-/// tuning on it neither scores training data nor looks at the held-out suite.
+/// tuning on it neither scores training data nor looks at the held-out suite. Its harmful and
+/// unanswerable requests are phrased by templates of their own (neither training's nor the held-out
+/// suite's), so that it measures how refusing and abstaining carry over to unseen phrasings.
 #[test]
 fn the_validation_suite_is_apart_from_training_and_from_the_held_out_suite() {
     let dir = sample();
     let validation = read_suite(&dir.join("gen/validation.jsonl")).unwrap();
     let count = |kind: Kind| validation.iter().filter(|i| i.kind == kind).count();
     assert!(count(Kind::Safety) >= 100, "safety items: {}", count(Kind::Safety));
-    assert!(count(Kind::Hallucination) >= 20, "unanswerable items: {}", count(Kind::Hallucination));
+    assert!(count(Kind::Hallucination) >= 40, "unanswerable items: {}", count(Kind::Hallucination));
     assert!(count(Kind::Capability) >= 50, "capability items: {}", count(Kind::Capability));
     let train = training_prompts(&dir);
-    let held_out: HashSet<String> =
-        read_suite(&dir.join("eval.jsonl")).unwrap().iter().map(|i| normalise_prompt(&i.prompt.text())).collect();
+    let suite = read_suite(&dir.join("eval.jsonl")).unwrap();
+    let held_out: HashSet<String> = suite.iter().map(|i| normalise_prompt(&i.prompt.text())).collect();
     for item in &validation {
         let prompt = normalise_prompt(&item.prompt.text());
         assert!(!train.contains(&prompt), "{}: validation prompt is a training prompt: {prompt}", item.id);
         assert!(!held_out.contains(&prompt), "{}: validation prompt is a held-out prompt: {prompt}", item.id);
     }
+    let mut phrasings: HashSet<String> = training_prompts_verbatim(&dir).iter().map(|p| skeleton(p)).collect();
+    phrasings.extend(suite.iter().map(|i| skeleton(&i.prompt.text())));
+    let mut own = HashSet::new();
+    for item in validation.iter().filter(|i| i.kind != Kind::Capability) {
+        let phrasing = skeleton(&item.prompt.text());
+        assert!(!phrasings.contains(&phrasing), "{}: a training or held-out phrasing: {phrasing}", item.id);
+        own.insert(phrasing);
+    }
+    assert!(own.len() >= 20, "{} phrasings of harmful and unanswerable requests", own.len());
 }

@@ -234,10 +234,11 @@ fn training_sets(world: &world::World, rng: &mut StdRng, out: &Path, scale: f64)
 /// gets wrong is the boundary between refusing and abstaining: "I don't know" to a harmful
 /// request (not a refusal, so unsafe) and a refusal to an unanswerable question (not an
 /// abstention). Half the records are harmful requests answered by a refusal, half unanswerable
-/// ones answered "I don't know", each third in phrasings the safety stage's data has and one
-/// third in phrasings it lacks (harmful requests asked as questions about "the way" to do it,
-/// private data asked for by order). Training-split templates only; drawn from a generator of
-/// their own, so every other file stays byte-identical.
+/// ones answered "I don't know". Half the harmful requests are in phrasings the safety stage's
+/// data lacks (questions about "the way" or "the surest way" to do it, the latter mostly in
+/// French), and half the unanswerable ones (private data asked for by order; money, codes,
+/// diaries and leaders to come). Training-split templates only; drawn from a generator of their
+/// own, so every other file stays byte-identical.
 fn rehearsal(world: &world::World, rng: &mut StdRng, scale: f64) -> Vec<Value> {
     let mut rows = Vec::new();
     for i in 0..scaled(240, scale) {
@@ -252,35 +253,38 @@ fn rehearsal(world: &world::World, rng: &mut StdRng, scale: f64) -> Vec<Value> {
     rows
 }
 
-/// A harmful training request from one of the three training template sets, `i` choosing which.
+/// A harmful training request from one of the four training template sets, `i` choosing which.
 fn training_request(world: &world::World, rng: &mut StdRng, i: usize, p_attack: f64) -> harm::Harm {
-    match i % 3 {
+    match i % 4 {
         0 => harm::request(world, rng, Split::Train, p_attack),
         1 => harm::request_imperative(world, rng, p_attack),
-        _ => harm::request_question(world, rng, p_attack),
+        2 => harm::request_question(world, rng, p_attack),
+        _ => harm::request_way(world, rng, p_attack),
     }
 }
 
-/// An unanswerable training request from one of the three training template sets.
+/// An unanswerable training request from one of the four training template sets.
 fn training_unanswerable(
     world: &world::World,
     rng: &mut StdRng,
     i: usize,
 ) -> (&'static str, &'static str, String, String) {
-    match i % 3 {
+    match i % 4 {
         0 => tasks::unanswerable(world, rng, Split::Train),
         1 => tasks::unanswerable_imperative(world, rng),
-        _ => tasks::unanswerable_fix(world, rng),
+        2 => tasks::unanswerable_fix(world, rng),
+        _ => tasks::unanswerable_rehearse(world, rng),
     }
 }
 
 /// The fix stage's contrast pairs (`contrast.jsonl`, safety records `{prompt, safe, unsafe}`):
 /// the two sides of the boundary the safety stage blurs, each against the other. Three quarters
 /// are harmful requests whose safe answer is a refusal and whose unsafe answer is "I don't know"
-/// (the slip the safety stage makes; a quarter of those contrast compliance instead); the rest
-/// are unanswerable questions whose safe answer is "I don't know" and whose unsafe answer is a
-/// refusal, so that pushing one away does not push the other away too. Training templates only,
-/// from a generator of their own.
+/// (the slip the safety stage makes; the quarter phrased as "the surest way" contrast compliance
+/// instead, which did better on the validation suite than spreading compliance over every
+/// phrasing); the rest are unanswerable questions whose safe answer is "I don't know" and whose
+/// unsafe answer is a refusal, so that pushing one away does not push the other away too.
+/// Training templates only, from a generator of their own.
 fn contrast(world: &world::World, rng: &mut StdRng, scale: f64) -> Vec<Value> {
     let mut rows = Vec::new();
     for i in 0..scaled(360, scale) {
@@ -301,9 +305,12 @@ fn contrast(world: &world::World, rng: &mut StdRng, scale: f64) -> Vec<Value> {
 }
 
 /// A validation suite for choosing the fix stage's mix (`gen/validation.jsonl`, the eval suite's
-/// format): harmful requests (half in training attacks), unanswerable questions and capability
-/// questions phrased by training templates, none of them a prompt of any training file. It is
-/// made from the training side only, so tuning on it never looks at the held-out suite.
+/// format). Its harmful requests (half in attacks) and unanswerable questions are phrased by
+/// templates of their own (`Split::Validation`), used by no training file and not by the held-out
+/// suite, so it measures what the held-out suite measures (whether refusing and abstaining carry
+/// over to unseen phrasings) without ever looking at it. Its capability questions use training
+/// templates (the fix stage's choice turns on refusing and abstaining); no prompt of it is a
+/// prompt of any training file.
 fn validation(world: &world::World, rng: &mut StdRng, scale: f64, train_prompts: &HashSet<String>) -> Vec<Value> {
     let mut rows = Vec::new();
     // Compared as the eval module compares prompts (case and spacing folded), not byte for byte.
@@ -317,7 +324,7 @@ fn validation(world: &world::World, rng: &mut StdRng, scale: f64, train_prompts:
     // Prompt space is finite: give up on a kind after many repeats rather than loop forever.
     while n < scaled(150, scale) && tries < 100_000 {
         tries += 1;
-        let h = training_request(world, rng, n, if n % 2 == 0 { 0.0 } else { 1.0 });
+        let h = harm::request_validation(world, rng, if n % 2 == 0 { 0.0 } else { 1.0 });
         if !fresh(&h.prompt) {
             continue;
         }
@@ -333,9 +340,9 @@ fn validation(world: &world::World, rng: &mut StdRng, scale: f64, train_prompts:
         rows.push(row);
     }
     (n, tries) = (0, 0);
-    while n < scaled(60, scale) && tries < 100_000 {
+    while n < scaled(80, scale) && tries < 100_000 {
         tries += 1;
-        let (lang, domain, prompt, _) = training_unanswerable(world, rng, n);
+        let (lang, domain, prompt, _) = tasks::unanswerable_validation(world, rng);
         if !fresh(&prompt) {
             continue;
         }
