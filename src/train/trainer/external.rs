@@ -5,7 +5,7 @@
 use candle_core::DType;
 
 use super::stage::{main_term, sampler_seed, term_lengths, Term};
-use super::{CheckpointData, Finished, Host, Trainer};
+use super::{Finished, Host, Trainer};
 use crate::config::Stage;
 use crate::train::host::{DataOrders, ExternalOutcome, ExternalStage, ModelInput};
 use crate::train::plan::{load_stage_data, StageData};
@@ -50,15 +50,7 @@ impl<H: Host> Trainer<'_, H> {
     /// engine's own; the next stage starts fresh ones). A resume past the stage then starts here,
     /// like after a native stage, rather than from an earlier checkpoint and the export.
     fn checkpoint_stage_end(&mut self) -> Result<(), TrainError> {
-        let step = self.state.global_step;
-        let checkpoint = CheckpointData {
-            model: self.policy.files_out(DType::F32)?,
-            trainer_state: serde_json::to_vec_pretty(&self.state).map_err(|e| TrainError::Data(e.to_string()))?,
-            optimizer: None,
-            reward_model: None,
-        };
-        self.last_checkpoint = Some(step);
-        self.host.save_checkpoint(step, checkpoint)
+        self.save_checkpoint(None, None)
     }
 
     /// The orders hone's samplers would draw the stage's main term (and a preference stage's

@@ -12,6 +12,7 @@ use super::stage::{apply_update, forward_backward, num, Lambdas, Objective, Stag
 use super::{grpo, kto, CheckpointData, Host, Trainer};
 use crate::config::{NanPolicy, Stage};
 use crate::kind;
+use crate::model::SafetensorsOut;
 use crate::train::evaluate::unsafe_rate_proxy;
 use crate::train::examples::PairExample;
 use crate::train::live::LiveUpdate;
@@ -303,11 +304,22 @@ impl<H: Host> Trainer<'_, H> {
         self.state.lambda_pref = Some(run.lambdas.pref);
         self.state.lambda_safe = Some(run.lambdas.safe);
         self.state.optimizer_steps = run.opt.step_count();
+        let reward_model = run.reward.as_ref().map(|r| r.weights_out(DType::F32)).transpose()?;
+        self.save_checkpoint(Some(optimizer_out(&run.opt)?), reward_model)
+    }
+
+    /// Hands the host a checkpoint of this step: the policy in f32, the trainer state as it
+    /// stands, and the given moments and reward model.
+    pub(super) fn save_checkpoint(
+        &mut self,
+        optimizer: Option<SafetensorsOut>,
+        reward_model: Option<SafetensorsOut>,
+    ) -> Result<(), TrainError> {
         let checkpoint = CheckpointData {
             model: self.policy.files_out(DType::F32)?,
             trainer_state: serde_json::to_vec_pretty(&self.state).map_err(|e| TrainError::Data(e.to_string()))?,
-            optimizer: Some(optimizer_out(&run.opt)?),
-            reward_model: run.reward.as_ref().map(|r| r.weights_out(DType::F32)).transpose()?,
+            optimizer,
+            reward_model,
         };
         let step = self.state.global_step;
         self.last_checkpoint = Some(step);
