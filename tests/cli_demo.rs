@@ -109,6 +109,11 @@ fn shortened_world(sample: &Path, into: &Path) -> PathBuf {
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("suite.jsonl"), lines.join("\n") + "\n").unwrap();
     eval.insert("suite".into(), toml::Value::String(data.join("suite.jsonl").display().to_string()));
+    // Every gate may start the iterate loop, so that its rounds run (and are exported) even
+    // though two steps a stage pass no gate.
+    let gates = ["win_rate_gain", "unsafe_rate", "redteam", "hallucination_rate", "latency_p95_s"];
+    let loops = pipeline.get_mut("iterate").and_then(toml::Value::as_array_mut).expect("[[iterate]]");
+    loops[0]["when"] = toml::Value::Array(gates.iter().map(|g| toml::Value::String((*g).into())).collect());
     std::fs::write(data.join("pipeline.toml"), toml::to_string(&pipeline).unwrap()).unwrap();
     data
 }
@@ -213,6 +218,13 @@ fn a_shortened_headless_demo_evaluates_and_gates_every_stage_and_leaves_sample_d
         assert!(run.eval_dir(round).join("report.json").is_file(), "{round}: evaluated");
         assert!(stdout.contains(&format!("stage {round}")), "{round}: stage time in the summary\n{stdout}");
     }
+    assert!(decided.contains(&"safety-fix"), "{decided:?}: the iterate loop ran");
+    // The last gated stage or round exports under the name it was gated under.
+    let exported = tmp.path().join("exported");
+    let out =
+        Command::new(HONE).args(["export", "--stage", last, "--out"]).arg(&exported).arg(run.path()).output().unwrap();
+    assert!(out.status.success(), "export --stage {last}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(exported.join("model.safetensors").is_file(), "export --stage {last}");
 }
 
 #[test]

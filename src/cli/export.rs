@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 
-use crate::config::load_frozen;
+use crate::config::{load_frozen, Pipeline};
 use crate::model::{AdapterInit, Model};
 use crate::run::{list_checkpoints, RunDir, TRAINER_STATE_FILE};
 use crate::train::trainer::TrainerState;
@@ -32,11 +32,22 @@ pub fn run(args: &ExportArgs, out: &mut impl Write) -> Result<PathBuf> {
     let run = RunDir::open(&args.run_dir)?;
     let frozen = load_frozen(&run.config_path())?;
     let pipeline = &frozen.loaded.pipeline;
-    let Some(index) = pipeline.stages.iter().position(|s| s.name == args.stage) else {
-        let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
-        bail!("--stage {}: the run has no such stage (stages: {})", args.stage, names.join(", "));
+    // A fix stage's round after the first runs under `<stage>.<round>` (`round_name`).
+    let stage_of = |name: &str| pipeline.stages.iter().position(|s| s.name == name);
+    let round_of = |name: &str| {
+        let (stage, round) = name.rsplit_once('.')?;
+        round.parse::<u32>().ok().filter(|&r| r > 1 && pipeline.is_fix_stage(stage))?;
+        stage_of(stage)
     };
-    let checkpoint = stage_final_checkpoint(&run, index, &args.stage)?;
+    let Some(index) = stage_of(&args.stage).or_else(|| round_of(&args.stage)) else {
+        let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+        bail!(
+            "--stage {}: the run has no such stage (stages: {}; a fix stage's later rounds as <stage>.<round>)",
+            args.stage,
+            names.join(", ")
+        );
+    };
+    let checkpoint = stage_final_checkpoint(&run, pipeline, index, &args.stage)?;
     let device = Device::Cpu;
     let lora = pipeline.model.lora.is_some() || pipeline.model.adapter.is_some();
     let model = if lora {
@@ -83,14 +94,16 @@ fn holds_exactly(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<bool> {
     Ok(true)
 }
 
-/// The checkpoint a stage finished with (its last, written when the stage ended).
-fn stage_final_checkpoint(run: &RunDir, index: usize, stage: &str) -> Result<PathBuf> {
+/// The checkpoint a stage (or a fix stage's round, by its round name) finished with: its last,
+/// written when it ended.
+fn stage_final_checkpoint(run: &RunDir, pipeline: &Pipeline, index: usize, stage: &str) -> Result<PathBuf> {
     for checkpoint in list_checkpoints(run)?.into_iter().rev() {
         let path = checkpoint.path(TRAINER_STATE_FILE);
         let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
         let state: TrainerState =
             serde_json::from_slice(&bytes).with_context(|| format!("{}: not a trainer state", path.display()))?;
-        if state.stage_index == index && state.stage_done {
+        let name = crate::train::iterate::round_name(&pipeline.stages[index].name, state.round);
+        if state.stage_index == index && state.stage_done && name == stage {
             return Ok(checkpoint.dir);
         }
     }
