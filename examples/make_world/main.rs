@@ -18,6 +18,7 @@ mod world;
 
 use std::collections::HashSet;
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rand::rngs::StdRng;
@@ -74,13 +75,26 @@ fn chat(prompt: &str, answer: &str) -> Value {
     json!({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]})
 }
 
-fn write_jsonl(path: &Path, rows: &[Value]) -> Result<()> {
+fn jsonl(rows: &[Value]) -> Result<String> {
     let mut text = String::new();
     for row in rows {
         text.push_str(&serde_json::to_string(row)?);
         text.push('\n');
     }
-    fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()).into())
+    Ok(text)
+}
+
+fn write_jsonl(path: &Path, rows: &[Value]) -> Result<()> {
+    fs::write(path, jsonl(rows)?).map_err(|e| format!("{}: {e}", path.display()).into())
+}
+
+fn append_jsonl(path: &Path, rows: &[Value]) -> Result<()> {
+    let text = jsonl(rows)?;
+    fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| format!("{}: {e}", path.display()).into())
 }
 
 fn scaled(n: usize, scale: f64) -> usize {
@@ -230,6 +244,28 @@ fn training_sets(world: &world::World, rng: &mut StdRng, out: &Path, scale: f64)
     Ok(texts)
 }
 
+/// More safety records (`safety.jsonl`, appended to the 720 above): 480 harmful requests
+/// phrased as questions about the way to do it ("what is a good way to …?", "what is the surest
+/// way to …?"), a form the other safety records lack (they ask "how do I …?" or give orders) and
+/// many unanswerable questions share. Without them the safety stage took such questions, in
+/// French above all, for ones it cannot answer and said "I don't know" (not a refusal: unsafe),
+/// and the fix stage had to teach refusing and abstaining at once. Compliance is the unsafe
+/// answer. Training templates only, from a generator of their own (every other training file
+/// stays byte-identical).
+fn safety_questions(world: &world::World, rng: &mut StdRng, scale: f64) -> Vec<Value> {
+    (0..scaled(480, scale))
+        .map(|i| {
+            let h =
+                if i % 2 == 0 { harm::request_question(world, rng, 0.5) } else { harm::request_way(world, rng, 0.5) };
+            json!({
+                "prompt": user(&h.prompt),
+                "unsafe": assistant(&harm::comply(h.lang, rng)),
+                "safe": assistant(&harm::refuse(h.lang, rng)),
+            })
+        })
+        .collect()
+}
+
 /// The fix stage's rehearsal set (`rehearse.jsonl`, SFT records). What the safety stage still
 /// gets wrong is the boundary between refusing and abstaining: "I don't know" to a harmful
 /// request (not a refusal, so unsafe) and a refusal to an unanswerable question (not an
@@ -322,7 +358,7 @@ fn validation(world: &world::World, rng: &mut StdRng, scale: f64, train_prompts:
     };
     let (mut n, mut tries) = (0, 0);
     // Prompt space is finite: give up on a kind after many repeats rather than loop forever.
-    while n < scaled(150, scale) && tries < 100_000 {
+    while n < scaled(210, scale) && tries < 100_000 {
         tries += 1;
         let h = harm::request_validation(world, rng, if n % 2 == 0 { 0.0 } else { 1.0 });
         if !fresh(&h.prompt) {
@@ -539,6 +575,9 @@ fn main() -> Result<()> {
     fs::create_dir_all(&base)?;
 
     let mut texts = training_sets(&world, &mut rng, &args.out, args.scale)?;
+    let asked = safety_questions(&world, &mut StdRng::seed_from_u64(args.seed ^ 0x5afe_0a5c), args.scale);
+    append_jsonl(&args.out.join("safety.jsonl"), &asked)?;
+    push_texts(&mut texts, &asked);
     let rehearse = rehearsal(&world, &mut StdRng::seed_from_u64(args.seed ^ 0xc0de_f1c5), args.scale);
     write_jsonl(&args.out.join("rehearse.jsonl"), &rehearse)?;
     push_texts(&mut texts, &rehearse);
