@@ -218,7 +218,8 @@ pub enum Command {
     Export {
         /// The run directory.
         run_dir: PathBuf,
-        /// The stage whose final checkpoint to export.
+        /// The stage whose final checkpoint to export (a fix stage's later rounds as `<stage>.<round>`,
+        /// e.g. `safety-fix.2`).
         #[arg(long)]
         stage: String,
         /// Merge a LoRA adapter into the base model.
