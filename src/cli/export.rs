@@ -13,6 +13,7 @@ use candle_core::{DType, Device};
 use crate::config::{load_frozen, Pipeline};
 use crate::model::{AdapterInit, Model};
 use crate::run::{list_checkpoints, RunDir, TRAINER_STATE_FILE};
+use crate::train::iterate::{round_name, stage_of_round_name};
 use crate::train::trainer::TrainerState;
 
 /// What `hone export` was asked.
@@ -32,14 +33,7 @@ pub fn run(args: &ExportArgs, out: &mut impl Write) -> Result<PathBuf> {
     let run = RunDir::open(&args.run_dir)?;
     let frozen = load_frozen(&run.config_path())?;
     let pipeline = &frozen.loaded.pipeline;
-    // A fix stage's round after the first runs under `<stage>.<round>` (`round_name`).
-    let stage_of = |name: &str| pipeline.stages.iter().position(|s| s.name == name);
-    let round_of = |name: &str| {
-        let (stage, round) = name.rsplit_once('.')?;
-        round.parse::<u32>().ok().filter(|&r| r > 1 && pipeline.is_fix_stage(stage))?;
-        stage_of(stage)
-    };
-    let Some(index) = stage_of(&args.stage).or_else(|| round_of(&args.stage)) else {
+    let Some(index) = stage_of_round_name(pipeline, &args.stage) else {
         let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
         bail!(
             "--stage {}: the run has no such stage (stages: {}; a fix stage's later rounds as <stage>.<round>)",
@@ -102,7 +96,7 @@ fn stage_final_checkpoint(run: &RunDir, pipeline: &Pipeline, index: usize, stage
         let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
         let state: TrainerState =
             serde_json::from_slice(&bytes).with_context(|| format!("{}: not a trainer state", path.display()))?;
-        let name = crate::train::iterate::round_name(&pipeline.stages[index].name, state.round);
+        let name = round_name(&pipeline.stages[index].name, state.round);
         if state.stage_index == index && state.stage_done && name == stage {
             return Ok(checkpoint.dir);
         }

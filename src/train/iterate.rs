@@ -42,6 +42,17 @@ pub fn round_name(stage: &str, round: Option<Round>) -> String {
     }
 }
 
+/// The index of the stage a name runs under: a stage's own name, or `round_name`'s
+/// `<fix stage>.<round>` for a round after the first. `None` for any other name.
+pub fn stage_of_round_name(pipeline: &Pipeline, name: &str) -> Option<usize> {
+    let index_of = |stage: &str| pipeline.stages.iter().position(|s| s.name == stage);
+    index_of(name).or_else(|| {
+        let (stage, round) = name.rsplit_once('.')?;
+        round.parse::<u32>().ok().filter(|&r| r > 1 && pipeline.is_fix_stage(stage))?;
+        index_of(stage)
+    })
+}
+
 /// Mixed into the sampler seeds of a round after the first, so that each round draws its
 /// examples in an order of its own (0 outside rounds and in round 1: a fix stage's first round
 /// draws as any stage at its index would).
@@ -111,6 +122,18 @@ mod tests {
     const ONE_LOOP: &str =
         "[[iterate]]\nwhen = [\"unsafe_rate\", \"hallucination_rate\"]\nstage = \"fix\"\nmax_rounds = 2\n\
                             [[iterate]]\nafter = \"fix\"\nwhen = [\"unsafe_rate\"]\nstage = \"fix2\"\n";
+
+    #[test]
+    fn round_names_lead_back_to_their_fix_stage_and_nothing_else_does() {
+        let p = pipeline(ONE_LOOP);
+        for round in [None, Some(Round { number: 1, after: 2 }), Some(Round { number: 3, after: 2 })] {
+            assert_eq!(stage_of_round_name(&p, &round_name("fix", round)), Some(1), "{round:?}");
+        }
+        assert_eq!(stage_of_round_name(&p, "safety"), Some(2));
+        for name in ["fix.1", "fix.x", "safety.2", "nope", "nope.2", "fix."] {
+            assert_eq!(stage_of_round_name(&p, name), None, "{name}");
+        }
+    }
 
     #[test]
     fn fix_stages_are_left_out_of_the_sequence() {
