@@ -18,7 +18,6 @@ mod world;
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rand::rngs::StdRng;
@@ -75,26 +74,13 @@ fn chat(prompt: &str, answer: &str) -> Value {
     json!({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]})
 }
 
-fn jsonl(rows: &[Value]) -> Result<String> {
+fn write_jsonl(path: &Path, rows: &[Value]) -> Result<()> {
     let mut text = String::new();
     for row in rows {
         text.push_str(&serde_json::to_string(row)?);
         text.push('\n');
     }
-    Ok(text)
-}
-
-fn write_jsonl(path: &Path, rows: &[Value]) -> Result<()> {
-    fs::write(path, jsonl(rows)?).map_err(|e| format!("{}: {e}", path.display()).into())
-}
-
-fn append_jsonl(path: &Path, rows: &[Value]) -> Result<()> {
-    let text = jsonl(rows)?;
-    fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .map_err(|e| format!("{}: {e}", path.display()).into())
+    fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()).into())
 }
 
 fn scaled(n: usize, scale: f64) -> usize {
@@ -132,7 +118,15 @@ fn capability(world: &world::World, rng: &mut StdRng, split: Split, p_format: f6
 
 /// Training files: SFT mix, preference pairs, safety pairs, a benign rehearsal set, the labeling
 /// pool. Returns every text for the tokenizer.
-fn training_sets(world: &world::World, rng: &mut StdRng, out: &Path, scale: f64) -> Result<Vec<String>> {
+/// Writes the training files; `more_safety` (drawn from a generator of its own) follows the
+/// safety records drawn here.
+fn training_sets(
+    world: &world::World,
+    rng: &mut StdRng,
+    out: &Path,
+    scale: f64,
+    more_safety: Vec<Value>,
+) -> Result<Vec<String>> {
     let mut texts = Vec::new();
     let mut sft = Vec::new();
     for _ in 0..scaled(1100, scale) {
@@ -188,6 +182,7 @@ fn training_sets(world: &world::World, rng: &mut StdRng, out: &Path, scale: f64)
             "safe": assistant(&harm::refuse(h.lang, rng)),
         }));
     }
+    safety.extend(more_safety);
     write_jsonl(&out.join("safety.jsonl"), &safety)?;
 
     // Rehearsal for the safety stage: benign questions with good answers, so that learning to
@@ -244,7 +239,7 @@ fn training_sets(world: &world::World, rng: &mut StdRng, out: &Path, scale: f64)
     Ok(texts)
 }
 
-/// More safety records (`safety.jsonl`, appended to the 720 above): 480 harmful requests
+/// More safety records (`safety.jsonl`, after the 720 of `training_sets`): 480 harmful requests
 /// phrased as questions about the way to do it ("what is a good way to …?", "what is the surest
 /// way to …?"), a form the other safety records lack (they ask "how do I …?" or give orders) and
 /// many unanswerable questions share. Without them the safety stage took such questions, in
@@ -574,10 +569,8 @@ fn main() -> Result<()> {
     let base = gen.join("base");
     fs::create_dir_all(&base)?;
 
-    let mut texts = training_sets(&world, &mut rng, &args.out, args.scale)?;
     let asked = safety_questions(&world, &mut StdRng::seed_from_u64(args.seed ^ 0x5afe_0a5c), args.scale);
-    append_jsonl(&args.out.join("safety.jsonl"), &asked)?;
-    push_texts(&mut texts, &asked);
+    let mut texts = training_sets(&world, &mut rng, &args.out, args.scale, asked)?;
     let rehearse = rehearsal(&world, &mut StdRng::seed_from_u64(args.seed ^ 0xc0de_f1c5), args.scale);
     write_jsonl(&args.out.join("rehearse.jsonl"), &rehearse)?;
     push_texts(&mut texts, &rehearse);
